@@ -1,0 +1,32 @@
+//! `etl_info_schema.sync_runs`: one row per run, `running` while in flight and then
+//! its outcome with the counts and, for refused and failed runs, the reason.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(schema_name = "etl_info_schema", table_name = "sync_runs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub load_id: Uuid,
+    /// `cron`, `watch`, `start` or `manual`.
+    pub trigger: String,
+    pub file: String,
+    pub content_hash: Option<String>,
+    pub started_at: DateTime,
+    pub finished_at: Option<DateTime>,
+    /// `running`, then `synced`, `skipped`, `refused`, `failed` or `dry_run`.
+    pub outcome: String,
+    pub rows_read: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub unchanged: i64,
+    pub rejected: i64,
+    pub duplicates: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

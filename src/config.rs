@@ -1,0 +1,695 @@
+//! Settings: every variable of SPEC §2, layered (defaults < TOML file < `.env` <
+//! process environment < command-line flags), parsed into typed values and
+//! validated once at start-up. An invalid value becomes a `ConfigError` that names
+//! the variable, the value and the rule; `main` turns it into exit code 2.
+
+use crate::duration::{format_go_duration, parse_go_duration};
+use crate::triggers::cron::Schedule;
+use figment::providers::{Env, Format, Toml};
+use figment::value::Value;
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// Every variable the agent reads, as written in the environment. A TOML file
+/// uses the same names in lower case (`batch_size = 5000`).
+pub const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "DSN",
+    "CSV_FILE",
+    "TABLES_DIR",
+    "CRON_SCHEDULE",
+    "BATCH_SIZE",
+    "WORKER_POOL_GOROUTINES",
+    "WORKER_POOL_SIZE",
+    "DB_MIN_CONNS",
+    "DB_MAX_CONNS",
+    "RUN_ON_START",
+    "WATCH",
+    "WATCH_DEBOUNCE",
+    "WATCH_POLL",
+    "MAX_DELETE_RATIO",
+    "MAX_REJECTS",
+    "CSV_DELIMITER",
+    "CSV_HEADER",
+    "HTTP_ADDR",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "SHUTDOWN_TIMEOUT",
+];
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Rows per batch, measured with `benches/load.sh` (README, "Performance").
+pub const DEFAULT_BATCH_SIZE: usize = 10_000;
+pub const DEFAULT_WORKERS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}={value:?} is invalid: {rule}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        rule: String,
+    },
+    #[error("{var} is required for this command (set it in the environment, .env or the config file)")]
+    Missing { var: &'static str },
+    #[error("{a} and {b} are both set and differ ({a}={va:?}, {b}={vb:?}); set only one")]
+    Conflict {
+        a: &'static str,
+        b: &'static str,
+        va: String,
+        vb: String,
+    },
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn invalid(var: &'static str, value: &str, rule: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        value: value.to_owned(),
+        rule: rule.into(),
+    }
+}
+
+/// A PostgreSQL connection string whose password never reaches a log: `Display`
+/// and `Debug` print it redacted.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    url: SecretString,
+    redacted: String,
+}
+
+impl DatabaseUrl {
+    /// Accepts a `postgres://` / `postgresql://` URL or a libpq keyword/value
+    /// string (`host=db user=app password=secret dbname=app`), as the old service did.
+    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        let url_text = if raw.contains("://") {
+            raw.to_owned()
+        } else {
+            keyword_value_to_url(raw).ok_or_else(|| {
+                invalid(
+                    var,
+                    &redact_text(raw),
+                    "expected postgres://user:password@host:port/dbname or host=… user=… dbname=…",
+                )
+            })?
+        };
+        let mut url = url::Url::parse(&url_text).map_err(|e| {
+            invalid(var, &redact_text(raw), format!("not a connection URL ({e})"))
+        })?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(invalid(
+                var,
+                &redact_text(raw),
+                "the scheme must be postgres:// or postgresql://",
+            ));
+        }
+        let secret = SecretString::from(url.as_str().to_owned());
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        Ok(Self {
+            url: secret,
+            redacted: url.to_string(),
+        })
+    }
+
+    pub fn expose(&self) -> &str {
+        self.url.expose_secret()
+    }
+
+    /// Same server, another database (tests and tools create databases this way).
+    pub fn with_database(&self, name: &str) -> Self {
+        let mut url = url::Url::parse(self.expose()).expect("validated at parse time");
+        url.set_path(&format!("/{name}"));
+        Self::parse("DATABASE_URL", url.as_str()).expect("still a postgres URL")
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted)
+    }
+}
+
+/// Best-effort redaction of a connection string that failed to parse.
+fn redact_text(raw: &str) -> String {
+    if let Some((scheme, rest)) = raw.split_once("://") {
+        if let Some((userinfo, host)) = rest.rsplit_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return raw.to_owned();
+    }
+    raw.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `host=h port=5432 user=u password='p w' dbname=d sslmode=disable` → URL.
+fn keyword_value_to_url(raw: &str) -> Option<String> {
+    let mut pairs = BTreeMap::new();
+    let mut chars = raw.trim().chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        chars.next_if_eq(&'=')?;
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next()? {
+                    '\\' => value.push(chars.next()?),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.push(chars.next()?);
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        if key.is_empty() {
+            return None;
+        }
+        pairs.insert(key.to_ascii_lowercase(), value);
+    }
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut url = url::Url::parse("postgres://localhost").ok()?;
+    let mut query = Vec::new();
+    for (key, value) in &pairs {
+        match key.as_str() {
+            "host" => url.set_host(Some(value)).ok()?,
+            "port" => url.set_port(Some(value.parse().ok()?)).ok()?,
+            "user" => url.set_username(value).ok()?,
+            "password" => url.set_password(Some(value)).ok()?,
+            "dbname" => url.set_path(&format!("/{value}")),
+            _ => query.push((key.clone(), value.clone())),
+        }
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    Some(url.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderMode {
+    Auto,
+    Present,
+    Absent,
+}
+
+/// The settings that decide how bytes become rows; part of the content hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CsvFormat {
+    pub delimiter: u8,
+    pub header: HeaderMode,
+}
+
+impl Default for CsvFormat {
+    fn default() -> Self {
+        Self {
+            delimiter: b',',
+            header: HeaderMode::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Values from the command line, the highest layer.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database_url: DatabaseUrl,
+    pub csv_file: Option<PathBuf>,
+    pub tables_dir: PathBuf,
+    pub cron_schedule: Schedule,
+    pub cron_expression: String,
+    pub batch_size: usize,
+    pub workers: usize,
+    pub db_min_conns: u32,
+    pub db_max_conns: u32,
+    pub run_on_start: bool,
+    pub watch: bool,
+    pub watch_debounce: Duration,
+    pub watch_poll: bool,
+    pub max_delete_ratio: f64,
+    pub max_rejects: u64,
+    pub csv: CsvFormat,
+    pub http_addr: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+}
+
+/// Raw layered values by variable name; empty strings count as unset.
+struct Raw(BTreeMap<String, String>);
+
+impl Raw {
+    fn get(&self, var: &str) -> Option<&str> {
+        self.0
+            .get(&var.to_ascii_lowercase())
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// A variable and its old name: either may be set; both set and different is an error.
+    fn aliased(&self, var: &'static str, old: &'static str) -> Result<Option<(&'static str, &str)>, ConfigError> {
+        match (self.get(var), self.get(old)) {
+            (Some(a), Some(b)) if a.trim() != b.trim() => Err(ConfigError::Conflict {
+                a: var,
+                b: old,
+                va: redact_text(a),
+                vb: redact_text(b),
+            }),
+            (Some(a), _) => Ok(Some((var, a))),
+            (None, Some(b)) => Ok(Some((old, b))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+fn value_to_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(_, s) => Some(s.clone()),
+        Value::Char(_, c) => Some(c.to_string()),
+        Value::Bool(_, b) => Some(b.to_string()),
+        Value::Num(_, n) => Some(
+            n.to_f64()
+                .filter(|f| f.fract() != 0.0)
+                .map(|f| f.to_string())
+                .or_else(|| n.to_i128().map(|i| i.to_string()))
+                .or_else(|| n.to_u128().map(|u| u.to_string()))?,
+        ),
+        _ => None,
+    }
+}
+
+fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(var, raw, "expected true or false (also 1/0, yes/no, on/off)")),
+    }
+}
+
+fn parse_int<T: std::str::FromStr>(var: &'static str, raw: &str, min: u64) -> Result<T, ConfigError>
+where
+    T: TryFrom<u64>,
+{
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n >= min)
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| invalid(var, raw, format!("expected a whole number ≥ {min}")))
+}
+
+fn parse_duration(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    parse_go_duration(raw.trim()).map_err(|e| invalid(var, raw, format!("expected a Go duration such as 2s, 500ms or 1m30s ({e})")))
+}
+
+impl Settings {
+    /// Loads `.env`, then reads and validates every variable.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        // `.env` never overrides a variable the process already has.
+        let _ = dotenvy::dotenv();
+        let config_file = overrides
+            .config_file
+            .clone()
+            .or_else(|| std::env::var_os("CONFIG_FILE").filter(|v| !v.is_empty()).map(PathBuf::from));
+        let mut figment = Figment::new();
+        if let Some(path) = &config_file {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.clone(),
+                    reason: "no such file".into(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::raw().only(VARIABLES));
+        let dict: BTreeMap<String, Value> = figment.extract().map_err(|e| ConfigError::File {
+            path: config_file.clone().unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
+        let mut raw = BTreeMap::new();
+        for (key, value) in dict {
+            let known = VARIABLES.iter().any(|v| v.eq_ignore_ascii_case(&key));
+            let text = value_to_string(&value);
+            match (known, text) {
+                (true, Some(text)) => {
+                    raw.insert(key.to_ascii_lowercase(), text);
+                }
+                _ => {
+                    return Err(ConfigError::File {
+                        path: config_file.clone().unwrap_or_default(),
+                        reason: format!("unknown or non-scalar key {key:?} (known keys: the variables of the README, in lower case)"),
+                    })
+                }
+            }
+        }
+        let mut raw = Raw(raw);
+        for (var, value) in [
+            ("database_url", &overrides.database_url),
+            ("log_level", &overrides.log_level),
+            ("log_format", &overrides.log_format),
+        ] {
+            if let Some(value) = value {
+                raw.0.insert(var.into(), value.clone());
+                if var == "database_url" {
+                    raw.0.remove("dsn");
+                }
+            }
+        }
+        Self::from_raw(&raw)
+    }
+
+    fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
+        let database_url = match raw.aliased("DATABASE_URL", "DSN")? {
+            Some((var, value)) => DatabaseUrl::parse(var, value)?,
+            None => DatabaseUrl::parse("DATABASE_URL", DEFAULT_DATABASE_URL)?,
+        };
+        let tables_dir = PathBuf::from(raw.get("TABLES_DIR").unwrap_or("./tables"));
+        let csv_file = raw.get("CSV_FILE").map(PathBuf::from);
+        let cron_expression = raw.get("CRON_SCHEDULE").unwrap_or("@every 24h").trim().to_owned();
+        let cron_schedule = Schedule::parse(&cron_expression)
+            .map_err(|e| invalid("CRON_SCHEDULE", &cron_expression, format!("{e} (robfig/cron v3 standard syntax)")))?;
+        let batch_size = raw
+            .get("BATCH_SIZE")
+            .map(|v| parse_int("BATCH_SIZE", v, 1))
+            .transpose()?
+            .unwrap_or(DEFAULT_BATCH_SIZE);
+        let db_min_conns: u32 = raw.get("DB_MIN_CONNS").map(|v| parse_int("DB_MIN_CONNS", v, 0)).transpose()?.unwrap_or(0);
+        let db_max_conns: u32 = raw.get("DB_MAX_CONNS").map(|v| parse_int("DB_MAX_CONNS", v, 1)).transpose()?.unwrap_or(30);
+        if db_max_conns < db_min_conns {
+            return Err(invalid(
+                "DB_MAX_CONNS",
+                &db_max_conns.to_string(),
+                format!("must be ≥ DB_MIN_CONNS ({db_min_conns})"),
+            ));
+        }
+        let workers = match raw.aliased("WORKER_POOL_GOROUTINES", "WORKER_POOL_SIZE")? {
+            Some((var, value)) => {
+                let n: usize = parse_int(var, value, 1)?;
+                if n > db_max_conns as usize {
+                    return Err(invalid(var, value, format!("must be ≤ DB_MAX_CONNS ({db_max_conns})")));
+                }
+                n
+            }
+            None => DEFAULT_WORKERS.min(db_max_conns as usize),
+        };
+        let bool_or = |var: &'static str, default: bool| raw.get(var).map(|v| parse_bool(var, v)).transpose().map(|b| b.unwrap_or(default));
+        let watch_debounce = raw
+            .get("WATCH_DEBOUNCE")
+            .map(|v| parse_duration("WATCH_DEBOUNCE", v))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(2));
+        let shutdown_timeout = raw
+            .get("SHUTDOWN_TIMEOUT")
+            .map(|v| parse_duration("SHUTDOWN_TIMEOUT", v))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(30));
+        let max_delete_ratio = match raw.get("MAX_DELETE_RATIO") {
+            None => 0.5,
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| invalid("MAX_DELETE_RATIO", v, "expected a number from 0.0 to 1.0 (1.0 disables the guard)"))?,
+        };
+        let max_rejects = raw.get("MAX_REJECTS").map(|v| parse_int("MAX_REJECTS", v, 0)).transpose()?.unwrap_or(0);
+        let delimiter = match raw.0.get("csv_delimiter").map(String::as_str) {
+            None => b',',
+            Some("\\t") | Some("tab") => b'\t',
+            Some(v) if v.len() == 1 && v.is_ascii() && !matches!(v, "\"" | "\n" | "\r") => v.as_bytes()[0],
+            Some(v) => return Err(invalid("CSV_DELIMITER", v, "expected one ASCII character other than a quote or line break (\\t or tab for a tab)")),
+        };
+        let header = match raw.get("CSV_HEADER").map(|v| v.trim().to_ascii_lowercase()) {
+            None => HeaderMode::Auto,
+            Some(v) if v == "auto" => HeaderMode::Auto,
+            Some(v) if v == "true" => HeaderMode::Present,
+            Some(v) if v == "false" => HeaderMode::Absent,
+            Some(v) => return Err(invalid("CSV_HEADER", &v, "expected auto, true or false")),
+        };
+        let http_addr = match raw.get("HTTP_ADDR").map(str::trim) {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9188))),
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(v.parse().map_err(|_| invalid("HTTP_ADDR", v, "expected host:port such as 0.0.0.0:9188, or off"))?),
+        };
+        let log_format = match raw.get("LOG_FORMAT").map(|v| v.trim().to_ascii_lowercase()) {
+            None => LogFormat::Text,
+            Some(v) if v == "text" => LogFormat::Text,
+            Some(v) if v == "json" => LogFormat::Json,
+            Some(v) => return Err(invalid("LOG_FORMAT", &v, "expected text or json")),
+        };
+        let log_level = raw.get("LOG_LEVEL").unwrap_or("info").trim().to_ascii_lowercase();
+        if !matches!(log_level.as_str(), "trace" | "debug" | "info" | "warn" | "error") {
+            return Err(invalid("LOG_LEVEL", &log_level, "expected trace, debug, info, warn or error"));
+        }
+        Ok(Self {
+            database_url,
+            csv_file,
+            tables_dir,
+            cron_schedule,
+            cron_expression,
+            batch_size,
+            workers,
+            db_min_conns,
+            db_max_conns,
+            run_on_start: bool_or("RUN_ON_START", true)?,
+            watch: bool_or("WATCH", true)?,
+            watch_debounce,
+            watch_poll: bool_or("WATCH_POLL", false)?,
+            max_delete_ratio,
+            max_rejects,
+            csv: CsvFormat { delimiter, header },
+            http_addr,
+            log_format,
+            log_level,
+            shutdown_timeout,
+        })
+    }
+
+    /// The CSV file to mirror (`--file` wins over `CSV_FILE`), confined to `TABLES_DIR`.
+    pub fn resolve_csv_file(&self, flag: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        let (var, file) = match flag {
+            Some(f) => ("--file", f.to_path_buf()),
+            None => ("CSV_FILE", self.csv_file.clone().ok_or(ConfigError::Missing { var: "CSV_FILE" })?),
+        };
+        confine(var, &self.tables_dir, &file)
+    }
+
+    /// One line per variable with its effective value (secrets redacted), for logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "DATABASE_URL={} TABLES_DIR={} CSV_FILE={} CRON_SCHEDULE={:?} BATCH_SIZE={} WORKER_POOL_GOROUTINES={} DB_MIN_CONNS={} DB_MAX_CONNS={} RUN_ON_START={} WATCH={} WATCH_DEBOUNCE={} WATCH_POLL={} MAX_DELETE_RATIO={} MAX_REJECTS={} HTTP_ADDR={} SHUTDOWN_TIMEOUT={}",
+            self.database_url,
+            self.tables_dir.display(),
+            self.csv_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            self.cron_expression,
+            self.batch_size,
+            self.workers,
+            self.db_min_conns,
+            self.db_max_conns,
+            self.run_on_start,
+            self.watch,
+            format_go_duration(self.watch_debounce),
+            self.watch_poll,
+            self.max_delete_ratio,
+            self.max_rejects,
+            self.http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            format_go_duration(self.shutdown_timeout),
+        )
+    }
+}
+
+/// Resolves `file` (relative to `tables_dir`, or to the working directory when it
+/// exists only there, or absolute) and requires it to lie inside `tables_dir`, also
+/// after following symlinks. The file itself need not exist yet.
+pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<PathBuf, ConfigError> {
+    let shown = file.display().to_string();
+    let dir = tables_dir
+        .canonicalize()
+        .map_err(|e| invalid("TABLES_DIR", &tables_dir.display().to_string(), format!("must be an existing directory ({e})")))?;
+    if file.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(var, &shown, format!("must lie inside TABLES_DIR ({}); '..' is not allowed", dir.display())));
+    }
+    let candidate = if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        let in_dir = dir.join(file);
+        if !in_dir.exists() && file.exists() {
+            std::env::current_dir().map(|cwd| cwd.join(file)).unwrap_or(in_dir)
+        } else {
+            in_dir
+        }
+    };
+    let resolved = match candidate.canonicalize() {
+        Ok(p) => p,
+        Err(_) => {
+            let parent = candidate.parent().unwrap_or(&dir);
+            let name = candidate
+                .file_name()
+                .ok_or_else(|| invalid(var, &shown, "must name a file"))?;
+            parent
+                .canonicalize()
+                .map_err(|e| invalid(var, &shown, format!("its directory does not exist ({e})")))?
+                .join(name)
+        }
+    };
+    if !resolved.starts_with(&dir) || resolved == dir {
+        return Err(invalid(
+            var,
+            &shown,
+            format!("must resolve to a file inside TABLES_DIR ({}), it resolves to {}", dir.display(), resolved.display()),
+        ));
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&str, &str)]) -> Raw {
+        Raw(pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect())
+    }
+
+    fn err_of(pairs: &[(&str, &str)]) -> String {
+        Settings::from_raw(&raw(pairs)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::from_raw(&raw(&[])).unwrap();
+        assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(s.tables_dir, PathBuf::from("./tables"));
+        assert_eq!(s.cron_expression, "@every 24h");
+        assert_eq!(s.workers, 16);
+        assert_eq!((s.db_min_conns, s.db_max_conns), (0, 30));
+        assert!(s.run_on_start && s.watch && !s.watch_poll);
+        assert_eq!(s.watch_debounce, Duration::from_secs(2));
+        assert_eq!(s.max_delete_ratio, 0.5);
+        assert_eq!(s.max_rejects, 0);
+        assert_eq!(s.csv, CsvFormat::default());
+        assert_eq!(s.http_addr, Some("127.0.0.1:9188".parse().unwrap()));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn workers_default_is_capped_by_max_conns_and_explicit_excess_is_refused() {
+        let s = Settings::from_raw(&raw(&[("DB_MAX_CONNS", "4")])).unwrap();
+        assert_eq!(s.workers, 4);
+        let e = err_of(&[("DB_MAX_CONNS", "4"), ("WORKER_POOL_SIZE", "5")]);
+        assert!(e.contains("WORKER_POOL_SIZE") && e.contains("DB_MAX_CONNS"), "{e}");
+    }
+
+    #[test]
+    fn dsn_is_the_old_name_and_a_conflict_is_an_error() {
+        let s = Settings::from_raw(&raw(&[("DSN", "postgres://u:pw@db/x")])).unwrap();
+        assert_eq!(s.database_url.expose(), "postgres://u:pw@db/x");
+        let e = err_of(&[("DSN", "postgres://u:pw@db/x"), ("DATABASE_URL", "postgres://u:pw@db/y")]);
+        assert!(e.contains("DSN") && e.contains("DATABASE_URL"), "{e}");
+        assert!(!e.contains("pw"), "password leaked: {e}");
+    }
+
+    #[test]
+    fn password_is_redacted_everywhere() {
+        let url = DatabaseUrl::parse("DATABASE_URL", "postgres://app:s3cret@db:5432/app").unwrap();
+        assert_eq!(url.to_string(), "postgres://app:***@db:5432/app");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let e = err_of(&[("DATABASE_URL", "mysql://app:s3cret@db/app")]);
+        assert!(!e.contains("s3cret") && e.contains("DATABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn keyword_value_dsn_of_the_old_service_is_accepted() {
+        let url = DatabaseUrl::parse("DSN", "host=db port=5433 user=app password='p w' dbname=followers sslmode=disable").unwrap();
+        assert_eq!(url.expose(), "postgres://app:p%20w@db:5433/followers?sslmode=disable");
+        assert!(!url.to_string().contains("p%20w"));
+    }
+
+    #[test]
+    fn each_invalid_value_names_variable_value_and_rule() {
+        for (var, value, rule) in [
+            ("BATCH_SIZE", "0", "≥ 1"),
+            ("BATCH_SIZE", "many", "whole number"),
+            ("DB_MAX_CONNS", "0", "≥ 1"),
+            ("WATCH", "maybe", "true or false"),
+            ("WATCH_DEBOUNCE", "2 seconds", "Go duration"),
+            ("MAX_DELETE_RATIO", "1.5", "0.0 to 1.0"),
+            ("MAX_REJECTS", "-1", "whole number"),
+            ("CSV_DELIMITER", ";;", "one ASCII character"),
+            ("CSV_HEADER", "yes", "auto, true or false"),
+            ("HTTP_ADDR", "localhost", "host:port"),
+            ("LOG_FORMAT", "xml", "text or json"),
+            ("LOG_LEVEL", "loud", "trace, debug"),
+            ("CRON_SCHEDULE", "61 * * * *", "robfig"),
+        ] {
+            let e = err_of(&[(var, value)]);
+            assert!(e.contains(var) && e.contains(value) && e.contains(rule), "{var}={value}: {e}");
+        }
+        let e = err_of(&[("DB_MIN_CONNS", "5"), ("DB_MAX_CONNS", "2")]);
+        assert!(e.contains("DB_MIN_CONNS"), "{e}");
+    }
+
+    #[test]
+    fn csv_file_must_stay_inside_tables_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = dir.path().join("tables");
+        std::fs::create_dir(&tables).unwrap();
+        std::fs::write(dir.path().join("secret.csv"), "x").unwrap();
+        std::fs::write(tables.join("f.csv"), "x").unwrap();
+        assert_eq!(confine("CSV_FILE", &tables, Path::new("f.csv")).unwrap(), tables.canonicalize().unwrap().join("f.csv"));
+        assert!(confine("CSV_FILE", &tables, Path::new("new.csv")).is_ok(), "a file not yet written is fine");
+        assert!(confine("CSV_FILE", &tables, Path::new("../secret.csv")).unwrap_err().to_string().contains("TABLES_DIR"));
+        assert!(confine("CSV_FILE", &tables, &dir.path().join("secret.csv")).is_err());
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.path().join("secret.csv"), tables.join("link.csv")).unwrap();
+            let e = confine("CSV_FILE", &tables, Path::new("link.csv")).unwrap_err().to_string();
+            assert!(e.contains("resolves to"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Database plumbing: the connection pool, migrations under an advisory lock, and
+//! the per-database run lock that keeps two agents from syncing at once.
+
+use crate::config::{DatabaseUrl, Settings};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sqlx::{Connection, PgConnection};
+use std::time::Duration;
+
+/// Advisory lock keys (arbitrary constants, "fetl" + purpose).
+const MIGRATE_LOCK: i64 = 0x6665_746c_0000_0001;
+const RUN_LOCK: i64 = 0x6665_746c_0000_0002;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: DbErr,
+    },
+    #[error("cannot open a lock connection to {url}")]
+    LockConnect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("advisory lock query failed")]
+    Lock(#[source] sqlx::Error),
+    #[error("applying migrations failed")]
+    Migrate(#[source] DbErr),
+}
+
+/// The pool every part of the agent shares; COPY goes through its sqlx pool.
+pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError> {
+    let mut options = ConnectOptions::new(settings.database_url.expose().to_owned());
+    options
+        .max_connections(settings.db_max_conns)
+        .min_connections(settings.db_min_conns)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(60))
+        .sqlx_logging(false);
+    Database::connect(options).await.map_err(|source| DbError::Connect {
+        url: settings.database_url.to_string(),
+        source,
+    })
+}
+
+/// A session-level advisory lock held on its own connection (outside the pool, so a
+/// pool of one connection cannot deadlock on it). Dropping it, or the process dying,
+/// closes the connection and releases the lock.
+pub struct AdvisoryLock {
+    conn: PgConnection,
+    key: i64,
+}
+
+impl AdvisoryLock {
+    async fn open(url: &DatabaseUrl) -> Result<PgConnection, DbError> {
+        PgConnection::connect(url.expose()).await.map_err(|source| DbError::LockConnect {
+            url: url.to_string(),
+            source,
+        })
+    }
+
+    /// Takes the run lock if it is free; `None` when another run holds it.
+    pub async fn try_run_lock(url: &DatabaseUrl) -> Result<Option<Self>, DbError> {
+        let mut conn = Self::open(url).await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RUN_LOCK)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(DbError::Lock)?;
+        Ok(got.then_some(Self { conn, key: RUN_LOCK }))
+    }
+
+    /// Waits for the migration lock.
+    async fn migrate_lock(url: &DatabaseUrl) -> Result<Self, DbError> {
+        let mut conn = Self::open(url).await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut conn)
+            .await
+            .map_err(DbError::Lock)?;
+        Ok(Self {
+            conn,
+            key: MIGRATE_LOCK,
+        })
+    }
+
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.key)
+            .execute(&mut self.conn)
+            .await;
+        let _ = self.conn.close().await;
+    }
+}
+
+/// Applies pending migrations while holding the migration lock, so agents that
+/// start together apply them once.
+#[tracing::instrument(skip_all, err)]
+pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), DbError> {
+    let lock = AdvisoryLock::migrate_lock(url).await?;
+    let result = Migrator::up(db, None).await.map_err(DbError::Migrate);
+    lock.release().await;
+    result
+}
+
+/// Whether every migration is applied (for `/readyz` and `sync`).
+pub async fn migrations_pending(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    Ok(!Migrator::get_pending_migrations(db).await?.is_empty())
+}

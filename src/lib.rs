@@ -1,0 +1,17 @@
+//! followers-etl: keeps `public.followers` an exact, safe mirror of a CSV file.
+//!
+//! trigger (`triggers`, `agent`) → read → validate → stage → merge/purge saga →
+//! record (`pipeline`, `runs`). `main.rs` only parses the command line, loads the
+//! settings and dispatches to `cli`.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod duration;
+pub mod http;
+pub mod pipeline;
+pub mod runs;
+pub mod telemetry;
+pub mod triggers;

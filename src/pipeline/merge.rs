@@ -1,0 +1,214 @@
+//! Merge and purge: the load in `staging_followers` → `followers`, in ONE
+//! transaction whose steps are named for logs and run records:
+//!
+//! | step     | does                                                   |
+//! |----------|--------------------------------------------------------|
+//! | update   | rewrites rows whose `full_name` differs (only those)   |
+//! | insert   | adds emails that are new                               |
+//! | delete   | removes followers absent from the load (not protected) |
+//! | guard    | refuses when the deletes exceed `MAX_DELETE_RATIO`     |
+//! | status   | records the sync in `table_status`                     |
+//! | record   | finishes the `sync_runs` row as `synced`               |
+//! | cleanup  | removes the load's staging rows                        |
+//!
+//! The compensation of every step is the rollback of the transaction: readers see
+//! the old table or the new one, and a failure at any step leaves `followers` as
+//! it was. Only row locks are taken (UPDATE, INSERT, DELETE).
+
+use crate::domain::{ContentHash, LoadId};
+use crate::runs::{self, Counts, Outcome};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Begin,
+    Update,
+    Insert,
+    Delete,
+    Guard,
+    Status,
+    Record,
+    Cleanup,
+    Commit,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Begin => "begin",
+            Self::Update => "update",
+            Self::Insert => "insert",
+            Self::Delete => "delete",
+            Self::Guard => "guard",
+            Self::Status => "status",
+            Self::Record => "record",
+            Self::Cleanup => "cleanup",
+            Self::Commit => "commit",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("merge step {} failed (rolled back)", .step.name())]
+    Step {
+        step: Step,
+        #[source]
+        source: DbErr,
+    },
+    #[error("refused: the file would delete {deleted} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; rolled back (use --allow-mass-delete if intended)", *deleted as f64 * 100.0 / *current as f64)]
+    MassDelete { deleted: u64, current: u64, ratio: f64 },
+}
+
+/// What the merge needs to know about the load.
+pub struct Load<'a> {
+    pub load_id: LoadId,
+    pub hash: &'a ContentHash,
+    /// Emails of rejected rows: never deleted.
+    pub protected: Vec<String>,
+    /// Counts known before the merge (rows read, rejected, duplicates).
+    pub counts: Counts,
+    /// Distinct emails in the load.
+    pub distinct: u64,
+}
+
+/// The delete guard; 1.0 disables it.
+#[derive(Clone, Copy, Debug)]
+pub struct Guard {
+    pub max_delete_ratio: f64,
+    pub allow_mass_delete: bool,
+}
+
+impl Guard {
+    fn check(&self, deleted: u64, current: u64) -> Result<(), MergeError> {
+        let exceeded = current > 0 && (deleted as f64) > self.max_delete_ratio * current as f64;
+        if exceeded && !self.allow_mass_delete && self.max_delete_ratio < 1.0 {
+            return Err(MergeError::MassDelete {
+                deleted,
+                current,
+                ratio: self.max_delete_ratio,
+            });
+        }
+        Ok(())
+    }
+}
+
+const UPDATE: &str = "UPDATE public.followers f
+    SET full_name = s.full_name, modified_at = (now() AT TIME ZONE 'UTC')
+   FROM public.staging_followers s
+  WHERE s.load_id = $1 AND s.email = f.email AND f.full_name IS DISTINCT FROM s.full_name";
+
+const INSERT: &str = "INSERT INTO public.followers (email, full_name, modified_at)
+ SELECT s.email, s.full_name, (now() AT TIME ZONE 'UTC')
+   FROM public.staging_followers s
+  WHERE s.load_id = $1
+    AND NOT EXISTS (SELECT 1 FROM public.followers f WHERE f.email = s.email)";
+
+/// Followers absent from the load and not protected by a rejected row.
+const ABSENT: &str = "FROM public.followers f
+  WHERE NOT EXISTS (SELECT 1 FROM public.staging_followers s WHERE s.load_id = $1 AND s.email = f.email)
+    AND f.email <> ALL($2::text[])";
+
+const COUNT_CHANGED: &str = "SELECT
+    count(*) FILTER (WHERE f.email IS NULL)::bigint AS inserted,
+    count(*) FILTER (WHERE f.email IS NOT NULL AND f.full_name IS DISTINCT FROM s.full_name)::bigint AS updated
+   FROM public.staging_followers s LEFT JOIN public.followers f ON f.email = s.email
+  WHERE s.load_id = $1";
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+async fn count(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
+    let row = db.query_one(stmt(sql, values)).await?;
+    let n: i64 = row.map(|r| r.try_get_by_index(0)).transpose()?.unwrap_or(0);
+    Ok(n as u64)
+}
+
+fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
+    move |source| MergeError::Step { step, source }
+}
+
+/// Applies the load in one transaction and commits, or rolls back on any error.
+#[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
+pub async fn merge(db: &DatabaseConnection, load: &Load<'_>, guard: Guard) -> Result<Counts, MergeError> {
+    let id: Value = load.load_id.uuid().into();
+    let protected: Value = load.protected.clone().into();
+    let txn = db.begin().await.map_err(at(Step::Begin))?;
+    let current = count(&txn, "SELECT count(*) FROM public.followers", vec![])
+        .await
+        .map_err(at(Step::Begin))?;
+    let updated = txn.execute(stmt(UPDATE, vec![id.clone()])).await.map_err(at(Step::Update))?.rows_affected();
+    let inserted = txn.execute(stmt(INSERT, vec![id.clone()])).await.map_err(at(Step::Insert))?.rows_affected();
+    let deleted = txn
+        .execute(stmt(&format!("DELETE {ABSENT}"), vec![id.clone(), protected]))
+        .await
+        .map_err(at(Step::Delete))?
+        .rows_affected();
+    guard.check(deleted, current)?;
+    let counts = Counts {
+        inserted,
+        updated,
+        deleted,
+        unchanged: load.distinct.saturating_sub(inserted + updated),
+        ..load.counts
+    };
+    runs::mark_synced(&txn, load.load_id, load.hash).await.map_err(at(Step::Status))?;
+    runs::finish(&txn, load.load_id, Outcome::Synced, &counts, None, Some(load.hash))
+        .await
+        .map_err(at(Step::Record))?;
+    super::stage::discard(&txn, load.load_id).await.map_err(at(Step::Cleanup))?;
+    txn.commit().await.map_err(at(Step::Commit))?;
+    Ok(counts)
+}
+
+/// What `merge` would do, computed with reads only; `Err(MassDelete)` tells that
+/// the guard would refuse (with the counts).
+#[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
+pub async fn plan(db: &DatabaseConnection, load: &Load<'_>, guard: Guard) -> Result<(Counts, Option<MergeError>), MergeError> {
+    let id: Value = load.load_id.uuid().into();
+    let protected: Value = load.protected.clone().into();
+    let txn = db.begin().await.map_err(at(Step::Begin))?;
+    let row = txn
+        .query_one(stmt(COUNT_CHANGED, vec![id.clone()]))
+        .await
+        .map_err(at(Step::Update))?
+        .ok_or_else(|| at(Step::Update)(DbErr::RecordNotFound("count".into())))?;
+    let inserted: i64 = row.try_get("", "inserted").map_err(at(Step::Insert))?;
+    let updated: i64 = row.try_get("", "updated").map_err(at(Step::Update))?;
+    let deleted = count(&txn, &format!("SELECT count(*) {ABSENT}"), vec![id, protected])
+        .await
+        .map_err(at(Step::Delete))?;
+    let current = count(&txn, "SELECT count(*) FROM public.followers", vec![])
+        .await
+        .map_err(at(Step::Guard))?;
+    txn.rollback().await.map_err(at(Step::Commit))?;
+    let (inserted, updated) = (inserted as u64, updated as u64);
+    let counts = Counts {
+        inserted,
+        updated,
+        deleted,
+        unchanged: load.distinct.saturating_sub(inserted + updated),
+        ..load.counts
+    };
+    Ok((counts, guard.check(deleted, current).err()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_refuses_above_the_ratio_only() {
+        let g = Guard {
+            max_delete_ratio: 0.5,
+            allow_mass_delete: false,
+        };
+        assert!(g.check(5, 10).is_ok());
+        assert!(g.check(6, 10).is_err());
+        assert!(g.check(0, 0).is_ok());
+        assert!(Guard { allow_mass_delete: true, ..g }.check(10, 10).is_ok());
+        assert!(Guard { max_delete_ratio: 1.0, ..g }.check(10, 10).is_ok());
+        assert!(Guard { max_delete_ratio: 0.0, ..g }.check(1, 10).is_err());
+    }
+}

@@ -1,0 +1,421 @@
+//! One sync, as SPEC §5 defines it: lock → recover → hash → read → validate →
+//! stage → dedupe → merge/purge saga → record. `run_sync` is the table of contents;
+//! each stage lives in its own module with one input and one output type.
+//!
+//! Compensation: whatever fails after the run record was written, `compensate`
+//! removes the load's staging rows and finishes the record as `failed` or
+//! `refused` with the reason. `followers` only changes in the merge transaction.
+
+pub mod check;
+pub mod merge;
+mod progress;
+pub mod read;
+pub mod stage;
+pub mod validate;
+
+use crate::config::{CsvFormat, Settings};
+use crate::db::{AdvisoryLock, DbError};
+use crate::domain::{ContentHash, LoadId};
+use crate::runs::{self, Counts, Outcome, Trigger};
+use merge::{Guard, Load, MergeError};
+use read::{CsvRecords, ReadError};
+use sea_orm::{DatabaseConnection, DbErr};
+use serde::Serialize;
+use stage::{Batch, StageError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use validate::{validate, Reject};
+
+pub use progress::ProgressStyle;
+
+/// How many duplicate emails and rejects are logged one by one per run.
+const REPORT_LIMIT: usize = 100;
+
+/// What to sync and how.
+#[derive(Clone, Debug)]
+pub struct SyncRequest {
+    pub file: PathBuf,
+    pub trigger: Trigger,
+    pub force: bool,
+    pub dry_run: bool,
+    pub allow_mass_delete: bool,
+}
+
+/// What the pipeline needs from the agent.
+#[derive(Clone)]
+pub struct SyncContext {
+    pub db: DatabaseConnection,
+    pub settings: Arc<Settings>,
+    pub progress: ProgressStyle,
+}
+
+/// The one summary a run produces (SPEC §3).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub outcome: Outcome,
+    pub load_id: LoadId,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Seconds.
+    #[serde(serialize_with = "as_seconds")]
+    pub duration: Duration,
+    /// Why a run was skipped, refused or failed (not part of the JSON object).
+    #[serde(skip)]
+    pub reason: Option<String>,
+}
+
+impl Summary {
+    /// The summary of a run that could not start (the database is unreachable).
+    pub fn not_started(load_id: LoadId) -> Self {
+        Self {
+            outcome: Outcome::Failed,
+            load_id,
+            counts: Counts::default(),
+            duration: Duration::ZERO,
+            reason: None,
+        }
+    }
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("{path}: {first}; refused: {rejected} invalid row(s), MAX_REJECTS={max}")]
+    TooManyRejects {
+        path: PathBuf,
+        first: Reject,
+        rejected: u64,
+        max: u64,
+    },
+    #[error("{path}: the file changed while it was being read; nothing applied (a later run syncs the new content)")]
+    FileChanged { path: PathBuf },
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    #[error("cannot lock or reach the database")]
+    Db(#[from] DbError),
+    #[error("recording the run failed")]
+    Bookkeeping(#[source] DbErr),
+    #[error("cancelled by shutdown")]
+    Cancelled,
+    #[error("reader task failed")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+impl SyncError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::TooManyRejects { .. } | Self::Merge(MergeError::MassDelete { .. }) => Outcome::Refused,
+            _ => Outcome::Failed,
+        }
+    }
+
+    /// The stage that failed, for logs.
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Self::Read(_) | Self::TooManyRejects { .. } | Self::FileChanged { .. } | Self::Join(_) => "read",
+            Self::Stage(_) => "stage",
+            Self::Merge(MergeError::Step { step, .. }) => step.name(),
+            Self::Merge(MergeError::MassDelete { .. }) => "guard",
+            Self::Db(_) | Self::Bookkeeping(_) => "database",
+            Self::Cancelled => "cancel",
+        }
+    }
+}
+
+/// The error and its sources on one line: "a: b: c".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// Runs one sync and returns its summary; never panics, never leaves staging rows
+/// behind, and changes `followers` only when the outcome is `synced`.
+#[tracing::instrument(name = "sync", skip_all, fields(load_id = %load_id, trigger = request.trigger.as_str(), file = %request.file.display()))]
+pub async fn run_sync(ctx: &SyncContext, request: &SyncRequest, load_id: LoadId, cancel: CancellationToken) -> Summary {
+    let started = Instant::now();
+    let mut counts = Counts::default();
+    let (outcome, reason) = match locked_run(ctx, request, load_id, &mut counts, cancel).await {
+        Ok((outcome, reason)) => (outcome, reason),
+        Err(e) => {
+            let reason = error_chain(&e);
+            tracing::error!(stage = e.stage(), error = %reason, "sync {}", e.outcome());
+            (e.outcome(), Some(reason))
+        }
+    };
+    let summary = Summary {
+        outcome,
+        load_id,
+        counts,
+        duration: started.elapsed(),
+        reason,
+    };
+    crate::http::record_run(&summary);
+    tracing::info!(
+        outcome = %summary.outcome,
+        rows_read = counts.rows_read,
+        inserted = counts.inserted,
+        updated = counts.updated,
+        deleted = counts.deleted,
+        unchanged = counts.unchanged,
+        rejected = counts.rejected,
+        duplicates = counts.duplicates,
+        duration_s = summary.duration.as_secs_f64(),
+        reason = summary.reason.as_deref().unwrap_or(""),
+        "sync finished"
+    );
+    summary
+}
+
+/// Takes the run lock (or records a skip), then runs and compensates.
+async fn locked_run(
+    ctx: &SyncContext,
+    request: &SyncRequest,
+    load_id: LoadId,
+    counts: &mut Counts,
+    cancel: CancellationToken,
+) -> Result<(Outcome, Option<String>), SyncError> {
+    let db = &ctx.db;
+    let file = request.file.display().to_string();
+    let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? else {
+        let reason = "another sync of this database is in progress (advisory lock held)";
+        tracing::warn!("{reason}; skipping");
+        runs::start(db, load_id, request.trigger, &file, None).await.map_err(SyncError::Bookkeeping)?;
+        runs::finish(db, load_id, Outcome::Skipped, counts, Some(reason), None)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        return Ok((Outcome::Skipped, Some(reason.into())));
+    };
+    let result = async {
+        runs::recover(db).await.map_err(SyncError::Bookkeeping)?;
+        runs::start(db, load_id, request.trigger, &file, None).await.map_err(SyncError::Bookkeeping)?;
+        let outcome = saga(ctx, request, load_id, counts, &cancel).await;
+        if let Err(e) = &outcome {
+            compensate(db, load_id, counts, e).await;
+        }
+        outcome
+    }
+    .await;
+    lock.release().await;
+    result
+}
+
+/// Undoes what the run did: staging rows go, the record says why.
+async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, error: &SyncError) {
+    if let Err(e) = stage::discard(db, load_id).await {
+        tracing::error!(error = %error_chain(&e), "could not remove staging rows; the next run removes them");
+    }
+    if let Err(e) = runs::finish(db, load_id, error.outcome(), counts, Some(&error_chain(error)), None).await {
+        tracing::error!(error = %error_chain(&e), "could not record the run's outcome; the next run marks it failed");
+    }
+}
+
+/// The stages in order. Returns the outcome of a run that got this far.
+async fn saga(
+    ctx: &SyncContext,
+    request: &SyncRequest,
+    load_id: LoadId,
+    counts: &mut Counts,
+    cancel: &CancellationToken,
+) -> Result<(Outcome, Option<String>), SyncError> {
+    let settings = &ctx.settings;
+    let db = &ctx.db;
+
+    // 1. Hash: unchanged since the last successful sync → skip.
+    let hash = hash(&request.file, settings.csv).await?;
+    if !request.force && runs::last_synced_hash(db).await.map_err(SyncError::Bookkeeping)?.as_deref() == Some(hash.as_str()) {
+        let reason = "unchanged since the last successful sync";
+        runs::finish(db, load_id, Outcome::Skipped, counts, Some(reason), Some(&hash))
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        return Ok((Outcome::Skipped, Some(reason.into())));
+    }
+
+    // 2-5. Read, validate and stage, streaming.
+    let read = read_and_stage(ctx, request, load_id, cancel).await?;
+    *counts = Counts {
+        rows_read: read.rows_read,
+        rejected: read.rejected,
+        ..Counts::default()
+    };
+    if read.hash != hash {
+        return Err(SyncError::FileChanged {
+            path: request.file.clone(),
+        });
+    }
+
+    // 4. Duplicates: last occurrence wins.
+    let duplicates = stage::resolve_duplicates(db, load_id, REPORT_LIMIT as u64).await?;
+    for (email, lines) in &duplicates.examples {
+        tracing::warn!(file = %request.file.display(), %email, ?lines, "duplicate email; the last occurrence wins");
+    }
+    counts.duplicates = duplicates.extra_rows;
+    if cancel.is_cancelled() {
+        return Err(SyncError::Cancelled);
+    }
+
+    // 6-7. Merge and purge in one transaction (it also removes the staging rows).
+    let load = Load {
+        load_id,
+        hash: &hash,
+        protected: read.protected,
+        counts: *counts,
+        distinct: read.staged.saturating_sub(duplicates.extra_rows),
+    };
+    let guard = Guard {
+        max_delete_ratio: settings.max_delete_ratio,
+        allow_mass_delete: request.allow_mass_delete,
+    };
+    if request.dry_run {
+        let (planned, refusal) = merge::plan(db, &load, guard).await?;
+        *counts = planned;
+        stage::discard(db, load_id).await.map_err(SyncError::Bookkeeping)?;
+        let note = refusal.map(|e| format!("a real run would be {}", e));
+        runs::finish(db, load_id, Outcome::DryRun, counts, note.as_deref(), Some(&hash))
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        return Ok((Outcome::DryRun, note));
+    }
+    *counts = merge::merge(db, &load, guard).await?;
+    Ok((Outcome::Synced, None))
+}
+
+async fn hash(path: &Path, format: CsvFormat) -> Result<ContentHash, SyncError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || read::hash_file(&path, &format))
+        .await
+        .map_err(SyncError::Join)?
+        .map_err(SyncError::Read)
+}
+
+/// What reading the file produced besides the staged rows.
+struct ReadReport {
+    rows_read: u64,
+    rejected: u64,
+    staged: u64,
+    /// Emails of rejected rows, protected from deletion (at most MAX_REJECTS).
+    protected: Vec<String>,
+    hash: ContentHash,
+}
+
+/// The reader (a blocking task) feeds batches through a bounded channel to the
+/// COPY workers; whichever fails first stops the other.
+async fn read_and_stage(
+    ctx: &SyncContext,
+    request: &SyncRequest,
+    load_id: LoadId,
+    cancel: &CancellationToken,
+) -> Result<ReadReport, SyncError> {
+    let settings = ctx.settings.clone();
+    let stage_cancel = cancel.child_token();
+    let (tx, rx) = async_channel::bounded::<Batch>(settings.workers * 2);
+    let staged = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let total_bytes = std::fs::metadata(&request.file).map(|m| m.len()).unwrap_or(0);
+    let progress = progress::start(ctx.progress, load_id, staged.clone(), bytes.clone(), total_bytes);
+
+    let reader = {
+        let (file, cancel, bytes) = (request.file.clone(), stage_cancel.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || produce(&file, &settings, tx, &cancel, &bytes))
+    };
+    let copied = stage::copy_batches(
+        ctx.db.get_postgres_connection_pool(),
+        load_id,
+        ctx.settings.workers,
+        rx,
+        staged,
+        stage_cancel.clone(),
+    )
+    .await;
+    if copied.is_err() {
+        stage_cancel.cancel();
+    }
+    let read = reader.await.map_err(SyncError::Join)?;
+    progress.finish();
+    match (read, copied) {
+        (Ok(read), Ok(staged)) => Ok(ReadReport { staged, ..read }),
+        _ if cancel.is_cancelled() => Err(SyncError::Cancelled),
+        // The reader's own error explains more than the cancellation it caused.
+        (Err(e), _) if !matches!(e, SyncError::Cancelled) => Err(e),
+        (_, Err(e)) => Err(e.into()),
+        (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+/// Reads and validates the file, sending `BATCH_SIZE`-row batches. Runs on a
+/// blocking thread.
+fn produce(
+    path: &Path,
+    settings: &Settings,
+    tx: async_channel::Sender<Batch>,
+    cancel: &CancellationToken,
+    bytes: &AtomicU64,
+) -> Result<ReadReport, SyncError> {
+    let mut records = CsvRecords::open(path, &settings.csv)?;
+    let mut report = ReadReport {
+        rows_read: 0,
+        rejected: 0,
+        staged: 0,
+        protected: Vec::new(),
+        hash: ContentHash::from_hasher(&blake3::Hasher::new()),
+    };
+    let mut batch = Vec::with_capacity(settings.batch_size);
+    let send = |batch: Batch| -> Result<(), SyncError> {
+        if cancel.is_cancelled() {
+            return Err(SyncError::Cancelled);
+        }
+        // A closed channel means the workers stopped; their error is reported.
+        tx.send_blocking(batch).map_err(|_| SyncError::Cancelled)
+    };
+    while let Some(row) = records.next_row()? {
+        report.rows_read += 1;
+        let columns = records.columns().expect("known after the first row");
+        match validate(&row, &columns) {
+            Ok(follower) => batch.push(follower),
+            Err(reject) => {
+                report.rejected += 1;
+                if report.rejected > settings.max_rejects {
+                    return Err(SyncError::TooManyRejects {
+                        path: path.to_owned(),
+                        first: reject,
+                        rejected: report.rejected,
+                        max: settings.max_rejects,
+                    });
+                }
+                if report.rejected as usize <= REPORT_LIMIT {
+                    tracing::warn!(file = %path.display(), line = reject.line, reason = %reject.reason, "row rejected; skipped (its follower, if any, is kept)");
+                }
+                if let Some(email) = reject.email {
+                    report.protected.push(email.as_str().to_owned());
+                }
+            }
+        }
+        if batch.len() >= settings.batch_size {
+            bytes.store(row.record.position().map_or(0, |p| p.byte()), Ordering::Relaxed);
+            send(std::mem::replace(&mut batch, Vec::with_capacity(settings.batch_size)))?;
+        }
+    }
+    if !batch.is_empty() {
+        send(batch)?;
+    }
+    report.hash = records.finish();
+    Ok(report)
+}

@@ -1,0 +1,318 @@
+//! Read: file bytes → CSV records with their line numbers, streaming.
+//!
+//! Handles the UTF-8 BOM, LF and CRLF, RFC 4180 quoting (the `csv` crate), blank
+//! lines, and the header: with `CSV_HEADER=auto` the first row is a header when any
+//! of its fields, trimmed and case-insensitive, is `email`. Every byte read also
+//! feeds the content hash, so the hash recorded for a sync is the hash of exactly
+//! the bytes that were loaded.
+
+use crate::config::{CsvFormat, HeaderMode};
+use crate::domain::ContentHash;
+use csv::ByteRecord;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// Where the two columns the agent needs sit in each record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Columns {
+    pub email: usize,
+    pub full_name: usize,
+    /// Number of fields every data row must have.
+    pub width: usize,
+}
+
+impl Columns {
+    /// Without a header: email first, full name second, as the old service read it.
+    pub const POSITIONAL: Columns = Columns {
+        email: 0,
+        full_name: 1,
+        width: 2,
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: cannot read the file")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: line {line}: cannot parse CSV")]
+    Csv {
+        path: PathBuf,
+        line: u64,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("{path}: line {line}: the header has no {column:?} column (it has: {found})")]
+    MissingColumn {
+        path: PathBuf,
+        line: u64,
+        column: &'static str,
+        found: String,
+    },
+    #[error("{path}: line {line}: the header names {column:?} twice")]
+    DuplicateColumn {
+        path: PathBuf,
+        line: u64,
+        column: &'static str,
+    },
+}
+
+/// A data row: its first line in the file and its raw fields.
+#[derive(Debug)]
+pub struct RawRow {
+    pub line: u64,
+    pub record: ByteRecord,
+}
+
+/// Feeds everything it reads into a blake3 hasher.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A hasher primed with the settings that decide how bytes become rows: the same
+/// bytes read with another delimiter or header mode are a different input.
+fn settings_hasher(format: &CsvFormat) -> blake3::Hasher {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"followers-etl/v1\0");
+    hasher.update(&[format.delimiter]);
+    hasher.update(match format.header {
+        HeaderMode::Auto => b"auto\0",
+        HeaderMode::Present => b"true\0",
+        HeaderMode::Absent => b"fals\0",
+    });
+    hasher
+}
+
+/// The content hash of `path` under `format`, read in one streaming pass.
+pub fn hash_file(path: &Path, format: &CsvFormat) -> Result<ContentHash, ReadError> {
+    let io_err = |source| ReadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let mut reader = HashingReader {
+        inner: file,
+        hasher: settings_hasher(format),
+    };
+    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
+    Ok(ContentHash::from_hasher(&reader.hasher))
+}
+
+pub struct CsvRecords {
+    path: PathBuf,
+    format: CsvFormat,
+    reader: csv::Reader<HashingReader<BufReader<File>>>,
+    columns: Option<Columns>,
+    record: ByteRecord,
+}
+
+impl CsvRecords {
+    pub fn open(path: &Path, format: &CsvFormat) -> Result<Self, ReadError> {
+        let file = File::open(path).map_err(|source| ReadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::from_reader(path, format, BufReader::with_capacity(256 * 1024, file)))
+    }
+
+    fn from_reader(path: &Path, format: &CsvFormat, inner: BufReader<File>) -> Self {
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(format.delimiter)
+            .from_reader(HashingReader {
+                inner,
+                hasher: settings_hasher(format),
+            });
+        Self {
+            path: path.to_owned(),
+            format: *format,
+            reader,
+            columns: None,
+            record: ByteRecord::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The column layout, known once the first non-blank record was read.
+    pub fn columns(&self) -> Option<Columns> {
+        self.columns
+    }
+
+    /// The next data row, skipping blank lines and the header.
+    pub fn next_row(&mut self) -> Result<Option<RawRow>, ReadError> {
+        loop {
+            let more = self
+                .reader
+                .read_byte_record(&mut self.record)
+                .map_err(|source| ReadError::Csv {
+                    path: self.path.clone(),
+                    line: source.position().map(|p| p.line()).unwrap_or(0),
+                    source,
+                })?;
+            if !more {
+                return Ok(None);
+            }
+            let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+            if is_blank(&self.record) {
+                continue;
+            }
+            if self.columns.is_none() {
+                let header = match self.format.header {
+                    HeaderMode::Present => true,
+                    HeaderMode::Absent => false,
+                    HeaderMode::Auto => self.record.iter().any(|f| is_named(f, "email")),
+                };
+                if header {
+                    self.columns = Some(self.header_columns(line)?);
+                    continue;
+                }
+                self.columns = Some(Columns::POSITIONAL);
+            }
+            return Ok(Some(RawRow {
+                line,
+                record: self.record.clone(),
+            }));
+        }
+    }
+
+    fn header_columns(&self, line: u64) -> Result<Columns, ReadError> {
+        let find = |column: &'static str| {
+            let mut hits = self.record.iter().enumerate().filter(|(_, f)| is_named(f, column));
+            match (hits.next(), hits.next()) {
+                (Some((i, _)), None) => Ok(i),
+                (Some(_), Some(_)) => Err(ReadError::DuplicateColumn {
+                    path: self.path.clone(),
+                    line,
+                    column,
+                }),
+                (None, _) => Err(ReadError::MissingColumn {
+                    path: self.path.clone(),
+                    line,
+                    column,
+                    found: self
+                        .record
+                        .iter()
+                        .map(|f| format!("{:?}", String::from_utf8_lossy(f).trim()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+            }
+        };
+        Ok(Columns {
+            email: find("email")?,
+            full_name: find("full_name")?,
+            width: self.record.len(),
+        })
+    }
+
+    /// Consumes the reader; the hash covers every byte read, so call it after the
+    /// last row.
+    pub fn finish(self) -> ContentHash {
+        ContentHash::from_hasher(&self.reader.into_inner().hasher)
+    }
+}
+
+fn is_named(field: &[u8], name: &str) -> bool {
+    std::str::from_utf8(field).is_ok_and(|f| f.trim().eq_ignore_ascii_case(name))
+}
+
+/// A line of only whitespace and delimiters carries no row.
+fn is_blank(record: &ByteRecord) -> bool {
+    record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read_all(bytes: &[u8], format: CsvFormat) -> Result<(Option<Columns>, Vec<(u64, Vec<String>)>), ReadError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(bytes).unwrap();
+        let mut records = CsvRecords::open(file.path(), &format)?;
+        let mut rows = Vec::new();
+        while let Some(row) = records.next_row()? {
+            rows.push((row.line, row.record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect()));
+        }
+        Ok((records.columns(), rows))
+    }
+
+    fn auto() -> CsvFormat {
+        CsvFormat::default()
+    }
+
+    #[test]
+    fn header_by_name_in_any_order_with_extra_columns() {
+        let (cols, rows) = read_all(b"id,Full_Name , EMAIL\n1,Ann,a@x.io\n", auto()).unwrap();
+        assert_eq!(cols, Some(Columns { email: 2, full_name: 1, width: 3 }));
+        assert_eq!(rows, vec![(2, vec!["1".into(), "Ann".into(), "a@x.io".into()])]);
+    }
+
+    #[test]
+    fn no_header_means_positional() {
+        let (cols, rows) = read_all(b"a@x.io,Ann\nb@x.io,Bob\n", auto()).unwrap();
+        assert_eq!(cols, Some(Columns::POSITIONAL));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0, 1);
+    }
+
+    #[test]
+    fn bom_crlf_blank_lines_and_quoted_line_numbers() {
+        let input = "\u{feff}email,full_name\r\n\r\na@x.io,\"Doe, \"\"J\"\"\"\r\n   \r\n,\r\nb@x.io,Bob\r\n";
+        let (_, rows) = read_all(input.as_bytes(), auto()).unwrap();
+        assert_eq!(rows, vec![(3, vec!["a@x.io".into(), "Doe, \"J\"".into()]), (6, vec!["b@x.io".into(), "Bob".into()])]);
+    }
+
+    #[test]
+    fn forced_header_without_email_column_is_an_error_naming_the_line() {
+        let format = CsvFormat { header: HeaderMode::Present, ..auto() };
+        let err = read_all(b"mail,name\n", format).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("\"email\""), "{err}");
+        let err = read_all(b"email,name\n", auto()).unwrap_err().to_string();
+        assert!(err.contains("\"full_name\""), "{err}");
+    }
+
+    #[test]
+    fn forced_no_header_reads_a_first_row_named_email_as_data() {
+        let format = CsvFormat { header: HeaderMode::Absent, ..auto() };
+        let (_, rows) = read_all(b"email,full_name\n", format).unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn hash_depends_on_bytes_and_settings_and_matches_the_streaming_read() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"a@x.io,Ann\n").unwrap();
+        let h1 = hash_file(file.path(), &auto()).unwrap();
+        let semi = CsvFormat { delimiter: b';', ..auto() };
+        assert_ne!(h1, hash_file(file.path(), &semi).unwrap());
+        let mut records = CsvRecords::open(file.path(), &auto()).unwrap();
+        while records.next_row().unwrap().is_some() {}
+        assert_eq!(records.finish(), h1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_reader(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = read_all(&bytes, auto());
+            let _ = read_all(&bytes, CsvFormat { delimiter: b';', header: HeaderMode::Present });
+        }
+    }
+}

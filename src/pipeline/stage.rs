@@ -1,0 +1,204 @@
+//! Stage: batches of followers → `COPY` into `staging_followers` under the run's
+//! `load_id`, by a pool of worker tasks fed through a bounded channel (so memory
+//! stays at a few batches whatever the file size). Afterwards duplicates are
+//! reported and resolved in SQL: the last occurrence in the file wins.
+//!
+//! Compensation: `discard` deletes every staging row of the load.
+
+use super::validate::Follower;
+use crate::domain::LoadId;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub type Batch = Vec<Follower>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("COPY into staging_followers failed")]
+    Copy(#[source] sqlx::Error),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("staging worker panicked")]
+    Worker(#[source] tokio::task::JoinError),
+    #[error("resolving duplicates failed")]
+    Dedupe(#[source] DbErr),
+}
+
+/// Escapes a value for COPY's text format.
+fn push_escaped(buf: &mut Vec<u8>, value: &str) {
+    for b in value.bytes() {
+        match b {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.push(b),
+        }
+    }
+}
+
+fn encode(batch: &[Follower], load_id: &str, buf: &mut Vec<u8>) {
+    buf.clear();
+    for f in batch {
+        push_escaped(buf, f.email.as_str());
+        buf.push(b'\t');
+        push_escaped(buf, f.full_name.as_str());
+        buf.push(b'\t');
+        buf.extend_from_slice(load_id.as_bytes());
+        buf.push(b'\t');
+        buf.extend_from_slice(f.line.to_string().as_bytes());
+        buf.push(b'\n');
+    }
+}
+
+const COPY: &str = "COPY public.staging_followers (email, full_name, load_id, line_no) FROM STDIN";
+
+/// Runs `workers` tasks that COPY every batch from `batches` until the channel
+/// closes. On the first error the others stop (through `cancel`) and the error is
+/// returned; rows already copied stay until `discard`.
+#[tracing::instrument(skip_all, fields(load_id = %load_id, workers), err)]
+pub async fn copy_batches(
+    pool: &PgPool,
+    load_id: LoadId,
+    workers: usize,
+    batches: async_channel::Receiver<Batch>,
+    staged: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) -> Result<u64, StageError> {
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        let (pool, batches, staged, cancel) = (pool.clone(), batches.clone(), staged.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let load_id = load_id.to_string();
+            let mut conn = None;
+            let mut buf = Vec::new();
+            let mut copied = 0u64;
+            loop {
+                let batch = tokio::select! {
+                    _ = cancel.cancelled() => return Err(StageError::Cancelled),
+                    batch = batches.recv() => match batch {
+                        Ok(batch) => batch,
+                        Err(_) => return Ok(copied),
+                    },
+                };
+                let conn = match &mut conn {
+                    Some(conn) => conn,
+                    None => conn.insert(pool.acquire().await.map_err(StageError::Copy)?),
+                };
+                encode(&batch, &load_id, &mut buf);
+                let mut copy = conn.copy_in_raw(COPY).await.map_err(StageError::Copy)?;
+                if let Err(e) = copy.send(buf.as_slice()).await {
+                    let _ = copy.abort("followers-etl: send failed").await;
+                    return Err(StageError::Copy(e));
+                }
+                let n = copy.finish().await.map_err(StageError::Copy)?;
+                copied += n;
+                staged.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+    }
+    drop(batches);
+    let mut total = 0;
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.map_err(StageError::Worker).and_then(|r| r) {
+            Ok(n) => total += n,
+            Err(e) => {
+                cancel.cancel();
+                // A real failure explains the cancellations it causes in the others.
+                if first_error.is_none() || matches!(first_error, Some(StageError::Cancelled)) {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// Duplicate emails of a load: how many extra rows, and up to `limit` examples
+/// (email and every line it appears on).
+pub struct Duplicates {
+    pub extra_rows: u64,
+    pub examples: Vec<(String, Vec<i64>)>,
+}
+
+fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// Reports duplicates, then deletes every occurrence but the last, so the load
+/// holds one row per email.
+#[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
+pub async fn resolve_duplicates(db: &DatabaseConnection, load_id: LoadId, limit: u64) -> Result<Duplicates, StageError> {
+    let id = load_id.uuid();
+    let row = db
+        .query_one(stmt(
+            "SELECT (count(*) - count(DISTINCT email))::bigint AS extra FROM public.staging_followers WHERE load_id = $1",
+            vec![id.into()],
+        ))
+        .await
+        .map_err(StageError::Dedupe)?;
+    let extra: i64 = match row {
+        Some(row) => row.try_get("", "extra").map_err(StageError::Dedupe)?,
+        None => 0,
+    };
+    let mut examples = Vec::new();
+    if extra > 0 {
+        for row in db
+            .query_all(stmt(
+                "SELECT email, array_agg(line_no ORDER BY line_no) AS lines
+                   FROM public.staging_followers WHERE load_id = $1
+                  GROUP BY email HAVING count(*) > 1 ORDER BY min(line_no) LIMIT $2",
+                vec![id.into(), (limit as i64).into()],
+            ))
+            .await
+            .map_err(StageError::Dedupe)?
+        {
+            examples.push((
+                row.try_get("", "email").map_err(StageError::Dedupe)?,
+                row.try_get("", "lines").map_err(StageError::Dedupe)?,
+            ));
+        }
+        db.execute(stmt(
+            "DELETE FROM public.staging_followers s
+              USING public.staging_followers later
+              WHERE s.load_id = $1 AND later.load_id = $1
+                AND later.email = s.email AND later.line_no > s.line_no",
+            vec![id.into()],
+        ))
+        .await
+        .map_err(StageError::Dedupe)?;
+    }
+    Ok(Duplicates {
+        extra_rows: extra as u64,
+        examples,
+    })
+}
+
+/// Compensation of staging: removes the load's rows.
+#[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
+pub async fn discard(db: &impl ConnectionTrait, load_id: LoadId) -> Result<u64, DbErr> {
+    let result = db
+        .execute(stmt("DELETE FROM public.staging_followers WHERE load_id = $1", vec![load_id.uuid().into()]))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_tabs_backslashes_and_line_breaks() {
+        let mut buf = Vec::new();
+        push_escaped(&mut buf, "a\\b\tc\nd\re");
+        assert_eq!(buf, b"a\\\\b\\tc\\nd\\re");
+    }
+}

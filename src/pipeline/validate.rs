@@ -1,0 +1,131 @@
+//! Validate: a raw CSV row → a `Follower`, or a `Reject` with its line and reason.
+//! Pure (no I/O), so every rule is unit-tested here.
+
+use super::read::{Columns, RawRow};
+use crate::domain::{Email, EmailError, FullName, FullNameError};
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Follower {
+    pub line: u64,
+    pub email: Email,
+    pub full_name: FullName,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    FieldCount { expected: usize, found: usize },
+    InvalidUtf8 { column: &'static str },
+    LineBreak { column: &'static str },
+    Email(EmailError),
+    FullName(FullNameError),
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FieldCount { expected, found } => write!(f, "expected {expected} fields, found {found}"),
+            Self::InvalidUtf8 { column } => write!(f, "{column} is not valid UTF-8"),
+            Self::LineBreak { column } => write!(f, "{column} contains a line break (is a quote unbalanced?)"),
+            Self::Email(e) => e.fmt(f),
+            Self::FullName(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A row that cannot be loaded. When its email is still valid (say, the name is
+/// too long) `email` keeps it, so the follower is protected from deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub line: u64,
+    pub reason: RejectReason,
+    pub email: Option<Email>,
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+fn text<'a>(row: &'a RawRow, index: usize, column: &'static str) -> Result<&'a str, RejectReason> {
+    let bytes = row.record.get(index).unwrap_or_default();
+    let text = std::str::from_utf8(bytes).map_err(|_| RejectReason::InvalidUtf8 { column })?;
+    if text.contains(['\n', '\r']) {
+        return Err(RejectReason::LineBreak { column });
+    }
+    Ok(text)
+}
+
+pub fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
+    let reject = |reason, email| Reject {
+        line: row.line,
+        reason,
+        email,
+    };
+    let email = text(row, columns.email, "email").and_then(|e| Email::parse(e).map_err(RejectReason::Email));
+    if row.record.len() != columns.width {
+        let reason = RejectReason::FieldCount {
+            expected: columns.width,
+            found: row.record.len(),
+        };
+        return Err(reject(reason, email.ok()));
+    }
+    let email = email.map_err(|reason| reject(reason, None))?;
+    let full_name = text(row, columns.full_name, "full_name")
+        .and_then(|n| FullName::parse(n).map_err(RejectReason::FullName))
+        .map_err(|reason| reject(reason, Some(email.clone())))?;
+    Ok(Follower {
+        line: row.line,
+        email,
+        full_name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csv::ByteRecord;
+
+    fn row(fields: &[&[u8]]) -> RawRow {
+        RawRow {
+            line: 7,
+            record: ByteRecord::from(fields.to_vec()),
+        }
+    }
+
+    fn reason(fields: &[&[u8]]) -> RejectReason {
+        validate(&row(fields), &Columns::POSITIONAL).unwrap_err().reason
+    }
+
+    #[test]
+    fn valid_row_is_normalised() {
+        let f = validate(&row(&[b" Ann@X.io ", b"  Ann Lee "]), &Columns::POSITIONAL).unwrap();
+        assert_eq!((f.line, f.email.as_str(), f.full_name.as_str()), (7, "ann@x.io", "Ann Lee"));
+    }
+
+    #[test]
+    fn each_reject_reason_carries_the_line() {
+        assert_eq!(reason(&[b"a@x.io"]), RejectReason::FieldCount { expected: 2, found: 1 });
+        assert_eq!(reason(&[b"a@x.io", b"A", b"extra"]), RejectReason::FieldCount { expected: 2, found: 3 });
+        assert_eq!(reason(&[b"a\xff@x.io", b"A"]), RejectReason::InvalidUtf8 { column: "email" });
+        assert_eq!(reason(&[b"a@x.io", b"\xc3("]), RejectReason::InvalidUtf8 { column: "full_name" });
+        assert_eq!(reason(&[b"a@x.io", b"A\nb@x.io,B"]), RejectReason::LineBreak { column: "full_name" });
+        assert!(matches!(reason(&[b"nope", b"A"]), RejectReason::Email(EmailError::NoAt(_))));
+        assert_eq!(reason(&[b"a@x.io", b"A\0"]), RejectReason::FullName(FullNameError::Nul));
+        let r = validate(&row(&[b"nope", b"A"]), &Columns::POSITIONAL).unwrap_err();
+        assert_eq!(r.line, 7);
+        assert!(r.to_string().starts_with("line 7: "), "{r}");
+    }
+
+    #[test]
+    fn a_reject_with_a_valid_email_protects_that_follower() {
+        let long = "n".repeat(256);
+        let r = validate(&row(&[b"A@x.io", long.as_bytes()]), &Columns::POSITIONAL).unwrap_err();
+        assert_eq!(r.email.unwrap().as_str(), "a@x.io");
+        let r = validate(&row(&[b"A@x.io", b"Ann", b"x"]), &Columns::POSITIONAL).unwrap_err();
+        assert_eq!(r.email.unwrap().as_str(), "a@x.io");
+        let r = validate(&row(&[b"bad", b"Ann"]), &Columns::POSITIONAL).unwrap_err();
+        assert_eq!(r.email, None);
+    }
+}
