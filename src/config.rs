@@ -5,8 +5,8 @@
 
 use crate::duration::{format_go_duration, parse_go_duration};
 use crate::triggers::cron::Schedule;
-use figment::providers::{Env, Format, Toml};
-use figment::value::Value;
+use figment::providers::{Format, Toml};
+use figment::value::{Num, Value};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -313,13 +313,9 @@ fn value_to_string(value: &Value) -> Option<String> {
         Value::String(_, s) => Some(s.clone()),
         Value::Char(_, c) => Some(c.to_string()),
         Value::Bool(_, b) => Some(b.to_string()),
-        Value::Num(_, n) => Some(
-            n.to_f64()
-                .filter(|f| f.fract() != 0.0)
-                .map(|f| f.to_string())
-                .or_else(|| n.to_i128().map(|i| i.to_string()))
-                .or_else(|| n.to_u128().map(|u| u.to_string()))?,
-        ),
+        Value::Num(_, Num::F32(f)) => Some(f.to_string()),
+        Value::Num(_, Num::F64(f)) => Some(f.to_string()),
+        Value::Num(_, n) => n.to_i128().map(|i| i.to_string()),
         _ => None,
     }
 }
@@ -367,7 +363,6 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::raw().only(VARIABLES));
         let dict: BTreeMap<String, Value> = figment.extract().map_err(|e| ConfigError::File {
             path: config_file.clone().unwrap_or_default(),
             reason: e.to_string(),
@@ -375,17 +370,23 @@ impl Settings {
         let mut raw = BTreeMap::new();
         for (key, value) in dict {
             let known = VARIABLES.iter().any(|v| v.eq_ignore_ascii_case(&key));
-            let text = value_to_string(&value);
-            match (known, text) {
+            match (known, value_to_string(&value)) {
                 (true, Some(text)) => {
                     raw.insert(key.to_ascii_lowercase(), text);
                 }
                 _ => {
                     return Err(ConfigError::File {
                         path: config_file.clone().unwrap_or_default(),
-                        reason: format!("unknown or non-scalar key {key:?} (known keys: the variables of the README, in lower case)"),
+                        reason: format!("unknown or non-scalar key {key:?} (the keys are the variables of the README, in lower case)"),
                     })
                 }
+            }
+        }
+        // The environment (with `.env` loaded into it) is read verbatim, so an
+        // error shows the value exactly as the operator wrote it.
+        for var in VARIABLES {
+            if let Ok(value) = std::env::var(var) {
+                raw.insert(var.to_ascii_lowercase(), value);
             }
         }
         let mut raw = Raw(raw);
@@ -460,7 +461,7 @@ impl Settings {
         };
         let max_rejects = raw.get("MAX_REJECTS").map(|v| parse_int("MAX_REJECTS", v, 0)).transpose()?.unwrap_or(0);
         let delimiter = match raw.0.get("csv_delimiter").map(String::as_str) {
-            None => b',',
+            None | Some("") => b',',
             Some("\\t") | Some("tab") => b'\t',
             Some(v) if v.len() == 1 && v.is_ascii() && !matches!(v, "\"" | "\n" | "\r") => v.as_bytes()[0],
             Some(v) => return Err(invalid("CSV_DELIMITER", v, "expected one ASCII character other than a quote or line break (\\t or tab for a tab)")),

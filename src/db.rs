@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Advisory lock keys (arbitrary constants, "fetl" + purpose).
 const MIGRATE_LOCK: i64 = 0x6665_746c_0000_0001;
-const RUN_LOCK: i64 = 0x6665_746c_0000_0002;
+pub const RUN_LOCK: i64 = 0x6665_746c_0000_0002;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -19,7 +19,7 @@ pub enum DbError {
         #[source]
         source: DbErr,
     },
-    #[error("cannot open a lock connection to {url}")]
+    #[error("cannot connect to {url}")]
     LockConnect {
         url: String,
         #[source]
@@ -33,6 +33,9 @@ pub enum DbError {
 
 /// The pool every part of the agent shares; COPY goes through its sqlx pool.
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError> {
+    // One direct attempt first: an unreachable server fails now, not after the
+    // pool's acquire timeout.
+    AdvisoryLock::open(&settings.database_url).await?.close().await.ok();
     let mut options = ConnectOptions::new(settings.database_url.expose().to_owned());
     options
         .max_connections(settings.db_max_conns)

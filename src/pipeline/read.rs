@@ -68,16 +68,52 @@ pub struct RawRow {
     pub record: ByteRecord,
 }
 
-/// Feeds everything it reads into a blake3 hasher.
+/// Feeds everything it reads into a blake3 hasher, and keeps the bytes not yet
+/// attributed to a record so records get true line numbers (the `csv` crate's own
+/// line count is off after CRLF and blank lines).
 struct HashingReader<R> {
     inner: R,
     hasher: blake3::Hasher,
+    /// Bytes from offset `pending_start` on.
+    pending: Vec<u8>,
+    pending_start: u64,
+    /// Line breaks before `pending_start`.
+    lines: u64,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R, hasher: blake3::Hasher) -> Self {
+        Self {
+            inner,
+            hasher,
+            pending: Vec::new(),
+            pending_start: 0,
+            lines: 0,
+        }
+    }
+
+    /// The 1-based line of the record whose span starts at byte `start` (the
+    /// span may begin with the rest of the previous terminator and blank lines).
+    fn line_of_record_at(&mut self, start: u64) -> u64 {
+        let upto = (start.saturating_sub(self.pending_start) as usize).min(self.pending.len());
+        self.lines += self.pending[..upto].iter().filter(|b| **b == b'\n').count() as u64;
+        self.pending.drain(..upto);
+        self.pending_start += upto as u64;
+        let leading = self
+            .pending
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .filter(|b| **b == b'\n')
+            .count() as u64;
+        1 + self.lines + leading
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.pending.extend_from_slice(&buf[..n]);
         Ok(n)
     }
 }
@@ -103,12 +139,9 @@ pub fn hash_file(path: &Path, format: &CsvFormat) -> Result<ContentHash, ReadErr
         source,
     };
     let file = File::open(path).map_err(io_err)?;
-    let mut reader = HashingReader {
-        inner: file,
-        hasher: settings_hasher(format),
-    };
-    io::copy(&mut reader, &mut io::sink()).map_err(io_err)?;
-    Ok(ContentHash::from_hasher(&reader.hasher))
+    let mut hasher = settings_hasher(format);
+    io::copy(&mut BufReader::with_capacity(256 * 1024, file), &mut hasher).map_err(io_err)?;
+    Ok(ContentHash::from_hasher(&hasher))
 }
 
 pub struct CsvRecords {
@@ -133,10 +166,7 @@ impl CsvRecords {
             .has_headers(false)
             .flexible(true)
             .delimiter(format.delimiter)
-            .from_reader(HashingReader {
-                inner,
-                hasher: settings_hasher(format),
-            });
+            .from_reader(HashingReader::new(inner, settings_hasher(format)));
         Self {
             path: path.to_owned(),
             format: *format,
@@ -169,7 +199,8 @@ impl CsvRecords {
             if !more {
                 return Ok(None);
             }
-            let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+            let start = self.record.position().map_or(0, |p| p.byte());
+            let line = self.reader.get_mut().line_of_record_at(start);
             if is_blank(&self.record) {
                 continue;
             }

@@ -1,0 +1,219 @@
+//! Test helpers: `TestEnv::new()` creates a database and a tables directory for one
+//! test and drops both afterwards; `sync()` runs the real binary against them.
+
+use followers_etl::config::VARIABLES;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(url).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+pub struct TestEnv {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    pub dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// A count from the JSON summary.
+    pub fn n(&self, key: &str) -> u64 {
+        self.json()[key].as_u64().unwrap_or_else(|| panic!("no {key} in {}", self.stdout))
+    }
+
+    pub fn outcome(&self) -> String {
+        self.json()["outcome"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub type Follower = (String, String);
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let name = format!("fetl_test_{}", uuid::Uuid::now_v7().simple());
+        let admin = PgPoolOptions::new().max_connections(1).connect(&server_url()).await.expect("TEST_DATABASE_URL reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        admin.close().await;
+        let url = with_database(&server_url(), &name);
+        let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.expect("connect test database");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("tables")).unwrap();
+        Self { name, url, pool, dir }
+    }
+
+    pub fn tables(&self) -> PathBuf {
+        self.dir.path().join("tables")
+    }
+
+    /// Writes `tables/followers.csv` (the default CSV_FILE of these tests).
+    pub fn write_csv(&self, content: impl AsRef<[u8]>) -> PathBuf {
+        self.write_file("followers.csv", content)
+    }
+
+    pub fn write_file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.tables().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// The binary with a clean environment pointing at this test's database.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_followers-etl"));
+        for var in VARIABLES.iter().chain(&["CONFIG_FILE", "RUST_LOG"]) {
+            cmd.env_remove(var);
+        }
+        cmd.current_dir(self.dir.path())
+            .env("DATABASE_URL", &self.url)
+            .env("TABLES_DIR", self.tables())
+            .env("CSV_FILE", "followers.csv")
+            .env("LOG_LEVEL", "warn")
+            .env("HTTP_ADDR", "off");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run followers-etl").into()
+    }
+
+    /// `sync --json` with extra args and environment.
+    pub fn sync_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut all = vec!["sync", "--json"];
+        all.extend_from_slice(args);
+        self.run(&all, env)
+    }
+
+    pub fn sync(&self) -> Run {
+        self.sync_with(&[], &[])
+    }
+
+    /// Syncs and asserts success.
+    pub fn synced(&self, args: &[&str]) -> Run {
+        let run = self.sync_with(args, &[]);
+        assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+        run
+    }
+
+    pub async fn followers(&self) -> Vec<Follower> {
+        sqlx::query("SELECT email, full_name FROM followers ORDER BY email")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// Every follower with its `modified_at` and its row version (`xmin`): a row
+    /// rewritten with identical values still gets a new `xmin`.
+    pub async fn follower_versions(&self) -> Vec<(String, chrono::NaiveDateTime, String)> {
+        sqlx::query("SELECT email, modified_at, xmin::text FROM followers ORDER BY email")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    pub async fn staging_rows(&self) -> i64 {
+        self.scalar("SELECT count(*) FROM staging_followers").await
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The newest run record: (outcome, trigger, error).
+    pub async fn last_run(&self) -> (String, String, Option<String>) {
+        let r = sqlx::query("SELECT outcome, trigger, error FROM etl_info_schema.sync_runs ORDER BY started_at DESC, load_id DESC LIMIT 1")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    }
+
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await, and the test's runtime is busy dropping us: use a
+        // thread with its own runtime. FORCE ends this test's open connections.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&server_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// Builds CSV text from (email, name) pairs with a header.
+pub fn csv(rows: &[(&str, &str)]) -> String {
+    let mut text = String::from("email,full_name\n");
+    for (email, name) in rows {
+        let name = if name.contains([',', '"']) { format!("\"{}\"", name.replace('"', "\"\"")) } else { name.to_string() };
+        text.push_str(&format!("{email},{name}\n"));
+    }
+    text
+}
+
+/// `n` followers `user{i}@example.com`.
+pub fn many(n: usize) -> Vec<(String, String)> {
+    (0..n).map(|i| (format!("user{i}@example.com"), format!("User {i}"))).collect()
+}
+
+pub fn csv_owned(rows: &[(String, String)]) -> String {
+    let pairs: Vec<(&str, &str)> = rows.iter().map(|(e, n)| (e.as_str(), n.as_str())).collect();
+    csv(&pairs)
+}
+
+pub fn pairs(rows: &[(&str, &str)]) -> Vec<Follower> {
+    let mut v: Vec<Follower> = rows.iter().map(|(e, n)| (e.to_string(), n.to_string())).collect();
+    v.sort();
+    v
+}
+
