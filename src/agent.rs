@@ -1,9 +1,138 @@
-//! `serve`: TEMPORARY until the triggers land.
+//! `serve`: the long-running agent. Connects (waiting for the database), applies
+//! migrations, recovers an interrupted run, then starts the HTTP endpoints, the
+//! runner and the triggers (start-up, cron, file watch) until SIGINT/SIGTERM.
+
 use crate::config::Settings;
+use crate::db::{self, AdvisoryLock};
+use crate::pipeline::{error_chain, ProgressStyle, SyncContext};
+use crate::runner::Runner;
+use crate::runs::{self, Trigger};
+use crate::triggers::{ticker, watch::FileWatch};
+use sea_orm::DatabaseConnection;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-pub async fn serve(_settings: Arc<Settings>) -> ExitCode {
-    eprintln!("serve: not yet");
+fn fatal(context: &str, e: &dyn std::error::Error) -> ExitCode {
+    tracing::error!(error = %error_chain(e), "{context}");
+    eprintln!("followers-etl: {context}: {}", error_chain(e));
     ExitCode::from(1)
+}
+
+/// Cancels `stop` on SIGINT or SIGTERM.
+fn stop_on_signals(stop: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("stop signal received: no new runs");
+        stop.cancel();
+    });
+}
+
+/// Connects, retrying while the database is not up yet (e.g. starting beside us
+/// in docker compose). `None` when stopped first.
+async fn connect_with_retry(
+    settings: &Settings,
+    stop: &CancellationToken,
+) -> Option<DatabaseConnection> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match db::connect(settings).await {
+            Ok(db) => return Some(db),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "database not reachable yet")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(15));
+    }
+}
+
+pub async fn serve(settings: Arc<Settings>) -> ExitCode {
+    let file = match settings.resolve_csv_file(None) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("followers-etl: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(settings = %settings.describe(), "starting");
+    let stop = CancellationToken::new();
+    stop_on_signals(stop.clone());
+    let metrics = crate::http::install_recorder();
+
+    let Some(db) = connect_with_retry(&settings, &stop).await else {
+        return ExitCode::SUCCESS;
+    };
+    if let Err(e) = db::migrate(&db, &settings.database_url).await {
+        return fatal("applying migrations failed", &e);
+    }
+    match AdvisoryLock::try_run_lock(&settings.database_url).await {
+        Ok(Some(lock)) => {
+            if let Err(e) = runs::recover(&db).await {
+                tracing::warn!(error = %error_chain(&e), "recovery failed; the first run retries it");
+            }
+            lock.release().await;
+        }
+        Ok(None) => tracing::info!("another agent is syncing this database; it owns recovery"),
+        Err(e) => return fatal("database", &e),
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = settings.http_addr {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => return fatal(&format!("cannot listen on HTTP_ADDR={addr}"), &e),
+        };
+        let (db, stop) = (db.clone(), stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::http::serve(listener, db, metrics, stop).await {
+                tracing::error!(error = %e, "HTTP endpoints stopped");
+            }
+        });
+    }
+
+    let ctx = SyncContext {
+        db,
+        settings: settings.clone(),
+        progress: ProgressStyle::Log,
+    };
+    let (runner, requests) = Runner::new(ctx, file.clone());
+    if settings.watch {
+        match FileWatch::start(&file, settings.watch_debounce, settings.watch_poll) {
+            Ok(watch) => {
+                tasks.spawn(watch.run(requests.clone(), stop.clone()));
+            }
+            Err(e) => return fatal("file watch", &e),
+        }
+    }
+    tasks.spawn(ticker::run(
+        settings.cron_schedule.clone(),
+        settings.cron_expression.clone(),
+        requests.clone(),
+        stop.clone(),
+    ));
+    if settings.run_on_start {
+        requests.send(Trigger::Start);
+    }
+    runner.run(stop.clone()).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
 }

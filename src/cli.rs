@@ -139,7 +139,9 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
 }
 
 async fn connect_and_migrate(settings: &Settings) -> Result<sea_orm::DatabaseConnection, ExitCode> {
-    let db = crate::db::connect(settings).await.map_err(|e| failure("database", &e))?;
+    let db = crate::db::connect(settings)
+        .await
+        .map_err(|e| failure("database", &e))?;
     crate::db::migrate(&db, &settings.database_url)
         .await
         .map_err(|e| failure("migrations", &e))?;
@@ -195,7 +197,10 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
 
 fn print_summary(summary: &Summary, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(summary).expect("a summary always serialises"));
+        println!(
+            "{}",
+            serde_json::to_string(summary).expect("a summary always serialises")
+        );
     } else {
         let c = &summary.counts;
         println!(
@@ -229,7 +234,10 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
         eprintln!("{}: {reject}", path.display());
     }
     for (email, lines) in &report.duplicate_lines {
-        eprintln!("{}: warning: {email} appears on lines {lines:?}; the last wins", path.display());
+        eprintln!(
+            "{}: warning: {email} appears on lines {lines:?}; the last wins",
+            path.display()
+        );
     }
     if json {
         println!("{}", serde_json::to_string(&report).expect("serialisable"));
@@ -246,7 +254,12 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
     ExitCode::from(if report.invalid == 0 { 0 } else { FAILURE })
 }
 
-fn schedule(settings: &Settings, expr: Option<String>, from: Option<DateTime<chrono::FixedOffset>>, count: usize) -> ExitCode {
+fn schedule(
+    settings: &Settings,
+    expr: Option<String>,
+    from: Option<DateTime<chrono::FixedOffset>>,
+    count: usize,
+) -> ExitCode {
     let schedule = match expr {
         None => settings.cron_schedule.clone(),
         Some(expr) => match Schedule::parse(&expr) {
@@ -275,12 +288,20 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
     };
     let (runs, tables) = match tokio::try_join!(runs::recent(&db, limit), runs::table_status(&db)) {
         Ok(x) => x,
-        Err(e) => return failure("cannot read the run history (run `followers-etl migrate`?)", &e),
+        Err(e) => {
+            return failure(
+                "cannot read the run history (run `followers-etl migrate`?)",
+                &e,
+            )
+        }
     };
     if json {
         let runs: Vec<_> = runs.iter().map(runs::run_json).collect();
         let tables: Vec<_> = tables.iter().map(runs::status_json).collect();
-        println!("{}", serde_json::json!({ "table_status": tables, "runs": runs }));
+        println!(
+            "{}",
+            serde_json::json!({ "table_status": tables, "runs": runs })
+        );
         return ExitCode::SUCCESS;
     }
     println!("table_status:");
@@ -288,7 +309,9 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
         println!(
             "  {} last_activity={} load_id={}",
             t.table_name,
-            t.last_activity.map(|t| format!("{t}Z")).unwrap_or_else(|| "never".into()),
+            t.last_activity
+                .map(|t| format!("{t}Z"))
+                .unwrap_or_else(|| "never".into()),
             t.load_id.map(|l| l.to_string()).unwrap_or_default()
         );
     }

@@ -3,7 +3,7 @@
 //! validated once at start-up. An invalid value becomes a `ConfigError` that names
 //! the variable, the value and the rule; `main` turns it into exit code 2.
 
-use crate::duration::{format_go_duration, parse_go_duration};
+use crate::go_duration::{format_go_duration, parse_go_duration};
 use crate::triggers::cron::Schedule;
 use figment::providers::{Format, Toml};
 use figment::value::{Num, Value};
@@ -55,7 +55,9 @@ pub enum ConfigError {
         value: String,
         rule: String,
     },
-    #[error("{var} is required for this command (set it in the environment, .env or the config file)")]
+    #[error(
+        "{var} is required for this command (set it in the environment, .env or the config file)"
+    )]
     Missing { var: &'static str },
     #[error("{a} and {b} are both set and differ ({a}={va:?}, {b}={vb:?}); set only one")]
     Conflict {
@@ -100,7 +102,11 @@ impl DatabaseUrl {
             })?
         };
         let mut url = url::Url::parse(&url_text).map_err(|e| {
-            invalid(var, &redact_text(raw), format!("not a connection URL ({e})"))
+            invalid(
+                var,
+                &redact_text(raw),
+                format!("not a connection URL ({e})"),
+            )
         })?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(invalid(
@@ -171,7 +177,8 @@ fn keyword_value_to_url(raw: &str) -> Option<String> {
         if chars.peek().is_none() {
             break;
         }
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         chars.next_if_eq(&'=')?;
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
@@ -293,7 +300,11 @@ impl Raw {
     }
 
     /// A variable and its old name: either may be set; both set and different is an error.
-    fn aliased(&self, var: &'static str, old: &'static str) -> Result<Option<(&'static str, &str)>, ConfigError> {
+    fn aliased(
+        &self,
+        var: &'static str,
+        old: &'static str,
+    ) -> Result<Option<(&'static str, &str)>, ConfigError> {
         match (self.get(var), self.get(old)) {
             (Some(a), Some(b)) if a.trim() != b.trim() => Err(ConfigError::Conflict {
                 a: var,
@@ -324,11 +335,15 @@ fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(invalid(var, raw, "expected true or false (also 1/0, yes/no, on/off)")),
+        _ => Err(invalid(
+            var,
+            raw,
+            "expected true or false (also 1/0, yes/no, on/off)",
+        )),
     }
 }
 
-fn parse_int<T: std::str::FromStr>(var: &'static str, raw: &str, min: u64) -> Result<T, ConfigError>
+fn parse_int<T>(var: &'static str, raw: &str, min: u64) -> Result<T, ConfigError>
 where
     T: TryFrom<u64>,
 {
@@ -341,7 +356,13 @@ where
 }
 
 fn parse_duration(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
-    parse_go_duration(raw.trim()).map_err(|e| invalid(var, raw, format!("expected a Go duration such as 2s, 500ms or 1m30s ({e})")))
+    parse_go_duration(raw.trim()).map_err(|e| {
+        invalid(
+            var,
+            raw,
+            format!("expected a Go duration such as 2s, 500ms or 1m30s ({e})"),
+        )
+    })
 }
 
 impl Settings {
@@ -349,10 +370,11 @@ impl Settings {
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
         // `.env` never overrides a variable the process already has.
         let _ = dotenvy::dotenv();
-        let config_file = overrides
-            .config_file
-            .clone()
-            .or_else(|| std::env::var_os("CONFIG_FILE").filter(|v| !v.is_empty()).map(PathBuf::from));
+        let config_file = overrides.config_file.clone().or_else(|| {
+            std::env::var_os("CONFIG_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
         let mut figment = Figment::new();
         if let Some(path) = &config_file {
             if !path.is_file() {
@@ -412,16 +434,33 @@ impl Settings {
         };
         let tables_dir = PathBuf::from(raw.get("TABLES_DIR").unwrap_or("./tables"));
         let csv_file = raw.get("CSV_FILE").map(PathBuf::from);
-        let cron_expression = raw.get("CRON_SCHEDULE").unwrap_or("@every 24h").trim().to_owned();
-        let cron_schedule = Schedule::parse(&cron_expression)
-            .map_err(|e| invalid("CRON_SCHEDULE", &cron_expression, format!("{e} (robfig/cron v3 standard syntax)")))?;
+        let cron_expression = raw
+            .get("CRON_SCHEDULE")
+            .unwrap_or("@every 24h")
+            .trim()
+            .to_owned();
+        let cron_schedule = Schedule::parse(&cron_expression).map_err(|e| {
+            invalid(
+                "CRON_SCHEDULE",
+                &cron_expression,
+                format!("{e} (robfig/cron v3 standard syntax)"),
+            )
+        })?;
         let batch_size = raw
             .get("BATCH_SIZE")
             .map(|v| parse_int("BATCH_SIZE", v, 1))
             .transpose()?
             .unwrap_or(DEFAULT_BATCH_SIZE);
-        let db_min_conns: u32 = raw.get("DB_MIN_CONNS").map(|v| parse_int("DB_MIN_CONNS", v, 0)).transpose()?.unwrap_or(0);
-        let db_max_conns: u32 = raw.get("DB_MAX_CONNS").map(|v| parse_int("DB_MAX_CONNS", v, 1)).transpose()?.unwrap_or(30);
+        let db_min_conns: u32 = raw
+            .get("DB_MIN_CONNS")
+            .map(|v| parse_int("DB_MIN_CONNS", v, 0))
+            .transpose()?
+            .unwrap_or(0);
+        let db_max_conns: u32 = raw
+            .get("DB_MAX_CONNS")
+            .map(|v| parse_int("DB_MAX_CONNS", v, 1))
+            .transpose()?
+            .unwrap_or(30);
         if db_max_conns < db_min_conns {
             return Err(invalid(
                 "DB_MAX_CONNS",
@@ -433,13 +472,22 @@ impl Settings {
             Some((var, value)) => {
                 let n: usize = parse_int(var, value, 1)?;
                 if n > db_max_conns as usize {
-                    return Err(invalid(var, value, format!("must be ≤ DB_MAX_CONNS ({db_max_conns})")));
+                    return Err(invalid(
+                        var,
+                        value,
+                        format!("must be ≤ DB_MAX_CONNS ({db_max_conns})"),
+                    ));
                 }
                 n
             }
             None => DEFAULT_WORKERS.min(db_max_conns as usize),
         };
-        let bool_or = |var: &'static str, default: bool| raw.get(var).map(|v| parse_bool(var, v)).transpose().map(|b| b.unwrap_or(default));
+        let bool_or = |var: &'static str, default: bool| {
+            raw.get(var)
+                .map(|v| parse_bool(var, v))
+                .transpose()
+                .map(|b| b.unwrap_or(default))
+        };
         let watch_debounce = raw
             .get("WATCH_DEBOUNCE")
             .map(|v| parse_duration("WATCH_DEBOUNCE", v))
@@ -457,9 +505,19 @@ impl Settings {
                 .parse::<f64>()
                 .ok()
                 .filter(|r| (0.0..=1.0).contains(r))
-                .ok_or_else(|| invalid("MAX_DELETE_RATIO", v, "expected a number from 0.0 to 1.0 (1.0 disables the guard)"))?,
+                .ok_or_else(|| {
+                    invalid(
+                        "MAX_DELETE_RATIO",
+                        v,
+                        "expected a number from 0.0 to 1.0 (1.0 disables the guard)",
+                    )
+                })?,
         };
-        let max_rejects = raw.get("MAX_REJECTS").map(|v| parse_int("MAX_REJECTS", v, 0)).transpose()?.unwrap_or(0);
+        let max_rejects = raw
+            .get("MAX_REJECTS")
+            .map(|v| parse_int("MAX_REJECTS", v, 0))
+            .transpose()?
+            .unwrap_or(0);
         let delimiter = match raw.0.get("csv_delimiter").map(String::as_str) {
             None | Some("") => b',',
             Some("\\t") | Some("tab") => b'\t',
@@ -476,7 +534,13 @@ impl Settings {
         let http_addr = match raw.get("HTTP_ADDR").map(str::trim) {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9188))),
             Some(v) if v.eq_ignore_ascii_case("off") => None,
-            Some(v) => Some(v.parse().map_err(|_| invalid("HTTP_ADDR", v, "expected host:port such as 0.0.0.0:9188, or off"))?),
+            Some(v) => Some(v.parse().map_err(|_| {
+                invalid(
+                    "HTTP_ADDR",
+                    v,
+                    "expected host:port such as 0.0.0.0:9188, or off",
+                )
+            })?),
         };
         let log_format = match raw.get("LOG_FORMAT").map(|v| v.trim().to_ascii_lowercase()) {
             None => LogFormat::Text,
@@ -484,9 +548,20 @@ impl Settings {
             Some(v) if v == "json" => LogFormat::Json,
             Some(v) => return Err(invalid("LOG_FORMAT", &v, "expected text or json")),
         };
-        let log_level = raw.get("LOG_LEVEL").unwrap_or("info").trim().to_ascii_lowercase();
-        if !matches!(log_level.as_str(), "trace" | "debug" | "info" | "warn" | "error") {
-            return Err(invalid("LOG_LEVEL", &log_level, "expected trace, debug, info, warn or error"));
+        let log_level = raw
+            .get("LOG_LEVEL")
+            .unwrap_or("info")
+            .trim()
+            .to_ascii_lowercase();
+        if !matches!(
+            log_level.as_str(),
+            "trace" | "debug" | "info" | "warn" | "error"
+        ) {
+            return Err(invalid(
+                "LOG_LEVEL",
+                &log_level,
+                "expected trace, debug, info, warn or error",
+            ));
         }
         Ok(Self {
             database_url,
@@ -516,7 +591,12 @@ impl Settings {
     pub fn resolve_csv_file(&self, flag: Option<&Path>) -> Result<PathBuf, ConfigError> {
         let (var, file) = match flag {
             Some(f) => ("--file", f.to_path_buf()),
-            None => ("CSV_FILE", self.csv_file.clone().ok_or(ConfigError::Missing { var: "CSV_FILE" })?),
+            None => (
+                "CSV_FILE",
+                self.csv_file
+                    .clone()
+                    .ok_or(ConfigError::Missing { var: "CSV_FILE" })?,
+            ),
         };
         confine(var, &self.tables_dir, &file)
     }
@@ -550,18 +630,31 @@ impl Settings {
 /// after following symlinks. The file itself need not exist yet.
 pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<PathBuf, ConfigError> {
     let shown = file.display().to_string();
-    let dir = tables_dir
-        .canonicalize()
-        .map_err(|e| invalid("TABLES_DIR", &tables_dir.display().to_string(), format!("must be an existing directory ({e})")))?;
+    let dir = tables_dir.canonicalize().map_err(|e| {
+        invalid(
+            "TABLES_DIR",
+            &tables_dir.display().to_string(),
+            format!("must be an existing directory ({e})"),
+        )
+    })?;
     if file.components().any(|c| c == Component::ParentDir) {
-        return Err(invalid(var, &shown, format!("must lie inside TABLES_DIR ({}); '..' is not allowed", dir.display())));
+        return Err(invalid(
+            var,
+            &shown,
+            format!(
+                "must lie inside TABLES_DIR ({}); '..' is not allowed",
+                dir.display()
+            ),
+        ));
     }
     let candidate = if file.is_absolute() {
         file.to_path_buf()
     } else {
         let in_dir = dir.join(file);
         if !in_dir.exists() && file.exists() {
-            std::env::current_dir().map(|cwd| cwd.join(file)).unwrap_or(in_dir)
+            std::env::current_dir()
+                .map(|cwd| cwd.join(file))
+                .unwrap_or(in_dir)
         } else {
             in_dir
         }
@@ -583,7 +676,11 @@ pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<Path
         return Err(invalid(
             var,
             &shown,
-            format!("must resolve to a file inside TABLES_DIR ({}), it resolves to {}", dir.display(), resolved.display()),
+            format!(
+                "must resolve to a file inside TABLES_DIR ({}), it resolves to {}",
+                dir.display(),
+                resolved.display()
+            ),
         ));
     }
     Ok(resolved)
@@ -594,7 +691,10 @@ mod tests {
     use super::*;
 
     fn raw(pairs: &[(&str, &str)]) -> Raw {
-        Raw(pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect())
+        Raw(pairs
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect())
     }
 
     fn err_of(pairs: &[(&str, &str)]) -> String {
@@ -623,14 +723,20 @@ mod tests {
         let s = Settings::from_raw(&raw(&[("DB_MAX_CONNS", "4")])).unwrap();
         assert_eq!(s.workers, 4);
         let e = err_of(&[("DB_MAX_CONNS", "4"), ("WORKER_POOL_SIZE", "5")]);
-        assert!(e.contains("WORKER_POOL_SIZE") && e.contains("DB_MAX_CONNS"), "{e}");
+        assert!(
+            e.contains("WORKER_POOL_SIZE") && e.contains("DB_MAX_CONNS"),
+            "{e}"
+        );
     }
 
     #[test]
     fn dsn_is_the_old_name_and_a_conflict_is_an_error() {
         let s = Settings::from_raw(&raw(&[("DSN", "postgres://u:pw@db/x")])).unwrap();
         assert_eq!(s.database_url.expose(), "postgres://u:pw@db/x");
-        let e = err_of(&[("DSN", "postgres://u:pw@db/x"), ("DATABASE_URL", "postgres://u:pw@db/y")]);
+        let e = err_of(&[
+            ("DSN", "postgres://u:pw@db/x"),
+            ("DATABASE_URL", "postgres://u:pw@db/y"),
+        ]);
         assert!(e.contains("DSN") && e.contains("DATABASE_URL"), "{e}");
         assert!(!e.contains("pw"), "password leaked: {e}");
     }
@@ -646,8 +752,15 @@ mod tests {
 
     #[test]
     fn keyword_value_dsn_of_the_old_service_is_accepted() {
-        let url = DatabaseUrl::parse("DSN", "host=db port=5433 user=app password='p w' dbname=followers sslmode=disable").unwrap();
-        assert_eq!(url.expose(), "postgres://app:p%20w@db:5433/followers?sslmode=disable");
+        let url = DatabaseUrl::parse(
+            "DSN",
+            "host=db port=5433 user=app password='p w' dbname=followers sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(
+            url.expose(),
+            "postgres://app:p%20w@db:5433/followers?sslmode=disable"
+        );
         assert!(!url.to_string().contains("p%20w"));
     }
 
@@ -669,7 +782,10 @@ mod tests {
             ("CRON_SCHEDULE", "61 * * * *", "robfig"),
         ] {
             let e = err_of(&[(var, value)]);
-            assert!(e.contains(var) && e.contains(value) && e.contains(rule), "{var}={value}: {e}");
+            assert!(
+                e.contains(var) && e.contains(value) && e.contains(rule),
+                "{var}={value}: {e}"
+            );
         }
         let e = err_of(&[("DB_MIN_CONNS", "5"), ("DB_MAX_CONNS", "2")]);
         assert!(e.contains("DB_MIN_CONNS"), "{e}");
@@ -682,14 +798,26 @@ mod tests {
         std::fs::create_dir(&tables).unwrap();
         std::fs::write(dir.path().join("secret.csv"), "x").unwrap();
         std::fs::write(tables.join("f.csv"), "x").unwrap();
-        assert_eq!(confine("CSV_FILE", &tables, Path::new("f.csv")).unwrap(), tables.canonicalize().unwrap().join("f.csv"));
-        assert!(confine("CSV_FILE", &tables, Path::new("new.csv")).is_ok(), "a file not yet written is fine");
-        assert!(confine("CSV_FILE", &tables, Path::new("../secret.csv")).unwrap_err().to_string().contains("TABLES_DIR"));
+        assert_eq!(
+            confine("CSV_FILE", &tables, Path::new("f.csv")).unwrap(),
+            tables.canonicalize().unwrap().join("f.csv")
+        );
+        assert!(
+            confine("CSV_FILE", &tables, Path::new("new.csv")).is_ok(),
+            "a file not yet written is fine"
+        );
+        assert!(confine("CSV_FILE", &tables, Path::new("../secret.csv"))
+            .unwrap_err()
+            .to_string()
+            .contains("TABLES_DIR"));
         assert!(confine("CSV_FILE", &tables, &dir.path().join("secret.csv")).is_err());
         #[cfg(unix)]
         {
-            std::os::unix::fs::symlink(dir.path().join("secret.csv"), tables.join("link.csv")).unwrap();
-            let e = confine("CSV_FILE", &tables, Path::new("link.csv")).unwrap_err().to_string();
+            std::os::unix::fs::symlink(dir.path().join("secret.csv"), tables.join("link.csv"))
+                .unwrap();
+            let e = confine("CSV_FILE", &tables, Path::new("link.csv"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("resolves to"), "{e}");
         }
     }

@@ -35,7 +35,11 @@ pub enum DbError {
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError> {
     // One direct attempt first: an unreachable server fails now, not after the
     // pool's acquire timeout.
-    AdvisoryLock::open(&settings.database_url).await?.close().await.ok();
+    AdvisoryLock::open(&settings.database_url)
+        .await?
+        .close()
+        .await
+        .ok();
     let mut options = ConnectOptions::new(settings.database_url.expose().to_owned());
     options
         .max_connections(settings.db_max_conns)
@@ -43,10 +47,12 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError>
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(60))
         .sqlx_logging(false);
-    Database::connect(options).await.map_err(|source| DbError::Connect {
-        url: settings.database_url.to_string(),
-        source,
-    })
+    Database::connect(options)
+        .await
+        .map_err(|source| DbError::Connect {
+            url: settings.database_url.to_string(),
+            source,
+        })
 }
 
 /// A session-level advisory lock held on its own connection (outside the pool, so a
@@ -59,10 +65,12 @@ pub struct AdvisoryLock {
 
 impl AdvisoryLock {
     async fn open(url: &DatabaseUrl) -> Result<PgConnection, DbError> {
-        PgConnection::connect(url.expose()).await.map_err(|source| DbError::LockConnect {
-            url: url.to_string(),
-            source,
-        })
+        PgConnection::connect(url.expose())
+            .await
+            .map_err(|source| DbError::LockConnect {
+                url: url.to_string(),
+                source,
+            })
     }
 
     /// Takes the run lock if it is free; `None` when another run holds it.
@@ -73,7 +81,10 @@ impl AdvisoryLock {
             .fetch_one(&mut conn)
             .await
             .map_err(DbError::Lock)?;
-        Ok(got.then_some(Self { conn, key: RUN_LOCK }))
+        Ok(got.then_some(Self {
+            conn,
+            key: RUN_LOCK,
+        }))
     }
 
     /// Waits for the migration lock.

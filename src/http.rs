@@ -9,14 +9,14 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
-use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
 /// Records what a run did; a no-op until `install_recorder` ran.
 pub fn record_run(summary: &Summary) {
     let outcome = summary.outcome.as_str();
     metrics::counter!("followers_etl_runs_total", "outcome" => outcome).increment(1);
-    metrics::histogram!("followers_etl_run_duration_seconds", "outcome" => outcome).record(summary.duration.as_secs_f64());
+    metrics::histogram!("followers_etl_run_duration_seconds", "outcome" => outcome)
+        .record(summary.duration.as_secs_f64());
     if summary.outcome == Outcome::Synced {
         let c = &summary.counts;
         for (action, n) in [
@@ -30,7 +30,8 @@ pub fn record_run(summary: &Summary) {
         ] {
             metrics::counter!("followers_etl_rows_total", "action" => action).increment(n);
         }
-        metrics::gauge!("followers_etl_last_success_timestamp_seconds").set(chrono::Utc::now().timestamp() as f64);
+        metrics::gauge!("followers_etl_last_success_timestamp_seconds")
+            .set(chrono::Utc::now().timestamp() as f64);
     }
 }
 
@@ -55,12 +56,21 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     if let Err(e) = state.db.ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n"));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreachable: {e}\n"),
+        );
     }
     match crate::db::migrations_pending(&state.db).await {
         Ok(false) => (StatusCode::OK, "ready\n".into()),
-        Ok(true) => (StatusCode::SERVICE_UNAVAILABLE, "migrations pending\n".into()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read migrations: {e}\n")),
+        Ok(true) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "migrations pending\n".into(),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read migrations: {e}\n"),
+        ),
     }
 }
 
@@ -77,18 +87,28 @@ async fn metrics_text(State(state): State<AppState>) -> String {
             metrics::gauge!("followers_etl_followers").set(n as f64);
         }
     }
-    state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default()
+    state
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default()
 }
 
 /// Serves the endpoints until `stop` is cancelled.
-pub async fn serve(addr: SocketAddr, db: DatabaseConnection, metrics: Option<PrometheusHandle>, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    db: DatabaseConnection,
+    metrics: Option<PrometheusHandle>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(AppState { db, metrics });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "HTTP endpoints listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP endpoints listening");
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

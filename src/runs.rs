@@ -96,7 +96,9 @@ fn i(n: u64) -> i64 {
 /// call it while holding the run lock: then no other run is in flight.
 #[tracing::instrument(skip_all, err)]
 pub async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
-    let orphans = db.execute_unprepared("DELETE FROM public.staging_followers").await?;
+    let orphans = db
+        .execute_unprepared("DELETE FROM public.staging_followers")
+        .await?;
     let interrupted = sync_runs::Entity::update_many()
         .col_expr(sync_runs::Column::Outcome, Outcome::Failed.as_str().into())
         .col_expr(sync_runs::Column::FinishedAt, now().into())
@@ -187,7 +189,11 @@ pub async fn last_synced_hash(db: &impl ConnectionTrait) -> Result<Option<String
 }
 
 /// Marks a successful sync in `table_status` (one row per target table).
-pub async fn mark_synced(db: &impl ConnectionTrait, load_id: LoadId, hash: &ContentHash) -> Result<(), DbErr> {
+pub async fn mark_synced(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    hash: &ContentHash,
+) -> Result<(), DbErr> {
     table_status::Entity::insert(table_status::ActiveModel {
         table_name: Set(TARGET_TABLE.into()),
         last_activity: Set(Some(now())),
@@ -219,7 +225,10 @@ pub async fn recent(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<sync_ru
 }
 
 pub async fn table_status(db: &impl ConnectionTrait) -> Result<Vec<table_status::Model>, DbErr> {
-    table_status::Entity::find().order_by_asc(table_status::Column::TableName).all(db).await
+    table_status::Entity::find()
+        .order_by_asc(table_status::Column::TableName)
+        .all(db)
+        .await
 }
 
 /// A run record as JSON (`status --json`).

@@ -21,8 +21,17 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Followers::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(Followers::Email).string_len(255).not_null().primary_key())
-                    .col(ColumnDef::new(Followers::FullName).string_len(255).not_null())
+                    .col(
+                        ColumnDef::new(Followers::Email)
+                            .string_len(255)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Followers::FullName)
+                            .string_len(255)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Followers::ModifiedAt).timestamp().not_null())
                     .to_owned(),
             )

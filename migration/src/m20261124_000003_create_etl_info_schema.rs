@@ -41,7 +41,11 @@ fn schema() -> Alias {
 }
 
 fn count(col: SyncRuns) -> ColumnDef {
-    ColumnDef::new(col).big_integer().not_null().default(0).to_owned()
+    ColumnDef::new(col)
+        .big_integer()
+        .not_null()
+        .default(0)
+        .to_owned()
 }
 
 #[async_trait::async_trait]
@@ -57,8 +61,19 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table((schema(), TableStatus::Table))
                     .if_not_exists()
-                    .col(ColumnDef::new(TableStatus::Id).integer().not_null().auto_increment().primary_key())
-                    .col(ColumnDef::new(TableStatus::TableName).string_len(64).not_null().unique_key())
+                    .col(
+                        ColumnDef::new(TableStatus::Id)
+                            .integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(TableStatus::TableName)
+                            .string_len(64)
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(TableStatus::LastActivity).timestamp().null())
                     .to_owned(),
             )
@@ -67,7 +82,11 @@ impl MigrationTrait for Migration {
             .alter_table(
                 Table::alter()
                     .table((schema(), TableStatus::Table))
-                    .add_column_if_not_exists(ColumnDef::new(TableStatus::ContentHash).string_len(64).null())
+                    .add_column_if_not_exists(
+                        ColumnDef::new(TableStatus::ContentHash)
+                            .string_len(64)
+                            .null(),
+                    )
                     .add_column_if_not_exists(ColumnDef::new(TableStatus::LoadId).uuid().null())
                     .to_owned(),
             )
@@ -77,7 +96,12 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table((schema(), SyncRuns::Table))
                     .if_not_exists()
-                    .col(ColumnDef::new(SyncRuns::LoadId).uuid().not_null().primary_key())
+                    .col(
+                        ColumnDef::new(SyncRuns::LoadId)
+                            .uuid()
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(SyncRuns::Trigger).string_len(16).not_null())
                     .col(ColumnDef::new(SyncRuns::File).text().not_null())
                     .col(ColumnDef::new(SyncRuns::ContentHash).string_len(64).null())

@@ -76,19 +76,40 @@ mod tests {
 
     #[test]
     fn normalises_case_and_surrounding_space() {
-        assert_eq!(Email::parse("  Ann@Example.COM\t").unwrap().as_str(), "ann@example.com");
+        assert_eq!(
+            Email::parse("  Ann@Example.COM\t").unwrap().as_str(),
+            "ann@example.com"
+        );
     }
 
     #[test]
     fn rejects_each_invalid_form() {
         assert_eq!(Email::parse("   "), Err(EmailError::Empty));
-        assert!(matches!(Email::parse("ann.example.com"), Err(EmailError::NoAt(_))));
+        assert!(matches!(
+            Email::parse("ann.example.com"),
+            Err(EmailError::NoAt(_))
+        ));
         assert!(matches!(Email::parse("a@b@c"), Err(EmailError::ManyAt(_))));
-        assert!(matches!(Email::parse("@b.com"), Err(EmailError::EmptyLocal(_))));
-        assert!(matches!(Email::parse("ann@"), Err(EmailError::EmptyDomain(_))));
-        assert!(matches!(Email::parse("an n@b.com"), Err(EmailError::BadChar(_))));
-        assert!(matches!(Email::parse("ann@b\u{7}.com"), Err(EmailError::BadChar(_))));
-        assert!(matches!(Email::parse("ann@b\u{a0}.com"), Err(EmailError::BadChar(_))));
+        assert!(matches!(
+            Email::parse("@b.com"),
+            Err(EmailError::EmptyLocal(_))
+        ));
+        assert!(matches!(
+            Email::parse("ann@"),
+            Err(EmailError::EmptyDomain(_))
+        ));
+        assert!(matches!(
+            Email::parse("an n@b.com"),
+            Err(EmailError::BadChar(_))
+        ));
+        assert!(matches!(
+            Email::parse("ann@b\u{7}.com"),
+            Err(EmailError::BadChar(_))
+        ));
+        assert!(matches!(
+            Email::parse("ann@b\u{a0}.com"),
+            Err(EmailError::BadChar(_))
+        ));
     }
 
     #[test]

@@ -37,7 +37,10 @@ mod tests {
 
     #[test]
     fn trims_and_keeps_inner_text() {
-        assert_eq!(FullName::parse("  Zoë, \"Z\" 王  ").unwrap().as_str(), "Zoë, \"Z\" 王");
+        assert_eq!(
+            FullName::parse("  Zoë, \"Z\" 王  ").unwrap().as_str(),
+            "Zoë, \"Z\" 王"
+        );
         assert_eq!(FullName::parse("").unwrap().as_str(), "");
     }
 
@@ -45,6 +48,9 @@ mod tests {
     fn rejects_nul_and_overlong_names() {
         assert_eq!(FullName::parse("a\0b"), Err(FullNameError::Nul));
         assert!(FullName::parse(&"名".repeat(255)).is_ok());
-        assert_eq!(FullName::parse(&"名".repeat(256)), Err(FullNameError::TooLong(256)));
+        assert_eq!(
+            FullName::parse(&"名".repeat(256)),
+            Err(FullNameError::TooLong(256))
+        );
     }
 }

@@ -32,7 +32,9 @@ pub fn check_file(path: &Path, format: &CsvFormat) -> Result<CheckReport, ReadEr
         match validate(&row, &columns) {
             Ok(f) => {
                 report.valid += 1;
-                seen.entry(f.email.as_str().to_owned()).or_default().push(f.line);
+                seen.entry(f.email.as_str().to_owned())
+                    .or_default()
+                    .push(f.line);
             }
             Err(reject) => {
                 report.invalid += 1;
@@ -40,8 +42,15 @@ pub fn check_file(path: &Path, format: &CsvFormat) -> Result<CheckReport, ReadEr
             }
         }
     }
-    report.duplicate_lines = seen.into_iter().filter(|(_, lines)| lines.len() > 1).collect();
+    report.duplicate_lines = seen
+        .into_iter()
+        .filter(|(_, lines)| lines.len() > 1)
+        .collect();
     report.duplicate_lines.sort_by_key(|(_, lines)| lines[0]);
-    report.duplicates = report.duplicate_lines.iter().map(|(_, l)| l.len() as u64 - 1).sum();
+    report.duplicates = report
+        .duplicate_lines
+        .iter()
+        .map(|(_, l)| l.len() as u64 - 1)
+        .sum();
     Ok(report)
 }

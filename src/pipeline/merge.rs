@@ -17,7 +17,9 @@
 
 use crate::domain::{ContentHash, LoadId};
 use crate::runs::{self, Counts, Outcome};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -57,7 +59,11 @@ pub enum MergeError {
         source: DbErr,
     },
     #[error("refused: the file would delete {deleted} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; rolled back (use --allow-mass-delete if intended)", *deleted as f64 * 100.0 / *current as f64)]
-    MassDelete { deleted: u64, current: u64, ratio: f64 },
+    MassDelete {
+        deleted: u64,
+        current: u64,
+        ratio: f64,
+    },
 }
 
 /// What the merge needs to know about the load.
@@ -131,17 +137,32 @@ fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
 
 /// Applies the load in one transaction and commits, or rolls back on any error.
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
-pub async fn merge(db: &DatabaseConnection, load: &Load<'_>, guard: Guard) -> Result<Counts, MergeError> {
+pub async fn merge(
+    db: &DatabaseConnection,
+    load: &Load<'_>,
+    guard: Guard,
+) -> Result<Counts, MergeError> {
     let id: Value = load.load_id.uuid().into();
     let protected: Value = load.protected.clone().into();
     let txn = db.begin().await.map_err(at(Step::Begin))?;
     let current = count(&txn, "SELECT count(*) FROM public.followers", vec![])
         .await
         .map_err(at(Step::Begin))?;
-    let updated = txn.execute(stmt(UPDATE, vec![id.clone()])).await.map_err(at(Step::Update))?.rows_affected();
-    let inserted = txn.execute(stmt(INSERT, vec![id.clone()])).await.map_err(at(Step::Insert))?.rows_affected();
+    let updated = txn
+        .execute(stmt(UPDATE, vec![id.clone()]))
+        .await
+        .map_err(at(Step::Update))?
+        .rows_affected();
+    let inserted = txn
+        .execute(stmt(INSERT, vec![id.clone()]))
+        .await
+        .map_err(at(Step::Insert))?
+        .rows_affected();
     let deleted = txn
-        .execute(stmt(&format!("DELETE {ABSENT}"), vec![id.clone(), protected]))
+        .execute(stmt(
+            &format!("DELETE {ABSENT}"),
+            vec![id.clone(), protected],
+        ))
         .await
         .map_err(at(Step::Delete))?
         .rows_affected();
@@ -153,11 +174,22 @@ pub async fn merge(db: &DatabaseConnection, load: &Load<'_>, guard: Guard) -> Re
         unchanged: load.distinct.saturating_sub(inserted + updated),
         ..load.counts
     };
-    runs::mark_synced(&txn, load.load_id, load.hash).await.map_err(at(Step::Status))?;
-    runs::finish(&txn, load.load_id, Outcome::Synced, &counts, None, Some(load.hash))
+    runs::mark_synced(&txn, load.load_id, load.hash)
         .await
-        .map_err(at(Step::Record))?;
-    super::stage::discard(&txn, load.load_id).await.map_err(at(Step::Cleanup))?;
+        .map_err(at(Step::Status))?;
+    runs::finish(
+        &txn,
+        load.load_id,
+        Outcome::Synced,
+        &counts,
+        None,
+        Some(load.hash),
+    )
+    .await
+    .map_err(at(Step::Record))?;
+    super::stage::discard(&txn, load.load_id)
+        .await
+        .map_err(at(Step::Cleanup))?;
     txn.commit().await.map_err(at(Step::Commit))?;
     Ok(counts)
 }
@@ -165,7 +197,11 @@ pub async fn merge(db: &DatabaseConnection, load: &Load<'_>, guard: Guard) -> Re
 /// What `merge` would do, computed with reads only; `Err(MassDelete)` tells that
 /// the guard would refuse (with the counts).
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
-pub async fn plan(db: &DatabaseConnection, load: &Load<'_>, guard: Guard) -> Result<(Counts, Option<MergeError>), MergeError> {
+pub async fn plan(
+    db: &DatabaseConnection,
+    load: &Load<'_>,
+    guard: Guard,
+) -> Result<(Counts, Option<MergeError>), MergeError> {
     let id: Value = load.load_id.uuid().into();
     let protected: Value = load.protected.clone().into();
     let txn = db.begin().await.map_err(at(Step::Begin))?;
@@ -176,9 +212,13 @@ pub async fn plan(db: &DatabaseConnection, load: &Load<'_>, guard: Guard) -> Res
         .ok_or_else(|| at(Step::Update)(DbErr::RecordNotFound("count".into())))?;
     let inserted: i64 = row.try_get("", "inserted").map_err(at(Step::Insert))?;
     let updated: i64 = row.try_get("", "updated").map_err(at(Step::Update))?;
-    let deleted = count(&txn, &format!("SELECT count(*) {ABSENT}"), vec![id, protected])
-        .await
-        .map_err(at(Step::Delete))?;
+    let deleted = count(
+        &txn,
+        &format!("SELECT count(*) {ABSENT}"),
+        vec![id, protected],
+    )
+    .await
+    .map_err(at(Step::Delete))?;
     let current = count(&txn, "SELECT count(*) FROM public.followers", vec![])
         .await
         .map_err(at(Step::Guard))?;
@@ -207,8 +247,23 @@ mod tests {
         assert!(g.check(5, 10).is_ok());
         assert!(g.check(6, 10).is_err());
         assert!(g.check(0, 0).is_ok());
-        assert!(Guard { allow_mass_delete: true, ..g }.check(10, 10).is_ok());
-        assert!(Guard { max_delete_ratio: 1.0, ..g }.check(10, 10).is_ok());
-        assert!(Guard { max_delete_ratio: 0.0, ..g }.check(1, 10).is_err());
+        assert!(Guard {
+            allow_mass_delete: true,
+            ..g
+        }
+        .check(10, 10)
+        .is_ok());
+        assert!(Guard {
+            max_delete_ratio: 1.0,
+            ..g
+        }
+        .check(10, 10)
+        .is_ok());
+        assert!(Guard {
+            max_delete_ratio: 0.0,
+            ..g
+        }
+        .check(1, 10)
+        .is_err());
     }
 }

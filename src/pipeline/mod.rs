@@ -114,7 +114,9 @@ pub enum SyncError {
 impl SyncError {
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::TooManyRejects { .. } | Self::Merge(MergeError::MassDelete { .. }) => Outcome::Refused,
+            Self::TooManyRejects { .. } | Self::Merge(MergeError::MassDelete { .. }) => {
+                Outcome::Refused
+            }
             _ => Outcome::Failed,
         }
     }
@@ -122,7 +124,10 @@ impl SyncError {
     /// The stage that failed, for logs.
     pub fn stage(&self) -> &'static str {
         match self {
-            Self::Read(_) | Self::TooManyRejects { .. } | Self::FileChanged { .. } | Self::Join(_) => "read",
+            Self::Read(_)
+            | Self::TooManyRejects { .. }
+            | Self::FileChanged { .. }
+            | Self::Join(_) => "read",
             Self::Stage(_) => "stage",
             Self::Merge(MergeError::Step { step, .. }) => step.name(),
             Self::Merge(MergeError::MassDelete { .. }) => "guard",
@@ -150,7 +155,12 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 /// Runs one sync and returns its summary; never panics, never leaves staging rows
 /// behind, and changes `followers` only when the outcome is `synced`.
 #[tracing::instrument(name = "sync", skip_all, fields(load_id = %load_id, trigger = request.trigger.as_str(), file = %request.file.display()))]
-pub async fn run_sync(ctx: &SyncContext, request: &SyncRequest, load_id: LoadId, cancel: CancellationToken) -> Summary {
+pub async fn run_sync(
+    ctx: &SyncContext,
+    request: &SyncRequest,
+    load_id: LoadId,
+    cancel: CancellationToken,
+) -> Summary {
     let started = Instant::now();
     let mut counts = Counts::default();
     let (outcome, reason) = match locked_run(ctx, request, load_id, &mut counts, cancel).await {
@@ -198,7 +208,9 @@ async fn locked_run(
     let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
-        runs::start(db, load_id, request.trigger, &file, None).await.map_err(SyncError::Bookkeeping)?;
+        runs::start(db, load_id, request.trigger, &file, None)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
         runs::finish(db, load_id, Outcome::Skipped, counts, Some(reason), None)
             .await
             .map_err(SyncError::Bookkeeping)?;
@@ -206,7 +218,9 @@ async fn locked_run(
     };
     let result = async {
         runs::recover(db).await.map_err(SyncError::Bookkeeping)?;
-        runs::start(db, load_id, request.trigger, &file, None).await.map_err(SyncError::Bookkeeping)?;
+        runs::start(db, load_id, request.trigger, &file, None)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
         let outcome = saga(ctx, request, load_id, counts, &cancel).await;
         if let Err(e) = &outcome {
             compensate(db, load_id, counts, e).await;
@@ -223,7 +237,16 @@ async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, e
     if let Err(e) = stage::discard(db, load_id).await {
         tracing::error!(error = %error_chain(&e), "could not remove staging rows; the next run removes them");
     }
-    if let Err(e) = runs::finish(db, load_id, error.outcome(), counts, Some(&error_chain(error)), None).await {
+    if let Err(e) = runs::finish(
+        db,
+        load_id,
+        error.outcome(),
+        counts,
+        Some(&error_chain(error)),
+        None,
+    )
+    .await
+    {
         tracing::error!(error = %error_chain(&e), "could not record the run's outcome; the next run marks it failed");
     }
 }
@@ -240,17 +263,34 @@ async fn saga(
     let db = &ctx.db;
 
     // 1. Hash: unchanged since the last successful sync → skip.
+    let timer = Instant::now();
     let hash = hash(&request.file, settings.csv).await?;
-    if !request.force && runs::last_synced_hash(db).await.map_err(SyncError::Bookkeeping)?.as_deref() == Some(hash.as_str()) {
-        let reason = "unchanged since the last successful sync";
-        runs::finish(db, load_id, Outcome::Skipped, counts, Some(reason), Some(&hash))
+    crate::http::record_stage("hash", timer.elapsed().as_secs_f64());
+    if !request.force
+        && runs::last_synced_hash(db)
             .await
-            .map_err(SyncError::Bookkeeping)?;
+            .map_err(SyncError::Bookkeeping)?
+            .as_deref()
+            == Some(hash.as_str())
+    {
+        let reason = "unchanged since the last successful sync";
+        runs::finish(
+            db,
+            load_id,
+            Outcome::Skipped,
+            counts,
+            Some(reason),
+            Some(&hash),
+        )
+        .await
+        .map_err(SyncError::Bookkeeping)?;
         return Ok((Outcome::Skipped, Some(reason.into())));
     }
 
     // 2-5. Read, validate and stage, streaming.
+    let timer = Instant::now();
     let read = read_and_stage(ctx, request, load_id, cancel).await?;
+    crate::http::record_stage("read_and_stage", timer.elapsed().as_secs_f64());
     *counts = Counts {
         rows_read: read.rows_read,
         rejected: read.rejected,
@@ -287,14 +327,25 @@ async fn saga(
     if request.dry_run {
         let (planned, refusal) = merge::plan(db, &load, guard).await?;
         *counts = planned;
-        stage::discard(db, load_id).await.map_err(SyncError::Bookkeeping)?;
-        let note = refusal.map(|e| format!("a real run would be {}", e));
-        runs::finish(db, load_id, Outcome::DryRun, counts, note.as_deref(), Some(&hash))
+        stage::discard(db, load_id)
             .await
             .map_err(SyncError::Bookkeeping)?;
+        let note = refusal.map(|e| format!("a real run would be {}", e));
+        runs::finish(
+            db,
+            load_id,
+            Outcome::DryRun,
+            counts,
+            note.as_deref(),
+            Some(&hash),
+        )
+        .await
+        .map_err(SyncError::Bookkeeping)?;
         return Ok((Outcome::DryRun, note));
     }
+    let timer = Instant::now();
     *counts = merge::merge(db, &load, guard).await?;
+    crate::http::record_stage("merge", timer.elapsed().as_secs_f64());
     Ok((Outcome::Synced, None))
 }
 
@@ -329,8 +380,16 @@ async fn read_and_stage(
     let (tx, rx) = async_channel::bounded::<Batch>(settings.workers * 2);
     let staged = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
-    let total_bytes = std::fs::metadata(&request.file).map(|m| m.len()).unwrap_or(0);
-    let progress = progress::start(ctx.progress, load_id, staged.clone(), bytes.clone(), total_bytes);
+    let total_bytes = std::fs::metadata(&request.file)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let progress = progress::start(
+        ctx.progress,
+        load_id,
+        staged.clone(),
+        bytes.clone(),
+        total_bytes,
+    );
 
     let reader = {
         let (file, cancel, bytes) = (request.file.clone(), stage_cancel.clone(), bytes.clone());
@@ -409,8 +468,14 @@ fn produce(
             }
         }
         if batch.len() >= settings.batch_size {
-            bytes.store(row.record.position().map_or(0, |p| p.byte()), Ordering::Relaxed);
-            send(std::mem::replace(&mut batch, Vec::with_capacity(settings.batch_size)))?;
+            bytes.store(
+                row.record.position().map_or(0, |p| p.byte()),
+                Ordering::Relaxed,
+            );
+            send(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(settings.batch_size),
+            ))?;
         }
     }
     if !batch.is_empty() {

@@ -30,12 +30,20 @@ impl Progress {
     }
 }
 
-pub fn start(style: ProgressStyle, load_id: LoadId, staged: Arc<AtomicU64>, bytes: Arc<AtomicU64>, total_bytes: u64) -> Progress {
+pub fn start(
+    style: ProgressStyle,
+    load_id: LoadId,
+    staged: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    total_bytes: u64,
+) -> Progress {
     let bar = (style == ProgressStyle::Bar).then(|| {
         let bar = indicatif::ProgressBar::new(total_bytes);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
     });

@@ -158,7 +158,11 @@ impl CsvRecords {
             path: path.to_owned(),
             source,
         })?;
-        Ok(Self::from_reader(path, format, BufReader::with_capacity(256 * 1024, file)))
+        Ok(Self::from_reader(
+            path,
+            format,
+            BufReader::with_capacity(256 * 1024, file),
+        ))
     }
 
     fn from_reader(path: &Path, format: &CsvFormat, inner: BufReader<File>) -> Self {
@@ -225,7 +229,11 @@ impl CsvRecords {
 
     fn header_columns(&self, line: u64) -> Result<Columns, ReadError> {
         let find = |column: &'static str| {
-            let mut hits = self.record.iter().enumerate().filter(|(_, f)| is_named(f, column));
+            let mut hits = self
+                .record
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| is_named(f, column));
             match (hits.next(), hits.next()) {
                 (Some((i, _)), None) => Ok(i),
                 (Some(_), Some(_)) => Err(ReadError::DuplicateColumn {
@@ -274,13 +282,21 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn read_all(bytes: &[u8], format: CsvFormat) -> Result<(Option<Columns>, Vec<(u64, Vec<String>)>), ReadError> {
+    type Rows = Vec<(u64, Vec<String>)>;
+
+    fn read_all(bytes: &[u8], format: CsvFormat) -> Result<(Option<Columns>, Rows), ReadError> {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(bytes).unwrap();
         let mut records = CsvRecords::open(file.path(), &format)?;
         let mut rows = Vec::new();
         while let Some(row) = records.next_row()? {
-            rows.push((row.line, row.record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect()));
+            rows.push((
+                row.line,
+                row.record
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect(),
+            ));
         }
         Ok((records.columns(), rows))
     }
@@ -292,8 +308,18 @@ mod tests {
     #[test]
     fn header_by_name_in_any_order_with_extra_columns() {
         let (cols, rows) = read_all(b"id,Full_Name , EMAIL\n1,Ann,a@x.io\n", auto()).unwrap();
-        assert_eq!(cols, Some(Columns { email: 2, full_name: 1, width: 3 }));
-        assert_eq!(rows, vec![(2, vec!["1".into(), "Ann".into(), "a@x.io".into()])]);
+        assert_eq!(
+            cols,
+            Some(Columns {
+                email: 2,
+                full_name: 1,
+                width: 3
+            })
+        );
+        assert_eq!(
+            rows,
+            vec![(2, vec!["1".into(), "Ann".into(), "a@x.io".into()])]
+        );
     }
 
     #[test]
@@ -308,12 +334,21 @@ mod tests {
     fn bom_crlf_blank_lines_and_quoted_line_numbers() {
         let input = "\u{feff}email,full_name\r\n\r\na@x.io,\"Doe, \"\"J\"\"\"\r\n   \r\n,\r\nb@x.io,Bob\r\n";
         let (_, rows) = read_all(input.as_bytes(), auto()).unwrap();
-        assert_eq!(rows, vec![(3, vec!["a@x.io".into(), "Doe, \"J\"".into()]), (6, vec!["b@x.io".into(), "Bob".into()])]);
+        assert_eq!(
+            rows,
+            vec![
+                (3, vec!["a@x.io".into(), "Doe, \"J\"".into()]),
+                (6, vec!["b@x.io".into(), "Bob".into()])
+            ]
+        );
     }
 
     #[test]
     fn forced_header_without_email_column_is_an_error_naming_the_line() {
-        let format = CsvFormat { header: HeaderMode::Present, ..auto() };
+        let format = CsvFormat {
+            header: HeaderMode::Present,
+            ..auto()
+        };
         let err = read_all(b"mail,name\n", format).unwrap_err().to_string();
         assert!(err.contains("line 1") && err.contains("\"email\""), "{err}");
         let err = read_all(b"email,name\n", auto()).unwrap_err().to_string();
@@ -322,7 +357,10 @@ mod tests {
 
     #[test]
     fn forced_no_header_reads_a_first_row_named_email_as_data() {
-        let format = CsvFormat { header: HeaderMode::Absent, ..auto() };
+        let format = CsvFormat {
+            header: HeaderMode::Absent,
+            ..auto()
+        };
         let (_, rows) = read_all(b"email,full_name\n", format).unwrap();
         assert_eq!(rows.len(), 1);
     }
@@ -332,7 +370,10 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(b"a@x.io,Ann\n").unwrap();
         let h1 = hash_file(file.path(), &auto()).unwrap();
-        let semi = CsvFormat { delimiter: b';', ..auto() };
+        let semi = CsvFormat {
+            delimiter: b';',
+            ..auto()
+        };
         assert_ne!(h1, hash_file(file.path(), &semi).unwrap());
         let mut records = CsvRecords::open(file.path(), &auto()).unwrap();
         while records.next_row().unwrap().is_some() {}

@@ -71,7 +71,12 @@ pub async fn copy_batches(
 ) -> Result<u64, StageError> {
     let mut tasks = JoinSet::new();
     for _ in 0..workers {
-        let (pool, batches, staged, cancel) = (pool.clone(), batches.clone(), staged.clone(), cancel.clone());
+        let (pool, batches, staged, cancel) = (
+            pool.clone(),
+            batches.clone(),
+            staged.clone(),
+            cancel.clone(),
+        );
         tasks.spawn(async move {
             let load_id = load_id.to_string();
             let mut conn = None;
@@ -136,7 +141,11 @@ fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
 /// Reports duplicates, then deletes every occurrence but the last, so the load
 /// holds one row per email.
 #[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
-pub async fn resolve_duplicates(db: &DatabaseConnection, load_id: LoadId, limit: u64) -> Result<Duplicates, StageError> {
+pub async fn resolve_duplicates(
+    db: &DatabaseConnection,
+    load_id: LoadId,
+    limit: u64,
+) -> Result<Duplicates, StageError> {
     let id = load_id.uuid();
     let row = db
         .query_one(stmt(
@@ -186,7 +195,10 @@ pub async fn resolve_duplicates(db: &DatabaseConnection, load_id: LoadId, limit:
 #[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
 pub async fn discard(db: &impl ConnectionTrait, load_id: LoadId) -> Result<u64, DbErr> {
     let result = db
-        .execute(stmt("DELETE FROM public.staging_followers WHERE load_id = $1", vec![load_id.uuid().into()]))
+        .execute(stmt(
+            "DELETE FROM public.staging_followers WHERE load_id = $1",
+            vec![load_id.uuid().into()],
+        ))
         .await?;
     Ok(result.rows_affected())
 }

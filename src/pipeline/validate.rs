@@ -24,9 +24,13 @@ pub enum RejectReason {
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::FieldCount { expected, found } => write!(f, "expected {expected} fields, found {found}"),
+            Self::FieldCount { expected, found } => {
+                write!(f, "expected {expected} fields, found {found}")
+            }
             Self::InvalidUtf8 { column } => write!(f, "{column} is not valid UTF-8"),
-            Self::LineBreak { column } => write!(f, "{column} contains a line break (is a quote unbalanced?)"),
+            Self::LineBreak { column } => {
+                write!(f, "{column} contains a line break (is a quote unbalanced?)")
+            }
             Self::Email(e) => e.fmt(f),
             Self::FullName(e) => e.fmt(f),
         }
@@ -63,7 +67,8 @@ pub fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
         reason,
         email,
     };
-    let email = text(row, columns.email, "email").and_then(|e| Email::parse(e).map_err(RejectReason::Email));
+    let email = text(row, columns.email, "email")
+        .and_then(|e| Email::parse(e).map_err(RejectReason::Email));
     if row.record.len() != columns.width {
         let reason = RejectReason::FieldCount {
             expected: columns.width,
@@ -95,24 +100,60 @@ mod tests {
     }
 
     fn reason(fields: &[&[u8]]) -> RejectReason {
-        validate(&row(fields), &Columns::POSITIONAL).unwrap_err().reason
+        validate(&row(fields), &Columns::POSITIONAL)
+            .unwrap_err()
+            .reason
     }
 
     #[test]
     fn valid_row_is_normalised() {
         let f = validate(&row(&[b" Ann@X.io ", b"  Ann Lee "]), &Columns::POSITIONAL).unwrap();
-        assert_eq!((f.line, f.email.as_str(), f.full_name.as_str()), (7, "ann@x.io", "Ann Lee"));
+        assert_eq!(
+            (f.line, f.email.as_str(), f.full_name.as_str()),
+            (7, "ann@x.io", "Ann Lee")
+        );
     }
 
     #[test]
     fn each_reject_reason_carries_the_line() {
-        assert_eq!(reason(&[b"a@x.io"]), RejectReason::FieldCount { expected: 2, found: 1 });
-        assert_eq!(reason(&[b"a@x.io", b"A", b"extra"]), RejectReason::FieldCount { expected: 2, found: 3 });
-        assert_eq!(reason(&[b"a\xff@x.io", b"A"]), RejectReason::InvalidUtf8 { column: "email" });
-        assert_eq!(reason(&[b"a@x.io", b"\xc3("]), RejectReason::InvalidUtf8 { column: "full_name" });
-        assert_eq!(reason(&[b"a@x.io", b"A\nb@x.io,B"]), RejectReason::LineBreak { column: "full_name" });
-        assert!(matches!(reason(&[b"nope", b"A"]), RejectReason::Email(EmailError::NoAt(_))));
-        assert_eq!(reason(&[b"a@x.io", b"A\0"]), RejectReason::FullName(FullNameError::Nul));
+        assert_eq!(
+            reason(&[b"a@x.io"]),
+            RejectReason::FieldCount {
+                expected: 2,
+                found: 1
+            }
+        );
+        assert_eq!(
+            reason(&[b"a@x.io", b"A", b"extra"]),
+            RejectReason::FieldCount {
+                expected: 2,
+                found: 3
+            }
+        );
+        assert_eq!(
+            reason(&[b"a\xff@x.io", b"A"]),
+            RejectReason::InvalidUtf8 { column: "email" }
+        );
+        assert_eq!(
+            reason(&[b"a@x.io", b"\xc3("]),
+            RejectReason::InvalidUtf8 {
+                column: "full_name"
+            }
+        );
+        assert_eq!(
+            reason(&[b"a@x.io", b"A\nb@x.io,B"]),
+            RejectReason::LineBreak {
+                column: "full_name"
+            }
+        );
+        assert!(matches!(
+            reason(&[b"nope", b"A"]),
+            RejectReason::Email(EmailError::NoAt(_))
+        ));
+        assert_eq!(
+            reason(&[b"a@x.io", b"A\0"]),
+            RejectReason::FullName(FullNameError::Nul)
+        );
         let r = validate(&row(&[b"nope", b"A"]), &Columns::POSITIONAL).unwrap_err();
         assert_eq!(r.line, 7);
         assert!(r.to_string().starts_with("line 7: "), "{r}");

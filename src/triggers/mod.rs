@@ -1,4 +1,7 @@
-//! Triggers: what starts a run. `cron` (robfig/cron v3 schedules) and `watch`
-//! (file changes) only send requests to the runner.
+//! Triggers: what starts a run. Each only sends a request to the runner.
+//! `cron` parses and evaluates robfig/cron v3 schedules, `ticker` fires them,
+//! `watch` notices a changed CSV file.
 
 pub mod cron;
+pub mod ticker;
+pub mod watch;

@@ -6,8 +6,16 @@ use crate::helpers::*;
 async fn invalid_configuration_exits_2_naming_variable_value_and_rule() {
     let env = TestEnv::new().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    let run = env.run(&["sync"], &[("DB_MAX_CONNS", "2"), ("WORKER_POOL_GOROUTINES", "3")]);
-    assert!(run.code == 2 && run.stderr.contains("WORKER_POOL_GOROUTINES=\"3\"") && run.stderr.contains("≤ DB_MAX_CONNS"), "{run:?}");
+    let run = env.run(
+        &["sync"],
+        &[("DB_MAX_CONNS", "2"), ("WORKER_POOL_GOROUTINES", "3")],
+    );
+    assert!(
+        run.code == 2
+            && run.stderr.contains("WORKER_POOL_GOROUTINES=\"3\"")
+            && run.stderr.contains("≤ DB_MAX_CONNS"),
+        "{run:?}"
+    );
     for (var, value, rule) in [
         ("BATCH_SIZE", "0", "≥ 1"),
         ("MAX_DELETE_RATIO", "2", "0.0 to 1.0"),
@@ -17,20 +25,39 @@ async fn invalid_configuration_exits_2_naming_variable_value_and_rule() {
     ] {
         let run = env.run(&["sync"], &[(var, value)]);
         assert_eq!(run.code, 2, "{var}={value}: {run:?}");
-        assert!(run.stderr.contains(var) && run.stderr.contains(value) && run.stderr.contains(rule), "{var}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(var) && run.stderr.contains(value) && run.stderr.contains(rule),
+            "{var}: {}",
+            run.stderr
+        );
     }
-    let run = env.run(&["sync"], &[("DSN", "postgres://app:hunter2@db/a"), ("DATABASE_URL", "postgres://app:hunter2@db/b")]);
+    let run = env.run(
+        &["sync"],
+        &[
+            ("DSN", "postgres://app:hunter2@db/a"),
+            ("DATABASE_URL", "postgres://app:hunter2@db/b"),
+        ],
+    );
     assert_eq!(run.code, 2);
-    assert!(!run.stderr.contains("hunter2"), "password printed: {}", run.stderr);
+    assert!(
+        !run.stderr.contains("hunter2"),
+        "password printed: {}",
+        run.stderr
+    );
     let mut cmd = env.command();
     cmd.env_remove("CSV_FILE").arg("sync");
     let run: Run = cmd.output().unwrap().into();
     assert!(run.code == 2 && run.stderr.contains("CSV_FILE"), "{run:?}");
-    assert!(followers_is_missing(&env).await, "a configuration error must not touch the database");
+    assert!(
+        followers_is_missing(&env).await,
+        "a configuration error must not touch the database"
+    );
 }
 
 async fn followers_is_missing(env: &TestEnv) -> bool {
-    env.scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'followers'").await == 0
+    env.scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'followers'")
+        .await
+        == 0
 }
 
 #[tokio::test]
@@ -44,9 +71,15 @@ async fn usage_errors_exit_2() {
 async fn the_old_dsn_variable_and_a_dotenv_file_configure_the_agent() {
     let env = TestEnv::new().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    std::fs::write(env.dir.path().join(".env"), format!("DSN={}\nCSV_FILE=followers.csv\nBATCH_SIZE=7\n", env.url)).unwrap();
+    std::fs::write(
+        env.dir.path().join(".env"),
+        format!("DSN={}\nCSV_FILE=followers.csv\nBATCH_SIZE=7\n", env.url),
+    )
+    .unwrap();
     let mut cmd = env.command();
-    cmd.env_remove("DATABASE_URL").env_remove("CSV_FILE").args(["sync", "--json"]);
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("CSV_FILE")
+        .args(["sync", "--json"]);
     let run: Run = cmd.output().unwrap().into();
     assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
     // The process environment wins over .env.
@@ -61,25 +94,44 @@ async fn a_toml_config_file_is_a_layer_below_the_environment() {
     let config = env.dir.path().join("agent.toml");
     std::fs::write(&config, "csv_file = \"other.csv\"\nmax_rejects = 3\n").unwrap();
     let mut cmd = env.command();
-    cmd.env_remove("CSV_FILE").args(["--config", config.to_str().unwrap(), "sync", "--json"]);
+    cmd.env_remove("CSV_FILE")
+        .args(["--config", config.to_str().unwrap(), "sync", "--json"]);
     let run: Run = cmd.output().unwrap().into();
     assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
     std::fs::write(&config, "no_such_setting = 1\n").unwrap();
     let run = env.run(&["--config", config.to_str().unwrap(), "sync"], &[]);
-    assert!(run.code == 2 && run.stderr.contains("no_such_setting"), "{run:?}");
+    assert!(
+        run.code == 2 && run.stderr.contains("no_such_setting"),
+        "{run:?}"
+    );
 }
 
 #[tokio::test]
 async fn check_reports_every_invalid_line_and_duplicates_without_a_database() {
     let env = TestEnv::new().await;
-    let path = env.write_csv("email,full_name\nann@example.com,Ann\nbad,Bad\nANN@example.com,Ann2\nx@y.z\n");
+    let path = env
+        .write_csv("email,full_name\nann@example.com,Ann\nbad,Bad\nANN@example.com,Ann2\nx@y.z\n");
     let mut cmd = env.command();
-    cmd.env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none").args(["check", path.to_str().unwrap()]);
+    cmd.env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .args(["check", path.to_str().unwrap()]);
     let run: Run = cmd.output().unwrap().into();
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("line 3") && run.stderr.contains("line 5"), "{}", run.stderr);
-    assert!(run.stderr.contains("ann@example.com") && run.stderr.contains("[2, 4]"), "{}", run.stderr);
-    assert!(run.stdout.contains("4 rows, 2 valid, 2 invalid, 1 duplicates"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("line 3") && run.stderr.contains("line 5"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("ann@example.com") && run.stderr.contains("[2, 4]"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("4 rows, 2 valid, 2 invalid, 1 duplicates"),
+        "{}",
+        run.stdout
+    );
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     assert_eq!(env.run(&["check"], &[]).code, 0);
     assert_eq!(env.run(&["check", "/no/such/file.csv"], &[]).code, 2);
@@ -95,7 +147,10 @@ async fn status_shows_runs_and_table_status_and_fails_when_unreachable() {
     let json = run.json();
     assert_eq!(json["runs"][0]["outcome"], "synced");
     assert_eq!(json["table_status"][0]["table_name"], "followers");
-    let down = env.run(&["status"], &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")]);
+    let down = env.run(
+        &["status"],
+        &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")],
+    );
     assert_eq!(down.code, 1, "{down:?}");
 }
 

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -33,16 +34,22 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     /// A count from the JSON summary.
     pub fn n(&self, key: &str) -> u64 {
-        self.json()[key].as_u64().unwrap_or_else(|| panic!("no {key} in {}", self.stdout))
+        self.json()[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} in {}", self.stdout))
     }
 
     pub fn outcome(&self) -> String {
-        self.json()["outcome"].as_str().unwrap_or_default().to_owned()
+        self.json()["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -61,14 +68,30 @@ pub type Follower = (String, String);
 impl TestEnv {
     pub async fn new() -> Self {
         let name = format!("fetl_test_{}", uuid::Uuid::now_v7().simple());
-        let admin = PgPoolOptions::new().max_connections(1).connect(&server_url()).await.expect("TEST_DATABASE_URL reachable");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&server_url())
+            .await
+            .expect("TEST_DATABASE_URL reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
         admin.close().await;
         let url = with_database(&server_url(), &name);
-        let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.expect("connect test database");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .expect("connect test database");
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("tables")).unwrap();
-        Self { name, url, pool, dir }
+        Self {
+            name,
+            url,
+            pool,
+            dir,
+        }
     }
 
     pub fn tables(&self) -> PathBuf {
@@ -159,7 +182,10 @@ impl TestEnv {
     }
 
     pub async fn exec(&self, sql: &str) {
-        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     /// The newest run record: (outcome, trigger, error).
@@ -170,7 +196,6 @@ impl TestEnv {
             .unwrap();
         (r.get(0), r.get(1), r.get(2))
     }
-
 }
 
 impl Drop for TestEnv {
@@ -179,10 +204,19 @@ impl Drop for TestEnv {
         // Drop cannot await, and the test's runtime is busy dropping us: use a
         // thread with its own runtime. FORCE ends this test's open connections.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&server_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&server_url())
+                    .await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
                 }
             });
         })
@@ -195,7 +229,11 @@ impl Drop for TestEnv {
 pub fn csv(rows: &[(&str, &str)]) -> String {
     let mut text = String::from("email,full_name\n");
     for (email, name) in rows {
-        let name = if name.contains([',', '"']) { format!("\"{}\"", name.replace('"', "\"\"")) } else { name.to_string() };
+        let name = if name.contains([',', '"']) {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        } else {
+            name.to_string()
+        };
         text.push_str(&format!("{email},{name}\n"));
     }
     text
@@ -203,7 +241,9 @@ pub fn csv(rows: &[(&str, &str)]) -> String {
 
 /// `n` followers `user{i}@example.com`.
 pub fn many(n: usize) -> Vec<(String, String)> {
-    (0..n).map(|i| (format!("user{i}@example.com"), format!("User {i}"))).collect()
+    (0..n)
+        .map(|i| (format!("user{i}@example.com"), format!("User {i}")))
+        .collect()
 }
 
 pub fn csv_owned(rows: &[(String, String)]) -> String {
@@ -212,8 +252,10 @@ pub fn csv_owned(rows: &[(String, String)]) -> String {
 }
 
 pub fn pairs(rows: &[(&str, &str)]) -> Vec<Follower> {
-    let mut v: Vec<Follower> = rows.iter().map(|(e, n)| (e.to_string(), n.to_string())).collect();
+    let mut v: Vec<Follower> = rows
+        .iter()
+        .map(|(e, n)| (e.to_string(), n.to_string()))
+        .collect();
     v.sort();
     v
 }
-

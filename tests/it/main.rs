@@ -1,6 +1,6 @@
 //! Integration tests: the real binary against the real PostgreSQL, each test in
 //! its own freshly created (and afterwards dropped) database.
 
+mod commands;
 mod helpers;
 mod sync;
-mod commands;

@@ -2,17 +2,32 @@
 
 use crate::helpers::*;
 
-const ABC: &[(&str, &str)] = &[("ann@example.com", "Ann"), ("bob@example.com", "Bob"), ("cy@example.com", "Cy")];
+const ABC: &[(&str, &str)] = &[
+    ("ann@example.com", "Ann"),
+    ("bob@example.com", "Bob"),
+    ("cy@example.com", "Cy"),
+];
 
 #[tokio::test]
 async fn first_load_inserts_every_row_and_records_the_sync() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
     let run = env.synced(&[]);
-    assert_eq!((run.n("rows_read"), run.n("inserted"), run.n("updated"), run.n("deleted")), (3, 3, 0, 0));
+    assert_eq!(
+        (
+            run.n("rows_read"),
+            run.n("inserted"),
+            run.n("updated"),
+            run.n("deleted")
+        ),
+        (3, 3, 0, 0)
+    );
     assert_eq!(env.followers().await, pairs(ABC));
     assert_eq!(env.staging_rows().await, 0);
-    assert_eq!(env.last_run().await, ("synced".into(), "manual".into(), None));
+    assert_eq!(
+        env.last_run().await,
+        ("synced".into(), "manual".into(), None)
+    );
     let status = env
         .scalar("SELECT count(*) FROM etl_info_schema.table_status WHERE table_name = 'followers' AND last_activity IS NOT NULL AND content_hash IS NOT NULL")
         .await;
@@ -28,11 +43,26 @@ async fn summary_json_has_exactly_the_specified_keys() {
     keys.sort();
     assert_eq!(
         keys,
-        ["deleted", "duplicates", "duration", "inserted", "load_id", "outcome", "rejected", "rows_read", "unchanged", "updated"]
+        [
+            "deleted",
+            "duplicates",
+            "duration",
+            "inserted",
+            "load_id",
+            "outcome",
+            "rejected",
+            "rows_read",
+            "unchanged",
+            "updated"
+        ]
     );
     let text = env.run(&["sync", "--force"], &[]);
     assert_eq!(text.code, 0, "{text:?}");
-    assert!(text.stdout.starts_with("synced load_id=") && text.stdout.contains(" unchanged=3 "), "{}", text.stdout);
+    assert!(
+        text.stdout.starts_with("synced load_id=") && text.stdout.contains(" unchanged=3 "),
+        "{}",
+        text.stdout
+    );
 }
 
 #[tokio::test]
@@ -42,7 +72,11 @@ async fn identical_file_is_skipped_and_recorded_as_skipped() {
     env.synced(&[]);
     let before = env.follower_versions().await;
     let run = env.sync();
-    assert_eq!((run.code, run.outcome().as_str()), (0, "skipped"), "{run:?}");
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "skipped"),
+        "{run:?}"
+    );
     assert_eq!(env.follower_versions().await, before);
     assert_eq!(env.last_run().await.0, "skipped");
 }
@@ -54,8 +88,20 @@ async fn force_on_an_identical_file_rewrites_no_row() {
     env.synced(&[]);
     let before = env.follower_versions().await;
     let run = env.synced(&["--force"]);
-    assert_eq!((run.n("inserted"), run.n("updated"), run.n("deleted"), run.n("unchanged")), (0, 0, 0, 3));
-    assert_eq!(env.follower_versions().await, before, "modified_at or the row version changed");
+    assert_eq!(
+        (
+            run.n("inserted"),
+            run.n("updated"),
+            run.n("deleted"),
+            run.n("unchanged")
+        ),
+        (0, 0, 0, 3)
+    );
+    assert_eq!(
+        env.follower_versions().await,
+        before,
+        "modified_at or the row version changed"
+    );
 }
 
 #[tokio::test]
@@ -73,7 +119,13 @@ async fn a_mixed_change_inserts_updates_and_deletes_exactly_what_differs() {
     env.write_csv(csv_owned(&rows));
     let run = env.synced(&[]);
     assert_eq!(
-        (run.n("rows_read"), run.n("inserted"), run.n("updated"), run.n("deleted"), run.n("unchanged")),
+        (
+            run.n("rows_read"),
+            run.n("inserted"),
+            run.n("updated"),
+            run.n("deleted"),
+            run.n("unchanged")
+        ),
         (11, 2, 2, 1, 7)
     );
     let mut expected = rows.clone();
@@ -81,7 +133,10 @@ async fn a_mixed_change_inserts_updates_and_deletes_exactly_what_differs() {
     assert_eq!(env.followers().await, expected);
     let after = env.follower_versions().await;
     let untouched = before.iter().filter(|b| after.contains(b)).count();
-    assert_eq!(untouched, 7, "exactly the 7 unchanged rows keep modified_at and row version");
+    assert_eq!(
+        untouched, 7,
+        "exactly the 7 unchanged rows keep modified_at and row version"
+    );
 }
 
 #[tokio::test]
@@ -89,9 +144,19 @@ async fn emails_are_trimmed_and_lower_cased_and_the_last_duplicate_wins() {
     let env = TestEnv::new().await;
     env.write_csv("email,full_name\n  Ann@Example.COM ,Ann One\nbob@example.com,Bob\nANN@example.com,  Ann Two  \n");
     let run = env.synced(&[]);
-    assert_eq!((run.n("rows_read"), run.n("inserted"), run.n("duplicates")), (3, 2, 1));
-    assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann Two"), ("bob@example.com", "Bob")]));
-    assert!(run.stderr.contains("ann@example.com") && run.stderr.contains("[2, 4]"), "duplicate lines not reported: {}", run.stderr);
+    assert_eq!(
+        (run.n("rows_read"), run.n("inserted"), run.n("duplicates")),
+        (3, 2, 1)
+    );
+    assert_eq!(
+        env.followers().await,
+        pairs(&[("ann@example.com", "Ann Two"), ("bob@example.com", "Bob")])
+    );
+    assert!(
+        run.stderr.contains("ann@example.com") && run.stderr.contains("[2, 4]"),
+        "duplicate lines not reported: {}",
+        run.stderr
+    );
     // The old service failed every run on a duplicate, and stored case variants twice.
     let again = env.synced(&["--force"]);
     assert_eq!(again.n("unchanged"), 2);
@@ -99,7 +164,10 @@ async fn emails_are_trimmed_and_lower_cased_and_the_last_duplicate_wins() {
 
 #[tokio::test]
 async fn header_bom_crlf_column_order_and_extra_columns_all_load_the_same_followers() {
-    let expected = pairs(&[("ann@example.com", "Ann, \"A\" Lee"), ("bob@example.com", "Бob 王")]);
+    let expected = pairs(&[
+        ("ann@example.com", "Ann, \"A\" Lee"),
+        ("bob@example.com", "Бob 王"),
+    ]);
     for (what, content, header) in [
         ("header", "email,full_name\nann@example.com,\"Ann, \"\"A\"\" Lee\"\nbob@example.com,Бob 王\n", "auto"),
         ("no header", "ann@example.com,\"Ann, \"\"A\"\" Lee\"\nbob@example.com,Бob 王\n", "auto"),
@@ -121,7 +189,10 @@ async fn semicolon_delimiter_is_honoured() {
     env.write_csv("email;full_name\nann@example.com;Lee, Ann\n");
     let run = env.sync_with(&[], &[("CSV_DELIMITER", ";")]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Lee, Ann")]));
+    assert_eq!(
+        env.followers().await,
+        pairs(&[("ann@example.com", "Lee, Ann")])
+    );
 }
 
 #[tokio::test]
@@ -134,24 +205,46 @@ async fn each_invalid_row_refuses_the_file_naming_file_line_and_reason_and_chang
     for (bad_line, reason) in [
         ("no-at-sign,Dan".to_string(), "has no '@'"),
         ("dan@example.com".to_string(), "expected 2 fields, found 1"),
-        ("dan@example.com,Dan,extra".to_string(), "expected 2 fields, found 3"),
+        (
+            "dan@example.com,Dan,extra".to_string(),
+            "expected 2 fields, found 3",
+        ),
         (format!("dan@example.com,{long}"), "at most 255"),
         ("dan @example.com,Dan".to_string(), "whitespace"),
         ("a@b@example.com,Dan".to_string(), "more than one '@'"),
         ("@example.com,Dan".to_string(), "empty local part"),
-        ("dan@example.com,\"Dan\nerin@example.com,Erin".to_string(), "line break"),
+        (
+            "dan@example.com,\"Dan\nerin@example.com,Erin".to_string(),
+            "line break",
+        ),
     ] {
         env.write_csv(format!("email,full_name\nann@example.com,Ann\nbob@example.com,Bob\n{bad_line}\ncy@example.com,Cy\n"));
         let run = env.sync();
-        assert_eq!((run.code, run.outcome().as_str()), (1, "refused"), "{bad_line}: {run:?}");
-        assert!(run.stderr.contains("followers.csv") && run.stderr.contains("line 4") && run.stderr.contains(reason), "{bad_line}: {}", run.stderr);
+        assert_eq!(
+            (run.code, run.outcome().as_str()),
+            (1, "refused"),
+            "{bad_line}: {run:?}"
+        );
+        assert!(
+            run.stderr.contains("followers.csv")
+                && run.stderr.contains("line 4")
+                && run.stderr.contains(reason),
+            "{bad_line}: {}",
+            run.stderr
+        );
         assert_eq!(env.follower_versions().await, before);
         assert_eq!(env.staging_rows().await, 0);
         assert_eq!(env.last_run().await.0, "refused");
     }
-    env.write_file("followers.csv", b"email,full_name\nann@example.com,Ann\nbob@example.com,B\xffb\ncy@example.com,Cy\n");
+    env.write_file(
+        "followers.csv",
+        b"email,full_name\nann@example.com,Ann\nbob@example.com,B\xffb\ncy@example.com,Cy\n",
+    );
     let run = env.sync();
-    assert!(run.code == 1 && run.stderr.contains("line 3") && run.stderr.contains("UTF-8"), "{run:?}");
+    assert!(
+        run.code == 1 && run.stderr.contains("line 3") && run.stderr.contains("UTF-8"),
+        "{run:?}"
+    );
 }
 
 #[tokio::test]
@@ -175,14 +268,26 @@ async fn max_rejects_skips_bad_rows_but_keeps_their_followers() {
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let long = "x".repeat(300);
-    env.write_csv(format!("email,full_name\nann@example.com,Ann 2\nbob@example.com,{long}\nnot-an-email,Zed\n"));
+    env.write_csv(format!(
+        "email,full_name\nann@example.com,Ann 2\nbob@example.com,{long}\nnot-an-email,Zed\n"
+    ));
     let run = env.sync_with(&[], &[("MAX_REJECTS", "2"), ("MAX_DELETE_RATIO", "1.0")]);
     assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
-    assert_eq!((run.n("rejected"), run.n("updated"), run.n("deleted")), (2, 1, 1));
+    assert_eq!(
+        (run.n("rejected"), run.n("updated"), run.n("deleted")),
+        (2, 1, 1)
+    );
     // bob's row was rejected: bob stays, unchanged; cy is absent: deleted.
-    assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann 2"), ("bob@example.com", "Bob")]));
+    assert_eq!(
+        env.followers().await,
+        pairs(&[("ann@example.com", "Ann 2"), ("bob@example.com", "Bob")])
+    );
     let refused = env.sync_with(&["--force"], &[("MAX_REJECTS", "1")]);
-    assert_eq!((refused.code, refused.outcome().as_str()), (1, "refused"), "{refused:?}");
+    assert_eq!(
+        (refused.code, refused.outcome().as_str()),
+        (1, "refused"),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]
@@ -194,8 +299,16 @@ async fn a_truncated_file_is_refused_by_the_delete_guard() {
     let before = env.follower_versions().await;
     env.write_csv(csv_owned(&rows[..4]));
     let run = env.sync();
-    assert_eq!((run.code, run.outcome().as_str()), (1, "refused"), "{run:?}");
-    assert!(run.stderr.contains("MAX_DELETE_RATIO") && run.stderr.contains("6 of 10"), "{}", run.stderr);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (1, "refused"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("MAX_DELETE_RATIO") && run.stderr.contains("6 of 10"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(env.follower_versions().await, before);
     assert_eq!(env.staging_rows().await, 0);
     // Exactly at the ratio is allowed; --allow-mass-delete overrides.
@@ -212,7 +325,11 @@ async fn an_empty_file_never_wipes_the_table() {
     for empty in ["", "email,full_name\n", "\n\n"] {
         env.write_csv(empty);
         let run = env.sync();
-        assert_eq!((run.code, run.outcome().as_str()), (1, "refused"), "{empty:?}: {run:?}");
+        assert_eq!(
+            (run.code, run.outcome().as_str()),
+            (1, "refused"),
+            "{empty:?}: {run:?}"
+        );
         assert_eq!(env.followers().await, pairs(ABC));
     }
 }
@@ -223,15 +340,34 @@ async fn dry_run_reports_the_changes_and_changes_nothing() {
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let before = env.follower_versions().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann"), ("bob@example.com", "Robert"), ("dee@example.com", "Dee")]));
+    env.write_csv(csv(&[
+        ("ann@example.com", "Ann"),
+        ("bob@example.com", "Robert"),
+        ("dee@example.com", "Dee"),
+    ]));
     let run = env.sync_with(&["--dry-run"], &[]);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "dry_run"), "{run:?}");
-    assert_eq!((run.n("inserted"), run.n("updated"), run.n("deleted"), run.n("unchanged")), (1, 1, 1, 1));
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "dry_run"),
+        "{run:?}"
+    );
+    assert_eq!(
+        (
+            run.n("inserted"),
+            run.n("updated"),
+            run.n("deleted"),
+            run.n("unchanged")
+        ),
+        (1, 1, 1, 1)
+    );
     assert_eq!(env.follower_versions().await, before);
     assert_eq!(env.staging_rows().await, 0);
     // The dry run did not record the file as synced: the real run still happens.
     let real = env.synced(&[]);
-    assert_eq!((real.n("inserted"), real.n("updated"), real.n("deleted")), (1, 1, 1));
+    assert_eq!(
+        (real.n("inserted"), real.n("updated"), real.n("deleted")),
+        (1, 1, 1)
+    );
 }
 
 /// Installs a trigger that makes `table`'s `when` statement fail.
@@ -247,12 +383,22 @@ async fn fail_on(env: &TestEnv, table: &str, when: &str, condition: &str) {
 #[tokio::test]
 async fn a_failure_at_any_saga_step_leaves_followers_unchanged_and_staging_empty() {
     for (step, table, when, condition) in [
-        ("stage", "staging_followers", "INSERT", "NEW.email = 'new@example.com'"),
+        (
+            "stage",
+            "staging_followers",
+            "INSERT",
+            "NEW.email = 'new@example.com'",
+        ),
         ("update", "followers", "UPDATE", "true"),
         ("insert", "followers", "INSERT", "true"),
         ("delete", "followers", "DELETE", "true"),
         ("status", "etl_info_schema.table_status", "UPDATE", "true"),
-        ("record", "etl_info_schema.sync_runs", "UPDATE", "NEW.outcome = 'synced'"),
+        (
+            "record",
+            "etl_info_schema.sync_runs",
+            "UPDATE",
+            "NEW.outcome = 'synced'",
+        ),
         ("cleanup", "staging_followers", "DELETE", "true"),
     ] {
         let env = TestEnv::new().await;
@@ -267,16 +413,31 @@ async fn a_failure_at_any_saga_step_leaves_followers_unchanged_and_staging_empty
         env.write_csv(csv_owned(&rows));
         fail_on(&env, table, when, condition).await;
         let run = env.sync();
-        assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{step}: {run:?}");
-        assert!(run.stderr.contains("injected failure"), "{step}: {}", run.stderr);
-        assert_eq!(env.follower_versions().await, before, "{step}: followers changed");
+        assert_eq!(
+            (run.code, run.outcome().as_str()),
+            (1, "failed"),
+            "{step}: {run:?}"
+        );
+        assert!(
+            run.stderr.contains("injected failure"),
+            "{step}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            env.follower_versions().await,
+            before,
+            "{step}: followers changed"
+        );
         if step != "cleanup" {
             assert_eq!(env.staging_rows().await, 0, "{step}: staging rows left");
         }
         env.exec(&format!("DROP TRIGGER inject ON {table}")).await;
         let (outcome, _, error) = env.last_run().await;
         assert_eq!(outcome, "failed", "{step}");
-        assert!(error.unwrap_or_default().contains("injected failure"), "{step}");
+        assert!(
+            error.unwrap_or_default().contains("injected failure"),
+            "{step}"
+        );
         // Once the fault is gone the same file syncs.
         // (When deleting staging rows is what fails, the compensation cannot
         // delete them either: the next run's recovery does.)
@@ -291,13 +452,25 @@ async fn a_second_sync_while_one_holds_the_lock_is_skipped() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
     let mut holder = env.pool.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(followers_etl::db::RUN_LOCK).execute(&mut *holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(followers_etl::db::RUN_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
     env.run(&["migrate"], &[]);
     let run = env.sync();
-    assert_eq!((run.code, run.outcome().as_str()), (0, "skipped"), "{run:?}");
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "skipped"),
+        "{run:?}"
+    );
     assert!(run.stderr.contains("another sync"), "{}", run.stderr);
     assert!(env.followers().await.is_empty());
-    sqlx::query("SELECT pg_advisory_unlock($1)").bind(followers_etl::db::RUN_LOCK).execute(&mut *holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(followers_etl::db::RUN_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
     drop(holder);
     env.synced(&[]);
 }
@@ -316,13 +489,18 @@ async fn a_crashed_run_is_recovered_by_the_next_one() {
     .await;
     env.run(&["sync", "--force"], &[]);
     assert_eq!(env.staging_rows().await, 0);
-    let outcome: String = sqlx::query_scalar("SELECT outcome FROM etl_info_schema.sync_runs WHERE load_id = $1")
-        .bind(crashed)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let outcome: String =
+        sqlx::query_scalar("SELECT outcome FROM etl_info_schema.sync_runs WHERE load_id = $1")
+            .bind(crashed)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(outcome, "failed");
-    assert!(!env.followers().await.iter().any(|(e, _)| e == "ghost@example.com"));
+    assert!(!env
+        .followers()
+        .await
+        .iter()
+        .any(|(e, _)| e == "ghost@example.com"));
 }
 
 #[tokio::test]
@@ -330,7 +508,10 @@ async fn a_large_file_streams_through_many_batches_and_workers() {
     let env = TestEnv::new().await;
     let rows = many(25_000);
     env.write_csv(csv_owned(&rows));
-    let run = env.sync_with(&[], &[("BATCH_SIZE", "1000"), ("WORKER_POOL_GOROUTINES", "4")]);
+    let run = env.sync_with(
+        &[],
+        &[("BATCH_SIZE", "1000"), ("WORKER_POOL_GOROUTINES", "4")],
+    );
     assert_eq!((run.code, run.n("inserted")), (0, 25_000), "{run:?}");
     assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 25_000);
 }

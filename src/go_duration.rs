@@ -305,7 +305,7 @@ fn format_fraction(value: u128, precision: u32) -> (String, u128) {
         return (String::new(), whole);
     }
     let mut width = precision as usize;
-    while frac % 10 == 0 {
+    while frac.is_multiple_of(10) {
         frac /= 10;
         width -= 1;
     }
@@ -472,11 +472,7 @@ mod tests {
                     "{input:?}"
                 );
             } else {
-                assert_eq!(
-                    got,
-                    Ok(Duration::from_nanos(want as u64)),
-                    "{input:?}"
-                );
+                assert_eq!(got, Ok(Duration::from_nanos(want as u64)), "{input:?}");
             }
         }
     }

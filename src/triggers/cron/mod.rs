@@ -1,0 +1,274 @@
+//! Cron schedules compatible with robfig/cron v3's standard parser.
+//!
+//! The agent is configured with the same schedule strings a Go deployment
+//! using `github.com/robfig/cron/v3` (`cron.ParseStandard`) would accept,
+//! and must fire at the same instants. This module provides:
+//!
+//! * [`Schedule`]: a parsed schedule (five-field crontab line, descriptor
+//!   such as `@daily`, or `@every <go duration>`), optionally prefixed with
+//!   `CRON_TZ=<IANA zone> ` or `TZ=<IANA zone> `;
+//! * [`Schedule::next_after`]: robfig's `Next` algorithm, computed on the
+//!   wall clock of the schedule's zone, DST behaviour included;
+//! * [`CronError`] / [`FieldError`]: why an expression was rejected.
+//!
+//! Without a zone prefix a schedule runs in the process's local zone, as
+//! robfig's does (`time.Local`): see [`local_zone`]. Use
+//! [`Schedule::parse_with_default_zone`] to pick that zone explicitly.
+//!
+//! The accepted language is documented in `parse.rs`, the search algorithm
+//! in `spec.rs`, and the Go time semantics it depends on in `gotime.rs`.
+
+mod gotime;
+mod parse;
+mod spec;
+#[cfg(test)]
+mod tests;
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use thiserror::Error;
+
+use crate::go_duration::GoDurationError;
+use spec::{ConstantDelay, SpecSchedule};
+
+/// Why one field of a cron expression is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FieldError {
+    /// A value is neither a number nor (for month and day of week) a name.
+    #[error("failed to parse int from {text:?}")]
+    NotANumber {
+        /// The offending text.
+        text: String,
+    },
+    /// A step was written as a negative number.
+    #[error("negative number not allowed: {text:?}")]
+    NegativeNumber {
+        /// The offending text.
+        text: String,
+    },
+    /// More than one `-` in a range.
+    #[error("too many hyphens in {expr:?}")]
+    TooManyHyphens {
+        /// The offending range.
+        expr: String,
+    },
+    /// More than one `/` in a range.
+    #[error("too many slashes in {expr:?}")]
+    TooManySlashes {
+        /// The offending range.
+        expr: String,
+    },
+    /// A value lies outside the field's bounds.
+    #[error("value {value} out of range {min}-{max}")]
+    OutOfRange {
+        /// The value given.
+        value: u64,
+        /// The smallest allowed value.
+        min: u64,
+        /// The largest allowed value.
+        max: u64,
+    },
+    /// A range starts after it ends.
+    #[error("beginning of range ({start}) beyond end of range ({end})")]
+    StartAfterEnd {
+        /// First value of the range.
+        start: u64,
+        /// Last value of the range.
+        end: u64,
+    },
+    /// A step of zero.
+    #[error("step of range should be a positive number in {expr:?}")]
+    ZeroStep {
+        /// The offending range.
+        expr: String,
+    },
+}
+
+/// Why a cron expression was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CronError {
+    /// The expression is the empty string.
+    #[error("empty spec string")]
+    Empty,
+    /// `TZ=...`/`CRON_TZ=...` is not followed by a space and a schedule.
+    #[error("time zone prefix in {spec:?} must be followed by a space and a schedule")]
+    MissingSpaceAfterZone {
+        /// The expression as given.
+        spec: String,
+    },
+    /// The zone named by `TZ=`/`CRON_TZ=` is not a known IANA zone.
+    #[error("unknown time zone {zone:?} in {spec:?}")]
+    UnknownZone {
+        /// The zone name.
+        zone: String,
+        /// The expression as given.
+        spec: String,
+    },
+    /// The expression does not have the right number of fields.
+    #[error(
+        "expected exactly {expected} fields (minute hour day-of-month month day-of-week), found {found} in {spec:?}"
+    )]
+    FieldCount {
+        /// How many fields are needed.
+        expected: usize,
+        /// How many were found.
+        found: usize,
+        /// The expression as given.
+        spec: String,
+    },
+    /// An `@...` word that is not a known descriptor.
+    #[error(
+        "unrecognized descriptor {descriptor:?} (expected @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly or @every <duration>)"
+    )]
+    UnknownDescriptor {
+        /// The descriptor as given.
+        descriptor: String,
+    },
+    /// `@every` with an invalid Go duration.
+    #[error("failed to parse duration in {descriptor:?}: {error}")]
+    EveryDuration {
+        /// The descriptor as given.
+        descriptor: String,
+        /// What is wrong with the duration.
+        error: GoDurationError,
+    },
+    /// One field is invalid.
+    #[error("field {position} ({name}) {value:?}: {reason}")]
+    Field {
+        /// 1-based position of the field.
+        position: usize,
+        /// Name of the field ("minute", "hour", "day of month", "month",
+        /// "day of week").
+        name: &'static str,
+        /// The field's text.
+        value: String,
+        /// What is wrong with it.
+        reason: FieldError,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScheduleKind {
+    Spec(SpecSchedule),
+    Every(ConstantDelay),
+}
+
+/// A parsed cron schedule (robfig/cron v3 standard-parser syntax) bound to
+/// a time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    kind: ScheduleKind,
+    zone: Tz,
+}
+
+impl Schedule {
+    /// Parses `expr` with robfig/cron's standard parser rules. Without a
+    /// `TZ=`/`CRON_TZ=` prefix the schedule uses [`local_zone`].
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`CronError`] for every expression robfig's
+    /// `cron.ParseStandard` rejects.
+    pub fn parse(expr: &str) -> Result<Schedule, CronError> {
+        Schedule::parse_with_default_zone(expr, local_zone())
+    }
+
+    /// Like [`Schedule::parse`], but a schedule without a zone prefix (or
+    /// with `TZ=Local`) uses `default_zone`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Schedule::parse`].
+    pub fn parse_with_default_zone(expr: &str, default_zone: Tz) -> Result<Schedule, CronError> {
+        let (kind, zone) = parse::parse_spec(expr, default_zone, false)?;
+        Ok(Schedule { kind, zone })
+    }
+
+    /// The zone whose wall clock the schedule follows. (`@every` schedules
+    /// do not depend on it; it is still the zone from the prefix or the
+    /// default.)
+    pub fn zone(&self) -> Tz {
+        self.zone
+    }
+
+    /// The first activation strictly after `t`, or `None` if there is none
+    /// within robfig's search horizon (five years for crontab schedules)
+    /// or within the range of representable times.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match &self.kind {
+            ScheduleKind::Spec(spec) => spec.next(self.zone, t),
+            ScheduleKind::Every(every) => every.next(t),
+        }
+    }
+
+    /// Up to `count` successive activations after `from`, in the schedule's
+    /// zone; fewer if the schedule runs out.
+    pub fn upcoming(&self, from: DateTime<Utc>, count: usize) -> Vec<DateTime<Tz>> {
+        let mut out = Vec::with_capacity(count.min(1024));
+        let mut t = from;
+        while out.len() < count {
+            let Some(next) = self.next_after(t) else {
+                break;
+            };
+            out.push(next.with_timezone(&self.zone));
+            t = next;
+        }
+        out
+    }
+}
+
+impl FromStr for Schedule {
+    type Err = CronError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Schedule::parse(s)
+    }
+}
+
+/// Parses a cron expression; the same as [`Schedule::parse`].
+///
+/// # Errors
+///
+/// As [`Schedule::parse`].
+pub fn parse(expr: &str) -> Result<Schedule, CronError> {
+    Schedule::parse(expr)
+}
+
+/// The process's local time zone, resolved like Go's `time.Local` on Unix:
+/// the `TZ` environment variable if set (an empty value means UTC, a
+/// leading `:` is ignored, an absolute path into a `zoneinfo` directory is
+/// read as the zone name after it), otherwise the system zone. Anything
+/// that cannot be resolved to an IANA zone falls back to UTC.
+pub fn local_zone() -> Tz {
+    match std::env::var("TZ") {
+        Ok(value) => zone_from_tz_env(&value),
+        Err(std::env::VarError::NotPresent) => system_zone(),
+        Err(std::env::VarError::NotUnicode(_)) => Tz::UTC,
+    }
+}
+
+fn system_zone() -> Tz {
+    iana_time_zone::get_timezone()
+        .ok()
+        .and_then(|name| name.parse().ok())
+        .unwrap_or(Tz::UTC)
+}
+
+fn zone_from_tz_env(value: &str) -> Tz {
+    let value = value.strip_prefix(':').unwrap_or(value);
+    if value.is_empty() {
+        return Tz::UTC;
+    }
+    if value.starts_with('/') {
+        if value == "/etc/localtime" {
+            return system_zone();
+        }
+        return value
+            .split_once("/zoneinfo/")
+            .and_then(|(_, name)| name.parse().ok())
+            .unwrap_or(Tz::UTC);
+    }
+    value.parse().unwrap_or(Tz::UTC)
+}
