@@ -259,3 +259,98 @@ pub fn pairs(rows: &[(&str, &str)]) -> Vec<Follower> {
     v.sort();
     v
 }
+
+/// A `serve` process of this test; killed when dropped.
+pub struct Agent {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl TestEnv {
+    /// Starts `followers-etl serve` with quiet defaults (no cron, no HTTP) and `env`.
+    pub fn spawn_agent(&self, env: &[(&str, &str)]) -> Agent {
+        let log = self
+            .dir
+            .path()
+            .join(format!("agent-{}.log", uuid::Uuid::now_v7().simple()));
+        let mut cmd = self.command();
+        cmd.arg("serve")
+            .env("CRON_SCHEDULE", "0 0 1 1 *")
+            .env("WATCH_DEBOUNCE", "300ms")
+            .env("LOG_LEVEL", "info")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Agent {
+            child: cmd.spawn().expect("spawn serve"),
+            log,
+        }
+    }
+
+    /// Runs recorded with this trigger: (outcome, rows_read).
+    pub async fn runs_by(&self, trigger: &str) -> Vec<(String, i64)> {
+        sqlx::query("SELECT outcome, rows_read FROM etl_info_schema.sync_runs WHERE trigger = $1 ORDER BY load_id")
+            .bind(trigger)
+            .fetch_all(&self.pool)
+            .await
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Agent {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Sends SIGTERM and waits (up to 60 s) for the exit code.
+    pub async fn terminate(&mut self) -> i32 {
+        self.signal("TERM");
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!(
+            "serve did not stop within 60 s after SIGTERM; log:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, or panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for: {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

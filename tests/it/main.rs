@@ -3,4 +3,5 @@
 
 mod commands;
 mod helpers;
+mod serve;
 mod sync;
