@@ -13,7 +13,7 @@ const ABC: &[(&str, &str)] = &[
 
 async fn wait_for_followers(env: &TestEnv, agent: &Agent, expected: &[Follower]) {
     let what = format!("followers == {expected:?}");
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+    tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             if env
                 .scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'followers'")
