@@ -1,0 +1,20 @@
+# Multi-stage build: compile in the Rust image, run in a small Debian image as a
+# non-root user.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin followers-etl
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates tzdata \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /app --create-home etl
+COPY --from=build /src/target/release/followers-etl /usr/local/bin/followers-etl
+WORKDIR /app
+USER etl
+ENV TABLES_DIR=/app/tables HTTP_ADDR=0.0.0.0:9188
+EXPOSE 9188
+HEALTHCHECK --interval=30s --timeout=5s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/9188 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ok <&3"]
+ENTRYPOINT ["followers-etl"]
+CMD ["serve"]
