@@ -7,12 +7,14 @@
 //!
 //! The debounce is a small state machine here rather than notify-debouncer-full:
 //! the stability check needs the file's state at the last event, which that
-//! crate's batched output does not give.
+//! crate's batched output does not give. Polling (`WATCH_POLL`) stats the one file
+//! itself instead of using notify's `PollWatcher`, which compares mtimes in whole
+//! seconds only (notify 8.2) and so misses a second write within the same second.
 
 use crate::runner::RunRequests;
 use crate::runs::Trigger;
-use notify::event::{AccessKind, AccessMode};
-use notify::{Config, Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RemoveKind};
+use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -64,9 +66,50 @@ fn is_change(event: &Event, name: &OsString) -> bool {
             .any(|p| p.file_name() == Some(name.as_os_str()))
 }
 
+/// What produces the events: notify's watcher, or our own stat poller.
+enum Source {
+    Notify(#[allow(dead_code)] RecommendedWatcher),
+    Poll(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        if let Source::Poll(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// Stats `file` every `interval` and reports each change of its state as an event.
+async fn poll_file(
+    file: PathBuf,
+    interval: Duration,
+    tx: mpsc::UnboundedSender<notify::Result<Event>>,
+) {
+    let mut last = file_state(&file);
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let now = file_state(&file);
+        if now != last {
+            let kind = match now {
+                Some(_) => EventKind::Modify(ModifyKind::Any),
+                None => EventKind::Remove(RemoveKind::File),
+            };
+            if tx
+                .send(Ok(Event::new(kind).add_path(file.clone())))
+                .is_err()
+            {
+                return;
+            }
+            last = now;
+        }
+    }
+}
+
 /// A running watcher; dropping it stops the notifications.
 pub struct FileWatch {
-    _watcher: Box<dyn Watcher + Send>,
+    _source: Source,
     events: mpsc::UnboundedReceiver<notify::Result<Event>>,
     file: PathBuf,
     name: OsString,
@@ -79,28 +122,29 @@ impl FileWatch {
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = file.file_name().map(OsString::from).unwrap_or_default();
         let (tx, events) = mpsc::unbounded_channel();
-        let handler = move |event: notify::Result<Event>| {
-            let _ = tx.send(event);
+        let handler = {
+            let tx = tx.clone();
+            move |event: notify::Result<Event>| {
+                let _ = tx.send(event);
+            }
         };
         let err = |source| WatchError {
             dir: dir.clone(),
             source,
         };
-        let mut watcher: Box<dyn Watcher + Send> = if poll {
+        let source = if poll {
             let interval = (debounce / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
-            Box::new(
-                PollWatcher::new(handler, Config::default().with_poll_interval(interval))
-                    .map_err(err)?,
-            )
+            Source::Poll(tokio::spawn(poll_file(file.to_path_buf(), interval, tx)))
         } else {
-            Box::new(RecommendedWatcher::new(handler, Config::default()).map_err(err)?)
+            let mut watcher = RecommendedWatcher::new(handler, Config::default()).map_err(err)?;
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(err)?;
+            Source::Notify(watcher)
         };
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(err)?;
         tracing::info!(dir = %dir.display(), file = ?name, poll, "watching for changes");
         Ok(Self {
-            _watcher: watcher,
+            _source: source,
             events,
             file: file.to_path_buf(),
             name,

@@ -79,6 +79,25 @@ async fn a_file_renamed_into_place_is_synced_once() {
 }
 
 #[tokio::test]
+async fn polling_mode_notices_a_file_copied_over() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    let mut agent = env.spawn_agent(&[("WATCH_POLL", "true")]);
+    wait_for_followers(&env, &agent, &pairs(ABC)).await;
+    let next = [
+        ("ann@example.com", "Ann"),
+        ("bob@example.com", "Bob"),
+        ("cy@example.com", "Cyrus"),
+    ];
+    let source = env.dir.path().join("export.csv");
+    std::fs::write(&source, csv(&next)).unwrap();
+    std::fs::copy(&source, env.tables().join("followers.csv")).unwrap();
+    wait_for_followers(&env, &agent, &pairs(&next)).await;
+    assert_eq!(env.runs_by("watch").await, vec![("synced".to_string(), 3)]);
+    assert_eq!(agent.terminate().await, 0);
+}
+
+#[tokio::test]
 async fn a_slow_in_place_write_is_synced_only_when_complete() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));

@@ -515,3 +515,34 @@ async fn a_large_file_streams_through_many_batches_and_workers() {
     assert_eq!((run.code, run.n("inserted")), (0, 25_000), "{run:?}");
     assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 25_000);
 }
+
+#[tokio::test]
+async fn a_dropped_connection_during_copy_is_compensated() {
+    let env = TestEnv::new().await;
+    let mut rows = many(50);
+    env.write_csv(csv_owned(&rows));
+    env.synced(&[]);
+    let before = env.follower_versions().await;
+    rows.push(("new@example.com".into(), "New".into()));
+    rows.remove(0);
+    env.write_csv(csv_owned(&rows));
+    // The worker's own backend is terminated mid-COPY: a real connection drop.
+    env.exec(
+        "CREATE FUNCTION drop_connection() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$;
+         CREATE TRIGGER inject BEFORE INSERT ON staging_followers FOR EACH ROW
+         WHEN (NEW.email = 'new@example.com') EXECUTE FUNCTION drop_connection();",
+    )
+    .await;
+    let run = env.sync_with(
+        &[],
+        &[("BATCH_SIZE", "10"), ("WORKER_POOL_GOROUTINES", "2")],
+    );
+    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    assert_eq!(env.follower_versions().await, before);
+    assert_eq!(env.staging_rows().await, 0);
+    assert!(
+        env.last_run().await.2.unwrap_or_default().contains("COPY"),
+        "{run:?}"
+    );
+}
