@@ -368,8 +368,11 @@ fn parse_duration(var: &'static str, raw: &str) -> Result<Duration, ConfigError>
 impl Settings {
     /// Loads `.env`, then reads and validates every variable.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
-        // `.env` never overrides a variable the process already has.
-        let _ = dotenvy::dotenv();
+        // `.env` in the working directory (not its parents) never overrides a
+        // variable the process already has.
+        if Path::new(".env").is_file() {
+            let _ = dotenvy::from_path(".env");
+        }
         let config_file = overrides.config_file.clone().or_else(|| {
             std::env::var_os("CONFIG_FILE")
                 .filter(|v| !v.is_empty())

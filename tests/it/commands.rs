@@ -164,3 +164,29 @@ async fn migrate_is_idempotent_and_creates_the_schema() {
         .await;
     assert_eq!(tables, 4);
 }
+
+#[tokio::test]
+async fn agents_migrating_the_same_database_at_once_do_not_race() {
+    let env = TestEnv::new().await;
+    let children: Vec<_> = (0..4)
+        .map(|_| env.command().arg("migrate").spawn().unwrap())
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let applied = env.scalar("SELECT count(*) FROM seaql_migrations").await;
+    assert_eq!(applied, 3);
+}
+
+#[tokio::test]
+async fn a_dotenv_in_a_parent_directory_is_not_read() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    std::fs::write(env.dir.path().join(".env"), "BATCH_SIZE=0\n").unwrap();
+    let sub = env.dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let mut cmd = env.command();
+    cmd.current_dir(&sub).args(["sync", "--json"]);
+    let run: Run = cmd.output().unwrap().into();
+    assert_eq!(run.code, 0, "{run:?}");
+}
