@@ -2,6 +2,7 @@
 //! filtered by `RUST_LOG` when set, else by `LOG_LEVEL`.
 
 use crate::config::{LogFormat, Settings};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(settings: &Settings) {
@@ -13,7 +14,8 @@ pub fn init(settings: &Settings) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match settings.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
