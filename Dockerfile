@@ -1,5 +1,6 @@
 # Multi-stage build: compile in the Rust image, run in a small Debian image as a
-# non-root user.
+# non-root user. The health check asks /healthz through bash's /dev/tcp (no curl
+# in the image); it needs HTTP_ADDR to stay on.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -15,6 +16,6 @@ WORKDIR /app
 USER etl
 ENV TABLES_DIR=/app/tables HTTP_ADDR=0.0.0.0:9188
 EXPOSE 9188
-HEALTHCHECK --interval=30s --timeout=5s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/9188 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ok <&3"]
+HEALTHCHECK --interval=30s --timeout=5s CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9188 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ok <&3"]
 ENTRYPOINT ["followers-etl"]
 CMD ["serve"]

@@ -21,7 +21,7 @@ fn fatal(context: &str, e: &dyn std::error::Error) -> ExitCode {
 }
 
 /// Cancels `stop` on SIGINT or SIGTERM.
-fn stop_on_signals(stop: CancellationToken) {
+pub fn stop_on_signals(stop: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {

@@ -161,16 +161,9 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
             return code;
         }
     };
+    // SIGINT or SIGTERM cancels the run; it is compensated and `sync` exits 1.
     let cancel = CancellationToken::new();
-    tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                tracing::warn!("interrupted: cancelling the run");
-                cancel.cancel();
-            }
-        }
-    });
+    crate::agent::stop_on_signals(cancel.clone());
     let ctx = SyncContext {
         db,
         settings,

@@ -46,6 +46,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 /// Rows per batch, measured with `benches/load.sh` (README, "Performance").
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 pub const DEFAULT_WORKERS: usize = 16;
+/// Larger batches only cost memory (the channel holds up to 3 per worker).
+pub const MAX_BATCH_SIZE: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -101,7 +103,7 @@ impl DatabaseUrl {
                 )
             })?
         };
-        let mut url = url::Url::parse(&url_text).map_err(|e| {
+        let url = url::Url::parse(&url_text).map_err(|e| {
             invalid(
                 var,
                 &redact_text(raw),
@@ -116,12 +118,9 @@ impl DatabaseUrl {
             ));
         }
         let secret = SecretString::from(url.as_str().to_owned());
-        if url.password().is_some() {
-            let _ = url.set_password(Some("***"));
-        }
         Ok(Self {
             url: secret,
-            redacted: url.to_string(),
+            redacted: redact_url(url),
         })
     }
 
@@ -149,23 +148,43 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Best-effort redaction of a connection string that failed to parse.
+/// A connection string with every password replaced by `***`; when it cannot be
+/// parsed well enough to know where the password is, nothing of it is shown.
 fn redact_text(raw: &str) -> String {
-    if let Some((scheme, rest)) = raw.split_once("://") {
-        if let Some((userinfo, host)) = rest.rsplit_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
-        return raw.to_owned();
+    let url_text = if raw.contains("://") {
+        Some(raw.to_owned())
+    } else {
+        keyword_value_to_url(raw)
+    };
+    match url_text.and_then(|u| url::Url::parse(&u).ok()) {
+        Some(url) => redact_url(url),
+        None => "(not shown: it may contain a password)".into(),
     }
-    raw.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+}
+
+/// Redacts the userinfo password and any `password` query parameter.
+fn redact_url(mut url: url::Url) -> String {
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+    {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string().replace("%2A%2A%2A", "***")
 }
 
 /// `host=h port=5432 user=u password='p w' dbname=d sslmode=disable` → URL.
@@ -355,6 +374,21 @@ where
         .ok_or_else(|| invalid(var, raw, format!("expected a whole number ≥ {min}")))
 }
 
+fn parse_int_in(var: &'static str, raw: &str, min: u64, max: u64) -> Result<usize, ConfigError> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| {
+            invalid(
+                var,
+                raw,
+                format!("expected a whole number from {min} to {max}"),
+            )
+        })
+}
+
 fn parse_duration(var: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     parse_go_duration(raw.trim()).map_err(|e| {
         invalid(
@@ -371,7 +405,10 @@ impl Settings {
         // `.env` in the working directory (not its parents) never overrides a
         // variable the process already has.
         if Path::new(".env").is_file() {
-            let _ = dotenvy::from_path(".env");
+            dotenvy::from_path(".env").map_err(|e| ConfigError::File {
+                path: PathBuf::from(".env"),
+                reason: e.to_string(),
+            })?;
         }
         let config_file = overrides.config_file.clone().or_else(|| {
             std::env::var_os("CONFIG_FILE")
@@ -451,7 +488,7 @@ impl Settings {
         })?;
         let batch_size = raw
             .get("BATCH_SIZE")
-            .map(|v| parse_int("BATCH_SIZE", v, 1))
+            .map(|v| parse_int_in("BATCH_SIZE", v, 1, MAX_BATCH_SIZE))
             .transpose()?
             .unwrap_or(DEFAULT_BATCH_SIZE);
         let db_min_conns: u32 = raw
@@ -630,7 +667,9 @@ impl Settings {
 
 /// Resolves `file` (relative to `tables_dir`, or to the working directory when it
 /// exists only there, or absolute) and requires it to lie inside `tables_dir`, also
-/// after following symlinks. The file itself need not exist yet.
+/// after following symlinks. The file itself need not exist yet. Returns the path
+/// as configured (a symlink stays a symlink, so repointing it is followed); each
+/// run checks it again.
 pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<PathBuf, ConfigError> {
     let shown = file.display().to_string();
     let dir = tables_dir.canonicalize().map_err(|e| {
@@ -686,7 +725,7 @@ pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<Path
             ),
         ));
     }
-    Ok(resolved)
+    Ok(candidate)
 }
 
 #[cfg(test)]
@@ -751,6 +790,22 @@ mod tests {
         assert!(!format!("{url:?}").contains("s3cret"));
         let e = err_of(&[("DATABASE_URL", "mysql://app:s3cret@db/app")]);
         assert!(!e.contains("s3cret") && e.contains("DATABASE_URL"), "{e}");
+        let url = DatabaseUrl::parse(
+            "DATABASE_URL",
+            "postgres://app@db/app?sslmode=disable&password=s3cret",
+        )
+        .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://app@db/app?sslmode=disable&password=***"
+        );
+        let e = err_of(&[
+            ("DSN", "host=db password='my s3cret pw' dbname=a"),
+            ("DATABASE_URL", "postgres://app@db/b"),
+        ]);
+        assert!(!e.contains("s3cret") && !e.contains(" pw"), "{e}");
+        let e = err_of(&[("DATABASE_URL", "host=db password='unterminated s3cret")]);
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

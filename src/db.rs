@@ -61,6 +61,8 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError>
 pub struct AdvisoryLock {
     conn: PgConnection,
     key: i64,
+    /// Backend pid of the lock's session: the merge checks it still holds the lock.
+    pid: i32,
 }
 
 impl AdvisoryLock {
@@ -76,14 +78,16 @@ impl AdvisoryLock {
     /// Takes the run lock if it is free; `None` when another run holds it.
     pub async fn try_run_lock(url: &DatabaseUrl) -> Result<Option<Self>, DbError> {
         let mut conn = Self::open(url).await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RUN_LOCK)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(DbError::Lock)?;
+        let (got, pid): (bool, i32) =
+            sqlx::query_as("SELECT pg_try_advisory_lock($1), pg_backend_pid()")
+                .bind(RUN_LOCK)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(DbError::Lock)?;
         Ok(got.then_some(Self {
             conn,
             key: RUN_LOCK,
+            pid,
         }))
     }
 
@@ -98,7 +102,12 @@ impl AdvisoryLock {
         Ok(Self {
             conn,
             key: MIGRATE_LOCK,
+            pid: 0,
         })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     pub async fn release(mut self) {

@@ -2,7 +2,8 @@
 //! UNLOGGED (sea-query cannot say that, hence raw SQL): its rows only live while a
 //! run is in flight, and a crash must not cost WAL for them. `line_no` keeps the
 //! CSV line of each row so duplicates resolve to the last occurrence in SQL,
-//! without the agent holding every email in memory.
+//! without the agent holding every email in memory. A staging table left by the
+//! old Go service (three columns) is replaced: its rows are transient by design.
 
 use sea_orm_migration::prelude::*;
 
@@ -13,8 +14,10 @@ pub struct Migration;
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
+        db.execute_unprepared("DROP TABLE IF EXISTS public.staging_followers")
+            .await?;
         db.execute_unprepared(
-            "CREATE UNLOGGED TABLE IF NOT EXISTS public.staging_followers (
+            "CREATE UNLOGGED TABLE public.staging_followers (
                 email     VARCHAR(255) NOT NULL,
                 full_name VARCHAR(255) NOT NULL,
                 load_id   UUID         NOT NULL,

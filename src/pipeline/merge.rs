@@ -3,6 +3,8 @@
 //!
 //! | step     | does                                                   |
 //! |----------|--------------------------------------------------------|
+//! | verify   | this run still holds the run lock, and staging holds   |
+//! |          | exactly the rows it staged (nobody else touched them)  |
 //! | update   | rewrites rows whose `full_name` differs (only those)   |
 //! | insert   | adds emails that are new                               |
 //! | delete   | removes followers absent from the load (not protected) |
@@ -24,6 +26,7 @@ use sea_orm::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     Begin,
+    Verify,
     Update,
     Insert,
     Delete,
@@ -38,6 +41,7 @@ impl Step {
     pub fn name(self) -> &'static str {
         match self {
             Self::Begin => "begin",
+            Self::Verify => "verify",
             Self::Update => "update",
             Self::Insert => "insert",
             Self::Delete => "delete",
@@ -58,23 +62,28 @@ pub enum MergeError {
         #[source]
         source: DbErr,
     },
-    #[error("refused: the file would delete {deleted} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; rolled back (use --allow-mass-delete if intended)", *deleted as f64 * 100.0 / *current as f64)]
+    #[error("the file would delete {} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; rolled back (use --allow-mass-delete if intended)", .counts.deleted, .counts.deleted as f64 * 100.0 / *current as f64)]
     MassDelete {
-        deleted: u64,
+        /// What the run would have done.
+        counts: Counts,
         current: u64,
         ratio: f64,
     },
+    #[error("the run lost its lock or its staged rows ({0}); rolled back")]
+    Lost(String),
 }
 
 /// What the merge needs to know about the load.
 pub struct Load<'a> {
     pub load_id: LoadId,
+    /// Backend pid of the session holding the run lock.
+    pub lock_pid: i32,
     pub hash: &'a ContentHash,
     /// Emails of rejected rows: never deleted.
     pub protected: Vec<String>,
     /// Counts known before the merge (rows read, rejected, duplicates).
     pub counts: Counts,
-    /// Distinct emails in the load.
+    /// Distinct emails in the load: the rows it must hold in staging.
     pub distinct: u64,
 }
 
@@ -86,11 +95,12 @@ pub struct Guard {
 }
 
 impl Guard {
-    fn check(&self, deleted: u64, current: u64) -> Result<(), MergeError> {
-        let exceeded = current > 0 && (deleted as f64) > self.max_delete_ratio * current as f64;
+    fn check(&self, counts: Counts, current: u64) -> Result<(), MergeError> {
+        let deleted = counts.deleted as f64;
+        let exceeded = current > 0 && deleted > self.max_delete_ratio * current as f64;
         if exceeded && !self.allow_mass_delete && self.max_delete_ratio < 1.0 {
             return Err(MergeError::MassDelete {
-                deleted,
+                counts,
                 current,
                 ratio: self.max_delete_ratio,
             });
@@ -135,6 +145,36 @@ fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
     move |source| MergeError::Step { step, source }
 }
 
+/// Checks, inside the transaction, that this run still holds the run lock (so no
+/// other run can have recovered, i.e. deleted, its staging rows) and that staging
+/// holds exactly the rows this run staged.
+async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), MergeError> {
+    let locked = count(
+        txn,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1",
+        vec![load.lock_pid.into()],
+    )
+    .await
+    .map_err(at(Step::Verify))?;
+    if locked == 0 {
+        return Err(MergeError::Lost("the run lock's session is gone".into()));
+    }
+    let staged = count(
+        txn,
+        "SELECT count(*) FROM public.staging_followers WHERE load_id = $1",
+        vec![load.load_id.uuid().into()],
+    )
+    .await
+    .map_err(at(Step::Verify))?;
+    if staged != load.distinct {
+        return Err(MergeError::Lost(format!(
+            "staging holds {staged} rows of this load, {} expected",
+            load.distinct
+        )));
+    }
+    Ok(())
+}
+
 /// Applies the load in one transaction and commits, or rolls back on any error.
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
 pub async fn merge(
@@ -145,6 +185,7 @@ pub async fn merge(
     let id: Value = load.load_id.uuid().into();
     let protected: Value = load.protected.clone().into();
     let txn = db.begin().await.map_err(at(Step::Begin))?;
+    verify(&txn, load).await?;
     let current = count(&txn, "SELECT count(*) FROM public.followers", vec![])
         .await
         .map_err(at(Step::Begin))?;
@@ -166,7 +207,6 @@ pub async fn merge(
         .await
         .map_err(at(Step::Delete))?
         .rows_affected();
-    guard.check(deleted, current)?;
     let counts = Counts {
         inserted,
         updated,
@@ -174,6 +214,7 @@ pub async fn merge(
         unchanged: load.distinct.saturating_sub(inserted + updated),
         ..load.counts
     };
+    guard.check(counts, current)?;
     runs::mark_synced(&txn, load.load_id, load.hash)
         .await
         .map_err(at(Step::Status))?;
@@ -194,8 +235,8 @@ pub async fn merge(
     Ok(counts)
 }
 
-/// What `merge` would do, computed with reads only; `Err(MassDelete)` tells that
-/// the guard would refuse (with the counts).
+/// What `merge` would do, computed with reads only; the second value tells that
+/// the guard would refuse.
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
 pub async fn plan(
     db: &DatabaseConnection,
@@ -205,6 +246,7 @@ pub async fn plan(
     let id: Value = load.load_id.uuid().into();
     let protected: Value = load.protected.clone().into();
     let txn = db.begin().await.map_err(at(Step::Begin))?;
+    verify(&txn, load).await?;
     let row = txn
         .query_one(stmt(COUNT_CHANGED, vec![id.clone()]))
         .await
@@ -231,7 +273,7 @@ pub async fn plan(
         unchanged: load.distinct.saturating_sub(inserted + updated),
         ..load.counts
     };
-    Ok((counts, guard.check(deleted, current).err()))
+    Ok((counts, guard.check(counts, current).err()))
 }
 
 #[cfg(test)]

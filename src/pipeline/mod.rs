@@ -18,16 +18,16 @@ use crate::db::{AdvisoryLock, DbError};
 use crate::domain::{ContentHash, LoadId};
 use crate::runs::{self, Counts, Outcome, Trigger};
 use merge::{Guard, Load, MergeError};
+use progress::Progress;
 use read::{CsvRecords, ReadError};
 use sea_orm::{DatabaseConnection, DbErr};
 use serde::Serialize;
 use stage::{Batch, StageError};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use validate::{validate, Reject};
+use validate::{validate, Reject, RejectReason};
 
 pub use progress::ProgressStyle;
 
@@ -88,12 +88,23 @@ fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
 pub enum SyncError {
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("{path}: {first}; refused: {rejected} invalid row(s), MAX_REJECTS={max}")]
+    #[error(transparent)]
+    Outside(crate::config::ConfigError),
+    #[error("{path}: {first}; refused: {rejected} invalid row(s) of {rows_read}, more than MAX_REJECTS={max}")]
     TooManyRejects {
         path: PathBuf,
+        /// The first invalid row of the file.
         first: Reject,
         rejected: u64,
+        rows_read: u64,
         max: u64,
+    },
+    #[error("{path}: {reject}; refused whatever MAX_REJECTS says: an unbalanced quote swallows the lines after it, and their followers would be deleted")]
+    BrokenQuote {
+        path: PathBuf,
+        reject: Reject,
+        rows_read: u64,
+        rejected: u64,
     },
     #[error("{path}: the file changed while it was being read; nothing applied (a later run syncs the new content)")]
     FileChanged { path: PathBuf },
@@ -112,11 +123,14 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// `refused` when the file's content is the reason, `failed` otherwise.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::TooManyRejects { .. } | Self::Merge(MergeError::MassDelete { .. }) => {
-                Outcome::Refused
-            }
+            Self::TooManyRejects { .. }
+            | Self::BrokenQuote { .. }
+            | Self::Outside(_)
+            | Self::Merge(MergeError::MassDelete { .. }) => Outcome::Refused,
+            Self::Read(e) if e.is_content() => Outcome::Refused,
             _ => Outcome::Failed,
         }
     }
@@ -125,14 +139,38 @@ impl SyncError {
     pub fn stage(&self) -> &'static str {
         match self {
             Self::Read(_)
+            | Self::Outside(_)
             | Self::TooManyRejects { .. }
+            | Self::BrokenQuote { .. }
             | Self::FileChanged { .. }
             | Self::Join(_) => "read",
             Self::Stage(_) => "stage",
             Self::Merge(MergeError::Step { step, .. }) => step.name(),
             Self::Merge(MergeError::MassDelete { .. }) => "guard",
+            Self::Merge(MergeError::Lost(_)) => "verify",
             Self::Db(_) | Self::Bookkeeping(_) => "database",
             Self::Cancelled => "cancel",
+        }
+    }
+
+    /// What the run had counted when it stopped, for its summary and record.
+    fn partial_counts(&self, counts: &mut Counts) {
+        match self {
+            Self::TooManyRejects {
+                rows_read,
+                rejected,
+                ..
+            }
+            | Self::BrokenQuote {
+                rows_read,
+                rejected,
+                ..
+            } => {
+                counts.rows_read = *rows_read;
+                counts.rejected = *rejected;
+            }
+            Self::Merge(MergeError::MassDelete { counts: would, .. }) => *counts = *would,
+            _ => {}
         }
     }
 }
@@ -221,8 +259,9 @@ async fn locked_run(
         runs::start(db, load_id, request.trigger, &file, None)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let outcome = saga(ctx, request, load_id, counts, &cancel).await;
+        let outcome = saga(ctx, request, load_id, lock.pid(), counts, &cancel).await;
         if let Err(e) = &outcome {
+            e.partial_counts(counts);
             compensate(db, load_id, counts, e).await;
         }
         outcome
@@ -256,23 +295,29 @@ async fn saga(
     ctx: &SyncContext,
     request: &SyncRequest,
     load_id: LoadId,
+    lock_pid: i32,
     counts: &mut Counts,
     cancel: &CancellationToken,
 ) -> Result<(Outcome, Option<String>), SyncError> {
     let settings = &ctx.settings;
     let db = &ctx.db;
+    let file = &request.file;
+    let progress = progress::start(ctx.progress, load_id, file);
 
-    // 1. Hash: unchanged since the last successful sync → skip.
+    // 1. Hash: unchanged since the last successful sync → skip. The file must
+    //    still resolve inside TABLES_DIR (a symlink may have been repointed).
+    progress.stage("hash");
+    crate::config::confine("CSV_FILE", &settings.tables_dir, file).map_err(SyncError::Outside)?;
     let timer = Instant::now();
-    let hash = hash(&request.file, settings.csv).await?;
+    let hash = tokio::select! {
+        _ = cancel.cancelled() => return Err(SyncError::Cancelled),
+        hash = hash(file, settings.csv) => hash?,
+    };
     crate::http::record_stage("hash", timer.elapsed().as_secs_f64());
-    if !request.force
-        && runs::last_synced_hash(db)
-            .await
-            .map_err(SyncError::Bookkeeping)?
-            .as_deref()
-            == Some(hash.as_str())
-    {
+    let last = runs::last_synced_hash(db)
+        .await
+        .map_err(SyncError::Bookkeeping)?;
+    if !request.force && last.as_deref() == Some(hash.as_str()) {
         let reason = "unchanged since the last successful sync";
         runs::finish(
             db,
@@ -288,8 +333,9 @@ async fn saga(
     }
 
     // 2-5. Read, validate and stage, streaming.
+    progress.stage("read_and_stage");
     let timer = Instant::now();
-    let read = read_and_stage(ctx, request, load_id, cancel).await?;
+    let read = read_and_stage(ctx, request, load_id, &progress, cancel).await?;
     crate::http::record_stage("read_and_stage", timer.elapsed().as_secs_f64());
     *counts = Counts {
         rows_read: read.rows_read,
@@ -297,28 +343,36 @@ async fn saga(
         ..Counts::default()
     };
     if read.hash != hash {
-        return Err(SyncError::FileChanged {
-            path: request.file.clone(),
-        });
+        return Err(SyncError::FileChanged { path: file.clone() });
     }
 
-    // 4. Duplicates: last occurrence wins.
+    // 4. Duplicates: the last occurrence wins, also when it is a rejected row
+    //    (then the follower stays as it is).
+    progress.stage("dedupe");
+    if cancel.is_cancelled() {
+        return Err(SyncError::Cancelled);
+    }
     let duplicates = stage::resolve_duplicates(db, load_id, REPORT_LIMIT as u64).await?;
     for (email, lines) in &duplicates.examples {
-        tracing::warn!(file = %request.file.display(), %email, ?lines, "duplicate email; the last occurrence wins");
+        tracing::warn!(file = %file.display(), %email, ?lines, "duplicate email; the last occurrence wins");
     }
     counts.duplicates = duplicates.extra_rows;
+    let superseded = stage::drop_superseded(db, load_id, &read.protected).await?;
     if cancel.is_cancelled() {
         return Err(SyncError::Cancelled);
     }
 
     // 6-7. Merge and purge in one transaction (it also removes the staging rows).
+    progress.stage("merge");
     let load = Load {
         load_id,
+        lock_pid,
         hash: &hash,
-        protected: read.protected,
+        protected: read.protected.into_iter().map(|(email, _)| email).collect(),
         counts: *counts,
-        distinct: read.staged.saturating_sub(duplicates.extra_rows),
+        distinct: read
+            .staged
+            .saturating_sub(duplicates.extra_rows + superseded),
     };
     let guard = Guard {
         max_delete_ratio: settings.max_delete_ratio,
@@ -330,7 +384,7 @@ async fn saga(
         stage::discard(db, load_id)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let note = refusal.map(|e| format!("a real run would be {}", e));
+        let note = refusal.map(|e| format!("a real run would be refused: {e}"));
         runs::finish(
             db,
             load_id,
@@ -362,8 +416,10 @@ struct ReadReport {
     rows_read: u64,
     rejected: u64,
     staged: u64,
-    /// Emails of rejected rows, protected from deletion (at most MAX_REJECTS).
-    protected: Vec<String>,
+    /// Rejected rows with a valid email, and their line: those followers are
+    /// never deleted, and when the rejected row is an email's last occurrence
+    /// the follower is left as it is. At most MAX_REJECTS entries.
+    protected: Vec<(String, u64)>,
     hash: ContentHash,
 }
 
@@ -373,34 +429,23 @@ async fn read_and_stage(
     ctx: &SyncContext,
     request: &SyncRequest,
     load_id: LoadId,
+    progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<ReadReport, SyncError> {
     let settings = ctx.settings.clone();
     let stage_cancel = cancel.child_token();
     let (tx, rx) = async_channel::bounded::<Batch>(settings.workers * 2);
-    let staged = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let total_bytes = std::fs::metadata(&request.file)
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let progress = progress::start(
-        ctx.progress,
-        load_id,
-        staged.clone(),
-        bytes.clone(),
-        total_bytes,
-    );
-
     let reader = {
-        let (file, cancel, bytes) = (request.file.clone(), stage_cancel.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || produce(&file, &settings, tx, &cancel, &bytes))
+        let (file, cancel, progress) =
+            (request.file.clone(), stage_cancel.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || produce(&file, &settings, tx, &cancel, &progress))
     };
     let copied = stage::copy_batches(
         ctx.db.get_postgres_connection_pool(),
         load_id,
         ctx.settings.workers,
         rx,
-        staged,
+        progress.staged_counter(),
         stage_cancel.clone(),
     )
     .await;
@@ -408,7 +453,6 @@ async fn read_and_stage(
         stage_cancel.cancel();
     }
     let read = reader.await.map_err(SyncError::Join)?;
-    progress.finish();
     match (read, copied) {
         (Ok(read), Ok(staged)) => Ok(ReadReport { staged, ..read }),
         _ if cancel.is_cancelled() => Err(SyncError::Cancelled),
@@ -420,13 +464,15 @@ async fn read_and_stage(
 }
 
 /// Reads and validates the file, sending `BATCH_SIZE`-row batches. Runs on a
-/// blocking thread.
+/// blocking thread. Once more rows are invalid than MAX_REJECTS allows, nothing
+/// more is sent, but the file is read to the end so every invalid line is
+/// reported (the first `REPORT_LIMIT` one by one) and counted.
 fn produce(
     path: &Path,
     settings: &Settings,
     tx: async_channel::Sender<Batch>,
     cancel: &CancellationToken,
-    bytes: &AtomicU64,
+    progress: &Progress,
 ) -> Result<ReadReport, SyncError> {
     let mut records = CsvRecords::open(path, &settings.csv)?;
     let mut report = ReadReport {
@@ -436,7 +482,8 @@ fn produce(
         protected: Vec::new(),
         hash: ContentHash::from_hasher(&blake3::Hasher::new()),
     };
-    let mut batch = Vec::with_capacity(settings.batch_size);
+    let mut first_reject = None;
+    let mut batch = Vec::new();
     let send = |batch: Batch| -> Result<(), SyncError> {
         if cancel.is_cancelled() {
             return Err(SyncError::Cancelled);
@@ -448,35 +495,45 @@ fn produce(
         report.rows_read += 1;
         let columns = records.columns().expect("known after the first row");
         match validate(&row, &columns) {
-            Ok(follower) => batch.push(follower),
+            // Past MAX_REJECTS the file is refused: stop staging, keep counting.
+            Ok(follower) if report.rejected <= settings.max_rejects => batch.push(follower),
+            Ok(_) => {}
             Err(reject) => {
                 report.rejected += 1;
-                if report.rejected > settings.max_rejects {
-                    return Err(SyncError::TooManyRejects {
+                if matches!(reject.reason, RejectReason::LineBreak { .. }) {
+                    return Err(SyncError::BrokenQuote {
                         path: path.to_owned(),
-                        first: reject,
+                        reject,
+                        rows_read: report.rows_read,
                         rejected: report.rejected,
-                        max: settings.max_rejects,
                     });
                 }
                 if report.rejected as usize <= REPORT_LIMIT {
-                    tracing::warn!(file = %path.display(), line = reject.line, reason = %reject.reason, "row rejected; skipped (its follower, if any, is kept)");
+                    tracing::warn!(file = %path.display(), line = reject.line, reason = %reject.reason, "row rejected");
                 }
-                if let Some(email) = reject.email {
-                    report.protected.push(email.as_str().to_owned());
+                if let Some(email) = &reject.email {
+                    if report.rejected <= settings.max_rejects {
+                        report
+                            .protected
+                            .push((email.as_str().to_owned(), reject.line));
+                    }
                 }
+                first_reject.get_or_insert(reject);
             }
         }
         if batch.len() >= settings.batch_size {
-            bytes.store(
-                row.record.position().map_or(0, |p| p.byte()),
-                Ordering::Relaxed,
-            );
-            send(std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(settings.batch_size),
-            ))?;
+            progress.read_up_to(row.record.position().map_or(0, |p| p.byte()));
+            send(std::mem::take(&mut batch))?;
         }
+    }
+    if report.rejected > settings.max_rejects {
+        return Err(SyncError::TooManyRejects {
+            path: path.to_owned(),
+            first: first_reject.expect("a reject was counted"),
+            rejected: report.rejected,
+            rows_read: report.rows_read,
+            max: settings.max_rejects,
+        });
     }
     if !batch.is_empty() {
         send(batch)?;

@@ -53,6 +53,8 @@ pub enum ReadError {
         column: &'static str,
         found: String,
     },
+    #[error("{path}: line {line}: a record runs on for more than {} MiB (an unbalanced quote?)", MAX_RECORD_BYTES >> 20)]
+    RecordTooLong { path: PathBuf, line: u64 },
     #[error("{path}: line {line}: the header names {column:?} twice")]
     DuplicateColumn {
         path: PathBuf,
@@ -60,6 +62,18 @@ pub enum ReadError {
         column: &'static str,
     },
 }
+
+impl ReadError {
+    /// Whether the file's content (not the system) is at fault.
+    pub fn is_content(&self) -> bool {
+        !matches!(self, Self::Io { .. })
+    }
+}
+
+/// No legitimate record comes near this (two fields of at most 255 characters
+/// plus whatever extra columns); a longer one is an unbalanced quote swallowing
+/// the rest of the file, and reading stops before memory grows with it.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// A data row: its first line in the file and its raw fields.
 #[derive(Debug)]
@@ -111,12 +125,20 @@ impl<R> HashingReader<R> {
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pending.len() > MAX_RECORD_BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, RecordTooLong));
+        }
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.pending.extend_from_slice(&buf[..n]);
         Ok(n)
     }
 }
+
+/// The marker error `HashingReader` stops the CSV reader with.
+#[derive(Debug, thiserror::Error)]
+#[error("record too long")]
+struct RecordTooLong;
 
 /// A hasher primed with the settings that decide how bytes become rows: the same
 /// bytes read with another delimiter or header mode are a different input.
@@ -195,10 +217,23 @@ impl CsvRecords {
             let more = self
                 .reader
                 .read_byte_record(&mut self.record)
-                .map_err(|source| ReadError::Csv {
-                    path: self.path.clone(),
-                    line: source.position().map(|p| p.line()).unwrap_or(0),
-                    source,
+                .map_err(|source| {
+                    let too_long = matches!(source.kind(), csv::ErrorKind::Io(e)
+                        if e.get_ref().is_some_and(|inner| inner.is::<RecordTooLong>()));
+                    let start = self.record.position().map_or(0, |p| p.byte());
+                    let line = self.reader.get_mut().line_of_record_at(start);
+                    if too_long {
+                        ReadError::RecordTooLong {
+                            path: self.path.clone(),
+                            line,
+                        }
+                    } else {
+                        ReadError::Csv {
+                            path: self.path.clone(),
+                            line,
+                            source,
+                        }
+                    }
                 })?;
             if !more {
                 return Ok(None);
@@ -353,6 +388,26 @@ mod tests {
         assert!(err.contains("line 1") && err.contains("\"email\""), "{err}");
         let err = read_all(b"email,name\n", auto()).unwrap_err().to_string();
         assert!(err.contains("\"full_name\""), "{err}");
+    }
+
+    #[test]
+    fn an_unbalanced_quote_stops_reading_before_memory_grows() {
+        let mut text = String::from("email,full_name\na@x.io,\"Ann\n");
+        while text.len() <= 2 * MAX_RECORD_BYTES {
+            text.push_str("b@x.io,Bob\n");
+        }
+        let err = read_all(text.as_bytes(), auto()).unwrap_err();
+        assert!(
+            matches!(err, ReadError::RecordTooLong { line: 2, .. }),
+            "{err}"
+        );
+        assert!(err.is_content());
+    }
+
+    #[test]
+    fn line_numbers_count_quoted_line_breaks() {
+        let (_, rows) = read_all(b"h,x\na,\"x\ny\"\nb,2\n", auto()).unwrap();
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 4]);
     }
 
     #[test]

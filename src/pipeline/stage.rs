@@ -191,6 +191,32 @@ pub async fn resolve_duplicates(
     })
 }
 
+/// Removes staged rows whose email appears again later in the file on a
+/// rejected row (`protected`: email and line): the last occurrence wins, and a
+/// rejected one leaves the follower as it is. Returns the rows removed.
+#[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
+pub async fn drop_superseded(
+    db: &DatabaseConnection,
+    load_id: LoadId,
+    protected: &[(String, u64)],
+) -> Result<u64, StageError> {
+    if protected.is_empty() {
+        return Ok(0);
+    }
+    let emails: Vec<String> = protected.iter().map(|(e, _)| e.clone()).collect();
+    let lines: Vec<i64> = protected.iter().map(|(_, l)| *l as i64).collect();
+    let result = db
+        .execute(stmt(
+            "DELETE FROM public.staging_followers s
+              USING unnest($2::text[], $3::bigint[]) AS r(email, line_no)
+              WHERE s.load_id = $1 AND s.email = r.email AND r.line_no > s.line_no",
+            vec![load_id.uuid().into(), emails.into(), lines.into()],
+        ))
+        .await
+        .map_err(StageError::Dedupe)?;
+    Ok(result.rows_affected())
+}
+
 /// Compensation of staging: removes the load's rows.
 #[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
 pub async fn discard(db: &impl ConnectionTrait, load_id: LoadId) -> Result<u64, DbErr> {
