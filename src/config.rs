@@ -384,7 +384,7 @@ fn parse_int_in(var: &'static str, raw: &str, min: u64, max: u64) -> Result<usiz
             invalid(
                 var,
                 raw,
-                format!("expected a whole number from {min} to {max}"),
+                format!("expected a whole number ≥ {min} and ≤ {max}"),
             )
         })
 }

@@ -286,26 +286,27 @@ mod tests {
             max_delete_ratio: 0.5,
             allow_mass_delete: false,
         };
-        assert!(g.check(5, 10).is_ok());
-        assert!(g.check(6, 10).is_err());
-        assert!(g.check(0, 0).is_ok());
-        assert!(Guard {
+        let del = |deleted| Counts {
+            deleted,
+            ..Counts::default()
+        };
+        assert!(g.check(del(5), 10).is_ok());
+        assert!(g.check(del(6), 10).is_err());
+        assert!(g.check(del(0), 0).is_ok());
+        let allow = Guard {
             allow_mass_delete: true,
             ..g
-        }
-        .check(10, 10)
-        .is_ok());
-        assert!(Guard {
+        };
+        assert!(allow.check(del(10), 10).is_ok());
+        let disabled = Guard {
             max_delete_ratio: 1.0,
             ..g
-        }
-        .check(10, 10)
-        .is_ok());
-        assert!(Guard {
+        };
+        assert!(disabled.check(del(10), 10).is_ok());
+        let strict = Guard {
             max_delete_ratio: 0.0,
             ..g
-        }
-        .check(1, 10)
-        .is_err());
+        };
+        assert!(strict.check(del(1), 10).is_err());
     }
 }

@@ -190,3 +190,22 @@ async fn a_dotenv_in_a_parent_directory_is_not_read() {
     let run: Run = cmd.output().unwrap().into();
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+#[tokio::test]
+async fn a_malformed_dotenv_or_an_absurd_batch_size_exits_2() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    std::fs::write(
+        env.dir.path().join(".env"),
+        "GOOD=1\nthis line is not an assignment\nCRON_SCHEDULE=@hourly\n",
+    )
+    .unwrap();
+    let run = env.run(&["sync"], &[]);
+    assert!(run.code == 2 && run.stderr.contains(".env"), "{run:?}");
+    std::fs::remove_file(env.dir.path().join(".env")).unwrap();
+    let run = env.run(&["sync"], &[("BATCH_SIZE", "18446744073709551615")]);
+    assert!(
+        run.code == 2 && run.stderr.contains("BATCH_SIZE"),
+        "{run:?}"
+    );
+}

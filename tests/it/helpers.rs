@@ -273,13 +273,15 @@ impl TestEnv {
             .dir
             .path()
             .join(format!("agent-{}.log", uuid::Uuid::now_v7().simple()));
+        // One open file for both streams: they share its offset.
+        let out = std::fs::File::create(&log).unwrap();
         let mut cmd = self.command();
         cmd.arg("serve")
             .env("CRON_SCHEDULE", "0 0 1 1 *")
             .env("WATCH_DEBOUNCE", "300ms")
             .env("LOG_LEVEL", "info")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -200,12 +200,27 @@ async fn an_every_1s_schedule_fires_every_second() {
         ("WATCH", "false"),
     ]);
     wait_ready(&env).await;
-    let runs = eventually(20, "three cron runs", || async {
-        Some(env.runs_by("cron").await).filter(|r| r.len() >= 3)
+    let runs = eventually(20, "four cron runs", || async {
+        Some(env.runs_by("cron").await).filter(|r| r.len() >= 4)
     })
     .await;
+    let starts: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM started_at)::float8 FROM etl_info_schema.sync_runs WHERE trigger = 'cron' ORDER BY started_at",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    for pair in starts.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (0.8..1.2).contains(&gap),
+            "cron runs {gap:.3}s apart: {starts:?}"
+        );
+    }
+    // robfig's @every fires on whole seconds.
+    assert!(starts.iter().all(|t| t.fract() < 0.2), "{starts:?}");
     assert_eq!(runs[0], ("synced".to_string(), 3));
-    assert!(runs[1..].iter().all(|(o, _)| o == "skipped"), "{runs:?}");
+    assert!(runs[1..3].iter().all(|(o, _)| o == "skipped"), "{runs:?}");
     assert_eq!(agent.terminate().await, 0);
 }
 

@@ -256,9 +256,22 @@ async fn a_parse_error_mid_file_never_truncates_the_table() {
     env.synced(&[]);
     let mut text = csv_owned(&rows);
     text = text.replacen("user2@example.com,User 2", "user2@example.com,\"User 2", 1);
-    env.write_csv(text);
+    env.write_csv(&text);
     let run = env.sync();
     assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(env.followers().await.len(), 10);
+    // Even where invalid rows may be skipped, a swallowed tail is not "one reject".
+    let run = env.sync_with(&[], &[("MAX_REJECTS", "5"), ("MAX_DELETE_RATIO", "1.0")]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (1, "refused"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("line 4") && run.stderr.contains("unbalanced quote"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(env.followers().await.len(), 10);
 }
 
@@ -311,10 +324,18 @@ async fn a_truncated_file_is_refused_by_the_delete_guard() {
     );
     assert_eq!(env.follower_versions().await, before);
     assert_eq!(env.staging_rows().await, 0);
-    // Exactly at the ratio is allowed; --allow-mass-delete overrides.
+    assert_eq!(
+        (run.n("rows_read"), run.n("deleted")),
+        (4, 6),
+        "a refused run reports what it would do"
+    );
+    // --allow-mass-delete overrides.
     let run = env.synced(&["--allow-mass-delete"]);
     assert_eq!(run.n("deleted"), 6);
     assert_eq!(env.followers().await.len(), 4);
+    // Exactly at the ratio is allowed: 2 of 4 deleted.
+    env.write_csv(csv_owned(&rows[..2]));
+    assert_eq!(env.synced(&[]).n("deleted"), 2);
 }
 
 #[tokio::test]
@@ -487,7 +508,7 @@ async fn a_crashed_run_is_recovered_by_the_next_one() {
          VALUES ('{crashed}', 'cron', 'followers.csv', now() AT TIME ZONE 'UTC', 'running');"
     ))
     .await;
-    env.run(&["sync", "--force"], &[]);
+    env.synced(&["--force"]);
     assert_eq!(env.staging_rows().await, 0);
     let outcome: String =
         sqlx::query_scalar("SELECT outcome FROM etl_info_schema.sync_runs WHERE load_id = $1")
@@ -545,4 +566,116 @@ async fn a_dropped_connection_during_copy_is_compensated() {
         env.last_run().await.2.unwrap_or_default().contains("COPY"),
         "{run:?}"
     );
+}
+
+#[tokio::test]
+async fn when_the_last_occurrence_of_an_email_is_rejected_the_follower_is_left_as_it_is() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    env.synced(&[]);
+    let long = "x".repeat(300);
+    env.write_csv(format!(
+        "email,full_name\nann@example.com,Ann Changed\nbob@example.com,Bob\ncy@example.com,Cy\nann@example.com,{long}\nnew@example.com,New\nnew@example.com,{long}\n"
+    ));
+    let run = env.sync_with(&[], &[("MAX_REJECTS", "2")]);
+    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    // ann keeps "Ann" (line 5 wins and is invalid); new is not inserted from line 6.
+    assert_eq!(env.followers().await, pairs(ABC));
+    assert_eq!(
+        (run.n("inserted"), run.n("updated"), run.n("deleted")),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_run_that_lost_its_lock_does_not_commit() {
+    let env = TestEnv::new().await;
+    let rows = many(3000);
+    env.write_csv(csv_owned(&rows[..1000]));
+    env.synced(&[]);
+    let before = env.follower_versions().await;
+    env.write_csv(csv_owned(&rows));
+    // Slow staging down at one row, so the test can kill the lock's session.
+    env.exec(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON staging_followers FOR EACH ROW
+         WHEN (NEW.email = 'user2500@example.com') EXECUTE FUNCTION slow();",
+    )
+    .await;
+    let mut cmd = env.command();
+    cmd.args(["sync", "--json"])
+        .env("BATCH_SIZE", "100")
+        .env("WORKER_POOL_GOROUTINES", "1");
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run lock's key is split into classid (high half) and objid (low half).
+    let key = followers_etl::db::RUN_LOCK;
+    let run_lock = format!(
+        "FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {} AND objid = {}",
+        key >> 32,
+        key & 0xffff_ffff
+    );
+    eventually(30, "rows being staged under the run lock", || async {
+        let held = env.scalar(&format!("SELECT count(*) {run_lock}")).await;
+        (held == 1 && env.staging_rows().await > 0).then_some(())
+    })
+    .await;
+    env.exec(&format!("SELECT pg_terminate_backend(pid) {run_lock}")).await;
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    assert!(run.stderr.contains("lost its lock"), "{}", run.stderr);
+    assert_eq!(env.follower_versions().await, before);
+    assert_eq!(env.staging_rows().await, 0);
+}
+
+#[tokio::test]
+async fn a_database_of_the_old_service_is_taken_over() {
+    let env = TestEnv::new().await;
+    env.exec(
+        "CREATE TABLE followers (email VARCHAR(255) PRIMARY KEY, full_name VARCHAR(255) NOT NULL, modified_at TIMESTAMP NOT NULL);
+         CREATE TABLE staging_followers (email VARCHAR(255) NOT NULL, full_name VARCHAR(255) NOT NULL, load_id UUID NOT NULL);
+         CREATE SCHEMA etl_info_schema;
+         CREATE TABLE etl_info_schema.table_status (id SERIAL PRIMARY KEY, table_name VARCHAR(64) UNIQUE NOT NULL, last_activity TIMESTAMP);
+         INSERT INTO followers VALUES ('ann@example.com', 'Ann', now()), ('old@example.com', 'Old', now());
+         INSERT INTO etl_info_schema.table_status (table_name, last_activity) VALUES ('followers', now());",
+    )
+    .await;
+    env.write_csv(csv(ABC));
+    let run = env.synced(&[]);
+    assert_eq!(
+        (run.n("inserted"), run.n("deleted"), run.n("unchanged")),
+        (2, 1, 1)
+    );
+    assert_eq!(env.followers().await, pairs(ABC));
+}
+
+#[tokio::test]
+async fn a_symlinked_csv_file_is_followed_when_repointed_but_never_outside_tables_dir() {
+    let env = TestEnv::new().await;
+    env.write_file("a.csv", csv(ABC));
+    let b = [
+        ("ann@example.com", "Ann B"),
+        ("bob@example.com", "Bob"),
+        ("cy@example.com", "Cy"),
+    ];
+    env.write_file("b.csv", csv(&b));
+    let link = env.tables().join("followers.csv");
+    std::os::unix::fs::symlink("a.csv", &link).unwrap();
+    env.synced(&[]);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("b.csv", &link).unwrap();
+    env.synced(&[]);
+    assert_eq!(env.followers().await, pairs(&b));
+    let outside = env.dir.path().join("outside.csv");
+    std::fs::write(&outside, csv(&[("eve@example.com", "Eve")])).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let run = env.sync();
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("TABLES_DIR"), "{}", run.stderr);
+    assert_eq!(env.followers().await, pairs(&b));
 }
