@@ -43,7 +43,7 @@ pub const VARIABLES: &[&str] = &[
 ];
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-/// Rows per batch, measured with `benches/load.sh` (README, "Performance").
+/// Rows per batch: the best median of `bench/load.sh` (README, "Performance").
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 pub const DEFAULT_WORKERS: usize = 16;
 /// Larger batches only cost memory (the channel holds up to 3 per worker).

@@ -392,11 +392,18 @@ async fn dry_run_reports_the_changes_and_changes_nothing() {
 }
 
 /// Installs a trigger that makes `table`'s `when` statement fail.
+/// `when` "COMMIT" installs a deferred constraint trigger: it raises while the
+/// merge transaction commits.
 async fn fail_on(env: &TestEnv, table: &str, when: &str, condition: &str) {
+    let trigger = if when == "COMMIT" {
+        format!("CREATE CONSTRAINT TRIGGER inject AFTER INSERT OR UPDATE OR DELETE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION fail_injected();")
+    } else {
+        format!("CREATE TRIGGER inject BEFORE {when} ON {table} FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION fail_injected();")
+    };
     env.exec(&format!(
         "CREATE OR REPLACE FUNCTION fail_injected() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-         CREATE TRIGGER inject BEFORE {when} ON {table} FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION fail_injected();"
+         {trigger}"
     ))
     .await;
 }
@@ -421,6 +428,7 @@ async fn a_failure_at_any_saga_step_leaves_followers_unchanged_and_staging_empty
             "NEW.outcome = 'synced'",
         ),
         ("cleanup", "staging_followers", "DELETE", "true"),
+        ("commit", "followers", "COMMIT", "true"),
     ] {
         let env = TestEnv::new().await;
         let mut rows = many(8);
@@ -624,7 +632,8 @@ async fn a_run_that_lost_its_lock_does_not_commit() {
         (held == 1 && env.staging_rows().await > 0).then_some(())
     })
     .await;
-    env.exec(&format!("SELECT pg_terminate_backend(pid) {run_lock}")).await;
+    env.exec(&format!("SELECT pg_terminate_backend(pid) {run_lock}"))
+        .await;
     let run: Run = child.wait_with_output().unwrap().into();
     assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
     assert!(run.stderr.contains("lost its lock"), "{}", run.stderr);
