@@ -35,7 +35,7 @@ pub enum DbError {
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError> {
     // One direct attempt first: an unreachable server fails now, not after the
     // pool's acquire timeout.
-    AdvisoryLock::open(&settings.database_url)
+    AdvisoryLock::dedicated_connection(&settings.database_url)
         .await?
         .close()
         .await
@@ -66,7 +66,7 @@ pub struct AdvisoryLock {
 }
 
 impl AdvisoryLock {
-    async fn open(url: &DatabaseUrl) -> Result<PgConnection, DbError> {
+    async fn dedicated_connection(url: &DatabaseUrl) -> Result<PgConnection, DbError> {
         PgConnection::connect(url.expose())
             .await
             .map_err(|source| DbError::LockConnect {
@@ -77,7 +77,7 @@ impl AdvisoryLock {
 
     /// Takes the run lock if it is free; `None` when another run holds it.
     pub async fn try_run_lock(url: &DatabaseUrl) -> Result<Option<Self>, DbError> {
-        let mut conn = Self::open(url).await?;
+        let mut conn = Self::dedicated_connection(url).await?;
         let (got, pid): (bool, i32) =
             sqlx::query_as("SELECT pg_try_advisory_lock($1), pg_backend_pid()")
                 .bind(RUN_LOCK)
@@ -93,7 +93,7 @@ impl AdvisoryLock {
 
     /// Waits for the migration lock.
     async fn migrate_lock(url: &DatabaseUrl) -> Result<Self, DbError> {
-        let mut conn = Self::open(url).await?;
+        let mut conn = Self::dedicated_connection(url).await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATE_LOCK)
             .execute(&mut conn)

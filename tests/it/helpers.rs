@@ -173,6 +173,18 @@ impl TestEnv {
             .collect()
     }
 
+    /// What a run killed mid-staging leaves: a staging row and a `running` record.
+    pub async fn leave_a_crashed_run(&self) -> uuid::Uuid {
+        let crashed = uuid::Uuid::now_v7();
+        self.exec(&format!(
+            "INSERT INTO staging_followers VALUES ('ghost@example.com', 'Ghost', '{crashed}', 1);
+             INSERT INTO etl_info_schema.sync_runs (load_id, trigger, file, started_at, outcome)
+             VALUES ('{crashed}', 'cron', 'followers.csv', now() AT TIME ZONE 'UTC', 'running');"
+        ))
+        .await;
+        crashed
+    }
+
     pub async fn staging_rows(&self) -> i64 {
         self.scalar("SELECT count(*) FROM staging_followers").await
     }

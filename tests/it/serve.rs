@@ -58,13 +58,7 @@ async fn serve_recovers_an_interrupted_run_at_start_up() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
-    let crashed = uuid::Uuid::now_v7();
-    env.exec(&format!(
-        "INSERT INTO staging_followers VALUES ('ghost@example.com', 'Ghost', '{crashed}', 1);
-         INSERT INTO etl_info_schema.sync_runs (load_id, trigger, file, started_at, outcome)
-         VALUES ('{crashed}', 'cron', 'followers.csv', now() AT TIME ZONE 'UTC', 'running');"
-    ))
-    .await;
+    env.leave_a_crashed_run().await;
     let mut agent = env.spawn_agent(&[("RUN_ON_START", "false"), ("WATCH", "false")]);
     eventually(30, "the interrupted run marked failed", || async {
         (env.last_run().await.0 == "failed" && env.staging_rows().await == 0).then_some(())

@@ -509,13 +509,7 @@ async fn a_crashed_run_is_recovered_by_the_next_one() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
-    let crashed = uuid::Uuid::now_v7();
-    env.exec(&format!(
-        "INSERT INTO staging_followers VALUES ('ghost@example.com', 'Ghost', '{crashed}', 1);
-         INSERT INTO etl_info_schema.sync_runs (load_id, trigger, file, started_at, outcome)
-         VALUES ('{crashed}', 'cron', 'followers.csv', now() AT TIME ZONE 'UTC', 'running');"
-    ))
-    .await;
+    let crashed = env.leave_a_crashed_run().await;
     env.synced(&["--force"]);
     assert_eq!(env.staging_rows().await, 0);
     let outcome: String =
