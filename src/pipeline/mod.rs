@@ -438,7 +438,11 @@ async fn read_and_stage(
     let reader = {
         let (file, cancel, progress) =
             (request.file.clone(), stage_cancel.clone(), progress.clone());
-        tokio::task::spawn_blocking(move || produce(&file, &settings, tx, &cancel, &progress))
+        // The reader's log lines (rejects) belong to this run's span.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| produce(&file, &settings, tx, &cancel, &progress))
+        })
     };
     let copied = stage::copy_batches(
         ctx.db.get_postgres_connection_pool(),

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub type Batch = Vec<Follower>;
 
@@ -77,34 +78,37 @@ pub async fn copy_batches(
             staged.clone(),
             cancel.clone(),
         );
-        tasks.spawn(async move {
-            let load_id = load_id.to_string();
-            let mut conn = None;
-            let mut buf = Vec::new();
-            let mut copied = 0u64;
-            loop {
-                let batch = tokio::select! {
-                    _ = cancel.cancelled() => return Err(StageError::Cancelled),
-                    batch = batches.recv() => match batch {
-                        Ok(batch) => batch,
-                        Err(_) => return Ok(copied),
-                    },
-                };
-                let conn = match &mut conn {
-                    Some(conn) => conn,
-                    None => conn.insert(pool.acquire().await.map_err(StageError::Copy)?),
-                };
-                encode(&batch, &load_id, &mut buf);
-                let mut copy = conn.copy_in_raw(COPY).await.map_err(StageError::Copy)?;
-                if let Err(e) = copy.send(buf.as_slice()).await {
-                    let _ = copy.abort("followers-etl: send failed").await;
-                    return Err(StageError::Copy(e));
+        tasks.spawn(
+            async move {
+                let load_id = load_id.to_string();
+                let mut conn = None;
+                let mut buf = Vec::new();
+                let mut copied = 0u64;
+                loop {
+                    let batch = tokio::select! {
+                        _ = cancel.cancelled() => return Err(StageError::Cancelled),
+                        batch = batches.recv() => match batch {
+                            Ok(batch) => batch,
+                            Err(_) => return Ok(copied),
+                        },
+                    };
+                    let conn = match &mut conn {
+                        Some(conn) => conn,
+                        None => conn.insert(pool.acquire().await.map_err(StageError::Copy)?),
+                    };
+                    encode(&batch, &load_id, &mut buf);
+                    let mut copy = conn.copy_in_raw(COPY).await.map_err(StageError::Copy)?;
+                    if let Err(e) = copy.send(buf.as_slice()).await {
+                        let _ = copy.abort("followers-etl: send failed").await;
+                        return Err(StageError::Copy(e));
+                    }
+                    let n = copy.finish().await.map_err(StageError::Copy)?;
+                    copied += n;
+                    staged.fetch_add(n, Ordering::Relaxed);
                 }
-                let n = copy.finish().await.map_err(StageError::Copy)?;
-                copied += n;
-                staged.fetch_add(n, Ordering::Relaxed);
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
     }
     drop(batches);
     let mut total = 0;
