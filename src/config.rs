@@ -110,6 +110,19 @@ impl DatabaseUrl {
                 format!("not a connection URL ({e})"),
             )
         })?;
+        // An unencoded '#', '/' or '?' in the password makes the URL parse with the
+        // password cut off (into the port, path or fragment), and then it would be
+        // printed: refuse such a URL without echoing it.
+        if let Some((_, rest)) = raw.split_once("://") {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if rest.contains('@') && !authority.contains('@') {
+                return Err(invalid(
+                    var,
+                    "(not shown: it may contain a password)",
+                    "percent-encode '#', '/', '?' and '@' in the user name and password",
+                ));
+            }
+        }
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(invalid(
                 var,
@@ -167,14 +180,13 @@ fn redact_url(mut url: url::Url) -> String {
     if url.password().is_some() {
         let _ = url.set_password(Some("***"));
     }
-    if url
-        .query_pairs()
-        .any(|(k, _)| k.eq_ignore_ascii_case("password"))
-    {
+    let secret =
+        |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+    if url.query_pairs().any(|(k, _)| secret(&k)) {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let v = if k.eq_ignore_ascii_case("password") {
+                let v = if secret(&k) {
                     "***".into()
                 } else {
                     v.into_owned()
@@ -806,6 +818,11 @@ mod tests {
         assert!(!e.contains("s3cret") && !e.contains(" pw"), "{e}");
         let e = err_of(&[("DATABASE_URL", "host=db password='unterminated s3cret")]);
         assert!(!e.contains("s3cret"), "{e}");
+        let e = err_of(&[("DATABASE_URL", "postgres://app:2024#Summer!@127.0.0.1/db")]);
+        assert!(!e.contains("Summer") && e.contains("percent-encode"), "{e}");
+        let url =
+            DatabaseUrl::parse("DATABASE_URL", "postgres://app@db/app?sslpassword=s3cret").unwrap();
+        assert!(!url.to_string().contains("s3cret"));
     }
 
     #[test]

@@ -151,8 +151,11 @@ fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
 async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), MergeError> {
     let locked = count(
         txn,
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1",
-        vec![load.lock_pid.into()],
+        "SELECT count(*) FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND pid = $1
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND classid = ($2 >> 32)::oid AND objid = ($2 & 4294967295)::oid AND objsubid = 1",
+        vec![load.lock_pid.into(), crate::db::RUN_LOCK.into()],
     )
     .await
     .map_err(at(Step::Verify))?;
@@ -228,9 +231,17 @@ pub async fn merge(
     )
     .await
     .map_err(at(Step::Record))?;
-    super::stage::discard(&txn, load.load_id)
+    // Deleting the load's rows also proves they were all still there: a DELETE
+    // waits for and re-checks concurrent deleters, unlike the reads above.
+    let cleaned = super::stage::discard(&txn, load.load_id)
         .await
         .map_err(at(Step::Cleanup))?;
+    if cleaned != load.distinct {
+        return Err(MergeError::Lost(format!(
+            "{cleaned} staged rows at commit, {} expected",
+            load.distinct
+        )));
+    }
     txn.commit().await.map_err(at(Step::Commit))?;
     Ok(counts)
 }

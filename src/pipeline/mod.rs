@@ -354,10 +354,11 @@ async fn saga(
     }
     let duplicates = stage::resolve_duplicates(db, load_id, REPORT_LIMIT as u64).await?;
     for (email, lines) in &duplicates.examples {
-        tracing::warn!(file = %file.display(), %email, ?lines, "duplicate email; the last occurrence wins");
+        tracing::warn!(file = %file.display(), %email, ?lines, "duplicate email; the last valid occurrence wins unless a later rejected row leaves the follower as it is");
     }
-    counts.duplicates = duplicates.extra_rows;
     let superseded = stage::drop_superseded(db, load_id, &read.protected).await?;
+    // A valid row followed by a rejected row of the same email is a duplicate too.
+    counts.duplicates = duplicates.extra_rows + superseded;
     if cancel.is_cancelled() {
         return Err(SyncError::Cancelled);
     }

@@ -66,7 +66,11 @@ pub enum ReadError {
 impl ReadError {
     /// Whether the file's content (not the system) is at fault.
     pub fn is_content(&self) -> bool {
-        !matches!(self, Self::Io { .. })
+        match self {
+            Self::Io { .. } => false,
+            Self::Csv { source, .. } => !matches!(source.kind(), csv::ErrorKind::Io(_)),
+            _ => true,
+        }
     }
 }
 
@@ -125,6 +129,20 @@ impl<R> HashingReader<R> {
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pending.len() > MAX_RECORD_BYTES {
+            // Blank lines before a record are not part of it: count them off.
+            let blank = self
+                .pending
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            self.lines += self.pending[..blank]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count() as u64;
+            self.pending.drain(..blank);
+            self.pending_start += blank as u64;
+        }
         if self.pending.len() > MAX_RECORD_BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidData, RecordTooLong));
         }
@@ -402,6 +420,15 @@ mod tests {
             "{err}"
         );
         assert!(err.is_content());
+    }
+
+    #[test]
+    fn many_blank_lines_are_not_a_long_record() {
+        let mut text = b"a@x.io,Ann\n".to_vec();
+        text.extend(std::iter::repeat_n(b'\n', MAX_RECORD_BYTES + 10));
+        text.extend_from_slice(b"b@x.io,Bob\n");
+        let (_, rows) = read_all(&text, auto()).unwrap();
+        assert_eq!(rows[1].0, MAX_RECORD_BYTES as u64 + 12);
     }
 
     #[test]

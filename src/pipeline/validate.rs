@@ -14,9 +14,17 @@ pub struct Follower {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RejectReason {
-    FieldCount { expected: usize, found: usize },
-    InvalidUtf8 { column: &'static str },
-    LineBreak { column: &'static str },
+    FieldCount {
+        expected: usize,
+        found: usize,
+    },
+    InvalidUtf8 {
+        column: &'static str,
+    },
+    /// A field (1-based, any column) spans lines: taken as an unbalanced quote.
+    LineBreak {
+        field: usize,
+    },
     Email(EmailError),
     FullName(FullNameError),
 }
@@ -28,8 +36,11 @@ impl fmt::Display for RejectReason {
                 write!(f, "expected {expected} fields, found {found}")
             }
             Self::InvalidUtf8 { column } => write!(f, "{column} is not valid UTF-8"),
-            Self::LineBreak { column } => {
-                write!(f, "{column} contains a line break (is a quote unbalanced?)")
+            Self::LineBreak { field } => {
+                write!(
+                    f,
+                    "field {field} contains a line break (is a quote unbalanced?)"
+                )
             }
             Self::Email(e) => e.fmt(f),
             Self::FullName(e) => e.fmt(f),
@@ -54,11 +65,7 @@ impl fmt::Display for Reject {
 
 fn text<'a>(row: &'a RawRow, index: usize, column: &'static str) -> Result<&'a str, RejectReason> {
     let bytes = row.record.get(index).unwrap_or_default();
-    let text = std::str::from_utf8(bytes).map_err(|_| RejectReason::InvalidUtf8 { column })?;
-    if text.contains(['\n', '\r']) {
-        return Err(RejectReason::LineBreak { column });
-    }
-    Ok(text)
+    std::str::from_utf8(bytes).map_err(|_| RejectReason::InvalidUtf8 { column })
 }
 
 pub fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
@@ -67,6 +74,15 @@ pub fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
         reason,
         email,
     };
+    // First, in every column (also ignored ones): a quote left open swallows the
+    // following lines into one field, whatever the field count turns out to be.
+    if let Some(i) = row
+        .record
+        .iter()
+        .position(|f| f.iter().any(|b| matches!(b, b'\n' | b'\r')))
+    {
+        return Err(reject(RejectReason::LineBreak { field: i + 1 }, None));
+    }
     let email = text(row, columns.email, "email")
         .and_then(|e| Email::parse(e).map_err(RejectReason::Email));
     if row.record.len() != columns.width {
@@ -142,9 +158,16 @@ mod tests {
         );
         assert_eq!(
             reason(&[b"a@x.io", b"A\nb@x.io,B"]),
-            RejectReason::LineBreak {
-                column: "full_name"
-            }
+            RejectReason::LineBreak { field: 2 }
+        );
+        // Checked before the field count, and in every column.
+        assert_eq!(
+            reason(&[b"a@x.io", b"A", b"n\nb@x.io,B,n"]),
+            RejectReason::LineBreak { field: 3 }
+        );
+        assert_eq!(
+            reason(&[b"a@x.io\nb@x.io"]),
+            RejectReason::LineBreak { field: 1 }
         );
         assert!(matches!(
             reason(&[b"nope", b"A"]),

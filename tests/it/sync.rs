@@ -273,6 +273,16 @@ async fn a_parse_error_mid_file_never_truncates_the_table() {
         run.stderr
     );
     assert_eq!(env.followers().await.len(), 10);
+    // A quote left open in an ignored column, or one that changes the field count.
+    for text in [
+        "email,full_name,note\nuser0@example.com,User 0,n\nuser1@example.com,User 1,\"n\nuser2@example.com,User 2,n\n",
+        "user0@example.com,User 0\n\"user1@example.com,User 1\nuser2@example.com,User 2\n",
+    ] {
+        env.write_csv(text);
+        let run = env.sync_with(&[], &[("MAX_REJECTS", "3"), ("MAX_DELETE_RATIO", "1.0")]);
+        assert_eq!((run.code, run.outcome().as_str()), (1, "refused"), "{text:?}: {run:?}");
+        assert_eq!(env.followers().await.len(), 10, "{text:?}");
+    }
 }
 
 #[tokio::test]
