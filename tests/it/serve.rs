@@ -228,12 +228,12 @@ async fn an_every_1s_schedule_fires_every_second() {
     for pair in starts.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            (0.8..1.2).contains(&gap),
+            (0.5..1.5).contains(&gap),
             "cron runs {gap:.3}s apart: {starts:?}"
         );
     }
     // robfig's @every fires on whole seconds.
-    assert!(starts.iter().all(|t| t.fract() < 0.2), "{starts:?}");
+    assert!(starts.iter().all(|t| t.fract() < 0.5), "{starts:?}");
     assert_eq!(runs[0], ("synced".to_string(), 3));
     assert!(runs[1..3].iter().all(|(o, _)| o == "skipped"), "{runs:?}");
     assert_eq!(agent.terminate().await, 0);

@@ -624,10 +624,12 @@ async fn a_run_that_lost_its_lock_does_not_commit() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The run lock's key is split into classid (high half) and objid (low half).
+    // The run lock's key is split into classid (high half) and objid (low half);
+    // only this test's database (tests run in parallel on one server).
     let key = followers_etl::db::RUN_LOCK;
     let run_lock = format!(
-        "FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {} AND objid = {}",
+        "FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {} AND objid = {}
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         key >> 32,
         key & 0xffff_ffff
     );
