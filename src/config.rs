@@ -140,13 +140,6 @@ impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         self.url.expose_secret()
     }
-
-    /// Same server, another database (tests and tools create databases this way).
-    pub fn with_database(&self, name: &str) -> Self {
-        let mut url = url::Url::parse(self.expose()).expect("validated at parse time");
-        url.set_path(&format!("/{name}"));
-        Self::parse("DATABASE_URL", url.as_str()).expect("still a postgres URL")
-    }
 }
 
 impl fmt::Display for DatabaseUrl {
