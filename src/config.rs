@@ -119,7 +119,7 @@ impl DatabaseUrl {
                 return Err(invalid(
                     var,
                     "(not shown: it may contain a password)",
-                    "percent-encode '#', '/', '?' and '@' in the user name and password",
+                    "percent-encode '#', '/' and '?' in the user name and password",
                 ));
             }
         }
@@ -312,6 +312,45 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 }
 
+/// Loads a `.env` file without overriding variables already set. The old Go
+/// service's `.env` files may hold unquoted values with spaces
+/// (`CRON_SCHEDULE=0 */6 * * *`), which its loader accepted and dotenvy 0.15
+/// rejects; such values are quoted first, then dotenvy parses the file.
+fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
+    let err = |reason: String| ConfigError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let compatible: String = text
+        .lines()
+        .map(quote_bare_value)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for pair in dotenvy::from_read_iter(compatible.as_bytes()) {
+        let (key, value) = pair.map_err(|e| err(e.to_string()))?;
+        if std::env::var_os(&key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
+    Ok(())
+}
+
+/// `KEY=a b c  # comment` → `KEY='a b c'`; every other line is left as it is.
+fn quote_bare_value(line: &str) -> String {
+    let Some((key, value)) = line.split_once('=') else {
+        return line.to_owned();
+    };
+    let value = value.trim();
+    let bare = !value.starts_with(['"', '\'']) && !line.trim_start().starts_with('#');
+    let value = value.split(" #").next().unwrap_or_default().trim_end();
+    if bare && value.contains(char::is_whitespace) && !value.contains('\'') {
+        format!("{key}='{value}'")
+    } else {
+        line.to_owned()
+    }
+}
+
 /// Raw layered values by variable name; empty strings count as unset.
 struct Raw(BTreeMap<String, String>);
 
@@ -410,10 +449,7 @@ impl Settings {
         // `.env` in the working directory (not its parents) never overrides a
         // variable the process already has.
         if Path::new(".env").is_file() {
-            dotenvy::from_path(".env").map_err(|e| ConfigError::File {
-                path: PathBuf::from(".env"),
-                reason: e.to_string(),
-            })?;
+            load_dotenv(Path::new(".env"))?;
         }
         let config_file = overrides.config_file.clone().or_else(|| {
             std::env::var_os("CONFIG_FILE")
@@ -583,7 +619,7 @@ impl Settings {
                 invalid(
                     "HTTP_ADDR",
                     v,
-                    "expected host:port such as 0.0.0.0:9188, or off",
+                    "expected IP:port such as 0.0.0.0:9188 or 127.0.0.1:9188 (an IP address, not a host name), or off",
                 )
             })?),
         };
@@ -766,6 +802,24 @@ mod tests {
     }
 
     #[test]
+    fn dotenv_values_with_spaces_need_no_quotes() {
+        assert_eq!(
+            quote_bare_value("CRON_SCHEDULE=0 */6 * * *"),
+            "CRON_SCHEDULE='0 */6 * * *'"
+        );
+        assert_eq!(
+            quote_bare_value("CRON_SCHEDULE=@every 1h # nightly"),
+            "CRON_SCHEDULE='@every 1h'"
+        );
+        assert_eq!(
+            quote_bare_value("CRON_SCHEDULE=\"@every 1h\""),
+            "CRON_SCHEDULE=\"@every 1h\""
+        );
+        assert_eq!(quote_bare_value("# A=b c"), "# A=b c");
+        assert_eq!(quote_bare_value("BATCH_SIZE=5000"), "BATCH_SIZE=5000");
+    }
+
+    #[test]
     fn workers_default_is_capped_by_max_conns_and_explicit_excess_is_refused() {
         let s = Settings::from_raw(&raw(&[("DB_MAX_CONNS", "4")])).unwrap();
         assert_eq!(s.workers, 4);
@@ -844,7 +898,7 @@ mod tests {
             ("MAX_REJECTS", "-1", "whole number"),
             ("CSV_DELIMITER", ";;", "one ASCII character"),
             ("CSV_HEADER", "yes", "auto, true or false"),
-            ("HTTP_ADDR", "localhost", "host:port"),
+            ("HTTP_ADDR", "localhost", "IP:port"),
             ("LOG_FORMAT", "xml", "text or json"),
             ("LOG_LEVEL", "loud", "trace, debug"),
             ("CRON_SCHEDULE", "61 * * * *", "robfig"),

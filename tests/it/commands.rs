@@ -209,3 +209,65 @@ async fn a_malformed_dotenv_or_an_absurd_batch_size_exits_2() {
         "{run:?}"
     );
 }
+
+#[tokio::test]
+async fn the_shipped_env_example_and_an_old_unquoted_dotenv_load() {
+    let env = TestEnv::new().await;
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
+    std::fs::write(env.dir.path().join(".env"), example).unwrap();
+    let mut cmd = env.command();
+    cmd.env_remove("CRON_SCHEDULE")
+        .args(["schedule", "--from", "2026-01-01T00:00:00Z", "--count", "1"])
+        .env("TZ", "UTC");
+    let run: Run = cmd.output().unwrap().into();
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "2026-01-02T00:00:00+00:00\n"),
+        "{run:?}"
+    );
+    std::fs::write(
+        env.dir.path().join(".env"),
+        "CRON_SCHEDULE=0 */6 * * *   # every six hours\n",
+    )
+    .unwrap();
+    let mut cmd = env.command();
+    cmd.args(["schedule", "--from", "2026-01-01T00:00:00Z", "--count", "2"])
+        .env("TZ", "UTC");
+    let run: Run = cmd.output().unwrap().into();
+    assert_eq!(
+        run.stdout, "2026-01-01T06:00:00+00:00\n2026-01-01T12:00:00+00:00\n",
+        "{run:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_sync_is_compensated_and_exits_1() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.synced(&[]);
+    env.write_csv(csv_owned(&many(300_000)));
+    let mut cmd = env.command();
+    cmd.args(["sync", "--json"])
+        .env("BATCH_SIZE", "200")
+        .env("WORKER_POOL_GOROUTINES", "1")
+        .env("MAX_DELETE_RATIO", "1.0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    eventually(60, "rows being staged", || async {
+        (env.staging_rows().await > 0).then_some(())
+    })
+    .await;
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+    assert_eq!(env.staging_rows().await, 0);
+    assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann")]));
+}

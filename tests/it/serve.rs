@@ -173,6 +173,17 @@ async fn deleting_the_file_purges_nothing() {
     env.write_csv(csv(ABC));
     let mut agent = env.spawn_agent(&[]);
     wait_for_followers(&env, &agent, &pairs(ABC)).await;
+    // Temporary names next to the file are not the file.
+    for name in [
+        "followers.csv.swp",
+        "followers.csv~",
+        ".followers.csv.tmp",
+        "followers.csv.tmp",
+    ] {
+        env.write_file(name, "email,full_name\n");
+    }
+    // Emptied, then deleted within the debounce.
+    env.write_csv("");
     std::fs::remove_file(env.tables().join("followers.csv")).unwrap();
     eventually(15, "the removal to be logged", || async {
         agent.log_text().contains("removed; ignored").then_some(())
@@ -203,6 +214,67 @@ async fn a_burst_of_200_writes_yields_at_most_two_runs() {
     let runs = env.runs_by("watch").await;
     assert!(!runs.is_empty() && runs.len() <= 2, "{runs:?}");
     assert_eq!(agent.terminate().await, 0);
+}
+
+#[tokio::test]
+async fn triggers_during_a_long_run_coalesce_into_one_follow_up_and_never_overlap() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv_owned(&many(300_000)));
+    let mut agent = env.spawn_agent(&[
+        ("CRON_SCHEDULE", "@every 1s"),
+        ("WATCH", "false"),
+        ("BATCH_SIZE", "500"),
+        ("WORKER_POOL_GOROUTINES", "1"),
+    ]);
+    wait_ready(&env).await;
+    let runs: Vec<(String, f64, f64)> = eventually(120, "the long run and two more", || async {
+        let rows: Vec<(String, f64, f64)> = sqlx::query_as(
+            "SELECT trigger, extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8
+               FROM etl_info_schema.sync_runs WHERE finished_at IS NOT NULL ORDER BY started_at",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap_or_default();
+        (rows.len() >= 3).then_some(rows)
+    })
+    .await;
+    assert_eq!(agent.terminate().await, 0);
+    let long = runs[0].2 - runs[0].1;
+    assert!(
+        long >= 2.0,
+        "the first run must span several cron ticks to test anything: {long:.2}s"
+    );
+    for pair in runs.windows(2) {
+        assert!(pair[1].1 >= pair[0].2, "runs overlap: {runs:?}");
+    }
+    // Many ticks fired during the long run; only one run follows it back to back.
+    let back_to_back = runs.windows(2).filter(|p| p[1].1 - p[0].2 < 0.15).count();
+    assert!(
+        back_to_back <= 2,
+        "{back_to_back} runs queued up behind each other: {runs:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_with_time_to_spare_lets_the_run_finish() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    env.synced(&[]);
+    env.write_csv(csv_owned(&many(50_000)));
+    let mut agent = env.spawn_agent(&[
+        ("WATCH", "false"),
+        ("BATCH_SIZE", "500"),
+        ("WORKER_POOL_GOROUTINES", "1"),
+        ("MAX_DELETE_RATIO", "1.0"),
+    ]);
+    eventually(60, "rows being staged", || async {
+        (env.staging_rows().await > 0).then_some(())
+    })
+    .await;
+    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
+    assert_eq!(env.last_run().await.0, "synced");
+    assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 50_000);
+    assert_eq!(env.staging_rows().await, 0);
 }
 
 #[tokio::test]
