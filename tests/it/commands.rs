@@ -255,10 +255,7 @@ async fn an_interrupted_sync_is_compensated_and_exits_1() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
-    eventually(60, "rows being staged", || async {
-        (env.staging_rows().await > 0).then_some(())
-    })
-    .await;
+    env.wait_for_staging().await;
     let ok = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -185,6 +185,14 @@ impl TestEnv {
         crashed
     }
 
+    /// Waits (up to 60 s) until a run in flight has staged rows.
+    pub async fn wait_for_staging(&self) {
+        eventually(60, "rows being staged", || async {
+            (self.staging_rows().await > 0).then_some(())
+        })
+        .await;
+    }
+
     pub async fn staging_rows(&self) -> i64 {
         self.scalar("SELECT count(*) FROM staging_followers").await
     }

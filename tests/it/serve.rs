@@ -267,10 +267,7 @@ async fn sigterm_with_time_to_spare_lets_the_run_finish() {
         ("WORKER_POOL_GOROUTINES", "1"),
         ("MAX_DELETE_RATIO", "1.0"),
     ]);
-    eventually(60, "rows being staged", || async {
-        (env.staging_rows().await > 0).then_some(())
-    })
-    .await;
+    env.wait_for_staging().await;
     assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
     assert_eq!(env.last_run().await.0, "synced");
     assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 50_000);
@@ -326,10 +323,7 @@ async fn sigterm_during_a_long_run_cancels_it_leaving_followers_whole_and_stagin
         ("SHUTDOWN_TIMEOUT", "0s"),
         ("MAX_DELETE_RATIO", "1.0"),
     ]);
-    eventually(60, "rows being staged", || async {
-        (env.staging_rows().await > 0).then_some(())
-    })
-    .await;
+    env.wait_for_staging().await;
     assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
     assert_eq!(env.staging_rows().await, 0, "staging rows left behind");
     let count = env.scalar("SELECT count(*) FROM followers").await;
