@@ -205,16 +205,19 @@ fn print_summary(summary: &Summary, json: bool) {
 }
 
 fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
-    let path = match path {
-        Some(p) => p,
-        None => match settings.resolve_csv_file(None) {
-            Ok(p) => p,
-            Err(e) => return config_failure(&e),
-        },
+    // The same file `sync --file PATH` would read (README, Commands).
+    let resolved = match &path {
+        Some(p) => crate::config::confine("PATH", &settings.tables_dir, p),
+        None => settings.resolve_csv_file(None),
+    };
+    let path = match resolved {
+        Ok(p) => p,
+        Err(e) => return config_failure(&e),
     };
     let report = match pipeline::check::check_file(&path, &settings.csv) {
         Ok(report) => report,
-        Err(e @ pipeline::read::ReadError::Io { .. }) => {
+        // The file cannot be read at all (missing, a directory): a usage error.
+        Err(e) if !e.is_content() => {
             eprintln!("followers-etl: {}", error_chain(&e));
             return ExitCode::from(USAGE);
         }

@@ -314,21 +314,20 @@ pub struct Settings {
 
 /// Loads a `.env` file without overriding variables already set. The old Go
 /// service's `.env` files may hold unquoted values with spaces
-/// (`CRON_SCHEDULE=0 */6 * * *`), which its loader accepted and dotenvy 0.15
-/// rejects; such values are quoted first, then dotenvy parses the file.
+/// (`CRON_SCHEDULE=0 */6 * * *`) or backslashes (`CSV_DELIMITER=\t`), which its
+/// loader accepted and dotenvy 0.15 rejects; such lines are made compatible
+/// first (`compatible_line`), then dotenvy parses the file. An error names the
+/// line and the key, never the value (it may be a password).
 fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
     let err = |reason: String| ConfigError::File {
         path: path.to_path_buf(),
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let compatible: String = text
-        .lines()
-        .map(quote_bare_value)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let lines: Vec<String> = text.lines().map(compatible_line).collect();
+    let compatible = lines.join("\n");
     for pair in dotenvy::from_read_iter(compatible.as_bytes()) {
-        let (key, value) = pair.map_err(|e| err(e.to_string()))?;
+        let (key, value) = pair.map_err(|e| err(dotenv_error(&lines, &e)))?;
         if std::env::var_os(&key).is_none() {
             std::env::set_var(key, value);
         }
@@ -336,19 +335,94 @@ fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `KEY=a b c  # comment` → `KEY='a b c'`; every other line is left as it is.
-fn quote_bare_value(line: &str) -> String {
-    let Some((key, value)) = line.split_once('=') else {
+/// dotenvy's error without the line's text: its line number and key.
+fn dotenv_error(lines: &[String], error: &dotenvy::Error) -> String {
+    let dotenvy::Error::LineParse(bad, _) = error else {
+        return error.to_string();
+    };
+    // dotenvy reports the (possibly multi-line) entry's text: find where it starts.
+    let first = bad.lines().next().unwrap_or_default();
+    let at = lines
+        .iter()
+        .position(|l| l == first)
+        .or_else(|| lines.iter().position(|l| !l.trim().is_empty() && bad.starts_with(l.as_str())));
+    let line = at.map_or_else(String::new, |i| format!("line {}: ", i + 1));
+    match first.split_once('=') {
+        Some((key, _)) => format!(
+            "{line}cannot parse the value of {} (not shown); quote it, e.g. KEY='value'",
+            key.trim().trim_start_matches("export ").trim()
+        ),
+        None => format!("{line}not a KEY=value assignment (line not shown)"),
+    }
+}
+
+/// Rewrites one `.env` line so dotenvy reads it as the old loader did:
+/// `KEY=a b c  # comment` → `KEY='a b c'`, `KEY=C:\x` → `KEY='C:\x'`, a value that
+/// is only a tab stays a tab, and `\t` inside double quotes is a tab. Every other
+/// line is left as it is.
+fn compatible_line(line: &str) -> String {
+    let Some((key, raw_value)) = line.split_once('=') else {
         return line.to_owned();
     };
-    let value = value.trim();
-    let bare = !value.starts_with(['"', '\'']) && !line.trim_start().starts_with('#');
+    if line.trim_start().starts_with('#') {
+        return line.to_owned();
+    }
+    let value = raw_value.trim();
+    if value.is_empty() && raw_value.contains('\t') {
+        return format!("{key}='\t'");
+    }
+    if let Some(inner) = value.strip_prefix('"') {
+        return format!("{key}=\"{}", expand_tab_escape(inner));
+    }
+    if value.starts_with('\'') {
+        return line.to_owned();
+    }
     let value = value.split(" #").next().unwrap_or_default().trim_end();
-    if bare && value.contains(char::is_whitespace) && !value.contains('\'') {
+    if value.contains(|c: char| c.is_whitespace() || c == '\\') && !value.contains('\'') {
         format!("{key}='{value}'")
     } else {
         line.to_owned()
     }
+}
+
+/// `\t` → a tab, leaving `\\` and every other escape to dotenvy.
+fn expand_tab_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('t') => out.push('\t'),
+                Some(next) => {
+                    out.push('\\');
+                    out.push(next);
+                }
+                None => out.push('\\'),
+            },
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A TOML file's syntax error by line, column and key, without the source
+/// snippet the `toml` crate shows (it may hold a password).
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else {
+        return error.message().to_owned();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| format!(" (key {})", k.trim()))
+        .unwrap_or_default();
+    format!(
+        "line {line_no}, column {column}{key}: {} (value not shown)",
+        error.message().trim().replace('\n', "; ")
+    )
 }
 
 /// Raw layered values by variable name; empty strings count as unset.
@@ -443,6 +517,38 @@ fn parse_duration(var: &'static str, raw: &str) -> Result<Duration, ConfigError>
     })
 }
 
+/// `CSV_DELIMITER`: one ASCII character; a tab also as `\t` or `tab` (any
+/// case), with or without surrounding quotes or spaces. Read without the usual
+/// trimming, since a tab is whitespace; empty (or only spaces) means the default.
+fn parse_delimiter(raw: &str) -> Result<u8, ConfigError> {
+    let unquoted = |v: &str| {
+        ['"', '\'']
+            .iter()
+            .find_map(|q| v.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_owned())
+    };
+    let spaces = |v: &str| v.trim_matches(' ').to_owned();
+    let inner = unquoted(&spaces(raw));
+    if inner == " " {
+        return Ok(b' ');
+    }
+    let value = spaces(&inner);
+    if value.is_empty() {
+        return Ok(b',');
+    }
+    let tab = value.eq_ignore_ascii_case("tab") || value == "\\t" || value.trim().is_empty();
+    match value.as_bytes() {
+        _ if tab => Ok(b'\t'),
+        [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r') => Ok(*b),
+        _ => Err(invalid(
+            "CSV_DELIMITER",
+            raw,
+            "expected one ASCII character other than a quote or line break (\\t or tab for a tab)",
+        )),
+    }
+}
+
 impl Settings {
     /// Loads `.env`, then reads and validates every variable.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -464,7 +570,15 @@ impl Settings {
                     reason: "no such file".into(),
                 });
             }
-            figment = figment.merge(Toml::file_exact(path));
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                reason: toml_error(&text, &e),
+            })?;
+            figment = figment.merge(Toml::string(&text));
         }
         let dict: BTreeMap<String, Value> = figment.extract().map_err(|e| ConfigError::File {
             path: config_file.clone().unwrap_or_default(),
@@ -599,11 +713,9 @@ impl Settings {
             .map(|v| parse_int("MAX_REJECTS", v, 0))
             .transpose()?
             .unwrap_or(0);
-        let delimiter = match raw.0.get("csv_delimiter").map(String::as_str) {
-            None | Some("") => b',',
-            Some("\\t") | Some("tab") => b'\t',
-            Some(v) if v.len() == 1 && v.is_ascii() && !matches!(v, "\"" | "\n" | "\r") => v.as_bytes()[0],
-            Some(v) => return Err(invalid("CSV_DELIMITER", v, "expected one ASCII character other than a quote or line break (\\t or tab for a tab)")),
+        let delimiter = match raw.0.get("csv_delimiter") {
+            None => b',',
+            Some(v) => parse_delimiter(v)?,
         };
         let header = match raw.get("CSV_HEADER").map(|v| v.trim().to_ascii_lowercase()) {
             None => HeaderMode::Auto,
@@ -720,6 +832,13 @@ pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<Path
             format!("must be an existing directory ({e})"),
         )
     })?;
+    if !dir.is_dir() {
+        return Err(invalid(
+            "TABLES_DIR",
+            &tables_dir.display().to_string(),
+            "must be a directory, not a file",
+        ));
+    }
     if file.components().any(|c| c == Component::ParentDir) {
         return Err(invalid(
             var,
@@ -804,19 +923,19 @@ mod tests {
     #[test]
     fn dotenv_values_with_spaces_need_no_quotes() {
         assert_eq!(
-            quote_bare_value("CRON_SCHEDULE=0 */6 * * *"),
+            compatible_line("CRON_SCHEDULE=0 */6 * * *"),
             "CRON_SCHEDULE='0 */6 * * *'"
         );
         assert_eq!(
-            quote_bare_value("CRON_SCHEDULE=@every 1h # nightly"),
+            compatible_line("CRON_SCHEDULE=@every 1h # nightly"),
             "CRON_SCHEDULE='@every 1h'"
         );
         assert_eq!(
-            quote_bare_value("CRON_SCHEDULE=\"@every 1h\""),
+            compatible_line("CRON_SCHEDULE=\"@every 1h\""),
             "CRON_SCHEDULE=\"@every 1h\""
         );
-        assert_eq!(quote_bare_value("# A=b c"), "# A=b c");
-        assert_eq!(quote_bare_value("BATCH_SIZE=5000"), "BATCH_SIZE=5000");
+        assert_eq!(compatible_line("# A=b c"), "# A=b c");
+        assert_eq!(compatible_line("BATCH_SIZE=5000"), "BATCH_SIZE=5000");
     }
 
     #[test]
