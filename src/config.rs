@@ -342,10 +342,11 @@ fn dotenv_error(lines: &[String], error: &dotenvy::Error) -> String {
     };
     // dotenvy reports the (possibly multi-line) entry's text: find where it starts.
     let first = bad.lines().next().unwrap_or_default();
-    let at = lines
-        .iter()
-        .position(|l| l == first)
-        .or_else(|| lines.iter().position(|l| !l.trim().is_empty() && bad.starts_with(l.as_str())));
+    let at = lines.iter().position(|l| l == first).or_else(|| {
+        lines
+            .iter()
+            .position(|l| !l.trim().is_empty() && bad.starts_with(l.as_str()))
+    });
     let line = at.map_or_else(String::new, |i| format!("line {}: ", i + 1));
     match first.split_once('=') {
         Some((key, _)) => format!(
@@ -413,7 +414,13 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
     };
     let before = &text[..span.start.min(text.len())];
     let line_no = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or_default();
     let key = line
         .split_once('=')
