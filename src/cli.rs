@@ -196,8 +196,13 @@ fn print_summary(summary: &Summary, json: bool) {
         );
     } else {
         let c = &summary.counts;
+        let verdict = summary
+            .dry_run
+            .as_ref()
+            .map(|v| format!(" would_refuse={}", v.would_refuse))
+            .unwrap_or_default();
         println!(
-            "{} load_id={} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={} duration={:.3}s",
+            "{} load_id={} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={} duration={:.3}s{verdict}",
             summary.outcome, summary.load_id, c.rows_read, c.inserted, c.updated, c.deleted, c.unchanged, c.rejected, c.duplicates,
             summary.duration.as_secs_f64()
         );
@@ -228,6 +233,17 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
     };
     for reject in &report.rejects {
         eprintln!("{}: {reject}", path.display());
+    }
+    let field_count = |r: &pipeline::validate::Reject| {
+        matches!(
+            r.reason,
+            pipeline::validate::RejectReason::FieldCount { .. }
+        )
+    };
+    if report.rejects.iter().any(field_count) {
+        if let Some(hint) = pipeline::read::delimiter_hint(&path, &settings.csv) {
+            eprintln!("{}: hint: {hint}", path.display());
+        }
     }
     for (email, lines) in &report.duplicate_lines {
         eprintln!(

@@ -24,12 +24,16 @@ use sea_orm::{DatabaseConnection, DbErr};
 use serde::Serialize;
 use stage::{Batch, StageError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use validate::{validate, Reject, RejectReason};
 
 pub use progress::ProgressStyle;
+
+/// How a dry run's note starts when a real run would be refused.
+const WOULD_REFUSE: &str = "a real run would be refused: ";
 
 /// How many duplicate emails and rejects are logged one by one per run.
 const REPORT_LIMIT: usize = 100;
@@ -62,9 +66,20 @@ pub struct Summary {
     /// Seconds.
     #[serde(serialize_with = "as_seconds")]
     pub duration: Duration,
+    /// Dry runs only: whether a real run would be refused, and why.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRunVerdict>,
     /// Why a run was skipped, refused or failed (not part of the JSON object).
     #[serde(skip)]
     pub reason: Option<String>,
+}
+
+/// The keys a dry run's JSON summary adds (README, Commands).
+#[derive(Clone, Debug, Serialize)]
+pub struct DryRunVerdict {
+    pub would_refuse: bool,
+    /// The guard's reason when `would_refuse`, else null.
+    pub would_refuse_reason: Option<String>,
 }
 
 impl Summary {
@@ -75,6 +90,7 @@ impl Summary {
             load_id,
             counts: Counts::default(),
             duration: Duration::ZERO,
+            dry_run: None,
             reason: None,
         }
     }
@@ -90,7 +106,7 @@ pub enum SyncError {
     Read(#[from] ReadError),
     #[error(transparent)]
     Outside(crate::config::ConfigError),
-    #[error("{path}: {first}; refused: {rejected} invalid row(s) of {rows_read}, more than MAX_REJECTS={max}")]
+    #[error("{path}: {first}; refused: {rejected} invalid row(s) of {rows_read}, more than MAX_REJECTS={max}{}", hint_suffix(.hint))]
     TooManyRejects {
         path: PathBuf,
         /// The first invalid row of the file.
@@ -98,6 +114,8 @@ pub enum SyncError {
         rejected: u64,
         rows_read: u64,
         max: u64,
+        /// A likely cause, e.g. the wrong `CSV_DELIMITER`.
+        hint: Option<String>,
     },
     #[error("{path}: {reject}; refused whatever MAX_REJECTS says: an unbalanced quote swallows the lines after it, and their followers would be deleted")]
     BrokenQuote {
@@ -175,6 +193,12 @@ impl SyncError {
     }
 }
 
+fn hint_suffix(hint: &Option<String>) -> String {
+    hint.as_deref()
+        .map(|h| format!(" (hint: {h})"))
+        .unwrap_or_default()
+}
+
 /// The error and its sources on one line: "a: b: c".
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -209,11 +233,19 @@ pub async fn run_sync(
             (e.outcome(), Some(reason))
         }
     };
+    // A dry run's only reason is the refusal a real run would meet.
+    let dry_run = (outcome == Outcome::DryRun).then(|| DryRunVerdict {
+        would_refuse: reason.is_some(),
+        would_refuse_reason: reason
+            .as_deref()
+            .map(|r| r.strip_prefix(WOULD_REFUSE).unwrap_or(r).to_owned()),
+    });
     let summary = Summary {
         outcome,
         load_id,
         counts,
         duration: started.elapsed(),
+        dry_run,
         reason,
     };
     crate::http::record_run(&summary);
@@ -335,7 +367,14 @@ async fn saga(
     // 2-5. Read, validate and stage, streaming.
     progress.stage("read_and_stage");
     let timer = Instant::now();
-    let read = read_and_stage(ctx, request, load_id, &progress, cancel).await?;
+    let tally = Arc::new(ReadTally::default());
+    let read = read_and_stage(ctx, request, load_id, &progress, &tally, cancel)
+        .await
+        .inspect_err(|_| {
+            // A run stopped while reading reports the rows it had read.
+            counts.rows_read = tally.rows.load(Ordering::Relaxed);
+            counts.rejected = tally.rejected.load(Ordering::Relaxed);
+        })?;
     crate::http::record_stage("read_and_stage", timer.elapsed().as_secs_f64());
     *counts = Counts {
         rows_read: read.rows_read,
@@ -385,7 +424,7 @@ async fn saga(
         stage::discard(db, load_id)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let note = refusal.map(|e| format!("a real run would be refused: {e}"));
+        let note = refusal.map(|e| format!("{WOULD_REFUSE}{e}"));
         runs::finish(
             db,
             load_id,
@@ -424,6 +463,14 @@ struct ReadReport {
     hash: ContentHash,
 }
 
+/// The rows read and rejected so far, for the summary of a run stopped while
+/// reading (cancelled, or its staging failed).
+#[derive(Default)]
+struct ReadTally {
+    rows: AtomicU64,
+    rejected: AtomicU64,
+}
+
 /// The reader (a blocking task) feeds batches through a bounded channel to the
 /// COPY workers; whichever fails first stops the other.
 async fn read_and_stage(
@@ -431,18 +478,23 @@ async fn read_and_stage(
     request: &SyncRequest,
     load_id: LoadId,
     progress: &Progress,
+    tally: &Arc<ReadTally>,
     cancel: &CancellationToken,
 ) -> Result<ReadReport, SyncError> {
     let settings = ctx.settings.clone();
     let stage_cancel = cancel.child_token();
     let (tx, rx) = async_channel::bounded::<Batch>(settings.workers * 2);
     let reader = {
-        let (file, cancel, progress) =
-            (request.file.clone(), stage_cancel.clone(), progress.clone());
+        let (file, cancel, progress, tally) = (
+            request.file.clone(),
+            stage_cancel.clone(),
+            progress.clone(),
+            tally.clone(),
+        );
         // The reader's log lines (rejects) belong to this run's span.
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            span.in_scope(|| produce(&file, &settings, tx, &cancel, &progress))
+            span.in_scope(|| produce(&file, &settings, tx, &cancel, &progress, &tally))
         })
     };
     let copied = stage::copy_batches(
@@ -478,6 +530,7 @@ fn produce(
     tx: async_channel::Sender<Batch>,
     cancel: &CancellationToken,
     progress: &Progress,
+    tally: &ReadTally,
 ) -> Result<ReadReport, SyncError> {
     let mut records = CsvRecords::open(path, &settings.csv)?;
     let mut report = ReadReport {
@@ -498,6 +551,7 @@ fn produce(
     };
     while let Some(row) = records.next_row()? {
         report.rows_read += 1;
+        tally.rows.store(report.rows_read, Ordering::Relaxed);
         let columns = records.columns().expect("known after the first row");
         match validate(&row, &columns) {
             // Past MAX_REJECTS the file is refused: stop staging, keep counting.
@@ -505,6 +559,7 @@ fn produce(
             Ok(_) => {}
             Err(reject) => {
                 report.rejected += 1;
+                tally.rejected.store(report.rejected, Ordering::Relaxed);
                 if matches!(reject.reason, RejectReason::LineBreak { .. }) {
                     return Err(SyncError::BrokenQuote {
                         path: path.to_owned(),
@@ -532,12 +587,17 @@ fn produce(
         }
     }
     if report.rejected > settings.max_rejects {
+        let hint = first_reject
+            .as_ref()
+            .filter(|r| matches!(r.reason, RejectReason::FieldCount { .. }))
+            .and_then(|_| read::delimiter_hint(path, &settings.csv));
         return Err(SyncError::TooManyRejects {
             path: path.to_owned(),
             first: first_reject.expect("a reject was counted"),
             rejected: report.rejected,
             rows_read: report.rows_read,
             max: settings.max_rejects,
+            hint,
         });
     }
     if !batch.is_empty() {

@@ -10,7 +10,7 @@ use crate::config::{CsvFormat, HeaderMode};
 use crate::domain::ContentHash;
 use csv::ByteRecord;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// Where the two columns the agent needs sit in each record.
@@ -55,6 +55,12 @@ pub enum ReadError {
     },
     #[error("{path}: line {line}: a record runs on for more than {} MiB (an unbalanced quote?)", MAX_RECORD_BYTES >> 20)]
     RecordTooLong { path: PathBuf, line: u64 },
+    #[error("{path}: the file is {what}, not UTF-8 CSV; nothing was read ({fix})")]
+    NotText {
+        path: PathBuf,
+        what: &'static str,
+        fix: &'static str,
+    },
     #[error("{path}: line {line}: the header names {column:?} twice")]
     DuplicateColumn {
         path: PathBuf,
@@ -184,6 +190,81 @@ pub fn hash_file(path: &Path, format: &CsvFormat) -> Result<ContentHash, ReadErr
     Ok(ContentHash::from_hasher(&hasher))
 }
 
+/// What a file that is not UTF-8 text is, from its first bytes, and what to do
+/// about it. (Decoding other encodings is not supported.)
+fn sniff(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    const RESAVE: &str = "save it as \"CSV UTF-8\", or convert it with iconv -t UTF-8";
+    const UNPACK: &str = "decompress it first";
+    let utf16_without_bom = |a: usize, b: usize| {
+        head.len() >= 4
+            && head[a] == 0
+            && head[a + 2] == 0
+            && head[b].is_ascii_graphic()
+            && head[b + 2].is_ascii_graphic()
+    };
+    Some(match head {
+        [0xFF, 0xFE, 0, 0, ..] => ("UTF-32 LE text (it starts with FF FE 00 00)", RESAVE),
+        [0, 0, 0xFE, 0xFF, ..] => ("UTF-32 BE text (it starts with 00 00 FE FF)", RESAVE),
+        [0xFF, 0xFE, ..] => (
+            "UTF-16 LE text (it starts with FF FE, as Excel's \"Unicode Text\" does)",
+            RESAVE,
+        ),
+        [0xFE, 0xFF, ..] => ("UTF-16 BE text (it starts with FE FF)", RESAVE),
+        [0x1F, 0x8B, ..] => ("gzip-compressed (it starts with 1F 8B)", UNPACK),
+        [0x28, 0xB5, 0x2F, 0xFD, ..] => ("zstd-compressed (it starts with 28 B5 2F FD)", UNPACK),
+        [b'P', b'K', 3, 4, ..] => (
+            "a ZIP archive, e.g. an Excel .xlsx workbook (it starts with PK 03 04)",
+            "export the sheet as \"CSV UTF-8\", or unzip it",
+        ),
+        [0xD0, 0xCF, 0x11, 0xE0, ..] => (
+            "an Excel 97-2003 .xls workbook (it starts with D0 CF 11 E0)",
+            "export the sheet as \"CSV UTF-8\"",
+        ),
+        _ if utf16_without_bom(1, 0) => ("UTF-16 LE text without a byte order mark", RESAVE),
+        _ if utf16_without_bom(0, 1) => ("UTF-16 BE text without a byte order mark", RESAVE),
+        _ => return None,
+    })
+}
+
+/// When the first non-blank line does not contain the configured delimiter
+/// but splits on another common one (`;`, tab, `,`, `|`), a hint naming
+/// `CSV_DELIMITER`; rows of one field are then a delimiter mix-up.
+pub fn delimiter_hint(path: &Path, format: &CsvFormat) -> Option<String> {
+    let file = File::open(path).ok()?;
+    let first = BufReader::new(file.take(64 * 1024))
+        .split(b'\n')
+        .map_while(Result::ok)
+        .find(|l| !l.iter().all(u8::is_ascii_whitespace))?;
+    if first.contains(&format.delimiter) {
+        return None;
+    }
+    let name = |d: u8| match d {
+        b'\t' => "\\t".to_owned(),
+        d => (d as char).to_string(),
+    };
+    [b';', b'\t', b',', b'|']
+        .into_iter()
+        .filter(|d| *d != format.delimiter)
+        .find_map(|d| {
+            let fields = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .delimiter(d)
+                .from_reader(first.as_slice())
+                .byte_records()
+                .next()?
+                .ok()?
+                .len();
+            (fields >= 2).then(|| {
+                format!(
+                    "the first line has no {:?} but splits into {fields} fields on {:?}: set CSV_DELIMITER={}",
+                    format.delimiter as char,
+                    d as char,
+                    name(d)
+                )
+            })
+        })
+}
+
 pub struct CsvRecords {
     path: PathBuf,
     format: CsvFormat,
@@ -194,15 +275,20 @@ pub struct CsvRecords {
 
 impl CsvRecords {
     pub fn open(path: &Path, format: &CsvFormat) -> Result<Self, ReadError> {
-        let file = File::open(path).map_err(|source| ReadError::Io {
+        let io_err = |source| ReadError::Io {
             path: path.to_owned(),
             source,
-        })?;
-        Ok(Self::from_reader(
-            path,
-            format,
-            BufReader::with_capacity(256 * 1024, file),
-        ))
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let mut inner = BufReader::with_capacity(256 * 1024, file);
+        if let Some((what, fix)) = sniff(inner.fill_buf().map_err(io_err)?) {
+            return Err(ReadError::NotText {
+                path: path.to_owned(),
+                what,
+                fix,
+            });
+        }
+        Ok(Self::from_reader(path, format, inner))
     }
 
     fn from_reader(path: &Path, format: &CsvFormat, inner: BufReader<File>) -> Self {
@@ -460,6 +546,65 @@ mod tests {
         let mut records = CsvRecords::open(file.path(), &auto()).unwrap();
         while records.next_row().unwrap().is_some() {}
         assert_eq!(records.finish(), h1);
+    }
+
+    #[test]
+    fn utf16_and_compressed_files_are_named_not_read() {
+        let utf16le: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(
+                "email,full_name\n"
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes),
+            )
+            .collect();
+        let utf16be: Vec<u8> = [0xFE, 0xFF]
+            .into_iter()
+            .chain("a@x.io,A\n".encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+        let bare16: Vec<u8> = "a@x.io,A\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        for (bytes, what) in [
+            (utf16le, "UTF-16 LE"),
+            (utf16be, "UTF-16 BE"),
+            (bare16, "UTF-16 LE text without"),
+            (vec![0x1F, 0x8B, 8, 0, 0, 0], "gzip"),
+            (vec![0x28, 0xB5, 0x2F, 0xFD, 0], "zstd"),
+            (b"PK\x03\x04rest".to_vec(), "ZIP"),
+        ] {
+            let err = read_all(&bytes, auto()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, ReadError::NotText { .. }) && text.contains(what),
+                "{what}: {text}"
+            );
+            assert!(err.is_content());
+        }
+        // A UTF-8 BOM and plain text are fine.
+        assert!(read_all("\u{feff}a@x.io,A\n".as_bytes(), auto()).is_ok());
+        assert!(read_all(b"a,b\n", auto()).is_ok());
+    }
+
+    #[test]
+    fn a_delimiter_mix_up_is_named() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"\nemail;full_name\na@x.io;A\n").unwrap();
+        let hint = delimiter_hint(file.path(), &auto()).unwrap();
+        assert!(hint.contains("CSV_DELIMITER=;"), "{hint}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"a@x.io\tA\n").unwrap();
+        let hint = delimiter_hint(file.path(), &auto()).unwrap();
+        assert!(hint.contains("CSV_DELIMITER=\\t"), "{hint}");
+        let semi = CsvFormat {
+            delimiter: b';',
+            ..auto()
+        };
+        assert!(delimiter_hint(file.path(), &semi).is_some());
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"a@x.io,A\nb@x.io\n").unwrap();
+        assert_eq!(delimiter_hint(file.path(), &auto()), None);
     }
 
     proptest::proptest! {
