@@ -72,6 +72,9 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         }
     };
     tracing::info!(settings = %settings.describe(), "starting");
+    for warning in settings.cron_schedule.warnings() {
+        tracing::warn!(schedule = %settings.cron_expression, "{warning}");
+    }
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone());
     let metrics = crate::http::install_recorder();

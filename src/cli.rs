@@ -282,6 +282,9 @@ fn schedule(
             }
         },
     };
+    for warning in schedule.warnings() {
+        eprintln!("followers-etl: warning: {warning}");
+    }
     let from = from.map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
     let times = schedule.upcoming(from, count);
     for t in &times {

@@ -161,6 +161,7 @@ pub(crate) enum ScheduleKind {
 pub struct Schedule {
     kind: ScheduleKind,
     zone: Tz,
+    warnings: Vec<String>,
 }
 
 impl Schedule {
@@ -172,7 +173,13 @@ impl Schedule {
     /// Returns a [`CronError`] for every expression robfig's
     /// `cron.ParseStandard` rejects.
     pub fn parse(expr: &str) -> Result<Schedule, CronError> {
-        Schedule::parse_with_default_zone(expr, local_zone())
+        let mut schedule = Schedule::parse_with_default_zone(expr, local_zone())?;
+        let (_, prefixed) = parse::strip_zone_prefix(expr);
+        let every = matches!(schedule.kind, ScheduleKind::Every(_));
+        if !prefixed && !every {
+            schedule.warnings.extend(local_zone_problem());
+        }
+        Ok(schedule)
     }
 
     /// Like [`Schedule::parse`], but a schedule without a zone prefix (or
@@ -183,7 +190,25 @@ impl Schedule {
     /// As [`Schedule::parse`].
     pub fn parse_with_default_zone(expr: &str, default_zone: Tz) -> Result<Schedule, CronError> {
         let (kind, zone) = parse::parse_spec(expr, default_zone, false)?;
-        Ok(Schedule { kind, zone })
+        let warnings = parse::every_below_one_second(expr)
+            .map(|d| {
+                format!("\"@every {d}\" is below one second: it runs every second (as robfig/cron does); write the interval you mean, e.g. @every 1m")
+            })
+            .into_iter()
+            .collect();
+        Ok(Schedule {
+            kind,
+            zone,
+            warnings,
+        })
+    }
+
+    /// What about this schedule probably is not what its author meant: an
+    /// `@every` below one second, or a `TZ` that names no known zone (the
+    /// schedule then follows UTC). `serve` logs them at start-up and
+    /// `schedule` prints them.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The zone whose wall clock the schedule follows. (`@every` schedules
@@ -242,24 +267,55 @@ pub fn parse(expr: &str) -> Result<Schedule, CronError> {
 /// read as the zone name after it), otherwise the system zone. Anything
 /// that cannot be resolved to an IANA zone falls back to UTC.
 pub fn local_zone() -> Tz {
+    local_zone_checked().unwrap_or(Tz::UTC)
+}
+
+/// Why the local zone fell back to UTC, naming the value: `TZ` (or the
+/// system's zone) is set to something that is not a known IANA zone name,
+/// such as a POSIX rule (`CET-1CEST,M3.5.0,M10.5.0/3`), which Go's
+/// `time.Local`, and so the old service, also read as UTC.
+pub fn local_zone_problem() -> Option<String> {
+    if local_zone_checked().is_some() {
+        return None;
+    }
+    let fix = "schedules without a CRON_TZ= prefix run in UTC; set TZ to an IANA zone name such as Europe/Berlin, or prefix CRON_SCHEDULE with CRON_TZ=Europe/Berlin";
+    Some(match std::env::var_os("TZ") {
+        Some(value) => format!(
+            "TZ={:?} is not a known time zone name (POSIX TZ rules are not supported): {fix}",
+            value.to_string_lossy()
+        ),
+        None => format!(
+            "the system time zone ({}) is not a known time zone name: {fix}",
+            iana_time_zone::get_timezone().unwrap_or_else(|e| e.to_string())
+        ),
+    })
+}
+
+/// The local zone, or `None` when what names it cannot be resolved.
+fn local_zone_checked() -> Option<Tz> {
     match std::env::var("TZ") {
-        Ok(value) => zone_from_tz_env(&value),
+        Ok(value) => tz_env_zone(&value),
         Err(std::env::VarError::NotPresent) => system_zone(),
-        Err(std::env::VarError::NotUnicode(_)) => Tz::UTC,
+        Err(std::env::VarError::NotUnicode(_)) => None,
     }
 }
 
-fn system_zone() -> Tz {
+fn system_zone() -> Option<Tz> {
     iana_time_zone::get_timezone()
         .ok()
         .and_then(|name| name.parse().ok())
-        .unwrap_or(Tz::UTC)
 }
 
+/// The zone `TZ=value` selects, UTC when it names none.
+#[cfg(test)]
 fn zone_from_tz_env(value: &str) -> Tz {
+    tz_env_zone(value).unwrap_or(Tz::UTC)
+}
+
+fn tz_env_zone(value: &str) -> Option<Tz> {
     let value = value.strip_prefix(':').unwrap_or(value);
     if value.is_empty() {
-        return Tz::UTC;
+        return Some(Tz::UTC);
     }
     if value.starts_with('/') {
         if value == "/etc/localtime" {
@@ -267,8 +323,49 @@ fn zone_from_tz_env(value: &str) -> Tz {
         }
         return value
             .split_once("/zoneinfo/")
-            .and_then(|(_, name)| name.parse().ok())
-            .unwrap_or(Tz::UTC);
+            .and_then(|(_, name)| name.parse().ok());
     }
-    value.parse().unwrap_or(Tz::UTC)
+    value.parse().ok()
+}
+
+#[cfg(test)]
+mod warning_tests {
+    use super::*;
+
+    #[test]
+    fn every_below_one_second_is_warned_about() {
+        for expr in [
+            "@every 0s",
+            "@every -5m",
+            "@every 500ms",
+            "TZ=UTC @every 0s",
+        ] {
+            let s = Schedule::parse_with_default_zone(expr, Tz::UTC).unwrap();
+            assert_eq!(s.next_after(DateTime::UNIX_EPOCH).unwrap().timestamp(), 1);
+            let w = s.warnings().join(" ");
+            assert!(
+                w.contains("every second") && w.contains(&expr[expr.find('@').unwrap()..]),
+                "{expr}: {w}"
+            );
+        }
+        for expr in ["@every 1s", "@every 1h", "@daily", "*/5 * * * *"] {
+            let s = Schedule::parse_with_default_zone(expr, Tz::UTC).unwrap();
+            assert!(s.warnings().is_empty(), "{expr}: {:?}", s.warnings());
+        }
+    }
+
+    #[test]
+    fn posix_rules_and_unknown_names_are_not_zones() {
+        for value in [
+            "CET-1CEST,M3.5.0,M10.5.0/3",
+            "Mars/Olympus",
+            "/nowhere",
+            "<+03>-3",
+        ] {
+            assert_eq!(tz_env_zone(value), None, "{value}");
+        }
+        for value in ["", "UTC", "Europe/Berlin", ":America/New_York", "EST5EDT"] {
+            assert!(tz_env_zone(value).is_some(), "{value}");
+        }
+    }
 }

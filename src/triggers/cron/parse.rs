@@ -257,6 +257,25 @@ fn parse_descriptor(descriptor: &str) -> Result<ScheduleKind, CronError> {
     Ok(kind)
 }
 
+/// The schedule part of `spec` after any `TZ=`/`CRON_TZ=` prefix, and
+/// whether there was one.
+pub(crate) fn strip_zone_prefix(spec: &str) -> (&str, bool) {
+    if spec.starts_with("TZ=") || spec.starts_with("CRON_TZ=") {
+        let rest = spec.split_once(' ').map_or("", |(_, rest)| rest);
+        (rest.trim(), true)
+    } else {
+        (spec, false)
+    }
+}
+
+/// For `@every D` with D below one second (zero and negative included), the
+/// duration as written: robfig runs such a schedule every second.
+pub(crate) fn every_below_one_second(spec: &str) -> Option<&str> {
+    let duration = strip_zone_prefix(spec).0.strip_prefix("@every ")?;
+    let nanos = parse_go_duration_nanos(duration).ok()?;
+    (nanos < 1_000_000_000).then_some(duration)
+}
+
 /// The bits of a field: a comma-separated list of ranges. Empty list items
 /// are ignored (Go's `strings.FieldsFunc`).
 pub(crate) fn get_field(field: &str, bounds: &Bounds) -> Result<u64, FieldError> {

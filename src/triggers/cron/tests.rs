@@ -57,7 +57,11 @@ fn instant(s: &str) -> Option<DateTime<Utc>> {
 
 /// Parses with the standard parser, or with a leading seconds field.
 fn schedule(spec: &str, default_zone: Tz, with_seconds: bool) -> Result<Schedule, CronError> {
-    parse_spec(spec, default_zone, with_seconds).map(|(kind, zone)| Schedule { kind, zone })
+    parse_spec(spec, default_zone, with_seconds).map(|(kind, zone)| Schedule {
+        kind,
+        zone,
+        warnings: Vec::new(),
+    })
 }
 
 fn kind_of(spec: &str, default_zone: Tz, with_seconds: bool) -> (ScheduleKind, Tz) {
