@@ -340,20 +340,24 @@ fn dotenv_error(lines: &[String], error: &dotenvy::Error) -> String {
     let dotenvy::Error::LineParse(bad, _) = error else {
         return error.to_string();
     };
-    // dotenvy reports the (possibly multi-line) entry's text: find where it starts.
+    // dotenvy reports the (possibly multi-line) entry, or only its value: find
+    // the line it starts on.
     let first = bad.lines().next().unwrap_or_default();
     let at = lines.iter().position(|l| l == first).or_else(|| {
-        lines
-            .iter()
-            .position(|l| !l.trim().is_empty() && bad.starts_with(l.as_str()))
+        lines.iter().position(|l| {
+            !l.trim().is_empty() && (bad.starts_with(l.as_str()) || l.ends_with(first))
+        })
     });
-    let line = at.map_or_else(String::new, |i| format!("line {}: ", i + 1));
-    match first.split_once('=') {
+    let Some(at) = at else {
+        return "a line cannot be parsed (not shown)".into();
+    };
+    match lines[at].split_once('=') {
         Some((key, _)) => format!(
-            "{line}cannot parse the value of {} (not shown); quote it, e.g. KEY='value'",
+            "line {}: cannot parse the value of {} (not shown); quote it, e.g. KEY='value'",
+            at + 1,
             key.trim().trim_start_matches("export ").trim()
         ),
-        None => format!("{line}not a KEY=value assignment (line not shown)"),
+        None => format!("line {}: not a KEY=value assignment (not shown)", at + 1),
     }
 }
 

@@ -265,6 +265,12 @@ async fn an_interrupted_sync_is_compensated_and_exits_1() {
     let run: Run = child.wait_with_output().unwrap().into();
     assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
     assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+    // It had read rows before it was cancelled, and says so.
+    assert!(run.n("rows_read") > 0, "{run:?}");
+    let recorded = env
+        .scalar("SELECT rows_read FROM etl_info_schema.sync_runs WHERE outcome = 'failed'")
+        .await;
+    assert_eq!(recorded as u64, run.n("rows_read"));
     assert_eq!(env.staging_rows().await, 0);
     assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann")]));
 }

@@ -3,5 +3,6 @@
 
 mod commands;
 mod helpers;
+mod messages;
 mod serve;
 mod sync;
