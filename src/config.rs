@@ -950,6 +950,49 @@ mod tests {
     }
 
     #[test]
+    fn dotenv_tabs_and_backslashes_read_as_the_old_loader_did() {
+        assert_eq!(compatible_line("CSV_DELIMITER=\\t"), "CSV_DELIMITER='\\t'");
+        assert_eq!(
+            compatible_line("CSV_DELIMITER=\"\\t\""),
+            "CSV_DELIMITER=\"\t\""
+        );
+        assert_eq!(compatible_line("CSV_DELIMITER=\t"), "CSV_DELIMITER='\t'");
+        assert_eq!(
+            compatible_line("CSV_DELIMITER='\\t'"),
+            "CSV_DELIMITER='\\t'"
+        );
+        assert_eq!(compatible_line("A=\"x\\\\t\""), "A=\"x\\\\t\"");
+        assert_eq!(compatible_line("A=C:\\dir"), "A='C:\\dir'");
+    }
+
+    #[test]
+    fn csv_delimiter_accepts_every_tab_form() {
+        for v in [
+            "\\t", "tab", "TAB", "\t", "\"\\t\"", "'\\t'", "\"\t\"", " \\t ", "'tab'",
+        ] {
+            assert_eq!(parse_delimiter(v).unwrap(), b'\t', "{v:?}");
+        }
+        assert_eq!(parse_delimiter(";").unwrap(), b';');
+        assert_eq!(parse_delimiter("\";\"").unwrap(), b';');
+        assert_eq!(parse_delimiter("' '").unwrap(), b' ');
+        assert_eq!(parse_delimiter("").unwrap(), b',');
+        for v in ["\"", "ab", "é", "\\n"] {
+            assert!(parse_delimiter(v).is_err(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_line_and_key_not_value() {
+        let text = "batch_size = 1\ndatabase_url = \"postgres://u:s3cr3t@h/x\n";
+        let e = toml::from_str::<toml::Table>(text).unwrap_err();
+        let msg = toml_error(text, &e);
+        assert!(
+            msg.contains("line 2") && msg.contains("database_url") && !msg.contains("s3cr3t"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn workers_default_is_capped_by_max_conns_and_explicit_excess_is_refused() {
         let s = Settings::from_raw(&raw(&[("DB_MAX_CONNS", "4")])).unwrap();
         assert_eq!(s.workers, 4);

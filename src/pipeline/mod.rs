@@ -110,7 +110,7 @@ pub enum SyncError {
     TooManyRejects {
         path: PathBuf,
         /// The first invalid row of the file.
-        first: Reject,
+        first: Box<Reject>,
         rejected: u64,
         rows_read: u64,
         max: u64,
@@ -593,7 +593,7 @@ fn produce(
             .and_then(|_| read::delimiter_hint(path, &settings.csv));
         return Err(SyncError::TooManyRejects {
             path: path.to_owned(),
-            first: first_reject.expect("a reject was counted"),
+            first: Box::new(first_reject.expect("a reject was counted")),
             rejected: report.rejected,
             rows_read: report.rows_read,
             max: settings.max_rejects,
