@@ -46,7 +46,7 @@ pub enum Command {
     Sync(SyncArgs),
     /// Validate a CSV file without touching any database (0 valid, 1 invalid, 2 usage).
     Check {
-        /// The file to check (default: CSV_FILE inside TABLES_DIR).
+        /// The file to check, resolved as `sync --file` resolves it: relative to TABLES_DIR and inside it (default: CSV_FILE).
         path: Option<PathBuf>,
         /// Print the report as one JSON object.
         #[arg(long)]
@@ -84,7 +84,7 @@ pub struct SyncArgs {
     /// Sync even if the file is unchanged since the last successful sync.
     #[arg(long)]
     pub force: bool,
-    /// Compute and print what would be inserted, updated and deleted; change nothing.
+    /// Compute and print what would be inserted, updated and deleted, and whether the delete guard would refuse (would_refuse); change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Allow deleting more than MAX_DELETE_RATIO of the followers.
