@@ -78,7 +78,10 @@ fn canonical_domain(email: &str, domain: &str) -> Result<String, EmailError> {
     if let Some(c) = checked.chars().find(|c| SPECIALS.contains(c)) {
         return Err(EmailError::DomainChar(email.to_owned(), c));
     }
-    if literal {
+    // ASCII without Punycode labels is already in its one form (the common case,
+    // and no IDNA pass per row).
+    let punycode = domain.split('.').any(|label| label.starts_with("xn--"));
+    if literal || (domain.is_ascii() && !punycode) {
         return Ok(domain.to_owned());
     }
     let (unicode, result) = idna::domain_to_unicode(domain);
