@@ -284,9 +284,10 @@ pub fn local_zone_problem() -> Option<String> {
             "TZ={:?} is not a known time zone name (POSIX TZ rules are not supported): {fix}",
             value.to_string_lossy()
         ),
+        // No system zone configured at all (no /etc/localtime): UTC, as meant.
         None => format!(
             "the system time zone ({}) is not a known time zone name: {fix}",
-            iana_time_zone::get_timezone().unwrap_or_else(|e| e.to_string())
+            iana_time_zone::get_timezone().ok()?
         ),
     })
 }
