@@ -395,16 +395,17 @@ fn expand_tab_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
-        match (c, c == '\\') {
-            (_, true) => match chars.next() {
-                Some('t') => out.push('\t'),
-                Some(next) => {
-                    out.push('\\');
-                    out.push(next);
-                }
-                None => out.push('\\'),
-            },
-            _ => out.push(c),
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some(next) => {
+                out.push('\\');
+                out.push(next);
+            }
+            None => out.push('\\'),
         }
     }
     out
@@ -416,7 +417,11 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
     let Some(span) = error.span() else {
         return error.message().to_owned();
     };
-    let before = &text[..span.start.min(text.len())];
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let before = &text[..start];
     let line_no = before.matches('\n').count() + 1;
     let column = before
         .rsplit('\n')
