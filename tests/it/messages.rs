@@ -91,6 +91,18 @@ async fn no_error_shows_a_password() {
             assert_no_secret(&run, url);
             assert_eq!(run.code, 1, "{url} {args:?}: {run:?}");
         }
+        // serve keeps retrying, and logs why, without the password.
+        let mut agent = env.spawn_agent(&[("DATABASE_URL", url), ("LOG_LEVEL", "debug")]);
+        eventually(60, "serve retrying the database", || async {
+            agent.log_text().contains("not reachable").then_some(())
+        })
+        .await;
+        assert_eq!(agent.terminate().await, 0);
+        let log = agent.log_text();
+        assert!(
+            !log.contains(SECRET),
+            "{url}: serve printed the password: {log}"
+        );
     }
 }
 
