@@ -4,6 +4,7 @@
 
 use crate::config::Settings;
 use crate::db::{self, AdvisoryLock};
+use crate::pipeline::settle::WriteTracker;
 use crate::pipeline::{error_chain, ProgressStyle, SyncContext};
 use crate::runner::Runner;
 use crate::runs::{self, Trigger};
@@ -110,14 +111,16 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         });
     }
 
+    let writes = WriteTracker::default();
     let ctx = SyncContext {
         db,
         settings: settings.clone(),
         progress: ProgressStyle::Log,
+        writes: writes.clone(),
     };
     let (runner, requests) = Runner::new(ctx, file.clone());
     if settings.watch {
-        match FileWatch::start(&file, settings.watch_debounce, settings.watch_poll) {
+        match FileWatch::start(&file, settings.watch_debounce, settings.watch_poll, writes) {
             Ok(watch) => {
                 tasks.spawn(watch.run(requests.clone(), stop.clone()));
             }

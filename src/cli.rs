@@ -172,6 +172,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         } else {
             ProgressStyle::Log
         },
+        writes: Default::default(),
     };
     let request = SyncRequest {
         file,

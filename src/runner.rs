@@ -17,6 +17,13 @@ use tokio_util::sync::CancellationToken;
 pub struct RunRequests(mpsc::UnboundedSender<Trigger>);
 
 impl RunRequests {
+    /// Requests and their receiving end, without a runner (tests).
+    #[cfg(test)]
+    pub(crate) fn channel() -> (Self, mpsc::UnboundedReceiver<Trigger>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
     pub fn send(&self, trigger: Trigger) {
         if self.0.send(trigger).is_err() {
             tracing::debug!(

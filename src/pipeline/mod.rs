@@ -10,6 +10,7 @@ pub mod check;
 pub mod merge;
 mod progress;
 pub mod read;
+pub mod settle;
 pub mod stage;
 pub mod validate;
 
@@ -54,6 +55,8 @@ pub struct SyncContext {
     pub db: DatabaseConnection,
     pub settings: Arc<Settings>,
     pub progress: ProgressStyle,
+    /// Writes still open on the file, as the watcher saw them (`serve` with inotify).
+    pub writes: settle::WriteTracker,
 }
 
 /// The one summary a run produces (SPEC §3).
@@ -126,6 +129,12 @@ pub enum SyncError {
     },
     #[error("{path}: the file changed while it was being read; nothing applied (a later run syncs the new content)")]
     FileChanged { path: PathBuf },
+    #[error("{path}: the file is still being written ({why}); waited {:.1}s, nothing read (it is synced once it has settled)", .waited.as_secs_f64())]
+    StillWriting {
+        path: PathBuf,
+        why: String,
+        waited: Duration,
+    },
     #[error(transparent)]
     Stage(#[from] StageError),
     #[error(transparent)]
@@ -147,6 +156,7 @@ impl SyncError {
             Self::TooManyRejects { .. }
             | Self::BrokenQuote { .. }
             | Self::Outside(_)
+            | Self::StillWriting { .. }
             | Self::Merge(MergeError::MassDelete { .. }) => Outcome::Refused,
             Self::Read(e) if e.is_content() => Outcome::Refused,
             _ => Outcome::Failed,
@@ -162,6 +172,7 @@ impl SyncError {
             | Self::BrokenQuote { .. }
             | Self::FileChanged { .. }
             | Self::Join(_) => "read",
+            Self::StillWriting { .. } => "settle",
             Self::Stage(_) => "stage",
             Self::Merge(MergeError::Step { step, .. }) => step.name(),
             Self::Merge(MergeError::MassDelete { .. }) => "guard",
@@ -275,15 +286,28 @@ async fn locked_run(
 ) -> Result<(Outcome, Option<String>), SyncError> {
     let db = &ctx.db;
     let file = request.file.display().to_string();
+    // Settle before the lock: a file still being written holds up no other agent.
+    let rules = settle::Rules::from_debounce(ctx.settings.watch_debounce);
+    let settled = match settle::wait(&request.file, rules, &ctx.writes, &cancel).await {
+        Ok(settled) => settled,
+        Err(unsettled) => {
+            let e = match unsettled {
+                Some(settle::Unsettled { why, waited }) => SyncError::StillWriting {
+                    path: request.file.clone(),
+                    why,
+                    waited,
+                },
+                None => SyncError::Cancelled,
+            };
+            record_unlocked(db, load_id, request.trigger, &file, e.outcome(), &error_chain(&e))
+                .await?;
+            return Err(e);
+        }
+    };
     let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
-        runs::start(db, load_id, request.trigger, &file, None)
-            .await
-            .map_err(SyncError::Bookkeeping)?;
-        runs::finish(db, load_id, Outcome::Skipped, counts, Some(reason), None)
-            .await
-            .map_err(SyncError::Bookkeeping)?;
+        record_unlocked(db, load_id, request.trigger, &file, Outcome::Skipped, reason).await?;
         return Ok((Outcome::Skipped, Some(reason.into())));
     };
     let result = async {
@@ -291,7 +315,7 @@ async fn locked_run(
         runs::start(db, load_id, request.trigger, &file, None)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let outcome = saga(ctx, request, load_id, lock.pid(), counts, &cancel).await;
+        let outcome = saga(ctx, request, &settled, load_id, lock.pid(), counts, &cancel).await;
         if let Err(e) = &outcome {
             e.partial_counts(counts);
             compensate(db, load_id, counts, e).await;
@@ -301,6 +325,23 @@ async fn locked_run(
     .await;
     lock.release().await;
     result
+}
+
+/// Records a run that ends before it takes the run lock.
+async fn record_unlocked(
+    db: &DatabaseConnection,
+    load_id: LoadId,
+    trigger: Trigger,
+    file: &str,
+    outcome: Outcome,
+    reason: &str,
+) -> Result<(), SyncError> {
+    runs::start(db, load_id, trigger, file, None)
+        .await
+        .map_err(SyncError::Bookkeeping)?;
+    runs::finish(db, load_id, outcome, &Counts::default(), Some(reason), None)
+        .await
+        .map_err(SyncError::Bookkeeping)
 }
 
 /// Undoes what the run did: staging rows go, the record says why.
@@ -326,6 +367,7 @@ async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, e
 async fn saga(
     ctx: &SyncContext,
     request: &SyncRequest,
+    settled: &settle::Settled,
     load_id: LoadId,
     lock_pid: i32,
     counts: &mut Counts,
@@ -381,7 +423,13 @@ async fn saga(
         rejected: read.rejected,
         ..Counts::default()
     };
-    if read.hash != hash {
+    // The bytes read are the bytes hashed, and the file is as it was when it
+    // settled (nothing started writing it between the two).
+    let unchanged = match settled {
+        settle::Settled::File(state) => settle::file_state(file).as_ref() == Some(state),
+        settle::Settled::Missing => true,
+    };
+    if read.hash != hash || !unchanged {
         return Err(SyncError::FileChanged { path: file.clone() });
     }
 

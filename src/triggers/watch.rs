@@ -11,13 +11,14 @@
 //! itself instead of using notify's `PollWatcher`, which compares mtimes in whole
 //! seconds only (notify 8.2) and so misses a second write within the same second.
 
+use crate::pipeline::settle::{file_state, FileState, WriteTracker};
 use crate::runner::RunRequests;
 use crate::runs::Trigger;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RemoveKind};
 use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,30 +31,12 @@ pub struct WatchError {
     source: notify::Error,
 }
 
-/// What "the file did not change" compares.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FileState {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-fn file_state(path: &Path) -> Option<FileState> {
-    let meta = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(FileState {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode,
-    })
-}
-
 /// Whether an event may have changed the file's content. Reads (including the
-/// agent's own) are not changes.
+/// agent's own) are not changes; a queue overflow (events lost) may hide one.
 fn is_change(event: &Event, name: &OsString) -> bool {
+    if event.need_rescan() {
+        return true;
+    }
     let content_event = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) | EventKind::Other => false,
@@ -114,11 +97,18 @@ pub struct FileWatch {
     file: PathBuf,
     name: OsString,
     debounce: Duration,
+    writes: WriteTracker,
 }
 
 impl FileWatch {
-    /// Starts watching `file`'s directory.
-    pub fn start(file: &Path, debounce: Duration, poll: bool) -> Result<Self, WatchError> {
+    /// Starts watching `file`'s directory; `writes` learns from its events which
+    /// writes are still open (inotify only).
+    pub fn start(
+        file: &Path,
+        debounce: Duration,
+        poll: bool,
+        writes: WriteTracker,
+    ) -> Result<Self, WatchError> {
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = file.file_name().map(OsString::from).unwrap_or_default();
         let (tx, events) = mpsc::unbounded_channel();
@@ -149,6 +139,7 @@ impl FileWatch {
             file: file.to_path_buf(),
             name,
             debounce,
+            writes,
         })
     }
 
@@ -169,7 +160,12 @@ impl FileWatch {
                     None => return,
                     Some(Err(e)) => tracing::warn!(error = %e, "file watch error"),
                     Some(Ok(event)) if is_change(&event, &self.name) => {
-                        tracing::debug!(kind = ?event.kind, "file event");
+                        if event.need_rescan() {
+                            tracing::warn!("file events were lost (inotify queue overflow); treating the file as changed");
+                        } else {
+                            tracing::debug!(kind = ?event.kind, "file event");
+                        }
+                        self.writes.observe(&event);
                         deadline = Some(Instant::now() + self.debounce);
                         at_last_event = file_state(&self.file);
                     }
@@ -184,6 +180,11 @@ impl FileWatch {
                         }
                         Some(state) if Some(&state) == at_last_event.as_ref() => {
                             deadline = None;
+                            if let Some(since) = self.writes.writing_since() {
+                                // Its IN_CLOSE_WRITE re-arms the debounce.
+                                tracing::info!(file = %self.file.display(), open_s = since.elapsed().as_secs_f64(), "the CSV file is still open for writing; waiting for it to be closed");
+                                continue;
+                            }
                             tracing::info!(file = %self.file.display(), "the CSV file changed and settled");
                             requests.send(Trigger::Watch);
                         }
@@ -196,5 +197,66 @@ impl FileWatch {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{DataChange, Flag};
+
+    /// A watcher fed by the test instead of notify.
+    fn fed(file: &Path) -> (FileWatch, mpsc::UnboundedSender<notify::Result<Event>>) {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watch = FileWatch {
+            _source: Source::Poll(tokio::spawn(std::future::pending())),
+            events,
+            file: file.to_path_buf(),
+            name: file.file_name().unwrap().into(),
+            debounce: Duration::from_millis(50),
+            writes: WriteTracker::default(),
+        };
+        (watch, tx)
+    }
+
+    #[tokio::test]
+    async fn a_queue_overflow_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("followers.csv");
+        std::fs::write(&file, "email\n").unwrap();
+        let (watch, tx) = fed(&file);
+        let (requests, mut runs) = RunRequests::channel();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch.run(requests, stop.clone()));
+        // An overflow names no path.
+        tx.send(Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan)))
+            .unwrap();
+        let run = tokio::time::timeout(Duration::from_secs(10), runs.recv()).await;
+        assert_eq!(run.ok().flatten(), Some(Trigger::Watch));
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_open_for_writing_waits_for_its_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("followers.csv");
+        std::fs::write(&file, "email\n").unwrap();
+        let (watch, tx) = fed(&file);
+        let (requests, mut runs) = RunRequests::channel();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch.run(requests, stop.clone()));
+        let named = |kind| Ok(Event::new(kind).add_path(file.clone()));
+        tx.send(named(EventKind::Modify(ModifyKind::Data(DataChange::Any))))
+            .unwrap();
+        // Many debounce periods: no run while the write is open.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(runs.try_recv().is_err(), "a run during an open write");
+        tx.send(named(EventKind::Access(AccessKind::Close(AccessMode::Write))))
+            .unwrap();
+        let run = tokio::time::timeout(Duration::from_secs(10), runs.recv()).await;
+        assert_eq!(run.ok().flatten(), Some(Trigger::Watch));
+        stop.cancel();
+        task.await.unwrap();
     }
 }

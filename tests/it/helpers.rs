@@ -120,7 +120,10 @@ impl TestEnv {
             .env("TABLES_DIR", self.tables())
             .env("CSV_FILE", "followers.csv")
             .env("LOG_LEVEL", "warn")
-            .env("HTTP_ADDR", "off");
+            .env("HTTP_ADDR", "off")
+            // Files written by a test are fresh: every run waits this long for
+            // them to settle (README, "Files still being written").
+            .env("WATCH_DEBOUNCE", "100ms");
         cmd
     }
 

@@ -1,0 +1,402 @@
+//! Settle: no run reads a file that is still being written, whatever its trigger
+//! (README, "Triggers", "Files still being written"). Before a run reads the file:
+//!
+//! - its size, mtime, ctime and inode must have been unchanged for `WATCH_DEBOUNCE`
+//!   (the change time is the kernel's `ctime`, which `cp -p` or `touch -d` cannot
+//!   set back, and the file is also sampled, for clocks that disagree);
+//! - a non-empty file whose last byte is not a line break is an unfinished line
+//!   until it has been unchanged for `UNTERMINATED_FACTOR × WATCH_DEBOUNCE`;
+//! - no writer may hold it open: with inotify, a file that got `IN_MODIFY` and no
+//!   `IN_CLOSE_WRITE` since is being written ([`WriteTracker`]); on Linux, a
+//!   process of ours (same PID namespace, same user or root) with the file open
+//!   for writing in `/proc/*/fdinfo` is a writer.
+//!
+//! A run waits for that at most `TIMEOUT_FACTOR × WATCH_DEBOUNCE` (at least 1 s),
+//! then is refused with the reason. After reading, the pipeline compares the
+//! file's state with the settled one (and the bytes through the hash).
+
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{Event, EventKind};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// An unfinished last line waits this many `WATCH_DEBOUNCE`s.
+pub const UNTERMINATED_FACTOR: u32 = 4;
+/// A run waits at most this many `WATCH_DEBOUNCE`s for the file to settle.
+pub const TIMEOUT_FACTOR: u32 = 10;
+
+/// What "the file did not change" compares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileState {
+    pub len: u64,
+    pub modified: Option<SystemTime>,
+    /// Status change time (seconds, nanoseconds): set by the kernel on every
+    /// write, rename, truncate or chmod, never settable to the past.
+    pub changed: (i64, i64),
+    pub dev: u64,
+    pub inode: u64,
+}
+
+impl FileState {
+    /// The newest of mtime and ctime.
+    fn last_change(&self) -> Option<SystemTime> {
+        let (secs, nanos) = self.changed;
+        let ctime = u64::try_from(secs)
+            .ok()
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::new(s, nanos.clamp(0, 999_999_999) as u32));
+        match (self.modified, ctime) {
+            (Some(m), Some(c)) => Some(m.max(c)),
+            (m, c) => m.or(c),
+        }
+    }
+}
+
+/// The file's state, `None` when it does not exist (or cannot be stat'ed).
+pub fn file_state(path: &Path) -> Option<FileState> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let (changed, dev, inode) = {
+        use std::os::unix::fs::MetadataExt;
+        ((meta.ctime(), meta.ctime_nsec()), meta.dev(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let (changed, dev, inode) = ((0, 0), 0, 0);
+    Some(FileState {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        changed,
+        dev,
+        inode,
+    })
+}
+
+/// Whether the file's last byte is a line break (an empty file counts as ended).
+fn ends_with_line_break(path: &Path, len: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    if len == 0 {
+        return true;
+    }
+    let mut last = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(len - 1))?;
+            f.read_exact(&mut last)
+        })
+        .map(|()| matches!(last[0], b'\n' | b'\r'))
+        .unwrap_or(false)
+}
+
+/// What inotify tells about writers: the file got `IN_MODIFY` and has not had
+/// `IN_CLOSE_WRITE` since. Shared by the watcher (which feeds it) and the runs
+/// of `serve` (which wait on it). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct WriteTracker(Arc<Mutex<Option<Instant>>>);
+
+impl WriteTracker {
+    /// Feeds one event naming the file (or a queue overflow).
+    pub fn observe(&self, event: &Event) {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match event.kind {
+            _ if event.need_rescan() => {
+                // Events were lost, maybe the close among them: forget what we
+                // knew (the stat rules and /proc still apply).
+                *open = None;
+            }
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                open.get_or_insert_with(Instant::now);
+            }
+            // Closed after writing, a new file renamed into place, or removed.
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_) => *open = None,
+            _ => {}
+        }
+    }
+
+    /// Since when the file has been open for writing, if it is.
+    pub fn writing_since(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The settle rules, derived from `WATCH_DEBOUNCE`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// How long the file must stay unchanged.
+    pub quiet: Duration,
+    /// How long a file whose last line has no line break must stay unchanged.
+    pub unterminated: Duration,
+    /// How long a run waits before it is refused.
+    pub timeout: Duration,
+}
+
+impl Rules {
+    pub fn from_debounce(debounce: Duration) -> Self {
+        Self {
+            quiet: debounce,
+            unterminated: debounce * UNTERMINATED_FACTOR,
+            timeout: (debounce * TIMEOUT_FACTOR).max(Duration::from_secs(1)),
+        }
+    }
+
+    /// Why a file unchanged for `quiet_for`, ending in a line break or not, is
+    /// not settled yet (`None`: settled as far as its state tells).
+    fn unsettled(&self, quiet_for: Duration, terminated: bool) -> Option<String> {
+        if quiet_for < self.quiet {
+            return Some(format!(
+                "it changed {:.1}s ago, less than WATCH_DEBOUNCE={:.1}s",
+                quiet_for.as_secs_f64(),
+                self.quiet.as_secs_f64()
+            ));
+        }
+        if !terminated && quiet_for < self.unterminated {
+            return Some(format!(
+                "its last line has no line break and it changed {:.1}s ago (an unfinished line must stay unchanged for {UNTERMINATED_FACTOR} × WATCH_DEBOUNCE = {:.1}s)",
+                quiet_for.as_secs_f64(),
+                self.unterminated.as_secs_f64()
+            ));
+        }
+        None
+    }
+}
+
+/// The file did not settle within the rules' timeout.
+#[derive(Debug)]
+pub struct Unsettled {
+    pub why: String,
+    pub waited: Duration,
+}
+
+pub enum Settled {
+    /// The file's state when it was found settled.
+    File(FileState),
+    /// There is no file (reading it reports that).
+    Missing,
+}
+
+/// Waits until `path` has settled (see the module's rules), at most
+/// `rules.timeout`. `Err(None)` when cancelled.
+#[tracing::instrument(skip_all, fields(file = %path.display()))]
+pub async fn wait(
+    path: &Path,
+    rules: Rules,
+    writes: &WriteTracker,
+    cancel: &CancellationToken,
+) -> Result<Settled, Option<Unsettled>> {
+    let started = Instant::now();
+    let sample = (rules.quiet / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut last: Option<FileState> = None;
+    let mut since = started;
+    let mut logged = false;
+    loop {
+        let Some(state) = file_state(path) else {
+            return Ok(Settled::Missing);
+        };
+        if last.as_ref() != Some(&state) {
+            since = Instant::now();
+        }
+        // Unchanged for as long as we have watched it, or as its change time
+        // says (whichever is longer: a clock ahead of ours only delays).
+        let by_clock = state
+            .last_change()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        let quiet_for = since.elapsed().max(by_clock);
+        let why = rules
+            .unsettled(quiet_for, ends_with_line_break(path, state.len))
+            .or_else(|| {
+                writes.writing_since().map(|t| {
+                    format!(
+                        "it was modified {:.1}s ago and has not been closed since (inotify)",
+                        t.elapsed().as_secs_f64()
+                    )
+                })
+            })
+            .or_else(|| open_for_writing(path, &state));
+        let Some(why) = why else {
+            if logged {
+                tracing::info!(
+                    waited_s = started.elapsed().as_secs_f64(),
+                    "the CSV file has settled"
+                );
+            }
+            return Ok(Settled::File(state));
+        };
+        let waited = started.elapsed();
+        if waited >= rules.timeout {
+            return Err(Some(Unsettled { why, waited }));
+        }
+        if !logged {
+            tracing::info!(reason = %why, timeout_s = rules.timeout.as_secs_f64(), "the CSV file is still being written; waiting");
+            logged = true;
+        }
+        last = Some(state);
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(None),
+            _ = tokio::time::sleep(sample) => {}
+        }
+    }
+}
+
+/// A process (visible in our `/proc`) holding the file open for writing.
+#[cfg(target_os = "linux")]
+fn open_for_writing(path: &Path, state: &FileState) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let name = path.file_name()?;
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Other users' processes are not readable: skipped.
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let same_name = std::fs::read_link(fd.path())
+                .map(|target| target.file_name() == Some(name))
+                .unwrap_or(false);
+            let same_file = same_name
+                && std::fs::metadata(fd.path())
+                    .map(|m| (m.dev(), m.ino()) == (state.dev, state.inode))
+                    .unwrap_or(false);
+            if !same_file {
+                continue;
+            }
+            let fdinfo = proc_entry.path().join("fdinfo").join(fd.file_name());
+            if writable(&std::fs::read_to_string(fdinfo).unwrap_or_default()) {
+                let comm = std::fs::read_to_string(proc_entry.path().join("comm"))
+                    .unwrap_or_default();
+                return Some(format!(
+                    "process {pid} ({}) holds it open for writing",
+                    comm.trim()
+                ));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_for_writing(_path: &Path, _state: &FileState) -> Option<String> {
+    None
+}
+
+/// Whether an fdinfo's `flags:` (octal) open the file for writing.
+fn writable(fdinfo: &str) -> bool {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|flags| flags & 0o3 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{DataChange, Flag, MetadataKind, RenameMode};
+    use std::io::Write;
+
+    fn event(kind: EventKind) -> Event {
+        Event::new(kind).add_path("/t/followers.csv".into())
+    }
+
+    #[test]
+    fn a_modified_file_is_being_written_until_closed_renamed_or_removed() {
+        let t = WriteTracker::default();
+        t.observe(&event(EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::Any,
+        ))));
+        assert!(t.writing_since().is_none(), "a touch is no write");
+        for end in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(notify::event::RemoveKind::File),
+            EventKind::Other,
+        ] {
+            t.observe(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+            let since = t.writing_since().expect("writing");
+            t.observe(&event(EventKind::Access(AccessKind::Read)));
+            t.observe(&event(EventKind::Access(AccessKind::Close(AccessMode::Read))));
+            t.observe(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+            assert_eq!(t.writing_since(), Some(since), "reads change nothing");
+            let mut ending = event(end);
+            if end == EventKind::Other {
+                ending = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+            }
+            t.observe(&ending);
+            assert!(t.writing_since().is_none(), "{end:?} ends the write");
+        }
+    }
+
+    #[test]
+    fn an_unfinished_last_line_waits_longer() {
+        let rules = Rules::from_debounce(Duration::from_secs(2));
+        assert_eq!(rules.timeout, Duration::from_secs(20));
+        let s = Duration::from_secs;
+        assert!(rules.unsettled(s(1), true).unwrap().contains("WATCH_DEBOUNCE"));
+        assert!(rules.unsettled(s(2), true).is_none());
+        assert!(rules.unsettled(s(2), false).unwrap().contains("no line break"));
+        assert!(rules.unsettled(s(8), false).is_none());
+        assert_eq!(
+            Rules::from_debounce(Duration::ZERO).timeout,
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn fdinfo_flags_tell_writers() {
+        assert!(!writable("pos:\t0\nflags:\t0100000\nmnt_id:\t1\n"));
+        assert!(writable("pos:\t0\nflags:\t0100001\n"));
+        assert!(writable("pos:\t0\nflags:\t02100002\n"));
+        assert!(!writable("garbage"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_process_holding_the_file_open_for_writing_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("followers.csv");
+        std::fs::write(&path, "email\n").unwrap();
+        let state = file_state(&path).unwrap();
+        let reader = std::fs::File::open(&path).unwrap();
+        assert_eq!(open_for_writing(&path, &state), None);
+        let mut writer = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        writer.write_all(b"a@b.c\n").unwrap();
+        let found = open_for_writing(&path, &state).expect("our own writer");
+        assert!(found.contains(&std::process::id().to_string()), "{found}");
+        drop(writer);
+        assert_eq!(open_for_writing(&path, &state), None);
+        drop(reader);
+    }
+
+    #[tokio::test]
+    async fn a_file_written_long_ago_settles_at_once_and_a_fresh_one_after_the_quiet_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("followers.csv");
+        std::fs::write(&path, "email\na@b.c").unwrap();
+        let rules = Rules::from_debounce(Duration::from_millis(100));
+        let (writes, cancel) = (WriteTracker::default(), CancellationToken::new());
+        let started = Instant::now();
+        assert!(matches!(
+            wait(&path, rules, &writes, &cancel).await,
+            Ok(Settled::File(_))
+        ));
+        // The unfinished last line needed 4 × 100 ms of quiet.
+        assert!(started.elapsed() >= rules.unterminated - Duration::from_millis(20));
+        assert!(matches!(
+            wait(&dir.path().join("none.csv"), rules, &writes, &cancel).await,
+            Ok(Settled::Missing)
+        ));
+        writes.observe(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+        let refused = wait(&path, rules, &writes, &cancel).await.err().flatten();
+        let refused = refused.expect("refused after the timeout");
+        assert!(refused.why.contains("inotify"), "{}", refused.why);
+        assert!(refused.waited >= rules.timeout);
+    }
+}
