@@ -299,15 +299,30 @@ async fn locked_run(
                 },
                 None => SyncError::Cancelled,
             };
-            record_unlocked(db, load_id, request.trigger, &file, e.outcome(), &error_chain(&e))
-                .await?;
+            record_unlocked(
+                db,
+                load_id,
+                request.trigger,
+                &file,
+                e.outcome(),
+                &error_chain(&e),
+            )
+            .await?;
             return Err(e);
         }
     };
     let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
-        record_unlocked(db, load_id, request.trigger, &file, Outcome::Skipped, reason).await?;
+        record_unlocked(
+            db,
+            load_id,
+            request.trigger,
+            &file,
+            Outcome::Skipped,
+            reason,
+        )
+        .await?;
         return Ok((Outcome::Skipped, Some(reason.into())));
     };
     let result = async {

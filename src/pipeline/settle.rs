@@ -270,8 +270,8 @@ fn open_for_writing(path: &Path, state: &FileState) -> Option<String> {
             }
             let fdinfo = proc_entry.path().join("fdinfo").join(fd.file_name());
             if writable(&std::fs::read_to_string(fdinfo).unwrap_or_default()) {
-                let comm = std::fs::read_to_string(proc_entry.path().join("comm"))
-                    .unwrap_or_default();
+                let comm =
+                    std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
                 return Some(format!(
                     "process {pid} ({}) holds it open for writing",
                     comm.trim()
@@ -322,7 +322,9 @@ mod tests {
             t.observe(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
             let since = t.writing_since().expect("writing");
             t.observe(&event(EventKind::Access(AccessKind::Read)));
-            t.observe(&event(EventKind::Access(AccessKind::Close(AccessMode::Read))));
+            t.observe(&event(EventKind::Access(AccessKind::Close(
+                AccessMode::Read,
+            ))));
             t.observe(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
             assert_eq!(t.writing_since(), Some(since), "reads change nothing");
             let mut ending = event(end);
@@ -339,9 +341,15 @@ mod tests {
         let rules = Rules::from_debounce(Duration::from_secs(2));
         assert_eq!(rules.timeout, Duration::from_secs(20));
         let s = Duration::from_secs;
-        assert!(rules.unsettled(s(1), true).unwrap().contains("WATCH_DEBOUNCE"));
+        assert!(rules
+            .unsettled(s(1), true)
+            .unwrap()
+            .contains("WATCH_DEBOUNCE"));
         assert!(rules.unsettled(s(2), true).is_none());
-        assert!(rules.unsettled(s(2), false).unwrap().contains("no line break"));
+        assert!(rules
+            .unsettled(s(2), false)
+            .unwrap()
+            .contains("no line break"));
         assert!(rules.unsettled(s(8), false).is_none());
         assert_eq!(
             Rules::from_debounce(Duration::ZERO).timeout,
@@ -366,7 +374,10 @@ mod tests {
         let state = file_state(&path).unwrap();
         let reader = std::fs::File::open(&path).unwrap();
         assert_eq!(open_for_writing(&path, &state), None);
-        let mut writer = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         writer.write_all(b"a@b.c\n").unwrap();
         let found = open_for_writing(&path, &state).expect("our own writer");
         assert!(found.contains(&std::process::id().to_string()), "{found}");

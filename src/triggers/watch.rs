@@ -252,8 +252,10 @@ mod tests {
         // Many debounce periods: no run while the write is open.
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(runs.try_recv().is_err(), "a run during an open write");
-        tx.send(named(EventKind::Access(AccessKind::Close(AccessMode::Write))))
-            .unwrap();
+        tx.send(named(EventKind::Access(AccessKind::Close(
+            AccessMode::Write,
+        ))))
+        .unwrap();
         let run = tokio::time::timeout(Duration::from_secs(10), runs.recv()).await;
         assert_eq!(run.ok().flatten(), Some(Trigger::Watch));
         stop.cancel();

@@ -5,4 +5,5 @@ mod commands;
 mod helpers;
 mod messages;
 mod serve;
+mod stability;
 mod sync;

@@ -11,7 +11,7 @@ const ABC: &[(&str, &str)] = &[
     ("cy@example.com", "Cy"),
 ];
 
-async fn wait_for_followers(env: &TestEnv, agent: &Agent, expected: &[Follower]) {
+pub(crate) async fn wait_for_followers(env: &TestEnv, agent: &Agent, expected: &[Follower]) {
     let what = format!("followers == {expected:?}");
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -31,7 +31,7 @@ async fn wait_for_followers(env: &TestEnv, agent: &Agent, expected: &[Follower])
 }
 
 /// Waits until the agent has applied migrations (the run history exists).
-async fn wait_ready(env: &TestEnv) {
+pub(crate) async fn wait_ready(env: &TestEnv) {
     eventually(30, "migrations applied", || async {
         (env.scalar(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'sync_runs'",
@@ -343,7 +343,7 @@ async fn sigterm_during_a_long_run_cancels_it_leaving_followers_whole_and_stagin
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -351,7 +351,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(
