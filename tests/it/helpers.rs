@@ -154,6 +154,17 @@ impl TestEnv {
         run
     }
 
+    /// Syncs and asserts it was refused (exit 1).
+    pub fn refused(&self, args: &[&str]) -> Run {
+        let run = self.sync_with(args, &[]);
+        assert_eq!(
+            (run.code, run.outcome().as_str()),
+            (1, "refused"),
+            "{run:?}"
+        );
+        run
+    }
+
     pub async fn followers(&self) -> Vec<Follower> {
         sqlx::query("SELECT email, full_name FROM followers ORDER BY email")
             .fetch_all(&self.pool)
