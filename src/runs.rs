@@ -8,7 +8,7 @@ use entity::{sync_runs, table_status};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, Unchanged,
+    QuerySelect, Set,
 };
 use serde::Serialize;
 use std::fmt;
@@ -149,7 +149,9 @@ pub async fn start(
     Ok(())
 }
 
-/// Finishes a run record with its outcome, counts and reason.
+/// Finishes a run record with its outcome, counts and reason. Only a `running`
+/// record changes: a run the merge recorded `synced` stays so, even if a
+/// compensation runs after a COMMIT whose answer was lost.
 pub async fn finish(
     db: &impl ConnectionTrait,
     load_id: LoadId,
@@ -159,7 +161,6 @@ pub async fn finish(
     hash: Option<&ContentHash>,
 ) -> Result<(), DbErr> {
     let mut record = sync_runs::ActiveModel {
-        load_id: Unchanged(load_id.uuid()),
         finished_at: Set(Some(now())),
         outcome: Set(outcome.as_str().into()),
         rows_read: Set(i(counts.rows_read)),
@@ -175,7 +176,12 @@ pub async fn finish(
     if let Some(hash) = hash {
         record.content_hash = Set(Some(hash.to_string()));
     }
-    record.update(db).await?;
+    sync_runs::Entity::update_many()
+        .set(record)
+        .filter(sync_runs::Column::LoadId.eq(load_id.uuid()))
+        .filter(sync_runs::Column::Outcome.eq("running"))
+        .exec(db)
+        .await?;
     Ok(())
 }
 

@@ -71,6 +71,12 @@ pub enum MergeError {
     },
     #[error("the run lost its lock or its staged rows ({0}); rolled back")]
     Lost(String),
+    #[error("the connection was lost during COMMIT and whether it committed could not be checked ({check}); the run's record in sync_runs tells (synced or not)")]
+    CommitUnknown {
+        #[source]
+        source: DbErr,
+        check: String,
+    },
 }
 
 /// What the merge needs to know about the load.
@@ -189,6 +195,7 @@ pub async fn merge(
     let protected: Value = load.protected.clone().into();
     let txn = db.begin().await.map_err(at(Step::Begin))?;
     verify(&txn, load).await?;
+    let session = session(&txn).await.map_err(at(Step::Begin))?;
     let current = count(&txn, "SELECT count(*) FROM public.followers", vec![])
         .await
         .map_err(at(Step::Begin))?;
@@ -242,8 +249,93 @@ pub async fn merge(
             load.distinct
         )));
     }
-    txn.commit().await.map_err(at(Step::Commit))?;
+    if let Err(source) = txn.commit().await {
+        return match committed(db, load.load_id, &session).await {
+            Ok(true) => {
+                tracing::warn!(error = %source, "the connection was lost during COMMIT, but the commit happened");
+                Ok(counts)
+            }
+            Ok(false) => Err(at(Step::Commit)(source)),
+            Err(check) => Err(MergeError::CommitUnknown {
+                source,
+                check: check.to_string(),
+            }),
+        };
+    }
     Ok(counts)
+}
+
+/// The merge transaction's server session: backend pid and start time.
+struct Session {
+    pid: i32,
+    started: String,
+}
+
+async fn session(txn: &impl ConnectionTrait) -> Result<Session, DbErr> {
+    let row = txn
+        .query_one(stmt(
+            "SELECT pg_backend_pid(), backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            vec![],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("own session in pg_stat_activity".into()))?;
+    Ok(Session {
+        pid: row.try_get_by_index(0)?,
+        started: row.try_get_by_index(1)?,
+    })
+}
+
+/// How long a lost COMMIT is investigated before its outcome is called unknown.
+const COMMIT_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the transaction whose COMMIT lost its connection committed. On
+/// another connection: ends the old session if it is still there (a COMMIT
+/// that never arrived then rolls back; one being executed completes first),
+/// waits until it is gone, then reads the run's record, which the transaction
+/// itself set to `synced`. Retries while the database is unreachable.
+async fn committed(
+    db: &DatabaseConnection,
+    load_id: LoadId,
+    session: &Session,
+) -> Result<bool, DbErr> {
+    let deadline = tokio::time::Instant::now() + COMMIT_CHECK;
+    let alive = vec![session.pid.into(), session.started.clone().into()];
+    loop {
+        let check = async {
+            // In the select list, so only that one session is signalled.
+            let still = db
+                .query_all(stmt(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE pid = $1 AND backend_start::text = $2",
+                    alive.clone(),
+                ))
+                .await?
+                .len();
+            if still > 0 {
+                return Ok(None);
+            }
+            let synced = count(
+                db,
+                "SELECT count(*) FROM etl_info_schema.sync_runs WHERE load_id = $1 AND outcome = $2",
+                vec![load_id.uuid().into(), Outcome::Synced.as_str().into()],
+            )
+            .await?;
+            Ok(Some(synced == 1))
+        };
+        match check.await {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => {}
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "checking whether the COMMIT happened; retrying"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DbErr::Custom(format!(
+                "the merge's session (pid {}) did not end within {COMMIT_CHECK:?}",
+                session.pid
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// What `merge` would do, computed with reads only; the second value tells that

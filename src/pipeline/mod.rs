@@ -177,6 +177,7 @@ impl SyncError {
             Self::Merge(MergeError::Step { step, .. }) => step.name(),
             Self::Merge(MergeError::MassDelete { .. }) => "guard",
             Self::Merge(MergeError::Lost(_)) => "verify",
+            Self::Merge(MergeError::CommitUnknown { .. }) => "commit",
             Self::Db(_) | Self::Bookkeeping(_) => "database",
             Self::Cancelled => "cancel",
         }

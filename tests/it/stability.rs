@@ -187,3 +187,154 @@ async fn copied_and_renamed_files_still_sync_promptly() {
     env.synced(&["--allow-mass-delete"]);
     assert_eq!(env.followers().await, pairs(ABC));
 }
+
+/// A TCP proxy to the test PostgreSQL that cuts the connection of the first
+/// merge transaction at its COMMIT: the client gets no answer, and the server
+/// gets the COMMIT (`deliver`) or not. Other connections pass unchanged.
+struct CommitCutter {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitCutter {
+    async fn start(deliver: bool) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = url::Url::parse(&server_url()).unwrap();
+        let upstream = format!(
+            "{}:{}",
+            upstream.host_str().unwrap(),
+            upstream.port().unwrap_or(5432)
+        );
+        let cut = Arc::new(AtomicBool::new(false));
+        let done = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (mut cr, cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let cw = Arc::new(tokio::sync::Mutex::new(Some(cw)));
+                let to_client = cw.clone();
+                // Server → client, until the cut; then the server's answers are dropped.
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if let Some(cw) = to_client.lock().await.as_mut() {
+                            let _ = cw.write_all(&buf[..n]).await;
+                        }
+                    }
+                });
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut merging = false;
+                    let mut seen: Vec<u8> = Vec::new();
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        let chunk = &buf[..n];
+                        seen.extend_from_slice(chunk);
+                        merging |= find(&seen, b"INSERT INTO public.followers").is_some();
+                        if seen.len() > 1 << 20 {
+                            seen.drain(..seen.len() - 64);
+                        }
+                        let commit = b"Q\0\0\0\x0bCOMMIT\0";
+                        match find(chunk, commit) {
+                            Some(at) if merging && !done.swap(true, Ordering::SeqCst) => {
+                                // The client hears nothing more...
+                                drop(cw.lock().await.take());
+                                let upto = if deliver { at + commit.len() } else { at };
+                                let _ = sw.write_all(&chunk[..upto]).await;
+                                // ...and the server sees the end of its input.
+                                let _ = sw.shutdown().await;
+                                return;
+                            }
+                            _ => {
+                                if sw.write_all(chunk).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                });
+            }
+        });
+        Self { port, cut }
+    }
+
+    /// The test database's URL through the proxy.
+    fn url(&self, env: &TestEnv) -> String {
+        let mut url = url::Url::parse(&env.url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.set_query(Some("sslmode=disable"));
+        url.to_string()
+    }
+
+    fn has_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+const NEXT: &[(&str, &str)] = &[
+    ("ann@example.com", "Ann"),
+    ("bob@example.com", "Robert"),
+    ("cy@example.com", "Cy"),
+    ("dee@example.com", "Dee"),
+];
+
+#[tokio::test]
+async fn a_commit_that_happened_while_its_connection_was_lost_is_synced() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    env.synced(&[]);
+    env.write_csv(csv(NEXT));
+    let proxy = CommitCutter::start(true).await;
+    let url = proxy.url(&env);
+    let run = tokio::task::spawn_blocking({
+        let mut cmd = env.command();
+        cmd.args(["sync", "--json"]).env("DATABASE_URL", url);
+        move || Run::from(cmd.output().unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(proxy.has_cut(), "the COMMIT was not cut: {run:?}");
+    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    assert_eq!((run.n("inserted"), run.n("updated")), (1, 1));
+    assert!(run.stderr.contains("lost during COMMIT"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(NEXT));
+    assert_eq!(env.last_run().await.0, "synced");
+    assert_eq!(env.staging_rows().await, 0);
+}
+
+#[tokio::test]
+async fn a_commit_that_never_arrived_is_failed_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    env.synced(&[]);
+    env.write_csv(csv(NEXT));
+    let proxy = CommitCutter::start(false).await;
+    let url = proxy.url(&env);
+    let run = tokio::task::spawn_blocking({
+        let mut cmd = env.command();
+        cmd.args(["sync", "--json"]).env("DATABASE_URL", url);
+        move || Run::from(cmd.output().unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(proxy.has_cut(), "the COMMIT was not cut: {run:?}");
+    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    assert!(run.stderr.contains("merge step commit failed"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(ABC));
+    let (outcome, _, error) = env.last_run().await;
+    assert_eq!(outcome, "failed", "{error:?}");
+    assert_eq!(env.staging_rows().await, 0);
+    env.synced(&[]);
+    assert_eq!(env.followers().await, pairs(NEXT));
+}
