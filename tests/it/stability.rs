@@ -289,22 +289,28 @@ const NEXT: &[(&str, &str)] = &[
     ("dee@example.com", "Dee"),
 ];
 
-#[tokio::test]
-async fn a_commit_that_happened_while_its_connection_was_lost_is_synced() {
+/// Syncs ABC, then NEXT through a `CommitCutter`; the cut must have happened.
+async fn sync_with_a_cut_commit(deliver: bool) -> (TestEnv, Run) {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     env.write_csv(csv(NEXT));
-    let proxy = CommitCutter::start(true).await;
-    let url = proxy.url(&env);
+    let proxy = CommitCutter::start(deliver).await;
     let run = tokio::task::spawn_blocking({
         let mut cmd = env.command();
-        cmd.args(["sync", "--json"]).env("DATABASE_URL", url);
+        cmd.args(["sync", "--json"])
+            .env("DATABASE_URL", proxy.url(&env));
         move || Run::from(cmd.output().unwrap())
     })
     .await
     .unwrap();
     assert!(proxy.has_cut(), "the COMMIT was not cut: {run:?}");
+    (env, run)
+}
+
+#[tokio::test]
+async fn a_commit_that_happened_while_its_connection_was_lost_is_synced() {
+    let (env, run) = sync_with_a_cut_commit(true).await;
     assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
     assert_eq!((run.n("inserted"), run.n("updated")), (1, 1));
     assert!(run.stderr.contains("lost during COMMIT"), "{run:?}");
@@ -315,20 +321,7 @@ async fn a_commit_that_happened_while_its_connection_was_lost_is_synced() {
 
 #[tokio::test]
 async fn a_commit_that_never_arrived_is_failed_and_changes_nothing() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(ABC));
-    env.synced(&[]);
-    env.write_csv(csv(NEXT));
-    let proxy = CommitCutter::start(false).await;
-    let url = proxy.url(&env);
-    let run = tokio::task::spawn_blocking({
-        let mut cmd = env.command();
-        cmd.args(["sync", "--json"]).env("DATABASE_URL", url);
-        move || Run::from(cmd.output().unwrap())
-    })
-    .await
-    .unwrap();
-    assert!(proxy.has_cut(), "the COMMIT was not cut: {run:?}");
+    let (env, run) = sync_with_a_cut_commit(false).await;
     assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
     assert!(run.stderr.contains("merge step commit failed"), "{run:?}");
     assert_eq!(env.followers().await, pairs(ABC));
