@@ -103,7 +103,11 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fatal(&format!("cannot listen on HTTP_ADDR={addr}"), &e),
         };
-        let (db, stop) = (db.clone(), stop.clone());
+        let db = match db::http_pool(&settings) {
+            Ok(db) => db,
+            Err(e) => return fatal("database", &e),
+        };
+        let stop = stop.clone();
         tasks.spawn(async move {
             if let Err(e) = crate::http::serve(listener, db, metrics, stop).await {
                 tracing::error!(error = %e, "HTTP endpoints stopped");

@@ -55,6 +55,25 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError>
         })
 }
 
+/// How long the HTTP endpoints wait for the database.
+pub const HTTP_DB_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The HTTP endpoints' own pool (two connections at most, connected on first
+/// use): `/readyz` and `/metrics` answer while a run holds every connection of
+/// the main pool.
+pub fn http_pool(settings: &Settings) -> Result<DatabaseConnection, DbError> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(0)
+        .acquire_timeout(HTTP_DB_TIMEOUT)
+        .connect_lazy(settings.database_url.expose())
+        .map(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool)
+        .map_err(|source| DbError::LockConnect {
+            url: settings.database_url.to_string(),
+            source,
+        })
+}
+
 /// A session-level advisory lock held on its own connection (outside the pool, so a
 /// pool of one connection cannot deadlock on it). Dropping it, or the process dying,
 /// closes the connection and releases the lock.

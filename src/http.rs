@@ -54,7 +54,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `/readyz` answers within `HTTP_DB_TIMEOUT` (its own pool, see `db::http_pool`).
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    let timeout = crate::db::HTTP_DB_TIMEOUT;
+    tokio::time::timeout(timeout, ready(&state))
+        .await
+        .unwrap_or_else(|_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database did not answer within {timeout:?}\n"),
+            )
+        })
+}
+
+async fn ready(state: &AppState) -> (StatusCode, String) {
     if let Err(e) = state.db.ping().await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -74,15 +87,13 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     }
 }
 
+/// `/metrics` counts the followers within `HTTP_DB_TIMEOUT`, or keeps the last count.
 async fn metrics_text(State(state): State<AppState>) -> String {
-    if let Ok(Some(row)) = state
-        .db
-        .query_one(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            "SELECT count(*) FROM public.followers",
-        ))
-        .await
-    {
+    let count = state.db.query_one(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT count(*) FROM public.followers",
+    ));
+    if let Ok(Ok(Some(row))) = tokio::time::timeout(crate::db::HTTP_DB_TIMEOUT, count).await {
         if let Ok(n) = row.try_get_by_index::<i64>(0) {
             metrics::gauge!("followers_etl_followers").set(n as f64);
         }

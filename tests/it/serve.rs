@@ -352,8 +352,15 @@ pub(crate) fn free_port() -> u16 {
 }
 
 pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
+    http_get_within(port, path, Duration::from_secs(60))
+}
+
+/// GET `path`; `None` unless the whole answer arrives within `timeout`.
+pub(crate) fn http_get_within(port: u16, path: &str, timeout: Duration) -> Option<String> {
     use std::io::Read;
+    let deadline = std::time::Instant::now() + timeout;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -361,7 +368,7 @@ pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    Some(response)
+    (std::time::Instant::now() <= deadline).then_some(response)
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! "Files still being written").
 
 use crate::helpers::*;
-use crate::serve::wait_for_followers;
+use crate::serve::{free_port, http_get_within, wait_for_followers, wait_ready};
 use std::io::Write;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -330,4 +330,41 @@ async fn a_commit_that_never_arrived_is_failed_and_changes_nothing() {
     assert_eq!(env.staging_rows().await, 0);
     env.synced(&[]);
     assert_eq!(env.followers().await, pairs(NEXT));
+}
+
+#[tokio::test]
+async fn readyz_and_metrics_answer_within_a_second_while_a_run_holds_every_connection() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv_owned(&many(400_000)));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = env.spawn_agent(&[
+        ("HTTP_ADDR", &addr),
+        ("WATCH", "false"),
+        ("DB_MAX_CONNS", "2"),
+        ("WORKER_POOL_GOROUTINES", "2"),
+        ("BATCH_SIZE", "100"),
+        ("SHUTDOWN_TIMEOUT", "0s"),
+    ]);
+    wait_ready(&env).await;
+    env.wait_for_staging().await;
+    for _ in 0..3 {
+        for path in ["/readyz", "/metrics"] {
+            let answer = http_get_within(port, path, Duration::from_secs(1));
+            let answer = answer.unwrap_or_else(|| {
+                panic!(
+                    "{path} did not answer within 1 s; log:\n{}",
+                    agent.log_text()
+                )
+            });
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+    }
+    // The run was still staging (holding both connections) all along.
+    assert!(
+        env.staging_rows().await > 0,
+        "the run ended too soon to test anything"
+    );
+    assert_eq!(env.last_run().await.0, "running");
+    assert_eq!(agent.terminate().await, 0);
 }
