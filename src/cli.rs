@@ -43,6 +43,8 @@ pub enum Command {
     /// Run the agent: migrations, recovery, then cron, file watch and HTTP until SIGINT/SIGTERM (the default).
     Serve,
     /// Sync once now, then exit (0 synced/skipped/dry run, 1 refused/failed, 2 bad configuration).
+    ///
+    /// A file still being written is waited for (at most 10 × WATCH_DEBOUNCE), then refused.
     Sync(SyncArgs),
     /// Validate a CSV file without touching any database (0 valid, 1 invalid, 2 usage).
     Check {
