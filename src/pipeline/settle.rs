@@ -209,7 +209,7 @@ pub async fn wait(
             .or_else(|| {
                 writes.writing_since().map(|t| {
                     format!(
-                        "it was modified {:.1}s ago and has not been closed since (inotify)",
+                        "it has been open for writing for {:.1}s (inotify: written, not closed yet)",
                         t.elapsed().as_secs_f64()
                     )
                 })
