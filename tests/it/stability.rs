@@ -91,7 +91,13 @@ async fn a_file_written_in_place_with_pauses_is_never_committed_half_written() {
         None,
     );
     let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while !writer.is_finished() || env.followers().await != new {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the complete file was not synced; log:\n{}",
+            agent.log_text()
+        );
         let now = env.followers().await;
         assert!(
             now == old || now == new,
