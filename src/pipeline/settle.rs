@@ -244,7 +244,9 @@ pub async fn wait(
 #[cfg(target_os = "linux")]
 fn open_for_writing(path: &Path, state: &FileState) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let name = path.file_name()?;
+    // `/proc/*/fd` links name the file as the kernel knows it (symlinks resolved).
+    let real = std::fs::canonicalize(path).ok()?;
+    let name = real.file_name()?;
     for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = proc_entry
             .file_name()
@@ -381,6 +383,10 @@ mod tests {
         writer.write_all(b"a@b.c\n").unwrap();
         let found = open_for_writing(&path, &state).expect("our own writer");
         assert!(found.contains(&std::process::id().to_string()), "{found}");
+        // Also through a symlink to it.
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(open_for_writing(&link, &state).is_some());
         drop(writer);
         assert_eq!(open_for_writing(&path, &state), None);
         drop(reader);
