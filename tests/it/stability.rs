@@ -374,3 +374,29 @@ async fn readyz_and_metrics_answer_within_a_second_while_a_run_holds_every_conne
     assert_eq!(env.last_run().await.0, "running");
     assert_eq!(agent.terminate().await, 0);
 }
+
+#[tokio::test]
+async fn a_merge_whose_backend_is_killed_at_commit_is_failed_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    env.synced(&[]);
+    env.write_csv(csv(NEXT));
+    // At COMMIT (a deferred trigger), the merge's own backend is terminated.
+    env.exec(
+        "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT OR UPDATE ON etl_info_schema.table_status
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die();",
+    )
+    .await;
+    let run = env.sync();
+    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    assert!(run.stderr.contains("merge step commit failed"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(ABC));
+    assert_eq!(env.last_run().await.0, "failed");
+    assert_eq!(env.staging_rows().await, 0);
+    env.exec("DROP TRIGGER die_at_commit ON etl_info_schema.table_status")
+        .await;
+    env.synced(&[]);
+    assert_eq!(env.followers().await, pairs(NEXT));
+}
