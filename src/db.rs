@@ -25,6 +25,12 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot set up the HTTP endpoints' connection to {url}")]
+    HttpPool {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("advisory lock query failed")]
     Lock(#[source] sqlx::Error),
     #[error("applying migrations failed")]
@@ -68,7 +74,7 @@ pub fn http_pool(settings: &Settings) -> Result<DatabaseConnection, DbError> {
         .acquire_timeout(HTTP_DB_TIMEOUT)
         .connect_lazy(settings.database_url.expose())
         .map(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool)
-        .map_err(|source| DbError::LockConnect {
+        .map_err(|source| DbError::HttpPool {
             url: settings.database_url.to_string(),
             source,
         })
