@@ -1,4 +1,4 @@
-//! One sync, as SPEC §5 defines it: lock → recover → hash → read → validate →
+//! One sync, as README.md ("What a sync does") defines it: settle → lock → recover → hash → read → validate →
 //! stage → dedupe → merge/purge saga → record. `run_sync` is the table of contents;
 //! each stage lives in its own module with one input and one output type.
 //!
@@ -129,7 +129,7 @@ pub enum SyncError {
     },
     #[error("{path}: the file changed while it was being read; nothing applied (a later run syncs the new content)")]
     FileChanged { path: PathBuf },
-    #[error("{path}: the file is still being written ({why}); waited {:.1}s, nothing read (it is synced once it has settled)", .waited.as_secs_f64())]
+    #[error("{path}: the file is still being written ({why}); waited {:.1}s, nothing read (a later run syncs it once it has settled)", .waited.as_secs_f64())]
     StillWriting {
         path: PathBuf,
         why: String,
