@@ -1,5 +1,5 @@
-//! One sync, as README.md ("What a sync does") defines it: settle → lock → recover → hash → read → validate →
-//! stage → dedupe → merge/purge saga → record. `run_sync` is the table of contents;
+//! One sync, as README.md ("What a sync does") defines it: settle → lock →
+//! recover → hash → read → validate → stage → dedupe → merge/purge saga → record. `run_sync` is the table of contents;
 //! each stage lives in its own module with one input and one output type.
 //!
 //! Compensation: whatever fails after the run record was written, `compensate`
