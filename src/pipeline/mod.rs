@@ -1,6 +1,7 @@
 //! One sync, as README.md ("What a sync does") defines it: settle → lock →
-//! recover → hash → read → validate → stage → dedupe → merge/purge saga → record. `run_sync` is the table of contents;
-//! each stage lives in its own module with one input and one output type.
+//! recover → hash → read → validate → stage → dedupe → merge/purge saga → record.
+//! `run_sync` is the table of contents; each stage lives in its own module with
+//! one input and one output type.
 //!
 //! Compensation: whatever fails after the run record was written, `compensate`
 //! removes the load's staging rows and finishes the record as `failed` or
