@@ -1,10 +1,17 @@
 //! Read: file bytes → CSV records with their line numbers, streaming.
 //!
-//! Handles the UTF-8 BOM, LF and CRLF, RFC 4180 quoting (the `csv` crate), blank
-//! lines, and the header: with `CSV_HEADER=auto` the first row is a header when any
+//! Handles the UTF-8 BOM, LF, CRLF and bare-CR (old Mac) line endings, RFC 4180
+//! quoting (the `csv` crate), blank lines, and the header: with `CSV_HEADER=auto` the first row is a header when any
 //! of its fields, trimmed and case-insensitive, is `email`. Every byte read also
 //! feeds the content hash, so the hash recorded for a sync is the hash of exactly
 //! the bytes that were loaded.
+//!
+//! Line endings: the first line break of the file decides. A bare CR there makes
+//! CR the line terminator of the whole file; otherwise LF is, and a CR right before
+//! it is part of the terminator (CRLF). Any other CR (or, in a CR file, an LF) is
+//! not a line break: it stays in its field and `validate` rejects that row (a
+//! stray CR never splits a line). Line numbers count the file's terminator, so
+//! they are right for all three conventions.
 
 use crate::config::{CsvFormat, HeaderMode};
 use crate::domain::ContentHash;
@@ -103,31 +110,38 @@ struct HashingReader<R> {
     pending_start: u64,
     /// Line breaks before `pending_start`.
     lines: u64,
+    /// The file's line terminator (`\n`, or `\r` for an old Mac file).
+    eol: u8,
 }
 
 impl<R> HashingReader<R> {
-    fn new(inner: R, hasher: blake3::Hasher) -> Self {
+    fn new(inner: R, hasher: blake3::Hasher, eol: u8) -> Self {
         Self {
             inner,
             hasher,
             pending: Vec::new(),
             pending_start: 0,
             lines: 0,
+            eol,
         }
+    }
+
+    fn count_lines(&self, bytes: &[u8]) -> u64 {
+        bytes.iter().filter(|b| **b == self.eol).count() as u64
     }
 
     /// The 1-based line of the record whose span starts at byte `start` (the
     /// span may begin with the rest of the previous terminator and blank lines).
     fn line_of_record_at(&mut self, start: u64) -> u64 {
         let upto = (start.saturating_sub(self.pending_start) as usize).min(self.pending.len());
-        self.lines += self.pending[..upto].iter().filter(|b| **b == b'\n').count() as u64;
+        self.lines += self.count_lines(&self.pending[..upto]);
         self.pending.drain(..upto);
         self.pending_start += upto as u64;
         let leading = self
             .pending
             .iter()
             .take_while(|b| matches!(b, b'\r' | b'\n'))
-            .filter(|b| **b == b'\n')
+            .filter(|b| **b == self.eol)
             .count() as u64;
         1 + self.lines + leading
     }
@@ -142,10 +156,7 @@ impl<R: Read> Read for HashingReader<R> {
                 .iter()
                 .take_while(|b| matches!(b, b'\r' | b'\n'))
                 .count();
-            self.lines += self.pending[..blank]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count() as u64;
+            self.lines += self.count_lines(&self.pending[..blank]);
             self.pending.drain(..blank);
             self.pending_start += blank as u64;
         }
@@ -271,6 +282,48 @@ pub struct CsvRecords {
     reader: csv::Reader<HashingReader<BufReader<File>>>,
     columns: Option<Columns>,
     record: ByteRecord,
+    eol: u8,
+}
+
+/// The line terminator of a file starting with `head`: CR when its first line
+/// break is a bare CR, else LF (also for a file without any line break).
+fn line_terminator(head: &[u8]) -> u8 {
+    match head.iter().position(|b| matches!(b, b'\r' | b'\n')) {
+        Some(i) if head[i] == b'\r' && i + 1 < head.len() && head[i + 1] != b'\n' => b'\r',
+        Some(i) if head[i] == b'\r' && i + 1 == head.len() => b'\r',
+        _ => b'\n',
+    }
+}
+
+/// Hands fields over in one convention whatever the file's line ending: a line
+/// break inside a (quoted) field as `\n`, any other line-end character as `\r`.
+/// In an LF file the CR of a CRLF ending (left at the end of the last field, the
+/// terminator being LF) is dropped.
+fn normalise_line_ends(record: &mut ByteRecord, eol: u8) {
+    let needs = |f: &[u8]| f.iter().any(|b| matches!(b, b'\r' | b'\n'));
+    if !record.iter().any(needs) {
+        return;
+    }
+    let last = record.len().saturating_sub(1);
+    let fields: Vec<Vec<u8>> = record
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match eol {
+            b'\r' => f
+                .iter()
+                .map(|b| match b {
+                    b'\r' => b'\n',
+                    b'\n' => b'\r',
+                    b => *b,
+                })
+                .collect(),
+            _ if i == last => f.strip_suffix(b"\r").unwrap_or(f).to_vec(),
+            _ => f.to_vec(),
+        })
+        .collect();
+    let position = record.position().cloned();
+    *record = ByteRecord::from(fields);
+    record.set_position(position);
 }
 
 impl CsvRecords {
@@ -291,18 +344,22 @@ impl CsvRecords {
         Ok(Self::from_reader(path, format, inner))
     }
 
-    fn from_reader(path: &Path, format: &CsvFormat, inner: BufReader<File>) -> Self {
+    fn from_reader(path: &Path, format: &CsvFormat, mut inner: BufReader<File>) -> Self {
+        // The first buffer (nothing consumed: the hash still sees every byte).
+        let eol = inner.fill_buf().map_or(b'\n', line_terminator);
         let reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .delimiter(format.delimiter)
-            .from_reader(HashingReader::new(inner, settings_hasher(format)));
+            .terminator(csv::Terminator::Any(eol))
+            .from_reader(HashingReader::new(inner, settings_hasher(format), eol));
         Self {
             path: path.to_owned(),
             format: *format,
             reader,
             columns: None,
             record: ByteRecord::new(),
+            eol,
         }
     }
 
@@ -344,6 +401,7 @@ impl CsvRecords {
             }
             let start = self.record.position().map_or(0, |p| p.byte());
             let line = self.reader.get_mut().line_of_record_at(start);
+            normalise_line_ends(&mut self.record, self.eol);
             if is_blank(&self.record) {
                 continue;
             }
@@ -521,6 +579,45 @@ mod tests {
     fn line_numbers_count_quoted_line_breaks() {
         let (_, rows) = read_all(b"h,x\na,\"x\ny\"\nb,2\n", auto()).unwrap();
         assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn bare_cr_files_read_with_their_own_line_numbers() {
+        let input = b"email,full_name\ra@x.io,Ann\r\r \rb@x.io,\"B\r2\"\rc@x.io,C\r";
+        let (_, rows) = read_all(input, auto()).unwrap();
+        let lines: Vec<(u64, Vec<String>)> = vec![
+            (2, vec!["a@x.io".into(), "Ann".into()]),
+            // A line break inside quotes is handed over as '\n', as in an LF file.
+            (5, vec!["b@x.io".into(), "B\n2".into()]),
+            (7, vec!["c@x.io".into(), "C".into()]),
+        ];
+        assert_eq!(rows, lines);
+    }
+
+    #[test]
+    fn a_stray_cr_stays_in_its_field_and_never_splits_a_line() {
+        for input in [
+            &b"a@x.io,Ann\nb@x.io,Bo\rc@x.io,Cy\nd@x.io,Dee\n"[..],
+            &b"a@x.io,Ann\r\nb@x.io,Bo\rc@x.io,Cy\r\nd@x.io,Dee\r\n"[..],
+        ] {
+            let (_, rows) = read_all(input, auto()).unwrap();
+            let got: Vec<(u64, usize)> = rows.iter().map(|r| (r.0, r.1.len())).collect();
+            assert_eq!(got, vec![(1, 2), (2, 3), (3, 2)], "{input:?}");
+            assert_eq!(rows[1].1[1], "Bo\rc@x.io");
+        }
+        // In a CR file, an LF is the stray character (handed over as '\r').
+        let (_, rows) = read_all(b"a@x.io,Ann\rb@x.io,B\nx\rc@x.io,C\r", auto()).unwrap();
+        assert_eq!(rows[1], (2, vec!["b@x.io".into(), "B\rx".into()]));
+        assert_eq!(rows[2].0, 3);
+    }
+
+    #[test]
+    fn the_first_line_break_decides_the_terminator() {
+        assert_eq!(line_terminator(b"a,b\rc,d\r"), b'\r');
+        assert_eq!(line_terminator(b"a,b\r"), b'\r');
+        assert_eq!(line_terminator(b"a,b\r\nc\r"), b'\n');
+        assert_eq!(line_terminator(b"a,b\nc\rd"), b'\n');
+        assert_eq!(line_terminator(b"a,b"), b'\n');
     }
 
     #[test]

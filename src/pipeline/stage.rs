@@ -142,6 +142,18 @@ fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
+/// Keeps one row per email of the load: the one with the highest `line_no`. One
+/// sort of the load (a window over each email's copies), so 100k copies of one
+/// address cost what 100k different addresses cost (a self-join was quadratic in
+/// them; see bench/duplicates.sh). `ctid` breaks ties, so exactly one row per email
+/// survives whatever the line numbers are: the merge's check that staging holds
+/// one row per distinct email cannot fail on equal line numbers.
+const DROP_EARLIER_COPIES: &str = "DELETE FROM public.staging_followers s
+  USING (SELECT ctid AS tid,
+                row_number() OVER (PARTITION BY email ORDER BY line_no DESC, ctid DESC) AS rank
+           FROM public.staging_followers WHERE load_id = $1) copies
+  WHERE copies.rank > 1 AND s.ctid = copies.tid";
+
 /// Reports duplicates, then deletes every occurrence but the last, so the load
 /// holds one row per email.
 #[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
@@ -179,15 +191,9 @@ pub async fn resolve_duplicates(
                 row.try_get("", "lines").map_err(StageError::Dedupe)?,
             ));
         }
-        db.execute(stmt(
-            "DELETE FROM public.staging_followers s
-              USING public.staging_followers later
-              WHERE s.load_id = $1 AND later.load_id = $1
-                AND later.email = s.email AND later.line_no > s.line_no",
-            vec![id.into()],
-        ))
-        .await
-        .map_err(StageError::Dedupe)?;
+        db.execute(stmt(DROP_EARLIER_COPIES, vec![id.into()]))
+            .await
+            .map_err(StageError::Dedupe)?;
     }
     Ok(Duplicates {
         extra_rows: extra as u64,

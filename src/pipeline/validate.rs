@@ -25,6 +25,11 @@ pub enum RejectReason {
     LineBreak {
         field: usize,
     },
+    /// A carriage return that does not end a line (a stray CR, or a file mixing
+    /// line endings): a plain reject, never a split of the line.
+    CarriageReturn {
+        field: usize,
+    },
     Email(EmailError),
     FullName(FullNameError),
 }
@@ -42,6 +47,10 @@ impl fmt::Display for RejectReason {
                     "field {field} contains a line break (is a quote unbalanced?)"
                 )
             }
+            Self::CarriageReturn { field } => write!(
+                f,
+                "field {field} contains a carriage return that does not end the line (a stray CR, or mixed line endings)"
+            ),
             Self::Email(e) => e.fmt(f),
             Self::FullName(e) => e.fmt(f),
         }
@@ -76,15 +85,20 @@ pub fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
     };
     // First, in every column (also ignored ones): a quote left open swallows the
     // following lines into one field, whatever the field count turns out to be.
-    if let Some(i) = row
-        .record
-        .iter()
-        .position(|f| f.iter().any(|b| matches!(b, b'\n' | b'\r')))
-    {
+    // The reader hands over line breaks as '\n' and stray line-end characters as
+    // '\r', whatever the file's line ending (see read.rs).
+    let field_with = |byte: u8| row.record.iter().position(|f| f.contains(&byte));
+    if let Some(i) = field_with(b'\n') {
         return Err(reject(RejectReason::LineBreak { field: i + 1 }, None));
     }
     let email = text(row, columns.email, "email")
         .and_then(|e| Email::parse(e).map_err(RejectReason::Email));
+    if let Some(i) = field_with(b'\r') {
+        return Err(reject(
+            RejectReason::CarriageReturn { field: i + 1 },
+            email.ok(),
+        ));
+    }
     if row.record.len() != columns.width {
         let reason = RejectReason::FieldCount {
             expected: columns.width,
@@ -191,5 +205,18 @@ mod tests {
         assert_eq!(r.email.unwrap().as_str(), "a@x.io");
         let r = validate(&row(&[b"bad", b"Ann"]), &Columns::POSITIONAL).unwrap_err();
         assert_eq!(r.email, None);
+    }
+
+    #[test]
+    fn a_stray_carriage_return_is_a_plain_reject_that_still_protects() {
+        let r = validate(&row(&[b"A@x.io", b"Ann\rLee"]), &Columns::POSITIONAL).unwrap_err();
+        assert_eq!(r.reason, RejectReason::CarriageReturn { field: 2 });
+        assert!(r.to_string().contains("carriage return"), "{r}");
+        assert_eq!(r.email.unwrap().as_str(), "a@x.io");
+        // A line break is still the unbalanced-quote rule, even next to a CR.
+        assert_eq!(
+            reason(&[b"a@x.io", b"A\r\nB"]),
+            RejectReason::LineBreak { field: 2 }
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod helpers;
+mod line_endings;
 mod messages;
 mod serve;
 mod stability;

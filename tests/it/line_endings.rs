@@ -1,0 +1,77 @@
+//! Line endings: bare-CR (old Mac) files and stray carriage returns, read the same
+//! way by `check` and `sync` (README, "What a sync does", step 3).
+
+use crate::helpers::*;
+
+/// `check` and `sync` (MAX_REJECTS=0) on the test's CSV agree: `check` exits 1
+/// with `totals` on stdout, `sync` is refused, and both name every `needle`.
+fn both_find_invalid_rows(env: &TestEnv, totals: &str, needles: &[&str]) {
+    let path = env.tables().join("followers.csv");
+    let checked = env.run(&["check", path.to_str().unwrap()], &[]);
+    assert!(
+        checked.code == 1 && checked.stdout.contains(totals),
+        "{checked:?}"
+    );
+    let refused = env.sync();
+    assert_eq!(refused.outcome(), "refused", "{refused:?}");
+    for needle in needles {
+        assert!(checked.stderr.contains(needle), "{needle}: {checked:?}");
+        assert!(refused.stderr.contains(needle), "{needle}: {refused:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_bare_cr_file_syncs_like_its_lf_twin_with_true_line_numbers() {
+    let env = TestEnv::new().await;
+    // A duplicate too: equal line numbers for every row made the duplicate
+    // resolution keep both copies, and the merge then failed as "lost".
+    env.write_csv("email,full_name\ra@x.io,Ann\rb@x.io,Bob\r\rA@x.io,Ann Two\rbad,Bad\r");
+    both_find_invalid_rows(
+        &env,
+        "4 rows, 3 valid, 1 invalid, 1 duplicates",
+        &["line 6"],
+    );
+    let path = env.tables().join("followers.csv");
+    let checked = env.run(&["check", path.to_str().unwrap()], &[]);
+    assert!(checked.stderr.contains("[2, 5]"), "{checked:?}");
+    let run = env.sync_with(&[], &[("MAX_REJECTS", "1")]);
+    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    assert_eq!(
+        (
+            run.n("rows_read"),
+            run.n("inserted"),
+            run.n("duplicates"),
+            run.n("rejected")
+        ),
+        (4, 2, 1, 1)
+    );
+    assert_eq!(
+        env.followers().await,
+        pairs(&[("a@x.io", "Ann Two"), ("b@x.io", "Bob")])
+    );
+    assert_eq!(env.staging_rows().await, 0);
+}
+
+#[tokio::test]
+async fn a_stray_cr_rejects_its_row_in_check_and_sync_and_never_splits_it() {
+    let env = TestEnv::new().await;
+    for content in [
+        "email,full_name\na@x.io,Ann\nb@x.io,Bo\rc@x.io,Cy\nd@x.io,Dee\n",
+        "email,full_name\r\na@x.io,Ann\r\nb@x.io,Bo\rc@x.io,Cy\r\nd@x.io,Dee\r\n",
+    ] {
+        env.write_csv(content);
+        both_find_invalid_rows(
+            &env,
+            "3 rows, 2 valid, 1 invalid",
+            &["line 3", "carriage return"],
+        );
+        let run = env.sync_with(&["--force"], &[("MAX_REJECTS", "1")]);
+        assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+        assert_eq!((run.n("rows_read"), run.n("rejected")), (3, 1));
+        // c@x.io is inside line 3, not a row of its own.
+        assert_eq!(
+            env.followers().await,
+            pairs(&[("a@x.io", "Ann"), ("d@x.io", "Dee")])
+        );
+    }
+}
