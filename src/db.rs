@@ -35,6 +35,10 @@ pub enum DbError {
     Lock(#[source] sqlx::Error),
     #[error("applying migrations failed")]
     Migrate(#[source] DbErr),
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("cannot read the shape of public.followers")]
+    Shape(#[source] DbErr),
 }
 
 /// The pool every part of the agent shares; COPY goes through its sqlx pool.
@@ -149,9 +153,30 @@ impl AdvisoryLock {
 #[tracing::instrument(skip_all, err)]
 pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), DbError> {
     let lock = AdvisoryLock::migrate_lock(url).await?;
-    let result = Migrator::up(db, None).await.map_err(DbError::Migrate);
+    let result = Migrator::up(db, None).await.map_err(|e| match e {
+        // The takeover migration's own errors say what is wrong and how to fix it.
+        DbErr::Migration(message) => DbError::Incompatible(message),
+        e => DbError::Migrate(e),
+    });
     lock.release().await;
-    result
+    result?;
+    check_followers_shape(db).await
+}
+
+/// Whether `public.followers` can still be mirrored into (someone may have
+/// replaced or altered it since the migrations ran); checked at every start of
+/// `sync`, `serve` and `migrate`. See `migration::followers_shape`.
+pub async fn check_followers_shape(db: &DatabaseConnection) -> Result<(), DbError> {
+    let problems = migration::followers_shape::problems(db)
+        .await
+        .map_err(DbError::Shape)?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DbError::Incompatible(migration::followers_shape::message(
+            &problems,
+        )))
+    }
 }
 
 /// Whether every migration is applied (for `/readyz` and `sync`).

@@ -1,12 +1,16 @@
 //! Database migrations of followers-etl (sea-orm-migration), one per file.
 //! Callers apply them through `followers_etl::db::migrate`, which holds an advisory
-//! lock so that two agents starting at once cannot race.
+//! lock so that two agents starting at once cannot race. On PostgreSQL,
+//! sea-orm-migration applies all pending migrations in one transaction.
 
 pub use sea_orm_migration::prelude::*;
 
+pub mod email_rule;
+pub mod followers_shape;
 mod m20261124_000001_create_followers;
 mod m20261124_000002_create_staging_followers;
 mod m20261124_000003_create_etl_info_schema;
+mod m20261130_000004_canonical_follower_emails;
 
 pub struct Migrator;
 
@@ -17,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_followers::Migration),
             Box::new(m20261124_000002_create_staging_followers::Migration),
             Box::new(m20261124_000003_create_etl_info_schema::Migration),
+            Box::new(m20261130_000004_canonical_follower_emails::Migration),
         ]
     }
 }

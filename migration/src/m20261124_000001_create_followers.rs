@@ -1,4 +1,4 @@
-//! `public.followers`, the mirrored table (SPEC §4).
+//! `public.followers`, the mirrored table (README, "What a sync does").
 
 use sea_orm_migration::prelude::*;
 

@@ -8,3 +8,4 @@ mod messages;
 mod serve;
 mod stability;
 mod sync;
+mod takeover;
