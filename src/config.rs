@@ -43,6 +43,31 @@ pub const VARIABLES: &[&str] = &[
 ];
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The libpq variables (as `psql` reads them) that replace parts of the built-in
+/// default connection when neither `DATABASE_URL` nor `DSN` is set. The others
+/// libpq users set (`PGPASSWORD`, `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`,
+/// `PGSSLKEY`, `PGAPPNAME`, `PGOPTIONS`, `PGPASSFILE`) are read by the driver
+/// itself for whatever the connection string leaves out, whichever string it is.
+pub const LIBPQ_TARGET_VARIABLES: &[&str] =
+    &["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE"];
+
+/// Every libpq variable the agent or its driver reads (README, "Configuration").
+pub const LIBPQ_VARIABLES: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGAPPNAME",
+    "PGOPTIONS",
+];
 /// Rows per batch: the best median of `bench/load.sh` (README, "Performance").
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 pub const DEFAULT_WORKERS: usize = 16;
@@ -194,6 +219,11 @@ fn redact_url(mut url: url::Url) -> String {
 
 /// `host=h port=5432 user=u password='p w' dbname=d sslmode=disable` → URL.
 fn keyword_value_to_url(raw: &str) -> Option<String> {
+    pairs_to_url(&keyword_value_pairs(raw)?)
+}
+
+/// The pairs of a libpq keyword/value string, keys lower-cased.
+fn keyword_value_pairs(raw: &str) -> Option<BTreeMap<String, String>> {
     let mut pairs = BTreeMap::new();
     let mut chars = raw.trim().chars().peekable();
     loop {
@@ -229,18 +259,37 @@ fn keyword_value_to_url(raw: &str) -> Option<String> {
         }
         pairs.insert(key.to_ascii_lowercase(), value);
     }
-    if pairs.is_empty() {
-        return None;
-    }
-    let mut url = url::Url::parse("postgres://localhost").ok()?;
+    (!pairs.is_empty()).then_some(pairs)
+}
+
+/// libpq keywords → URL. A `host` that is a directory (`/var/run/postgresql`)
+/// means a Unix socket there; a URL cannot have a user without a host name, so
+/// then every keyword but `dbname` goes into the query (`postgres:///app?host=…`),
+/// which the driver reads the same way.
+fn pairs_to_url(pairs: &BTreeMap<String, String>) -> Option<String> {
+    let socket = pairs.get("host").is_some_and(|h| h.starts_with('/'));
+    let mut url = url::Url::parse(if socket {
+        "postgres:///"
+    } else {
+        "postgres://localhost"
+    })
+    .ok()?;
     let mut query = Vec::new();
-    for (key, value) in &pairs {
+    for (key, value) in pairs {
         match key.as_str() {
+            "dbname" => url.set_path(&format!("/{value}")),
+            "port" => {
+                let port: u16 = value.parse().ok()?;
+                if socket {
+                    query.push((key.clone(), port.to_string()));
+                } else {
+                    url.set_port(Some(port)).ok()?;
+                }
+            }
+            _ if socket => query.push((key.clone(), value.clone())),
             "host" => url.set_host(Some(value)).ok()?,
-            "port" => url.set_port(Some(value.parse().ok()?)).ok()?,
             "user" => url.set_username(value).ok()?,
             "password" => url.set_password(Some(value)).ok()?,
-            "dbname" => url.set_path(&format!("/{value}")),
             _ => query.push((key.clone(), value.clone())),
         }
     }
@@ -565,6 +614,42 @@ fn parse_delimiter(raw: &str) -> Result<u8, ConfigError> {
     }
 }
 
+/// The built-in default connection, with each part a libpq variable sets
+/// (`PGHOST`, else `PGHOSTADDR`; `PGPORT`; `PGUSER`; `PGDATABASE`) replacing it.
+fn default_database_url(raw: &Raw) -> Result<DatabaseUrl, ConfigError> {
+    const VARS: &str = "PGHOST/PGPORT/PGUSER/PGDATABASE";
+    if LIBPQ_TARGET_VARIABLES.iter().all(|v| raw.get(v).is_none()) {
+        return DatabaseUrl::parse("DATABASE_URL", DEFAULT_DATABASE_URL);
+    }
+    let host = raw
+        .get("PGHOST")
+        .or_else(|| raw.get("PGHOSTADDR"))
+        .unwrap_or("127.0.0.1");
+    if host.contains(',') {
+        return Err(invalid(
+            "PGHOST",
+            host,
+            "one host only (several hosts are not supported)",
+        ));
+    }
+    let port = raw.get("PGPORT").unwrap_or("5432");
+    if !port.trim().parse::<u16>().is_ok_and(|p| p > 0) {
+        return Err(invalid("PGPORT", port, "expected a port number, 1 … 65535"));
+    }
+    let pairs: BTreeMap<String, String> = [
+        ("host", host),
+        ("port", port.trim()),
+        ("user", raw.get("PGUSER").unwrap_or("postgres")),
+        ("dbname", raw.get("PGDATABASE").unwrap_or("postgres")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let url = pairs_to_url(&pairs)
+        .ok_or_else(|| invalid(VARS, host, "not a usable host, user or database name"))?;
+    DatabaseUrl::parse(VARS, &url)
+}
+
 impl Settings {
     /// Loads `.env`, then reads and validates every variable.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -617,7 +702,7 @@ impl Settings {
         }
         // The environment (with `.env` loaded into it) is read verbatim, so an
         // error shows the value exactly as the operator wrote it.
-        for var in VARIABLES {
+        for var in VARIABLES.iter().chain(LIBPQ_TARGET_VARIABLES) {
             if let Ok(value) = std::env::var(var) {
                 raw.insert(var.to_ascii_lowercase(), value);
             }
@@ -641,7 +726,7 @@ impl Settings {
     fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
         let database_url = match raw.aliased("DATABASE_URL", "DSN")? {
             Some((var, value)) => DatabaseUrl::parse(var, value)?,
-            None => DatabaseUrl::parse("DATABASE_URL", DEFAULT_DATABASE_URL)?,
+            None => default_database_url(raw)?,
         };
         let tables_dir = PathBuf::from(raw.get("TABLES_DIR").unwrap_or("./tables"));
         let csv_file = raw.get("CSV_FILE").map(PathBuf::from);
@@ -1006,6 +1091,56 @@ mod tests {
             e.contains("WORKER_POOL_SIZE") && e.contains("DB_MAX_CONNS"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_socket_directory_host_is_accepted_in_keyword_and_url_form() {
+        let url = DatabaseUrl::parse(
+            "DSN",
+            "host=/var/run/postgresql user=app password='p w' dbname=app port=5433",
+        )
+        .unwrap();
+        assert_eq!(
+            url.expose(),
+            "postgres:///app?host=%2Fvar%2Frun%2Fpostgresql&password=p+w&port=5433&user=app"
+        );
+        assert!(!url.to_string().contains("p+w"), "{url}");
+        let url =
+            DatabaseUrl::parse("DATABASE_URL", "postgres:///app?host=/var/run/postgresql").unwrap();
+        assert_eq!(url.expose(), "postgres:///app?host=/var/run/postgresql");
+    }
+
+    #[test]
+    fn libpq_variables_replace_the_built_in_default_only() {
+        let url = |pairs: &[(&str, &str)]| {
+            Settings::from_raw(&raw(pairs))
+                .unwrap()
+                .database_url
+                .expose()
+                .to_owned()
+        };
+        assert_eq!(
+            url(&[("PGHOST", "db"), ("PGPORT", "6543"), ("PGDATABASE", "f")]),
+            "postgres://postgres@db:6543/f"
+        );
+        assert_eq!(
+            url(&[("PGHOST", "/var/run/postgresql"), ("PGUSER", "app")]),
+            "postgres:///postgres?host=%2Fvar%2Frun%2Fpostgresql&port=5432&user=app"
+        );
+        assert_eq!(
+            url(&[("PGHOSTADDR", "10.0.0.5")]),
+            "postgres://postgres@10.0.0.5:5432/postgres"
+        );
+        // DATABASE_URL or DSN, when set, win whole.
+        assert_eq!(
+            url(&[("DSN", "postgres://u@x/y"), ("PGHOST", "db")]),
+            "postgres://u@x/y"
+        );
+        assert_eq!(url(&[("PGPASSWORD", "s3cret")]), DEFAULT_DATABASE_URL);
+        let e = err_of(&[("PGPORT", "54x")]);
+        assert!(e.contains("PGPORT") && e.contains("54x"), "{e}");
+        let e = err_of(&[("PGHOST", "a,b")]);
+        assert!(e.contains("PGHOST"), "{e}");
     }
 
     #[test]

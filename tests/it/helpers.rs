@@ -1,7 +1,7 @@
 //! Test helpers: `TestEnv::new()` creates a database and a tables directory for one
 //! test and drops both afterwards; `sync()` runs the real binary against them.
 
-use followers_etl::config::VARIABLES;
+use followers_etl::config::{LIBPQ_VARIABLES, VARIABLES};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::path::PathBuf;
@@ -112,7 +112,11 @@ impl TestEnv {
     /// The binary with a clean environment pointing at this test's database.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_followers-etl"));
-        for var in VARIABLES.iter().chain(&["CONFIG_FILE", "RUST_LOG"]) {
+        for var in VARIABLES
+            .iter()
+            .chain(LIBPQ_VARIABLES)
+            .chain(&["CONFIG_FILE", "RUST_LOG"])
+        {
             cmd.env_remove(var);
         }
         cmd.current_dir(self.dir.path())

@@ -2,6 +2,7 @@
 //! its own freshly created (and afterwards dropped) database.
 
 mod commands;
+mod connection;
 mod helpers;
 mod line_endings;
 mod messages;
