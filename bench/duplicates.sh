@@ -13,7 +13,8 @@
 #   COPIES              rows that carry the same address dup@example.com (default 100000);
 #                       the other ROWS-COPIES rows are distinct
 #   WORKERS             WORKER_POOL_GOROUTINES (default 4)
-#   TIMEOUT             seconds after which a run is stopped and reported as such (default 1800)
+#   TIMEOUT             seconds after which a run is stopped (killed 10 s later) and reported
+#                       as not finished (default 1800)
 #   BENCH_DATABASE_URL  admin connection (default postgres://postgres@127.0.0.1:5432/postgres);
 #                       each run gets a fresh database fetl_dup_<pid>_<n>, dropped afterwards
 #
@@ -42,7 +43,7 @@ fi
 WORK=$(mktemp -d)
 DBS=()
 cleanup() {
-    for db in "${DBS[@]}"; do psql "$BENCH_DATABASE_URL" -qAtc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true; done
+    for db in "${DBS[@]}"; do psql "$BENCH_DATABASE_URL" -qAtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -70,11 +71,13 @@ time_one() {
     log "$label: sync"
     start=$(date +%s.%N)
     set +e
-    out=$(env "${env[@]}" timeout "$TIMEOUT" "$bin" sync --json 2>/dev/null)
+    # A stop signal does not interrupt a statement in flight (the run waits for
+    # it, then compensates): -k kills the run 10 s after TIMEOUT.
+    out=$(env "${env[@]}" timeout -k 10 "$TIMEOUT" "$bin" sync --json 2>/dev/null)
     code=$?
     set -e
     end=$(date +%s.%N)
-    if [[ $code -eq 124 ]]; then
+    if [[ $code -eq 124 || $code -eq 137 ]]; then
         printf '%-8s %10s  %s\n' "$label" ">$TIMEOUT" "stopped after TIMEOUT (not finished)"
         return
     fi

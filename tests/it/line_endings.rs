@@ -75,3 +75,29 @@ async fn a_stray_cr_rejects_its_row_in_check_and_sync_and_never_splits_it() {
         );
     }
 }
+
+/// The root cause of the bare-CR failure, for any input: copies of an email with
+/// equal line numbers still resolve to exactly one row.
+#[tokio::test]
+async fn duplicates_with_equal_line_numbers_resolve_to_one_row_each() {
+    let env = TestEnv::new().await;
+    assert_eq!(env.run(&["migrate"], &[]).code, 0);
+    let load = followers_etl::domain::LoadId::new();
+    env.exec(&format!(
+        "INSERT INTO staging_followers VALUES
+           ('a@x.io', 'A1', '{id}', 1), ('a@x.io', 'A2', '{id}', 1), ('a@x.io', 'A3', '{id}', 1),
+           ('b@x.io', 'B', '{id}', 1)",
+        id = load.uuid()
+    ))
+    .await;
+    let db = sea_orm::Database::connect(&env.url).await.unwrap();
+    let duplicates = followers_etl::pipeline::stage::resolve_duplicates(&db, load, 10)
+        .await
+        .unwrap();
+    assert_eq!(duplicates.extra_rows, 2);
+    assert_eq!(
+        env.scalar("SELECT count(DISTINCT email) * 10 + count(*) FROM staging_followers")
+            .await,
+        22
+    );
+}
