@@ -152,6 +152,12 @@ impl AdvisoryLock {
 /// start together apply them once.
 #[tracing::instrument(skip_all, err)]
 pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), DbError> {
+    // The takeover migration canonicalises stored emails with the file rows' rule.
+    migration::email_rule::install(|raw| {
+        crate::domain::Email::parse(raw)
+            .map(|e| e.as_str().to_owned())
+            .map_err(|e| e.to_string())
+    });
     let lock = AdvisoryLock::migrate_lock(url).await?;
     let result = Migrator::up(db, None).await.map_err(|e| match e {
         // The takeover migration's own errors say what is wrong and how to fix it.

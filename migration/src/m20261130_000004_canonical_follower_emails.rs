@@ -4,8 +4,10 @@
 //!
 //! 1. the table must have the agent's shape (`followers_shape`), else an error
 //!    names every difference and the fix;
-//! 2. every stored email gets the rule file rows get (`email_rule`: trimmed,
-//!    lower-cased); one that is not a valid address after it (or NULL) stops the
+//! 2. every stored email gets the rule file rows get (`email_rule`: the agent's
+//!    `Email::parse` itself: trimmed, lower-cased, the domain in one IDNA form),
+//!    read through a cursor in batches and computed in Rust, the results sent back
+//!    as arrays; one that is not a valid address by that rule (or NULL) stops the
 //!    migration with the rows and the fix: nothing is guessed or dropped silently;
 //! 3. variants of one email (`Ann@X.io`, ` ann@x.io`) become one row: the one with
 //!    the latest `modified_at` (NULL counts as oldest), on a tie the one already
@@ -24,7 +26,6 @@
 //! together canonicalise once. On a database created by the agent this finds
 //! nothing to do.
 
-use crate::email_rule::{ascii_canonical_sql, canonical, invalid_reason_sql, is_ascii_sql};
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
@@ -33,6 +34,8 @@ pub struct Migration;
 
 /// Invalid stored emails shown in the error (all are counted).
 const SHOWN: usize = 20;
+/// Stored emails per round trip through the email rule.
+const BATCH: usize = 10_000;
 
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
@@ -48,51 +51,77 @@ impl MigrationTrait for Migration {
         let db = manager.get_connection();
         crate::followers_shape::check(db).await?;
 
-        // The canonical form of every stored email: set-based SQL for ASCII values
-        // (exact), Rust's rule for the others (few; no locale/ICU dependence).
-        let others: Vec<String> = db
-            .query_all(stmt(
-                &format!(
-                    "SELECT DISTINCT email FROM public.followers WHERE NOT {}",
-                    is_ascii_sql("email")
-                ),
-                vec![],
-            ))
-            .await?
-            .iter()
-            .map(|r| r.try_get("", "email"))
-            .collect::<Result<_, _>>()?;
-        let canonicals: Vec<String> = others.iter().map(|e| canonical(e)).collect();
+        // The canonical form (or why there is none) of every stored email that is
+        // not already canonical; the others map to themselves.
+        let rule = crate::email_rule::rule()?;
         exec(
             db,
-            "CREATE TEMP TABLE fetl_takeover_map (stored text, canonical text) ON COMMIT DROP",
+            "CREATE TEMP TABLE fetl_takeover_map (stored text, canonical text, reason text) ON COMMIT DROP",
             vec![],
         )
         .await?;
         exec(
             db,
-            "INSERT INTO fetl_takeover_map SELECT * FROM unnest($1::text[], $2::text[])",
-            vec![others.into(), canonicals.into()],
+            "DECLARE fetl_takeover_emails NO SCROLL CURSOR FOR
+             SELECT email::text AS email FROM public.followers WHERE email IS NOT NULL",
+            vec![],
         )
         .await?;
+        loop {
+            let rows = db
+                .query_all(stmt(
+                    &format!("FETCH {BATCH} FROM fetl_takeover_emails"),
+                    vec![],
+                ))
+                .await?;
+            let (mut stored, mut canonical, mut reason) = (Vec::new(), Vec::new(), Vec::new());
+            for row in &rows {
+                let email: String = row.try_get("", "email")?;
+                match rule(&email) {
+                    Ok(c) if c == email => continue,
+                    // Neither is ever empty: '' stands for "none" (arrays of
+                    // Option cannot be bound).
+                    Ok(c) => {
+                        canonical.push(c);
+                        reason.push(String::new());
+                    }
+                    Err(why) => {
+                        canonical.push(String::new());
+                        reason.push(why);
+                    }
+                }
+                stored.push(email);
+            }
+            if !stored.is_empty() {
+                exec(
+                    db,
+                    "INSERT INTO fetl_takeover_map
+                     SELECT s, NULLIF(c, ''), NULLIF(r, '')
+                       FROM unnest($1::text[], $2::text[], $3::text[]) AS x(s, c, r)",
+                    vec![stored.into(), canonical.into(), reason.into()],
+                )
+                .await?;
+            }
+            if rows.len() < BATCH {
+                break;
+            }
+        }
+        exec(db, "CLOSE fetl_takeover_emails", vec![]).await?;
         exec(
             db,
-            &format!(
-                "CREATE TEMP TABLE fetl_takeover ON COMMIT DROP AS
-                 SELECT c.*,
-                        row_number() OVER (PARTITION BY c.canonical
-                          ORDER BY c.modified_at DESC NULLS LAST,
-                                   (c.stored = c.canonical) DESC, c.stored COLLATE \"C\") AS rank,
-                        count(*) OVER (PARTITION BY c.canonical) AS copies,
-                        {reason} AS invalid
-                   FROM (SELECT f.email::text AS stored, f.full_name::text AS full_name,
-                                f.modified_at,
-                                COALESCE(m.canonical, {ascii}) AS canonical
-                           FROM public.followers f
-                           LEFT JOIN fetl_takeover_map m ON m.stored = f.email) c",
-                reason = invalid_reason_sql("c.canonical"),
-                ascii = ascii_canonical_sql("f.email"),
-            ),
+            "CREATE TEMP TABLE fetl_takeover ON COMMIT DROP AS
+             SELECT c.*,
+                    row_number() OVER (PARTITION BY c.canonical
+                      ORDER BY c.modified_at DESC NULLS LAST,
+                               (c.stored = c.canonical) DESC, c.stored COLLATE \"C\") AS rank,
+                    count(*) OVER (PARTITION BY c.canonical) AS copies
+               FROM (SELECT f.email::text AS stored, f.full_name::text AS full_name, f.modified_at,
+                            CASE WHEN m.stored IS NULL THEN f.email::text ELSE m.canonical END
+                              AS canonical,
+                            CASE WHEN f.email IS NULL THEN 'the email is NULL' ELSE m.reason END
+                              AS invalid
+                       FROM public.followers f
+                       LEFT JOIN fetl_takeover_map m ON m.stored = f.email) c",
             vec![],
         )
         .await?;
@@ -114,17 +143,16 @@ impl MigrationTrait for Migration {
                     let stored: Option<String> = r.try_get("", "stored")?;
                     let why: String = r.try_get("", "invalid")?;
                     Ok(match stored {
-                        Some(s) => format!("{s:?} ({why})"),
+                        Some(s) => format!("{s:?}: {why}"),
                         None => why,
                     })
                 })
                 .collect::<Result<_, DbErr>>()?;
             return Err(DbErr::Migration(format!(
-                "public.followers holds {total} email(s) that are not valid addresses once trimmed \
-                 and lower-cased as file rows are (exactly one '@' with text on both sides, no white \
-                 space or control character, at most 255 characters), so they cannot be taken over: \
-                 {}{}. Fix: correct or delete those rows (UPDATE/DELETE public.followers WHERE email \
-                 = '…'), then start again. Nothing was changed.",
+                "public.followers holds {total} email(s) that are not valid by the rules file rows \
+                 are checked with (README, \"What a sync does\", step 4), so they cannot be taken \
+                 over: {}{}. Fix: correct or delete those rows (UPDATE/DELETE public.followers \
+                 WHERE email = '…'), then start again. Nothing was changed.",
                 shown.join(", "),
                 if total as usize > SHOWN { ", …" } else { "" }
             )));
