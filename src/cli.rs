@@ -25,7 +25,7 @@ pub struct Cli {
     /// TOML file with settings (lower-case variable names, e.g. batch_size = 5000).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// PostgreSQL connection string; overrides DATABASE_URL and DSN.
+    /// PostgreSQL connection string (URL or libpq keywords); overrides DATABASE_URL, DSN and PGHOST/PGPORT/PGUSER/PGDATABASE.
     #[arg(long, global = true, value_name = "URL")]
     pub database_url: Option<String>,
     /// trace, debug, info, warn or error; overrides LOG_LEVEL.
@@ -74,7 +74,7 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_name = "N")]
         limit: u64,
     },
-    /// Apply pending migrations and exit.
+    /// Apply pending migrations (once, the takeover of the old service's followers table) and check the shape of followers, then exit (1 on failure).
     Migrate,
 }
 
