@@ -300,29 +300,38 @@ fn line_terminator(head: &[u8]) -> u8 {
 /// In an LF file the CR of a CRLF ending (left at the end of the last field, the
 /// terminator being LF) is dropped.
 fn normalise_line_ends(record: &mut ByteRecord, eol: u8) {
-    let needs = |f: &[u8]| f.iter().any(|b| matches!(b, b'\r' | b'\n'));
-    if !record.iter().any(needs) {
+    let Some(last) = record.len().checked_sub(1) else {
+        return;
+    };
+    if eol == b'\n' {
+        // The common CRLF case: one field rewritten, no other allocation.
+        if let Some(field) = record.get(last).and_then(|f| f.strip_suffix(b"\r")) {
+            let field = field.to_vec();
+            record.truncate(last);
+            record.push_field(&field);
+        }
         return;
     }
-    let last = record.len().saturating_sub(1);
-    let fields: Vec<Vec<u8>> = record
+    if !record
         .iter()
-        .enumerate()
-        .map(|(i, f)| match eol {
-            b'\r' => f
-                .iter()
+        .any(|f| f.iter().any(|b| matches!(b, b'\r' | b'\n')))
+    {
+        return;
+    }
+    let swapped: Vec<Vec<u8>> = record
+        .iter()
+        .map(|f| {
+            f.iter()
                 .map(|b| match b {
                     b'\r' => b'\n',
                     b'\n' => b'\r',
                     b => *b,
                 })
-                .collect(),
-            _ if i == last => f.strip_suffix(b"\r").unwrap_or(f).to_vec(),
-            _ => f.to_vec(),
+                .collect()
         })
         .collect();
     let position = record.position().cloned();
-    *record = ByteRecord::from(fields);
+    *record = ByteRecord::from(swapped);
     record.set_position(position);
 }
 
