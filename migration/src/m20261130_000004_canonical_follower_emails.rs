@@ -215,7 +215,7 @@ impl MigrationTrait for Migration {
                 merged,
                 merged_into = groups.len(),
                 null_modified_at = dated,
-                "followers takeover: stored emails canonicalised (trimmed, lower-cased) as file rows are"
+                "followers takeover: stored emails canonicalised as file rows are (trimmed, lower-cased, one domain form)"
             );
         }
         Ok(())
