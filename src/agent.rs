@@ -8,35 +8,67 @@ use crate::pipeline::settle::WriteTracker;
 use crate::pipeline::{error_chain, ProgressStyle, SyncContext};
 use crate::runner::Runner;
 use crate::runs::{self, Trigger};
+use crate::telemetry::report;
 use crate::triggers::{ticker, watch::FileWatch};
 use sea_orm::DatabaseConnection;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Level;
 
 fn fatal(context: &str, e: &dyn std::error::Error) -> ExitCode {
-    tracing::error!(error = %error_chain(e), "{context}");
-    eprintln!("followers-etl: {context}: {}", error_chain(e));
+    report(Level::ERROR, &format!("{context}: {}", error_chain(e)));
     ExitCode::from(1)
 }
 
-/// Cancels `stop` on SIGINT or SIGTERM.
-pub fn stop_on_signals(stop: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
+/// What SIGHUP means (README, "Triggers"): `serve` logs and ignores it (a closed
+/// SSH session, logrotate or `systemctl reload` must not stop the agent); `sync`
+/// stops on it as on SIGTERM, so a run whose terminal went away is compensated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hangup {
+    Ignore,
+    Stop,
+}
+
+/// Cancels `stop` on SIGINT or SIGTERM (and SIGHUP with `Hangup::Stop`). The
+/// handlers are installed before this returns, so no signal kills the process
+/// by its default action afterwards.
+pub fn stop_on_signals(stop: CancellationToken, hangup: Hangup) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (term, hup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(hup)) => (term, hup),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot install the signal handlers");
                 return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
             }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        };
+        let (mut term, mut hup) = (term, hup);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => {
+                        if hangup == Hangup::Stop {
+                            break;
+                        }
+                        tracing::info!("SIGHUP received: ignored (serve re-reads CSV_FILE at every run; restart it to apply changed settings)");
+                    }
+                }
+            }
+            tracing::info!("stop signal received: no new runs");
+            stop.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = (tokio::signal::ctrl_c().await, hangup);
         tracing::info!("stop signal received: no new runs");
         stop.cancel();
     });
@@ -68,7 +100,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     let file = match settings.resolve_csv_file(None) {
         Ok(file) => file,
         Err(e) => {
-            eprintln!("followers-etl: configuration error: {e}");
+            report(Level::ERROR, &format!("configuration error: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -77,7 +109,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         tracing::warn!(schedule = %settings.cron_expression, "{warning}");
     }
     let stop = CancellationToken::new();
-    stop_on_signals(stop.clone());
+    stop_on_signals(stop.clone(), Hangup::Ignore);
     let metrics = crate::http::install_recorder();
 
     let Some(db) = connect_with_retry(&settings, &stop).await else {

@@ -6,14 +6,17 @@ use crate::config::{ConfigError, Overrides, Settings};
 use crate::domain::LoadId;
 use crate::pipeline::{self, error_chain, ProgressStyle, Summary, SyncContext, SyncRequest};
 use crate::runs::{self, Trigger};
+use crate::telemetry::{report, report_raw};
 use crate::triggers::cron::Schedule;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use std::io::IsTerminal;
+use std::fmt;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::Level;
 
 /// Keeps the PostgreSQL table `followers` an exact, safe mirror of a CSV file.
 ///
@@ -112,13 +115,60 @@ const USAGE: u8 = 2;
 const FAILURE: u8 = 1;
 
 fn config_failure(e: &ConfigError) -> ExitCode {
-    eprintln!("followers-etl: configuration error: {e}");
+    report(Level::ERROR, &format!("configuration error: {e}"));
     ExitCode::from(USAGE)
 }
 
 fn failure(context: &str, e: &dyn std::error::Error) -> ExitCode {
-    eprintln!("followers-etl: {context}: {}", error_chain(e));
+    report(Level::ERROR, &format!("{context}: {}", error_chain(e)));
     ExitCode::from(FAILURE)
+}
+
+/// Command output on stdout, buffered. A reader that goes away early (`status |
+/// head -1`) ends the output quietly, as Unix tools do: the rest is dropped and
+/// the command's exit status is kept. Any other write error is reported (exit 1).
+struct Out {
+    stdout: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    error: Option<std::io::Error>,
+}
+
+impl Out {
+    fn new() -> Self {
+        Self {
+            stdout: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
+            error: None,
+        }
+    }
+
+    fn line(&mut self, text: fmt::Arguments<'_>) {
+        if self.error.is_none() {
+            if let Err(e) = writeln!(self.stdout, "{text}") {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Flushes; `code` unless stdout failed for another reason than a closed pipe.
+    fn finish(mut self, code: ExitCode) -> ExitCode {
+        if self.error.is_none() {
+            self.error = self.stdout.flush().err();
+        }
+        match self.error {
+            None => code,
+            Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
+            Some(e) => {
+                report(Level::ERROR, &format!("cannot write to stdout: {e}"));
+                ExitCode::from(FAILURE)
+            }
+        }
+    }
+}
+
+/// Prints one line to stdout (see `Out`).
+fn print_line(text: fmt::Arguments<'_>) -> ExitCode {
+    let mut out = Out::new();
+    out.line(text);
+    out.finish(ExitCode::SUCCESS)
 }
 
 /// Runs the command; the returned code is the process's exit status.
@@ -131,10 +181,7 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
         Command::Schedule { expr, from, count } => schedule(&settings, expr, from, count),
         Command::Status { json, limit } => status(&settings, json, limit).await,
         Command::Migrate => match connect_and_migrate(&settings).await {
-            Ok(_) => {
-                println!("migrations applied");
-                ExitCode::SUCCESS
-            }
+            Ok(_) => print_line(format_args!("migrations applied")),
             Err(code) => code,
         },
     }
@@ -156,6 +203,9 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         Err(e) => return config_failure(&e),
     };
     let load_id = LoadId::new();
+    // SIGINT, SIGTERM or SIGHUP cancels the run; it is compensated and `sync` exits 1.
+    let cancel = CancellationToken::new();
+    crate::agent::stop_on_signals(cancel.clone(), crate::agent::Hangup::Stop);
     let db = match connect_and_migrate(&settings).await {
         Ok(db) => db,
         Err(code) => {
@@ -163,9 +213,6 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
             return code;
         }
     };
-    // SIGINT or SIGTERM cancels the run; it is compensated and `sync` exits 1.
-    let cancel = CancellationToken::new();
-    crate::agent::stop_on_signals(cancel.clone());
     let ctx = SyncContext {
         db,
         settings,
@@ -184,19 +231,31 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         allow_mass_delete: args.allow_mass_delete,
     };
     let summary = pipeline::run_sync(&ctx, &request, load_id, cancel).await;
-    print_summary(&summary, args.json);
+    let code = print_summary(&summary, args.json);
+    // The reason is on stderr once: in the run's `sync finished` event, or here
+    // when LOG_LEVEL hides that event.
     if let Some(reason) = &summary.reason {
-        eprintln!("followers-etl: {}: {reason}", summary.outcome);
+        if !pipeline::finished_event_shown(summary.outcome) {
+            report(
+                pipeline::finished_level(summary.outcome),
+                &format!("{}: {reason}", summary.outcome),
+            );
+        }
     }
-    ExitCode::from(summary.outcome.exit_code())
+    if code == ExitCode::SUCCESS {
+        ExitCode::from(summary.outcome.exit_code())
+    } else {
+        code
+    }
 }
 
-fn print_summary(summary: &Summary, json: bool) {
+fn print_summary(summary: &Summary, json: bool) -> ExitCode {
+    let mut out = Out::new();
     if json {
-        println!(
+        out.line(format_args!(
             "{}",
             serde_json::to_string(summary).expect("a summary always serialises")
-        );
+        ));
     } else {
         let c = &summary.counts;
         let verdict = summary
@@ -204,12 +263,13 @@ fn print_summary(summary: &Summary, json: bool) {
             .as_ref()
             .map(|v| format!(" would_refuse={}", v.would_refuse))
             .unwrap_or_default();
-        println!(
+        out.line(format_args!(
             "{} load_id={} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={} duration={:.3}s{verdict}",
             summary.outcome, summary.load_id, c.rows_read, c.inserted, c.updated, c.deleted, c.unchanged, c.rejected, c.duplicates,
             summary.duration.as_secs_f64()
-        );
+        ));
     }
+    out.finish(ExitCode::SUCCESS)
 }
 
 fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
@@ -222,20 +282,20 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => return config_failure(&e),
     };
-    let report = match pipeline::check::check_file(&path, &settings.csv) {
-        Ok(report) => report,
+    let result = match pipeline::check::check_file(&path, &settings.csv) {
+        Ok(result) => result,
         // The file cannot be read at all (missing, a directory): a usage error.
         Err(e) if !e.is_content() => {
-            eprintln!("followers-etl: {}", error_chain(&e));
+            report(Level::ERROR, &error_chain(&e));
             return ExitCode::from(USAGE);
         }
         Err(e) => {
-            eprintln!("followers-etl: invalid: {}", error_chain(&e));
+            report(Level::ERROR, &format!("invalid: {}", error_chain(&e)));
             return ExitCode::from(FAILURE);
         }
     };
-    for reject in &report.rejects {
-        eprintln!("{}: {reject}", path.display());
+    for reject in &result.rejects {
+        report_raw(Level::WARN, &format!("{}: {reject}", path.display()));
     }
     let field_count = |r: &pipeline::validate::Reject| {
         matches!(
@@ -243,30 +303,41 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
             pipeline::validate::RejectReason::FieldCount { .. }
         )
     };
-    if report.rejects.iter().any(field_count) {
+    if result.rejects.iter().any(field_count) {
         if let Some(hint) = pipeline::read::delimiter_hint(&path, &settings.csv) {
-            eprintln!("{}: hint: {hint}", path.display());
+            report_raw(Level::WARN, &format!("{}: hint: {hint}", path.display()));
         }
     }
-    for (email, lines) in &report.duplicate_lines {
-        eprintln!(
-            "{}: warning: {email} appears on lines {lines:?}; the last wins",
-            path.display()
+    for (email, lines) in &result.duplicate_lines {
+        report_raw(
+            Level::WARN,
+            &format!(
+                "{}: warning: {email} appears on lines {lines:?}; the last wins",
+                path.display()
+            ),
         );
     }
+    let mut out = Out::new();
     if json {
-        println!("{}", serde_json::to_string(&report).expect("serialisable"));
+        out.line(format_args!(
+            "{}",
+            serde_json::to_string(&result).expect("serialisable")
+        ));
     } else {
-        println!(
+        out.line(format_args!(
             "{}: {} rows, {} valid, {} invalid, {} duplicates",
             path.display(),
-            report.rows,
-            report.valid,
-            report.invalid,
-            report.duplicates
-        );
+            result.rows,
+            result.valid,
+            result.invalid,
+            result.duplicates
+        ));
     }
-    ExitCode::from(if report.invalid == 0 { 0 } else { FAILURE })
+    out.finish(ExitCode::from(if result.invalid == 0 {
+        0
+    } else {
+        FAILURE
+    }))
 }
 
 fn schedule(
@@ -280,23 +351,24 @@ fn schedule(
         Some(expr) => match Schedule::parse(&expr) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("followers-etl: invalid schedule {expr:?}: {e}");
+                report(Level::ERROR, &format!("invalid schedule {expr:?}: {e}"));
                 return ExitCode::from(USAGE);
             }
         },
     };
     for warning in schedule.warnings() {
-        eprintln!("followers-etl: warning: {warning}");
+        report(Level::WARN, &format!("warning: {warning}"));
     }
     let from = from.map(|t| t.with_timezone(&Utc)).unwrap_or_else(Utc::now);
     let times = schedule.upcoming(from, count);
-    for t in &times {
-        println!("{}", t.to_rfc3339());
-    }
     if times.is_empty() && count > 0 {
-        eprintln!("followers-etl: this schedule never fires");
+        report(Level::WARN, "this schedule never fires");
     }
-    ExitCode::SUCCESS
+    let mut out = Out::new();
+    for t in &times {
+        out.line(format_args!("{}", t.to_rfc3339()));
+    }
+    out.finish(ExitCode::SUCCESS)
 }
 
 async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
@@ -313,29 +385,30 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
             )
         }
     };
+    let mut out = Out::new();
     if json {
         let runs: Vec<_> = runs.iter().map(runs::run_json).collect();
         let tables: Vec<_> = tables.iter().map(runs::status_json).collect();
-        println!(
+        out.line(format_args!(
             "{}",
             serde_json::json!({ "table_status": tables, "runs": runs })
-        );
-        return ExitCode::SUCCESS;
+        ));
+        return out.finish(ExitCode::SUCCESS);
     }
-    println!("table_status:");
+    out.line(format_args!("table_status:"));
     for t in &tables {
-        println!(
+        out.line(format_args!(
             "  {} last_activity={} load_id={}",
             t.table_name,
             t.last_activity
                 .map(|t| format!("{t}Z"))
                 .unwrap_or_else(|| "never".into()),
             t.load_id.map(|l| l.to_string()).unwrap_or_default()
-        );
+        ));
     }
-    println!("runs (newest first):");
+    out.line(format_args!("runs (newest first):"));
     for r in &runs {
-        println!(
+        out.line(format_args!(
             "  {} {} {:<8} {:<7} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={}{}",
             r.started_at,
             r.load_id,
@@ -349,7 +422,7 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
             r.rejected,
             r.duplicates,
             r.error.as_deref().map(|e| format!(" error={e:?}")).unwrap_or_default()
-        );
+        ));
     }
-    ExitCode::SUCCESS
+    out.finish(ExitCode::SUCCESS)
 }

@@ -4,24 +4,49 @@
 use clap::Parser;
 use followers_etl::cli::{self, Cli};
 use followers_etl::config::Settings;
+use followers_etl::telemetry::{self, report};
 use std::process::ExitCode;
+use std::time::Duration;
+use tracing::Level;
+
+/// How long the exit waits for blocking threads still running after the command
+/// finished (a read stuck in `open()` or `read()` on a hung mount never returns).
+const BLOCKING_THREADS_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let settings = match Settings::load(&cli.overrides()) {
-        Ok(settings) => settings,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("followers-etl: configuration error: {e}");
+            telemetry::init_early(None);
+            if !e.use_stderr() || !telemetry::is_json() {
+                e.exit();
+            }
+            report(Level::ERROR, e.render().to_string().trim_end());
             return ExitCode::from(2);
         }
     };
-    followers_etl::telemetry::init(&settings);
+    let settings = match Settings::load(&cli.overrides()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            telemetry::init_early(cli.log_format.as_deref());
+            report(Level::ERROR, &format!("configuration error: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("followers-etl: cannot start the async runtime: {e}");
+            report(
+                Level::ERROR,
+                &format!("cannot start the async runtime: {e}"),
+            );
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(cli::run(cli, settings))
+    let code = runtime.block_on(cli::run(cli, settings));
+    // Dropping the runtime would wait for every blocking thread; a cancelled run
+    // has already been compensated, so a thread stuck in a read is abandoned.
+    runtime.shutdown_timeout(BLOCKING_THREADS_GRACE);
+    code
 }

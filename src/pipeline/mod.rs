@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Level;
 use validate::{validate, Reject, RejectReason};
 
 pub use progress::ProgressStyle;
@@ -238,14 +239,11 @@ pub async fn run_sync(
 ) -> Summary {
     let started = Instant::now();
     let mut counts = Counts::default();
-    let (outcome, reason) = match locked_run(ctx, request, load_id, &mut counts, cancel).await {
-        Ok((outcome, reason)) => (outcome, reason),
-        Err(e) => {
-            let reason = error_chain(&e);
-            tracing::error!(stage = e.stage(), error = %reason, "sync {}", e.outcome());
-            (e.outcome(), Some(reason))
-        }
-    };
+    let (outcome, reason, stage) =
+        match locked_run(ctx, request, load_id, &mut counts, cancel).await {
+            Ok((outcome, reason)) => (outcome, reason, ""),
+            Err(e) => (e.outcome(), Some(error_chain(&e)), e.stage()),
+        };
     // A dry run's only reason is the refusal a real run would meet.
     let dry_run = (outcome == Outcome::DryRun).then(|| DryRunVerdict {
         would_refuse: reason.is_some(),
@@ -262,20 +260,51 @@ pub async fn run_sync(
         reason,
     };
     crate::http::record_run(&summary);
-    tracing::info!(
-        outcome = %summary.outcome,
-        rows_read = counts.rows_read,
-        inserted = counts.inserted,
-        updated = counts.updated,
-        deleted = counts.deleted,
-        unchanged = counts.unchanged,
-        rejected = counts.rejected,
-        duplicates = counts.duplicates,
-        duration_s = summary.duration.as_secs_f64(),
-        reason = summary.reason.as_deref().unwrap_or(""),
-        "sync finished"
-    );
+    // The one event of a run's end, with its reason (a refusal is said once).
+    macro_rules! finished {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                outcome = %summary.outcome,
+                rows_read = counts.rows_read,
+                inserted = counts.inserted,
+                updated = counts.updated,
+                deleted = counts.deleted,
+                unchanged = counts.unchanged,
+                rejected = counts.rejected,
+                duplicates = counts.duplicates,
+                duration_s = summary.duration.as_secs_f64(),
+                stage,
+                reason = summary.reason.as_deref().unwrap_or(""),
+                "sync finished"
+            )
+        };
+    }
+    match finished_level(outcome) {
+        Level::ERROR => finished!(Level::ERROR),
+        Level::WARN => finished!(Level::WARN),
+        _ => finished!(Level::INFO),
+    }
     summary
+}
+
+/// The level of a run's `sync finished` event: error when it failed, warn when
+/// refused, info otherwise.
+pub fn finished_level(outcome: Outcome) -> Level {
+    match outcome {
+        Outcome::Failed => Level::ERROR,
+        Outcome::Refused => Level::WARN,
+        Outcome::Synced | Outcome::Skipped | Outcome::DryRun => Level::INFO,
+    }
+}
+
+/// Whether the log filter shows the `sync finished` event of a run with this outcome.
+pub fn finished_event_shown(outcome: Outcome) -> bool {
+    match finished_level(outcome) {
+        Level::ERROR => tracing::enabled!(Level::ERROR),
+        Level::WARN => tracing::enabled!(Level::WARN),
+        _ => tracing::enabled!(Level::INFO),
+    }
 }
 
 /// Takes the run lock (or records a skip), then runs and compensates.

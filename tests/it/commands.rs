@@ -246,18 +246,7 @@ async fn the_shipped_env_example_and_an_old_unquoted_dotenv_load() {
 #[tokio::test]
 async fn an_interrupted_sync_is_compensated_and_exits_1() {
     let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.synced(&[]);
-    env.write_csv(csv_owned(&many(300_000)));
-    let mut cmd = env.command();
-    cmd.args(["sync", "--json"])
-        .env("BATCH_SIZE", "200")
-        .env("WORKER_POOL_GOROUTINES", "1")
-        .env("MAX_DELETE_RATIO", "1.0")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    env.wait_for_staging().await;
+    let child = env.sync_mid_run().await;
     let ok = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

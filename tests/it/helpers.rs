@@ -329,6 +329,44 @@ impl TestEnv {
         }
     }
 
+    /// A `serve` in the middle of a start-up run that replaces 3 synced followers
+    /// with `rows` new ones (slowly: batches of 500, one worker).
+    pub async fn agent_mid_run(&self, rows: usize) -> Agent {
+        self.write_csv(csv(&[
+            ("ann@example.com", "Ann"),
+            ("bob@example.com", "Bob"),
+            ("cy@example.com", "Cy"),
+        ]));
+        self.synced(&[]);
+        self.write_csv(csv_owned(&many(rows)));
+        let agent = self.spawn_agent(&[
+            ("WATCH", "false"),
+            ("BATCH_SIZE", "500"),
+            ("WORKER_POOL_GOROUTINES", "1"),
+            ("MAX_DELETE_RATIO", "1.0"),
+        ]);
+        self.wait_for_staging().await;
+        agent
+    }
+
+    /// A `sync --json` process in the middle of replacing the one synced follower
+    /// (ann@example.com) with 300,000 (slowly: batches of 200, one worker).
+    pub async fn sync_mid_run(&self) -> std::process::Child {
+        self.write_csv(csv(&[("ann@example.com", "Ann")]));
+        self.synced(&[]);
+        self.write_csv(csv_owned(&many(300_000)));
+        let mut cmd = self.command();
+        cmd.args(["sync", "--json"])
+            .env("BATCH_SIZE", "200")
+            .env("WORKER_POOL_GOROUTINES", "1")
+            .env("MAX_DELETE_RATIO", "1.0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        self.wait_for_staging().await;
+        child
+    }
+
     /// Runs recorded with this trigger: (outcome, rows_read).
     pub async fn runs_by(&self, trigger: &str) -> Vec<(String, i64)> {
         sqlx::query("SELECT outcome, rows_read FROM etl_info_schema.sync_runs WHERE trigger = $1 ORDER BY load_id")
@@ -341,6 +379,14 @@ impl TestEnv {
 }
 
 impl Agent {
+    /// The exit code once the process has exited (-1 when killed by a signal).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .unwrap()
+            .map(|status| status.code().unwrap_or(-1))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

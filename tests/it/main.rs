@@ -6,6 +6,7 @@ mod connection;
 mod helpers;
 mod line_endings;
 mod messages;
+mod operator;
 mod serve;
 mod stability;
 mod sync;

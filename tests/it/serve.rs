@@ -258,16 +258,7 @@ async fn triggers_during_a_long_run_coalesce_into_one_follow_up_and_never_overla
 #[tokio::test]
 async fn sigterm_with_time_to_spare_lets_the_run_finish() {
     let env = TestEnv::new().await;
-    env.write_csv(csv(ABC));
-    env.synced(&[]);
-    env.write_csv(csv_owned(&many(50_000)));
-    let mut agent = env.spawn_agent(&[
-        ("WATCH", "false"),
-        ("BATCH_SIZE", "500"),
-        ("WORKER_POOL_GOROUTINES", "1"),
-        ("MAX_DELETE_RATIO", "1.0"),
-    ]);
-    env.wait_for_staging().await;
+    let mut agent = env.agent_mid_run(50_000).await;
     assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
     assert_eq!(env.last_run().await.0, "synced");
     assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 50_000);

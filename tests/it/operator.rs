@@ -1,0 +1,200 @@
+//! What an operator runs into (issue 11): signals, least-privilege roles, two
+//! files for one table, files that are not regular files, closed pipes, JSON logs.
+
+use crate::helpers::*;
+use std::io::Read;
+use std::process::{Child, Stdio};
+
+const ABC: &[(&str, &str)] = &[
+    ("ann@example.com", "Ann"),
+    ("bob@example.com", "Bob"),
+    ("cy@example.com", "Cy"),
+];
+
+fn kill(child: &Child, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} failed");
+}
+
+#[tokio::test]
+async fn sighup_neither_stops_serve_nor_its_run() {
+    let env = TestEnv::new().await;
+    let mut agent = env.agent_mid_run(50_000).await;
+    // During a run.
+    agent.signal("HUP");
+    eventually(60, "the run in flight to finish", || async {
+        (env.last_run().await.0 != "running").then_some(())
+    })
+    .await;
+    assert_eq!(env.last_run().await.0, "synced", "{}", agent.log_text());
+    assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 50_000);
+    assert_eq!(env.staging_rows().await, 0);
+    // While idle.
+    agent.signal("HUP");
+    eventually(15, "both SIGHUPs logged", || async {
+        (agent.log_text().matches("SIGHUP received").count() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(agent.exit_code(), None, "serve died: {}", agent.log_text());
+    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
+}
+
+#[tokio::test]
+async fn sighup_cancels_a_sync_and_compensates_it() {
+    let env = TestEnv::new().await;
+    let child = env.sync_mid_run().await;
+    kill(&child, "HUP");
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    let (outcome, _, error) = env.last_run().await;
+    assert_eq!(outcome, "failed");
+    assert!(error.unwrap_or_default().contains("cancelled"));
+    assert_eq!(env.staging_rows().await, 0);
+    assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann")]));
+}
+
+/// Runs the binary with stdout a pipe whose reading end is already closed.
+fn run_into_closed_pipe(env: &TestEnv, args: &[&str]) -> Run {
+    let mut cmd = env.command();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr,
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_goes_away_early_ends_the_output_quietly() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    let run = run_into_closed_pipe(&env, &["sync", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(ABC));
+    // Far more than a pipe's buffer of history.
+    env.exec(
+        "INSERT INTO etl_info_schema.sync_runs (load_id, trigger, file, started_at, finished_at, outcome)
+         SELECT gen_random_uuid(), 'cron', 'followers.csv', now(), now(), 'skipped' FROM generate_series(1, 1000)",
+    )
+    .await;
+    for args in [
+        &["status", "--limit", "1000"][..],
+        &["status", "--limit", "1000", "--json"],
+        &["schedule", "@every 1s", "--count", "100000"],
+    ] {
+        let run = run_into_closed_pipe(&env, args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(run.stderr.is_empty(), "{args:?}: {run:?}");
+    }
+    // `head -1` reads a little, then closes the pipe.
+    let mut child = env
+        .command()
+        .args(["status", "--limit", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let run: Run = output.into();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.is_empty(), "{run:?}");
+}
+
+fn assert_all_json(what: &str, run: &Run) {
+    assert!(!run.stderr.trim().is_empty(), "{what}: nothing on stderr");
+    for line in run.stderr.lines() {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(
+            parsed.as_ref().is_ok_and(|v| v.is_object()),
+            "{what}: stderr line is not a JSON object: {line:?}\n{run:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_log_format_json_every_stderr_line_is_json() {
+    let env = TestEnv::new().await;
+    let json = ("LOG_FORMAT", "json");
+    env.write_csv("email,full_name\nann@example.com,Ann\nnot-an-email,Bob\n");
+    let refused = env.sync_with(&[], &[json, ("LOG_LEVEL", "info")]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_all_json("refused sync", &refused);
+    // Said once: the run's `sync finished` event carries the reason.
+    assert_eq!(
+        refused.stderr.matches("refused: 1 invalid row").count(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    let quiet = env.sync_with(&[], &[json, ("LOG_LEVEL", "error")]);
+    assert_all_json("refused sync, LOG_LEVEL=error", &quiet);
+    assert_eq!(quiet.stderr.matches("refused: 1 invalid row").count(), 1);
+
+    let down = ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none");
+    let failed = env.sync_with(&[], &[json, down]);
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert_all_json("unreachable database", &failed);
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    env.write_csv(csv(ABC));
+    let fatal = env.run(
+        &["serve"],
+        &[json, ("HTTP_ADDR", &addr), ("WATCH", "false")],
+    );
+    assert_eq!(fatal.code, 1, "{fatal:?}");
+    assert_all_json("serve on a taken port", &fatal);
+    assert!(fatal.stderr.contains("HTTP_ADDR"), "{fatal:?}");
+
+    let config = env.run(&["sync"], &[json, ("BATCH_SIZE", "0")]);
+    assert_eq!(config.code, 2, "{config:?}");
+    assert_all_json("configuration error", &config);
+    let config = env.run(&["--log-format", "json", "sync"], &[("BATCH_SIZE", "0")]);
+    assert_eq!(config.code, 2, "{config:?}");
+    assert_all_json("configuration error, --log-format json", &config);
+    let usage = env.run(&["sync", "--no-such-flag"], &[json]);
+    assert_eq!(usage.code, 2, "{usage:?}");
+    assert_all_json("usage error", &usage);
+    let check = env.run(&["check", "missing.csv"], &[json]);
+    assert_eq!(check.code, 2, "{check:?}");
+    assert_all_json("check of a missing file", &check);
+}
+
+#[tokio::test]
+async fn a_refusal_is_said_once_in_text_logs() {
+    let env = TestEnv::new().await;
+    env.write_csv("email,full_name\nann@example.com,Ann\nnot-an-email,Bob\n");
+    for level in ["info", "warn", "error"] {
+        let run = env.sync_with(&[], &[("LOG_LEVEL", level)]);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert_eq!(
+            run.stderr.matches("more than MAX_REJECTS").count(),
+            1,
+            "LOG_LEVEL={level}:\n{}",
+            run.stderr
+        );
+    }
+}
