@@ -986,7 +986,40 @@ pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<Path
             ),
         ));
     }
+    if let Some(kind) = not_a_regular_file(&candidate) {
+        return Err(invalid(
+            var,
+            &shown,
+            format!("must be a regular file (after following symlinks); it is {kind}"),
+        ));
+    }
     Ok(candidate)
+}
+
+/// What `path` is when it exists and is not a regular file (following symlinks):
+/// reading a FIFO or a device blocks or never ends. `stat` does not open the file.
+pub fn not_a_regular_file(path: &Path) -> Option<&'static str> {
+    let file_type = std::fs::metadata(path).ok()?.file_type();
+    if file_type.is_file() {
+        return None;
+    }
+    if file_type.is_dir() {
+        return Some("a directory");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return Some("a FIFO (named pipe), whose read would block until a writer appears");
+        }
+        if file_type.is_socket() {
+            return Some("a socket");
+        }
+        if file_type.is_char_device() || file_type.is_block_device() {
+            return Some("a device");
+        }
+    }
+    Some("not a regular file")
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub use progress::ProgressStyle;
 /// How a dry run's note starts when a real run would be refused.
 const WOULD_REFUSE: &str = "a real run would be refused: ";
 
+/// How long a cancelled run waits for its file reader to notice.
+const READER_GRACE: Duration = Duration::from_secs(5);
+
 /// How many duplicate emails and rejects are logged one by one per run.
 const REPORT_LIMIT: usize = 100;
 
@@ -149,6 +152,8 @@ pub enum SyncError {
     Cancelled,
     #[error("reader task failed")]
     Join(#[source] tokio::task::JoinError),
+    #[error("the file reader did not return after the COPY workers stopped (a hung read?)")]
+    ReaderStuck,
 }
 
 impl SyncError {
@@ -173,7 +178,8 @@ impl SyncError {
             | Self::TooManyRejects { .. }
             | Self::BrokenQuote { .. }
             | Self::FileChanged { .. }
-            | Self::Join(_) => "read",
+            | Self::Join(_)
+            | Self::ReaderStuck => "read",
             Self::StillWriting { .. } => "settle",
             Self::Stage(_) => "stage",
             Self::Merge(MergeError::Step { step, .. }) => step.name(),
@@ -603,7 +609,23 @@ async fn read_and_stage(
     if copied.is_err() {
         stage_cancel.cancel();
     }
-    let read = reader.await.map_err(SyncError::Join)?;
+    // A reader stuck in a read that never returns (a hung mount) must not hold a
+    // cancelled run: it is abandoned after a grace period (the process exits
+    // without waiting for it, see main.rs).
+    let read = tokio::select! {
+        joined = reader => joined.map_err(SyncError::Join)?,
+        _ = async {
+            stage_cancel.cancelled().await;
+            tokio::time::sleep(READER_GRACE).await;
+        } => {
+            tracing::warn!("the file reader does not return; abandoned");
+            return Err(if cancel.is_cancelled() {
+                SyncError::Cancelled
+            } else {
+                SyncError::ReaderStuck
+            });
+        }
+    };
     match (read, copied) {
         (Ok(read), Ok(staged)) => Ok(ReadReport { staged, ..read }),
         _ if cancel.is_cancelled() => Err(SyncError::Cancelled),

@@ -189,13 +189,32 @@ fn settings_hasher(format: &CsvFormat) -> blake3::Hasher {
     hasher
 }
 
+/// Opens `path` for reading, refusing anything but a regular file. The open does
+/// not wait (`O_NONBLOCK`: a FIFO without a writer would block `open()` for ever),
+/// and the check is on the opened file, so a file swapped for a FIFO after the
+/// run's first check is refused too. Reads of a regular file ignore `O_NONBLOCK`.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or directory cannot be synced)",
+        ));
+    }
+    Ok(file)
+}
+
 /// The content hash of `path` under `format`, read in one streaming pass.
 pub fn hash_file(path: &Path, format: &CsvFormat) -> Result<ContentHash, ReadError> {
     let io_err = |source| ReadError::Io {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(io_err)?;
+    let file = open_regular(path).map_err(io_err)?;
     let mut hasher = settings_hasher(format);
     io::copy(&mut BufReader::with_capacity(256 * 1024, file), &mut hasher).map_err(io_err)?;
     Ok(ContentHash::from_hasher(&hasher))
@@ -241,7 +260,7 @@ fn sniff(head: &[u8]) -> Option<(&'static str, &'static str)> {
 /// but splits on another common one (`;`, tab, `,`, `|`), a hint naming
 /// `CSV_DELIMITER`; rows of one field are then a delimiter mix-up.
 pub fn delimiter_hint(path: &Path, format: &CsvFormat) -> Option<String> {
-    let file = File::open(path).ok()?;
+    let file = open_regular(path).ok()?;
     let first = BufReader::new(file.take(64 * 1024))
         .split(b'\n')
         .map_while(Result::ok)
@@ -341,7 +360,7 @@ impl CsvRecords {
             path: path.to_owned(),
             source,
         };
-        let file = File::open(path).map_err(io_err)?;
+        let file = open_regular(path).map_err(io_err)?;
         let mut inner = BufReader::with_capacity(256 * 1024, file);
         if let Some((what, fix)) = sniff(inner.fill_buf().map_err(io_err)?) {
             return Err(ReadError::NotText {

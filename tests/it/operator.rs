@@ -48,13 +48,23 @@ async fn sighup_cancels_a_sync_and_compensates_it() {
     let env = TestEnv::new().await;
     let child = env.sync_mid_run().await;
     kill(&child, "HUP");
-    let run: Run = child.wait_with_output().unwrap().into();
+    let run = exit_within(child, 60).await;
     assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
     let (outcome, _, error) = env.last_run().await;
     assert_eq!(outcome, "failed");
     assert!(error.unwrap_or_default().contains("cancelled"));
     assert_eq!(env.staging_rows().await, 0);
     assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann")]));
+}
+
+/// Waits for `child` to exit (its output is small), failing after `secs`.
+async fn exit_within(mut child: Child, secs: u64) -> Run {
+    eventually(secs, "the process to exit", || {
+        let exited = child.try_wait().unwrap().is_some();
+        async move { exited.then_some(()) }
+    })
+    .await;
+    child.wait_with_output().unwrap().into()
 }
 
 /// Runs the binary with stdout a pipe whose reading end is already closed.
@@ -197,4 +207,99 @@ async fn a_refusal_is_said_once_in_text_logs() {
             run.stderr
         );
     }
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo failed");
+}
+
+#[tokio::test]
+async fn a_fifo_as_csv_file_is_refused_and_never_blocks() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    mkfifo(&env.tables().join("pipe.csv"));
+    let run = env.sync_with(&["--file", "pipe.csv"], &[]);
+    assert!(
+        run.code == 2 && run.stderr.contains("pipe.csv") && run.stderr.contains("regular file"),
+        "{run:?}"
+    );
+    let run = env.run(&["serve"], &[("CSV_FILE", "pipe.csv")]);
+    assert!(
+        run.code == 2 && run.stderr.contains("regular file"),
+        "{run:?}"
+    );
+    let run = env.run(&["check", "pipe.csv"], &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+
+    // Replaced by a FIFO while serve runs: the run is refused, serve stops.
+    env.synced(&[]);
+    let mut agent = env.spawn_agent(&[("RUN_ON_START", "false"), ("SHUTDOWN_TIMEOUT", "1s")]);
+    eventually(30, "serve watching", || async {
+        agent.log_text().contains("watching").then_some(())
+    })
+    .await;
+    std::fs::remove_file(env.tables().join("followers.csv")).unwrap();
+    mkfifo(&env.tables().join("followers.csv"));
+    let (outcome, _, error) = eventually(30, "the watch run to finish", || async {
+        Some(env.last_run().await).filter(|(o, t, _)| t == "watch" && o != "running")
+    })
+    .await;
+    assert_eq!(outcome, "refused", "{error:?}\n{}", agent.log_text());
+    assert!(error.unwrap_or_default().contains("regular file"));
+    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
+    assert_eq!(env.followers().await, pairs(ABC));
+}
+
+/// A file whose read takes far longer than any test (a sparse 4 TiB file): to the
+/// agent the same as a read stuck on a hung mount.
+fn endless_file(env: &TestEnv) {
+    let file = std::fs::File::create(env.tables().join("followers.csv")).unwrap();
+    file.set_len(4 << 40).unwrap();
+}
+
+#[tokio::test]
+async fn a_read_that_does_not_return_does_not_keep_serve_or_sync_alive() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(ABC));
+    env.synced(&[]);
+    endless_file(&env);
+    let mut agent = env.spawn_agent(&[("WATCH", "false"), ("SHUTDOWN_TIMEOUT", "1s")]);
+    eventually(30, "the start-up run reading", || async {
+        (env.runs_by("start").await == vec![("running".to_string(), 0)]).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(20),
+        "serve took {:?} to stop",
+        asked.elapsed()
+    );
+    let (outcome, _, error) = env.last_run().await;
+    assert_eq!(outcome, "failed");
+    assert!(error.unwrap_or_default().contains("cancelled"));
+
+    let mut cmd = env.command();
+    cmd.args(["sync", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    eventually(30, "the sync reading", || async {
+        (env.runs_by("manual")
+            .await
+            .iter()
+            .any(|(o, _)| o == "running"))
+        .then_some(())
+    })
+    .await;
+    kill(&child, "TERM");
+    let run = exit_within(child, 20).await;
+    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(ABC));
+    assert_eq!(env.staging_rows().await, 0);
 }
