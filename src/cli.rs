@@ -86,7 +86,8 @@ pub struct SyncArgs {
     /// CSV file to sync, relative to TABLES_DIR or absolute (overrides CSV_FILE).
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// Sync even if the file is unchanged since the last successful sync.
+    /// Sync even if the file is unchanged since the last successful sync, or is
+    /// another file than the one the table was last synced from.
     #[arg(long)]
     pub force: bool,
     /// Compute and print what would be inserted, updated and deleted, and whether the delete guard would refuse (would_refuse); change nothing.
@@ -229,6 +230,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         force: args.force,
         dry_run: args.dry_run,
         allow_mass_delete: args.allow_mass_delete,
+        allow_file_change: args.force || ctx.settings.allow_file_change,
     };
     let summary = pipeline::run_sync(&ctx, &request, load_id, cancel).await;
     let code = print_summary(&summary, args.json);

@@ -40,6 +40,7 @@ pub const VARIABLES: &[&str] = &[
     "LOG_FORMAT",
     "LOG_LEVEL",
     "SHUTDOWN_TIMEOUT",
+    "ALLOW_FILE_CHANGE",
 ];
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -359,6 +360,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout: Duration,
+    /// Sync from another file than the last successful sync (README, "What a sync does").
+    pub allow_file_change: bool,
 }
 
 /// Loads a `.env` file without overriding variables already set. The old Go
@@ -878,6 +881,7 @@ impl Settings {
             log_format,
             log_level,
             shutdown_timeout,
+            allow_file_change: bool_or("ALLOW_FILE_CHANGE", false)?,
         })
     }
 
@@ -898,7 +902,7 @@ impl Settings {
     /// One line per variable with its effective value (secrets redacted), for logs.
     pub fn describe(&self) -> String {
         format!(
-            "DATABASE_URL={} TABLES_DIR={} CSV_FILE={} CRON_SCHEDULE={:?} BATCH_SIZE={} WORKER_POOL_GOROUTINES={} DB_MIN_CONNS={} DB_MAX_CONNS={} RUN_ON_START={} WATCH={} WATCH_DEBOUNCE={} WATCH_POLL={} MAX_DELETE_RATIO={} MAX_REJECTS={} HTTP_ADDR={} SHUTDOWN_TIMEOUT={}",
+            "DATABASE_URL={} TABLES_DIR={} CSV_FILE={} CRON_SCHEDULE={:?} BATCH_SIZE={} WORKER_POOL_GOROUTINES={} DB_MIN_CONNS={} DB_MAX_CONNS={} RUN_ON_START={} WATCH={} WATCH_DEBOUNCE={} WATCH_POLL={} MAX_DELETE_RATIO={} MAX_REJECTS={} HTTP_ADDR={} SHUTDOWN_TIMEOUT={} ALLOW_FILE_CHANGE={}",
             self.database_url,
             self.tables_dir.display(),
             self.csv_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -915,6 +919,7 @@ impl Settings {
             self.max_rejects,
             self.http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             format_go_duration(self.shutdown_timeout),
+            self.allow_file_change,
         )
     }
 }
@@ -994,6 +999,17 @@ pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<Path
         ));
     }
     Ok(candidate)
+}
+
+/// The identity of a configured CSV file, to tell whether two runs synced the
+/// same file: the absolute path with its directory resolved (symlinks, `.`) but
+/// the file name kept, so a symlink repointed to another file is the same
+/// configured path, while another name in `TABLES_DIR` is another file.
+pub fn file_identity(path: &Path) -> PathBuf {
+    match (path.parent().map(Path::canonicalize), path.file_name()) {
+        (Some(Ok(dir)), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// What `path` is when it exists and is not a regular file (following symlinks):

@@ -95,6 +95,7 @@ impl Runner {
             force: false,
             dry_run: false,
             allow_mass_delete: false,
+            allow_file_change: self.ctx.settings.allow_file_change,
         };
         let cancel = CancellationToken::new();
         let load_id = LoadId::new();

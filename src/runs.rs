@@ -194,6 +194,23 @@ pub async fn last_synced_hash(db: &impl ConnectionTrait) -> Result<Option<String
         .and_then(|s| s.content_hash))
 }
 
+/// The file (as `file_identity` gives it) of the last successful sync, if it is
+/// known (a `table_status` of the old service has no load).
+pub async fn last_synced_file(db: &impl ConnectionTrait) -> Result<Option<String>, DbErr> {
+    let load = table_status::Entity::find()
+        .filter(table_status::Column::TableName.eq(TARGET_TABLE))
+        .one(db)
+        .await?
+        .and_then(|s| s.load_id);
+    let Some(load) = load else {
+        return Ok(None);
+    };
+    Ok(sync_runs::Entity::find_by_id(load)
+        .one(db)
+        .await?
+        .map(|run| run.file))
+}
+
 /// Marks a successful sync in `table_status` (one row per target table).
 pub async fn mark_synced(
     db: &impl ConnectionTrait,

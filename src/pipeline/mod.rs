@@ -52,6 +52,8 @@ pub struct SyncRequest {
     pub force: bool,
     pub dry_run: bool,
     pub allow_mass_delete: bool,
+    /// Sync even when the table was last synced from another file.
+    pub allow_file_change: bool,
 }
 
 /// What the pipeline needs from the agent.
@@ -132,6 +134,8 @@ pub enum SyncError {
         rows_read: u64,
         rejected: u64,
     },
+    #[error("followers was last synced from {last}, not from {this}; refused, since two agents or settings mirroring different files into one table revert each other on every run (to switch files on purpose: `sync --force` once, or ALLOW_FILE_CHANGE=true)")]
+    OtherFile { last: String, this: String },
     #[error("{path}: the file changed while it was being read; nothing applied (a later run syncs the new content)")]
     FileChanged { path: PathBuf },
     #[error("{path}: the file is still being written ({why}); waited {:.1}s, nothing read (a later run syncs it once it has settled)", .waited.as_secs_f64())]
@@ -164,6 +168,7 @@ impl SyncError {
             | Self::BrokenQuote { .. }
             | Self::Outside(_)
             | Self::StillWriting { .. }
+            | Self::OtherFile { .. }
             | Self::Merge(MergeError::MassDelete { .. }) => Outcome::Refused,
             Self::Read(e) if e.is_content() => Outcome::Refused,
             _ => Outcome::Failed,
@@ -181,6 +186,7 @@ impl SyncError {
             | Self::Join(_)
             | Self::ReaderStuck => "read",
             Self::StillWriting { .. } => "settle",
+            Self::OtherFile { .. } => "file",
             Self::Stage(_) => "stage",
             Self::Merge(MergeError::Step { step, .. }) => step.name(),
             Self::Merge(MergeError::MassDelete { .. }) => "guard",
@@ -322,7 +328,9 @@ async fn locked_run(
     cancel: CancellationToken,
 ) -> Result<(Outcome, Option<String>), SyncError> {
     let db = &ctx.db;
-    let file = request.file.display().to_string();
+    let file = crate::config::file_identity(&request.file)
+        .display()
+        .to_string();
     // Settle before the lock: a file still being written holds up no other agent.
     let rules = settle::Rules::from_debounce(ctx.settings.watch_debounce);
     let settled = match settle::wait(&request.file, rules, &ctx.writes, &cancel).await {
@@ -434,6 +442,15 @@ async fn saga(
     //    still resolve inside TABLES_DIR (a symlink may have been repointed).
     progress.stage("hash");
     crate::config::confine("CSV_FILE", &settings.tables_dir, file).map_err(SyncError::Outside)?;
+    if !request.allow_file_change {
+        let this = crate::config::file_identity(file).display().to_string();
+        let last = runs::last_synced_file(db)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        if let Some(last) = last.filter(|last| *last != this) {
+            return Err(SyncError::OtherFile { last, this });
+        }
+    }
     let timer = Instant::now();
     let hash = tokio::select! {
         _ = cancel.cancelled() => return Err(SyncError::Cancelled),

@@ -303,3 +303,59 @@ async fn a_read_that_does_not_return_does_not_keep_serve_or_sync_alive() {
     assert_eq!(env.followers().await, pairs(ABC));
     assert_eq!(env.staging_rows().await, 0);
 }
+
+#[tokio::test]
+async fn a_table_last_synced_from_another_file_is_refused_unless_forced() {
+    let env = TestEnv::new().await;
+    let b_rows = [("ann@example.com", "Ann B"), ("dee@example.com", "Dee")];
+    env.write_file("a.csv", csv(ABC));
+    env.write_file("b.csv", csv(&b_rows));
+    let tables = env.tables().canonicalize().unwrap();
+    let (a, b) = (tables.join("a.csv"), tables.join("b.csv"));
+    env.synced(&["--file", "a.csv"]);
+    // The same file named otherwise is the same file.
+    for same in [a.to_str().unwrap(), "./a.csv"] {
+        let run = env.sync_with(&["--file", same], &[]);
+        assert_eq!(
+            (run.code, run.outcome().as_str()),
+            (0, "skipped"),
+            "{run:?}"
+        );
+    }
+    let before = env.follower_versions().await;
+    let refused = env.sync_with(&["--file", "b.csv"], &[("MAX_DELETE_RATIO", "1.0")]);
+    assert_eq!(
+        (refused.code, refused.outcome().as_str()),
+        (1, "refused"),
+        "{refused:?}"
+    );
+    for path in [&a, &b] {
+        assert!(
+            refused.stderr.contains(path.to_str().unwrap()),
+            "{path:?} not named: {}",
+            refused.stderr
+        );
+    }
+    assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+    assert_eq!(env.follower_versions().await, before);
+    // serve refuses too, unless ALLOW_FILE_CHANGE=true.
+    let mut agent = env.spawn_agent(&[("CSV_FILE", "b.csv"), ("WATCH", "false")]);
+    eventually(30, "the start-up run refused", || async {
+        (env.runs_by("start").await.first().map(|r| r.0.as_str()) == Some("refused")).then_some(())
+    })
+    .await;
+    assert_eq!(agent.terminate().await, 0);
+    assert!(agent.log_text().contains(b.to_str().unwrap()));
+    assert_eq!(env.follower_versions().await, before);
+
+    env.synced(&["--file", "b.csv", "--force", "--allow-mass-delete"]);
+    assert_eq!(env.followers().await, pairs(&b_rows));
+    let run = env.sync_with(&["--file", "a.csv"], &[]);
+    assert_eq!(run.outcome(), "refused", "{run:?}");
+    let run = env.sync_with(
+        &["--file", "a.csv"],
+        &[("ALLOW_FILE_CHANGE", "true"), ("MAX_DELETE_RATIO", "1.0")],
+    );
+    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(ABC));
+}
