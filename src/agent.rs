@@ -3,7 +3,7 @@
 //! runner and the triggers (start-up, cron, file watch) until SIGINT/SIGTERM.
 
 use crate::config::Settings;
-use crate::db::{self, AdvisoryLock};
+use crate::db::{self, AdvisoryLock, DbError};
 use crate::pipeline::settle::WriteTracker;
 use crate::pipeline::{error_chain, ProgressStyle, SyncContext};
 use crate::runner::Runner;
@@ -74,19 +74,26 @@ pub fn stop_on_signals(stop: CancellationToken, hangup: Hangup) {
     });
 }
 
-/// Connects, retrying while the database is not up yet (e.g. starting beside us
-/// in docker compose). `None` when stopped first.
-async fn connect_with_retry(
-    settings: &Settings,
+/// Repeats `attempt` with back-off (0.5 s, doubling up to 15 s) while it fails
+/// with an error `retry` accepts, logging `waiting` each time. `None` when
+/// stopped first.
+async fn retrying<T, E, Fut>(
     stop: &CancellationToken,
-) -> Option<DatabaseConnection> {
+    waiting: &str,
+    retry: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Fut,
+) -> Option<Result<T, E>>
+where
+    E: std::error::Error,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut delay = Duration::from_millis(500);
     loop {
-        match db::connect(settings).await {
-            Ok(db) => return Some(db),
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "database not reachable yet")
+        match attempt().await {
+            Err(e) if retry(&e) => {
+                tracing::warn!(error = %error_chain(&e), retry_in = ?delay, "{waiting}")
             }
+            result => return Some(result),
         }
         tokio::select! {
             _ = stop.cancelled() => return None,
@@ -94,6 +101,22 @@ async fn connect_with_retry(
         }
         delay = (delay * 2).min(Duration::from_secs(15));
     }
+}
+
+/// Connects, retrying while the database is not up yet (e.g. starting beside us
+/// in docker compose). `None` when stopped first.
+async fn connect_with_retry(
+    settings: &Settings,
+    stop: &CancellationToken,
+) -> Option<DatabaseConnection> {
+    retrying(
+        stop,
+        "database not reachable yet",
+        |_| true,
+        || db::connect(settings),
+    )
+    .await?
+    .ok()
 }
 
 pub async fn serve(settings: Arc<Settings>) -> ExitCode {
@@ -115,8 +138,18 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     let Some(db) = connect_with_retry(&settings, &stop).await else {
         return ExitCode::SUCCESS;
     };
-    if let Err(e) = db::migrate(&db, &settings.database_url).await {
-        return fatal("applying migrations failed", &e);
+    // Pending migrations this role may not apply: wait for an owner to apply them.
+    let migrated = retrying(
+        &stop,
+        "waiting for the pending migrations to be applied",
+        DbError::is_migration_privilege,
+        || db::migrate(&db, &settings.database_url),
+    )
+    .await;
+    match migrated {
+        None => return ExitCode::SUCCESS,
+        Some(Err(e)) => return fatal("applying migrations failed", &e),
+        Some(Ok(())) => {}
     }
     match AdvisoryLock::try_run_lock(&settings.database_url).await {
         Ok(Some(lock)) => {

@@ -3,7 +3,10 @@
 
 use crate::config::{DatabaseUrl, Settings};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    Statement,
+};
 use sqlx::{Connection, PgConnection};
 use std::time::Duration;
 
@@ -39,6 +42,28 @@ pub enum DbError {
     Incompatible(String),
     #[error("cannot read the shape of public.followers")]
     Shape(#[source] DbErr),
+    #[error("cannot read the applied migrations (seaql_migrations)")]
+    MigrationState(#[source] DbErr),
+    #[error("migration {first} is pending{more} and role {role:?} may not apply it: {denied}; apply the migrations once as the tables' owner (`followers-etl migrate` with the owner's DATABASE_URL), see README \"Database roles\"")]
+    MigrationPrivilege {
+        first: String,
+        more: String,
+        role: String,
+        /// PostgreSQL's words, naming the missing privilege (e.g. "permission denied for schema public").
+        denied: String,
+    },
+}
+
+impl DbError {
+    /// Pending migrations this role may not apply: `serve` waits for an owner to
+    /// apply them, as it waits for an unreachable database.
+    pub fn is_migration_privilege(&self) -> bool {
+        match self {
+            Self::MigrationPrivilege { .. } => true,
+            Self::MigrationState(e) => insufficient_privilege(e).is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// The pool every part of the agent shares; COPY goes through its sqlx pool.
@@ -149,8 +174,10 @@ impl AdvisoryLock {
 }
 
 /// Applies pending migrations while holding the migration lock, so agents that
-/// start together apply them once.
-#[tracing::instrument(skip_all, err)]
+/// start together apply them once. When nothing is pending it only reads
+/// `seaql_migrations` (no DDL, no lock), so a runtime role without CREATE
+/// privileges starts (README, "Database roles").
+#[tracing::instrument(skip_all)]
 pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), DbError> {
     // The takeover migration canonicalises stored emails with the file rows' rule.
     migration::email_rule::install(|raw| {
@@ -158,14 +185,15 @@ pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), D
             .map(|e| e.as_str().to_owned())
             .map_err(|e| e.to_string())
     });
-    let lock = AdvisoryLock::migrate_lock(url).await?;
-    let result = Migrator::up(db, None).await.map_err(|e| match e {
-        // The takeover migration's own errors say what is wrong and how to fix it.
-        DbErr::Migration(message) => DbError::Incompatible(message),
-        e => DbError::Migrate(e),
-    });
-    lock.release().await;
-    result?;
+    let pending = pending_migrations(db)
+        .await
+        .map_err(DbError::MigrationState)?;
+    if !pending.is_empty() {
+        let lock = AdvisoryLock::migrate_lock(url).await?;
+        let result = apply_pending(db).await;
+        lock.release().await;
+        result?;
+    }
     check_followers_shape(db).await
 }
 
@@ -185,7 +213,90 @@ pub async fn check_followers_shape(db: &DatabaseConnection) -> Result<(), DbErro
     }
 }
 
-/// Whether every migration is applied (for `/readyz` and `sync`).
+/// Under the migration lock: another agent may have applied them meanwhile.
+async fn apply_pending(db: &DatabaseConnection) -> Result<(), DbError> {
+    let pending = pending_migrations(db)
+        .await
+        .map_err(DbError::MigrationState)?;
+    let Some(first) = pending.first() else {
+        return Ok(());
+    };
+    let Err(e) = Migrator::up(db, None).await else {
+        return Ok(());
+    };
+    let Some(denied) = insufficient_privilege(&e) else {
+        return Err(match e {
+            // The takeover migration's own errors say what is wrong and how to fix it.
+            DbErr::Migration(message) => DbError::Incompatible(message),
+            e => DbError::Migrate(e),
+        });
+    };
+    let role = db
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT current_user::text",
+        ))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|row| row.try_get_by_index::<String>(0).ok())
+        .unwrap_or_default();
+    Err(DbError::MigrationPrivilege {
+        first: first.clone(),
+        more: match pending.len() {
+            1 => String::new(),
+            n => format!(" (one of {n}: {})", pending.join(", ")),
+        },
+        role,
+        denied,
+    })
+}
+
+/// PostgreSQL's message when `e` is `insufficient_privilege` (SQLSTATE 42501).
+fn insufficient_privilege(e: &DbErr) -> Option<String> {
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(db)))
+    | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(db)))) = e
+    else {
+        return None;
+    };
+    (db.code().as_deref() == Some("42501")).then(|| db.message().to_owned())
+}
+
+/// The migrations of this binary that `seaql_migrations` does not list, in
+/// order, read with plain SELECTs (sea-orm's own check creates the table first).
+pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+    let compiled: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let exists = db
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT to_regclass('seaql_migrations') IS NOT NULL",
+        ))
+        .await?
+        .map(|row| row.try_get_by_index::<bool>(0))
+        .transpose()?
+        .unwrap_or(false);
+    if !exists {
+        return Ok(compiled);
+    }
+    let applied: std::collections::HashSet<String> = db
+        .query_all(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT version FROM seaql_migrations",
+        ))
+        .await?
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect::<Result<_, _>>()?;
+    Ok(compiled
+        .into_iter()
+        .filter(|name| !applied.contains(name))
+        .collect())
+}
+
+/// Whether a migration is pending (for `/readyz`); reads only.
 pub async fn migrations_pending(db: &DatabaseConnection) -> Result<bool, DbErr> {
-    Ok(!Migrator::get_pending_migrations(db).await?.is_empty())
+    Ok(!pending_migrations(db).await?.is_empty())
 }

@@ -238,29 +238,35 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop cannot await, and the test's runtime is busy dropping us: use a
-        // thread with its own runtime. FORCE ends this test's open connections.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(admin) = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&server_url())
-                    .await
-                {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&admin)
-                        .await;
-                }
-            });
-        })
-        .join()
-        .ok();
+        // FORCE ends this test's open connections.
+        run_sql_on_drop(
+            server_url(),
+            vec![format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )],
+        );
     }
+}
+
+/// Runs `statements` at `url`, ignoring errors. Drop cannot await, and the
+/// test's runtime is busy dropping: a thread with its own runtime does it.
+fn run_sql_on_drop(url: String, statements: Vec<String>) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            if let Ok(db) = PgPoolOptions::new().max_connections(1).connect(&url).await {
+                for sql in statements {
+                    let _ = sqlx::query(&sql).execute(&db).await;
+                }
+            }
+        });
+    })
+    .join()
+    .ok();
 }
 
 /// Builds CSV text from (email, name) pairs with a header.
@@ -438,5 +444,54 @@ where
             panic!("timed out after {secs}s waiting for: {what}");
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A login role of this test (roles are cluster-wide: a unique name), with the
+/// runtime grants the README documents; dropped (with its grants) afterwards.
+pub struct TestRole {
+    pub name: String,
+    /// This test's database, connecting as the role (trust auth).
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestRole {
+    pub async fn new(env: &TestEnv) -> Self {
+        let name = format!("fetl_role_{}", uuid::Uuid::now_v7().simple());
+        env.exec(&format!("CREATE ROLE {name} LOGIN")).await;
+        let mut url = url::Url::parse(&env.url).unwrap();
+        url.set_username(&name).unwrap();
+        url.set_password(None).unwrap();
+        Self {
+            name,
+            url: url.to_string(),
+            admin_url: env.url.clone(),
+        }
+    }
+
+    /// Runs the README's GRANT statements (section "Database roles") for this role.
+    pub async fn grant_documented_privileges(&self, env: &TestEnv) {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let section = &readme[readme.find("### Database roles").expect("README section")..];
+        let start = section.find("```sql\n").expect("an sql block") + 7;
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        assert!(block.contains("GRANT"), "{block}");
+        env.exec(&block.replace("followers_etl_runtime", &self.name))
+            .await;
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        // Its grants live in the test's database, the role in the cluster.
+        run_sql_on_drop(
+            self.admin_url.clone(),
+            vec![
+                format!("DROP OWNED BY {}", self.name),
+                format!("DROP ROLE IF EXISTS {}", self.name),
+            ],
+        );
     }
 }

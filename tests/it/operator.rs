@@ -2,6 +2,7 @@
 //! files for one table, files that are not regular files, closed pipes, JSON logs.
 
 use crate::helpers::*;
+use crate::serve::{free_port, http_get};
 use std::io::Read;
 use std::process::{Child, Stdio};
 
@@ -358,4 +359,63 @@ async fn a_table_last_synced_from_another_file_is_refused_unless_forced() {
     );
     assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
     assert_eq!(env.followers().await, pairs(ABC));
+}
+
+#[tokio::test]
+async fn a_runtime_role_with_the_documented_grants_syncs_and_waits_for_pending_migrations() {
+    let env = TestEnv::new().await;
+    let role = TestRole::new(&env).await;
+    env.write_csv(csv(ABC));
+    let as_role = [("DATABASE_URL", role.url.as_str())];
+    // Nothing applied yet: the role may not, and says which migration and why.
+    let run = env.sync_with(&[], &as_role);
+    assert_eq!(run.code, 1, "{run:?}");
+    for needle in [
+        "m20261124_000001_create_followers",
+        "permission denied for schema public",
+        &role.name,
+        "followers-etl migrate",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle} missing: {}",
+            run.stderr
+        );
+    }
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = env.spawn_agent(&[as_role[0], ("WATCH", "false"), ("HTTP_ADDR", &addr)]);
+    eventually(30, "serve waiting for the migrations", || async {
+        agent
+            .log_text()
+            .contains("waiting for the pending migrations to be applied")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(agent.exit_code(), None, "{}", agent.log_text());
+    // The owner applies them and grants the runtime privileges.
+    assert_eq!(env.run(&["migrate"], &[]).code, 0);
+    role.grant_documented_privileges(&env).await;
+    eventually(60, "the start-up run", || async {
+        (env.runs_by("start").await == vec![("synced".to_string(), 3)]).then_some(())
+    })
+    .await;
+    let ready = eventually(15, "/readyz", || async { http_get(port, "/readyz") }).await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
+    assert_eq!(env.followers().await, pairs(ABC));
+    // sync and status as the role: a change, a crash recovered, the history.
+    let next = [
+        ("ann@example.com", "Ann"),
+        ("bob@example.com", "Robert"),
+        ("cy@example.com", "Cy"),
+    ];
+    env.write_csv(csv(&next));
+    env.leave_a_crashed_run().await;
+    let run = env.sync_with(&[], &as_role);
+    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(&next));
+    assert_eq!(env.staging_rows().await, 0);
+    let status = env.run(&["status"], &as_role);
+    assert_eq!(status.code, 0, "{status:?}");
 }
