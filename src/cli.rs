@@ -217,7 +217,8 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     let ctx = SyncContext {
         db,
         settings,
-        progress: if std::io::stderr().is_terminal() && !args.json {
+        // A progress bar only for a person at a terminal, never among JSON lines.
+        progress: if std::io::stderr().is_terminal() && !args.json && !crate::telemetry::is_json() {
             ProgressStyle::Bar
         } else {
             ProgressStyle::Log

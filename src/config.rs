@@ -1068,6 +1068,7 @@ mod tests {
         assert_eq!(s.csv, CsvFormat::default());
         assert_eq!(s.http_addr, Some("127.0.0.1:9188".parse().unwrap()));
         assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        assert!(!s.allow_file_change);
     }
 
     #[test]
@@ -1263,6 +1264,7 @@ mod tests {
             ("HTTP_ADDR", "localhost", "IP:port"),
             ("LOG_FORMAT", "xml", "text or json"),
             ("LOG_LEVEL", "loud", "trace, debug"),
+            ("ALLOW_FILE_CHANGE", "maybe", "true or false"),
             ("CRON_SCHEDULE", "61 * * * *", "robfig"),
         ] {
             let e = err_of(&[(var, value)]);
