@@ -287,7 +287,7 @@ pub async fn run_sync(
                 duplicates = counts.duplicates,
                 duration_s = summary.duration.as_secs_f64(),
                 stage,
-                reason = summary.reason.as_deref().unwrap_or(""),
+                reason = %summary.reason.as_deref().unwrap_or(""),
                 "sync finished"
             )
         };
