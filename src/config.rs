@@ -1278,6 +1278,30 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_the_same_under_every_spelling_and_a_symlink_keeps_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = dir.path().canonicalize().unwrap().join("tables");
+        std::fs::create_dir(&tables).unwrap();
+        std::fs::write(tables.join("a.csv"), "x").unwrap();
+        let id = file_identity(&tables.join("a.csv"));
+        assert_eq!(id, tables.join("a.csv"));
+        assert_eq!(file_identity(&tables.join(".").join("a.csv")), id);
+        assert_ne!(file_identity(&tables.join("b.csv")), id);
+        #[cfg(unix)]
+        {
+            // A directory reached through a symlink is the same directory...
+            std::os::unix::fs::symlink(&tables, dir.path().join("alias")).unwrap();
+            assert_eq!(file_identity(&dir.path().join("alias/a.csv")), id);
+            // ...but a symlinked file is its own name, whatever it points to.
+            std::os::unix::fs::symlink("a.csv", tables.join("link.csv")).unwrap();
+            assert_eq!(
+                file_identity(&tables.join("link.csv")),
+                tables.join("link.csv")
+            );
+        }
+    }
+
+    #[test]
     fn csv_file_must_stay_inside_tables_dir() {
         let dir = tempfile::tempdir().unwrap();
         let tables = dir.path().join("tables");

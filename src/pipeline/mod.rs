@@ -253,8 +253,8 @@ pub async fn run_sync(
     let mut counts = Counts::default();
     let (outcome, reason, stage) =
         match locked_run(ctx, request, load_id, &mut counts, cancel).await {
-            Ok((outcome, reason)) => (outcome, reason, ""),
-            Err(e) => (e.outcome(), Some(error_chain(&e)), e.stage()),
+            Ok((outcome, reason)) => (outcome, reason, None),
+            Err(e) => (e.outcome(), Some(error_chain(&e)), Some(e.stage())),
         };
     // A dry run's only reason is the refusal a real run would meet.
     let dry_run = (outcome == Outcome::DryRun).then(|| DryRunVerdict {
@@ -286,8 +286,8 @@ pub async fn run_sync(
                 rejected = counts.rejected,
                 duplicates = counts.duplicates,
                 duration_s = summary.duration.as_secs_f64(),
-                stage,
-                reason = %summary.reason.as_deref().unwrap_or(""),
+                stage = stage,
+                reason = summary.reason.as_deref().map(tracing::field::display),
                 "sync finished"
             )
         };
