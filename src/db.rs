@@ -231,16 +231,26 @@ async fn apply_pending(db: &DatabaseConnection) -> Result<(), DbError> {
             e => DbError::Migrate(e),
         });
     };
-    let role = db
+    // Which CREATE privileges the migrations need and the role lacks.
+    let (role, lacking) = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT current_user::text",
+            "SELECT current_user::text, concat_ws(', ',
+                CASE WHEN NOT has_schema_privilege(current_schema(), 'CREATE')
+                     THEN 'CREATE on schema ' || current_schema() END,
+                CASE WHEN NOT has_database_privilege(current_database(), 'CREATE')
+                     THEN 'CREATE on database ' || current_database() END)",
         ))
         .await
         .ok()
         .flatten()
-        .and_then(|row| row.try_get_by_index::<String>(0).ok())
+        .and_then(|row| row.try_get_many_by_index::<(String, String)>().ok())
         .unwrap_or_default();
+    let denied = if lacking.is_empty() {
+        denied
+    } else {
+        format!("{denied} (it lacks {lacking})")
+    };
     Err(DbError::MigrationPrivilege {
         first: first.clone(),
         more: match pending.len() {

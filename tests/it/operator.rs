@@ -373,6 +373,7 @@ async fn a_runtime_role_with_the_documented_grants_syncs_and_waits_for_pending_m
     for needle in [
         "m20261124_000001_create_followers",
         "permission denied for schema public",
+        "it lacks CREATE on schema public",
         &role.name,
         "followers-etl migrate",
     ] {
