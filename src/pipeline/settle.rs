@@ -79,7 +79,8 @@ fn ends_with_line_break(path: &Path, len: u64) -> bool {
         return true;
     }
     let mut last = [0u8; 1];
-    std::fs::File::open(path)
+    // Never blocks: a FIFO swapped in is refused, not opened for reading.
+    super::read::open_regular(path)
         .and_then(|mut f| {
             f.seek(SeekFrom::Start(len - 1))?;
             f.read_exact(&mut last)
