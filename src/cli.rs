@@ -43,7 +43,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent: migrations, recovery, then cron, file watch and HTTP until SIGINT/SIGTERM (the default).
+    /// Run the agent: migrations, recovery, then cron, file watch and HTTP until SIGINT/SIGTERM; SIGHUP is logged and ignored (the default).
     Serve,
     /// Sync once now, then exit (0 synced/skipped/dry run, 1 refused/failed, 2 bad configuration).
     ///
