@@ -68,9 +68,9 @@ pub enum Command {
         #[arg(long, default_value_t = 5, value_name = "N")]
         count: usize,
     },
-    /// Show the last runs and the current table_status (1 if the database is unreachable).
+    /// Followers, last success, next run, the last run's stages and any refusal, then the last runs (times UTC, RFC 3339; 1 if the database is unreachable).
     Status {
-        /// Print one JSON object.
+        /// Print the same report as one JSON object.
         #[arg(long)]
         json: bool,
         /// How many runs to show.
@@ -245,6 +245,8 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
             );
         }
     }
+    // After the run (and its lock): keep the run history within its bound.
+    runs::prune_or_warn(&ctx.db, ctx.settings.history).await;
     if code == ExitCode::SUCCESS {
         ExitCode::from(summary.outcome.exit_code())
     } else {
@@ -379,8 +381,8 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
         Ok(db) => db,
         Err(e) => return failure("database", &e),
     };
-    let (runs, tables) = match tokio::try_join!(runs::recent(&db, limit), runs::table_status(&db)) {
-        Ok(x) => x,
+    let report = match crate::status::report(&db, settings, limit).await {
+        Ok(report) => report,
         Err(e) => {
             return failure(
                 "cannot read the run history (run `followers-etl migrate`?)",
@@ -390,42 +392,12 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
     };
     let mut out = Out::new();
     if json {
-        let runs: Vec<_> = runs.iter().map(runs::run_json).collect();
-        let tables: Vec<_> = tables.iter().map(runs::status_json).collect();
         out.line(format_args!(
             "{}",
-            serde_json::json!({ "table_status": tables, "runs": runs })
+            serde_json::to_string(&report).expect("a status report always serialises")
         ));
-        return out.finish(ExitCode::SUCCESS);
-    }
-    out.line(format_args!("table_status:"));
-    for t in &tables {
-        out.line(format_args!(
-            "  {} last_activity={} load_id={}",
-            t.table_name,
-            t.last_activity
-                .map(|t| format!("{t}Z"))
-                .unwrap_or_else(|| "never".into()),
-            t.load_id.map(|l| l.to_string()).unwrap_or_default()
-        ));
-    }
-    out.line(format_args!("runs (newest first):"));
-    for r in &runs {
-        out.line(format_args!(
-            "  {} {} {:<8} {:<7} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={}{}",
-            r.started_at,
-            r.load_id,
-            r.outcome,
-            r.trigger,
-            r.rows_read,
-            r.inserted,
-            r.updated,
-            r.deleted,
-            r.unchanged,
-            r.rejected,
-            r.duplicates,
-            r.error.as_deref().map(|e| format!(" error={e:?}")).unwrap_or_default()
-        ));
+    } else {
+        out.line(format_args!("{}", report.to_text().trim_end()));
     }
     out.finish(ExitCode::SUCCESS)
 }

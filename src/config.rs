@@ -20,6 +20,7 @@ use std::time::Duration;
 pub const VARIABLES: &[&str] = &[
     "DATABASE_URL",
     "DSN",
+    "DEFAULT_DATABASE_URL",
     "CSV_FILE",
     "TABLES_DIR",
     "CRON_SCHEDULE",
@@ -41,6 +42,8 @@ pub const VARIABLES: &[&str] = &[
     "LOG_LEVEL",
     "SHUTDOWN_TIMEOUT",
     "ALLOW_FILE_CHANGE",
+    "HISTORY_KEEP_DAYS",
+    "HISTORY_KEEP_RUNS",
 ];
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -72,6 +75,10 @@ pub const LIBPQ_VARIABLES: &[&str] = &[
 /// Rows per batch: the best median of `bench/load.sh` (README, "Performance").
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 pub const DEFAULT_WORKERS: usize = 16;
+/// The run history's bound (README, "Run history"): runs older than this many days,
+/// or beyond this many newest runs, are pruned.
+pub const DEFAULT_HISTORY_KEEP_DAYS: u32 = 90;
+pub const DEFAULT_HISTORY_KEEP_RUNS: u64 = 10_000;
 /// Larger batches only cost memory (the channel holds up to 3 per worker).
 pub const MAX_BATCH_SIZE: u64 = 1_000_000;
 
@@ -362,6 +369,14 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Sync from another file than the last successful sync (README, "What a sync does").
     pub allow_file_change: bool,
+    pub history: HistoryBound,
+}
+
+/// How much run history to keep; `None` disables that bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryBound {
+    pub keep_days: Option<u32>,
+    pub keep_runs: Option<u64>,
 }
 
 /// Loads a `.env` file without overriding variables already set. The old Go
@@ -560,6 +575,19 @@ where
         .ok_or_else(|| invalid(var, raw, format!("expected a whole number ≥ {min}")))
 }
 
+/// A history bound: a whole number, `0` for no bound.
+fn history_bound<T>(raw: &Raw, var: &'static str, default: T) -> Result<Option<T>, ConfigError>
+where
+    T: TryFrom<u64> + PartialEq + Default,
+{
+    let n = raw
+        .get(var)
+        .map(|v| parse_int(var, v, 0))
+        .transpose()?
+        .unwrap_or(default);
+    Ok((n != T::default()).then_some(n))
+}
+
 fn parse_int_in(var: &'static str, raw: &str, min: u64, max: u64) -> Result<usize, ConfigError> {
     raw.trim()
         .parse::<u64>()
@@ -729,7 +757,14 @@ impl Settings {
     fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
         let database_url = match raw.aliased("DATABASE_URL", "DSN")? {
             Some((var, value)) => DatabaseUrl::parse(var, value)?,
-            None => default_database_url(raw)?,
+            None => match raw.get("DEFAULT_DATABASE_URL") {
+                // docker-compose.yml points DEFAULT_DATABASE_URL at its db service; libpq
+                // variables, when set, are the user's own choice and win over it.
+                Some(value) if LIBPQ_TARGET_VARIABLES.iter().all(|v| raw.get(v).is_none()) => {
+                    DatabaseUrl::parse("DEFAULT_DATABASE_URL", value)?
+                }
+                _ => default_database_url(raw)?,
+            },
         };
         let tables_dir = PathBuf::from(raw.get("TABLES_DIR").unwrap_or("./tables"));
         let csv_file = raw.get("CSV_FILE").map(PathBuf::from);
@@ -882,6 +917,10 @@ impl Settings {
             log_level,
             shutdown_timeout,
             allow_file_change: bool_or("ALLOW_FILE_CHANGE", false)?,
+            history: HistoryBound {
+                keep_days: history_bound(raw, "HISTORY_KEEP_DAYS", DEFAULT_HISTORY_KEEP_DAYS)?,
+                keep_runs: history_bound(raw, "HISTORY_KEEP_RUNS", DEFAULT_HISTORY_KEEP_RUNS)?,
+            },
         })
     }
 
@@ -1203,6 +1242,45 @@ mod tests {
         ]);
         assert!(e.contains("DSN") && e.contains("DATABASE_URL"), "{e}");
         assert!(!e.contains("pw"), "password leaked: {e}");
+    }
+
+    #[test]
+    fn default_database_url_applies_only_when_neither_database_url_nor_dsn_is_set() {
+        let bundled = ("DEFAULT_DATABASE_URL", "postgres://f:pw@db:5432/f");
+        let s = Settings::from_raw(&raw(&[bundled])).unwrap();
+        assert_eq!(s.database_url.expose(), "postgres://f:pw@db:5432/f");
+        let s = Settings::from_raw(&raw(&[bundled, ("DSN", "host=pg dbname=old")])).unwrap();
+        assert_eq!(s.database_url.expose(), "host=pg dbname=old");
+        let s = Settings::from_raw(&raw(&[bundled, ("DATABASE_URL", "postgres://a@x/y")])).unwrap();
+        assert_eq!(s.database_url.expose(), "postgres://a@x/y");
+        let s = Settings::from_raw(&raw(&[("DEFAULT_DATABASE_URL", "")])).unwrap();
+        assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
+        let e = err_of(&[("DEFAULT_DATABASE_URL", "mysql://u:s3cret@db/x")]);
+        assert!(
+            e.contains("DEFAULT_DATABASE_URL") && !e.contains("s3cret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn history_bounds_default_and_zero_disables() {
+        let s = Settings::from_raw(&raw(&[])).unwrap();
+        assert_eq!(
+            s.history,
+            HistoryBound {
+                keep_days: Some(DEFAULT_HISTORY_KEEP_DAYS),
+                keep_runs: Some(DEFAULT_HISTORY_KEEP_RUNS),
+            }
+        );
+        let s = Settings::from_raw(&raw(&[
+            ("HISTORY_KEEP_DAYS", "0"),
+            ("HISTORY_KEEP_RUNS", "25"),
+        ]))
+        .unwrap();
+        assert_eq!(s.history.keep_days, None);
+        assert_eq!(s.history.keep_runs, Some(25));
+        let e = err_of(&[("HISTORY_KEEP_RUNS", "-1")]);
+        assert!(e.contains("HISTORY_KEEP_RUNS"), "{e}");
     }
 
     #[test]

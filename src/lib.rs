@@ -14,5 +14,6 @@ pub mod http;
 pub mod pipeline;
 pub mod runner;
 pub mod runs;
+pub mod status;
 pub mod telemetry;
 pub mod triggers;

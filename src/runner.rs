@@ -8,8 +8,9 @@ use crate::domain::LoadId;
 use crate::pipeline::{run_sync, Summary, SyncContext, SyncRequest};
 use crate::runs::Trigger;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Where triggers send their requests. Cheap to clone; never blocks.
@@ -39,6 +40,8 @@ pub struct Runner {
     file: PathBuf,
     shutdown_timeout: Duration,
     requests: mpsc::UnboundedReceiver<Trigger>,
+    /// One permit: at most one history prune at a time.
+    pruning: Arc<Semaphore>,
 }
 
 impl Runner {
@@ -50,6 +53,7 @@ impl Runner {
             file,
             shutdown_timeout,
             requests: rx,
+            pruning: Arc::new(Semaphore::new(1)),
         };
         (runner, RunRequests(tx))
     }
@@ -73,6 +77,7 @@ impl Runner {
                 return;
             }
             self.run_one(trigger, &stop).await;
+            self.prune_in_background();
             // Everything that arrived meanwhile becomes one follow-up run.
             let mut coalesced = 0;
             while let Ok(next) = self.requests.try_recv() {
@@ -86,6 +91,19 @@ impl Runner {
                 );
             }
         }
+    }
+
+    /// Keeps the run history within its bound (README, "Run history") on a task of
+    /// its own, so the next run never waits for it.
+    fn prune_in_background(&self) {
+        let Ok(permit) = self.pruning.clone().try_acquire_owned() else {
+            return;
+        };
+        let (db, bound) = (self.ctx.db.clone(), self.ctx.settings.history);
+        tokio::spawn(async move {
+            crate::runs::prune_or_warn(&db, bound).await;
+            drop(permit);
+        });
     }
 
     async fn run_one(&self, trigger: Trigger, stop: &CancellationToken) -> Summary {

@@ -2,13 +2,14 @@
 //! (`etl_info_schema.table_status`): a run is recorded `running` when it starts and
 //! finished with its outcome, counts and reason; crashed runs are recovered here.
 
+use crate::config::HistoryBound;
 use crate::domain::{ContentHash, LoadId};
 use chrono::{NaiveDateTime, Utc};
 use entity::{sync_runs, table_status};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, Set, Statement, Value,
 };
 use serde::Serialize;
 use std::fmt;
@@ -238,13 +239,177 @@ pub async fn mark_synced(
     Ok(())
 }
 
+/// Stores a run's per-stage durations (`{"stage": seconds}`) in `sync_runs.stages`.
+pub async fn record_stages(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    stages: &serde_json::Value,
+) -> Result<(), DbErr> {
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE etl_info_schema.sync_runs SET stages = $1::jsonb WHERE load_id = $2",
+        [stages.to_string().into(), load_id.uuid().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Rows one pruning statement deletes at most: short statements, short row locks.
+const PRUNE_BATCH: u64 = 500;
+
+/// Deletes the runs beyond the history bound (older than `keep_days`, or beyond the
+/// newest `keep_runs`), oldest first, `PRUNE_BATCH` rows per statement. Never deletes
+/// a `running` run, nor the last successful sync (the newest `synced` run and the run
+/// `table_status` names). Returns how many runs it deleted.
+#[tracing::instrument(skip_all, err)]
+pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64, DbErr> {
+    let older_than: Option<NaiveDateTime> = bound
+        .keep_days
+        .and_then(|days| now().checked_sub_signed(chrono::TimeDelta::try_days(days.into())?));
+    // The newest run beyond the count bound: it and every older run go.
+    let beyond_count = match bound.keep_runs {
+        None => None,
+        Some(keep) => db
+            .query_one(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT started_at, load_id FROM etl_info_schema.sync_runs
+                 ORDER BY started_at DESC, load_id DESC OFFSET $1 LIMIT 1",
+                [i(keep).into()],
+            ))
+            .await?
+            .map(|row| {
+                Ok::<_, DbErr>((
+                    row.try_get::<NaiveDateTime>("", "started_at")?,
+                    row.try_get::<uuid::Uuid>("", "load_id")?,
+                ))
+            })
+            .transpose()?,
+    };
+    if older_than.is_none() && beyond_count.is_none() {
+        return Ok(0);
+    }
+    let mut pruned = 0;
+    loop {
+        let deleted = db
+            .execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "DELETE FROM etl_info_schema.sync_runs WHERE load_id IN (
+                    SELECT r.load_id FROM etl_info_schema.sync_runs r
+                    WHERE (r.started_at < $1 OR (r.started_at, r.load_id) <= ($2, $3))
+                      AND r.outcome <> 'running'
+                      AND r.load_id NOT IN (SELECT t.load_id FROM etl_info_schema.table_status t
+                                            WHERE t.load_id IS NOT NULL)
+                      AND r.load_id IS DISTINCT FROM (
+                          SELECT s.load_id FROM etl_info_schema.sync_runs s
+                          WHERE s.outcome = 'synced' ORDER BY s.started_at DESC LIMIT 1)
+                    ORDER BY r.started_at LIMIT $4)",
+                [
+                    older_than.into(),
+                    beyond_count.map(|(t, _)| t).into(),
+                    beyond_count.map(|(_, id)| id).into(),
+                    i(PRUNE_BATCH).into(),
+                ],
+            ))
+            .await?
+            .rows_affected();
+        pruned += deleted;
+        if deleted < PRUNE_BATCH {
+            break;
+        }
+    }
+    if pruned > 0 {
+        tracing::info!(
+            pruned,
+            "run history pruned (HISTORY_KEEP_DAYS, HISTORY_KEEP_RUNS)"
+        );
+    }
+    Ok(pruned)
+}
+
+/// `prune`, logging a failure instead of returning it (the next run retries).
+pub async fn prune_or_warn(db: &impl ConnectionTrait, bound: HistoryBound) {
+    if let Err(e) = prune(db, bound).await {
+        tracing::warn!(error = %e, "pruning the run history failed; the next run retries");
+    }
+}
+
+/// A run record with its stage durations (`status`).
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct RunRecord {
+    #[sea_orm(nested)]
+    pub run: sync_runs::Model,
+    /// `sync_runs.stages` as JSON text.
+    pub stages: Option<String>,
+}
+
+impl RunRecord {
+    pub fn counts(&self) -> Counts {
+        let u = |n: i64| u64::try_from(n).unwrap_or(0);
+        let r = &self.run;
+        Counts {
+            rows_read: u(r.rows_read),
+            inserted: u(r.inserted),
+            updated: u(r.updated),
+            deleted: u(r.deleted),
+            unchanged: u(r.unchanged),
+            rejected: u(r.rejected),
+            duplicates: u(r.duplicates),
+        }
+    }
+}
+
+/// Runs matching `condition`, newest first (every query here walks an index on
+/// `started_at` from its newest end, so it stays fast however long the history).
+async fn runs_where(
+    db: &impl ConnectionTrait,
+    condition: &str,
+    limit: u64,
+) -> Result<Vec<RunRecord>, DbErr> {
+    RunRecord::find_by_statement(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!(
+            "SELECT load_id, trigger, file, content_hash, started_at, finished_at, outcome,
+                    rows_read, inserted, updated, deleted, unchanged, rejected, duplicates,
+                    error, stages::text AS stages
+             FROM etl_info_schema.sync_runs WHERE {condition}
+             ORDER BY started_at DESC, load_id DESC LIMIT $1"
+        ),
+        [Value::from(i(limit))],
+    ))
+    .all(db)
+    .await
+}
+
 /// The newest runs, newest first.
-pub async fn recent(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<sync_runs::Model>, DbErr> {
-    sync_runs::Entity::find()
-        .order_by_desc(sync_runs::Column::StartedAt)
-        .limit(limit)
-        .all(db)
-        .await
+pub async fn recent(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<RunRecord>, DbErr> {
+    runs_where(db, "true", limit).await
+}
+
+/// The newest successful sync.
+pub async fn last_synced(db: &impl ConnectionTrait) -> Result<Option<sync_runs::Model>, DbErr> {
+    Ok(runs_where(db, "outcome = 'synced'", 1)
+        .await?
+        .pop()
+        .map(|r| r.run))
+}
+
+/// The newest run that decided something (not running, skipped or a dry run): when it
+/// was refused or failed, that needs an operator.
+pub async fn last_decisive(db: &impl ConnectionTrait) -> Result<Option<sync_runs::Model>, DbErr> {
+    Ok(
+        runs_where(db, "outcome IN ('synced', 'refused', 'failed')", 1)
+            .await?
+            .pop()
+            .map(|r| r.run),
+    )
+}
+
+/// When the newest cron-triggered run started.
+pub async fn last_cron_start(db: &impl ConnectionTrait) -> Result<Option<NaiveDateTime>, DbErr> {
+    Ok(runs_where(db, "trigger = 'cron'", 1)
+        .await?
+        .pop()
+        .map(|r| r.run.started_at))
 }
 
 pub async fn table_status(db: &impl ConnectionTrait) -> Result<Vec<table_status::Model>, DbErr> {
@@ -254,33 +419,14 @@ pub async fn table_status(db: &impl ConnectionTrait) -> Result<Vec<table_status:
         .await
 }
 
-/// A run record as JSON (`status --json`).
-pub fn run_json(r: &sync_runs::Model) -> serde_json::Value {
-    serde_json::json!({
-        "load_id": r.load_id,
-        "trigger": r.trigger,
-        "file": r.file,
-        "content_hash": r.content_hash,
-        "started_at": r.started_at.and_utc().to_rfc3339(),
-        "finished_at": r.finished_at.map(|t| t.and_utc().to_rfc3339()),
-        "outcome": r.outcome,
-        "rows_read": r.rows_read,
-        "inserted": r.inserted,
-        "updated": r.updated,
-        "deleted": r.deleted,
-        "unchanged": r.unchanged,
-        "rejected": r.rejected,
-        "duplicates": r.duplicates,
-        "error": r.error,
-    })
-}
-
-/// A `table_status` row as JSON (`status --json`).
-pub fn status_json(t: &table_status::Model) -> serde_json::Value {
-    serde_json::json!({
-        "table_name": t.table_name,
-        "last_activity": t.last_activity.map(|t| t.and_utc().to_rfc3339()),
-        "content_hash": t.content_hash,
-        "load_id": t.load_id,
-    })
+/// How many followers the mirrored table holds.
+pub async fn follower_count(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    let row = db
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM public.followers",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("count(*)".into()))?;
+    row.try_get("", "n")
 }

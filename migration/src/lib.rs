@@ -11,6 +11,7 @@ mod m20261124_000001_create_followers;
 mod m20261124_000002_create_staging_followers;
 mod m20261124_000003_create_etl_info_schema;
 mod m20261130_000004_canonical_follower_emails;
+mod m20261130_000006_sync_runs_stages;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_create_staging_followers::Migration),
             Box::new(m20261124_000003_create_etl_info_schema::Migration),
             Box::new(m20261130_000004_canonical_follower_emails::Migration),
+            Box::new(m20261130_000006_sync_runs_stages::Migration),
         ]
     }
 }

@@ -13,6 +13,7 @@ mod progress;
 pub mod read;
 pub mod settle;
 pub mod stage;
+pub mod stages;
 pub mod validate;
 
 use crate::config::{CsvFormat, Settings};
@@ -25,6 +26,7 @@ use read::{CsvRecords, ReadError};
 use sea_orm::{DatabaseConnection, DbErr};
 use serde::Serialize;
 use stage::{Batch, StageError};
+use stages::StageTimes;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -250,12 +252,18 @@ pub async fn run_sync(
     cancel: CancellationToken,
 ) -> Summary {
     let started = Instant::now();
+    crate::http::record_run_started();
     let mut counts = Counts::default();
-    let (outcome, reason, stage) =
-        match locked_run(ctx, request, load_id, &mut counts, cancel).await {
-            Ok((outcome, reason)) => (outcome, reason, None),
-            Err(e) => (e.outcome(), Some(error_chain(&e)), Some(e.stage())),
-        };
+    let mut stages = StageTimes::default();
+    let result = locked_run(ctx, request, load_id, &mut counts, &mut stages, cancel).await;
+    stages.end();
+    if let Err(e) = runs::record_stages(&ctx.db, load_id, &stages.to_json()).await {
+        tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+    }
+    let (outcome, reason, stage) = match result {
+        Ok((outcome, reason)) => (outcome, reason, None),
+        Err(e) => (e.outcome(), Some(error_chain(&e)), Some(e.stage())),
+    };
     // A dry run's only reason is the refusal a real run would meet.
     let dry_run = (outcome == Outcome::DryRun).then(|| DryRunVerdict {
         would_refuse: reason.is_some(),
@@ -325,12 +333,14 @@ async fn locked_run(
     request: &SyncRequest,
     load_id: LoadId,
     counts: &mut Counts,
+    stages: &mut StageTimes,
     cancel: CancellationToken,
 ) -> Result<(Outcome, Option<String>), SyncError> {
     let db = &ctx.db;
     let file = crate::config::file_identity(&request.file)
         .display()
         .to_string();
+    stages.begin("settle");
     // Settle before the lock: a file still being written holds up no other agent.
     let rules = settle::Rules::from_debounce(ctx.settings.watch_debounce);
     let settled = match settle::wait(&request.file, rules, &ctx.writes, &cancel).await {
@@ -356,6 +366,7 @@ async fn locked_run(
             return Err(e);
         }
     };
+    stages.begin("lock");
     let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
@@ -375,7 +386,17 @@ async fn locked_run(
         runs::start(db, load_id, request.trigger, &file, None)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let outcome = saga(ctx, request, &settled, load_id, lock.pid(), counts, &cancel).await;
+        let outcome = saga(
+            ctx,
+            request,
+            &settled,
+            load_id,
+            lock.pid(),
+            counts,
+            stages,
+            &cancel,
+        )
+        .await;
         if let Err(e) = &outcome {
             e.partial_counts(counts);
             compensate(db, load_id, counts, e).await;
@@ -431,16 +452,21 @@ async fn saga(
     load_id: LoadId,
     lock_pid: i32,
     counts: &mut Counts,
+    stages: &mut StageTimes,
     cancel: &CancellationToken,
 ) -> Result<(Outcome, Option<String>), SyncError> {
     let settings = &ctx.settings;
     let db = &ctx.db;
     let file = &request.file;
     let progress = progress::start(ctx.progress, load_id, file);
+    let mut stage = |name: &'static str| {
+        progress.stage(name);
+        stages.begin(name);
+    };
 
     // 1. Hash: unchanged since the last successful sync → skip. The file must
     //    still resolve inside TABLES_DIR (a symlink may have been repointed).
-    progress.stage("hash");
+    stage("hash");
     crate::config::confine("CSV_FILE", &settings.tables_dir, file).map_err(SyncError::Outside)?;
     if !request.allow_file_change {
         let this = crate::config::file_identity(file).display().to_string();
@@ -451,12 +477,10 @@ async fn saga(
             return Err(SyncError::OtherFile { last, this });
         }
     }
-    let timer = Instant::now();
     let hash = tokio::select! {
         _ = cancel.cancelled() => return Err(SyncError::Cancelled),
         hash = hash(file, settings.csv) => hash?,
     };
-    crate::http::record_stage("hash", timer.elapsed().as_secs_f64());
     let last = runs::last_synced_hash(db)
         .await
         .map_err(SyncError::Bookkeeping)?;
@@ -476,8 +500,7 @@ async fn saga(
     }
 
     // 2-5. Read, validate and stage, streaming.
-    progress.stage("read_and_stage");
-    let timer = Instant::now();
+    stage("read_and_stage");
     let tally = Arc::new(ReadTally::default());
     let read = read_and_stage(ctx, request, load_id, &progress, &tally, cancel)
         .await
@@ -486,7 +509,6 @@ async fn saga(
             counts.rows_read = tally.rows.load(Ordering::Relaxed);
             counts.rejected = tally.rejected.load(Ordering::Relaxed);
         })?;
-    crate::http::record_stage("read_and_stage", timer.elapsed().as_secs_f64());
     *counts = Counts {
         rows_read: read.rows_read,
         rejected: read.rejected,
@@ -504,7 +526,7 @@ async fn saga(
 
     // 4. Duplicates: the last occurrence wins, also when it is a rejected row
     //    (then the follower stays as it is).
-    progress.stage("dedupe");
+    stage("dedupe");
     if cancel.is_cancelled() {
         return Err(SyncError::Cancelled);
     }
@@ -520,7 +542,6 @@ async fn saga(
     }
 
     // 6-7. Merge and purge in one transaction (it also removes the staging rows).
-    progress.stage("merge");
     let load = Load {
         load_id,
         lock_pid,
@@ -536,6 +557,7 @@ async fn saga(
         allow_mass_delete: request.allow_mass_delete,
     };
     if request.dry_run {
+        stage("plan");
         let (planned, refusal) = merge::plan(db, &load, guard).await?;
         *counts = planned;
         stage::discard(db, load_id)
@@ -554,9 +576,8 @@ async fn saga(
         .map_err(SyncError::Bookkeeping)?;
         return Ok((Outcome::DryRun, note));
     }
-    let timer = Instant::now();
+    stage("merge");
     *counts = merge::merge(db, &load, guard).await?;
-    crate::http::record_stage("merge", timer.elapsed().as_secs_f64());
     Ok((Outcome::Synced, None))
 }
 

@@ -7,6 +7,7 @@ mod helpers;
 mod line_endings;
 mod messages;
 mod operator;
+mod operations;
 mod serve;
 mod stability;
 mod sync;

@@ -1,0 +1,34 @@
+//! `sync_runs.stages`: every run's per-stage durations in seconds, as a JSON object
+//! (`{"hash": 0.01, "read_and_stage": 2.5, ...}`; README, "Run history"), and a
+//! partial index that finds the newest successful run without walking the history.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE etl_info_schema.sync_runs ADD COLUMN IF NOT EXISTS stages jsonb;
+                 CREATE INDEX IF NOT EXISTS sync_runs_synced_started_at_idx
+                    ON etl_info_schema.sync_runs (started_at) WHERE outcome = 'synced'",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "DROP INDEX IF EXISTS etl_info_schema.sync_runs_synced_started_at_idx;
+                 ALTER TABLE etl_info_schema.sync_runs DROP COLUMN IF EXISTS stages",
+            )
+            .await?;
+        Ok(())
+    }
+}
