@@ -1249,8 +1249,8 @@ mod tests {
         let bundled = ("DEFAULT_DATABASE_URL", "postgres://f:pw@db:5432/f");
         let s = Settings::from_raw(&raw(&[bundled])).unwrap();
         assert_eq!(s.database_url.expose(), "postgres://f:pw@db:5432/f");
-        let s = Settings::from_raw(&raw(&[bundled, ("DSN", "host=pg dbname=old")])).unwrap();
-        assert_eq!(s.database_url.expose(), "host=pg dbname=old");
+        let s = Settings::from_raw(&raw(&[bundled, ("DSN", "postgres://o@pg/old")])).unwrap();
+        assert_eq!(s.database_url.expose(), "postgres://o@pg/old");
         let s = Settings::from_raw(&raw(&[bundled, ("DATABASE_URL", "postgres://a@x/y")])).unwrap();
         assert_eq!(s.database_url.expose(), "postgres://a@x/y");
         let s = Settings::from_raw(&raw(&[("DEFAULT_DATABASE_URL", "")])).unwrap();
