@@ -52,8 +52,14 @@ pub fn record_run(summary: &Summary) {
         ] {
             metrics::counter!(ROWS_TOTAL, "action" => action).increment(n);
         }
-        metrics::gauge!(LAST_SUCCESS).set(chrono::Utc::now().timestamp() as f64);
+        record_in_sync();
     }
+}
+
+/// The table was just confirmed a mirror of the file: synced, or skipped because the
+/// file is unchanged since the last successful sync.
+pub fn record_in_sync() {
+    metrics::gauge!(LAST_SUCCESS).set(chrono::Utc::now().timestamp() as f64);
 }
 
 /// Records how long one stage of a run took.
@@ -92,7 +98,7 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
     metrics::describe_gauge!(
         LAST_SUCCESS,
         Unit::Seconds,
-        "Unix time of the last successful sync by this process."
+        "Unix time this process last confirmed followers mirror the file: a synced run, or one skipped because the file is unchanged."
     );
     metrics::describe_gauge!(
         FOLLOWERS,

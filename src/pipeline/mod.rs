@@ -496,6 +496,7 @@ async fn saga(
         )
         .await
         .map_err(SyncError::Bookkeeping)?;
+        crate::http::record_in_sync();
         return Ok((Outcome::Skipped, Some(reason.into())));
     }
 

@@ -288,4 +288,17 @@ async fn metrics_have_histogram_buckets_help_texts_and_an_in_progress_gauge() {
         assert!(after.contains(bucket), "{bucket} missing:\n{after}");
     }
     assert_eq!(agent.terminate().await, 0);
+    // Restarted with the file unchanged: the start-up run is skipped, and still
+    // confirms the mirror for the last-success gauge (no false "no recent sync").
+    let mut agent = env.spawn_agent(&[("HTTP_ADDR", &addr), ("WATCH", "false")]);
+    let restarted = eventually(30, "the skipped start-up run", || async {
+        http_get(port, "/metrics")
+            .filter(|m| m.contains("followers_etl_runs_total{outcome=\"skipped\"} 1"))
+    })
+    .await;
+    assert!(
+        restarted.contains("\nfollowers_etl_last_success_timestamp_seconds "),
+        "{restarted}"
+    );
+    assert_eq!(agent.terminate().await, 0);
 }
