@@ -358,13 +358,17 @@ impl RunRecord {
     }
 }
 
-/// Runs matching `condition`, newest first (every query here walks an index on
-/// `started_at` from its newest end, so it stays fast however long the history).
+/// Runs matching `condition` (which may use `$2`, bound to `param`), newest first.
+/// Every query here walks an index on `started_at` (or the partial index of decisive
+/// runs) from its newest end, so it stays fast however long the history.
 async fn runs_where(
     db: &impl ConnectionTrait,
     condition: &str,
+    param: Option<Value>,
     limit: u64,
 ) -> Result<Vec<RunRecord>, DbErr> {
+    let mut values = vec![Value::from(i(limit))];
+    values.extend(param);
     RunRecord::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,
         format!(
@@ -374,7 +378,7 @@ async fn runs_where(
              FROM etl_info_schema.sync_runs WHERE {condition}
              ORDER BY started_at DESC, load_id DESC LIMIT $1"
         ),
-        [Value::from(i(limit))],
+        values,
     ))
     .all(db)
     .await
@@ -382,12 +386,12 @@ async fn runs_where(
 
 /// The newest runs, newest first.
 pub async fn recent(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<RunRecord>, DbErr> {
-    runs_where(db, "true", limit).await
+    runs_where(db, "true", None, limit).await
 }
 
 /// The newest successful sync.
 pub async fn last_synced(db: &impl ConnectionTrait) -> Result<Option<sync_runs::Model>, DbErr> {
-    Ok(runs_where(db, "outcome = 'synced'", 1)
+    Ok(runs_where(db, "outcome = 'synced'", None, 1)
         .await?
         .pop()
         .map(|r| r.run))
@@ -397,19 +401,27 @@ pub async fn last_synced(db: &impl ConnectionTrait) -> Result<Option<sync_runs::
 /// was refused or failed, that needs an operator.
 pub async fn last_decisive(db: &impl ConnectionTrait) -> Result<Option<sync_runs::Model>, DbErr> {
     Ok(
-        runs_where(db, "outcome IN ('synced', 'refused', 'failed')", 1)
+        runs_where(db, "outcome IN ('synced', 'refused', 'failed')", None, 1)
             .await?
             .pop()
             .map(|r| r.run),
     )
 }
 
-/// When the newest cron-triggered run started.
-pub async fn last_cron_start(db: &impl ConnectionTrait) -> Result<Option<NaiveDateTime>, DbErr> {
-    Ok(runs_where(db, "trigger = 'cron'", 1)
-        .await?
-        .pop()
-        .map(|r| r.run.started_at))
+/// When the newest cron-triggered run since `since` started.
+pub async fn last_cron_start(
+    db: &impl ConnectionTrait,
+    since: NaiveDateTime,
+) -> Result<Option<NaiveDateTime>, DbErr> {
+    Ok(runs_where(
+        db,
+        "trigger = 'cron' AND started_at > $2",
+        Some(since.into()),
+        1,
+    )
+    .await?
+    .pop()
+    .map(|r| r.run.started_at))
 }
 
 pub async fn table_status(db: &impl ConnectionTrait) -> Result<Vec<table_status::Model>, DbErr> {

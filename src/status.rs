@@ -158,13 +158,17 @@ pub async fn report(
     limit: u64,
 ) -> Result<StatusReport, DbErr> {
     let now = Utc::now();
+    let schedule = &settings.cron_schedule;
+    let from_now = schedule.next_after(now);
+    // Only a cron run within the last interval can still set the beat of `@every`.
+    let beat_since = now - from_now.map_or(chrono::TimeDelta::zero(), |next| next - now);
     let (followers, synced, decisive, recent, tables, last_cron) = tokio::try_join!(
         runs::follower_count(db),
         runs::last_synced(db),
         runs::last_decisive(db),
         runs::recent(db, limit.max(1)),
         runs::table_status(db),
-        runs::last_cron_start(db),
+        runs::last_cron_start(db, beat_since.naive_utc()),
     )?;
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
     // A history from before this agent (or pruned) may only have table_status.
@@ -185,11 +189,10 @@ pub async fn report(
         ago_seconds: (now - at).num_seconds().max(0),
         file,
     });
-    let schedule = &settings.cron_schedule;
     let next_run = last_cron
         .and_then(|t| schedule.next_after(t.and_utc()))
         .filter(|t| *t > now)
-        .or_else(|| schedule.next_after(now))
+        .or(from_now)
         .map(Utc3339);
     let attention = decisive
         .filter(|r| matches!(r.outcome.as_str(), "refused" | "failed"))

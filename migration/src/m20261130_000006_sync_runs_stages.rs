@@ -1,6 +1,7 @@
 //! `sync_runs.stages`: every run's per-stage durations in seconds, as a JSON object
 //! (`{"hash": 0.01, "read_and_stage": 2.5, ...}`; README, "Run history"), and a
-//! partial index that finds the newest successful run without walking the history.
+//! partial index of the runs that synced, were refused or failed, so `status` finds
+//! the newest of them without walking a history of skipped runs.
 
 use sea_orm_migration::prelude::*;
 
@@ -14,8 +15,9 @@ impl MigrationTrait for Migration {
             .get_connection()
             .execute_unprepared(
                 "ALTER TABLE etl_info_schema.sync_runs ADD COLUMN IF NOT EXISTS stages jsonb;
-                 CREATE INDEX IF NOT EXISTS sync_runs_synced_started_at_idx
-                    ON etl_info_schema.sync_runs (started_at) WHERE outcome = 'synced'",
+                 CREATE INDEX IF NOT EXISTS sync_runs_decisive_started_at_idx
+                    ON etl_info_schema.sync_runs (started_at)
+                    WHERE outcome IN ('synced', 'refused', 'failed')",
             )
             .await?;
         Ok(())
@@ -25,7 +27,7 @@ impl MigrationTrait for Migration {
         manager
             .get_connection()
             .execute_unprepared(
-                "DROP INDEX IF EXISTS etl_info_schema.sync_runs_synced_started_at_idx;
+                "DROP INDEX IF EXISTS etl_info_schema.sync_runs_decisive_started_at_idx;
                  ALTER TABLE etl_info_schema.sync_runs DROP COLUMN IF EXISTS stages",
             )
             .await?;

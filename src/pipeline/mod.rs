@@ -397,6 +397,7 @@ async fn locked_run(
             &cancel,
         )
         .await;
+        stages.end();
         if let Err(e) = &outcome {
             e.partial_counts(counts);
             compensate(db, load_id, counts, e).await;

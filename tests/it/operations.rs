@@ -218,6 +218,24 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
             "{t}"
         );
     }
+    // `@every`: the next run keeps the beat of the agent's last cron run.
+    let started: chrono::NaiveDateTime = sqlx::query_scalar(
+        "INSERT INTO etl_info_schema.sync_runs (load_id, trigger, file, started_at, finished_at, outcome)
+         VALUES (gen_random_uuid(), 'cron', 'followers.csv',
+                 date_trunc('second', now() AT TIME ZONE 'UTC') - interval '10 minutes' + interval '0.25 seconds',
+                 now() AT TIME ZONE 'UTC', 'skipped')
+         RETURNING started_at",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let json = env
+        .run(&["status", "--json"], &[("CRON_SCHEDULE", "@every 1h")])
+        .json();
+    let beat = (started.and_utc() - chrono::TimeDelta::milliseconds(250)
+        + chrono::TimeDelta::hours(1))
+    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(json["next_run"], beat.as_str(), "{json}");
     // A synced run records every stage.
     env.write_csv(csv(&[
         ("ann@example.com", "Ann"),
