@@ -13,6 +13,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-$repo/target/debug/followers-etl}"
+case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
 
 say() { echo "compose-config-check: $*" >&2; }
 fail() { say "FAILED: $*"; exit 1; }
