@@ -1255,6 +1255,13 @@ mod tests {
         assert_eq!(s.database_url.expose(), "postgres://a@x/y");
         let s = Settings::from_raw(&raw(&[("DEFAULT_DATABASE_URL", "")])).unwrap();
         assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
+        // libpq variables are the user's own choice: they win over the compose default.
+        let s = Settings::from_raw(&raw(&[bundled, ("PGHOST", "own-db")])).unwrap();
+        assert!(
+            s.database_url.expose().contains("own-db"),
+            "{}",
+            s.database_url
+        );
         let e = err_of(&[("DEFAULT_DATABASE_URL", "mysql://u:s3cret@db/x")]);
         assert!(
             e.contains("DEFAULT_DATABASE_URL") && !e.contains("s3cret"),
