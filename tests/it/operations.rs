@@ -168,7 +168,7 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
         " ago)",
         "T02:30:00.000Z (in ",
         "last run:      skipped",
-        "stages:      lock ",
+        "stages:      settle ",
         "times are UTC, RFC 3339",
         "reason=\"unchanged since the last successful sync\"",
     ] {
@@ -189,7 +189,7 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
     let run = env.run(&["status", "--json"], &cron);
     assert_eq!(
         last_run_stages(&run.stdout),
-        ["lock", "hash", "read_and_stage"],
+        ["settle", "lock", "hash", "read_and_stage"],
         "{run:?}"
     );
     let json = run.json();
@@ -245,7 +245,7 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
     let run = env.run(&["status", "--json"], &[]);
     assert_eq!(
         last_run_stages(&run.stdout),
-        ["lock", "hash", "read_and_stage", "dedupe", "merge"],
+        ["settle", "lock", "hash", "read_and_stage", "dedupe", "merge"],
         "{run:?}"
     );
 }
