@@ -245,7 +245,14 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
     let run = env.run(&["status", "--json"], &[]);
     assert_eq!(
         last_run_stages(&run.stdout),
-        ["settle", "lock", "hash", "read_and_stage", "dedupe", "merge"],
+        [
+            "settle",
+            "lock",
+            "hash",
+            "read_and_stage",
+            "dedupe",
+            "merge"
+        ],
         "{run:?}"
     );
 }
