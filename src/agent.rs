@@ -189,7 +189,13 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     };
     let (runner, requests) = Runner::new(ctx, file.clone());
     if settings.watch {
-        match FileWatch::start(&file, settings.watch_debounce, settings.watch_poll, writes) {
+        match FileWatch::start(
+            &file,
+            settings.ready_marker.as_deref(),
+            settings.watch_debounce,
+            settings.watch_poll,
+            writes,
+        ) {
             Ok(watch) => {
                 tasks.spawn(watch.run(requests.clone(), stop.clone()));
             }

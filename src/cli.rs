@@ -77,6 +77,18 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_name = "N")]
         limit: u64,
     },
+    /// Print the rejected lines of a run: line number, reason, the line's text (1 if the database is unreachable or there is no such run).
+    Rejects {
+        /// The run's load_id (default: the newest run that read the file, as --last).
+        #[arg(value_name = "LOAD_ID", conflicts_with = "last")]
+        load_id: Option<uuid::Uuid>,
+        /// The newest run that read the file (not skipped, not still running).
+        #[arg(long)]
+        last: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply pending migrations (once, the takeover of the old service's followers table) and check the shape of followers, then exit (1 on failure).
     Migrate,
 }
@@ -181,6 +193,7 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
         Command::Check { path, json } => check(&settings, path, json),
         Command::Schedule { expr, from, count } => schedule(&settings, expr, from, count),
         Command::Status { json, limit } => status(&settings, json, limit).await,
+        Command::Rejects { load_id, json, .. } => rejects(&settings, load_id, json).await,
         Command::Migrate => match connect_and_migrate(&settings).await {
             Ok(_) => print_line(format_args!("migrations applied")),
             Err(code) => code,
@@ -400,4 +413,38 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
         out.line(format_args!("{}", report.to_text().trim_end()));
     }
     out.finish(ExitCode::SUCCESS)
+}
+
+async fn rejects(settings: &Settings, load_id: Option<uuid::Uuid>, json: bool) -> ExitCode {
+    let db = match crate::db::connect(settings).await {
+        Ok(db) => db,
+        Err(e) => return failure("database", &e),
+    };
+    let run = match crate::rejects::of_run(db.get_postgres_connection_pool(), load_id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => {
+            match load_id {
+                Some(id) => eprintln!("followers-etl: no run with load_id {id}"),
+                None => eprintln!("followers-etl: no run has read the file yet"),
+            }
+            return ExitCode::from(FAILURE);
+        }
+        Err(e) => return failure("cannot read the rejects (run `followers-etl migrate`?)", &e),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&run).expect("serialisable"));
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "load_id={} outcome={} file={} rejected={} stored={}",
+        run.load_id,
+        run.outcome,
+        run.file,
+        run.rejected,
+        run.rejects.len()
+    );
+    for r in &run.rejects {
+        println!("line {}: {}: {:?}", r.line, r.reason, r.raw);
+    }
+    ExitCode::SUCCESS
 }

@@ -37,6 +37,9 @@ pub const VARIABLES: &[&str] = &[
     "MAX_REJECTS",
     "CSV_DELIMITER",
     "CSV_HEADER",
+    "CSV_ENCODING",
+    "READY_MARKER",
+    "READY_TIMEOUT",
     "HTTP_ADDR",
     "LOG_FORMAT",
     "LOG_LEVEL",
@@ -319,6 +322,8 @@ pub enum HeaderMode {
 pub struct CsvFormat {
     pub delimiter: u8,
     pub header: HeaderMode,
+    /// `CSV_ENCODING`; `None` is `auto` (UTF-8, or UTF-16 by its byte order mark).
+    pub encoding: Option<&'static encoding_rs::Encoding>,
 }
 
 impl Default for CsvFormat {
@@ -326,6 +331,7 @@ impl Default for CsvFormat {
         Self {
             delimiter: b',',
             header: HeaderMode::Auto,
+            encoding: None,
         }
     }
 }
@@ -363,6 +369,11 @@ pub struct Settings {
     pub max_delete_ratio: f64,
     pub max_rejects: u64,
     pub csv: CsvFormat,
+    /// `READY_MARKER`: a suffix; `CSV_FILE` + it must exist, and be no older than
+    /// `CSV_FILE`, before any run reads the file.
+    pub ready_marker: Option<String>,
+    /// How long a run started by hand waits for the ready marker.
+    pub ready_timeout: Duration,
     pub http_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -863,6 +874,35 @@ impl Settings {
             Some(v) if v == "false" => HeaderMode::Absent,
             Some(v) => return Err(invalid("CSV_HEADER", &v, "expected auto, true or false")),
         };
+        let encoding = match raw.get("CSV_ENCODING").map(str::trim) {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case("auto") => None,
+            Some(v) => Some(
+                encoding_rs::Encoding::for_label(v.as_bytes())
+                    .filter(|e| *e != encoding_rs::REPLACEMENT)
+                    .ok_or_else(|| {
+                        invalid(
+                            "CSV_ENCODING",
+                            v,
+                            "expected auto, utf-8, utf-16 (LE), utf-16be, windows-1252, latin1 or another WHATWG encoding label",
+                        )
+                    })?,
+            ),
+        };
+        let ready_marker = match raw.get("READY_MARKER").map(str::trim) {
+            None => None,
+            Some(v) if v.contains(['/', '\\']) || v == "." || v == ".." => return Err(invalid(
+                "READY_MARKER",
+                v,
+                "expected a suffix added to CSV_FILE's name, such as .done (no path separators)",
+            )),
+            Some(v) => Some(v.to_owned()),
+        };
+        let ready_timeout = raw
+            .get("READY_TIMEOUT")
+            .map(|v| parse_duration("READY_TIMEOUT", v))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(60));
         let http_addr = match raw.get("HTTP_ADDR").map(str::trim) {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9188))),
             Some(v) if v.eq_ignore_ascii_case("off") => None,
@@ -911,7 +951,13 @@ impl Settings {
             watch_poll: bool_or("WATCH_POLL", false)?,
             max_delete_ratio,
             max_rejects,
-            csv: CsvFormat { delimiter, header },
+            csv: CsvFormat {
+                delimiter,
+                header,
+                encoding,
+            },
+            ready_marker,
+            ready_timeout,
             http_addr,
             log_format,
             log_level,
@@ -941,7 +987,7 @@ impl Settings {
     /// One line per variable with its effective value (secrets redacted), for logs.
     pub fn describe(&self) -> String {
         format!(
-            "DATABASE_URL={} TABLES_DIR={} CSV_FILE={} CRON_SCHEDULE={:?} BATCH_SIZE={} WORKER_POOL_GOROUTINES={} DB_MIN_CONNS={} DB_MAX_CONNS={} RUN_ON_START={} WATCH={} WATCH_DEBOUNCE={} WATCH_POLL={} MAX_DELETE_RATIO={} MAX_REJECTS={} HTTP_ADDR={} SHUTDOWN_TIMEOUT={} ALLOW_FILE_CHANGE={}",
+            "DATABASE_URL={} TABLES_DIR={} CSV_FILE={} CRON_SCHEDULE={:?} BATCH_SIZE={} WORKER_POOL_GOROUTINES={} DB_MIN_CONNS={} DB_MAX_CONNS={} RUN_ON_START={} WATCH={} WATCH_DEBOUNCE={} WATCH_POLL={} MAX_DELETE_RATIO={} MAX_REJECTS={} CSV_ENCODING={} READY_MARKER={} READY_TIMEOUT={} HTTP_ADDR={} SHUTDOWN_TIMEOUT={} ALLOW_FILE_CHANGE={}",
             self.database_url,
             self.tables_dir.display(),
             self.csv_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -956,6 +1002,9 @@ impl Settings {
             self.watch_poll,
             self.max_delete_ratio,
             self.max_rejects,
+            self.csv.encoding.map_or("auto", |e| e.name()),
+            self.ready_marker.as_deref().unwrap_or(""),
+            format_go_duration(self.ready_timeout),
             self.http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             format_go_duration(self.shutdown_timeout),
             self.allow_file_change,

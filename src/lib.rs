@@ -12,6 +12,7 @@ pub mod domain;
 pub mod go_duration;
 pub mod http;
 pub mod pipeline;
+pub mod rejects;
 pub mod runner;
 pub mod runs;
 pub mod status;

@@ -12,6 +12,7 @@ mod m20261124_000002_create_staging_followers;
 mod m20261124_000003_create_etl_info_schema;
 mod m20261130_000004_canonical_follower_emails;
 mod m20261130_000006_sync_runs_stages;
+mod m20261130_000007_create_sync_rejects;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_create_etl_info_schema::Migration),
             Box::new(m20261130_000004_canonical_follower_emails::Migration),
             Box::new(m20261130_000006_sync_runs_stages::Migration),
+            Box::new(m20261130_000007_create_sync_rejects::Migration),
         ]
     }
 }

@@ -11,6 +11,7 @@ pub mod check;
 pub mod merge;
 mod progress;
 pub mod read;
+pub mod ready;
 pub mod settle;
 pub mod stage;
 pub mod stages;
@@ -34,6 +35,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 use validate::{validate, Reject, RejectReason};
+
+use crate::rejects::{self, StoredReject};
+use std::sync::Mutex;
 
 pub use progress::ProgressStyle;
 
@@ -154,6 +158,12 @@ pub enum SyncError {
     Db(#[from] DbError),
     #[error("recording the run failed")]
     Bookkeeping(#[source] DbErr),
+    #[error("{path}: not read: {reason} after waiting {}; the file's writer creates it once the file is complete (READY_MARKER)", crate::go_duration::format_go_duration(*.waited))]
+    NotReady {
+        path: PathBuf,
+        reason: ready::NotReady,
+        waited: Duration,
+    },
     #[error("cancelled by shutdown")]
     Cancelled,
     #[error("reader task failed")]
@@ -171,6 +181,7 @@ impl SyncError {
             | Self::Outside(_)
             | Self::StillWriting { .. }
             | Self::OtherFile { .. }
+            | Self::NotReady { .. }
             | Self::Merge(MergeError::MassDelete { .. }) => Outcome::Refused,
             Self::Read(e) if e.is_content() => Outcome::Refused,
             _ => Outcome::Failed,
@@ -195,6 +206,7 @@ impl SyncError {
             Self::Merge(MergeError::Lost(_)) => "verify",
             Self::Merge(MergeError::CommitUnknown { .. }) => "commit",
             Self::Db(_) | Self::Bookkeeping(_) => "database",
+            Self::NotReady { .. } => "ready",
             Self::Cancelled => "cancel",
         }
     }
@@ -340,6 +352,49 @@ async fn locked_run(
     let file = crate::config::file_identity(&request.file)
         .display()
         .to_string();
+    if let Some(suffix) = &ctx.settings.ready_marker {
+        stages.begin("ready");
+        // Serve's triggers try again on the marker's arrival or the next tick; a
+        // run started by hand waits a bounded time, then is refused. Checked
+        // before the settle step: a file without its marker is not waited on.
+        let manual = request.trigger == Trigger::Manual;
+        let waited = if manual {
+            ctx.settings.ready_timeout
+        } else {
+            Duration::ZERO
+        };
+        if let Err(reason) = ready::wait(&request.file, suffix, waited, &cancel).await {
+            if !manual {
+                let reason = format!("not read yet: {reason}");
+                tracing::info!("{reason}; skipping");
+                record_unlocked(
+                    db,
+                    load_id,
+                    request.trigger,
+                    &file,
+                    Outcome::Skipped,
+                    &reason,
+                )
+                .await?;
+                return Ok((Outcome::Skipped, Some(reason)));
+            }
+            let e = SyncError::NotReady {
+                path: request.file.clone(),
+                reason,
+                waited,
+            };
+            record_unlocked(
+                db,
+                load_id,
+                request.trigger,
+                &file,
+                e.outcome(),
+                &error_chain(&e),
+            )
+            .await?;
+            return Err(e);
+        }
+    }
     stages.begin("settle");
     // Settle before the lock: a file still being written holds up no other agent.
     let rules = settle::Rules::from_debounce(ctx.settings.watch_debounce);
@@ -386,6 +441,7 @@ async fn locked_run(
         runs::start(db, load_id, request.trigger, &file, None)
             .await
             .map_err(SyncError::Bookkeeping)?;
+        let tally = Arc::new(ReadTally::default());
         let outcome = saga(
             ctx,
             request,
@@ -394,10 +450,12 @@ async fn locked_run(
             lock.pid(),
             counts,
             stages,
+            &tally,
             &cancel,
         )
         .await;
         stages.end();
+        store_rejects(ctx, load_id, &tally).await;
         if let Err(e) = &outcome {
             e.partial_counts(counts);
             compensate(db, load_id, counts, e).await;
@@ -424,6 +482,19 @@ async fn record_unlocked(
     runs::finish(db, load_id, outcome, &Counts::default(), Some(reason), None)
         .await
         .map_err(SyncError::Bookkeeping)
+}
+
+/// Stores the rejects the run read, whatever its outcome; a failure to store them
+/// is logged and does not change the outcome.
+async fn store_rejects(ctx: &SyncContext, load_id: LoadId, tally: &ReadTally) {
+    let stored = std::mem::take(&mut *tally.rejects.lock().unwrap_or_else(|e| e.into_inner()));
+    if stored.is_empty() {
+        return;
+    }
+    let pool = ctx.db.get_postgres_connection_pool();
+    if let Err(e) = rejects::store(pool, load_id, &stored).await {
+        tracing::error!(error = %error_chain(&e), "could not store the run's rejects");
+    }
 }
 
 /// Undoes what the run did: staging rows go, the record says why.
@@ -456,6 +527,7 @@ async fn saga(
     lock_pid: i32,
     counts: &mut Counts,
     stages: &mut StageTimes,
+    tally: &Arc<ReadTally>,
     cancel: &CancellationToken,
 ) -> Result<(Outcome, Option<String>), SyncError> {
     let settings = &ctx.settings;
@@ -505,8 +577,7 @@ async fn saga(
 
     // 2-5. Read, validate and stage, streaming.
     stage("read_and_stage");
-    let tally = Arc::new(ReadTally::default());
-    let read = read_and_stage(ctx, request, load_id, &progress, &tally, cancel)
+    let read = read_and_stage(ctx, request, load_id, &progress, tally, cancel)
         .await
         .inspect_err(|_| {
             // A run stopped while reading reports the rows it had read.
@@ -606,11 +677,28 @@ struct ReadReport {
 }
 
 /// The rows read and rejected so far, for the summary of a run stopped while
-/// reading (cancelled, or its staging failed).
+/// reading (cancelled, or its staging failed), and the rejects to store (the
+/// first `rejects::STORED_PER_RUN`).
 #[derive(Default)]
 struct ReadTally {
     rows: AtomicU64,
     rejected: AtomicU64,
+    rejects: Mutex<Vec<StoredReject>>,
+}
+
+impl ReadTally {
+    fn keep(&self, reject: &Reject, raw: &[u8]) {
+        let mut kept = self.rejects.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < rejects::STORED_PER_RUN {
+            // PostgreSQL text holds no NUL.
+            let text = |s: &str| s.replace('\0', "\u{FFFD}");
+            kept.push(StoredReject {
+                line: reject.line,
+                reason: text(&reject.reason.to_string()),
+                raw: text(&String::from_utf8_lossy(raw)),
+            });
+        }
+    }
 }
 
 /// The reader (a blocking task) feeds batches through a bounded channel to the
@@ -718,6 +806,7 @@ fn produce(
             Err(reject) => {
                 report.rejected += 1;
                 tally.rejected.store(report.rejected, Ordering::Relaxed);
+                tally.keep(&reject, &row.raw);
                 if matches!(reject.reason, RejectReason::LineBreak { .. }) {
                     return Err(SyncError::BrokenQuote {
                         path: path.to_owned(),
@@ -740,7 +829,7 @@ fn produce(
             }
         }
         if batch.len() >= settings.batch_size {
-            progress.read_up_to(row.record.position().map_or(0, |p| p.byte()));
+            progress.read_up_to(records.bytes_read());
             send(std::mem::take(&mut batch))?;
         }
     }

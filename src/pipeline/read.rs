@@ -1,12 +1,15 @@
 //! Read: file bytes → CSV records with their line numbers, streaming.
 //!
-//! Handles the UTF-8 BOM, LF, CRLF and bare-CR (old Mac) line endings, RFC 4180
-//! quoting (the `csv` crate), blank lines, and the header: with `CSV_HEADER=auto` the first row is a header when any
-//! of its fields, trimmed and case-insensitive, is `email`. Every byte read also
-//! feeds the content hash, so the hash recorded for a sync is the hash of exactly
-//! the bytes that were loaded.
+//! The layers, each streaming (README, "What a sync does", step 3): the file's raw
+//! bytes (hashed, counted for progress) → decompression when the name ends in
+//! `.gz` or `.zst` → decoding to UTF-8 (`CSV_ENCODING`; UTF-8 itself passes
+//! through) → line tracking → the `csv` crate (RFC 4180 quoting, the UTF-8 BOM).
+//! Handles LF, CRLF and bare-CR (old Mac) line endings, blank lines, and the header: with `CSV_HEADER=auto` the
+//! first row is a header when any of its fields, trimmed and case-insensitive, is
+//! `email`. Every raw byte read feeds the content hash, so the hash recorded for a
+//! sync is the hash of exactly the bytes that were loaded.
 //!
-//! Line endings: the first line break of the file decides. A bare CR there makes
+//! Line endings: the first line break of the (decoded) text decides. A bare CR there makes
 //! CR the line terminator of the whole file; otherwise LF is, and a CR right before
 //! it is part of the terminator (CRLF). Any other CR (or, in a CR file, an LF) is
 //! not a line break: it stays in its field and `validate` rejects that row (a
@@ -16,9 +19,12 @@
 use crate::config::{CsvFormat, HeaderMode};
 use crate::domain::ContentHash;
 use csv::ByteRecord;
+use encoding_rs::{DecoderResult, Encoding};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Where the two columns the agent needs sit in each record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,11 +68,26 @@ pub enum ReadError {
     },
     #[error("{path}: line {line}: a record runs on for more than {} MiB (an unbalanced quote?)", MAX_RECORD_BYTES >> 20)]
     RecordTooLong { path: PathBuf, line: u64 },
-    #[error("{path}: the file is {what}, not UTF-8 CSV; nothing was read ({fix})")]
+    #[error("{path}: the file is {what}, not CSV text; nothing was read ({fix})")]
     NotText {
         path: PathBuf,
         what: &'static str,
         fix: &'static str,
+    },
+    #[error("{path}: line {line}: byte {offset} is not valid {encoding}; nothing was loaded (set CSV_ENCODING to the file's encoding, e.g. windows-1252, utf-16le or utf-16be)")]
+    Encoding {
+        path: PathBuf,
+        line: u64,
+        /// In the decompressed text, counted from 0.
+        offset: u64,
+        encoding: &'static str,
+    },
+    #[error("{path}: line {line}: the {what} archive is truncated or corrupt ({detail}); nothing was loaded")]
+    Archive {
+        path: PathBuf,
+        line: u64,
+        what: &'static str,
+        detail: String,
     },
     #[error("{path}: line {line}: the header names {column:?} twice")]
     DuplicateColumn {
@@ -92,19 +113,212 @@ impl ReadError {
 /// the rest of the file, and reading stops before memory grows with it.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
-/// A data row: its first line in the file and its raw fields.
+/// How much of a rejected row's text is kept for the rejects report.
+pub const RAW_LINE_LIMIT: usize = 1000;
+
+/// A data row: its first line in the file, its raw fields, and its text as read
+/// (without the line break, cut to `RAW_LINE_LIMIT` bytes) starting at byte
+/// `offset` of the (decoded) text.
 #[derive(Debug)]
 pub struct RawRow {
     pub line: u64,
     pub record: ByteRecord,
+    pub offset: u64,
+    pub raw: Vec<u8>,
 }
 
-/// Feeds everything it reads into a blake3 hasher, and keeps the bytes not yet
-/// attributed to a record so records get true line numbers (the `csv` crate's own
-/// line count is off after CRLF and blank lines).
-struct HashingReader<R> {
+/// The raw bytes read from the file, shared between the bottom layer (which
+/// feeds them) and `CsvRecords` (which hands out the hash and the progress).
+struct Tap {
+    hasher: Mutex<blake3::Hasher>,
+    bytes: AtomicU64,
+}
+
+impl Tap {
+    fn new(format: &CsvFormat) -> Arc<Self> {
+        Arc::new(Self {
+            hasher: Mutex::new(settings_hasher(format)),
+            bytes: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The file itself: every byte read feeds the hash (the skip compares the raw
+/// bytes, compressed or not) and the byte count. Its own I/O errors are marked,
+/// so a decompressor passing them up is not mistaken for a corrupt archive.
+struct RawBytes {
+    file: File,
+    tap: Arc<Tap>,
+}
+
+impl Read for RawBytes {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self
+            .file
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), FileFailure(e)))?;
+        self.tap
+            .hasher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(&buf[..n]);
+        self.tap.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Marks an I/O error of the file itself (as opposed to its content).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct FileFailure(io::Error);
+
+/// The compression a file's name announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    fn of(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "gz" => Some(Self::Gzip),
+            "zst" => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+/// A decompressor whose errors (a bad header, a checksum mismatch, a stream that
+/// ends before its end-of-stream marker) are marked as a corrupt archive.
+struct Decompress<R> {
     inner: R,
-    hasher: blake3::Hasher,
+    what: &'static str,
+}
+
+/// Marks a decompression error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+struct Corrupt {
+    what: &'static str,
+    source: io::Error,
+}
+
+impl<R: Read> Read for Decompress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if e.get_ref().is_some_and(|inner| inner.is::<FileFailure>()) {
+                e
+            } else {
+                let what = self.what;
+                io::Error::new(io::ErrorKind::InvalidData, Corrupt { what, source: e })
+            }
+        })
+    }
+}
+
+/// Decodes another encoding to UTF-8 while streaming (`encoding_rs`, without
+/// replacement: a malformed sequence stops the read with its line and offset,
+/// since a silently replaced character would store a wrong name or email).
+struct Decoded<R> {
+    inner: R,
+    decoder: encoding_rs::Decoder,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Input bytes decoded so far.
+    offset: u64,
+    /// Line breaks decoded so far.
+    lines: u64,
+    done: bool,
+    /// Once malformed input was met, every read fails with it (the decoder has
+    /// consumed the bad bytes: reading on would skip them silently).
+    failed: Option<Malformed>,
+}
+
+/// Marks a byte sequence that is not valid in the file's encoding.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("byte {offset} is not valid {encoding}")]
+struct Malformed {
+    line: u64,
+    offset: u64,
+    encoding: &'static str,
+}
+
+impl<R: BufRead> Decoded<R> {
+    fn new(inner: R, encoding: &'static Encoding) -> Self {
+        Self {
+            inner,
+            // BOM sniffing: a UTF-8 or UTF-16 byte order mark wins over the setting.
+            decoder: encoding.new_decoder(),
+            out: Vec::new(),
+            out_pos: 0,
+            offset: 0,
+            lines: 0,
+            done: false,
+            failed: None,
+        }
+    }
+}
+
+impl<R: BufRead> Read for Decoded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(malformed) = &self.failed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    malformed.clone(),
+                ));
+            }
+            if self.out_pos < self.out.len() {
+                let n = buf.len().min(self.out.len() - self.out_pos);
+                buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
+                self.out_pos += n;
+                return Ok(n);
+            }
+            if self.done {
+                return Ok(0);
+            }
+            let src = self.inner.fill_buf()?;
+            let last = src.is_empty();
+            self.out.resize(64 * 1024, 0);
+            let (result, read, written) =
+                self.decoder
+                    .decode_to_utf8_without_replacement(src, &mut self.out, last);
+            self.inner.consume(read);
+            self.out.truncate(written);
+            self.out_pos = 0;
+            self.lines += self.out.iter().filter(|b| **b == b'\n').count() as u64;
+            match result {
+                DecoderResult::Malformed(bad, extra) => {
+                    // The text before the bad bytes is not handed out: the file is refused.
+                    self.failed = Some(Malformed {
+                        line: 1 + self.lines,
+                        offset: self.offset + read as u64 - u64::from(bad) - u64::from(extra),
+                        encoding: self.decoder.encoding().name(),
+                    });
+                    continue;
+                }
+                DecoderResult::InputEmpty => self.done = last,
+                DecoderResult::OutputFull => {}
+            }
+            self.offset += read as u64;
+        }
+    }
+}
+
+/// Keeps the (decoded) bytes not yet attributed to a record, so records get true
+/// line numbers (the `csv` crate's own line count is off after CRLF and blank
+/// lines) and a rejected row's text can be reported.
+struct LineTracker<R> {
+    inner: R,
     /// Bytes from offset `pending_start` on.
     pending: Vec<u8>,
     pending_start: u64,
@@ -114,11 +328,10 @@ struct HashingReader<R> {
     eol: u8,
 }
 
-impl<R> HashingReader<R> {
-    fn new(inner: R, hasher: blake3::Hasher, eol: u8) -> Self {
+impl<R> LineTracker<R> {
+    fn new(inner: R, eol: u8) -> Self {
         Self {
             inner,
-            hasher,
             pending: Vec::new(),
             pending_start: 0,
             lines: 0,
@@ -145,9 +358,27 @@ impl<R> HashingReader<R> {
             .count() as u64;
         1 + self.lines + leading
     }
+
+    /// The text of the record just located by `line_of_record_at`, which ends at
+    /// byte `end`: without line breaks around it, cut to `RAW_LINE_LIMIT` bytes,
+    /// and its offset.
+    fn record_text(&self, end: u64) -> (u64, Vec<u8>) {
+        let len = (end.saturating_sub(self.pending_start) as usize).min(self.pending.len());
+        let span = &self.pending[..len];
+        let lead = span
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        let mut text = &span[lead..];
+        while let [rest @ .., b'\r' | b'\n'] = text {
+            text = rest;
+        }
+        let text = &text[..text.len().min(RAW_LINE_LIMIT)];
+        (self.pending_start + lead as u64, text.to_vec())
+    }
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for LineTracker<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pending.len() > MAX_RECORD_BYTES {
             // Blank lines before a record are not part of it: count them off.
@@ -164,19 +395,20 @@ impl<R: Read> Read for HashingReader<R> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, RecordTooLong));
         }
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
         self.pending.extend_from_slice(&buf[..n]);
         Ok(n)
     }
 }
 
-/// The marker error `HashingReader` stops the CSV reader with.
+/// The marker error `LineTracker` stops the CSV reader with.
 #[derive(Debug, thiserror::Error)]
 #[error("record too long")]
 struct RecordTooLong;
 
 /// A hasher primed with the settings that decide how bytes become rows: the same
-/// bytes read with another delimiter or header mode are a different input.
+/// bytes read with another delimiter, header mode or encoding are a different
+/// input. (`CSV_ENCODING=auto` adds nothing, so hashes from before the setting
+/// existed still match.)
 fn settings_hasher(format: &CsvFormat) -> blake3::Hasher {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"followers-etl/v1\0");
@@ -186,6 +418,11 @@ fn settings_hasher(format: &CsvFormat) -> blake3::Hasher {
         HeaderMode::Present => b"true\0",
         HeaderMode::Absent => b"fals\0",
     });
+    if let Some(encoding) = format.encoding {
+        hasher.update(b"encoding=");
+        hasher.update(encoding.name().as_bytes());
+        hasher.update(b"\0");
+    }
     hasher
 }
 
@@ -208,7 +445,8 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// The content hash of `path` under `format`, read in one streaming pass.
+/// The content hash of `path` under `format`, read in one streaming pass over the
+/// raw (compressed) bytes.
 pub fn hash_file(path: &Path, format: &CsvFormat) -> Result<ContentHash, ReadError> {
     let io_err = |source| ReadError::Io {
         path: path.to_owned(),
@@ -220,11 +458,26 @@ pub fn hash_file(path: &Path, format: &CsvFormat) -> Result<ContentHash, ReadErr
     Ok(ContentHash::from_hasher(&hasher))
 }
 
-/// What a file that is not UTF-8 text is, from its first bytes, and what to do
-/// about it. (Decoding other encodings is not supported.)
-fn sniff(head: &[u8]) -> Option<(&'static str, &'static str)> {
+/// How the text must be read, from its first bytes and `CSV_ENCODING`.
+enum Sniffed {
+    /// Not something this reader can load: what it is, and what to do.
+    Refuse(&'static str, &'static str),
+    /// Decode from this encoding.
+    Decode(&'static Encoding),
+    /// UTF-8: read as is (a row that is not valid UTF-8 is a reject).
+    Utf8,
+}
+
+/// What the (decompressed) text is, from its first bytes. With
+/// `CSV_ENCODING=auto` a UTF-16 byte order mark selects UTF-16, anything else is
+/// read as UTF-8; workbooks, UTF-32 and archives the name does not announce are
+/// refused, saying what they are.
+fn sniff(head: &[u8], encoding: Option<&'static Encoding>) -> Sniffed {
     const RESAVE: &str = "save it as \"CSV UTF-8\", or convert it with iconv -t UTF-8";
-    const UNPACK: &str = "decompress it first";
+    const LE: &str = "set CSV_ENCODING=utf-16le, or save it as \"CSV UTF-8\"";
+    const BE: &str = "set CSV_ENCODING=utf-16be, or save it as \"CSV UTF-8\"";
+    const RENAME: &str =
+        "name the file *.gz or *.zst to have it decompressed, or decompress it first";
     let utf16_without_bom = |a: usize, b: usize| {
         head.len() >= 4
             && head[a] == 0
@@ -232,16 +485,11 @@ fn sniff(head: &[u8]) -> Option<(&'static str, &'static str)> {
             && head[b].is_ascii_graphic()
             && head[b + 2].is_ascii_graphic()
     };
-    Some(match head {
+    let (what, fix) = match head {
         [0xFF, 0xFE, 0, 0, ..] => ("UTF-32 LE text (it starts with FF FE 00 00)", RESAVE),
         [0, 0, 0xFE, 0xFF, ..] => ("UTF-32 BE text (it starts with 00 00 FE FF)", RESAVE),
-        [0xFF, 0xFE, ..] => (
-            "UTF-16 LE text (it starts with FF FE, as Excel's \"Unicode Text\" does)",
-            RESAVE,
-        ),
-        [0xFE, 0xFF, ..] => ("UTF-16 BE text (it starts with FE FF)", RESAVE),
-        [0x1F, 0x8B, ..] => ("gzip-compressed (it starts with 1F 8B)", UNPACK),
-        [0x28, 0xB5, 0x2F, 0xFD, ..] => ("zstd-compressed (it starts with 28 B5 2F FD)", UNPACK),
+        [0x1F, 0x8B, ..] => ("gzip-compressed (it starts with 1F 8B)", RENAME),
+        [0x28, 0xB5, 0x2F, 0xFD, ..] => ("zstd-compressed (it starts with 28 B5 2F FD)", RENAME),
         [b'P', b'K', 3, 4, ..] => (
             "a ZIP archive, e.g. an Excel .xlsx workbook (it starts with PK 03 04)",
             "export the sheet as \"CSV UTF-8\", or unzip it",
@@ -250,18 +498,105 @@ fn sniff(head: &[u8]) -> Option<(&'static str, &'static str)> {
             "an Excel 97-2003 .xls workbook (it starts with D0 CF 11 E0)",
             "export the sheet as \"CSV UTF-8\"",
         ),
-        _ if utf16_without_bom(1, 0) => ("UTF-16 LE text without a byte order mark", RESAVE),
-        _ if utf16_without_bom(0, 1) => ("UTF-16 BE text without a byte order mark", RESAVE),
-        _ => return None,
+        _ => match encoding {
+            Some(e) if e == encoding_rs::UTF_8 => return Sniffed::Utf8,
+            Some(e) => return Sniffed::Decode(e),
+            None => match head {
+                [0xFF, 0xFE, ..] => return Sniffed::Decode(encoding_rs::UTF_16LE),
+                [0xFE, 0xFF, ..] => return Sniffed::Decode(encoding_rs::UTF_16BE),
+                _ if utf16_without_bom(1, 0) => ("UTF-16 LE text without a byte order mark", LE),
+                _ if utf16_without_bom(0, 1) => ("UTF-16 BE text without a byte order mark", BE),
+                _ => return Sniffed::Utf8,
+            },
+        },
+    };
+    Sniffed::Refuse(what, fix)
+}
+
+/// The error of a read stopped by one of the layers below the CSV parser (a
+/// marked error), at `line`.
+fn layered_error(path: &Path, line: u64, e: &io::Error) -> Option<ReadError> {
+    let inner = e.get_ref()?;
+    let path = path.to_owned();
+    if let Some(m) = inner.downcast_ref::<Malformed>() {
+        return Some(ReadError::Encoding {
+            path,
+            line: m.line,
+            offset: m.offset,
+            encoding: m.encoding,
+        });
+    }
+    if let Some(c) = inner.downcast_ref::<Corrupt>() {
+        return Some(ReadError::Archive {
+            path,
+            line,
+            what: c.what,
+            detail: c.source.to_string(),
+        });
+    }
+    inner
+        .is::<RecordTooLong>()
+        .then_some(ReadError::RecordTooLong { path, line })
+}
+
+/// An error of opening the text (before any record), marked or not.
+fn io_error(path: &Path, source: io::Error) -> ReadError {
+    layered_error(path, 1, &source).unwrap_or_else(|| ReadError::Io {
+        path: path.to_owned(),
+        source,
     })
+}
+
+/// The file as UTF-8 text: decompressed, decoded, streaming.
+fn open_text(
+    path: &Path,
+    format: &CsvFormat,
+    tap: Arc<Tap>,
+) -> Result<Box<dyn BufRead + Send>, ReadError> {
+    let io_err = |source: io::Error| io_error(path, source);
+    let file = open_regular(path).map_err(io_err)?;
+    let raw = BufReader::with_capacity(256 * 1024, RawBytes { file, tap });
+    let mut plain: Box<dyn BufRead + Send> = match Compression::of(path) {
+        None => Box::new(raw),
+        Some(c @ Compression::Gzip) => Box::new(BufReader::with_capacity(
+            256 * 1024,
+            Decompress {
+                inner: flate2::bufread::MultiGzDecoder::new(raw),
+                what: c.name(),
+            },
+        )),
+        Some(c @ Compression::Zstd) => Box::new(BufReader::with_capacity(
+            256 * 1024,
+            Decompress {
+                inner: zstd::stream::read::Decoder::with_buffer(raw).map_err(io_err)?,
+                what: c.name(),
+            },
+        )),
+    };
+    Ok(
+        match sniff(plain.fill_buf().map_err(io_err)?, format.encoding) {
+            Sniffed::Refuse(what, fix) => {
+                return Err(ReadError::NotText {
+                    path: path.to_owned(),
+                    what,
+                    fix,
+                })
+            }
+            Sniffed::Utf8 => Box::new(plain),
+            Sniffed::Decode(encoding) => Box::new(BufReader::with_capacity(
+                64 * 1024,
+                Decoded::new(plain, encoding),
+            )),
+        },
+    )
 }
 
 /// When the first non-blank line does not contain the configured delimiter
 /// but splits on another common one (`;`, tab, `,`, `|`), a hint naming
 /// `CSV_DELIMITER`; rows of one field are then a delimiter mix-up.
 pub fn delimiter_hint(path: &Path, format: &CsvFormat) -> Option<String> {
-    let file = open_regular(path).ok()?;
-    let first = BufReader::new(file.take(64 * 1024))
+    let text = open_text(path, format, Tap::new(format)).ok()?;
+    let first = BufReader::new(text.take(64 * 1024))
         .split(b'\n')
         .map_while(Result::ok)
         .find(|l| !l.iter().all(u8::is_ascii_whitespace))?;
@@ -298,7 +633,8 @@ pub fn delimiter_hint(path: &Path, format: &CsvFormat) -> Option<String> {
 pub struct CsvRecords {
     path: PathBuf,
     format: CsvFormat,
-    reader: csv::Reader<HashingReader<BufReader<File>>>,
+    reader: csv::Reader<LineTracker<Box<dyn BufRead + Send>>>,
+    tap: Arc<Tap>,
     columns: Option<Columns>,
     record: ByteRecord,
     eol: u8,
@@ -356,39 +692,30 @@ fn normalise_line_ends(record: &mut ByteRecord, eol: u8) {
 
 impl CsvRecords {
     pub fn open(path: &Path, format: &CsvFormat) -> Result<Self, ReadError> {
-        let io_err = |source| ReadError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = open_regular(path).map_err(io_err)?;
-        let mut inner = BufReader::with_capacity(256 * 1024, file);
-        if let Some((what, fix)) = sniff(inner.fill_buf().map_err(io_err)?) {
-            return Err(ReadError::NotText {
-                path: path.to_owned(),
-                what,
-                fix,
-            });
-        }
-        Ok(Self::from_reader(path, format, inner))
-    }
-
-    fn from_reader(path: &Path, format: &CsvFormat, mut inner: BufReader<File>) -> Self {
-        // The first buffer (nothing consumed: the hash still sees every byte).
-        let eol = inner.fill_buf().map_or(b'\n', line_terminator);
+        let tap = Tap::new(format);
+        let mut text = open_text(path, format, tap.clone())?;
+        // The first buffer (nothing consumed).
+        let eol = line_terminator(text.fill_buf().map_err(|e| io_error(path, e))?);
         let reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .delimiter(format.delimiter)
             .terminator(csv::Terminator::Any(eol))
-            .from_reader(HashingReader::new(inner, settings_hasher(format), eol));
-        Self {
+            .from_reader(LineTracker::new(text, eol));
+        Ok(Self {
             path: path.to_owned(),
             format: *format,
             reader,
+            tap,
             columns: None,
             record: ByteRecord::new(),
             eol,
-        }
+        })
+    }
+
+    /// Raw bytes of the file read so far (compressed bytes for an archive).
+    pub fn bytes_read(&self) -> u64 {
+        self.tap.bytes.load(Ordering::Relaxed)
     }
 
     pub fn path(&self) -> &Path {
@@ -407,22 +734,17 @@ impl CsvRecords {
                 .reader
                 .read_byte_record(&mut self.record)
                 .map_err(|source| {
-                    let too_long = matches!(source.kind(), csv::ErrorKind::Io(e)
-                        if e.get_ref().is_some_and(|inner| inner.is::<RecordTooLong>()));
                     let start = self.record.position().map_or(0, |p| p.byte());
                     let line = self.reader.get_mut().line_of_record_at(start);
-                    if too_long {
-                        ReadError::RecordTooLong {
-                            path: self.path.clone(),
-                            line,
-                        }
-                    } else {
-                        ReadError::Csv {
-                            path: self.path.clone(),
-                            line,
-                            source,
-                        }
-                    }
+                    let layered = match source.kind() {
+                        csv::ErrorKind::Io(e) => layered_error(&self.path, line, e),
+                        _ => None,
+                    };
+                    layered.unwrap_or_else(|| ReadError::Csv {
+                        path: self.path.clone(),
+                        line,
+                        source,
+                    })
                 })?;
             if !more {
                 return Ok(None);
@@ -445,9 +767,13 @@ impl CsvRecords {
                 }
                 self.columns = Some(Columns::POSITIONAL);
             }
+            let end = self.reader.position().byte();
+            let (offset, raw) = self.reader.get_ref().record_text(end);
             return Ok(Some(RawRow {
                 line,
                 record: self.record.clone(),
+                offset,
+                raw,
             }));
         }
     }
@@ -489,7 +815,7 @@ impl CsvRecords {
     /// Consumes the reader; the hash covers every byte read, so call it after the
     /// last row.
     pub fn finish(self) -> ContentHash {
-        ContentHash::from_hasher(&self.reader.into_inner().hasher)
+        ContentHash::from_hasher(&self.tap.hasher.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -510,7 +836,15 @@ mod tests {
     type Rows = Vec<(u64, Vec<String>)>;
 
     fn read_all(bytes: &[u8], format: CsvFormat) -> Result<(Option<Columns>, Rows), ReadError> {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
+        read_named(bytes, "", format)
+    }
+
+    fn read_named(
+        bytes: &[u8],
+        suffix: &str,
+        format: CsvFormat,
+    ) -> Result<(Option<Columns>, Rows), ReadError> {
+        let mut file = tempfile::Builder::new().suffix(suffix).tempfile().unwrap();
         file.write_all(bytes).unwrap();
         let mut records = CsvRecords::open(file.path(), &format)?;
         let mut rows = Vec::new();
@@ -674,30 +1008,23 @@ mod tests {
     }
 
     #[test]
-    fn utf16_and_compressed_files_are_named_not_read() {
-        let utf16le: Vec<u8> = [0xFF, 0xFE]
-            .into_iter()
-            .chain(
-                "email,full_name\n"
-                    .encode_utf16()
-                    .flat_map(u16::to_le_bytes),
-            )
-            .collect();
-        let utf16be: Vec<u8> = [0xFE, 0xFF]
-            .into_iter()
-            .chain("a@x.io,A\n".encode_utf16().flat_map(u16::to_be_bytes))
-            .collect();
+    fn workbooks_utf32_unannounced_archives_and_bare_utf16_are_named_not_read() {
         let bare16: Vec<u8> = "a@x.io,A\n"
             .encode_utf16()
             .flat_map(u16::to_le_bytes)
             .collect();
+        let bare16be: Vec<u8> = "a@x.io,A\n"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
         for (bytes, what) in [
-            (utf16le, "UTF-16 LE"),
-            (utf16be, "UTF-16 BE"),
             (bare16, "UTF-16 LE text without"),
+            (bare16be, "UTF-16 BE text without"),
+            (vec![0xFF, 0xFE, 0, 0, b'a', 0, 0, 0], "UTF-32 LE"),
             (vec![0x1F, 0x8B, 8, 0, 0, 0], "gzip"),
             (vec![0x28, 0xB5, 0x2F, 0xFD, 0], "zstd"),
             (b"PK\x03\x04rest".to_vec(), "ZIP"),
+            (vec![0xD0, 0xCF, 0x11, 0xE0, 0], ".xls"),
         ] {
             let err = read_all(&bytes, auto()).unwrap_err();
             let text = err.to_string();
@@ -732,11 +1059,183 @@ mod tests {
         assert_eq!(delimiter_hint(file.path(), &auto()), None);
     }
 
+    fn utf16(text: &str, le: bool) -> Vec<u8> {
+        let bom: &[u8] = if le { &[0xFF, 0xFE] } else { &[0xFE, 0xFF] };
+        bom.iter()
+            .copied()
+            .chain(text.encode_utf16().flat_map(
+                |u| {
+                    if le {
+                        u.to_le_bytes()
+                    } else {
+                        u.to_be_bytes()
+                    }
+                },
+            ))
+            .collect()
+    }
+
+    fn with_encoding(label: &str) -> CsvFormat {
+        CsvFormat {
+            encoding: encoding_rs::Encoding::for_label(label.as_bytes()),
+            ..auto()
+        }
+    }
+
+    #[test]
+    fn utf16_with_a_bom_is_decoded_under_auto_with_true_line_numbers() {
+        let text = "email\tfull_name\r\nä@x.io\tRené Ünal\r\n\r\nb@x.io\t😀 Bob\r\n";
+        let tab = CsvFormat {
+            delimiter: b'\t',
+            ..auto()
+        };
+        for le in [true, false] {
+            let (_, rows) = read_all(&utf16(text, le), tab).unwrap();
+            assert_eq!(
+                rows,
+                vec![
+                    (2, vec!["ä@x.io".into(), "René Ünal".into()]),
+                    (4, vec!["b@x.io".into(), "😀 Bob".into()])
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn windows_1252_is_decoded_when_set() {
+        // "Zoë Ça€" in Windows-1252: ë = EB, Ç = C7, € = 80.
+        let bytes = b"email,full_name\nz@x.io,Zo\xEB \xC7a\x80\n";
+        let (_, rows) = read_all(bytes, with_encoding("windows-1252")).unwrap();
+        assert_eq!(rows[0].1, vec!["z@x.io".to_string(), "Zoë Ça€".into()]);
+        // latin1 is the same WHATWG encoding.
+        assert_eq!(read_all(bytes, with_encoding("latin1")).unwrap().1, rows);
+        // Read as UTF-8 the byte is an invalid name (a reject, not a refusal).
+        let (_, raw) = read_all(bytes, auto()).unwrap();
+        assert!(std::str::from_utf8(raw[0].1[1].as_bytes()).is_ok());
+        assert!(raw[0].1[1].contains('\u{FFFD}'));
+    }
+
+    #[test]
+    fn invalid_bytes_in_the_chosen_encoding_are_refused_with_line_and_offset() {
+        // An unpaired surrogate (D800) on line 2, after the BOM and 6 characters.
+        let mut bytes = utf16("a,b\nx@", true);
+        bytes.extend_from_slice(&[0x00, 0xD8, b'y', 0]);
+        let err = read_all(&bytes, auto()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReadError::Encoding {
+                    line: 2,
+                    offset: 14,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("CSV_ENCODING") && text.contains("UTF-16LE"),
+            "{text}"
+        );
+        assert!(err.is_content());
+        // Shift_JIS: 0x81 0x20 is not a valid pair.
+        let err = read_all(b"a@x.io,A\nb@x.io,\x81\x20\n", with_encoding("shift_jis")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReadError::Encoding {
+                    line: 2,
+                    offset: 16,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn gz_and_zst_files_are_decompressed_and_hashed_raw() {
+        let text = b"email,full_name\na@x.io,Ann\n\nb@x.io,Bob\n";
+        let plain = read_all(text, auto()).unwrap();
+        let zst = zstd::encode_all(&text[..], 3).unwrap();
+        for (bytes, suffix) in [(gzip(text), ".csv.gz"), (zst, ".csv.zst")] {
+            assert_eq!(read_named(&bytes, suffix, auto()).unwrap(), plain);
+            let mut file = tempfile::Builder::new().suffix(suffix).tempfile().unwrap();
+            file.write_all(&bytes).unwrap();
+            let mut records = CsvRecords::open(file.path(), &auto()).unwrap();
+            while records.next_row().unwrap().is_some() {}
+            assert_eq!(records.bytes_read(), bytes.len() as u64);
+            assert_eq!(records.finish(), hash_file(file.path(), &auto()).unwrap());
+        }
+        // Compressed UTF-16 is decompressed, then decoded.
+        let (_, rows) = read_named(&gzip(&utf16("a@x.io,Ä\n", true)), ".gz", auto()).unwrap();
+        assert_eq!(rows, vec![(1, vec!["a@x.io".into(), "Ä".into()])]);
+    }
+
+    #[test]
+    fn a_truncated_or_corrupt_archive_is_refused() {
+        let mut text = String::from("email,full_name\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("u{i}@x.io,User {i}\n"));
+        }
+        let gz = gzip(text.as_bytes());
+        let zst = zstd::encode_all(text.as_bytes(), 3).unwrap();
+        for (bytes, suffix, what) in [
+            (&gz[..gz.len() - 4], ".gz", "gzip"),
+            (&gz[..gz.len() / 2], ".gz", "gzip"),
+            (&zst[..zst.len() - 3], ".zst", "zstd"),
+            (&b"not gzip at all\n"[..], ".gz", "gzip"),
+        ] {
+            let err = read_named(bytes, suffix, auto()).unwrap_err();
+            assert!(
+                matches!(err, ReadError::Archive { what: w, .. } if w == what),
+                "{suffix} {}: {err:?}",
+                bytes.len()
+            );
+            assert!(err.is_content());
+            assert!(err.to_string().contains("truncated or corrupt"), "{err}");
+        }
+        // A corrupted checksum too.
+        let mut bad = gz.clone();
+        let n = bad.len();
+        bad[n - 8] ^= 0xFF;
+        assert!(matches!(
+            read_named(&bad, ".gz", auto()),
+            Err(ReadError::Archive { .. })
+        ));
+    }
+
+    #[test]
+    fn a_rows_text_is_kept_cut_and_without_its_line_break() {
+        let long = "n".repeat(2 * RAW_LINE_LIMIT);
+        let text = format!("a@x.io,A\r\n\r\nb@x.io,\"B,\"\"q\"\"\"\r\nc@x.io,{long}\n");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        let mut records = CsvRecords::open(file.path(), &auto()).unwrap();
+        let a = records.next_row().unwrap().unwrap();
+        assert_eq!((a.offset, a.raw.as_slice()), (0, &b"a@x.io,A"[..]));
+        let b = records.next_row().unwrap().unwrap();
+        assert_eq!((b.line, b.offset), (3, 12));
+        assert_eq!(b.raw, b"b@x.io,\"B,\"\"q\"\"\"");
+        let c = records.next_row().unwrap().unwrap();
+        assert_eq!(c.raw.len(), RAW_LINE_LIMIT);
+        assert!(c.raw.starts_with(b"c@x.io,nnn"));
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_the_reader(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = read_all(&bytes, auto());
-            let _ = read_all(&bytes, CsvFormat { delimiter: b';', header: HeaderMode::Present });
+            let _ = read_all(&bytes, CsvFormat { delimiter: b';', header: HeaderMode::Present, encoding: None });
+            let _ = read_all(&bytes, with_encoding("utf-16le"));
+            let _ = read_named(&bytes, ".gz", auto());
+            let _ = read_named(&bytes, ".zst", auto());
         }
     }
 }

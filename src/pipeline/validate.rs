@@ -18,8 +18,10 @@ pub enum RejectReason {
         expected: usize,
         found: usize,
     },
+    /// `offset`: of the first invalid byte in the text (decompressed), from 0.
     InvalidUtf8 {
         column: &'static str,
+        offset: u64,
     },
     /// A field (1-based, any column) spans lines: taken as an unbalanced quote.
     LineBreak {
@@ -40,7 +42,10 @@ impl fmt::Display for RejectReason {
             Self::FieldCount { expected, found } => {
                 write!(f, "expected {expected} fields, found {found}")
             }
-            Self::InvalidUtf8 { column } => write!(f, "{column} is not valid UTF-8"),
+            Self::InvalidUtf8 { column, offset } => write!(
+                f,
+                "{column} is not valid UTF-8 (byte {offset}; if the file is in another encoding, set CSV_ENCODING, e.g. windows-1252)"
+            ),
             Self::LineBreak { field } => {
                 write!(
                     f,
@@ -74,7 +79,19 @@ impl fmt::Display for Reject {
 
 fn text<'a>(row: &'a RawRow, index: usize, column: &'static str) -> Result<&'a str, RejectReason> {
     let bytes = row.record.get(index).unwrap_or_default();
-    std::str::from_utf8(bytes).map_err(|_| RejectReason::InvalidUtf8 { column })
+    std::str::from_utf8(bytes).map_err(|_| RejectReason::InvalidUtf8 {
+        column,
+        offset: row.offset + invalid_utf8_at(&row.raw),
+    })
+}
+
+/// Where the first invalid UTF-8 sequence of a row's text starts (0 when the
+/// text, cut to its reported length, shows none).
+fn invalid_utf8_at(raw: &[u8]) -> u64 {
+    match std::str::from_utf8(raw) {
+        Err(e) if e.error_len().is_some() => e.valid_up_to() as u64,
+        _ => 0,
+    }
 }
 
 pub fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
@@ -126,6 +143,8 @@ mod tests {
         RawRow {
             line: 7,
             record: ByteRecord::from(fields.to_vec()),
+            offset: 100,
+            raw: fields.join(&b","[..]),
         }
     }
 
@@ -162,12 +181,16 @@ mod tests {
         );
         assert_eq!(
             reason(&[b"a\xff@x.io", b"A"]),
-            RejectReason::InvalidUtf8 { column: "email" }
+            RejectReason::InvalidUtf8 {
+                column: "email",
+                offset: 101
+            }
         );
         assert_eq!(
             reason(&[b"a@x.io", b"\xc3("]),
             RejectReason::InvalidUtf8 {
-                column: "full_name"
+                column: "full_name",
+                offset: 107
             }
         );
         assert_eq!(

@@ -3,7 +3,8 @@
 //! size, mtime and inode unchanged over that same period. Only events naming the
 //! CSV file count, so temporary files (`.x.tmp`, `*.swp`, `*~`) are ignored until
 //! they are renamed into place. A deleted file is logged and ignored: it never
-//! starts a run, so it never purges anything.
+//! starts a run, so it never purges anything. With `READY_MARKER`, events naming
+//! the marker count too, so its arrival starts the run the file was waiting for.
 //!
 //! The debounce is a small state machine here rather than notify-debouncer-full:
 //! the stability check needs the file's state at the last event, which that
@@ -31,9 +32,10 @@ pub struct WatchError {
     source: notify::Error,
 }
 
-/// Whether an event may have changed the file's content. Reads (including the
-/// agent's own) are not changes; a queue overflow (events lost) may hide one.
-fn is_change(event: &Event, name: &OsString) -> bool {
+/// Whether an event may have changed the content of a file named in `names`.
+/// Reads (including the agent's own) are not changes; a queue overflow (events
+/// lost) may hide one.
+fn is_change(event: &Event, names: &[OsString]) -> bool {
     if event.need_rescan() {
         return true;
     }
@@ -46,7 +48,7 @@ fn is_change(event: &Event, name: &OsString) -> bool {
         && event
             .paths
             .iter()
-            .any(|p| p.file_name() == Some(name.as_os_str()))
+            .any(|p| p.file_name().is_some_and(|n| names.iter().any(|x| x == n)))
 }
 
 /// What produces the events: notify's watcher, or our own stat poller.
@@ -63,29 +65,32 @@ impl Drop for Source {
     }
 }
 
-/// Stats `file` every `interval` and reports each change of its state as an event.
-async fn poll_file(
-    file: PathBuf,
+/// Stats `files` every `interval` and reports each change of a file's state as
+/// an event.
+async fn poll_files(
+    files: Vec<PathBuf>,
     interval: Duration,
     tx: mpsc::UnboundedSender<notify::Result<Event>>,
 ) {
-    let mut last = file_state(&file);
+    let mut last: Vec<_> = files.iter().map(|f| file_state(f)).collect();
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        let now = file_state(&file);
-        if now != last {
-            let kind = match now {
-                Some(_) => EventKind::Modify(ModifyKind::Any),
-                None => EventKind::Remove(RemoveKind::File),
-            };
-            if tx
-                .send(Ok(Event::new(kind).add_path(file.clone())))
-                .is_err()
-            {
-                return;
+        for (file, last) in files.iter().zip(last.iter_mut()) {
+            let now = file_state(file);
+            if now != *last {
+                let kind = match now {
+                    Some(_) => EventKind::Modify(ModifyKind::Any),
+                    None => EventKind::Remove(RemoveKind::File),
+                };
+                if tx
+                    .send(Ok(Event::new(kind).add_path(file.clone())))
+                    .is_err()
+                {
+                    return;
+                }
+                *last = now;
             }
-            last = now;
         }
     }
 }
@@ -95,22 +100,30 @@ pub struct FileWatch {
     _source: Source,
     events: mpsc::UnboundedReceiver<notify::Result<Event>>,
     file: PathBuf,
-    name: OsString,
+    /// The file's name, and its ready marker's.
+    names: Vec<OsString>,
     debounce: Duration,
     writes: WriteTracker,
 }
 
 impl FileWatch {
-    /// Starts watching `file`'s directory; `writes` learns from its events which
-    /// writes are still open (inotify only).
+    /// Starts watching `file`'s directory (for `file`, and its ready marker when
+    /// `marker` is set); `writes` learns from its events which writes are still
+    /// open (inotify only).
     pub fn start(
         file: &Path,
+        marker: Option<&str>,
         debounce: Duration,
         poll: bool,
         writes: WriteTracker,
     ) -> Result<Self, WatchError> {
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let name = file.file_name().map(OsString::from).unwrap_or_default();
+        let mut watched = vec![file.to_path_buf()];
+        watched.extend(marker.map(|m| crate::pipeline::ready::marker_path(file, m)));
+        let names: Vec<OsString> = watched
+            .iter()
+            .map(|f| f.file_name().map(OsString::from).unwrap_or_default())
+            .collect();
         let (tx, events) = mpsc::unbounded_channel();
         let handler = {
             let tx = tx.clone();
@@ -124,7 +137,7 @@ impl FileWatch {
         };
         let source = if poll {
             let interval = (debounce / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
-            Source::Poll(tokio::spawn(poll_file(file.to_path_buf(), interval, tx)))
+            Source::Poll(tokio::spawn(poll_files(watched, interval, tx)))
         } else {
             let mut watcher = RecommendedWatcher::new(handler, Config::default()).map_err(err)?;
             watcher
@@ -132,12 +145,12 @@ impl FileWatch {
                 .map_err(err)?;
             Source::Notify(watcher)
         };
-        tracing::info!(dir = %dir.display(), file = ?name, poll, "watching for changes");
+        tracing::info!(dir = %dir.display(), files = ?names, poll, "watching for changes");
         Ok(Self {
             _source: source,
             events,
             file: file.to_path_buf(),
-            name,
+            names,
             debounce,
             writes,
         })
@@ -159,13 +172,16 @@ impl FileWatch {
                 event = self.events.recv() => match event {
                     None => return,
                     Some(Err(e)) => tracing::warn!(error = %e, "file watch error"),
-                    Some(Ok(event)) if is_change(&event, &self.name) => {
+                    Some(Ok(event)) if is_change(&event, &self.names) => {
                         if event.need_rescan() {
                             tracing::warn!("file events were lost (inotify queue overflow); treating the file as changed");
                         } else {
                             tracing::debug!(kind = ?event.kind, "file event");
                         }
-                        self.writes.observe(&event);
+                        // Open writes are the CSV file's own (not the marker's).
+                        if is_change(&event, &self.names[..1]) {
+                            self.writes.observe(&event);
+                        }
                         deadline = Some(Instant::now() + self.debounce);
                         at_last_event = file_state(&self.file);
                     }

@@ -1,0 +1,106 @@
+//! The rejects report (`etl_info_schema.sync_rejects`): each run's rejected lines
+//! with their number, reason and text (cut to `read::RAW_LINE_LIMIT` bytes), for
+//! `followers-etl rejects`. Written in bulk after the run's reading ends, whatever
+//! its outcome; removed with their run (`ON DELETE CASCADE`), so the run history's
+//! retention bounds them too (README, "Rejects").
+
+use crate::domain::LoadId;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// At most this many rejects are stored per run (all of them are counted).
+pub const STORED_PER_RUN: usize = 10_000;
+
+/// Rows per INSERT statement.
+const INSERT_BATCH: usize = 1_000;
+
+/// One rejected line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredReject {
+    pub line: u64,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// Stores a run's rejects, one multi-row INSERT (arrays unnested) per batch.
+#[tracing::instrument(skip_all, fields(rejects = rejects.len()), err)]
+pub async fn store(
+    pool: &PgPool,
+    load_id: LoadId,
+    rejects: &[StoredReject],
+) -> Result<(), sqlx::Error> {
+    for chunk in rejects.chunks(INSERT_BATCH) {
+        let lines: Vec<i64> = chunk
+            .iter()
+            .map(|r| i64::try_from(r.line).unwrap_or(i64::MAX))
+            .collect();
+        let reasons: Vec<&str> = chunk.iter().map(|r| r.reason.as_str()).collect();
+        let raws: Vec<&str> = chunk.iter().map(|r| r.raw.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO etl_info_schema.sync_rejects (load_id, line_no, reason, raw_line)
+             SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[])
+             ON CONFLICT (load_id, line_no) DO NOTHING",
+        )
+        .bind(load_id.uuid())
+        .bind(&lines)
+        .bind(&reasons)
+        .bind(&raws)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The run a `rejects` command reports on.
+#[derive(Debug, Serialize)]
+pub struct RunRejects {
+    pub load_id: Uuid,
+    pub outcome: String,
+    pub file: String,
+    /// All rejected rows the run counted.
+    pub rejected: i64,
+    /// The stored ones, by line.
+    pub rejects: Vec<StoredReject>,
+}
+
+/// The rejects of `load_id`, or of the newest run that read the file (not
+/// `skipped`, not still `running`); `None` when there is no such run.
+pub async fn of_run(
+    pool: &PgPool,
+    load_id: Option<Uuid>,
+) -> Result<Option<RunRejects>, sqlx::Error> {
+    let run: Option<(Uuid, String, String, i64)> = sqlx::query_as(
+        "SELECT load_id, outcome, file, rejected FROM etl_info_schema.sync_runs
+         WHERE CASE WHEN $1::uuid IS NULL THEN outcome NOT IN ('skipped', 'running')
+                    ELSE load_id = $1 END
+         ORDER BY started_at DESC, load_id DESC LIMIT 1",
+    )
+    .bind(load_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some((load_id, outcome, file, rejected)) = run else {
+        return Ok(None);
+    };
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT line_no, reason, raw_line FROM etl_info_schema.sync_rejects
+         WHERE load_id = $1 ORDER BY line_no",
+    )
+    .bind(load_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(RunRejects {
+        load_id,
+        outcome,
+        file,
+        rejected,
+        rejects: rows
+            .into_iter()
+            .map(|(line, reason, raw)| StoredReject {
+                line: u64::try_from(line).unwrap_or_default(),
+                reason,
+                raw,
+            })
+            .collect(),
+    }))
+}
