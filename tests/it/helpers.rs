@@ -45,6 +45,16 @@ impl Run {
             .unwrap_or_else(|| panic!("no {key} in {}", self.stdout))
     }
 
+    /// Asserts the exit code and the outcome.
+    pub fn expect(&self, code: i32, outcome: &str) -> &Self {
+        assert_eq!(
+            (self.code, self.outcome().as_str()),
+            (code, outcome),
+            "{self:?}"
+        );
+        self
+    }
+
     pub fn outcome(&self) -> String {
         self.json()["outcome"]
             .as_str()

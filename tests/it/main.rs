@@ -3,6 +3,7 @@
 
 mod commands;
 mod connection;
+mod exports;
 mod helpers;
 mod line_endings;
 mod messages;
