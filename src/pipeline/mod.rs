@@ -517,7 +517,7 @@ async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, e
 }
 
 /// The stages in order. Returns the outcome of a run that got this far.
-// The run's inputs, plus its two out-parameters (counts and stage times).
+// The run's inputs, plus its out-parameters (counts, stage times, the rejects read).
 #[allow(clippy::too_many_arguments)]
 async fn saga(
     ctx: &SyncContext,

@@ -197,6 +197,11 @@ impl Compression {
     }
 }
 
+/// Whether `path`'s name announces a compressed file (`.gz`, `.zst`).
+pub fn is_compressed(path: &Path) -> bool {
+    Compression::of(path).is_some()
+}
+
 /// A decompressor whose errors (a bad header, a checksum mismatch, a stream that
 /// ends before its end-of-stream marker) are marked as a corrupt archive.
 struct Decompress<R> {

@@ -72,20 +72,25 @@ pub fn file_state(path: &Path) -> Option<FileState> {
     })
 }
 
-/// Whether the file's last byte is a line break (an empty file counts as ended).
+/// Whether the file ends with a line break (an empty file counts as ended): its
+/// last byte, or its last two bytes as UTF-16 LE writes one (`0A 00`). A `.gz` or
+/// `.zst` file counts as ended: its last bytes are compressed data, and a cut
+/// archive fails its own end-of-stream check when read.
 fn ends_with_line_break(path: &Path, len: u64) -> bool {
     use std::io::{Read, Seek, SeekFrom};
-    if len == 0 {
+    if len == 0 || super::read::is_compressed(path) {
         return true;
     }
-    let mut last = [0u8; 1];
+    let tail = len.min(2);
+    let mut last = [0u8; 2];
+    let last = &mut last[..tail as usize];
     // Never blocks: a FIFO swapped in is refused, not opened for reading.
     super::read::open_regular(path)
         .and_then(|mut f| {
-            f.seek(SeekFrom::Start(len - 1))?;
-            f.read_exact(&mut last)
+            f.seek(SeekFrom::Start(len - tail))?;
+            f.read_exact(last)
         })
-        .map(|()| matches!(last[0], b'\n' | b'\r'))
+        .map(|()| matches!(last, [.., b'\n' | b'\r'] | [b'\n' | b'\r', 0]))
         .unwrap_or(false)
 }
 
@@ -336,6 +341,29 @@ mod tests {
             }
             t.observe(&ending);
             assert!(t.writing_since().is_none(), "{end:?} ends the write");
+        }
+    }
+
+    #[test]
+    fn line_breaks_end_utf8_utf16_and_archives_count_as_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes, ended) in [
+            ("a.csv", &b"a,b\n"[..], true),
+            ("b.csv", b"a,b\r", true),
+            ("c.csv", b"a,b", false),
+            ("d.csv", b"\n", true),
+            ("e.csv", b"a\0,\0b\0\n\0", true),
+            ("f.csv", b"a\0,\0b\0", false),
+            ("g.csv.gz", b"\x1f\x8b\x08", true),
+            ("h.csv.zst", b"\x28\xb5", true),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(
+                ends_with_line_break(&path, bytes.len() as u64),
+                ended,
+                "{name}"
+            );
         }
     }
 

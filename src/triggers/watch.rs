@@ -228,7 +228,7 @@ mod tests {
             _source: Source::Poll(tokio::spawn(std::future::pending())),
             events,
             file: file.to_path_buf(),
-            name: file.file_name().unwrap().into(),
+            names: vec![file.file_name().unwrap().into()],
             debounce: Duration::from_millis(50),
             writes: WriteTracker::default(),
         };
