@@ -419,4 +419,15 @@ async fn a_runtime_role_with_the_documented_grants_syncs_and_waits_for_pending_m
     assert_eq!(env.staging_rows().await, 0);
     let status = env.run(&["status"], &as_role);
     assert_eq!(status.code, 0, "{status:?}");
+    // A refused file's rejects are stored and listed as the role.
+    env.write_csv(format!("{}nope,Nobody\n", csv(&next)));
+    let run = env.sync_with(&[], &as_role);
+    assert_eq!(run.outcome(), "refused", "{run:?}");
+    let rejects = env.run(&["rejects", "--last"], &as_role);
+    assert!(
+        rejects.code == 0
+            && rejects.stdout.contains("line 5: ")
+            && rejects.stdout.contains("nope,Nobody"),
+        "{rejects:?}"
+    );
 }
