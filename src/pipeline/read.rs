@@ -276,17 +276,18 @@ impl<R: BufRead> Decoded<R> {
 impl<R: BufRead> Read for Decoded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if let Some(malformed) = &self.failed {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    malformed.clone(),
-                ));
-            }
+            // The text before the bad bytes first, so the line is counted right.
             if self.out_pos < self.out.len() {
                 let n = buf.len().min(self.out.len() - self.out_pos);
                 buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
                 self.out_pos += n;
                 return Ok(n);
+            }
+            if let Some(malformed) = &self.failed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    malformed.clone(),
+                ));
             }
             if self.done {
                 return Ok(0);
@@ -303,7 +304,7 @@ impl<R: BufRead> Read for Decoded<R> {
             self.lines += self.out.iter().filter(|b| **b == b'\n').count() as u64;
             match result {
                 DecoderResult::Malformed(bad, extra) => {
-                    // The text before the bad bytes is not handed out: the file is refused.
+                    // `line` counts LF; `LineTracker` corrects it for a bare-CR file.
                     self.failed = Some(Malformed {
                         line: 1 + self.lines,
                         offset: self.offset + read as u64 - u64::from(bad) - u64::from(extra),
@@ -399,9 +400,27 @@ impl<R: Read> Read for LineTracker<R> {
         if self.pending.len() > MAX_RECORD_BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidData, RecordTooLong));
         }
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).map_err(|e| self.locate(e))?;
         self.pending.extend_from_slice(&buf[..n]);
         Ok(n)
+    }
+}
+
+impl<R> LineTracker<R> {
+    /// A decoding error gets the line of the bad bytes in the file's own line
+    /// terminator: every byte before them has been read (`Decoded` hands them out
+    /// first).
+    fn locate(&self, e: io::Error) -> io::Error {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<Malformed>())
+        {
+            Some(m) => {
+                let line = 1 + self.lines + self.count_lines(&self.pending);
+                io::Error::new(e.kind(), Malformed { line, ..m.clone() })
+            }
+            None => e,
+        }
     }
 }
 
@@ -1143,6 +1162,21 @@ mod tests {
             "{text}"
         );
         assert!(err.is_content());
+        // In a bare-CR file, and in a later chunk of the decoder's output.
+        let mut cr = utf16(&"a@x.io,A\r".repeat(20_000), true);
+        cr.extend_from_slice(&[0x00, 0xD8, b'y', 0]);
+        let err = read_all(&cr, auto()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ReadError::Encoding {
+                    line: 20_001,
+                    offset: 360_002,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         // Shift_JIS: 0x81 0x20 is not a valid pair.
         let err = read_all(b"a@x.io,A\nb@x.io,\x81\x20\n", with_encoding("shift_jis")).unwrap_err();
         assert!(
