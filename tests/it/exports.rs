@@ -248,6 +248,16 @@ async fn rejects_last_lists_each_invalid_line_of_a_refused_file() {
             .await,
         3
     );
+    // The run history's retention prunes the refused run, and its rejects with it.
+    let bound = [("HISTORY_KEEP_RUNS", "1"), ("HISTORY_KEEP_DAYS", "0")];
+    assert_eq!(env.sync_with(&[], &bound).outcome(), "skipped");
+    eventually(30, "the pruned run's rejects gone", || async {
+        (env.scalar("SELECT count(*) FROM etl_info_schema.sync_rejects")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
     let missing = env.run(&["rejects", &load_id], &[]);
     assert_eq!(missing.code, 1, "{missing:?}");
     assert_eq!(env.run(&["rejects", "not-a-uuid"], &[]).code, 2);
