@@ -196,7 +196,11 @@ async fn copied_and_renamed_files_still_sync_promptly() {
 
 /// A TCP proxy to the test PostgreSQL that cuts the connection of the first
 /// merge transaction at its COMMIT: the client gets no answer, and the server
-/// gets the COMMIT (`deliver`) or not. Other connections pass unchanged.
+/// gets the COMMIT (`deliver`) or not. With `deliver`, the client's connection
+/// is cut only once the server has answered the COMMIT, so the commit has
+/// happened (otherwise the agent's check could end the session before the
+/// server read the COMMIT, and it would rightly count as not committed).
+/// Other connections pass unchanged.
 struct CommitCutter {
     port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -224,11 +228,18 @@ impl CommitCutter {
                 let (mut sr, mut sw) = server.into_split();
                 let cw = Arc::new(tokio::sync::Mutex::new(Some(cw)));
                 let to_client = cw.clone();
+                // Set at a delivered cut: the server's next answer (to the
+                // COMMIT) is dropped, and the client's connection closed.
+                let swallow = Arc::new(AtomicBool::new(false));
+                let swallowing = swallow.clone();
                 // Server → client, until the cut; then the server's answers are dropped.
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n @ 1..) = sr.read(&mut buf).await {
-                        if let Some(cw) = to_client.lock().await.as_mut() {
+                        let mut to_client = to_client.lock().await;
+                        if swallowing.load(Ordering::SeqCst) {
+                            drop(to_client.take());
+                        } else if let Some(cw) = to_client.as_mut() {
                             let _ = cw.write_all(&buf[..n]).await;
                         }
                     }
@@ -248,8 +259,13 @@ impl CommitCutter {
                         let commit = b"Q\0\0\0\x0bCOMMIT\0";
                         match find(chunk, commit) {
                             Some(at) if merging && !done.swap(true, Ordering::SeqCst) => {
-                                // The client hears nothing more...
-                                drop(cw.lock().await.take());
+                                // The client hears nothing more (with `deliver`,
+                                // once the server has answered the COMMIT)...
+                                if deliver {
+                                    swallow.store(true, Ordering::SeqCst);
+                                } else {
+                                    drop(cw.lock().await.take());
+                                }
                                 let upto = if deliver { at + commit.len() } else { at };
                                 let _ = sw.write_all(&chunk[..upto]).await;
                                 // ...and the server sees the end of its input.
