@@ -135,33 +135,8 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     stop_on_signals(stop.clone(), Hangup::Ignore);
     let metrics = crate::http::install_recorder();
 
-    let Some(db) = connect_with_retry(&settings, &stop).await else {
-        return ExitCode::SUCCESS;
-    };
-    // Pending migrations this role may not apply: wait for an owner to apply them.
-    let migrated = retrying(
-        &stop,
-        "waiting for the pending migrations to be applied",
-        DbError::is_migration_privilege,
-        || db::migrate(&db, &settings.database_url),
-    )
-    .await;
-    match migrated {
-        None => return ExitCode::SUCCESS,
-        Some(Err(e)) => return fatal("applying migrations failed", &e),
-        Some(Ok(())) => {}
-    }
-    match AdvisoryLock::try_run_lock(&settings.database_url).await {
-        Ok(Some(lock)) => {
-            if let Err(e) = runs::recover(&db).await {
-                tracing::warn!(error = %error_chain(&e), "recovery failed; the first run retries it");
-            }
-            lock.release().await;
-        }
-        Ok(None) => tracing::info!("another agent is syncing this database; it owns recovery"),
-        Err(e) => return fatal("database", &e),
-    }
-
+    // The endpoints answer from the start (their pool connects on first use):
+    // /healthz 200, /readyz 503 until the database is reachable and migrated.
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = settings.http_addr {
         let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -178,6 +153,37 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
                 tracing::error!(error = %e, "HTTP endpoints stopped");
             }
         });
+    }
+
+    let Some(db) = connect_with_retry(&settings, &stop).await else {
+        while tasks.join_next().await.is_some() {}
+        return ExitCode::SUCCESS;
+    };
+    // Pending migrations this role may not apply: wait for an owner to apply them.
+    let migrated = retrying(
+        &stop,
+        "waiting for the pending migrations to be applied",
+        DbError::is_migration_privilege,
+        || db::migrate(&db, &settings.database_url),
+    )
+    .await;
+    match migrated {
+        None => {
+            while tasks.join_next().await.is_some() {}
+            return ExitCode::SUCCESS;
+        }
+        Some(Err(e)) => return fatal("applying migrations failed", &e),
+        Some(Ok(())) => {}
+    }
+    match AdvisoryLock::try_run_lock(&settings.database_url).await {
+        Ok(Some(lock)) => {
+            if let Err(e) = runs::recover(&db).await {
+                tracing::warn!(error = %error_chain(&e), "recovery failed; the first run retries it");
+            }
+            lock.release().await;
+        }
+        Ok(None) => tracing::info!("another agent is syncing this database; it owns recovery"),
+        Err(e) => return fatal("database", &e),
     }
 
     let writes = WriteTracker::default();

@@ -1,5 +1,7 @@
 //! HTTP endpoints of `serve` (`/healthz`, `/readyz`, `/metrics`) and the metrics
 //! every run records (Prometheus text through `metrics-exporter-prometheus`).
+//! They answer from the start, also while `serve` waits for the database (README,
+//! Observability).
 
 use crate::pipeline::Summary;
 use crate::runs::Outcome;

@@ -497,8 +497,21 @@ async fn store_rejects(ctx: &SyncContext, load_id: LoadId, tally: &ReadTally) {
     }
 }
 
+/// How long compensation waits for the database to answer at all. A database
+/// that went away would otherwise hold the run (and the runner, and a stop) for
+/// the pool's acquire timeout twice over; the next run's recovery does the same
+/// cleanup once it is back.
+const COMPENSATION_REACH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Undoes what the run did: staging rows go, the record says why.
 async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, error: &SyncError) {
+    let reachable = tokio::time::timeout(COMPENSATION_REACH_TIMEOUT, db.ping()).await;
+    if !matches!(reachable, Ok(Ok(()))) {
+        tracing::error!(
+            "database unreachable: the staging rows and the run record are left to the next run's recovery"
+        );
+        return;
+    }
     if let Err(e) = stage::discard(db, load_id).await {
         tracing::error!(error = %error_chain(&e), "could not remove staging rows; the next run removes them");
     }

@@ -20,6 +20,8 @@ fn with_database(url: &str, name: &str) -> String {
 
 pub struct TestEnv {
     pub name: String,
+    /// Whether `name` was created by this env (and is dropped with it).
+    owns_database: bool,
     pub url: String,
     pub pool: PgPool,
     pub dir: tempfile::TempDir,
@@ -75,6 +77,13 @@ impl From<Output> for Run {
 
 pub type Follower = (String, String);
 
+/// A temporary directory holding an empty `tables/`.
+fn work_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("tables")).unwrap();
+    dir
+}
+
 impl TestEnv {
     pub async fn new() -> Self {
         let name = format!("fetl_test_{}", uuid::Uuid::now_v7().simple());
@@ -94,11 +103,29 @@ impl TestEnv {
             .connect(&url)
             .await
             .expect("connect test database");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("tables")).unwrap();
+        let dir = work_dir();
         Self {
             name,
+            owns_database: true,
             url,
+            pool,
+            dir,
+        }
+    }
+
+    /// An env on an existing database `url` (e.g. of a private server that may
+    /// not be up yet): connects lazily, creates and drops nothing.
+    pub fn on_existing(url: &str) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy(url)
+            .expect("a database URL");
+        let dir = work_dir();
+        Self {
+            name: String::new(),
+            owns_database: false,
+            url: url.to_owned(),
             pool,
             dir,
         }
@@ -189,6 +216,28 @@ impl TestEnv {
             .collect()
     }
 
+    /// The followers' whole content as one digest, computed in SQL: md5 of the
+    /// rows `email TAB full_name`, ordered by email, joined by newlines.
+    pub async fn followers_digest(&self) -> Result<String, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT md5(coalesce(string_agg(email || E'\\t' || full_name, E'\\n' ORDER BY email COLLATE \"C\"), '')) FROM followers",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// What `followers_digest` is when `followers` holds exactly `rows`.
+    pub async fn digest_of(&self, rows: &[Follower]) -> String {
+        let mut rows: Vec<&Follower> = rows.iter().collect();
+        rows.sort();
+        let text: Vec<String> = rows.iter().map(|(e, n)| format!("{e}\t{n}")).collect();
+        sqlx::query_scalar("SELECT md5($1)")
+            .bind(text.join("\n"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Every follower with its `modified_at` and its row version (`xmin`): a row
     /// rewritten with identical values still gets a new `xmin`.
     pub async fn follower_versions(&self) -> Vec<(String, chrono::NaiveDateTime, String)> {
@@ -248,6 +297,9 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        if !self.owns_database {
+            return;
+        }
         // FORCE ends this test's open connections.
         run_sql_on_drop(
             server_url(),
@@ -416,6 +468,17 @@ impl Agent {
         assert!(ok, "kill -{name} failed");
     }
 
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits (up to 60 s) for the exit code.
     pub async fn terminate(&mut self) -> i32 {
         self.signal("TERM");
@@ -434,13 +497,37 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
 /// Polls `probe` every 50 ms until it returns `Some`, or panics after `secs`.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(secs, probe)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {secs}s waiting for: {what}"))
+}
+
+/// Like `eventually`, with the agent's log in the panic message.
+pub async fn eventually_logged<T, F, Fut>(agent: &Agent, secs: u64, what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(secs, probe).await.unwrap_or_else(|| {
+        panic!(
+            "timed out after {secs}s waiting for: {what}; log:\n{}",
+            agent.log_text()
+        )
+    })
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`; `None` after `secs`.
+async fn poll<T, F, Fut>(secs: u64, mut probe: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -448,10 +535,10 @@ where
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         if let Some(value) = probe().await {
-            return value;
+            return Some(value);
         }
         if std::time::Instant::now() > deadline {
-            panic!("timed out after {secs}s waiting for: {what}");
+            return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -1,14 +1,18 @@
 //! Integration tests: the real binary against the real PostgreSQL, each test in
-//! its own freshly created (and afterwards dropped) database.
+//! its own freshly created (and afterwards dropped) database; the database
+//! faults use a private server (`private_pg.rs`).
 
 mod commands;
 mod connection;
 mod exports;
+mod crash;
+mod faults;
 mod helpers;
 mod line_endings;
 mod messages;
 mod operations;
 mod operator;
+mod private_pg;
 mod serve;
 mod stability;
 mod sync;

@@ -5,7 +5,7 @@ use crate::helpers::*;
 use std::io::Write;
 use std::time::Duration;
 
-const ABC: &[(&str, &str)] = &[
+pub const ABC: &[(&str, &str)] = &[
     ("ann@example.com", "Ann"),
     ("bob@example.com", "Bob"),
     ("cy@example.com", "Cy"),

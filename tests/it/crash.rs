@@ -1,0 +1,283 @@
+//! Crash harness: `sync` and `serve` are SIGKILLed at random moments of a run
+//! that changes 200,000 followers; `followers` must then hold exactly the old or
+//! the new file, and the next run must recover (no staging rows, no run left
+//! `running`, `followers` equal to the new file).
+//!
+//! `CRASH_TRIALS` (default 3) sets the trials per test, `CRASH_SEED` replays a
+//! failed run (the seed is printed at the start; the output of a failed test is
+//! shown). The README (Guarantees) has the command of the long run and its result.
+
+use crate::helpers::*;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const ROWS: usize = 200_000;
+
+fn trials() -> usize {
+    std::env::var("CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// SplitMix64: a seeded generator, so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> Self {
+        let seed = std::env::var("CRASH_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        println!("crash harness: CRASH_SEED={seed}");
+        Self(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A moment in `0..window`.
+    fn moment(&mut self, window: Duration) -> Duration {
+        Duration::from_micros(self.next() % (window.as_micros() as u64).max(1))
+    }
+}
+
+/// The old file (200,000 followers) and the new one: every 10th renamed, every
+/// 20th deleted (5%, within the default delete guard), 10,000 new ones.
+fn versions() -> (Vec<Follower>, Vec<Follower>) {
+    let old = many(ROWS);
+    let mut new: Vec<Follower> = old
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 20 != 1)
+        .map(|(i, (email, name))| {
+            let name = if i % 10 == 0 {
+                format!("{name} Renamed")
+            } else {
+                name.clone()
+            };
+            (email.clone(), name)
+        })
+        .collect();
+    new.extend(
+        (ROWS..ROWS + ROWS / 20).map(|i| (format!("user{i}@example.com"), format!("User {i}"))),
+    );
+    (old, new)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Old,
+    New,
+}
+
+/// A database synced from the old file, with the new file in place, that can be
+/// put back into that state between trials.
+struct Fixture {
+    env: TestEnv,
+    old: String,
+    new: String,
+    old_hash: String,
+    /// Kill moments are drawn from `0..window`: a little longer than the initial
+    /// load of 200,000 rows took here, so that some kills land after the commit.
+    window: Duration,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let env = TestEnv::new().await;
+        let (old_rows, new_rows) = versions();
+        env.write_csv(csv_owned(&old_rows));
+        let started = Instant::now();
+        env.synced(&[]);
+        let window = started.elapsed().mul_f64(1.1);
+        let old = env.digest_of(&old_rows).await;
+        assert_eq!(env.followers_digest().await.unwrap(), old);
+        let new = env.digest_of(&new_rows).await;
+        env.exec("CREATE TABLE crash_snapshot AS SELECT * FROM followers")
+            .await;
+        let old_hash = sqlx::query_scalar(
+            "SELECT content_hash FROM etl_info_schema.table_status WHERE table_name = 'followers'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        env.write_csv(csv_owned(&new_rows));
+        Self {
+            env,
+            old,
+            new,
+            old_hash,
+            window,
+        }
+    }
+
+    /// Back to the state after the old file's sync (the new file stays in place).
+    async fn reset(&self) {
+        self.env
+            .exec(&format!(
+                "TRUNCATE followers;
+                 INSERT INTO followers SELECT * FROM crash_snapshot;
+                 UPDATE etl_info_schema.table_status SET content_hash = '{}' WHERE table_name = 'followers';",
+                self.old_hash
+            ))
+            .await;
+        assert_eq!(self.state("reset").await, State::Old);
+    }
+
+    /// Which file `followers` holds exactly; panics if neither.
+    async fn state(&self, context: &str) -> State {
+        let digest = self.env.followers_digest().await.unwrap();
+        match digest {
+            d if d == self.old => State::Old,
+            d if d == self.new => State::New,
+            _ => panic!(
+                "{context}: followers hold neither the old nor the new file ({} rows)",
+                self.env.scalar("SELECT count(*) FROM followers").await
+            ),
+        }
+    }
+
+    /// What a killed run left behind: (staging rows, runs left `running`).
+    async fn leftovers(&self) -> (i64, i64) {
+        (
+            self.env.staging_rows().await,
+            self.env
+                .scalar("SELECT count(*) FROM etl_info_schema.sync_runs WHERE outcome = 'running'")
+                .await,
+        )
+    }
+
+    async fn assert_recovered(&self, context: &str) {
+        assert_eq!(self.leftovers().await, (0, 0), "{context}: leftovers");
+        assert_eq!(self.state(context).await, State::New, "{context}");
+    }
+}
+
+/// What the trials saw, for the summary line (and the README's figures).
+#[derive(Default)]
+struct Tally {
+    old: usize,
+    new: usize,
+    /// Trials whose kill left staging rows or a `running` record behind.
+    mid_run: usize,
+}
+
+impl Tally {
+    fn add(&mut self, context: &str, state: State, leftovers: (i64, i64)) {
+        println!(
+            "{context}: followers = {state:?} file, staging rows left {}, runs left running {}",
+            leftovers.0, leftovers.1
+        );
+        match state {
+            State::Old => self.old += 1,
+            State::New => self.new += 1,
+        }
+        if leftovers != (0, 0) {
+            self.mid_run += 1;
+        }
+    }
+
+    fn print(&self, what: &str, window: Duration) {
+        println!(
+            "{what}: {} trials, kill moment uniform in 0..{window:?}: followers held the old file {} times, the new file {} times (never anything else); {} kills left staging rows or a running record; every next run recovered",
+            self.old + self.new,
+            self.old,
+            self.new,
+            self.mid_run
+        );
+    }
+}
+
+fn spawn_sync(env: &TestEnv) -> std::process::Child {
+    env.command()
+        .args(["sync", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sync")
+}
+
+#[tokio::test]
+async fn sync_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_the_next_run_recovers() {
+    let mut rng = Rng::from_env();
+    let fx = Fixture::new().await;
+    let env = &fx.env;
+    let mut tally = Tally::default();
+    for trial in 1..=trials() {
+        fx.reset().await;
+        let at = rng.moment(fx.window);
+        let context = format!("trial {trial}, kill after {at:?}");
+        let mut child = spawn_sync(env);
+        tokio::time::sleep(at).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let state = fx.state(&context).await;
+        tally.add(&context, state, fx.leftovers().await);
+
+        let next = env.sync();
+        assert!(
+            next.code == 0 && ["synced", "skipped"].contains(&next.outcome().as_str()),
+            "{context}: the next run: {next:?}"
+        );
+        fx.assert_recovered(&context).await;
+    }
+    tally.print("sync SIGKILL", fx.window);
+}
+
+/// Waits until `serve`'s start-up run is finished and returns how many start-up
+/// runs are recorded.
+async fn wait_start_runs(env: &TestEnv, at_least: usize, agent: &Agent) -> usize {
+    let what = format!(
+        "{at_least} finished start-up run(s); log:\n{}",
+        agent.log_text()
+    );
+    eventually(120, &what, || async {
+        let runs = env.runs_by("start").await;
+        (runs.len() >= at_least && runs.iter().all(|(outcome, _)| outcome != "running"))
+            .then_some(runs.len())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn serve_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_a_restart_recovers() {
+    let mut rng = Rng::from_env();
+    let fx = Fixture::new().await;
+    let env = &fx.env;
+    let quiet = [("WATCH", "false")];
+    let mut tally = Tally::default();
+    for trial in 1..=trials() {
+        fx.reset().await;
+        let at = rng.moment(fx.window);
+        let context = format!("trial {trial}, kill after {at:?}");
+        let mut agent = env.spawn_agent(&quiet);
+        tokio::time::sleep(at).await;
+        agent.kill();
+        let state = fx.state(&context).await;
+        tally.add(&context, state, fx.leftovers().await);
+
+        let before = env.runs_by("start").await.len();
+        let mut restarted = env.spawn_agent(&quiet);
+        wait_start_runs(env, before + 1, &restarted).await;
+        let last = env.runs_by("start").await.pop().unwrap().0;
+        assert!(
+            last == "synced" || last == "skipped",
+            "{context}: the restarted agent's run: {last}; log:\n{}",
+            restarted.log_text()
+        );
+        assert_eq!(restarted.terminate().await, 0, "{context}");
+        fx.assert_recovered(&context).await;
+    }
+    tally.print("serve SIGKILL", fx.window);
+}
