@@ -88,8 +88,9 @@ struct Fixture {
     old: String,
     new: String,
     old_hash: String,
-    /// Kill moments are drawn from `0..window`: a little longer than the initial
-    /// load of 200,000 rows took here, so that some kills land after the commit.
+    /// Kill moments are drawn from `0..window`: 1.2 × what one whole `sync` of
+    /// the change took here, so that kills land in every stage and some after
+    /// the commit.
     window: Duration,
 }
 
@@ -98,9 +99,7 @@ impl Fixture {
         let env = TestEnv::new().await;
         let (old_rows, new_rows) = versions();
         env.write_csv(csv_owned(&old_rows));
-        let started = Instant::now();
         env.synced(&[]);
-        let window = started.elapsed().mul_f64(1.1);
         let old = env.digest_of(&old_rows).await;
         assert_eq!(env.followers_digest().await.unwrap(), old);
         let new = env.digest_of(&new_rows).await;
@@ -113,13 +112,18 @@ impl Fixture {
         .await
         .unwrap();
         env.write_csv(csv_owned(&new_rows));
-        Self {
+        let started = Instant::now();
+        env.synced(&[]);
+        let window = started.elapsed().mul_f64(1.2);
+        let fixture = Self {
             env,
             old,
             new,
             old_hash,
             window,
-        }
+        };
+        fixture.assert_recovered("the whole run").await;
+        fixture
     }
 
     /// Back to the state after the old file's sync (the new file stays in place).
@@ -217,7 +221,7 @@ async fn sync_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_the_n
     for trial in 1..=trials() {
         fx.reset().await;
         let at = rng.moment(fx.window);
-        let context = format!("trial {trial}, kill after {at:?}");
+        let context = format!("sync trial {trial}, kill after {at:?}");
         let mut child = spawn_sync(env);
         tokio::time::sleep(at).await;
         child.kill().unwrap();
@@ -260,7 +264,7 @@ async fn serve_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_a_re
     for trial in 1..=trials() {
         fx.reset().await;
         let at = rng.moment(fx.window);
-        let context = format!("trial {trial}, kill after {at:?}");
+        let context = format!("serve trial {trial}, kill after {at:?}");
         let mut agent = env.spawn_agent(&quiet);
         tokio::time::sleep(at).await;
         agent.kill();

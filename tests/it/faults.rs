@@ -72,6 +72,17 @@ async fn serve_started_before_the_database_answers_health_at_once_and_syncs_when
 
 #[tokio::test]
 async fn a_database_restart_during_a_run_leaves_followers_whole_and_the_next_run_syncs() {
+    database_stopped_during_a_run("fast").await;
+}
+
+#[tokio::test]
+async fn a_database_crash_during_a_run_leaves_followers_whole_and_the_next_run_syncs() {
+    database_stopped_during_a_run("immediate").await;
+}
+
+/// Stops the database (`pg_ctl stop -m mode`) while `serve` stages a file of
+/// 100,000 rows, then starts it again.
+async fn database_stopped_during_a_run(mode: &str) {
     let pg = PrivatePg::start_new();
     let env = TestEnv::on_existing(&pg.url());
     env.write_csv(csv(ABC));
@@ -90,7 +101,7 @@ async fn a_database_restart_during_a_run_leaves_followers_whole_and_the_next_run
         ("MAX_DELETE_RATIO", "1.0"),
     ]);
     env.wait_for_staging().await;
-    pg.stop("fast");
+    pg.stop(mode);
     // Down: alive, not ready, and still running after several cron ticks.
     wait_http(port, "/readyz", "503", &agent).await;
     wait_http(port, "/healthz", "200", &agent).await;
