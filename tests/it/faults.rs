@@ -71,6 +71,21 @@ async fn serve_started_before_the_database_answers_health_at_once_and_syncs_when
 }
 
 #[tokio::test]
+async fn serve_waiting_for_the_database_stops_cleanly_on_sigterm() {
+    let env = TestEnv::on_existing(&format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        free_port()
+    ));
+    env.write_csv(csv(ABC));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = env.spawn_agent(&[("HTTP_ADDR", &addr)]);
+    wait_http(port, "/readyz", "503", &agent).await;
+    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
+    assert!(http_get(port, "/healthz").is_none(), "the endpoints stopped");
+}
+
+#[tokio::test]
 async fn a_database_restart_during_a_run_leaves_followers_whole_and_the_next_run_syncs() {
     database_stopped_during_a_run("fast").await;
 }
