@@ -88,11 +88,18 @@ struct Fixture {
     old: String,
     new: String,
     old_hash: String,
-    /// Kill moments are drawn from `0..window`: 1.2 × what one whole `sync` of
-    /// the change took here, so that kills land in every stage and some after
-    /// the commit.
+    /// Odd trials draw the kill moment from `0..window`: 1.2 × what one whole
+    /// `sync` of the change took here.
     window: Duration,
+    /// Even trials wait until every row is staged, then draw it from
+    /// `0..merge_window`: 1.5 × how long the rest of that run (duplicates,
+    /// merge, commit) took, so the kills land around the commit.
+    merge_window: Duration,
 }
+
+/// Rows of the new file, all staged once reading is done.
+/// (10,000 deleted, 10,000 inserted).
+const NEW_ROWS: i64 = ROWS as i64;
 
 impl Fixture {
     async fn new() -> Self {
@@ -112,18 +119,57 @@ impl Fixture {
         .await
         .unwrap();
         env.write_csv(csv_owned(&new_rows));
-        let started = Instant::now();
-        env.synced(&[]);
-        let window = started.elapsed().mul_f64(1.2);
-        let fixture = Self {
+        let mut fixture = Self {
             env,
             old,
             new,
             old_hash,
-            window,
+            window: Duration::ZERO,
+            merge_window: Duration::ZERO,
         };
+        // One whole run of the change, timed.
+        let finished = fixture.finished_runs().await;
+        let started = Instant::now();
+        let mut child = spawn_sync(&fixture.env);
+        fixture.wait_all_staged(finished).await;
+        let staged = started.elapsed();
+        assert!(child.wait().unwrap().success());
+        let whole = started.elapsed();
+        fixture.window = whole.mul_f64(1.2);
+        fixture.merge_window = (whole - staged).mul_f64(1.5);
         fixture.assert_recovered("the whole run").await;
         fixture
+    }
+
+    async fn finished_runs(&self) -> i64 {
+        self.env
+            .scalar("SELECT count(*) FROM etl_info_schema.sync_runs WHERE outcome <> 'running'")
+            .await
+    }
+
+    /// Waits until every row of the new file is staged, or the run that started
+    /// after `finished` runs were recorded has ended.
+    async fn wait_all_staged(&self, finished: i64) {
+        eventually(120, "every row staged", || async {
+            (self.env.staging_rows().await == NEW_ROWS || self.finished_runs().await > finished)
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for trial `trial`'s kill moment (the victim was just started, when
+    /// `finished` runs were recorded); describes it.
+    async fn kill_moment(&self, rng: &mut Rng, trial: usize, finished: i64) -> String {
+        if trial % 2 == 1 {
+            let at = rng.moment(self.window);
+            tokio::time::sleep(at).await;
+            format!("kill after {at:?}")
+        } else {
+            self.wait_all_staged(finished).await;
+            let at = rng.moment(self.merge_window);
+            tokio::time::sleep(at).await;
+            format!("kill {at:?} after every row was staged")
+        }
     }
 
     /// Back to the state after the old file's sync (the new file stays in place).
@@ -192,10 +238,12 @@ impl Tally {
         }
     }
 
-    fn print(&self, what: &str, window: Duration) {
+    fn print(&self, what: &str, fx: &Fixture) {
         println!(
-            "{what}: {} trials, kill moment uniform in 0..{window:?}: followers held the old file {} times, the new file {} times (never anything else); {} kills left staging rows or a running record; every next run recovered",
+            "{what}: {} trials, kill moment uniform in 0..{:?} (odd trials) or 0..{:?} after every row was staged (even trials): followers held the old file {} times, the new file {} times (never anything else); {} kills left staging rows or a running record; every next run recovered",
             self.old + self.new,
+            fx.window,
+            fx.merge_window,
             self.old,
             self.new,
             self.mid_run
@@ -220,10 +268,10 @@ async fn sync_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_the_n
     let mut tally = Tally::default();
     for trial in 1..=trials() {
         fx.reset().await;
-        let at = rng.moment(fx.window);
-        let context = format!("sync trial {trial}, kill after {at:?}");
+        let finished = fx.finished_runs().await;
         let mut child = spawn_sync(env);
-        tokio::time::sleep(at).await;
+        let moment = fx.kill_moment(&mut rng, trial, finished).await;
+        let context = format!("sync trial {trial}, {moment}");
         child.kill().unwrap();
         child.wait().unwrap();
         let state = fx.state(&context).await;
@@ -236,7 +284,7 @@ async fn sync_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_the_n
         );
         fx.assert_recovered(&context).await;
     }
-    tally.print("sync SIGKILL", fx.window);
+    tally.print("sync SIGKILL", &fx);
 }
 
 /// Waits until `serve`'s start-up run is finished and returns how many start-up
@@ -263,10 +311,10 @@ async fn serve_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_a_re
     let mut tally = Tally::default();
     for trial in 1..=trials() {
         fx.reset().await;
-        let at = rng.moment(fx.window);
-        let context = format!("serve trial {trial}, kill after {at:?}");
+        let finished = fx.finished_runs().await;
         let mut agent = env.spawn_agent(&quiet);
-        tokio::time::sleep(at).await;
+        let moment = fx.kill_moment(&mut rng, trial, finished).await;
+        let context = format!("serve trial {trial}, {moment}");
         agent.kill();
         let state = fx.state(&context).await;
         tally.add(&context, state, fx.leftovers().await);
@@ -283,5 +331,5 @@ async fn serve_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_a_re
         assert_eq!(restarted.terminate().await, 0, "{context}");
         fx.assert_recovered(&context).await;
     }
-    tally.print("serve SIGKILL", fx.window);
+    tally.print("serve SIGKILL", &fx);
 }

@@ -82,7 +82,10 @@ async fn serve_waiting_for_the_database_stops_cleanly_on_sigterm() {
     let mut agent = env.spawn_agent(&[("HTTP_ADDR", &addr)]);
     wait_http(port, "/readyz", "503", &agent).await;
     assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
-    assert!(http_get(port, "/healthz").is_none(), "the endpoints stopped");
+    assert!(
+        http_get(port, "/healthz").is_none(),
+        "the endpoints stopped"
+    );
 }
 
 #[tokio::test]
