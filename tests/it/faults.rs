@@ -145,12 +145,13 @@ async fn database_stopped_during_a_run(mode: &str) {
         .scalar("SELECT count(*) FROM etl_info_schema.sync_runs WHERE outcome = 'failed'")
         .await;
     assert!(interrupted >= 1, "the interrupted run is recorded failed");
+    // Stopped, so no cron run is in flight: none is left `running`.
+    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
     assert_eq!(
         env.scalar("SELECT count(*) FROM etl_info_schema.sync_runs WHERE outcome = 'running'")
             .await,
         0
     );
-    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
 }
 
 #[tokio::test]
