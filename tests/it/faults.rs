@@ -128,7 +128,9 @@ async fn database_stopped_during_a_run(mode: &str) {
         &agent,
         30,
         "runs failing while the database is down",
-        || async { (agent.log_text()[mark..].matches("sync failed").count() >= 2).then_some(()) },
+        || async {
+            (agent.log_text()[mark..].matches("outcome=failed").count() >= 2).then_some(())
+        },
     )
     .await;
     assert!(agent.alive(), "{}", agent.log_text());
