@@ -269,8 +269,20 @@ pub async fn run_sync(
     let mut stages = StageTimes::default();
     let result = locked_run(ctx, request, load_id, &mut counts, &mut stages, cancel).await;
     stages.end();
-    if let Err(e) = runs::record_stages(&ctx.db, load_id, &stages.to_json()).await {
-        tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+    // Bounded like compensation: an unreachable database must not hold the run.
+    let recorded = tokio::time::timeout(
+        COMPENSATION_REACH_TIMEOUT,
+        runs::record_stages(&ctx.db, load_id, &stages.to_json()),
+    )
+    .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations")
+        }
+        Err(_) => tracing::warn!(
+            "could not record the run's stage durations: the database did not answer"
+        ),
     }
     let (outcome, reason, stage) = match result {
         Ok((outcome, reason)) => (outcome, reason, None),
