@@ -4,8 +4,8 @@
 
 mod commands;
 mod connection;
-mod exports;
 mod crash;
+mod exports;
 mod faults;
 mod helpers;
 mod line_endings;
