@@ -503,6 +503,12 @@ async fn store_rejects(ctx: &SyncContext, load_id: LoadId, tally: &ReadTally) {
     if stored.is_empty() {
         return;
     }
+    // Bounded like compensation: an unreachable database must not hold the run.
+    let reachable = tokio::time::timeout(COMPENSATION_REACH_TIMEOUT, ctx.db.ping()).await;
+    if !matches!(reachable, Ok(Ok(()))) {
+        tracing::error!("database unreachable: the run's rejects are not stored");
+        return;
+    }
     let pool = ctx.db.get_postgres_connection_pool();
     if let Err(e) = rejects::store(pool, load_id, &stored).await {
         tracing::error!(error = %error_chain(&e), "could not store the run's rejects");
