@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod go_duration;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod rejects;
 pub mod runner;

@@ -264,7 +264,7 @@ pub async fn run_sync(
     cancel: CancellationToken,
 ) -> Summary {
     let started = Instant::now();
-    crate::http::record_run_started();
+    crate::metrics::record_run_started();
     let mut counts = Counts::default();
     let mut stages = StageTimes::default();
     let result = locked_run(ctx, request, load_id, &mut counts, &mut stages, cancel).await;
@@ -303,7 +303,7 @@ pub async fn run_sync(
         dry_run,
         reason,
     };
-    crate::http::record_run(&summary);
+    crate::metrics::record_run(summary.outcome, &summary.counts, summary.duration);
     // The one event of a run's end, with its reason (a refusal is said once).
     macro_rules! finished {
         ($level:expr) => {
@@ -602,7 +602,7 @@ async fn saga(
         )
         .await
         .map_err(SyncError::Bookkeeping)?;
-        crate::http::record_in_sync();
+        crate::metrics::record_in_sync();
         return Ok((Outcome::Skipped, Some(reason.into())));
     }
 

@@ -36,7 +36,7 @@ impl StageTimes {
     pub fn end(&mut self) {
         if let Some((name, started)) = self.current.take() {
             let seconds = started.elapsed().as_secs_f64();
-            crate::http::record_stage(name, seconds);
+            crate::metrics::record_stage(name, seconds);
             self.done.push((name, seconds));
         }
     }

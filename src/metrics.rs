@@ -1,0 +1,101 @@
+//! The metrics every run records (README, "Observability"): their names, their
+//! help texts and the recording. `http.rs` only exports them.
+
+use crate::runs::{Counts, Outcome};
+use metrics::Unit;
+use std::time::Duration;
+
+/// Metric names (README, "Observability").
+pub const RUNS_TOTAL: &str = "followers_etl_runs_total";
+pub const ROWS_TOTAL: &str = "followers_etl_rows_total";
+pub const RUN_DURATION: &str = "followers_etl_run_duration_seconds";
+pub const STAGE_DURATION: &str = "followers_etl_stage_duration_seconds";
+pub const RUN_IN_PROGRESS: &str = "followers_etl_run_in_progress";
+pub const LAST_SUCCESS: &str = "followers_etl_last_success_timestamp_seconds";
+pub const FOLLOWERS: &str = "followers_etl_followers";
+
+/// Histogram buckets of run and stage durations, in seconds: from a skipped run
+/// (milliseconds) to a large file (tens of minutes).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0,
+];
+
+/// Gives every metric its HELP and TYPE lines; call once the recorder is installed.
+pub fn describe() {
+    metrics::describe_counter!(
+        RUNS_TOTAL,
+        Unit::Count,
+        "Sync runs finished, by outcome (synced, skipped, refused, failed, dry_run)."
+    );
+    metrics::describe_counter!(ROWS_TOTAL, Unit::Count, "Rows handled by successful syncs, by action (read, inserted, updated, deleted, unchanged, rejected, duplicate).");
+    metrics::describe_histogram!(
+        RUN_DURATION,
+        Unit::Seconds,
+        "Duration of sync runs, by outcome."
+    );
+    metrics::describe_histogram!(
+        STAGE_DURATION,
+        Unit::Seconds,
+        "Duration of each stage of a run (settle, lock, hash, read_and_stage, dedupe, merge, plan)."
+    );
+    metrics::describe_gauge!(
+        RUN_IN_PROGRESS,
+        "1 while a sync run is in progress, else 0."
+    );
+    metrics::describe_gauge!(
+        LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time this process last confirmed followers mirror the file: a synced run, or one skipped because the file is unchanged."
+    );
+    metrics::describe_gauge!(
+        FOLLOWERS,
+        Unit::Count,
+        "Rows in public.followers, counted at scrape."
+    );
+    metrics::gauge!(RUN_IN_PROGRESS).set(0.0);
+}
+
+/// A run started: the in-progress gauge goes to 1 until `record_run`.
+pub fn record_run_started() {
+    metrics::gauge!(RUN_IN_PROGRESS).set(1.0);
+}
+
+/// Records what a run did; a no-op while no recorder is installed.
+pub fn record_run(outcome: Outcome, counts: &Counts, duration: Duration) {
+    let label = outcome.as_str();
+    metrics::gauge!(RUN_IN_PROGRESS).set(0.0);
+    metrics::counter!(RUNS_TOTAL, "outcome" => label).increment(1);
+    metrics::histogram!(RUN_DURATION, "outcome" => label).record(duration.as_secs_f64());
+    if outcome == Outcome::Synced {
+        let c = counts;
+        for (action, n) in [
+            ("read", c.rows_read),
+            ("inserted", c.inserted),
+            ("updated", c.updated),
+            ("deleted", c.deleted),
+            ("unchanged", c.unchanged),
+            ("rejected", c.rejected),
+            ("duplicate", c.duplicates),
+        ] {
+            metrics::counter!(ROWS_TOTAL, "action" => action).increment(n);
+        }
+        record_in_sync();
+    }
+}
+
+/// The table was just confirmed a mirror of the file: synced, or skipped because the
+/// file is unchanged since the last successful sync.
+pub fn record_in_sync() {
+    metrics::gauge!(LAST_SUCCESS).set(chrono::Utc::now().timestamp() as f64);
+}
+
+/// Records how long one stage of a run took.
+pub fn record_stage(stage: &'static str, seconds: f64) {
+    metrics::histogram!(STAGE_DURATION, "stage" => stage).record(seconds);
+}
+
+/// The followers counted at a scrape.
+pub fn record_followers(count: i64) {
+    metrics::gauge!(FOLLOWERS).set(count as f64);
+}
