@@ -6,18 +6,20 @@ WORKDIR /src
 # Dependencies first, against empty crates, so that a change of the sources
 # rebuilds only the workspace's own crates (this layer stays cached).
 COPY Cargo.toml Cargo.lock ./
+COPY cron/Cargo.toml cron/
 COPY entity/Cargo.toml entity/
 COPY migration/Cargo.toml migration/
-RUN mkdir -p src entity/src migration/src \
+RUN mkdir -p src cron/src entity/src migration/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs entity/src/lib.rs migration/src/lib.rs \
+ && touch src/lib.rs cron/src/lib.rs entity/src/lib.rs migration/src/lib.rs \
  && cargo build --release --locked --bin followers-etl \
- && rm -rf src entity/src migration/src
+ && rm -rf src cron/src entity/src migration/src
 COPY src src
+COPY cron/src cron/src
 COPY entity/src entity/src
 COPY migration/src migration/src
 # COPY keeps the files' times, older than the empty crates' build: touch them.
-RUN touch src/main.rs src/lib.rs entity/src/lib.rs migration/src/lib.rs \
+RUN touch src/main.rs src/lib.rs cron/src/lib.rs entity/src/lib.rs migration/src/lib.rs \
  && cargo build --release --locked --bin followers-etl
 
 FROM debian:bookworm-slim

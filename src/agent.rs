@@ -129,7 +129,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     };
     tracing::info!(settings = %settings.describe(), "starting");
     for warning in settings.cron_schedule.warnings() {
-        tracing::warn!(schedule = %settings.cron_expression, "{warning}");
+        tracing::warn!(schedule = %settings.cron_schedule, "{warning}");
     }
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone(), Hangup::Ignore);
@@ -210,7 +210,6 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     }
     tasks.spawn(ticker::run(
         settings.cron_schedule.clone(),
-        settings.cron_expression.clone(),
         requests.clone(),
         stop.clone(),
     ));

@@ -3,11 +3,11 @@
 //! validated once at start-up. An invalid value becomes a `ConfigError` that names
 //! the variable, the value and the rule; `main` turns it into exit code 2.
 
-use crate::go_duration::{format_go_duration, parse_go_duration};
-use crate::triggers::cron::Schedule;
 use figment::providers::{Format, Toml};
 use figment::value::{Num, Value};
 use figment::Figment;
+use robfig_cron::go_duration::{format_go_duration, parse_go_duration};
+use robfig_cron::Schedule;
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -357,7 +357,6 @@ pub struct Settings {
     pub csv_file: Option<PathBuf>,
     pub tables_dir: PathBuf,
     pub cron_schedule: Schedule,
-    pub cron_expression: String,
     pub batch_size: usize,
     pub workers: usize,
     pub db_min_conns: u32,
@@ -940,7 +939,6 @@ impl Settings {
             csv_file,
             tables_dir,
             cron_schedule,
-            cron_expression,
             batch_size,
             workers,
             db_min_conns,
@@ -991,7 +989,7 @@ impl Settings {
             self.database_url,
             self.tables_dir.display(),
             self.csv_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-            self.cron_expression,
+            self.cron_schedule.to_string(),
             self.batch_size,
             self.workers,
             self.db_min_conns,
@@ -1146,7 +1144,7 @@ mod tests {
         let s = Settings::from_raw(&raw(&[])).unwrap();
         assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(s.tables_dir, PathBuf::from("./tables"));
-        assert_eq!(s.cron_expression, "@every 24h");
+        assert_eq!(s.cron_schedule.to_string(), "@every 24h");
         assert_eq!(s.workers, 16);
         assert_eq!((s.db_min_conns, s.db_max_conns), (0, 30));
         assert!(s.run_on_start && s.watch && !s.watch_poll);

@@ -9,7 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
-pub mod go_duration;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

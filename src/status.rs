@@ -210,7 +210,7 @@ pub async fn report(
         now: Utc3339(now),
         followers,
         last_success,
-        schedule: settings.cron_expression.clone(),
+        schedule: settings.cron_schedule.to_string(),
         next_run,
         last_run,
         attention,

@@ -158,7 +158,7 @@ pub enum SyncError {
     Db(#[from] DbError),
     #[error("recording the run failed")]
     Bookkeeping(#[source] DbErr),
-    #[error("{path}: not read: {reason} after waiting {}; the file's writer creates it once the file is complete (READY_MARKER)", crate::go_duration::format_go_duration(*.waited))]
+    #[error("{path}: not read: {reason} after waiting {}; the file's writer creates it once the file is complete (READY_MARKER)", robfig_cron::go_duration::format_go_duration(*.waited))]
     NotReady {
         path: PathBuf,
         reason: ready::NotReady,

@@ -3,24 +3,19 @@
 //! so a suspended machine or a clock step does not make it fire late by hours.
 //! (tokio-cron-scheduler cannot honour robfig's syntax and DST rules; see README.)
 
-use super::cron::Schedule;
 use crate::runner::RunRequests;
 use crate::runs::Trigger;
 use chrono::Utc;
+use robfig_cron::Schedule;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const MAX_NAP: Duration = Duration::from_secs(30);
 
-pub async fn run(
-    schedule: Schedule,
-    expression: String,
-    requests: RunRequests,
-    stop: CancellationToken,
-) {
+pub async fn run(schedule: Schedule, requests: RunRequests, stop: CancellationToken) {
     loop {
         let Some(next) = schedule.next_after(Utc::now()) else {
-            tracing::warn!(schedule = %expression, "the cron schedule never fires");
+            tracing::warn!(schedule = %schedule, "the cron schedule never fires");
             return;
         };
         tracing::debug!(next = %next.with_timezone(&schedule.zone()).to_rfc3339(), "next cron activation");
@@ -34,7 +29,7 @@ pub async fn run(
                 _ = tokio::time::sleep(remaining.min(MAX_NAP)) => {}
             }
         }
-        tracing::info!(schedule = %expression, "cron fired");
+        tracing::info!(schedule = %schedule, "cron fired");
         requests.send(Trigger::Cron);
     }
 }

@@ -58,6 +58,7 @@ fn instant(s: &str) -> Option<DateTime<Utc>> {
 /// Parses with the standard parser, or with a leading seconds field.
 fn schedule(spec: &str, default_zone: Tz, with_seconds: bool) -> Result<Schedule, CronError> {
     parse_spec(spec, default_zone, with_seconds).map(|(kind, zone)| Schedule {
+        source: spec.to_owned(),
         kind,
         zone,
         warnings: Vec::new(),
@@ -1213,7 +1214,7 @@ fn upcoming_in_schedule_zone() {
     );
     assert!(s.upcoming(when("2024-01-05T15:00:00Z").1, 0).is_empty());
 
-    let every: Schedule = "TZ=Asia/Tokyo @every 90m".parse().unwrap();
+    let every = Schedule::parse("TZ=Asia/Tokyo @every 90m").unwrap();
     let got: Vec<String> = every
         .upcoming(when("2024-01-01T00:00:00.7Z").1, 2)
         .iter()

@@ -1,4 +1,5 @@
-//! Cron schedules compatible with robfig/cron v3's standard parser.
+//! Cron schedules compatible with robfig/cron v3's standard parser, and Go's
+//! duration syntax (`time.ParseDuration`, [`go_duration`]) that `@every` uses.
 //!
 //! The agent is configured with the same schedule strings a Go deployment
 //! using `github.com/robfig/cron/v3` (`cron.ParseStandard`) would accept,
@@ -18,13 +19,12 @@
 //! The accepted language is documented in `parse.rs`, the search algorithm
 //! in `spec.rs`, and the Go time semantics it depends on in `gotime.rs`.
 
+pub mod go_duration;
 mod gotime;
 mod parse;
 mod spec;
 #[cfg(test)]
 mod tests;
-
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -159,6 +159,7 @@ pub(crate) enum ScheduleKind {
 /// a time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
+    source: String,
     kind: ScheduleKind,
     zone: Tz,
     warnings: Vec<String>,
@@ -197,6 +198,7 @@ impl Schedule {
             .into_iter()
             .collect();
         Ok(Schedule {
+            source: expr.to_owned(),
             kind,
             zone,
             warnings,
@@ -244,21 +246,11 @@ impl Schedule {
     }
 }
 
-impl FromStr for Schedule {
-    type Err = CronError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Schedule::parse(s)
+/// The expression as written (the source text the schedule was parsed from).
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
     }
-}
-
-/// Parses a cron expression; the same as [`Schedule::parse`].
-///
-/// # Errors
-///
-/// As [`Schedule::parse`].
-pub fn parse(expr: &str) -> Result<Schedule, CronError> {
-    Schedule::parse(expr)
 }
 
 /// The process's local time zone, resolved like Go's `time.Local` on Unix:
@@ -352,6 +344,13 @@ mod warning_tests {
         for expr in ["@every 1s", "@every 1h", "@daily", "*/5 * * * *"] {
             let s = Schedule::parse_with_default_zone(expr, Tz::UTC).unwrap();
             assert!(s.warnings().is_empty(), "{expr}: {:?}", s.warnings());
+        }
+    }
+
+    #[test]
+    fn a_schedule_displays_as_written() {
+        for expr in ["CRON_TZ=Europe/Berlin 0 */6 * * *", "@every 90m", "@daily"] {
+            assert_eq!(Schedule::parse(expr).unwrap().to_string(), expr);
         }
     }
 
