@@ -4,10 +4,14 @@
 
 use crate::config::Settings;
 use crate::db::{self, AdvisoryLock, DbError};
+use crate::domain::Trigger;
+use crate::errors::error_chain;
+use crate::exit;
+use crate::history;
 use crate::pipeline::settle::WriteTracker;
-use crate::pipeline::{error_chain, ProgressStyle, SyncContext};
+use crate::pipeline::{ProgressStyle, SyncContext};
 use crate::runner::Runner;
-use crate::runs::{self, Trigger};
+use crate::signals::{stop_on_signals, Hangup};
 use crate::telemetry::report;
 use crate::triggers::{ticker, watch::FileWatch};
 use sea_orm::DatabaseConnection;
@@ -19,59 +23,7 @@ use tracing::Level;
 
 fn fatal(context: &str, e: &dyn std::error::Error) -> ExitCode {
     report(Level::ERROR, &format!("{context}: {}", error_chain(e)));
-    ExitCode::from(1)
-}
-
-/// What SIGHUP means (README, "Triggers"): `serve` logs and ignores it (a closed
-/// SSH session, logrotate or `systemctl reload` must not stop the agent); `sync`
-/// stops on it as on SIGTERM, so a run whose terminal went away is compensated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hangup {
-    Ignore,
-    Stop,
-}
-
-/// Cancels `stop` on SIGINT or SIGTERM (and SIGHUP with `Hangup::Stop`). The
-/// handlers are installed before this returns, so no signal kills the process
-/// by its default action afterwards.
-pub fn stop_on_signals(stop: CancellationToken, hangup: Hangup) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (term, hup) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(term), Ok(hup)) => (term, hup),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot install the signal handlers");
-                return;
-            }
-        };
-        let (mut term, mut hup) = (term, hup);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = term.recv() => break,
-                    _ = hup.recv() => {
-                        if hangup == Hangup::Stop {
-                            break;
-                        }
-                        tracing::info!("SIGHUP received: ignored (serve re-reads CSV_FILE at every run; restart it to apply changed settings)");
-                    }
-                }
-            }
-            tracing::info!("stop signal received: no new runs");
-            stop.cancel();
-        });
-    }
-    #[cfg(not(unix))]
-    tokio::spawn(async move {
-        let _ = (tokio::signal::ctrl_c().await, hangup);
-        tracing::info!("stop signal received: no new runs");
-        stop.cancel();
-    });
+    exit::failure()
 }
 
 /// Repeats `attempt` with back-off (0.5 s, doubling up to 15 s) while it fails
@@ -124,7 +76,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         Ok(file) => file,
         Err(e) => {
             report(Level::ERROR, &format!("configuration error: {e}"));
-            return ExitCode::from(2);
+            return exit::usage();
         }
     };
     tracing::info!(settings = %settings.describe(), "starting");
@@ -177,7 +129,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     }
     match AdvisoryLock::try_run_lock(&settings.database_url).await {
         Ok(Some(lock)) => {
-            if let Err(e) = runs::recover(&db).await {
+            if let Err(e) = history::recover(&db).await {
                 tracing::warn!(error = %error_chain(&e), "recovery failed; the first run retries it");
             }
             lock.release().await;

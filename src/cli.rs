@@ -1,11 +1,14 @@
-//! The command line (SPEC §3): clap definitions, and the one place where results
-//! become exit codes (0 success, 1 refused/failed/unreachable, 2 configuration or
-//! usage).
+//! The command line (README, "Commands"): clap definitions and the commands;
+//! their exit codes come from `exit.rs`.
 
 use crate::config::{ConfigError, Overrides, Settings};
 use crate::domain::LoadId;
-use crate::pipeline::{self, error_chain, ProgressStyle, Summary, SyncContext, SyncRequest};
-use crate::runs::{self, Trigger};
+use crate::domain::Trigger;
+use crate::errors::error_chain;
+use crate::exit;
+use crate::history;
+use crate::pipeline::{self, ProgressStyle, Summary, SyncContext, SyncRequest};
+use crate::signals::{self, Hangup};
 use crate::telemetry::{report, report_raw};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
@@ -124,17 +127,14 @@ impl Cli {
     }
 }
 
-const USAGE: u8 = 2;
-const FAILURE: u8 = 1;
-
 fn config_failure(e: &ConfigError) -> ExitCode {
     report(Level::ERROR, &format!("configuration error: {e}"));
-    ExitCode::from(USAGE)
+    exit::usage()
 }
 
 fn failure(context: &str, e: &dyn std::error::Error) -> ExitCode {
     report(Level::ERROR, &format!("{context}: {}", error_chain(e)));
-    ExitCode::from(FAILURE)
+    exit::failure()
 }
 
 /// Command output on stdout, buffered. A reader that goes away early (`status |
@@ -171,7 +171,7 @@ impl Out {
             Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
             Some(e) => {
                 report(Level::ERROR, &format!("cannot write to stdout: {e}"));
-                ExitCode::from(FAILURE)
+                exit::failure()
             }
         }
     }
@@ -219,7 +219,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     let load_id = LoadId::new();
     // SIGINT, SIGTERM or SIGHUP cancels the run; it is compensated and `sync` exits 1.
     let cancel = CancellationToken::new();
-    crate::agent::stop_on_signals(cancel.clone(), crate::agent::Hangup::Stop);
+    signals::stop_on_signals(cancel.clone(), Hangup::Stop);
     let db = match connect_and_migrate(&settings).await {
         Ok(db) => db,
         Err(code) => {
@@ -259,9 +259,9 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         }
     }
     // After the run (and its lock): keep the run history within its bound.
-    runs::prune_or_warn(&ctx.db, ctx.settings.history).await;
+    history::prune_or_warn(&ctx.db, ctx.settings.history).await;
     if code == ExitCode::SUCCESS {
-        ExitCode::from(summary.outcome.exit_code())
+        exit::for_outcome(summary.outcome)
     } else {
         code
     }
@@ -305,11 +305,11 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
         // The file cannot be read at all (missing, a directory): a usage error.
         Err(e) if !e.is_content() => {
             report(Level::ERROR, &error_chain(&e));
-            return ExitCode::from(USAGE);
+            return exit::usage();
         }
         Err(e) => {
             report(Level::ERROR, &format!("invalid: {}", error_chain(&e)));
-            return ExitCode::from(FAILURE);
+            return exit::failure();
         }
     };
     for reject in &result.rejects {
@@ -351,11 +351,11 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
             result.duplicates
         ));
     }
-    out.finish(ExitCode::from(if result.invalid == 0 {
-        0
+    out.finish(if result.invalid == 0 {
+        ExitCode::SUCCESS
     } else {
-        FAILURE
-    }))
+        exit::failure()
+    })
 }
 
 fn schedule(
@@ -370,7 +370,7 @@ fn schedule(
             Ok(s) => s,
             Err(e) => {
                 report(Level::ERROR, &format!("invalid schedule {expr:?}: {e}"));
-                return ExitCode::from(USAGE);
+                return exit::usage();
             }
         },
     };
@@ -427,7 +427,7 @@ async fn rejects(settings: &Settings, load_id: Option<uuid::Uuid>, json: bool) -
                 Some(id) => eprintln!("followers-etl: no run with load_id {id}"),
                 None => eprintln!("followers-etl: no run has read the file yet"),
             }
-            return ExitCode::from(FAILURE);
+            return exit::failure();
         }
         Err(e) => return failure("cannot read the rejects (run `followers-etl migrate`?)", &e),
     };

@@ -4,6 +4,7 @@
 use clap::Parser;
 use followers_etl::cli::{self, Cli};
 use followers_etl::config::Settings;
+use followers_etl::exit;
 use followers_etl::telemetry::{self, report};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
                 e.exit();
             }
             report(Level::ERROR, e.render().to_string().trim_end());
-            return ExitCode::from(2);
+            return exit::usage();
         }
     };
     let settings = match Settings::load(&cli.overrides()) {
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
         Err(e) => {
             telemetry::init_early(cli.log_format.as_deref());
             report(Level::ERROR, &format!("configuration error: {e}"));
-            return ExitCode::from(2);
+            return exit::usage();
         }
     };
     telemetry::init(&settings);
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
                 Level::ERROR,
                 &format!("cannot start the async runtime: {e}"),
             );
-            return ExitCode::from(1);
+            return exit::failure();
         }
     };
     let code = runtime.block_on(cli::run(cli, settings));

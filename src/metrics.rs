@@ -1,7 +1,7 @@
 //! The metrics every run records (README, "Observability"): their names, their
 //! help texts and the recording. `http.rs` only exports them.
 
-use crate::runs::{Counts, Outcome};
+use crate::domain::{Counts, Outcome};
 use metrics::Unit;
 use std::time::Duration;
 

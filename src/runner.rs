@@ -5,8 +5,8 @@
 //! compensated by the pipeline).
 
 use crate::domain::LoadId;
+use crate::domain::Trigger;
 use crate::pipeline::{run_sync, Summary, SyncContext, SyncRequest};
-use crate::runs::Trigger;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +101,7 @@ impl Runner {
         };
         let (db, bound) = (self.ctx.db.clone(), self.ctx.settings.history);
         tokio::spawn(async move {
-            crate::runs::prune_or_warn(&db, bound).await;
+            crate::history::prune_or_warn(&db, bound).await;
             drop(permit);
         });
     }

@@ -5,8 +5,9 @@
 //! as text or, derived with serde, as one JSON object. Every time is UTC, RFC 3339.
 
 use crate::config::Settings;
+use crate::domain::Counts;
+use crate::history::{self, RunRecord};
 use crate::pipeline::stages;
-use crate::runs::{self, Counts, RunRecord};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use entity::table_status;
 use sea_orm::{ConnectionTrait, DbErr};
@@ -163,12 +164,12 @@ pub async fn report(
     // Only a cron run within the last interval can still set the beat of `@every`.
     let beat_since = now - from_now.map_or(chrono::TimeDelta::zero(), |next| next - now);
     let (followers, synced, decisive, recent, tables, last_cron) = tokio::try_join!(
-        runs::follower_count(db),
-        runs::last_synced(db),
-        runs::last_decisive(db),
-        runs::recent(db, limit.max(1)),
-        runs::table_status(db),
-        runs::last_cron_start(db, beat_since.naive_utc()),
+        history::follower_count(db),
+        history::last_synced(db),
+        history::last_decisive(db),
+        history::recent(db, limit.max(1)),
+        history::table_status(db),
+        history::last_cron_start(db, beat_since.naive_utc()),
     )?;
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
     // A history from before this agent (or pruned) may only have table_status.
@@ -180,7 +181,7 @@ pub async fn report(
         )),
         None => tables
             .iter()
-            .find(|t| t.table_name == runs::TARGET_TABLE)
+            .find(|t| t.table_name == history::TARGET_TABLE)
             .and_then(|t| Some((t.load_id, t.last_activity?.0, None))),
     }
     .map(|(load_id, at, file)| LastSuccess {

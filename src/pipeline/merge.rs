@@ -18,7 +18,8 @@
 //! it was. Only row locks are taken (UPDATE, INSERT, DELETE).
 
 use crate::domain::{ContentHash, LoadId};
-use crate::runs::{self, Counts, Outcome};
+use crate::domain::{Counts, Outcome};
+use crate::history;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
 };
@@ -225,10 +226,10 @@ pub async fn merge(
         ..load.counts
     };
     guard.check(counts, current)?;
-    runs::mark_synced(&txn, load.load_id, load.hash)
+    history::mark_synced(&txn, load.load_id, load.hash)
         .await
         .map_err(at(Step::Status))?;
-    runs::finish(
+    history::finish(
         &txn,
         load.load_id,
         Outcome::Synced,

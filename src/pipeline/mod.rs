@@ -20,7 +20,9 @@ pub mod validate;
 use crate::config::{CsvFormat, Settings};
 use crate::db::{AdvisoryLock, DbError};
 use crate::domain::{ContentHash, LoadId};
-use crate::runs::{self, Counts, Outcome, Trigger};
+use crate::domain::{Counts, Outcome, Trigger};
+use crate::errors::error_chain;
+use crate::history;
 use merge::{Guard, Load, MergeError};
 use progress::Progress;
 use read::{CsvRecords, ReadError};
@@ -239,21 +241,6 @@ fn hint_suffix(hint: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// The error and its sources on one line: "a: b: c".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
-}
-
 /// Runs one sync and returns its summary; never panics, never leaves staging rows
 /// behind, and changes `followers` only when the outcome is `synced`.
 #[tracing::instrument(name = "sync", skip_all, fields(load_id = %load_id, trigger = request.trigger.as_str(), file = %request.file.display()))]
@@ -272,7 +259,7 @@ pub async fn run_sync(
     // Bounded like compensation: an unreachable database must not hold the run.
     let recorded = tokio::time::timeout(
         COMPENSATION_REACH_TIMEOUT,
-        runs::record_stages(&ctx.db, load_id, &stages.to_json()),
+        history::record_stages(&ctx.db, load_id, &stages.to_json()),
     )
     .await;
     match recorded {
@@ -449,8 +436,8 @@ async fn locked_run(
         return Ok((Outcome::Skipped, Some(reason.into())));
     };
     let result = async {
-        runs::recover(db).await.map_err(SyncError::Bookkeeping)?;
-        runs::start(db, load_id, request.trigger, &file, None)
+        history::recover(db).await.map_err(SyncError::Bookkeeping)?;
+        history::start(db, load_id, request.trigger, &file, None)
             .await
             .map_err(SyncError::Bookkeeping)?;
         let tally = Arc::new(ReadTally::default());
@@ -488,10 +475,10 @@ async fn record_unlocked(
     outcome: Outcome,
     reason: &str,
 ) -> Result<(), SyncError> {
-    runs::start(db, load_id, trigger, file, None)
+    history::start(db, load_id, trigger, file, None)
         .await
         .map_err(SyncError::Bookkeeping)?;
-    runs::finish(db, load_id, outcome, &Counts::default(), Some(reason), None)
+    history::finish(db, load_id, outcome, &Counts::default(), Some(reason), None)
         .await
         .map_err(SyncError::Bookkeeping)
 }
@@ -533,7 +520,7 @@ async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, e
     if let Err(e) = stage::discard(db, load_id).await {
         tracing::error!(error = %error_chain(&e), "could not remove staging rows; the next run removes them");
     }
-    if let Err(e) = runs::finish(
+    if let Err(e) = history::finish(
         db,
         load_id,
         error.outcome(),
@@ -576,7 +563,7 @@ async fn saga(
     crate::config::confine("CSV_FILE", &settings.tables_dir, file).map_err(SyncError::Outside)?;
     if !request.allow_file_change {
         let this = crate::config::file_identity(file).display().to_string();
-        let last = runs::last_synced_file(db)
+        let last = history::last_synced_file(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
         if let Some(last) = last.filter(|last| *last != this) {
@@ -587,12 +574,12 @@ async fn saga(
         _ = cancel.cancelled() => return Err(SyncError::Cancelled),
         hash = hash(file, settings.csv) => hash?,
     };
-    let last = runs::last_synced_hash(db)
+    let last = history::last_synced_hash(db)
         .await
         .map_err(SyncError::Bookkeeping)?;
     if !request.force && last.as_deref() == Some(hash.as_str()) {
         let reason = "unchanged since the last successful sync";
-        runs::finish(
+        history::finish(
             db,
             load_id,
             Outcome::Skipped,
@@ -670,7 +657,7 @@ async fn saga(
             .await
             .map_err(SyncError::Bookkeeping)?;
         let note = refusal.map(|e| format!("{WOULD_REFUSE}{e}"));
-        runs::finish(
+        history::finish(
             db,
             load_id,
             Outcome::DryRun,

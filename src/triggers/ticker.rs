@@ -3,8 +3,8 @@
 //! so a suspended machine or a clock step does not make it fire late by hours.
 //! (tokio-cron-scheduler cannot honour robfig's syntax and DST rules; see README.)
 
+use crate::domain::Trigger;
 use crate::runner::RunRequests;
-use crate::runs::Trigger;
 use chrono::Utc;
 use robfig_cron::Schedule;
 use std::time::Duration;

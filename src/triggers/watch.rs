@@ -12,9 +12,9 @@
 //! itself instead of using notify's `PollWatcher`, which compares mtimes in whole
 //! seconds only (notify 8.2) and so misses a second write within the same second.
 
+use crate::domain::Trigger;
 use crate::pipeline::settle::{file_state, FileState, WriteTracker};
 use crate::runner::RunRequests;
-use crate::runs::Trigger;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RemoveKind};
 use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::ffi::OsString;

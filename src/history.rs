@@ -3,7 +3,7 @@
 //! finished with its outcome, counts and reason; crashed runs are recovered here.
 
 use crate::config::HistoryBound;
-use crate::domain::{ContentHash, LoadId};
+use crate::domain::{ContentHash, Counts, LoadId, Outcome, Trigger};
 use chrono::{NaiveDateTime, Utc};
 use entity::{sync_runs, table_status};
 use sea_orm::sea_query::OnConflict;
@@ -11,79 +11,9 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
     QueryFilter, QueryOrder, Set, Statement, Value,
 };
-use serde::Serialize;
-use std::fmt;
 
 /// The table this agent mirrors, as named in `table_status`.
 pub const TARGET_TABLE: &str = "followers";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Synced,
-    Skipped,
-    Refused,
-    Failed,
-    DryRun,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Synced => "synced",
-            Self::Skipped => "skipped",
-            Self::Refused => "refused",
-            Self::Failed => "failed",
-            Self::DryRun => "dry_run",
-        }
-    }
-
-    /// `sync`'s exit status for this outcome (SPEC §3).
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Self::Synced | Self::Skipped | Self::DryRun => 0,
-            Self::Refused | Self::Failed => 1,
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Cron,
-    Watch,
-    Start,
-    Manual,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cron => "cron",
-            Self::Watch => "watch",
-            Self::Start => "start",
-            Self::Manual => "manual",
-        }
-    }
-}
-
-/// What a run did, by action.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub rows_read: u64,
-    pub inserted: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub unchanged: u64,
-    pub rejected: u64,
-    pub duplicates: u64,
-}
 
 fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
