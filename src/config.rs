@@ -1,4 +1,4 @@
-//! Settings: every variable of SPEC §2, layered (defaults < TOML file < `.env` <
+//! Settings: every variable of README "Configuration", layered (defaults < TOML file < `.env` <
 //! process environment < command-line flags), parsed into typed values and
 //! validated once at start-up. An invalid value becomes a `ConfigError` that names
 //! the variable, the value and the rule; `main` turns it into exit code 2.

@@ -39,7 +39,7 @@ pub enum EmailError {
 
 /// Characters RFC 5322 allows in a local part only inside quotes, and never in
 /// a domain name (space and controls are refused separately).
-const SPECIALS: &[char] = &['"', '(', ')', ',', ':', ';', '<', '>', '[', ']', '\\', '@'];
+const NEEDS_QUOTES: &[char] = &['"', '(', ')', ',', ':', ';', '<', '>', '[', ']', '\\', '@'];
 
 /// Characters that show nothing (or change how their neighbours show) and so
 /// make two different addresses look identical: the format characters
@@ -75,7 +75,7 @@ fn canonical_domain(email: &str, domain: &str) -> Result<String, EmailError> {
     } else {
         domain
     };
-    if let Some(c) = checked.chars().find(|c| SPECIALS.contains(c)) {
+    if let Some(c) = checked.chars().find(|c| NEEDS_QUOTES.contains(c)) {
         return Err(EmailError::DomainChar(email.to_owned(), c));
     }
     // ASCII without Punycode labels is already in its one form (the common case,
@@ -113,7 +113,7 @@ impl Email {
         }
         // The last '@' separates the domain; an '@' before it can only be quoted.
         let local = email.rsplit_once('@').map_or("", |(l, _)| l);
-        if let Some(c) = local.chars().find(|c| SPECIALS.contains(c) && *c != '@') {
+        if let Some(c) = local.chars().find(|c| NEEDS_QUOTES.contains(c) && *c != '@') {
             return Err(EmailError::Quoted(email, c));
         }
         let mut parts = email.split('@');

@@ -74,7 +74,7 @@ pub struct SyncContext {
     pub writes: settle::WriteTracker,
 }
 
-/// The one summary a run produces (SPEC §3).
+/// The one summary a run produces (README, "Commands").
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub outcome: Outcome,
