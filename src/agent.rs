@@ -10,7 +10,7 @@ use crate::exit;
 use crate::history;
 use crate::pipeline::settle::WriteTracker;
 use crate::pipeline::{ProgressStyle, SyncContext};
-use crate::runner::Runner;
+use crate::runner::{PipelineSync, Runner};
 use crate::signals::{stop_on_signals, Hangup};
 use crate::telemetry::report;
 use crate::triggers::{ticker, watch::FileWatch};
@@ -145,7 +145,10 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         progress: ProgressStyle::Log,
         writes: writes.clone(),
     };
-    let (runner, requests) = Runner::new(ctx, file.clone());
+    let (runner, requests) = Runner::new(
+        PipelineSync::new(ctx, file.clone()),
+        settings.shutdown_timeout,
+    );
     if settings.watch {
         match FileWatch::start(
             &file,

@@ -2,11 +2,14 @@
 //! here; the runner runs one sync at a time, and whatever arrives during a run is
 //! coalesced into at most one follow-up run. On stop no new run starts, and a run
 //! in flight gets `SHUTDOWN_TIMEOUT` to finish before it is cancelled (and
-//! compensated by the pipeline).
+//! compensated by the pipeline). See docs/ARCHITECTURE.md, "Triggers and the runner".
+//!
+//! The runner is generic over what runs a sync ([`RunSync`]): `serve` gives it
+//! [`PipelineSync`], the unit tests a function.
 
-use crate::domain::LoadId;
-use crate::domain::Trigger;
-use crate::pipeline::{run_sync, Summary, SyncContext, SyncRequest};
+use crate::domain::{LoadId, Trigger};
+use crate::pipeline::{run_sync, SyncContext, SyncRequest};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,25 +38,91 @@ impl RunRequests {
     }
 }
 
-pub struct Runner {
+/// Runs one sync for `trigger`; it stops early (and compensates) once `cancel` is
+/// cancelled.
+pub trait RunSync {
+    fn run_sync(
+        &self,
+        trigger: Trigger,
+        load_id: LoadId,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = ()>;
+}
+
+impl<F, Fut> RunSync for F
+where
+    F: Fn(Trigger, LoadId, CancellationToken) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    fn run_sync(
+        &self,
+        trigger: Trigger,
+        load_id: LoadId,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = ()> {
+        self(trigger, load_id, cancel)
+    }
+}
+
+/// The pipeline's sync of `file`, then a prune of the run history in the background.
+pub struct PipelineSync {
     ctx: SyncContext,
     file: PathBuf,
-    shutdown_timeout: Duration,
-    requests: mpsc::UnboundedReceiver<Trigger>,
     /// One permit: at most one history prune at a time.
     pruning: Arc<Semaphore>,
 }
 
-impl Runner {
-    pub fn new(ctx: SyncContext, file: PathBuf) -> (Self, RunRequests) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shutdown_timeout = ctx.settings.shutdown_timeout;
-        let runner = Self {
+impl PipelineSync {
+    pub fn new(ctx: SyncContext, file: PathBuf) -> Self {
+        Self {
             ctx,
             file,
+            pruning: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    /// Keeps the run history within its bound (README, "Run history") on a task of
+    /// its own, so the next run never waits for it.
+    fn prune_in_background(&self) {
+        let Ok(permit) = self.pruning.clone().try_acquire_owned() else {
+            return;
+        };
+        let (db, bound) = (self.ctx.db.clone(), self.ctx.settings.history);
+        tokio::spawn(async move {
+            crate::history::prune_or_warn(&db, bound).await;
+            drop(permit);
+        });
+    }
+}
+
+impl RunSync for PipelineSync {
+    async fn run_sync(&self, trigger: Trigger, load_id: LoadId, cancel: CancellationToken) {
+        let request = SyncRequest {
+            file: self.file.clone(),
+            trigger,
+            force: false,
+            dry_run: false,
+            allow_mass_delete: false,
+            allow_file_change: self.ctx.settings.allow_file_change,
+        };
+        run_sync(&self.ctx, &request, load_id, cancel).await;
+        self.prune_in_background();
+    }
+}
+
+pub struct Runner<S> {
+    sync: S,
+    shutdown_timeout: Duration,
+    requests: mpsc::UnboundedReceiver<Trigger>,
+}
+
+impl<S: RunSync> Runner<S> {
+    pub fn new(sync: S, shutdown_timeout: Duration) -> (Self, RunRequests) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runner = Self {
+            sync,
             shutdown_timeout,
             requests: rx,
-            pruning: Arc::new(Semaphore::new(1)),
         };
         (runner, RunRequests(tx))
     }
@@ -77,7 +146,6 @@ impl Runner {
                 return;
             }
             self.run_one(trigger, &stop).await;
-            self.prune_in_background();
             // Everything that arrived meanwhile becomes one follow-up run.
             let mut coalesced = 0;
             while let Ok(next) = self.requests.try_recv() {
@@ -93,44 +161,113 @@ impl Runner {
         }
     }
 
-    /// Keeps the run history within its bound (README, "Run history") on a task of
-    /// its own, so the next run never waits for it.
-    fn prune_in_background(&self) {
-        let Ok(permit) = self.pruning.clone().try_acquire_owned() else {
-            return;
-        };
-        let (db, bound) = (self.ctx.db.clone(), self.ctx.settings.history);
-        tokio::spawn(async move {
-            crate::history::prune_or_warn(&db, bound).await;
-            drop(permit);
-        });
-    }
-
-    async fn run_one(&self, trigger: Trigger, stop: &CancellationToken) -> Summary {
-        let request = SyncRequest {
-            file: self.file.clone(),
-            trigger,
-            force: false,
-            dry_run: false,
-            allow_mass_delete: false,
-            allow_file_change: self.ctx.settings.allow_file_change,
-        };
+    async fn run_one(&self, trigger: Trigger, stop: &CancellationToken) {
         let cancel = CancellationToken::new();
         let load_id = LoadId::new();
-        let run = run_sync(&self.ctx, &request, load_id, cancel.clone());
+        let run = self.sync.run_sync(trigger, load_id, cancel.clone());
         tokio::pin!(run);
         tokio::select! {
-            summary = &mut run => return summary,
+            () = &mut run => return,
             _ = stop.cancelled() => {}
         }
         tracing::info!(timeout = ?self.shutdown_timeout, %load_id, "stopping: waiting for the run in flight");
-        match tokio::time::timeout(self.shutdown_timeout, &mut run).await {
-            Ok(summary) => summary,
-            Err(_) => {
-                tracing::warn!(%load_id, "shutdown timeout reached: cancelling the run");
-                cancel.cancel();
-                run.await
+        if tokio::time::timeout(self.shutdown_timeout, &mut run)
+            .await
+            .is_err()
+        {
+            tracing::warn!(%load_id, "shutdown timeout reached: cancelling the run");
+            cancel.cancel();
+            run.await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    const RUN: Duration = Duration::from_secs(10);
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// What a fake sync saw: its trigger, and whether it was cancelled.
+    type Log = Arc<Mutex<Vec<(Trigger, bool)>>>;
+
+    /// A sync that takes `RUN` (or until cancelled) and logs itself.
+    fn fake(log: Log, run: Duration) -> impl RunSync {
+        move |trigger, _load_id, cancel: CancellationToken| {
+            let log = log.clone();
+            async move {
+                let cancelled = tokio::select! {
+                    _ = tokio::time::sleep(run) => false,
+                    _ = cancel.cancelled() => true,
+                };
+                log.lock().unwrap().push((trigger, cancelled));
             }
         }
+    }
+
+    fn runs(log: &Log) -> Vec<(Trigger, bool)> {
+        log.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn triggers_during_a_run_coalesce_into_one_follow_up_run() {
+        let log = Log::default();
+        let (runner, requests) = Runner::new(fake(log.clone(), RUN), TIMEOUT);
+        let stop = CancellationToken::new();
+        let driver = async {
+            requests.send(Trigger::Start);
+            tokio::time::sleep(RUN / 2).await;
+            for trigger in [Trigger::Cron, Trigger::Watch, Trigger::Watch] {
+                requests.send(trigger);
+            }
+            tokio::time::sleep(RUN * 4).await;
+            stop.cancel();
+        };
+        tokio::join!(runner.run(stop.clone()), driver);
+        assert_eq!(
+            runs(&log),
+            [(Trigger::Start, false), (Trigger::Cron, false)],
+            "one run, then one follow-up for the three triggers during it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_in_flight_at_stop_finishes_within_the_shutdown_timeout() {
+        let log = Log::default();
+        let (runner, requests) = Runner::new(fake(log.clone(), RUN), TIMEOUT);
+        let stop = CancellationToken::new();
+        let driver = async {
+            requests.send(Trigger::Start);
+            tokio::time::sleep(RUN / 2).await;
+            requests.send(Trigger::Cron);
+            stop.cancel();
+        };
+        tokio::join!(runner.run(stop.clone()), driver);
+        assert_eq!(
+            runs(&log),
+            [(Trigger::Start, false)],
+            "finished, not cancelled; no new run after stop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_outlasting_the_shutdown_timeout_is_cancelled() {
+        let log = Log::default();
+        let (runner, requests) = Runner::new(fake(log.clone(), RUN * 100), TIMEOUT);
+        let stop = CancellationToken::new();
+        let stopped = Arc::new(Mutex::new(None));
+        let driver = async {
+            requests.send(Trigger::Start);
+            tokio::time::sleep(RUN).await;
+            *stopped.lock().unwrap() = Some(Instant::now());
+            stop.cancel();
+        };
+        tokio::join!(runner.run(stop.clone()), driver);
+        let stopped = stopped.lock().unwrap().expect("stopped");
+        assert_eq!(stopped.elapsed(), TIMEOUT, "cancelled at the timeout");
+        assert_eq!(runs(&log), [(Trigger::Start, true)]);
     }
 }

@@ -113,7 +113,10 @@ impl Email {
         }
         // The last '@' separates the domain; an '@' before it can only be quoted.
         let local = email.rsplit_once('@').map_or("", |(l, _)| l);
-        if let Some(c) = local.chars().find(|c| NEEDS_QUOTES.contains(c) && *c != '@') {
+        if let Some(c) = local
+            .chars()
+            .find(|c| NEEDS_QUOTES.contains(c) && *c != '@')
+        {
             return Err(EmailError::Quoted(email, c));
         }
         let mut parts = email.split('@');

@@ -13,7 +13,7 @@
 //! seconds only (notify 8.2) and so misses a second write within the same second.
 
 use crate::domain::Trigger;
-use crate::pipeline::settle::{file_state, FileState, WriteTracker};
+use crate::pipeline::settle::{file_state, WriteTracker};
 use crate::runner::RunRequests;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RemoveKind};
 use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -158,9 +158,9 @@ impl FileWatch {
 
     /// Sends a `watch` request each time the file settles after a change.
     pub async fn run(mut self, requests: RunRequests, stop: CancellationToken) {
-        let mut deadline: Option<Instant> = None;
-        let mut at_last_event: Option<FileState> = None;
+        let mut debounce = Debounce::new(self.debounce);
         loop {
+            let deadline = debounce.deadline();
             let settle = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -182,35 +182,97 @@ impl FileWatch {
                         if is_change(&event, &self.names[..1]) {
                             self.writes.observe(&event);
                         }
-                        deadline = Some(Instant::now() + self.debounce);
-                        at_last_event = file_state(&self.file);
+                        debounce.event(Instant::now(), file_state(&self.file));
                     }
                     Some(Ok(_)) => {}
                 },
                 _ = settle => {
-                    let now = file_state(&self.file);
-                    match now {
-                        None => {
+                    let writing = self.writes.writing_since();
+                    match debounce.expired(Instant::now(), file_state(&self.file), writing.is_some()) {
+                        Verdict::Removed => {
                             tracing::warn!(file = %self.file.display(), "the CSV file was removed; ignored (nothing is purged)");
-                            deadline = None;
                         }
-                        Some(state) if Some(&state) == at_last_event.as_ref() => {
-                            deadline = None;
-                            if let Some(since) = self.writes.writing_since() {
-                                // Its IN_CLOSE_WRITE re-arms the debounce.
-                                tracing::info!(file = %self.file.display(), open_s = since.elapsed().as_secs_f64(), "the CSV file is still open for writing; waiting for it to be closed");
-                                continue;
-                            }
+                        Verdict::Writing => {
+                            // Its IN_CLOSE_WRITE re-arms the debounce.
+                            let open_s = writing.map(|since| since.elapsed().as_secs_f64());
+                            tracing::info!(file = %self.file.display(), open_s, "the CSV file is still open for writing; waiting for it to be closed");
+                        }
+                        Verdict::Changing => {}
+                        Verdict::Settled => {
                             tracing::info!(file = %self.file.display(), "the CSV file changed and settled");
                             requests.send(Trigger::Watch);
                         }
-                        Some(state) => {
-                            // Still changing without events (polling, network filesystems).
-                            at_last_event = Some(state);
-                            deadline = Some(Instant::now() + self.debounce);
-                        }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// What the debounce decided when its deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The file is gone: ignored, nothing is purged; disarmed until the next event.
+    Removed,
+    /// Unchanged, but a writer still holds it open: disarmed until the next event
+    /// (its close is one).
+    Writing,
+    /// Still changing without events (polling, network filesystems): re-armed.
+    Changing,
+    /// Quiet for the whole period and unchanged: ask for a run.
+    Settled,
+}
+
+/// The watch debounce, without I/O: fed the file's state at each change event and
+/// when its deadline passes, it says when the file has settled. `S` is the file's
+/// state (size, mtime, inode: `FileState`).
+#[derive(Debug)]
+pub struct Debounce<S> {
+    period: Duration,
+    deadline: Option<Instant>,
+    at_last_event: Option<S>,
+}
+
+impl<S: PartialEq> Debounce<S> {
+    pub fn new(period: Duration) -> Self {
+        Self {
+            period,
+            deadline: None,
+            at_last_event: None,
+        }
+    }
+
+    /// When to look at the file again; `None` while nothing changed.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// A change event at `now`, the file's state (`None`: missing) then.
+    pub fn event(&mut self, now: Instant, state: Option<S>) {
+        self.deadline = Some(now + self.period);
+        self.at_last_event = state;
+    }
+
+    /// The deadline passed at `now`: the file's state now, and whether a writer
+    /// still holds it open.
+    pub fn expired(&mut self, now: Instant, state: Option<S>, writing: bool) -> Verdict {
+        match state {
+            None => {
+                self.deadline = None;
+                Verdict::Removed
+            }
+            Some(state) if Some(&state) == self.at_last_event.as_ref() => {
+                self.deadline = None;
+                if writing {
+                    Verdict::Writing
+                } else {
+                    Verdict::Settled
+                }
+            }
+            Some(state) => {
+                self.at_last_event = Some(state);
+                self.deadline = Some(now + self.period);
+                Verdict::Changing
             }
         }
     }
@@ -233,6 +295,52 @@ mod tests {
             writes: WriteTracker::default(),
         };
         (watch, tx)
+    }
+
+    const PERIOD: Duration = Duration::from_secs(2);
+
+    /// Events push the deadline; the quiet period after the last one decides.
+    #[tokio::test(start_paused = true)]
+    async fn the_debounce_waits_for_a_quiet_period_after_the_last_event() {
+        let mut d = Debounce::new(PERIOD);
+        assert_eq!(d.deadline(), None);
+        let start = Instant::now();
+        d.event(Instant::now(), Some(1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        d.event(Instant::now(), Some(2));
+        assert_eq!(d.deadline(), Some(start + Duration::from_secs(3)));
+        tokio::time::sleep_until(d.deadline().unwrap()).await;
+        assert_eq!(d.expired(Instant::now(), Some(2), false), Verdict::Settled);
+        assert_eq!(d.deadline(), None, "one run per settled change");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_changing_without_events_rearms_the_debounce() {
+        let mut d = Debounce::new(PERIOD);
+        d.event(Instant::now(), Some(1));
+        tokio::time::advance(PERIOD).await;
+        let now = Instant::now();
+        assert_eq!(d.expired(now, Some(2), false), Verdict::Changing);
+        assert_eq!(d.deadline(), Some(now + PERIOD));
+        tokio::time::advance(PERIOD).await;
+        assert_eq!(d.expired(Instant::now(), Some(2), false), Verdict::Settled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_or_still_open_file_disarms_the_debounce() {
+        let mut d = Debounce::new(PERIOD);
+        d.event(Instant::now(), Some(1));
+        tokio::time::advance(PERIOD).await;
+        assert_eq!(d.expired(Instant::now(), None, false), Verdict::Removed);
+        assert_eq!(d.deadline(), None);
+        d.event(Instant::now(), Some(1));
+        tokio::time::advance(PERIOD).await;
+        assert_eq!(d.expired(Instant::now(), Some(1), true), Verdict::Writing);
+        assert_eq!(d.deadline(), None);
+        // The writer's close is the next event.
+        d.event(Instant::now(), Some(1));
+        tokio::time::advance(PERIOD).await;
+        assert_eq!(d.expired(Instant::now(), Some(1), false), Verdict::Settled);
     }
 
     #[tokio::test]
