@@ -81,7 +81,7 @@ async fn the_old_dsn_variable_and_a_dotenv_file_configure_the_agent() {
         .env_remove("CSV_FILE")
         .args(["sync", "--json"]);
     let run: Run = cmd.output().unwrap().into();
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     // The process environment wins over .env.
     let run = env.run(&["sync", "--json"], &[("BATCH_SIZE", "0")]);
     assert_eq!(run.code, 2, "{run:?}");
@@ -97,7 +97,7 @@ async fn a_toml_config_file_is_a_layer_below_the_environment() {
     cmd.env_remove("CSV_FILE")
         .args(["--config", config.to_str().unwrap(), "sync", "--json"]);
     let run: Run = cmd.output().unwrap().into();
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     std::fs::write(&config, "no_such_setting = 1\n").unwrap();
     let run = env.run(&["--config", config.to_str().unwrap(), "sync"], &[]);
     assert!(
@@ -254,7 +254,7 @@ async fn an_interrupted_sync_is_compensated_and_exits_1() {
         .success();
     assert!(ok);
     let run: Run = child.wait_with_output().unwrap().into();
-    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    run.assert_ended(1, "failed");
     assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
     // It had read rows before it was cancelled, and says so.
     assert!(run.n("rows_read") > 0, "{run:?}");

@@ -36,14 +36,14 @@ async fn a_socket_directory_connects_in_keyword_and_url_form() {
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     let keyword = format!("host={dir} user=postgres dbname={}", env.name);
     let run = env.sync_with(&[], &[("DATABASE_URL", &keyword)]);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     env.write_csv(csv(&[("bob@example.com", "Bob")]));
     let url = format!("postgres:///{}?host={dir}&user=postgres", env.name);
     let run = env.sync_with(
         &["--allow-mass-delete"],
         &[("DSN", &url), ("DATABASE_URL", "")],
     );
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     assert_eq!(env.followers().await, pairs(&[("bob@example.com", "Bob")]));
 }
 
@@ -62,7 +62,7 @@ async fn libpq_variables_are_honoured_without_database_url_and_the_password_neve
         .env("PGPASSWORD", secret)
         .env("LOG_LEVEL", "debug");
     let run: Run = cmd.output().unwrap().into();
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann")]));
     assert!(!format!("{run:?}").contains(secret), "{run:?}");
     // Unreachable through the variables: the error names the target, not the password.
@@ -83,5 +83,5 @@ async fn libpq_variables_are_honoured_without_database_url_and_the_password_neve
     assert!(!format!("{run:?}").contains(secret), "{run:?}");
     // DATABASE_URL wins over the variables.
     let run = env.sync_with(&["--force"], &[("PGHOST", "/nonexistent"), ("PGPORT", "1")]);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
 }

@@ -63,6 +63,17 @@ impl Run {
             .unwrap_or_default()
             .to_owned()
     }
+
+    /// Asserts the run's exit code and outcome (`sync --json`).
+    #[track_caller]
+    pub fn assert_ended(&self, code: i32, outcome: &str) -> &Self {
+        assert_eq!(
+            (self.code, self.outcome().as_str()),
+            (code, outcome),
+            "{self:?}"
+        );
+        self
+    }
 }
 
 impl From<Output> for Run {
@@ -191,18 +202,14 @@ impl TestEnv {
     /// Syncs and asserts success.
     pub fn synced(&self, args: &[&str]) -> Run {
         let run = self.sync_with(args, &[]);
-        assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+        run.assert_ended(0, "synced");
         run
     }
 
     /// Syncs and asserts it was refused (exit 1).
     pub fn refused(&self, args: &[&str]) -> Run {
         let run = self.sync_with(args, &[]);
-        assert_eq!(
-            (run.code, run.outcome().as_str()),
-            (1, "refused"),
-            "{run:?}"
-        );
+        run.assert_ended(1, "refused");
         run
     }
 

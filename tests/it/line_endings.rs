@@ -35,7 +35,7 @@ async fn a_bare_cr_file_syncs_like_its_lf_twin_with_true_line_numbers() {
     let checked = env.run(&["check", path.to_str().unwrap()], &[]);
     assert!(checked.stderr.contains("[2, 5]"), "{checked:?}");
     let run = env.sync_with(&[], &[("MAX_REJECTS", "1")]);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     assert_eq!(
         (
             run.n("rows_read"),
@@ -66,7 +66,7 @@ async fn a_stray_cr_rejects_its_row_in_check_and_sync_and_never_splits_it() {
             &["line 3", "carriage return"],
         );
         let run = env.sync_with(&["--force"], &[("MAX_REJECTS", "1")]);
-        assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+        run.assert_ended(0, "synced");
         assert_eq!((run.n("rows_read"), run.n("rejected")), (3, 1));
         // c@x.io is inside line 3, not a row of its own.
         assert_eq!(

@@ -306,11 +306,7 @@ async fn a_semicolon_file_under_the_default_delimiter_names_csv_delimiter() {
     env.synced(&[]);
     env.write_csv("email;full_name\nann@example.com;Ann\nbob@example.com;Bob\n");
     let run = env.sync();
-    assert_eq!(
-        (run.code, run.outcome().as_str()),
-        (1, "refused"),
-        "{run:?}"
-    );
+    run.assert_ended(1, "refused");
     assert!(run.stderr.contains("CSV_DELIMITER=;"), "{}", run.stderr);
     let check = env.run(&["check"], &[]);
     assert!(

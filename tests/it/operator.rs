@@ -50,7 +50,7 @@ async fn sighup_cancels_a_sync_and_compensates_it() {
     let child = env.sync_mid_run().await;
     kill(&child, "HUP");
     let run = exit_within(child, 60).await;
-    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    run.assert_ended(1, "failed");
     let (outcome, _, error) = env.last_run().await;
     assert_eq!(outcome, "failed");
     assert!(error.unwrap_or_default().contains("cancelled"));
@@ -300,7 +300,7 @@ async fn a_read_that_does_not_return_does_not_keep_serve_or_sync_alive() {
     .await;
     kill(&child, "TERM");
     let run = exit_within(child, 20).await;
-    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    run.assert_ended(1, "failed");
     assert_eq!(env.followers().await, pairs(ABC));
     assert_eq!(env.staging_rows().await, 0);
 }
@@ -317,19 +317,11 @@ async fn a_table_last_synced_from_another_file_is_refused_unless_forced() {
     // The same file named otherwise is the same file.
     for same in [a.to_str().unwrap(), "./a.csv"] {
         let run = env.sync_with(&["--file", same], &[]);
-        assert_eq!(
-            (run.code, run.outcome().as_str()),
-            (0, "skipped"),
-            "{run:?}"
-        );
+        run.assert_ended(0, "skipped");
     }
     let before = env.follower_versions().await;
     let refused = env.sync_with(&["--file", "b.csv"], &[("MAX_DELETE_RATIO", "1.0")]);
-    assert_eq!(
-        (refused.code, refused.outcome().as_str()),
-        (1, "refused"),
-        "{refused:?}"
-    );
+    refused.assert_ended(1, "refused");
     for path in [&a, &b] {
         assert!(
             refused.stderr.contains(path.to_str().unwrap()),
@@ -357,7 +349,7 @@ async fn a_table_last_synced_from_another_file_is_refused_unless_forced() {
         &["--file", "a.csv"],
         &[("ALLOW_FILE_CHANGE", "true"), ("MAX_DELETE_RATIO", "1.0")],
     );
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     assert_eq!(env.followers().await, pairs(ABC));
 }
 
@@ -414,7 +406,7 @@ async fn a_runtime_role_with_the_documented_grants_syncs_and_waits_for_pending_m
     env.write_csv(csv(&next));
     env.leave_a_crashed_run().await;
     let run = env.sync_with(&[], &as_role);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     assert_eq!(env.followers().await, pairs(&next));
     assert_eq!(env.staging_rows().await, 0);
     let status = env.run(&["status"], &as_role);

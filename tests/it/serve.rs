@@ -13,21 +13,14 @@ pub const ABC: &[(&str, &str)] = &[
 
 pub(crate) async fn wait_for_followers(env: &TestEnv, agent: &Agent, expected: &[Follower]) {
     let what = format!("followers == {expected:?}");
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            if env
-                .scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'followers'")
-                .await
-                == 1
-                && env.followers().await == expected
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually_logged(agent, 30, &what, || async {
+        (env.scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'followers'")
+            .await
+            == 1
+            && env.followers().await == expected)
+            .then_some(())
     })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}; log:\n{}", agent.log_text()));
+    .await;
 }
 
 /// Waits until the agent has applied migrations (the run history exists).

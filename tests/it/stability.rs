@@ -333,7 +333,7 @@ async fn sync_with_a_cut_commit(deliver: bool) -> (TestEnv, Run) {
 #[tokio::test]
 async fn a_commit_that_happened_while_its_connection_was_lost_is_synced() {
     let (env, run) = sync_with_a_cut_commit(true).await;
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     assert_eq!((run.n("inserted"), run.n("updated")), (1, 1));
     assert!(run.stderr.contains("lost during COMMIT"), "{run:?}");
     assert_eq!(env.followers().await, pairs(NEXT));
@@ -344,7 +344,7 @@ async fn a_commit_that_happened_while_its_connection_was_lost_is_synced() {
 #[tokio::test]
 async fn a_commit_that_never_arrived_is_failed_and_changes_nothing() {
     let (env, run) = sync_with_a_cut_commit(false).await;
-    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    run.assert_ended(1, "failed");
     assert!(run.stderr.contains("merge step commit failed"), "{run:?}");
     assert_eq!(env.followers().await, pairs(ABC));
     let (outcome, _, error) = env.last_run().await;
@@ -406,7 +406,7 @@ async fn a_merge_whose_backend_is_killed_at_commit_is_failed_and_changes_nothing
     )
     .await;
     let run = env.sync();
-    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    run.assert_ended(1, "failed");
     assert!(run.stderr.contains("merge step commit failed"), "{run:?}");
     assert_eq!(env.followers().await, pairs(ABC));
     assert_eq!(env.last_run().await.0, "failed");

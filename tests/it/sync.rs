@@ -72,11 +72,7 @@ async fn identical_file_is_skipped_and_recorded_as_skipped() {
     env.synced(&[]);
     let before = env.follower_versions().await;
     let run = env.sync();
-    assert_eq!(
-        (run.code, run.outcome().as_str()),
-        (0, "skipped"),
-        "{run:?}"
-    );
+    run.assert_ended(0, "skipped");
     assert_eq!(env.follower_versions().await, before);
     assert_eq!(env.last_run().await.0, "skipped");
 }
@@ -262,11 +258,7 @@ async fn a_parse_error_mid_file_never_truncates_the_table() {
     assert_eq!(env.followers().await.len(), 10);
     // Even where invalid rows may be skipped, a swallowed tail is not "one reject".
     let run = env.sync_with(&[], &[("MAX_REJECTS", "5"), ("MAX_DELETE_RATIO", "1.0")]);
-    assert_eq!(
-        (run.code, run.outcome().as_str()),
-        (1, "refused"),
-        "{run:?}"
-    );
+    run.assert_ended(1, "refused");
     assert!(
         run.stderr.contains("line 4") && run.stderr.contains("unbalanced quote"),
         "{}",
@@ -295,7 +287,7 @@ async fn max_rejects_skips_bad_rows_but_keeps_their_followers() {
         "email,full_name\nann@example.com,Ann 2\nbob@example.com,{long}\nnot-an-email,Zed\n"
     ));
     let run = env.sync_with(&[], &[("MAX_REJECTS", "2"), ("MAX_DELETE_RATIO", "1.0")]);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     assert_eq!(
         (run.n("rejected"), run.n("updated"), run.n("deleted")),
         (2, 1, 1)
@@ -306,11 +298,7 @@ async fn max_rejects_skips_bad_rows_but_keeps_their_followers() {
         pairs(&[("ann@example.com", "Ann 2"), ("bob@example.com", "Bob")])
     );
     let refused = env.sync_with(&["--force"], &[("MAX_REJECTS", "1")]);
-    assert_eq!(
-        (refused.code, refused.outcome().as_str()),
-        (1, "refused"),
-        "{refused:?}"
-    );
+    refused.assert_ended(1, "refused");
 }
 
 #[tokio::test]
@@ -322,11 +310,7 @@ async fn a_truncated_file_is_refused_by_the_delete_guard() {
     let before = env.follower_versions().await;
     env.write_csv(csv_owned(&rows[..4]));
     let run = env.sync();
-    assert_eq!(
-        (run.code, run.outcome().as_str()),
-        (1, "refused"),
-        "{run:?}"
-    );
+    run.assert_ended(1, "refused");
     assert!(
         run.stderr.contains("MAX_DELETE_RATIO") && run.stderr.contains("6 of 10"),
         "{}",
@@ -377,11 +361,7 @@ async fn dry_run_reports_the_changes_and_changes_nothing() {
         ("dee@example.com", "Dee"),
     ]));
     let run = env.sync_with(&["--dry-run"], &[]);
-    assert_eq!(
-        (run.code, run.outcome().as_str()),
-        (0, "dry_run"),
-        "{run:?}"
-    );
+    run.assert_ended(0, "dry_run");
     assert_eq!(
         (
             run.n("inserted"),
@@ -498,11 +478,7 @@ async fn a_second_sync_while_one_holds_the_lock_is_skipped() {
         .unwrap();
     env.run(&["migrate"], &[]);
     let run = env.sync();
-    assert_eq!(
-        (run.code, run.outcome().as_str()),
-        (0, "skipped"),
-        "{run:?}"
-    );
+    run.assert_ended(0, "skipped");
     assert!(run.stderr.contains("another sync"), "{}", run.stderr);
     assert!(env.followers().await.is_empty());
     sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -571,7 +547,7 @@ async fn a_dropped_connection_during_copy_is_compensated() {
         &[],
         &[("BATCH_SIZE", "10"), ("WORKER_POOL_GOROUTINES", "2")],
     );
-    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    run.assert_ended(1, "failed");
     assert_eq!(env.follower_versions().await, before);
     assert_eq!(env.staging_rows().await, 0);
     assert!(
@@ -590,7 +566,7 @@ async fn when_the_last_occurrence_of_an_email_is_rejected_the_follower_is_left_a
         "email,full_name\nann@example.com,Ann Changed\nbob@example.com,Bob\ncy@example.com,Cy\nann@example.com,{long}\nnew@example.com,New\nnew@example.com,{long}\n"
     ));
     let run = env.sync_with(&[], &[("MAX_REJECTS", "2")]);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     // ann keeps "Ann" (line 5 wins and is invalid); new is not inserted from line 6.
     assert_eq!(env.followers().await, pairs(ABC));
     assert_eq!(
@@ -641,7 +617,7 @@ async fn a_run_that_lost_its_lock_does_not_commit() {
     env.exec(&format!("SELECT pg_terminate_backend(pid) {run_lock}"))
         .await;
     let run: Run = child.wait_with_output().unwrap().into();
-    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    run.assert_ended(1, "failed");
     assert!(run.stderr.contains("lost its lock"), "{}", run.stderr);
     assert_eq!(env.follower_versions().await, before);
     assert_eq!(env.staging_rows().await, 0);

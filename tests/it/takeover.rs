@@ -177,7 +177,7 @@ async fn the_four_row_example_syncs_at_once_and_a_rejected_row_protects_its_foll
         "Ann@X.io,Ann\nBob@Example.com,{long}\nCarol@x.io,Carol\ndan@x.io,Dan\n"
     ));
     let run = env.sync_with(&[], &[("MAX_REJECTS", "1")]);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    run.assert_ended(0, "synced");
     assert_eq!(
         (run.n("inserted"), run.n("deleted"), run.n("rejected")),
         (0, 0, 1)
