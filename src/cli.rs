@@ -293,7 +293,7 @@ fn print_summary(summary: &Summary, json: bool) -> ExitCode {
 fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
     // The same file `sync --file PATH` would read (README, Commands).
     let resolved = match &path {
-        Some(p) => crate::config::confine("PATH", &settings.tables_dir, p),
+        Some(p) => crate::config::confine("PATH", &settings.tables_dir, p).map_err(Into::into),
         None => settings.resolve_csv_file(None),
     };
     let path = match resolved {

@@ -123,7 +123,7 @@ pub enum SyncError {
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error(transparent)]
-    Outside(crate::config::ConfigError),
+    Outside(crate::config::ConfineError),
     #[error("{path}: {first}; refused: {rejected} invalid row(s) of {rows_read}, more than MAX_REJECTS={max}{}", hint_suffix(.hint))]
     TooManyRejects {
         path: PathBuf,

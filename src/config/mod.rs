@@ -3,9 +3,6 @@
 //! validated once at start-up. An invalid value becomes a `ConfigError` that names
 //! the variable, the value and the rule; `main` turns it into exit code 2.
 
-use figment::providers::{Format, Toml};
-use figment::value::{Num, Value};
-use figment::Figment;
 use robfig_cron::go_duration::{format_go_duration, parse_go_duration};
 use robfig_cron::Schedule;
 use secrecy::{ExposeSecret, SecretString};
@@ -14,6 +11,15 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
+
+mod confine;
+mod database_url;
+mod sources;
+
+pub use confine::{confine, file_identity, not_a_regular_file, ConfineError};
+pub use database_url::DatabaseUrl;
+use database_url::*;
+use sources::*;
 
 /// Every variable the agent reads, as written in the environment. A TOML file
 /// uses the same names in lower case (`batch_size = 5000`).
@@ -106,6 +112,8 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
 }
 
 fn invalid(var: &'static str, value: &str, rule: impl Into<String>) -> ConfigError {
@@ -114,200 +122,6 @@ fn invalid(var: &'static str, value: &str, rule: impl Into<String>) -> ConfigErr
         value: value.to_owned(),
         rule: rule.into(),
     }
-}
-
-/// A PostgreSQL connection string whose password never reaches a log: `Display`
-/// and `Debug` print it redacted.
-#[derive(Clone)]
-pub struct DatabaseUrl {
-    url: SecretString,
-    redacted: String,
-}
-
-impl DatabaseUrl {
-    /// Accepts a `postgres://` / `postgresql://` URL or a libpq keyword/value
-    /// string (`host=db user=app password=secret dbname=app`), as the old service did.
-    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
-        let url_text = if raw.contains("://") {
-            raw.to_owned()
-        } else {
-            keyword_value_to_url(raw).ok_or_else(|| {
-                invalid(
-                    var,
-                    &redact_text(raw),
-                    "expected postgres://user:password@host:port/dbname or host=… user=… dbname=…",
-                )
-            })?
-        };
-        let url = url::Url::parse(&url_text).map_err(|e| {
-            invalid(
-                var,
-                &redact_text(raw),
-                format!("not a connection URL ({e})"),
-            )
-        })?;
-        // An unencoded '#', '/' or '?' in the password makes the URL parse with the
-        // password cut off (into the port, path or fragment), and then it would be
-        // printed: refuse such a URL without echoing it.
-        if let Some((_, rest)) = raw.split_once("://") {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            if rest.contains('@') && !authority.contains('@') {
-                return Err(invalid(
-                    var,
-                    "(not shown: it may contain a password)",
-                    "percent-encode '#', '/' and '?' in the user name and password",
-                ));
-            }
-        }
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(invalid(
-                var,
-                &redact_text(raw),
-                "the scheme must be postgres:// or postgresql://",
-            ));
-        }
-        let secret = SecretString::from(url.as_str().to_owned());
-        Ok(Self {
-            url: secret,
-            redacted: redact_url(url),
-        })
-    }
-
-    pub fn expose(&self) -> &str {
-        self.url.expose_secret()
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted)
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted)
-    }
-}
-
-/// A connection string with every password replaced by `***`; when it cannot be
-/// parsed well enough to know where the password is, nothing of it is shown.
-fn redact_text(raw: &str) -> String {
-    let url_text = if raw.contains("://") {
-        Some(raw.to_owned())
-    } else {
-        keyword_value_to_url(raw)
-    };
-    match url_text.and_then(|u| url::Url::parse(&u).ok()) {
-        Some(url) => redact_url(url),
-        None => "(not shown: it may contain a password)".into(),
-    }
-}
-
-/// Redacts the userinfo password and any `password` query parameter.
-fn redact_url(mut url: url::Url) -> String {
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    let secret =
-        |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
-    if url.query_pairs().any(|(k, _)| secret(&k)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if secret(&k) {
-                    "***".into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string().replace("%2A%2A%2A", "***")
-}
-
-/// `host=h port=5432 user=u password='p w' dbname=d sslmode=disable` → URL.
-fn keyword_value_to_url(raw: &str) -> Option<String> {
-    pairs_to_url(&keyword_value_pairs(raw)?)
-}
-
-/// The pairs of a libpq keyword/value string, keys lower-cased.
-fn keyword_value_pairs(raw: &str) -> Option<BTreeMap<String, String>> {
-    let mut pairs = BTreeMap::new();
-    let mut chars = raw.trim().chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            break;
-        }
-        let key: String =
-            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        chars.next_if_eq(&'=')?;
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next()? {
-                    '\\' => value.push(chars.next()?),
-                    '\'' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.push(chars.next()?);
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        if key.is_empty() {
-            return None;
-        }
-        pairs.insert(key.to_ascii_lowercase(), value);
-    }
-    (!pairs.is_empty()).then_some(pairs)
-}
-
-/// libpq keywords → URL. A `host` that is a directory (`/var/run/postgresql`)
-/// means a Unix socket there; a URL cannot have a user without a host name, so
-/// then every keyword but `dbname` goes into the query (`postgres:///app?host=…`),
-/// which the driver reads the same way.
-fn pairs_to_url(pairs: &BTreeMap<String, String>) -> Option<String> {
-    let socket = pairs.get("host").is_some_and(|h| h.starts_with('/'));
-    let mut url = url::Url::parse(if socket {
-        "postgres:///"
-    } else {
-        "postgres://localhost"
-    })
-    .ok()?;
-    let mut query = Vec::new();
-    for (key, value) in pairs {
-        match key.as_str() {
-            "dbname" => url.set_path(&format!("/{value}")),
-            "port" => {
-                let port: u16 = value.parse().ok()?;
-                if socket {
-                    query.push((key.clone(), port.to_string()));
-                } else {
-                    url.set_port(Some(port)).ok()?;
-                }
-            }
-            _ if socket => query.push((key.clone(), value.clone())),
-            "host" => url.set_host(Some(value)).ok()?,
-            "user" => url.set_username(value).ok()?,
-            "password" => url.set_password(Some(value)).ok()?,
-            _ => query.push((key.clone(), value.clone())),
-        }
-    }
-    if !query.is_empty() {
-        url.query_pairs_mut().extend_pairs(query);
-    }
-    Some(url.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,178 +201,6 @@ pub struct Settings {
 pub struct HistoryBound {
     pub keep_days: Option<u32>,
     pub keep_runs: Option<u64>,
-}
-
-/// Loads a `.env` file without overriding variables already set. The old Go
-/// service's `.env` files may hold unquoted values with spaces
-/// (`CRON_SCHEDULE=0 */6 * * *`) or backslashes (`CSV_DELIMITER=\t`), which its
-/// loader accepted and dotenvy 0.15 rejects; such lines are made compatible
-/// first (`compatible_line`), then dotenvy parses the file. An error names the
-/// line and the key, never the value (it may be a password).
-fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
-    let err = |reason: String| ConfigError::File {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let lines: Vec<String> = text.lines().map(compatible_line).collect();
-    let compatible = lines.join("\n");
-    for pair in dotenvy::from_read_iter(compatible.as_bytes()) {
-        let (key, value) = pair.map_err(|e| err(dotenv_error(&lines, &e)))?;
-        if std::env::var_os(&key).is_none() {
-            std::env::set_var(key, value);
-        }
-    }
-    Ok(())
-}
-
-/// dotenvy's error without the line's text: its line number and key.
-fn dotenv_error(lines: &[String], error: &dotenvy::Error) -> String {
-    let dotenvy::Error::LineParse(bad, _) = error else {
-        return error.to_string();
-    };
-    // dotenvy reports the (possibly multi-line) entry, or only its value: find
-    // the line it starts on.
-    let first = bad.lines().next().unwrap_or_default();
-    let at = lines.iter().position(|l| l == first).or_else(|| {
-        lines.iter().position(|l| {
-            !l.trim().is_empty() && (bad.starts_with(l.as_str()) || l.ends_with(first))
-        })
-    });
-    let Some(at) = at else {
-        return "a line cannot be parsed (not shown)".into();
-    };
-    match lines[at].split_once('=') {
-        Some((key, _)) => format!(
-            "line {}: cannot parse the value of {} (not shown); quote it, e.g. KEY='value'",
-            at + 1,
-            key.trim().trim_start_matches("export ").trim()
-        ),
-        None => format!("line {}: not a KEY=value assignment (not shown)", at + 1),
-    }
-}
-
-/// Rewrites one `.env` line so dotenvy reads it as the old loader did:
-/// `KEY=a b c  # comment` → `KEY='a b c'`, `KEY=C:\x` → `KEY='C:\x'`, a value that
-/// is only a tab stays a tab, and `\t` inside double quotes is a tab. Every other
-/// line is left as it is.
-fn compatible_line(line: &str) -> String {
-    let Some((key, raw_value)) = line.split_once('=') else {
-        return line.to_owned();
-    };
-    if line.trim_start().starts_with('#') {
-        return line.to_owned();
-    }
-    let value = raw_value.trim();
-    if value.is_empty() && raw_value.contains('\t') {
-        return format!("{key}='\t'");
-    }
-    if let Some(inner) = value.strip_prefix('"') {
-        return format!("{key}=\"{}", expand_tab_escape(inner));
-    }
-    if value.starts_with('\'') {
-        return line.to_owned();
-    }
-    let value = value.split(" #").next().unwrap_or_default().trim_end();
-    if value.contains(|c: char| c.is_whitespace() || c == '\\') && !value.contains('\'') {
-        format!("{key}='{value}'")
-    } else {
-        line.to_owned()
-    }
-}
-
-/// `\t` → a tab, leaving `\\` and every other escape to dotenvy.
-fn expand_tab_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('t') => out.push('\t'),
-            Some(next) => {
-                out.push('\\');
-                out.push(next);
-            }
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
-/// A TOML file's syntax error by line, column and key, without the source
-/// snippet the `toml` crate shows (it may hold a password).
-fn toml_error(text: &str, error: &toml::de::Error) -> String {
-    let Some(span) = error.span() else {
-        return error.message().to_owned();
-    };
-    let mut start = span.start.min(text.len());
-    while !text.is_char_boundary(start) {
-        start -= 1;
-    }
-    let before = &text[..start];
-    let line_no = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .count()
-        + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or_default();
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| format!(" (key {})", k.trim()))
-        .unwrap_or_default();
-    format!(
-        "line {line_no}, column {column}{key}: {} (value not shown)",
-        error.message().trim().replace('\n', "; ")
-    )
-}
-
-/// Raw layered values by variable name; empty strings count as unset.
-struct Raw(BTreeMap<String, String>);
-
-impl Raw {
-    fn get(&self, var: &str) -> Option<&str> {
-        self.0
-            .get(&var.to_ascii_lowercase())
-            .map(String::as_str)
-            .filter(|v| !v.trim().is_empty())
-    }
-
-    /// A variable and its old name: either may be set; both set and different is an error.
-    fn aliased(
-        &self,
-        var: &'static str,
-        old: &'static str,
-    ) -> Result<Option<(&'static str, &str)>, ConfigError> {
-        match (self.get(var), self.get(old)) {
-            (Some(a), Some(b)) if a.trim() != b.trim() => Err(ConfigError::Conflict {
-                a: var,
-                b: old,
-                va: redact_text(a),
-                vb: redact_text(b),
-            }),
-            (Some(a), _) => Ok(Some((var, a))),
-            (None, Some(b)) => Ok(Some((old, b))),
-            (None, None) => Ok(None),
-        }
-    }
-}
-
-fn value_to_string(value: &Value) -> Option<String> {
-    match value {
-        Value::String(_, s) => Some(s.clone()),
-        Value::Char(_, c) => Some(c.to_string()),
-        Value::Bool(_, b) => Some(b.to_string()),
-        Value::Num(_, Num::F32(f)) => Some(f.to_string()),
-        Value::Num(_, Num::F64(f)) => Some(f.to_string()),
-        Value::Num(_, n) => n.to_i128().map(|i| i.to_string()),
-        _ => None,
-    }
 }
 
 fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
@@ -655,113 +297,10 @@ fn parse_delimiter(raw: &str) -> Result<u8, ConfigError> {
     }
 }
 
-/// The built-in default connection, with each part a libpq variable sets
-/// (`PGHOST`, else `PGHOSTADDR`; `PGPORT`; `PGUSER`; `PGDATABASE`) replacing it.
-fn default_database_url(raw: &Raw) -> Result<DatabaseUrl, ConfigError> {
-    const VARS: &str = "PGHOST/PGPORT/PGUSER/PGDATABASE";
-    if LIBPQ_TARGET_VARIABLES.iter().all(|v| raw.get(v).is_none()) {
-        return DatabaseUrl::parse("DATABASE_URL", DEFAULT_DATABASE_URL);
-    }
-    let host = raw
-        .get("PGHOST")
-        .or_else(|| raw.get("PGHOSTADDR"))
-        .unwrap_or("127.0.0.1");
-    if host.contains(',') {
-        return Err(invalid(
-            "PGHOST",
-            host,
-            "one host only (several hosts are not supported)",
-        ));
-    }
-    let port = raw.get("PGPORT").unwrap_or("5432");
-    if !port.trim().parse::<u16>().is_ok_and(|p| p > 0) {
-        return Err(invalid("PGPORT", port, "expected a port number, 1 … 65535"));
-    }
-    let pairs: BTreeMap<String, String> = [
-        ("host", host),
-        ("port", port.trim()),
-        ("user", raw.get("PGUSER").unwrap_or("postgres")),
-        ("dbname", raw.get("PGDATABASE").unwrap_or("postgres")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let url = pairs_to_url(&pairs)
-        .ok_or_else(|| invalid(VARS, host, "not a usable host, user or database name"))?;
-    DatabaseUrl::parse(VARS, &url)
-}
-
 impl Settings {
-    /// Loads `.env`, then reads and validates every variable.
+    /// Gathers every source (`sources.rs`), then reads and validates every variable.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
-        // `.env` in the working directory (not its parents) never overrides a
-        // variable the process already has.
-        if Path::new(".env").is_file() {
-            load_dotenv(Path::new(".env"))?;
-        }
-        let config_file = overrides.config_file.clone().or_else(|| {
-            std::env::var_os("CONFIG_FILE")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
-        let mut figment = Figment::new();
-        if let Some(path) = &config_file {
-            if !path.is_file() {
-                return Err(ConfigError::File {
-                    path: path.clone(),
-                    reason: "no such file".into(),
-                });
-            }
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
-                path: path.clone(),
-                reason: toml_error(&text, &e),
-            })?;
-            figment = figment.merge(Toml::string(&text));
-        }
-        let dict: BTreeMap<String, Value> = figment.extract().map_err(|e| ConfigError::File {
-            path: config_file.clone().unwrap_or_default(),
-            reason: e.to_string(),
-        })?;
-        let mut raw = BTreeMap::new();
-        for (key, value) in dict {
-            let known = VARIABLES.iter().any(|v| v.eq_ignore_ascii_case(&key));
-            match (known, value_to_string(&value)) {
-                (true, Some(text)) => {
-                    raw.insert(key.to_ascii_lowercase(), text);
-                }
-                _ => {
-                    return Err(ConfigError::File {
-                        path: config_file.clone().unwrap_or_default(),
-                        reason: format!("unknown or non-scalar key {key:?} (the keys are the variables of the README, in lower case)"),
-                    })
-                }
-            }
-        }
-        // The environment (with `.env` loaded into it) is read verbatim, so an
-        // error shows the value exactly as the operator wrote it.
-        for var in VARIABLES.iter().chain(LIBPQ_TARGET_VARIABLES) {
-            if let Ok(value) = std::env::var(var) {
-                raw.insert(var.to_ascii_lowercase(), value);
-            }
-        }
-        let mut raw = Raw(raw);
-        for (var, value) in [
-            ("database_url", &overrides.database_url),
-            ("log_level", &overrides.log_level),
-            ("log_format", &overrides.log_format),
-        ] {
-            if let Some(value) = value {
-                raw.0.insert(var.into(), value.clone());
-                if var == "database_url" {
-                    raw.0.remove("dsn");
-                }
-            }
-        }
-        Self::from_raw(&raw)
+        Self::from_raw(&sources::gather(overrides)?)
     }
 
     fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
@@ -979,7 +518,7 @@ impl Settings {
                     .ok_or(ConfigError::Missing { var: "CSV_FILE" })?,
             ),
         };
-        confine(var, &self.tables_dir, &file)
+        Ok(confine(var, &self.tables_dir, &file)?)
     }
 
     /// One line per variable with its effective value (secrets redacted), for logs.
@@ -1008,120 +547,6 @@ impl Settings {
             self.allow_file_change,
         )
     }
-}
-
-/// Resolves `file` (relative to `tables_dir`, or to the working directory when it
-/// exists only there, or absolute) and requires it to lie inside `tables_dir`, also
-/// after following symlinks. The file itself need not exist yet. Returns the path
-/// as configured (a symlink stays a symlink, so repointing it is followed); each
-/// run checks it again.
-pub fn confine(var: &'static str, tables_dir: &Path, file: &Path) -> Result<PathBuf, ConfigError> {
-    let shown = file.display().to_string();
-    let dir = tables_dir.canonicalize().map_err(|e| {
-        invalid(
-            "TABLES_DIR",
-            &tables_dir.display().to_string(),
-            format!("must be an existing directory ({e})"),
-        )
-    })?;
-    if !dir.is_dir() {
-        return Err(invalid(
-            "TABLES_DIR",
-            &tables_dir.display().to_string(),
-            "must be a directory, not a file",
-        ));
-    }
-    if file.components().any(|c| c == Component::ParentDir) {
-        return Err(invalid(
-            var,
-            &shown,
-            format!(
-                "must lie inside TABLES_DIR ({}); '..' is not allowed",
-                dir.display()
-            ),
-        ));
-    }
-    let candidate = if file.is_absolute() {
-        file.to_path_buf()
-    } else {
-        let in_dir = dir.join(file);
-        if !in_dir.exists() && file.exists() {
-            std::env::current_dir()
-                .map(|cwd| cwd.join(file))
-                .unwrap_or(in_dir)
-        } else {
-            in_dir
-        }
-    };
-    let resolved = match candidate.canonicalize() {
-        Ok(p) => p,
-        Err(_) => {
-            let parent = candidate.parent().unwrap_or(&dir);
-            let name = candidate
-                .file_name()
-                .ok_or_else(|| invalid(var, &shown, "must name a file"))?;
-            parent
-                .canonicalize()
-                .map_err(|e| invalid(var, &shown, format!("its directory does not exist ({e})")))?
-                .join(name)
-        }
-    };
-    if !resolved.starts_with(&dir) || resolved == dir {
-        return Err(invalid(
-            var,
-            &shown,
-            format!(
-                "must resolve to a file inside TABLES_DIR ({}), it resolves to {}",
-                dir.display(),
-                resolved.display()
-            ),
-        ));
-    }
-    if let Some(kind) = not_a_regular_file(&candidate) {
-        return Err(invalid(
-            var,
-            &shown,
-            format!("must be a regular file (after following symlinks); it is {kind}"),
-        ));
-    }
-    Ok(candidate)
-}
-
-/// The identity of a configured CSV file, to tell whether two runs synced the
-/// same file: the absolute path with its directory resolved (symlinks, `.`) but
-/// the file name kept, so a symlink repointed to another file is the same
-/// configured path, while another name in `TABLES_DIR` is another file.
-pub fn file_identity(path: &Path) -> PathBuf {
-    match (path.parent().map(Path::canonicalize), path.file_name()) {
-        (Some(Ok(dir)), Some(name)) => dir.join(name),
-        _ => path.to_path_buf(),
-    }
-}
-
-/// What `path` is when it exists and is not a regular file (following symlinks):
-/// reading a FIFO or a device blocks or never ends. `stat` does not open the file.
-pub fn not_a_regular_file(path: &Path) -> Option<&'static str> {
-    let file_type = std::fs::metadata(path).ok()?.file_type();
-    if file_type.is_file() {
-        return None;
-    }
-    if file_type.is_dir() {
-        return Some("a directory");
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if file_type.is_fifo() {
-            return Some("a FIFO (named pipe), whose read would block until a writer appears");
-        }
-        if file_type.is_socket() {
-            return Some("a socket");
-        }
-        if file_type.is_char_device() || file_type.is_block_device() {
-            return Some("a device");
-        }
-    }
-    Some("not a regular file")
 }
 
 #[cfg(test)]

@@ -1,0 +1,235 @@
+//! The connection string: a URL or libpq keyword/value form, the libpq variables
+//! that replace parts of the default, and the password's redaction (README,
+//! "Configuration", "libpq variables").
+
+use super::*;
+
+/// A PostgreSQL connection string whose password never reaches a log: `Display`
+/// and `Debug` print it redacted.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    url: SecretString,
+    redacted: String,
+}
+
+impl DatabaseUrl {
+    /// Accepts a `postgres://` / `postgresql://` URL or a libpq keyword/value
+    /// string (`host=db user=app password=secret dbname=app`), as the old service did.
+    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        let url_text = if raw.contains("://") {
+            raw.to_owned()
+        } else {
+            keyword_value_to_url(raw).ok_or_else(|| {
+                invalid(
+                    var,
+                    &redact_text(raw),
+                    "expected postgres://user:password@host:port/dbname or host=… user=… dbname=…",
+                )
+            })?
+        };
+        let url = url::Url::parse(&url_text).map_err(|e| {
+            invalid(
+                var,
+                &redact_text(raw),
+                format!("not a connection URL ({e})"),
+            )
+        })?;
+        // An unencoded '#', '/' or '?' in the password makes the URL parse with the
+        // password cut off (into the port, path or fragment), and then it would be
+        // printed: refuse such a URL without echoing it.
+        if let Some((_, rest)) = raw.split_once("://") {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if rest.contains('@') && !authority.contains('@') {
+                return Err(invalid(
+                    var,
+                    "(not shown: it may contain a password)",
+                    "percent-encode '#', '/' and '?' in the user name and password",
+                ));
+            }
+        }
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(invalid(
+                var,
+                &redact_text(raw),
+                "the scheme must be postgres:// or postgresql://",
+            ));
+        }
+        let secret = SecretString::from(url.as_str().to_owned());
+        Ok(Self {
+            url: secret,
+            redacted: redact_url(url),
+        })
+    }
+
+    pub fn expose(&self) -> &str {
+        self.url.expose_secret()
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted)
+    }
+}
+
+/// A connection string with every password replaced by `***`; when it cannot be
+/// parsed well enough to know where the password is, nothing of it is shown.
+pub(super) fn redact_text(raw: &str) -> String {
+    let url_text = if raw.contains("://") {
+        Some(raw.to_owned())
+    } else {
+        keyword_value_to_url(raw)
+    };
+    match url_text.and_then(|u| url::Url::parse(&u).ok()) {
+        Some(url) => redact_url(url),
+        None => "(not shown: it may contain a password)".into(),
+    }
+}
+
+/// Redacts the userinfo password and any `password` query parameter.
+pub(super) fn redact_url(mut url: url::Url) -> String {
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    let secret =
+        |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+    if url.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string().replace("%2A%2A%2A", "***")
+}
+
+/// `host=h port=5432 user=u password='p w' dbname=d sslmode=disable` → URL.
+pub(super) fn keyword_value_to_url(raw: &str) -> Option<String> {
+    pairs_to_url(&keyword_value_pairs(raw)?)
+}
+
+/// The pairs of a libpq keyword/value string, keys lower-cased.
+pub(super) fn keyword_value_pairs(raw: &str) -> Option<BTreeMap<String, String>> {
+    let mut pairs = BTreeMap::new();
+    let mut chars = raw.trim().chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        chars.next_if_eq(&'=')?;
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next()? {
+                    '\\' => value.push(chars.next()?),
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.push(chars.next()?);
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        if key.is_empty() {
+            return None;
+        }
+        pairs.insert(key.to_ascii_lowercase(), value);
+    }
+    (!pairs.is_empty()).then_some(pairs)
+}
+
+/// libpq keywords → URL. A `host` that is a directory (`/var/run/postgresql`)
+/// means a Unix socket there; a URL cannot have a user without a host name, so
+/// then every keyword but `dbname` goes into the query (`postgres:///app?host=…`),
+/// which the driver reads the same way.
+pub(super) fn pairs_to_url(pairs: &BTreeMap<String, String>) -> Option<String> {
+    let socket = pairs.get("host").is_some_and(|h| h.starts_with('/'));
+    let mut url = url::Url::parse(if socket {
+        "postgres:///"
+    } else {
+        "postgres://localhost"
+    })
+    .ok()?;
+    let mut query = Vec::new();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "dbname" => url.set_path(&format!("/{value}")),
+            "port" => {
+                let port: u16 = value.parse().ok()?;
+                if socket {
+                    query.push((key.clone(), port.to_string()));
+                } else {
+                    url.set_port(Some(port)).ok()?;
+                }
+            }
+            _ if socket => query.push((key.clone(), value.clone())),
+            "host" => url.set_host(Some(value)).ok()?,
+            "user" => url.set_username(value).ok()?,
+            "password" => url.set_password(Some(value)).ok()?,
+            _ => query.push((key.clone(), value.clone())),
+        }
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    Some(url.to_string())
+}
+
+/// The built-in default connection, with each part a libpq variable sets
+/// (`PGHOST`, else `PGHOSTADDR`; `PGPORT`; `PGUSER`; `PGDATABASE`) replacing it.
+pub(super) fn default_database_url(raw: &Raw) -> Result<DatabaseUrl, ConfigError> {
+    const VARS: &str = "PGHOST/PGPORT/PGUSER/PGDATABASE";
+    if LIBPQ_TARGET_VARIABLES.iter().all(|v| raw.get(v).is_none()) {
+        return DatabaseUrl::parse("DATABASE_URL", DEFAULT_DATABASE_URL);
+    }
+    let host = raw
+        .get("PGHOST")
+        .or_else(|| raw.get("PGHOSTADDR"))
+        .unwrap_or("127.0.0.1");
+    if host.contains(',') {
+        return Err(invalid(
+            "PGHOST",
+            host,
+            "one host only (several hosts are not supported)",
+        ));
+    }
+    let port = raw.get("PGPORT").unwrap_or("5432");
+    if !port.trim().parse::<u16>().is_ok_and(|p| p > 0) {
+        return Err(invalid("PGPORT", port, "expected a port number, 1 … 65535"));
+    }
+    let pairs: BTreeMap<String, String> = [
+        ("host", host),
+        ("port", port.trim()),
+        ("user", raw.get("PGUSER").unwrap_or("postgres")),
+        ("dbname", raw.get("PGDATABASE").unwrap_or("postgres")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let url = pairs_to_url(&pairs)
+        .ok_or_else(|| invalid(VARS, host, "not a usable host, user or database name"))?;
+    DatabaseUrl::parse(VARS, &url)
+}
