@@ -21,39 +21,71 @@ pub use database_url::DatabaseUrl;
 use database_url::*;
 use sources::*;
 
-/// Every variable the agent reads, as written in the environment. A TOML file
-/// uses the same names in lower case (`batch_size = 5000`).
-pub const VARIABLES: &[&str] = &[
-    "DATABASE_URL",
-    "DSN",
-    "DEFAULT_DATABASE_URL",
-    "CSV_FILE",
-    "TABLES_DIR",
-    "CRON_SCHEDULE",
-    "BATCH_SIZE",
-    "WORKER_POOL_GOROUTINES",
-    "WORKER_POOL_SIZE",
-    "DB_MIN_CONNS",
-    "DB_MAX_CONNS",
-    "RUN_ON_START",
-    "WATCH",
-    "WATCH_DEBOUNCE",
-    "WATCH_POLL",
-    "MAX_DELETE_RATIO",
-    "MAX_REJECTS",
-    "CSV_DELIMITER",
-    "CSV_HEADER",
-    "CSV_ENCODING",
-    "READY_MARKER",
-    "READY_TIMEOUT",
-    "HTTP_ADDR",
-    "LOG_FORMAT",
-    "LOG_LEVEL",
-    "SHUTDOWN_TIMEOUT",
-    "ALLOW_FILE_CHANGE",
-    "HISTORY_KEEP_DAYS",
-    "HISTORY_KEEP_RUNS",
-];
+/// Declares every variable the agent reads, once: the list `VARIABLES`, a
+/// constant per name in `var` (so a misspelt name does not compile), and the
+/// TOML file's serde struct whose keys are the same names in lower case.
+macro_rules! variables {
+    ($($name:ident),* $(,)?) => {
+        /// Every variable the agent reads, as written in the environment. A TOML file
+        /// uses the same names in lower case (`batch_size = 5000`).
+        pub const VARIABLES: &[&str] = &[$(stringify!($name)),*];
+
+        /// Each variable's name, as written in the environment.
+        pub mod var {
+            $(pub const $name: &str = stringify!($name);)*
+        }
+
+        /// The TOML file's layer, by variable name (`sources::gather` matches the
+        /// file's keys without regard to case): an unknown key is an error naming it.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(non_snake_case)]
+        pub(super) struct TomlLayer {
+            $(#[serde(default)] $name: Option<figment::value::Value>,)*
+        }
+
+        impl TomlLayer {
+            /// Each key set in the file, by variable name.
+            pub(super) fn into_values(self) -> impl Iterator<Item = (&'static str, figment::value::Value)> {
+                [$((var::$name, self.$name)),*]
+                    .into_iter()
+                    .filter_map(|(name, value)| Some((name, value?)))
+            }
+        }
+    };
+}
+
+variables!(
+    DATABASE_URL,
+    DSN,
+    DEFAULT_DATABASE_URL,
+    CSV_FILE,
+    TABLES_DIR,
+    CRON_SCHEDULE,
+    BATCH_SIZE,
+    WORKER_POOL_GOROUTINES,
+    WORKER_POOL_SIZE,
+    DB_MIN_CONNS,
+    DB_MAX_CONNS,
+    RUN_ON_START,
+    WATCH,
+    WATCH_DEBOUNCE,
+    WATCH_POLL,
+    MAX_DELETE_RATIO,
+    MAX_REJECTS,
+    CSV_DELIMITER,
+    CSV_HEADER,
+    CSV_ENCODING,
+    READY_MARKER,
+    READY_TIMEOUT,
+    HTTP_ADDR,
+    LOG_FORMAT,
+    LOG_LEVEL,
+    SHUTDOWN_TIMEOUT,
+    ALLOW_FILE_CHANGE,
+    HISTORY_KEEP_DAYS,
+    HISTORY_KEEP_RUNS,
+);
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -304,54 +336,54 @@ impl Settings {
     }
 
     fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
-        let database_url = match raw.aliased("DATABASE_URL", "DSN")? {
+        let database_url = match raw.aliased(var::DATABASE_URL, var::DSN)? {
             Some((var, value)) => DatabaseUrl::parse(var, value)?,
-            None => match raw.get("DEFAULT_DATABASE_URL") {
+            None => match raw.get(var::DEFAULT_DATABASE_URL) {
                 // docker-compose.yml points DEFAULT_DATABASE_URL at its db service; libpq
                 // variables, when set, are the user's own choice and win over it.
                 Some(value) if LIBPQ_TARGET_VARIABLES.iter().all(|v| raw.get(v).is_none()) => {
-                    DatabaseUrl::parse("DEFAULT_DATABASE_URL", value)?
+                    DatabaseUrl::parse(var::DEFAULT_DATABASE_URL, value)?
                 }
                 _ => default_database_url(raw)?,
             },
         };
-        let tables_dir = PathBuf::from(raw.get("TABLES_DIR").unwrap_or("./tables"));
-        let csv_file = raw.get("CSV_FILE").map(PathBuf::from);
+        let tables_dir = PathBuf::from(raw.get(var::TABLES_DIR).unwrap_or("./tables"));
+        let csv_file = raw.get(var::CSV_FILE).map(PathBuf::from);
         let cron_expression = raw
-            .get("CRON_SCHEDULE")
+            .get(var::CRON_SCHEDULE)
             .unwrap_or("@every 24h")
             .trim()
             .to_owned();
         let cron_schedule = Schedule::parse(&cron_expression).map_err(|e| {
             invalid(
-                "CRON_SCHEDULE",
+                var::CRON_SCHEDULE,
                 &cron_expression,
                 format!("{e} (robfig/cron v3 standard syntax)"),
             )
         })?;
         let batch_size = raw
-            .get("BATCH_SIZE")
-            .map(|v| parse_int_in("BATCH_SIZE", v, 1, MAX_BATCH_SIZE))
+            .get(var::BATCH_SIZE)
+            .map(|v| parse_int_in(var::BATCH_SIZE, v, 1, MAX_BATCH_SIZE))
             .transpose()?
             .unwrap_or(DEFAULT_BATCH_SIZE);
         let db_min_conns: u32 = raw
-            .get("DB_MIN_CONNS")
-            .map(|v| parse_int("DB_MIN_CONNS", v, 0))
+            .get(var::DB_MIN_CONNS)
+            .map(|v| parse_int(var::DB_MIN_CONNS, v, 0))
             .transpose()?
             .unwrap_or(0);
         let db_max_conns: u32 = raw
-            .get("DB_MAX_CONNS")
-            .map(|v| parse_int("DB_MAX_CONNS", v, 1))
+            .get(var::DB_MAX_CONNS)
+            .map(|v| parse_int(var::DB_MAX_CONNS, v, 1))
             .transpose()?
             .unwrap_or(30);
         if db_max_conns < db_min_conns {
             return Err(invalid(
-                "DB_MAX_CONNS",
+                var::DB_MAX_CONNS,
                 &db_max_conns.to_string(),
                 format!("must be ≥ DB_MIN_CONNS ({db_min_conns})"),
             ));
         }
-        let workers = match raw.aliased("WORKER_POOL_GOROUTINES", "WORKER_POOL_SIZE")? {
+        let workers = match raw.aliased(var::WORKER_POOL_GOROUTINES, var::WORKER_POOL_SIZE)? {
             Some((var, value)) => {
                 let n: usize = parse_int(var, value, 1)?;
                 if n > db_max_conns as usize {
@@ -372,16 +404,16 @@ impl Settings {
                 .map(|b| b.unwrap_or(default))
         };
         let watch_debounce = raw
-            .get("WATCH_DEBOUNCE")
-            .map(|v| parse_duration("WATCH_DEBOUNCE", v))
+            .get(var::WATCH_DEBOUNCE)
+            .map(|v| parse_duration(var::WATCH_DEBOUNCE, v))
             .transpose()?
             .unwrap_or(Duration::from_secs(2));
         let shutdown_timeout = raw
-            .get("SHUTDOWN_TIMEOUT")
-            .map(|v| parse_duration("SHUTDOWN_TIMEOUT", v))
+            .get(var::SHUTDOWN_TIMEOUT)
+            .map(|v| parse_duration(var::SHUTDOWN_TIMEOUT, v))
             .transpose()?
             .unwrap_or(Duration::from_secs(30));
-        let max_delete_ratio = match raw.get("MAX_DELETE_RATIO") {
+        let max_delete_ratio = match raw.get(var::MAX_DELETE_RATIO) {
             None => 0.5,
             Some(v) => v
                 .trim()
@@ -390,29 +422,32 @@ impl Settings {
                 .filter(|r| (0.0..=1.0).contains(r))
                 .ok_or_else(|| {
                     invalid(
-                        "MAX_DELETE_RATIO",
+                        var::MAX_DELETE_RATIO,
                         v,
                         "expected a number from 0.0 to 1.0 (1.0 disables the guard)",
                     )
                 })?,
         };
         let max_rejects = raw
-            .get("MAX_REJECTS")
-            .map(|v| parse_int("MAX_REJECTS", v, 0))
+            .get(var::MAX_REJECTS)
+            .map(|v| parse_int(var::MAX_REJECTS, v, 0))
             .transpose()?
             .unwrap_or(0);
-        let delimiter = match raw.0.get("csv_delimiter") {
+        let delimiter = match raw.untrimmed(var::CSV_DELIMITER) {
             None => b',',
             Some(v) => parse_delimiter(v)?,
         };
-        let header = match raw.get("CSV_HEADER").map(|v| v.trim().to_ascii_lowercase()) {
+        let header = match raw
+            .get(var::CSV_HEADER)
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
             None => HeaderMode::Auto,
             Some(v) if v == "auto" => HeaderMode::Auto,
             Some(v) if v == "true" => HeaderMode::Present,
             Some(v) if v == "false" => HeaderMode::Absent,
-            Some(v) => return Err(invalid("CSV_HEADER", &v, "expected auto, true or false")),
+            Some(v) => return Err(invalid(var::CSV_HEADER, &v, "expected auto, true or false")),
         };
-        let encoding = match raw.get("CSV_ENCODING").map(str::trim) {
+        let encoding = match raw.get(var::CSV_ENCODING).map(str::trim) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case("auto") => None,
             Some(v) => Some(
@@ -420,46 +455,49 @@ impl Settings {
                     .filter(|e| *e != encoding_rs::REPLACEMENT)
                     .ok_or_else(|| {
                         invalid(
-                            "CSV_ENCODING",
+                            var::CSV_ENCODING,
                             v,
                             "expected auto, utf-8, utf-16 (LE), utf-16be, windows-1252, latin1 or another WHATWG encoding label",
                         )
                     })?,
             ),
         };
-        let ready_marker = match raw.get("READY_MARKER").map(str::trim) {
+        let ready_marker = match raw.get(var::READY_MARKER).map(str::trim) {
             None => None,
             Some(v) if v.contains(['/', '\\']) || v == "." || v == ".." => return Err(invalid(
-                "READY_MARKER",
+                var::READY_MARKER,
                 v,
                 "expected a suffix added to CSV_FILE's name, such as .done (no path separators)",
             )),
             Some(v) => Some(v.to_owned()),
         };
         let ready_timeout = raw
-            .get("READY_TIMEOUT")
-            .map(|v| parse_duration("READY_TIMEOUT", v))
+            .get(var::READY_TIMEOUT)
+            .map(|v| parse_duration(var::READY_TIMEOUT, v))
             .transpose()?
             .unwrap_or(Duration::from_secs(60));
-        let http_addr = match raw.get("HTTP_ADDR").map(str::trim) {
+        let http_addr = match raw.get(var::HTTP_ADDR).map(str::trim) {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9188))),
             Some(v) if v.eq_ignore_ascii_case("off") => None,
             Some(v) => Some(v.parse().map_err(|_| {
                 invalid(
-                    "HTTP_ADDR",
+                    var::HTTP_ADDR,
                     v,
                     "expected IP:port such as 0.0.0.0:9188 or 127.0.0.1:9188 (an IP address, not a host name), or off",
                 )
             })?),
         };
-        let log_format = match raw.get("LOG_FORMAT").map(|v| v.trim().to_ascii_lowercase()) {
+        let log_format = match raw
+            .get(var::LOG_FORMAT)
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
             None => LogFormat::Text,
             Some(v) if v == "text" => LogFormat::Text,
             Some(v) if v == "json" => LogFormat::Json,
-            Some(v) => return Err(invalid("LOG_FORMAT", &v, "expected text or json")),
+            Some(v) => return Err(invalid(var::LOG_FORMAT, &v, "expected text or json")),
         };
         let log_level = raw
-            .get("LOG_LEVEL")
+            .get(var::LOG_LEVEL)
             .unwrap_or("info")
             .trim()
             .to_ascii_lowercase();
@@ -468,7 +506,7 @@ impl Settings {
             "trace" | "debug" | "info" | "warn" | "error"
         ) {
             return Err(invalid(
-                "LOG_LEVEL",
+                var::LOG_LEVEL,
                 &log_level,
                 "expected trace, debug, info, warn or error",
             ));
@@ -482,10 +520,10 @@ impl Settings {
             workers,
             db_min_conns,
             db_max_conns,
-            run_on_start: bool_or("RUN_ON_START", true)?,
-            watch: bool_or("WATCH", true)?,
+            run_on_start: bool_or(var::RUN_ON_START, true)?,
+            watch: bool_or(var::WATCH, true)?,
             watch_debounce,
-            watch_poll: bool_or("WATCH_POLL", false)?,
+            watch_poll: bool_or(var::WATCH_POLL, false)?,
             max_delete_ratio,
             max_rejects,
             csv: CsvFormat {
@@ -499,10 +537,10 @@ impl Settings {
             log_format,
             log_level,
             shutdown_timeout,
-            allow_file_change: bool_or("ALLOW_FILE_CHANGE", false)?,
+            allow_file_change: bool_or(var::ALLOW_FILE_CHANGE, false)?,
             history: HistoryBound {
-                keep_days: history_bound(raw, "HISTORY_KEEP_DAYS", DEFAULT_HISTORY_KEEP_DAYS)?,
-                keep_runs: history_bound(raw, "HISTORY_KEEP_RUNS", DEFAULT_HISTORY_KEEP_RUNS)?,
+                keep_days: history_bound(raw, var::HISTORY_KEEP_DAYS, DEFAULT_HISTORY_KEEP_DAYS)?,
+                keep_runs: history_bound(raw, var::HISTORY_KEEP_RUNS, DEFAULT_HISTORY_KEEP_RUNS)?,
             },
         })
     }
@@ -512,10 +550,10 @@ impl Settings {
         let (var, file) = match flag {
             Some(f) => ("--file", f.to_path_buf()),
             None => (
-                "CSV_FILE",
+                var::CSV_FILE,
                 self.csv_file
                     .clone()
-                    .ok_or(ConfigError::Missing { var: "CSV_FILE" })?,
+                    .ok_or(ConfigError::Missing { var: var::CSV_FILE })?,
             ),
         };
         Ok(confine(var, &self.tables_dir, &file)?)
@@ -523,29 +561,51 @@ impl Settings {
 
     /// One line per variable with its effective value (secrets redacted), for logs.
     pub fn describe(&self) -> String {
-        format!(
-            "DATABASE_URL={} TABLES_DIR={} CSV_FILE={} CRON_SCHEDULE={:?} BATCH_SIZE={} WORKER_POOL_GOROUTINES={} DB_MIN_CONNS={} DB_MAX_CONNS={} RUN_ON_START={} WATCH={} WATCH_DEBOUNCE={} WATCH_POLL={} MAX_DELETE_RATIO={} MAX_REJECTS={} CSV_ENCODING={} READY_MARKER={} READY_TIMEOUT={} HTTP_ADDR={} SHUTDOWN_TIMEOUT={} ALLOW_FILE_CHANGE={}",
-            self.database_url,
-            self.tables_dir.display(),
-            self.csv_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-            self.cron_schedule.to_string(),
-            self.batch_size,
-            self.workers,
-            self.db_min_conns,
-            self.db_max_conns,
-            self.run_on_start,
-            self.watch,
-            format_go_duration(self.watch_debounce),
-            self.watch_poll,
-            self.max_delete_ratio,
-            self.max_rejects,
-            self.csv.encoding.map_or("auto", |e| e.name()),
-            self.ready_marker.as_deref().unwrap_or(""),
-            format_go_duration(self.ready_timeout),
-            self.http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-            format_go_duration(self.shutdown_timeout),
-            self.allow_file_change,
-        )
+        let duration = |d: Duration| format_go_duration(d).to_string();
+        [
+            (var::DATABASE_URL, self.database_url.to_string()),
+            (var::TABLES_DIR, self.tables_dir.display().to_string()),
+            (
+                var::CSV_FILE,
+                self.csv_file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                var::CRON_SCHEDULE,
+                format!("{:?}", self.cron_schedule.to_string()),
+            ),
+            (var::BATCH_SIZE, self.batch_size.to_string()),
+            (var::WORKER_POOL_GOROUTINES, self.workers.to_string()),
+            (var::DB_MIN_CONNS, self.db_min_conns.to_string()),
+            (var::DB_MAX_CONNS, self.db_max_conns.to_string()),
+            (var::RUN_ON_START, self.run_on_start.to_string()),
+            (var::WATCH, self.watch.to_string()),
+            (var::WATCH_DEBOUNCE, duration(self.watch_debounce)),
+            (var::WATCH_POLL, self.watch_poll.to_string()),
+            (var::MAX_DELETE_RATIO, self.max_delete_ratio.to_string()),
+            (var::MAX_REJECTS, self.max_rejects.to_string()),
+            (
+                var::CSV_ENCODING,
+                self.csv.encoding.map_or("auto", |e| e.name()).to_owned(),
+            ),
+            (
+                var::READY_MARKER,
+                self.ready_marker.clone().unwrap_or_default(),
+            ),
+            (var::READY_TIMEOUT, duration(self.ready_timeout)),
+            (
+                var::HTTP_ADDR,
+                self.http_addr
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "off".into()),
+            ),
+            (var::SHUTDOWN_TIMEOUT, duration(self.shutdown_timeout)),
+            (var::ALLOW_FILE_CHANGE, self.allow_file_change.to_string()),
+        ]
+        .map(|(name, value)| format!("{name}={value}"))
+        .join(" ")
     }
 }
 

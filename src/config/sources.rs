@@ -3,7 +3,7 @@
 //! the command-line flags (README, "Configuration").
 
 use super::*;
-use figment::providers::{Format, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Num, Value};
 use figment::Figment;
 
@@ -140,6 +140,11 @@ pub(super) fn toml_error(text: &str, error: &toml::de::Error) -> String {
 pub(super) struct Raw(pub(super) BTreeMap<String, String>);
 
 impl Raw {
+    /// A variable's value exactly as given, even if empty or only spaces.
+    pub(super) fn untrimmed(&self, var: &str) -> Option<&str> {
+        self.0.get(&var.to_ascii_lowercase()).map(String::as_str)
+    }
+
     pub(super) fn get(&self, var: &str) -> Option<&str> {
         self.0
             .get(&var.to_ascii_lowercase())
@@ -210,23 +215,37 @@ pub(super) fn gather(overrides: &Overrides) -> Result<Raw, ConfigError> {
         })?;
         figment = figment.merge(Toml::string(&text));
     }
-    let dict: BTreeMap<String, Value> = figment.extract().map_err(|e| ConfigError::File {
+    let file_error = |reason: String| ConfigError::File {
         path: config_file.clone().unwrap_or_default(),
-        reason: e.to_string(),
-    })?;
-    let mut raw = BTreeMap::new();
+        reason,
+    };
+    let unknown = |key: &str| {
+        file_error(format!("unknown or non-scalar key {key:?} (the keys are the variables of the README, in lower case)"))
+    };
+    // Keys are matched without regard to case; the TOML layer's struct
+    // (`TomlLayer`, declared with the variables) refuses any other key.
+    let dict: BTreeMap<String, Value> = figment.extract().map_err(|e| file_error(e.to_string()))?;
+    let mut by_name = BTreeMap::new();
+    let mut written = BTreeMap::new();
     for (key, value) in dict {
-        let known = VARIABLES.iter().any(|v| v.eq_ignore_ascii_case(&key));
-        match (known, value_to_string(&value)) {
-            (true, Some(text)) => {
-                raw.insert(key.to_ascii_lowercase(), text);
+        if value_to_string(&value).is_none() {
+            return Err(unknown(&key));
+        }
+        by_name.insert(key.to_ascii_uppercase(), value);
+        written.insert(key.to_ascii_uppercase(), key);
+    }
+    let layer: TomlLayer = Figment::from(Serialized::defaults(by_name))
+        .extract()
+        .map_err(|e| match &e.kind {
+            figment::error::Kind::UnknownField(name, _) => {
+                unknown(written.get(name).unwrap_or(name))
             }
-            _ => {
-                return Err(ConfigError::File {
-                    path: config_file.clone().unwrap_or_default(),
-                    reason: format!("unknown or non-scalar key {key:?} (the keys are the variables of the README, in lower case)"),
-                })
-            }
+            _ => file_error(e.to_string()),
+        })?;
+    let mut raw = BTreeMap::new();
+    for (var, value) in layer.into_values() {
+        if let Some(text) = value_to_string(&value) {
+            raw.insert(var.to_ascii_lowercase(), text);
         }
     }
     // The environment (with `.env` loaded into it) is read verbatim, so an
