@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use followers_etl::cli::{self, Cli};
-use followers_etl::config::Settings;
+use followers_etl::config::{self, Settings};
 use followers_etl::exit;
 use followers_etl::telemetry::{self, report};
 use std::process::ExitCode;
@@ -29,7 +29,8 @@ fn main() -> ExitCode {
     let settings = match Settings::load(&cli.overrides()) {
         Ok(settings) => settings,
         Err(e) => {
-            telemetry::init_early(cli.log_format.as_deref());
+            let format = cli.log_format.clone().or_else(config::early_log_format);
+            telemetry::init_early(format.as_deref());
             report(Level::ERROR, &format!("configuration error: {e}"));
             return exit::usage();
         }

@@ -61,6 +61,66 @@ impl DatabaseUrl {
         })
     }
 
+    /// Fills in what this connection string leaves out from the libpq variables
+    /// `.env` sets, as the driver does from the process environment (README,
+    /// "Configuration"): the parts the URL names win, the password among them.
+    /// What it shows (`Display`) stays the string as given.
+    pub(super) fn with_libpq_defaults(self, libpq: &LibpqDefaults) -> Self {
+        let Ok(mut url) = url::Url::parse(self.expose()) else {
+            return self;
+        };
+        let get = |var: &str| {
+            libpq
+                .0
+                .iter()
+                .find(|(name, _)| *name == var)
+                .map(|(_, value)| value.as_str())
+        };
+        let authority = [
+            (
+                "host",
+                url.host_str().is_none_or(str::is_empty),
+                get("PGHOSTADDR").or(get("PGHOST")),
+            ),
+            ("port", url.port().is_none(), get("PGPORT")),
+            ("user", url.username().is_empty(), get("PGUSER")),
+            ("password", url.password().is_none(), get("PGPASSWORD")),
+            ("dbname", matches!(url.path(), "" | "/"), get("PGDATABASE")),
+        ];
+        let parameters = [
+            ("sslmode", get("PGSSLMODE")),
+            ("sslrootcert", get("PGSSLROOTCERT")),
+            ("sslcert", get("PGSSLCERT")),
+            ("sslkey", get("PGSSLKEY")),
+            ("application_name", get("PGAPPNAME")),
+            ("options", get("PGOPTIONS")),
+        ];
+        // The driver reads the query in order, a later value winning (`options`
+        // adding): the defaults go first, the string's own parameters after.
+        let mut query: Vec<(String, String)> = authority
+            .into_iter()
+            .filter_map(|(key, missing, value)| Some((key, value.filter(|_| missing)?)))
+            .chain(
+                parameters
+                    .into_iter()
+                    .filter_map(|(key, value)| Some((key, value?))),
+            )
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        if query.is_empty() {
+            return self;
+        }
+        query.extend(
+            url.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned())),
+        );
+        url.query_pairs_mut().clear().extend_pairs(query);
+        Self {
+            url: SecretString::from(url.as_str().to_owned()),
+            redacted: self.redacted,
+        }
+    }
+
     pub fn expose(&self) -> &str {
         self.url.expose_secret()
     }

@@ -19,6 +19,7 @@ mod sources;
 pub use confine::{confine, file_identity, not_a_regular_file, ConfineError};
 pub use database_url::DatabaseUrl;
 use database_url::*;
+pub use sources::early_log_format;
 use sources::*;
 
 /// Declares every variable the agent reads, once: the list `VARIABLES`, a
@@ -332,7 +333,10 @@ fn parse_delimiter(raw: &str) -> Result<u8, ConfigError> {
 impl Settings {
     /// Gathers every source (`sources.rs`), then reads and validates every variable.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
-        Self::from_raw(&sources::gather(overrides)?)
+        let (raw, libpq) = sources::gather(overrides)?;
+        let mut settings = Self::from_raw(&raw)?;
+        settings.database_url = settings.database_url.with_libpq_defaults(&libpq);
+        Ok(settings)
     }
 
     fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
@@ -850,6 +854,34 @@ mod tests {
         let url =
             DatabaseUrl::parse("DATABASE_URL", "postgres://app@db/app?sslpassword=s3cret").unwrap();
         assert!(!url.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn libpq_variables_from_dotenv_fill_in_only_what_the_string_leaves_out() {
+        let defaults = LibpqDefaults(vec![
+            ("PGPASSWORD", "s3cret".into()),
+            ("PGSSLMODE", "require".into()),
+            ("PGHOST", "other".into()),
+        ]);
+        let url = DatabaseUrl::parse("DATABASE_URL", "postgres://app@db/x?sslmode=disable")
+            .unwrap()
+            .with_libpq_defaults(&defaults);
+        assert_eq!(
+            url.expose(),
+            "postgres://app@db/x?password=s3cret&sslmode=require&sslmode=disable"
+        );
+        assert_eq!(url.to_string(), "postgres://app@db/x?sslmode=disable");
+        let url = DatabaseUrl::parse("DATABASE_URL", "postgres://app:own@db/x")
+            .unwrap()
+            .with_libpq_defaults(&defaults);
+        assert_eq!(url.expose(), "postgres://app:own@db/x?sslmode=require");
+        let url = DatabaseUrl::parse("DATABASE_URL", "postgres:///x")
+            .unwrap()
+            .with_libpq_defaults(&defaults);
+        assert_eq!(
+            url.expose(),
+            "postgres:///x?host=other&password=s3cret&sslmode=require"
+        );
     }
 
     #[test]

@@ -7,27 +7,47 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Num, Value};
 use figment::Figment;
 
-/// Loads a `.env` file without overriding variables already set. The old Go
-/// service's `.env` files may hold unquoted values with spaces
+/// The entries of a `.env` file, in file order, up to its first error (if any).
+/// The old Go service's `.env` files may hold unquoted values with spaces
 /// (`CRON_SCHEDULE=0 */6 * * *`) or backslashes (`CSV_DELIMITER=\t`), which its
 /// loader accepted and dotenvy 0.15 rejects; such lines are made compatible
 /// first (`compatible_line`), then dotenvy parses the file. An error names the
 /// line and the key, never the value (it may be a password).
-pub(super) fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
+pub(super) fn read_dotenv(path: &Path) -> (Vec<(String, String)>, Option<ConfigError>) {
     let err = |reason: String| ConfigError::File {
         path: path.to_path_buf(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => return (Vec::new(), Some(err(e.to_string()))),
+    };
     let lines: Vec<String> = text.lines().map(compatible_line).collect();
     let compatible = lines.join("\n");
+    let mut entries = Vec::new();
     for pair in dotenvy::from_read_iter(compatible.as_bytes()) {
-        let (key, value) = pair.map_err(|e| err(dotenv_error(&lines, &e)))?;
-        if std::env::var_os(&key).is_none() {
-            std::env::set_var(key, value);
+        match pair {
+            Ok(entry) => entries.push(entry),
+            Err(e) => return (entries, Some(err(dotenv_error(&lines, &e)))),
         }
     }
-    Ok(())
+    (entries, None)
+}
+
+/// The `.env` in the working directory (not its parents), without the variables
+/// the process already has: `.env` never overrides them. Read into the layered
+/// values, never into the process environment.
+pub(super) fn dotenv_layer() -> (BTreeMap<String, String>, Option<ConfigError>) {
+    let path = Path::new(".env");
+    if !path.is_file() {
+        return (BTreeMap::new(), None);
+    }
+    let (entries, error) = read_dotenv(path);
+    let layer = entries
+        .into_iter()
+        .filter(|(key, _)| std::env::var_os(key).is_none())
+        .collect();
+    (layer, error)
 }
 
 /// dotenvy's error without the line's text: its line number and key.
@@ -186,14 +206,16 @@ pub(super) fn value_to_string(value: &Value) -> Option<String> {
 
 /// The sources layered, lowest first: the TOML file, `.env` (never overriding a
 /// variable the process has), the process environment, the command-line flags.
-pub(super) fn gather(overrides: &Overrides) -> Result<Raw, ConfigError> {
-    // `.env` in the working directory (not its parents) never overrides a
-    // variable the process already has.
-    if Path::new(".env").is_file() {
-        load_dotenv(Path::new(".env"))?;
+/// Also returns the libpq variables `.env` sets (and the process does not), for
+/// `DatabaseUrl::with_libpq_defaults`: the driver reads only the process's.
+pub(super) fn gather(overrides: &Overrides) -> Result<(Raw, LibpqDefaults), ConfigError> {
+    let (dotenv, error) = dotenv_layer();
+    if let Some(error) = error {
+        return Err(error);
     }
     let config_file = overrides.config_file.clone().or_else(|| {
         std::env::var_os("CONFIG_FILE")
+            .or_else(|| dotenv.get("CONFIG_FILE").map(Into::into))
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     });
@@ -248,13 +270,21 @@ pub(super) fn gather(overrides: &Overrides) -> Result<Raw, ConfigError> {
             raw.insert(var.to_ascii_lowercase(), text);
         }
     }
-    // The environment (with `.env` loaded into it) is read verbatim, so an
-    // error shows the value exactly as the operator wrote it.
+    // `.env` and the environment are read verbatim, so an error shows the value
+    // exactly as the operator wrote it.
     for var in VARIABLES.iter().chain(LIBPQ_TARGET_VARIABLES) {
-        if let Ok(value) = std::env::var(var) {
+        if let Some(value) = std::env::var(var)
+            .ok()
+            .or_else(|| dotenv.get(*var).cloned())
+        {
             raw.insert(var.to_ascii_lowercase(), value);
         }
     }
+    let libpq = LIBPQ_VARIABLES
+        .iter()
+        .filter_map(|var| Some((*var, dotenv.get(*var)?.clone())))
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
     let mut raw = Raw(raw);
     for (var, value) in [
         ("database_url", &overrides.database_url),
@@ -268,5 +298,17 @@ pub(super) fn gather(overrides: &Overrides) -> Result<Raw, ConfigError> {
             }
         }
     }
-    Ok(raw)
+    Ok((raw, LibpqDefaults(libpq)))
 }
+
+/// `LOG_FORMAT` before the settings are known (a configuration error): from the
+/// environment, else from `.env` as far as it could be read.
+pub fn early_log_format() -> Option<String> {
+    std::env::var("LOG_FORMAT")
+        .ok()
+        .or_else(|| dotenv_layer().0.remove("LOG_FORMAT"))
+}
+
+/// The libpq variables set in `.env` only (README, "Configuration"), by name.
+#[derive(Debug, Default)]
+pub(super) struct LibpqDefaults(pub(super) Vec<(&'static str, String)>);

@@ -85,3 +85,28 @@ async fn libpq_variables_are_honoured_without_database_url_and_the_password_neve
     let run = env.sync_with(&["--force"], &[("PGHOST", "/nonexistent"), ("PGPORT", "1")]);
     run.assert_ended(0, "synced");
 }
+
+/// `.env` is not loaded into the process environment, yet the libpq variables it
+/// sets reach the driver as if it were (README, "Configuration"); the process's own
+/// values still win over it.
+#[tokio::test]
+async fn libpq_variables_in_dotenv_reach_the_driver_and_the_environment_wins() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    std::fs::write(
+        env.dir.path().join(".env"),
+        "PGSSLMODE=verify-full\nPGSSLROOTCERT=/nonexistent/root.crt\n",
+    )
+    .unwrap();
+    let run = env.run(&["migrate"], &[]);
+    assert_eq!(run.code, 1, "sslmode from .env was not used: {run:?}");
+    let run = env.sync_with(&[], &[("PGSSLMODE", "disable")]);
+    run.assert_ended(0, "synced");
+    std::fs::write(
+        env.dir.path().join(".env"),
+        "PGOPTIONS=-c default_transaction_read_only=on\n",
+    )
+    .unwrap();
+    let run = env.sync_with(&["--force"], &[]);
+    assert_ne!(run.code, 0, "options from .env were not used: {run:?}");
+}
