@@ -107,13 +107,24 @@ impl DatabaseUrl {
             )
             .map(|(key, value)| (key.to_owned(), value.to_owned()))
             .collect();
-        if query.is_empty() {
-            return self;
-        }
         query.extend(
             url.query_pairs()
                 .map(|(k, v)| (k.into_owned(), v.into_owned())),
         );
+        // `PGPASSFILE` is read by the driver only when no password is given.
+        let given = url.password().is_some()
+            || std::env::var_os("PGPASSWORD").is_some()
+            || query.iter().any(|(key, _)| key == "password");
+        if let Some(file) = get("PGPASSFILE").filter(|_| !given) {
+            let mut probe = url.clone();
+            probe.query_pairs_mut().clear().extend_pairs(&query);
+            if let Some(password) = pgpass_password(Path::new(file), probe.as_str()) {
+                query.insert(0, ("password".to_owned(), password));
+            }
+        }
+        if query.len() == url.query_pairs().count() {
+            return self;
+        }
         url.query_pairs_mut().clear().extend_pairs(query);
         Self {
             url: SecretString::from(url.as_str().to_owned()),
@@ -292,4 +303,62 @@ pub(super) fn default_database_url(raw: &Raw) -> Result<DatabaseUrl, ConfigError
     let url = pairs_to_url(&pairs)
         .ok_or_else(|| invalid(VARS, host, "not a usable host, user or database name"))?;
     DatabaseUrl::parse(VARS, &url)
+}
+
+/// The password a pgpass file (`PGPASSFILE` from `.env`) holds for the target the
+/// driver resolves from this URL, as the driver would look it up (host, port,
+/// database, user; `*` matches anything; `\:` and `\\` escaped). A file others
+/// may read is ignored, as libpq does.
+fn pgpass_password(file: &Path, url: &str) -> Option<String> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(file).ok()?.permissions().mode() & 0o77 != 0 {
+            return None;
+        }
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let port = options.get_port().to_string();
+    let wanted = [
+        options.get_host(),
+        port.as_str(),
+        options.get_database().unwrap_or_default(),
+        options.get_username(),
+    ];
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .find_map(|line| {
+            let fields = pgpass_fields(line);
+            let [host, port, db, user, password] = fields.as_slice() else {
+                return None;
+            };
+            [host, port, db, user]
+                .iter()
+                .zip(wanted)
+                .all(|(field, value)| *field == "*" || *field == value)
+                .then(|| password.clone())
+        })
+}
+
+/// A pgpass line's four target fields (split on `:` not escaped by `\\`, with
+/// the escapes removed) and the rest of the line, the password, as it is.
+fn pgpass_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut current = String::new();
+    let mut chars = line.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next().map(|(_, c)| c)),
+            ':' => {
+                fields.push(std::mem::take(&mut current));
+                if fields.len() == 4 {
+                    fields.push(line[at + 1..].to_owned());
+                    return fields;
+                }
+            }
+            _ => current.push(c),
+        }
+    }
+    fields
 }

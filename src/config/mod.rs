@@ -884,6 +884,39 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_pgpass_file_from_dotenv_supplies_a_missing_password_as_the_driver_would() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(
+            &file,
+            "# comment\nother:5432:x:app:no\ndb:5432:x:app:p:w\\:x\n*:*:*:*:any\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let defaults = LibpqDefaults(vec![("PGPASSFILE", file.to_str().unwrap().into())]);
+        let with = |text: &str| {
+            DatabaseUrl::parse("DATABASE_URL", text)
+                .unwrap()
+                .with_libpq_defaults(&defaults)
+                .expose()
+                .to_owned()
+        };
+        assert_eq!(
+            with("postgres://app@db/x"),
+            "postgres://app@db/x?password=p%3Aw%5C%3Ax"
+        );
+        assert_eq!(with("postgres://app:own@db/x"), "postgres://app:own@db/x");
+        assert_eq!(
+            with("postgres://app@elsewhere/y"),
+            "postgres://app@elsewhere/y?password=any"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(with("postgres://app@db/x"), "postgres://app@db/x");
+    }
+
     #[test]
     fn keyword_value_dsn_of_the_old_service_is_accepted() {
         let url = DatabaseUrl::parse(
