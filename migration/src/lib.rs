@@ -13,6 +13,7 @@ mod m20261124_000003_create_etl_info_schema;
 mod m20261130_000004_canonical_follower_emails;
 mod m20261130_000006_sync_runs_stages;
 mod m20261130_000007_create_sync_rejects;
+mod m20261130_000009_staging_without_index;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_canonical_follower_emails::Migration),
             Box::new(m20261130_000006_sync_runs_stages::Migration),
             Box::new(m20261130_000007_create_sync_rejects::Migration),
+            Box::new(m20261130_000009_staging_without_index::Migration),
         ]
     }
 }

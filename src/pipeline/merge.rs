@@ -3,19 +3,25 @@
 //!
 //! | step     | does                                                   |
 //! |----------|--------------------------------------------------------|
-//! | verify   | this run still holds the run lock, and staging holds   |
-//! |          | exactly the rows it staged (nobody else touched them)  |
+//! | verify   | locks staging, checks this run still holds the run     |
+//! |          | lock and staging holds exactly the rows it staged      |
+//! | diff     | one pass (a hash full join of the load and             |
+//! |          | `followers`) keeping only the keys that differ         |
 //! | update   | rewrites rows whose `full_name` differs (only those)   |
 //! | insert   | adds emails that are new                               |
 //! | delete   | removes followers absent from the load (not protected) |
 //! | guard    | refuses when the deletes exceed `MAX_DELETE_RATIO`     |
 //! | status   | records the sync in `table_status`                     |
 //! | record   | finishes the `sync_runs` row as `synced`               |
-//! | cleanup  | removes the load's staging rows                        |
+//! | cleanup  | empties staging (`TRUNCATE`, under the lock of verify) |
+//!
+//! Into an empty `followers` (the first sync) the load is inserted as it is:
+//! there is nothing to compare. Update, insert and delete touch only the keys the
+//! diff found, each through the primary key (README, "Performance").
 //!
 //! The compensation of every step is the rollback of the transaction: readers see
 //! the old table or the new one, and a failure at any step leaves `followers` as
-//! it was. Only row locks are taken (UPDATE, INSERT, DELETE).
+//! it was. Only row locks are taken on `followers` (UPDATE, INSERT, DELETE).
 
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome};
@@ -28,6 +34,7 @@ use sea_orm::{
 pub enum Step {
     Begin,
     Verify,
+    Diff,
     Update,
     Insert,
     Delete,
@@ -39,10 +46,28 @@ pub enum Step {
 }
 
 impl Step {
+    /// The step as a stage of the run's record (`sync_runs.stages`).
+    pub fn stage_name(self) -> &'static str {
+        match self {
+            Self::Begin => "merge.begin",
+            Self::Verify => "merge.verify",
+            Self::Diff => "merge.diff",
+            Self::Update => "merge.update",
+            Self::Insert => "merge.insert",
+            Self::Delete => "merge.delete",
+            Self::Guard => "merge.guard",
+            Self::Status => "merge.status",
+            Self::Record => "merge.record",
+            Self::Cleanup => "merge.cleanup",
+            Self::Commit => "merge.commit",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Begin => "begin",
             Self::Verify => "verify",
+            Self::Diff => "diff",
             Self::Update => "update",
             Self::Insert => "insert",
             Self::Delete => "delete",
@@ -116,16 +141,44 @@ impl Guard {
     }
 }
 
+/// The keys of the load and of `followers` that differ, with what to do about
+/// each (`insert`, `update`, `delete`), filled by `DIFF` in one pass; dropped
+/// with the transaction. It lives in the session's temporary schema: no WAL.
+const DIFF_TABLE: &str = "CREATE TEMPORARY TABLE merge_diff (
+    email text NOT NULL, full_name text, old_name text, old_modified_at timestamp, action text NOT NULL
+  ) ON COMMIT DROP";
+
+const DIFF: &str = "INSERT INTO merge_diff (email, full_name, old_name, old_modified_at, action)
+ SELECT coalesce(s.email, f.email), s.full_name, f.full_name, f.modified_at,
+        CASE WHEN f.email IS NULL THEN 'insert' WHEN s.email IS NULL THEN 'delete' ELSE 'update' END
+   FROM (SELECT email, full_name FROM public.staging_followers WHERE load_id = $1) s
+   FULL JOIN public.followers f ON f.email = s.email
+  WHERE s.email IS NULL OR f.email IS NULL OR f.full_name IS DISTINCT FROM s.full_name";
+
+const DIFF_COUNTS: &str = "SELECT count(*) FILTER (WHERE action = 'insert')::bigint,
+        count(*) FILTER (WHERE action = 'delete')::bigint, count(*)::bigint FROM merge_diff";
+
 const UPDATE: &str = "UPDATE public.followers f
-    SET full_name = s.full_name, modified_at = (now() AT TIME ZONE 'UTC')
-   FROM public.staging_followers s
-  WHERE s.load_id = $1 AND s.email = f.email AND f.full_name IS DISTINCT FROM s.full_name";
+    SET full_name = d.full_name, modified_at = (now() AT TIME ZONE 'UTC')
+   FROM merge_diff d
+  WHERE d.action = 'update' AND f.email = d.email";
 
 const INSERT: &str = "INSERT INTO public.followers (email, full_name, modified_at)
+ SELECT d.email, d.full_name, (now() AT TIME ZONE 'UTC') FROM merge_diff d WHERE d.action = 'insert'";
+
+const DELETE: &str = "DELETE FROM public.followers f
+  USING merge_diff d
+  WHERE d.action = 'delete' AND f.email = d.email AND f.email <> ALL($1::text[])";
+
+/// The first sync: `followers` is empty, every row of the load is new.
+const INSERT_ALL: &str = "INSERT INTO public.followers (email, full_name, modified_at)
  SELECT s.email, s.full_name, (now() AT TIME ZONE 'UTC')
-   FROM public.staging_followers s
-  WHERE s.load_id = $1
-    AND NOT EXISTS (SELECT 1 FROM public.followers f WHERE f.email = s.email)";
+   FROM public.staging_followers s WHERE s.load_id = $1";
+
+/// Below this share of `followers` changing, update and delete probe the
+/// primary key once per changed key; the planner would otherwise often scan
+/// the whole table to hash-join a few thousand keys (measured: README, Performance).
+const PROBE_BELOW: f64 = 0.2;
 
 /// Followers absent from the load and not protected by a rejected row.
 const ABSENT: &str = "FROM public.followers f
@@ -156,6 +209,15 @@ fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
 /// other run can have recovered, i.e. deleted, its staging rows) and that staging
 /// holds exactly the rows this run staged.
 async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), MergeError> {
+    // Nobody changes staging from here to the end of the transaction: the count
+    // below stays true, and the cleanup can TRUNCATE. A concurrent writer (the
+    // COPY of a run that lost its lock, another agent's recovery) is waited for.
+    // jit: compiling the big statements costs more than it saves here.
+    txn.execute_unprepared(
+        "LOCK TABLE public.staging_followers IN ACCESS EXCLUSIVE MODE; SET LOCAL jit = off",
+    )
+    .await
+    .map_err(at(Step::Verify))?;
     let locked = count(
         txn,
         "SELECT count(*) FROM pg_locks
@@ -185,39 +247,112 @@ async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merge
     Ok(())
 }
 
+/// What `diff` found: keys new to `followers`, followers absent from the load
+/// (protected ones included), and all keys that differ.
+struct Diffed {
+    new: u64,
+    absent: u64,
+    changed: u64,
+}
+
+/// Fills `merge_diff` with the keys that differ.
+async fn diff(txn: &impl ConnectionTrait, id: &Value) -> Result<Diffed, MergeError> {
+    // Statistics of the fresh load, so the planner sizes the join right.
+    txn.execute_unprepared("ANALYZE public.staging_followers")
+        .await
+        .map_err(at(Step::Diff))?;
+    txn.execute_unprepared(DIFF_TABLE)
+        .await
+        .map_err(at(Step::Diff))?;
+    txn.execute(stmt(DIFF, vec![id.clone()]))
+        .await
+        .map_err(at(Step::Diff))?;
+    txn.execute_unprepared("ANALYZE merge_diff")
+        .await
+        .map_err(at(Step::Diff))?;
+    let row = txn
+        .query_one(stmt(DIFF_COUNTS, vec![]))
+        .await
+        .map_err(at(Step::Diff))?
+        .ok_or_else(|| at(Step::Diff)(DbErr::RecordNotFound("diff counts".into())))?;
+    let n = |i: usize| -> Result<u64, MergeError> {
+        let v: i64 = row.try_get_by_index(i).map_err(at(Step::Diff))?;
+        Ok(v as u64)
+    };
+    Ok(Diffed {
+        new: n(0)?,
+        absent: n(1)?,
+        changed: n(2)?,
+    })
+}
+
 /// Applies the load in one transaction and commits, or rolls back on any error.
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
 pub async fn merge(
     db: &DatabaseConnection,
     load: &Load<'_>,
     guard: Guard,
+    step: &mut dyn FnMut(Step),
 ) -> Result<Counts, MergeError> {
     let id: Value = load.load_id.uuid().into();
     let protected: Value = load.protected.clone().into();
+    step(Step::Begin);
     let txn = db.begin().await.map_err(at(Step::Begin))?;
+    step(Step::Verify);
     verify(&txn, load).await?;
     let session = session(&txn).await.map_err(at(Step::Begin))?;
-    let current = count(&txn, "SELECT count(*) FROM public.followers", vec![])
-        .await
-        .map_err(at(Step::Begin))?;
-    let updated = txn
-        .execute(stmt(UPDATE, vec![id.clone()]))
-        .await
-        .map_err(at(Step::Update))?
-        .rows_affected();
-    let inserted = txn
-        .execute(stmt(INSERT, vec![id.clone()]))
-        .await
-        .map_err(at(Step::Insert))?
-        .rows_affected();
-    let deleted = txn
-        .execute(stmt(
-            &format!("DELETE {ABSENT}"),
-            vec![id.clone(), protected],
-        ))
-        .await
-        .map_err(at(Step::Delete))?
-        .rows_affected();
+    let empty = count(
+        &txn,
+        "SELECT count(*) FROM (SELECT 1 FROM public.followers LIMIT 1) t",
+        vec![],
+    )
+    .await
+    .map_err(at(Step::Begin))?
+        == 0;
+    let (current, inserted, updated, deleted) = if empty {
+        step(Step::Insert);
+        let inserted = txn
+            .execute(stmt(INSERT_ALL, vec![id.clone()]))
+            .await
+            .map_err(at(Step::Insert))?
+            .rows_affected();
+        (0, inserted, 0, 0)
+    } else {
+        step(Step::Diff);
+        let Diffed {
+            new,
+            absent,
+            changed,
+        } = diff(&txn, &id).await?;
+        // Every follower is either matched by a row of the load or absent from it.
+        let current = load.distinct.saturating_sub(new) + absent;
+        if (changed as f64) < PROBE_BELOW * current as f64 {
+            txn.execute_unprepared(
+                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+            )
+            .await
+            .map_err(at(Step::Diff))?;
+        }
+        step(Step::Update);
+        let updated = txn
+            .execute(stmt(UPDATE, vec![]))
+            .await
+            .map_err(at(Step::Update))?
+            .rows_affected();
+        step(Step::Insert);
+        let inserted = txn
+            .execute(stmt(INSERT, vec![]))
+            .await
+            .map_err(at(Step::Insert))?
+            .rows_affected();
+        step(Step::Delete);
+        let deleted = txn
+            .execute(stmt(DELETE, vec![protected]))
+            .await
+            .map_err(at(Step::Delete))?
+            .rows_affected();
+        (current, inserted, updated, deleted)
+    };
     let counts = Counts {
         inserted,
         updated,
@@ -226,6 +361,7 @@ pub async fn merge(
         ..load.counts
     };
     guard.check(counts, current)?;
+    step(Step::Status);
     history::mark_synced(&txn, load.load_id, load.hash)
         .await
         .map_err(at(Step::Status))?;
@@ -239,17 +375,13 @@ pub async fn merge(
     )
     .await
     .map_err(at(Step::Record))?;
-    // Deleting the load's rows also proves they were all still there: a DELETE
-    // waits for and re-checks concurrent deleters, unlike the reads above.
-    let cleaned = super::stage::discard(&txn, load.load_id)
+    // Staging holds this load (checked under the lock taken by verify) and
+    // at most rows of a run that lost its lock, which fails its own verify.
+    step(Step::Cleanup);
+    txn.execute_unprepared("TRUNCATE public.staging_followers")
         .await
         .map_err(at(Step::Cleanup))?;
-    if cleaned != load.distinct {
-        return Err(MergeError::Lost(format!(
-            "{cleaned} staged rows at commit, {} expected",
-            load.distinct
-        )));
-    }
+    step(Step::Commit);
     if let Err(source) = txn.commit().await {
         return match committed(db, load.load_id, &session).await {
             Ok(true) => {

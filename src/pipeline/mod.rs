@@ -8,6 +8,7 @@
 //! `refused` with the reason. `followers` only changes in the merge transaction.
 
 pub mod check;
+pub mod dupes;
 pub mod merge;
 mod progress;
 pub mod read;
@@ -623,7 +624,8 @@ async fn saga(
     if cancel.is_cancelled() {
         return Err(SyncError::Cancelled);
     }
-    let duplicates = stage::resolve_duplicates(db, load_id, REPORT_LIMIT as u64).await?;
+    let duplicates =
+        stage::resolve_duplicates(db, load_id, REPORT_LIMIT as u64, &read.candidates).await?;
     for (email, lines) in &duplicates.examples {
         tracing::warn!(file = %file.display(), %email, ?lines, "duplicate email; the last valid occurrence wins unless a later rejected row leaves the follower as it is");
     }
@@ -670,7 +672,7 @@ async fn saga(
         return Ok((Outcome::DryRun, note));
     }
     stage("merge");
-    *counts = merge::merge(db, &load, guard).await?;
+    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage_name())).await?;
     Ok((Outcome::Synced, None))
 }
 
@@ -692,6 +694,8 @@ struct ReadReport {
     /// the follower is left as it is. At most MAX_REJECTS entries.
     protected: Vec<(String, u64)>,
     hash: ContentHash,
+    /// The emails that may occur more than once among the staged rows.
+    candidates: dupes::Candidates,
 }
 
 /// The rows read and rejected so far, for the summary of a run stopped while
@@ -803,7 +807,9 @@ fn produce(
         staged: 0,
         protected: Vec::new(),
         hash: ContentHash::from_hasher(&blake3::Hasher::new()),
+        candidates: dupes::Candidates::All,
     };
+    let mut filter = dupes::DuplicateFilter::default();
     let mut first_reject = None;
     let mut batch = Vec::new();
     let send = |batch: Batch| -> Result<(), SyncError> {
@@ -819,7 +825,10 @@ fn produce(
         let columns = records.columns().expect("known after the first row");
         match validate(&row, &columns) {
             // Past MAX_REJECTS the file is refused: stop staging, keep counting.
-            Ok(follower) if report.rejected <= settings.max_rejects => batch.push(follower),
+            Ok(follower) if report.rejected <= settings.max_rejects => {
+                filter.insert(follower.email.as_str());
+                batch.push(follower);
+            }
             Ok(_) => {}
             Err(reject) => {
                 report.rejected += 1;
@@ -869,5 +878,6 @@ fn produce(
         send(batch)?;
     }
     report.hash = records.finish();
+    report.candidates = filter.finish();
     Ok(report)
 }

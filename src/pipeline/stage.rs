@@ -5,6 +5,7 @@
 //!
 //! Compensation: `discard` deletes every staging row of the load.
 
+use super::dupes::Candidates;
 use super::validate::Follower;
 use crate::domain::LoadId;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
@@ -151,21 +152,43 @@ fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
 const DROP_EARLIER_COPIES: &str = "DELETE FROM public.staging_followers s
   USING (SELECT ctid AS tid,
                 row_number() OVER (PARTITION BY email ORDER BY line_no DESC, ctid DESC) AS rank
-           FROM public.staging_followers WHERE load_id = $1) copies
+           FROM public.staging_followers WHERE load_id = $1 {only}) copies
   WHERE copies.rank > 1 AND s.ctid = copies.tid";
 
+/// A statement of `resolve_duplicates` over the load `id`, restricted to the
+/// candidates the reader found (`dupes.rs`): `{only}` in `sql` becomes the filter
+/// on parameter `$n`, the last of `values`.
+fn only(sql: &str, candidates: &Candidates, mut values: Vec<sea_orm::Value>) -> Statement {
+    match candidates {
+        Candidates::All => stmt(&sql.replace("{only}", ""), values),
+        Candidates::Only(emails) => {
+            values.push(emails.clone().into());
+            let filter = format!("AND email = ANY(${}::text[])", values.len());
+            stmt(&sql.replace("{only}", &filter), values)
+        }
+    }
+}
+
 /// Reports duplicates, then deletes every occurrence but the last, so the load
-/// holds one row per email.
+/// holds one row per email. Only `candidates` can be duplicates; none: nothing to do.
 #[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
 pub async fn resolve_duplicates(
     db: &DatabaseConnection,
     load_id: LoadId,
     limit: u64,
+    candidates: &Candidates,
 ) -> Result<Duplicates, StageError> {
+    if candidates == &Candidates::Only(vec![]) {
+        return Ok(Duplicates {
+            extra_rows: 0,
+            examples: vec![],
+        });
+    }
     let id = load_id.uuid();
     let row = db
-        .query_one(stmt(
-            "SELECT (count(*) - count(DISTINCT email))::bigint AS extra FROM public.staging_followers WHERE load_id = $1",
+        .query_one(only(
+            "SELECT (count(*) - count(DISTINCT email))::bigint AS extra FROM public.staging_followers WHERE load_id = $1 {only}",
+            candidates,
             vec![id.into()],
         ))
         .await
@@ -177,10 +200,11 @@ pub async fn resolve_duplicates(
     let mut examples = Vec::new();
     if extra > 0 {
         for row in db
-            .query_all(stmt(
+            .query_all(only(
                 "SELECT email, array_agg(line_no ORDER BY line_no) AS lines
-                   FROM public.staging_followers WHERE load_id = $1
+                   FROM public.staging_followers WHERE load_id = $1 {only}
                   GROUP BY email HAVING count(*) > 1 ORDER BY min(line_no) LIMIT $2",
+                candidates,
                 vec![id.into(), (limit as i64).into()],
             ))
             .await
@@ -191,7 +215,7 @@ pub async fn resolve_duplicates(
                 row.try_get("", "lines").map_err(StageError::Dedupe)?,
             ));
         }
-        db.execute(stmt(DROP_EARLIER_COPIES, vec![id.into()]))
+        db.execute(only(DROP_EARLIER_COPIES, candidates, vec![id.into()]))
             .await
             .map_err(StageError::Dedupe)?;
     }

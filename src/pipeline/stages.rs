@@ -6,7 +6,9 @@ use std::time::Instant;
 
 /// Every stage, in pipeline order: `settle` (waiting for the file to stop changing),
 /// `lock` (run lock, recovery, run record), `hash`, `read_and_stage`, `dedupe`, then
-/// `merge` (or `plan` for a dry run).
+/// `merge` (the whole transaction) and its steps `merge.begin` … `merge.commit`
+/// (`merge.status` covers the guard, `table_status` and the run record; see
+/// merge.rs), or `plan` for a dry run.
 pub const ORDER: &[&str] = &[
     "settle",
     "lock",
@@ -14,6 +16,17 @@ pub const ORDER: &[&str] = &[
     "read_and_stage",
     "dedupe",
     "merge",
+    "merge.begin",
+    "merge.verify",
+    "merge.diff",
+    "merge.update",
+    "merge.insert",
+    "merge.delete",
+    "merge.guard",
+    "merge.status",
+    "merge.record",
+    "merge.cleanup",
+    "merge.commit",
     "plan",
 ];
 
@@ -22,6 +35,8 @@ pub const ORDER: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct StageTimes {
     current: Option<(&'static str, Instant)>,
+    /// A step inside the current stage (the merge's), timed on its own.
+    step: Option<(&'static str, Instant)>,
     done: Vec<(&'static str, f64)>,
 }
 
@@ -32,8 +47,22 @@ impl StageTimes {
         self.current = Some((name, Instant::now()));
     }
 
+    /// Ends the current step (if any) and starts step `name` of the current
+    /// stage, which goes on; steps are recorded next to it, not in the metrics.
+    pub fn step(&mut self, name: &'static str) {
+        self.end_step();
+        self.step = Some((name, Instant::now()));
+    }
+
+    fn end_step(&mut self) {
+        if let Some((name, started)) = self.step.take() {
+            self.done.push((name, started.elapsed().as_secs_f64()));
+        }
+    }
+
     /// Ends the current stage.
     pub fn end(&mut self) {
+        self.end_step();
         if let Some((name, started)) = self.current.take() {
             let seconds = started.elapsed().as_secs_f64();
             crate::metrics::record_stage(name, seconds);
@@ -60,11 +89,15 @@ mod tests {
         let mut t = StageTimes::default();
         t.begin("hash");
         t.begin("merge");
+        t.step("merge.verify");
+        t.step("merge.diff");
         t.end();
         t.end();
         let json = t.to_json();
         let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.len(), 4);
+        assert!(json["merge.diff"].as_f64().unwrap() <= json["merge"].as_f64().unwrap());
+        assert!(keys.iter().all(|k| ORDER.contains(&k.as_str())));
         assert!(json["hash"].as_f64().unwrap() >= 0.0);
         assert!(json["merge"].is_number());
         assert!(["hash", "merge"].iter().all(|s| ORDER.contains(s)));

@@ -91,13 +91,60 @@ async fn duplicates_with_equal_line_numbers_resolve_to_one_row_each() {
     ))
     .await;
     let db = sea_orm::Database::connect(&env.url).await.unwrap();
-    let duplicates = followers_etl::pipeline::stage::resolve_duplicates(&db, load, 10)
-        .await
-        .unwrap();
+    let duplicates = followers_etl::pipeline::stage::resolve_duplicates(
+        &db,
+        load,
+        10,
+        &followers_etl::pipeline::dupes::Candidates::All,
+    )
+    .await
+    .unwrap();
     assert_eq!(duplicates.extra_rows, 2);
     assert_eq!(
         env.scalar("SELECT count(DISTINCT email) * 10 + count(*) FROM staging_followers")
             .await,
         22
+    );
+}
+
+/// The reader's candidates (`dupes.rs`) restrict the search: listed emails are
+/// resolved, and an empty list means no duplicates and no statement at all.
+#[tokio::test]
+async fn duplicates_are_looked_for_among_the_candidates_only() {
+    use followers_etl::pipeline::dupes::Candidates;
+    let env = TestEnv::new().await;
+    assert_eq!(env.run(&["migrate"], &[]).code, 0);
+    let load = followers_etl::domain::LoadId::new();
+    env.exec(&format!(
+        "INSERT INTO staging_followers VALUES
+           ('a@x.io', 'A1', '{id}', 1), ('a@x.io', 'A2', '{id}', 3), ('b@x.io', 'B', '{id}', 2)",
+        id = load.uuid()
+    ))
+    .await;
+    let db = sea_orm::Database::connect(&env.url).await.unwrap();
+    let resolve = |c: Candidates| {
+        let db = db.clone();
+        async move {
+            followers_etl::pipeline::stage::resolve_duplicates(&db, load, 10, &c)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(resolve(Candidates::Only(vec![])).await.extra_rows, 0);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM staging_followers").await,
+        3
+    );
+    let found = resolve(Candidates::Only(vec!["a@x.io".into(), "b@x.io".into()])).await;
+    assert_eq!(found.extra_rows, 1);
+    assert_eq!(found.examples, [("a@x.io".to_owned(), vec![1, 3])]);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM staging_followers WHERE full_name IN ('A2', 'B')")
+            .await,
+        2
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM staging_followers").await,
+        2
     );
 }

@@ -383,10 +383,12 @@ async fn dry_run_reports_the_changes_and_changes_nothing() {
 
 /// Installs a trigger that makes `table`'s `when` statement fail.
 /// `when` "COMMIT" installs a deferred constraint trigger: it raises while the
-/// merge transaction commits.
+/// merge transaction commits; "TRUNCATE" a statement trigger (no condition).
 async fn fail_on(env: &TestEnv, table: &str, when: &str, condition: &str) {
     let trigger = if when == "COMMIT" {
         format!("CREATE CONSTRAINT TRIGGER inject AFTER INSERT OR UPDATE OR DELETE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION fail_injected();")
+    } else if when == "TRUNCATE" {
+        format!("CREATE TRIGGER inject BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION fail_injected();")
     } else {
         format!("CREATE TRIGGER inject BEFORE {when} ON {table} FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION fail_injected();")
     };
@@ -417,7 +419,7 @@ async fn a_failure_at_any_saga_step_leaves_followers_unchanged_and_staging_empty
             "UPDATE",
             "NEW.outcome = 'synced'",
         ),
-        ("cleanup", "staging_followers", "DELETE", "true"),
+        ("cleanup", "staging_followers", "TRUNCATE", "true"),
         ("commit", "followers", "COMMIT", "true"),
     ] {
         let env = TestEnv::new().await;
@@ -464,6 +466,29 @@ async fn a_failure_at_any_saga_step_leaves_followers_unchanged_and_staging_empty
         assert_eq!(env.staging_rows().await, 0, "{step}");
         assert_eq!(env.followers().await.len(), 9, "{step}");
     }
+}
+
+#[tokio::test]
+async fn a_failure_in_the_first_sync_into_an_empty_table_leaves_it_empty() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv_owned(&many(50)));
+    env.run(&["migrate"], &[]);
+    fail_on(
+        &env,
+        "followers",
+        "INSERT",
+        "NEW.email = 'user40@example.com'",
+    )
+    .await;
+    let run = env.sync();
+    assert_eq!((run.code, run.outcome().as_str()), (1, "failed"), "{run:?}");
+    assert!(run.stderr.contains("injected failure"), "{}", run.stderr);
+    assert!(env.followers().await.is_empty());
+    assert_eq!(env.staging_rows().await, 0);
+    env.exec("DROP TRIGGER inject ON followers").await;
+    let run = env.synced(&[]);
+    assert_eq!(run.n("inserted"), 50);
+    assert_eq!(env.followers().await.len(), 50);
 }
 
 #[tokio::test]
