@@ -156,7 +156,7 @@ agent_sync() { # url file expect_outcome -> seconds; $TMP/rss_kib, $TMP/stages
   local url=$1 file=$2 t0 t1 rc=0
   t0=$(now)
   /usr/bin/time -v -o "$TMP/agent.time" env -u DSN -u CONFIG_FILE DATABASE_URL="$url" TABLES_DIR="$TMP" \
-    CSV_FILE="$(basename "$file")" HTTP_ADDR=off LOG_LEVEL=warn $AGENT_ENV \
+    CSV_FILE="$(basename "$file")" HTTP_ADDR=off LOG_LEVEL=info LOG_FORMAT=json $AGENT_ENV \
     "$BIN" sync --file "$file" --allow-mass-delete --json >"$TMP/agent.out" 2>"$TMP/agent.err" || rc=$?
   t1=$(now)
   if [[ $rc -ne 0 || $(cat "$TMP/agent.out") != *"\"outcome\":\"$3\""* ]]; then
@@ -166,6 +166,11 @@ agent_sync() { # url file expect_outcome -> seconds; $TMP/rss_kib, $TMP/stages
   awk -F': ' '/Maximum resident set size/ { print $2 }' "$TMP/agent.time" >"$TMP/rss_kib"
   agent "$url" "$file" status --json --limit 1 2>/dev/null \
     | tr -d '\n ' | sed -n 's/.*"stages":\({[^}]*}\).*/\1/p' | tr -d '"{}' >"$TMP/stages" || true
+  if [[ ! -s $TMP/stages ]]; then # no sync_runs.stages: the run's own log lines
+    grep -o '"message":"[^"]*","[a-z]*":"\?[^,}"]*' "$TMP/agent.err" \
+      | sed -n 's/"message":"stage \([a-z_]*\) done","seconds":\([0-9.]*\)/\1:\2/p; s/"message":"merge steps (seconds)","steps":"\([^"]*\)/\1/p' \
+      | tr '=' ':' | tr ' ' ',' | paste -sd, >"$TMP/stages" || true
+  fi
   [[ -s $TMP/stages ]] || echo "-" >"$TMP/stages"
   elapsed "$t0" "$t1"
 }

@@ -325,8 +325,11 @@ impl<R: BufRead> Read for Decoded<R> {
 /// lines) and a rejected row's text can be reported.
 struct LineTracker<R> {
     inner: R,
-    /// Bytes from offset `pending_start` on.
+    /// Bytes read and not yet attributed to a record: `pending[head..]`, from
+    /// offset `pending_start` on. Attributed bytes are dropped once per read,
+    /// not once per record (that moved the buffer for every row).
     pending: Vec<u8>,
+    head: usize,
     pending_start: u64,
     /// Line breaks before `pending_start`.
     lines: u64,
@@ -339,6 +342,7 @@ impl<R> LineTracker<R> {
         Self {
             inner,
             pending: Vec::new(),
+            head: 0,
             pending_start: 0,
             lines: 0,
             eol,
@@ -352,12 +356,12 @@ impl<R> LineTracker<R> {
     /// The 1-based line of the record whose span starts at byte `start` (the
     /// span may begin with the rest of the previous terminator and blank lines).
     fn line_of_record_at(&mut self, start: u64) -> u64 {
-        let upto = (start.saturating_sub(self.pending_start) as usize).min(self.pending.len());
-        self.lines += self.count_lines(&self.pending[..upto]);
-        self.pending.drain(..upto);
+        let live = &self.pending[self.head..];
+        let upto = (start.saturating_sub(self.pending_start) as usize).min(live.len());
+        self.lines += self.count_lines(&live[..upto]);
+        self.head += upto;
         self.pending_start += upto as u64;
-        let leading = self
-            .pending
+        let leading = self.pending[self.head..]
             .iter()
             .take_while(|b| matches!(b, b'\r' | b'\n'))
             .filter(|b| **b == self.eol)
@@ -369,8 +373,9 @@ impl<R> LineTracker<R> {
     /// byte `end`: without line breaks around it, cut to `RAW_LINE_LIMIT` bytes,
     /// and its offset.
     fn record_text(&self, end: u64) -> (u64, Vec<u8>) {
-        let len = (end.saturating_sub(self.pending_start) as usize).min(self.pending.len());
-        let span = &self.pending[..len];
+        let live = &self.pending[self.head..];
+        let len = (end.saturating_sub(self.pending_start) as usize).min(live.len());
+        let span = &live[..len];
         let lead = span
             .iter()
             .take_while(|b| matches!(b, b'\r' | b'\n'))
@@ -386,6 +391,8 @@ impl<R> LineTracker<R> {
 
 impl<R: Read> Read for LineTracker<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.pending.drain(..self.head);
+        self.head = 0;
         if self.pending.len() > MAX_RECORD_BYTES {
             // Blank lines before a record are not part of it: count them off.
             let blank = self
@@ -416,7 +423,7 @@ impl<R> LineTracker<R> {
             .and_then(|inner| inner.downcast_ref::<Malformed>())
         {
             Some(m) => {
-                let line = 1 + self.lines + self.count_lines(&self.pending);
+                let line = 1 + self.lines + self.count_lines(&self.pending[self.head..]);
                 io::Error::new(e.kind(), Malformed { line, ..m.clone() })
             }
             None => e,
