@@ -153,7 +153,11 @@ agent() { # url file extra-args... ; leaves $TMP/agent.out, $TMP/agent.time
 }
 
 agent_sync() { # url file expect_outcome -> seconds; $TMP/rss_kib, $TMP/stages
-  local url=$1 file=$2 t0 t1 rc=0
+  local url=$1 file=$TMP/followers.csv t0 t1 rc=0
+  # One CSV_FILE, replaced by each new export, as in production (not timed).
+  # A fresh file is only read once it has settled (WATCH_DEBOUNCE, 2 s by default):
+  # wait that out before the clock starts.
+  cmp -s "$2" "$file" || { cp "$2" "$file" && sleep 2.5; }
   t0=$(now)
   /usr/bin/time -v -o "$TMP/agent.time" env -u DSN -u CONFIG_FILE DATABASE_URL="$url" TABLES_DIR="$TMP" \
     CSV_FILE="$(basename "$file")" HTTP_ADDR=off LOG_LEVEL=info LOG_FORMAT=json $AGENT_ENV \
@@ -170,6 +174,7 @@ agent_sync() { # url file expect_outcome -> seconds; $TMP/rss_kib, $TMP/stages
     grep -o '"message":"[^"]*","[a-z]*":"\?[^,}"]*' "$TMP/agent.err" \
       | sed -n 's/"message":"stage \([a-z_]*\) done","seconds":\([0-9.]*\)/\1:\2/p; s/"message":"merge steps (seconds)","steps":"\([^"]*\)/\1/p' \
       | tr '=' ':' | tr ' ' ',' | paste -sd, >"$TMP/stages" || true
+    cp "$TMP/agent.err" "$TMP/last_agent.err"
   fi
   [[ -s $TMP/stages ]] || echo "-" >"$TMP/stages"
   elapsed "$t0" "$t1"
@@ -230,7 +235,7 @@ for rows in $ROWS; do
     ((rep % 2)) || order=$(echo "$sides" | awk '{ for (i = NF; i > 0; i--) printf "%s ", $i }')
     for side in $order; do run_side "$side" "$rows" "$rep"; done
   done
-  rm -f "$V1" "$V2"
+  rm -f "$V1" "$V2" "$TMP/followers.csv"
   first=0
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -49,6 +49,11 @@ const NEEDS_QUOTES: &[char] = &['"', '(', ')', ',', ':', ';', '<', '>', '[', ']'
 /// combining grapheme joiner, Khmer and Mongolian invisible marks) plus the
 /// Braille blank.
 fn is_invisible(c: char) -> bool {
+    // No ASCII character is one of them (ASCII controls are refused as controls);
+    // the table lookup below costs more than the rest of a row's validation.
+    if c.is_ascii() {
+        return false;
+    }
     matches!(
         c.general_category(),
         GeneralCategory::Format | GeneralCategory::PrivateUse | GeneralCategory::Unassigned

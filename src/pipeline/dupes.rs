@@ -9,9 +9,12 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
-/// 2^27 bits = 16 MiB: at 10M distinct emails about 0.05% false alarms.
-const BITS: u64 = 1 << 27;
-const HASHES: u64 = 6;
+/// 2^18 blocks of one 64-byte cache line (512 bits) each: 16 MiB. An email sets
+/// `HASHES` bits of one block, so adding it costs one cache miss, not `HASHES`;
+/// at 10M distinct emails about 0.1% false alarms.
+const BLOCKS: u64 = 1 << 18;
+const WORDS_PER_BLOCK: u64 = 8;
+const HASHES: u64 = 5;
 /// Above this many candidate emails, memory would grow with the file.
 const MAX_CANDIDATES: usize = 100_000;
 
@@ -34,7 +37,7 @@ impl Default for DuplicateFilter {
     fn default() -> Self {
         Self {
             // Zeroed memory: pages are only touched as bits are set.
-            bits: vec![0; (BITS / 64) as usize],
+            bits: vec![0; (BLOCKS * WORDS_PER_BLOCK) as usize],
             candidates: HashSet::new(),
             overflow: false,
         }
@@ -45,11 +48,14 @@ impl DuplicateFilter {
     /// Adds one staged (canonical) email.
     pub fn insert(&mut self, email: &str) {
         let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(email);
-        let (h1, h2) = (h & 0xffff_ffff, (h >> 32) | 1);
+        // The low 18 bits pick the block, the next 5 × 9 bits the bits in it.
+        let block = ((h & (BLOCKS - 1)) * WORDS_PER_BLOCK) as usize;
+        let mut rest = h >> 18;
         let mut seen = true;
-        for i in 0..HASHES {
-            let bit = h1.wrapping_add(i.wrapping_mul(h2)) & (BITS - 1);
-            let (word, mask) = ((bit >> 6) as usize, 1u64 << (bit & 63));
+        for _ in 0..HASHES {
+            let bit = rest & 511;
+            rest >>= 9;
+            let (word, mask) = (block + (bit >> 6) as usize, 1u64 << (bit & 63));
             if self.bits[word] & mask == 0 {
                 seen = false;
                 self.bits[word] |= mask;

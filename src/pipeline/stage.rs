@@ -10,6 +10,7 @@ use super::validate::Follower;
 use crate::domain::LoadId;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use sqlx::PgPool;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -32,6 +33,10 @@ pub enum StageError {
 
 /// Escapes a value for COPY's text format.
 fn push_escaped(buf: &mut Vec<u8>, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+        buf.extend_from_slice(value.as_bytes());
+        return;
+    }
     for b in value.bytes() {
         match b {
             b'\\' => buf.extend_from_slice(b"\\\\"),
@@ -52,7 +57,8 @@ fn encode(batch: &[Follower], load_id: &str, buf: &mut Vec<u8>) {
         buf.push(b'\t');
         buf.extend_from_slice(load_id.as_bytes());
         buf.push(b'\t');
-        buf.extend_from_slice(f.line.to_string().as_bytes());
+        // Into the buffer directly: no string per row.
+        let _ = write!(buf, "{}", f.line);
         buf.push(b'\n');
     }
 }
