@@ -251,7 +251,17 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
             "hash",
             "read_and_stage",
             "dedupe",
-            "merge"
+            "merge",
+            // The merge transaction's steps, timed one by one.
+            "merge.begin",
+            "merge.verify",
+            "merge.diff",
+            "merge.update",
+            "merge.insert",
+            "merge.delete",
+            "merge.status",
+            "merge.cleanup",
+            "merge.commit"
         ],
         "{run:?}"
     );
