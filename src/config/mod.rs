@@ -116,7 +116,9 @@ pub const LIBPQ_VARIABLES: &[&str] = &[
 ];
 /// Rows per batch: the best median of `bench/load.sh` (README, "Performance").
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
-pub const DEFAULT_WORKERS: usize = 16;
+/// COPY workers: 4 staged 1M rows fastest on 2 cores, within 64 MiB; 16
+/// oversubscribed them and took 70 MiB (README, "Performance").
+pub const DEFAULT_WORKERS: usize = 4;
 /// The run history's bound (README, "Run history"): runs older than this many days,
 /// or beyond this many newest runs, are pruned.
 pub const DEFAULT_HISTORY_KEEP_DAYS: u32 = 90;
@@ -634,7 +636,7 @@ mod tests {
         assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(s.tables_dir, PathBuf::from("./tables"));
         assert_eq!(s.cron_schedule.to_string(), "@every 24h");
-        assert_eq!(s.workers, 16);
+        assert_eq!(s.workers, 4);
         assert_eq!((s.db_min_conns, s.db_max_conns), (0, 30));
         assert!(s.run_on_start && s.watch && !s.watch_poll);
         assert_eq!(s.watch_debounce, Duration::from_secs(2));
@@ -709,8 +711,8 @@ mod tests {
 
     #[test]
     fn workers_default_is_capped_by_max_conns_and_explicit_excess_is_refused() {
-        let s = Settings::from_raw(&raw(&[("DB_MAX_CONNS", "4")])).unwrap();
-        assert_eq!(s.workers, 4);
+        let s = Settings::from_raw(&raw(&[("DB_MAX_CONNS", "2")])).unwrap();
+        assert_eq!(s.workers, 2);
         let e = err_of(&[("DB_MAX_CONNS", "4"), ("WORKER_POOL_SIZE", "5")]);
         assert!(
             e.contains("WORKER_POOL_SIZE") && e.contains("DB_MAX_CONNS"),

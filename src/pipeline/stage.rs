@@ -33,7 +33,10 @@ pub enum StageError {
 
 /// Escapes a value for COPY's text format.
 fn push_escaped(buf: &mut Vec<u8>, value: &str) {
-    if !value.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+    if !value
+        .bytes()
+        .any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
         buf.extend_from_slice(value.as_bytes());
         return;
     }
