@@ -247,6 +247,38 @@ async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merge
     Ok(())
 }
 
+/// Empties staging: `TRUNCATE` when the role may (the owner, or a runtime role
+/// granted it: README, "Database roles"), else the load's rows are deleted, as
+/// the runtime grants of earlier versions allow. Under the lock `verify` took,
+/// staging holds this load and at most rows of a run that lost its lock, which
+/// its own `verify` refuses.
+async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), MergeError> {
+    let may_truncate = count(
+        txn,
+        "SELECT has_table_privilege('public.staging_followers', 'TRUNCATE')::int",
+        vec![],
+    )
+    .await
+    .map_err(at(Step::Cleanup))?
+        == 1;
+    if may_truncate {
+        txn.execute_unprepared("TRUNCATE public.staging_followers")
+            .await
+            .map_err(at(Step::Cleanup))?;
+        return Ok(());
+    }
+    let cleaned = super::stage::discard(txn, load.load_id)
+        .await
+        .map_err(at(Step::Cleanup))?;
+    if cleaned != load.distinct {
+        return Err(MergeError::Lost(format!(
+            "{cleaned} staged rows at commit, {} expected",
+            load.distinct
+        )));
+    }
+    Ok(())
+}
+
 /// What `diff` found: keys new to `followers`, followers absent from the load
 /// (protected ones included), and all keys that differ.
 struct Diffed {
@@ -374,9 +406,7 @@ pub async fn merge(
     // Staging holds this load (checked under the lock taken by verify) and
     // at most rows of a run that lost its lock, which fails its own verify.
     step(Step::Cleanup);
-    txn.execute_unprepared("TRUNCATE public.staging_followers")
-        .await
-        .map_err(at(Step::Cleanup))?;
+    cleanup(&txn, load).await?;
     step(Step::Commit);
     if let Err(source) = txn.commit().await {
         return match committed(db, load.load_id, &session).await {

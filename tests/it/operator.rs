@@ -353,6 +353,31 @@ async fn a_table_last_synced_from_another_file_is_refused_unless_forced() {
     assert_eq!(env.followers().await, pairs(ABC));
 }
 
+/// A runtime role granted what earlier versions documented (no TRUNCATE on
+/// staging) still syncs: the merge deletes the load's rows instead.
+#[tokio::test]
+async fn a_runtime_role_without_truncate_on_staging_still_syncs_and_leaves_staging_empty() {
+    let env = TestEnv::new().await;
+    let role = TestRole::new(&env).await;
+    assert_eq!(env.run(&["migrate"], &[]).code, 0);
+    role.grant_documented_privileges(&env).await;
+    env.exec(&format!(
+        "REVOKE TRUNCATE ON public.staging_followers FROM {}",
+        role.name
+    ))
+    .await;
+    let as_role = [("DATABASE_URL", role.url.as_str())];
+    env.write_csv(csv(ABC));
+    let run = env.sync_with(&[], &as_role);
+    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    let next = [("ann@example.com", "Ann"), ("bob@example.com", "Robert")];
+    env.write_csv(csv(&next));
+    let run = env.sync_with(&["--allow-mass-delete"], &as_role);
+    assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(&next));
+    assert_eq!(env.staging_rows().await, 0);
+}
+
 #[tokio::test]
 async fn a_runtime_role_with_the_documented_grants_syncs_and_waits_for_pending_migrations() {
     let env = TestEnv::new().await;
