@@ -255,7 +255,7 @@ async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merge
 async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), MergeError> {
     let may_truncate = count(
         txn,
-        "SELECT has_table_privilege('public.staging_followers', 'TRUNCATE')::int",
+        "SELECT count(*) WHERE has_table_privilege('public.staging_followers', 'TRUNCATE')",
         vec![],
     )
     .await
