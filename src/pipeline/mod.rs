@@ -383,16 +383,7 @@ async fn locked_run(
                 reason,
                 waited,
             };
-            record_unlocked(
-                db,
-                load_id,
-                request.trigger,
-                &file,
-                e.outcome(),
-                &error_chain(&e),
-            )
-            .await?;
-            return Err(e);
+            return Err(refuse_unlocked(db, load_id, request, &file, e).await);
         }
     }
     stages.begin("settle");
@@ -409,16 +400,7 @@ async fn locked_run(
                 },
                 None => SyncError::Cancelled,
             };
-            record_unlocked(
-                db,
-                load_id,
-                request.trigger,
-                &file,
-                e.outcome(),
-                &error_chain(&e),
-            )
-            .await?;
-            return Err(e);
+            return Err(refuse_unlocked(db, load_id, request, &file, e).await);
         }
     };
     stages.begin("lock");
@@ -465,6 +447,27 @@ async fn locked_run(
     .await;
     lock.release().await;
     result
+}
+
+/// Records a run stopped by `e` before it takes the run lock, and returns the
+/// error to end the run with (the bookkeeping failure, if recording failed).
+async fn refuse_unlocked(
+    db: &DatabaseConnection,
+    load_id: LoadId,
+    request: &SyncRequest,
+    file: &str,
+    e: SyncError,
+) -> SyncError {
+    let recorded = record_unlocked(
+        db,
+        load_id,
+        request.trigger,
+        file,
+        e.outcome(),
+        &error_chain(&e),
+    )
+    .await;
+    recorded.err().unwrap_or(e)
 }
 
 /// Records a run that ends before it takes the run lock.
