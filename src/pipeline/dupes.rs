@@ -7,7 +7,7 @@
 //! email (README, "Performance").
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::BuildHasher;
 
 /// 2^18 blocks of one 64-byte cache line (512 bits) each: 16 MiB. An email sets
 /// `HASHES` bits of one block, so adding it costs one cache miss, not `HASHES`;
@@ -47,7 +47,9 @@ impl Default for DuplicateFilter {
 impl DuplicateFilter {
     /// Adds one staged (canonical) email.
     pub fn insert(&mut self, email: &str) {
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(email);
+        // foldhash: several times faster than SipHash on short keys (one hash
+        // per row, in the reader's profile); a fixed seed.
+        let h = foldhash::fast::FixedState::with_seed(0).hash_one(email);
         // The low 18 bits pick the block, the next 5 × 9 bits the bits in it.
         let block = ((h & (BLOCKS - 1)) * WORDS_PER_BLOCK) as usize;
         let mut rest = h >> 18;

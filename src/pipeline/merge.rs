@@ -175,6 +175,22 @@ const INSERT_ALL: &str = "INSERT INTO public.followers (email, full_name, modifi
  SELECT s.email, s.full_name, (now() AT TIME ZONE 'UTC')
    FROM public.staging_followers s WHERE s.load_id = $1";
 
+/// The first sync's primary key, when it can be rebuilt after the insert: the
+/// constraint's name and the definition of its index, if the table is the
+/// role's to alter, nothing references the key and the index is in the
+/// default tablespace.
+const FILL_KEY: &str = "SELECT c.conname::text, pg_get_indexdef(c.conindid)
+   FROM pg_constraint c JOIN pg_class i ON i.oid = c.conindid
+  WHERE c.conrelid = 'public.followers'::regclass AND c.contype = 'p' AND NOT c.condeferrable
+    AND i.reltablespace = 0
+    AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'public.followers'::regclass), 'USAGE')
+    AND NOT EXISTS (SELECT 1 FROM pg_constraint r
+                     WHERE r.confrelid = 'public.followers'::regclass AND r.contype = 'f')";
+
+/// How long the first sync waits for the exclusive lock that rebuilding the
+/// primary key needs before it inserts with the key in place instead.
+const FILL_LOCK_TIMEOUT: &str = "1s";
+
 /// Below this share of `followers` changing, update and delete probe the
 /// primary key once per changed key; the planner would otherwise often scan
 /// the whole table to hash-join a few thousand keys (measured: README, Performance).
@@ -279,6 +295,84 @@ async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merg
     Ok(())
 }
 
+/// The first sync: the load goes into the empty `followers` as it is. Building
+/// the primary key once after the insert costs about a third of maintaining it
+/// row by row (README, "Performance"), so, where `FILL_KEY` allows it and the
+/// exclusive lock comes within `FILL_LOCK_TIMEOUT`, the key is dropped and
+/// rebuilt in this transaction: readers wait for the first sync instead of
+/// seeing the empty table, and a failure rolls the key back with everything
+/// else. Otherwise (other sessions reading, a least-privilege role, a key other
+/// tables reference), the rows are inserted with the key in place.
+async fn fill(txn: &impl ConnectionTrait, id: &Value) -> Result<u64, MergeError> {
+    let key = txn
+        .query_one(stmt(FILL_KEY, vec![]))
+        .await
+        .map_err(at(Step::Insert))?;
+    let rebuild = match key {
+        Some(row) => {
+            let name: String = row.try_get_by_index(0).map_err(at(Step::Insert))?;
+            let index: String = row.try_get_by_index(1).map_err(at(Step::Insert))?;
+            txn.execute_unprepared("SAVEPOINT fill")
+                .await
+                .map_err(at(Step::Insert))?;
+            let locked = txn
+                .execute_unprepared(&format!(
+                    "SET LOCAL lock_timeout = '{FILL_LOCK_TIMEOUT}';
+                     LOCK TABLE public.followers IN ACCESS EXCLUSIVE MODE;
+                     RESET lock_timeout"
+                ))
+                .await;
+            match locked {
+                Ok(_) => Some((name, index)),
+                Err(e) => {
+                    tracing::info!(error = %e, "followers is in use: the first sync keeps its primary key during the insert");
+                    txn.execute_unprepared("ROLLBACK TO SAVEPOINT fill")
+                        .await
+                        .map_err(at(Step::Insert))?;
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some((name, _)) = &rebuild {
+        txn.execute_unprepared(&format!(
+            "ALTER TABLE public.followers DROP CONSTRAINT {}",
+            quote_ident(name)
+        ))
+        .await
+        .map_err(at(Step::Insert))?;
+    }
+    let inserted = txn
+        .execute(stmt(INSERT_ALL, vec![id.clone()]))
+        .await
+        .map_err(at(Step::Insert))?
+        .rows_affected();
+    if let Some((name, index)) = &rebuild {
+        let name = quote_ident(name);
+        txn.execute_unprepared(&format!(
+            "SET LOCAL maintenance_work_mem = '{FILL_SORT_MEM}'; {index};
+             ALTER TABLE public.followers ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}"
+        ))
+        .await
+        .map_err(at(Step::Insert))?;
+    }
+    Ok(inserted)
+}
+
+/// Memory for sorting the first sync's primary key (a server setting, for this
+/// transaction only): 1M rows sort in memory.
+const FILL_SORT_MEM: &str = "128MB";
+
+/// Memory for the diff's hash join (for this transaction only): the keys and
+/// names of 1M followers fit in one batch (with PostgreSQL's default
+/// `hash_mem_multiplier` of 2); more spill to disk in batches.
+const DIFF_WORK_MEM: &str = "64MB";
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// What `diff` found: keys new to `followers`, followers absent from the load
 /// (protected ones included), and all keys that differ.
 struct Diffed {
@@ -292,9 +386,11 @@ async fn diff(txn: &impl ConnectionTrait, id: &Value) -> Result<Diffed, MergeErr
     // No ANALYZE of the load (it cost a third of the join): after the last
     // run's TRUNCATE the planner sizes staging from its pages, which is enough
     // to choose this hash join.
-    txn.execute_unprepared(DIFF_TABLE)
-        .await
-        .map_err(at(Step::Diff))?;
+    txn.execute_unprepared(&format!(
+        "SET LOCAL work_mem = '{DIFF_WORK_MEM}'; {DIFF_TABLE}"
+    ))
+    .await
+    .map_err(at(Step::Diff))?;
     txn.execute(stmt(DIFF, vec![id.clone()]))
         .await
         .map_err(at(Step::Diff))?;
@@ -339,11 +435,7 @@ pub async fn merge(
         == 0;
     let (current, inserted, updated, deleted) = if empty {
         step(Step::Insert);
-        let inserted = txn
-            .execute(stmt(INSERT_ALL, vec![id.clone()]))
-            .await
-            .map_err(at(Step::Insert))?
-            .rows_affected();
+        let inserted = fill(&txn, &id).await?;
         (0, inserted, 0, 0)
     } else {
         step(Step::Diff);

@@ -10,7 +10,6 @@ use super::validate::Follower;
 use crate::domain::LoadId;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use sqlx::PgPool;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -31,42 +30,34 @@ pub enum StageError {
     Dedupe(#[source] DbErr),
 }
 
-/// Escapes a value for COPY's text format.
-fn push_escaped(buf: &mut Vec<u8>, value: &str) {
-    if !value
-        .bytes()
-        .any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
-    {
-        buf.extend_from_slice(value.as_bytes());
-        return;
-    }
-    for b in value.bytes() {
-        match b {
-            b'\\' => buf.extend_from_slice(b"\\\\"),
-            b'\t' => buf.extend_from_slice(b"\\t"),
-            b'\n' => buf.extend_from_slice(b"\\n"),
-            b'\r' => buf.extend_from_slice(b"\\r"),
-            _ => buf.push(b),
-        }
-    }
-}
-
-fn encode(batch: &[Follower], load_id: &str, buf: &mut Vec<u8>) {
+/// A batch in COPY's binary format: the server neither scans the text for
+/// delimiters and escapes nor parses the uuid and the line number (measured
+/// against the text format: README, "Performance").
+fn encode(batch: &[Follower], load_id: &[u8; 16], buf: &mut Vec<u8>) {
     buf.clear();
+    // Signature, flags (no OIDs), no header extension.
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
     for f in batch {
-        push_escaped(buf, f.email.as_str());
-        buf.push(b'\t');
-        push_escaped(buf, f.full_name.as_str());
-        buf.push(b'\t');
-        buf.extend_from_slice(load_id.as_bytes());
-        buf.push(b'\t');
-        // Into the buffer directly: no string per row.
-        let _ = write!(buf, "{}", f.line);
-        buf.push(b'\n');
+        buf.extend_from_slice(&4i16.to_be_bytes());
+        push_field(buf, f.email.as_str().as_bytes());
+        push_field(buf, f.full_name.as_str().as_bytes());
+        push_field(buf, load_id);
+        push_field(buf, &(f.line as i64).to_be_bytes());
     }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
 }
 
-const COPY: &str = "COPY public.staging_followers (email, full_name, load_id, line_no) FROM STDIN";
+/// One field: its length, then its bytes. Emails and names are at most 255
+/// characters (validated), so the length fits.
+fn push_field(buf: &mut Vec<u8>, value: &[u8]) {
+    buf.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    buf.extend_from_slice(value);
+}
+
+const COPY: &str =
+    "COPY public.staging_followers (email, full_name, load_id, line_no) FROM STDIN (FORMAT binary)";
 
 /// Runs `workers` tasks that COPY every batch from `batches` until the channel
 /// closes. On the first error the others stop (through `cancel`) and the error is
@@ -90,7 +81,7 @@ pub async fn copy_batches(
         );
         tasks.spawn(
             async move {
-                let load_id = load_id.to_string();
+                let load_id = *load_id.uuid().as_bytes();
                 let mut conn = None;
                 let mut buf = Vec::new();
                 let mut copied = 0u64;
@@ -277,9 +268,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_text_escapes_tabs_backslashes_and_line_breaks() {
+    fn copy_binary_frames_each_field_by_length_and_keeps_bytes_as_they_are() {
+        use crate::domain::{Email, FullName};
+        let follower = Follower {
+            line: 7,
+            email: Email::parse("a@x.io").unwrap(),
+            full_name: FullName::parse("Zoë\\ \"Z\"\tL").unwrap(),
+        };
         let mut buf = Vec::new();
-        push_escaped(&mut buf, "a\\b\tc\nd\re");
-        assert_eq!(buf, b"a\\\\b\\tc\\nd\\re");
+        encode(&[follower], &[9; 16], &mut buf);
+        let mut want = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+        want.extend_from_slice(&[0, 4]);
+        want.extend_from_slice(&[0, 0, 0, 6]);
+        want.extend_from_slice(b"a@x.io");
+        let name = "Zoë\\ \"Z\"\tL".as_bytes();
+        want.extend_from_slice(&(name.len() as i32).to_be_bytes());
+        want.extend_from_slice(name);
+        want.extend_from_slice(&[0, 0, 0, 16]);
+        want.extend_from_slice(&[9; 16]);
+        want.extend_from_slice(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]);
+        want.extend_from_slice(&[0xff, 0xff]);
+        assert_eq!(buf, want);
     }
 }

@@ -491,6 +491,61 @@ async fn a_failure_in_the_first_sync_into_an_empty_table_leaves_it_empty() {
     assert_eq!(env.followers().await.len(), 50);
 }
 
+/// The first sync drops the primary key and builds it again after the insert
+/// when it may (README, "Performance"); when another session is reading the
+/// table, or another table references the key, it inserts with the key in place.
+/// Either way the table ends the same, with its key.
+#[tokio::test]
+async fn the_first_sync_rebuilds_the_primary_key_only_when_nothing_stands_in_the_way() {
+    let key_oid = "SELECT coalesce((SELECT conindid::bigint FROM pg_constraint
+                     WHERE conrelid = 'public.followers'::regclass AND contype = 'p'
+                       AND conname = 'followers_pkey'
+                       AND pg_get_constraintdef(oid) = 'PRIMARY KEY (email)'), 0)";
+    let mut rows = many(300);
+    rows.push((" USER7@example.com".into(), "Last wins".into()));
+    let expected = {
+        let mut e = rows.clone();
+        e.remove(7);
+        e.last_mut().unwrap().0 = "user7@example.com".into();
+        e.sort();
+        e
+    };
+    for case in ["free", "referenced", "in use"] {
+        let env = TestEnv::new().await;
+        env.write_csv(csv_owned(&rows));
+        env.run(&["migrate"], &[]);
+        let before = env.scalar(key_oid).await;
+        assert_ne!(before, 0, "{case}");
+        if case == "referenced" {
+            env.exec("CREATE TABLE likes (email varchar(255) REFERENCES followers (email))")
+                .await;
+        }
+        let mut reader = env.pool.begin().await.unwrap();
+        if case == "in use" {
+            sqlx::query("SELECT count(*) FROM followers")
+                .execute(&mut *reader)
+                .await
+                .unwrap();
+        }
+        let run = env.synced(&[]);
+        reader.commit().await.unwrap();
+        assert_eq!(run.n("inserted"), 300, "{case}");
+        let mut got = env.followers().await;
+        got.sort();
+        assert_eq!(got, expected, "{case}");
+        let after = env.scalar(key_oid).await;
+        assert_ne!(after, 0, "{case}: the primary key is gone or changed");
+        assert_eq!(after != before, case == "free", "{case}: rebuilt?");
+        // The key still holds.
+        let duplicate = sqlx::query(
+            "INSERT INTO followers (email, full_name, modified_at) VALUES ('user1@example.com', 'x', now())",
+        )
+        .execute(&env.pool)
+        .await;
+        assert!(duplicate.is_err(), "{case}");
+    }
+}
+
 #[tokio::test]
 async fn a_second_sync_while_one_holds_the_lock_is_skipped() {
     let env = TestEnv::new().await;
