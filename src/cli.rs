@@ -3,10 +3,11 @@
 
 use crate::config::{ConfigError, Overrides, Settings};
 use crate::domain::LoadId;
-use crate::domain::Trigger;
+use crate::domain::{Outcome, Trigger};
 use crate::errors::error_chain;
 use crate::exit;
 use crate::history;
+use crate::pipeline::revert::{RevertSummary, Target};
 use crate::pipeline::{self, ProgressStyle, Summary, SyncContext, SyncRequest};
 use crate::signals::{self, Hangup};
 use crate::telemetry::{report, report_raw};
@@ -94,6 +95,33 @@ pub enum Command {
     },
     /// Apply pending migrations (once, the takeover of the old service's followers table) and check the shape of followers, then exit (1 on failure).
     Migrate,
+    /// Undo synced runs from their journal, newest first, back to and including LOAD_ID (or only the newest with --last), in one transaction (0 reverted or dry run, 1 refused/failed).
+    Revert {
+        /// The oldest run to undo (its load_id, as `status` shows it).
+        #[arg(
+            value_name = "LOAD_ID",
+            required_unless_present = "last",
+            conflicts_with = "last"
+        )]
+        load_id: Option<uuid::Uuid>,
+        /// Undo the newest synced run that is not reverted yet.
+        #[arg(long)]
+        last: bool,
+        /// Print what would be undone and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every run whose journal shows it inserted, renamed or deleted EMAIL, oldest first (0; 1 database unreachable; 2 invalid email).
+    History {
+        /// The follower's email (normalised as the CSV's emails are).
+        email: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +222,16 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
         Command::Schedule { expr, from, count } => schedule(&settings, expr, from, count),
         Command::Status { json, limit } => status(&settings, json, limit).await,
         Command::Rejects { load_id, json, .. } => rejects(&settings, load_id, json).await,
+        Command::Revert {
+            load_id,
+            last: _,
+            dry_run,
+            json,
+        } => {
+            let target = load_id.map_or(Target::Last, Target::Run);
+            revert(settings, target, dry_run, json).await
+        }
+        Command::History { email, json } => history(&settings, &email, json).await,
         Command::Migrate => match connect_and_migrate(&settings).await {
             Ok(_) => print_line(format_args!("migrations applied")),
             Err(code) => code,
@@ -282,9 +320,126 @@ fn print_summary(summary: &Summary, json: bool) -> ExitCode {
             .map(|v| format!(" would_refuse={}", v.would_refuse))
             .unwrap_or_default();
         out.line(format_args!(
-            "{} load_id={} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={} duration={:.3}s{verdict}",
-            summary.outcome, summary.load_id, c.rows_read, c.inserted, c.updated, c.deleted, c.unchanged, c.rejected, c.duplicates,
+            "{} load_id={} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={} journaled={} duration={:.3}s{verdict}",
+            summary.outcome, summary.load_id, c.rows_read, c.inserted, c.updated, c.deleted, c.unchanged, c.rejected, c.duplicates, c.journaled,
             summary.duration.as_secs_f64()
+        ));
+    }
+    out.finish(ExitCode::SUCCESS)
+}
+
+async fn revert(settings: Arc<Settings>, target: Target, dry_run: bool, json: bool) -> ExitCode {
+    let db = match connect_and_migrate(&settings).await {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let ctx = SyncContext {
+        db,
+        settings,
+        progress: ProgressStyle::Log,
+        writes: Default::default(),
+    };
+    let summary = pipeline::revert::run_revert(&ctx, target, dry_run, LoadId::new()).await;
+    let code = print_revert(&summary, json);
+    // The reason is on stderr once, as for `sync`.
+    if let Some(reason) = &summary.reason {
+        if !pipeline::finished_event_shown(summary.outcome) {
+            report(
+                pipeline::finished_level(summary.outcome),
+                &format!("revert {}: {reason}", summary.outcome),
+            );
+        }
+    }
+    if code == ExitCode::SUCCESS {
+        exit::for_outcome(summary.outcome)
+    } else {
+        code
+    }
+}
+
+fn print_revert(s: &RevertSummary, json: bool) -> ExitCode {
+    let mut out = Out::new();
+    if json {
+        out.line(format_args!(
+            "{}",
+            serde_json::to_string(s).expect("a summary always serialises")
+        ));
+        return out.finish(ExitCode::SUCCESS);
+    }
+    out.line(format_args!(
+        "{} load_id={} undone={} inserted={} updated={} deleted={} journaled={} duration={:.3}s",
+        s.outcome,
+        s.load_id,
+        s.undone.len(),
+        s.inserted,
+        s.updated,
+        s.deleted,
+        s.journaled,
+        s.duration.as_secs_f64()
+    ));
+    let verb = if s.outcome == Outcome::DryRun {
+        "would undo"
+    } else {
+        "undid"
+    };
+    for r in &s.undone {
+        out.line(format_args!(
+            "  {verb} {} {} {} {}",
+            r.load_id, r.started_at, r.trigger, r.file
+        ));
+    }
+    if let Some(file) = &s.held_back {
+        out.line(format_args!(
+            "  held back: {file} (sync skips this content until it changes, or use sync --force)"
+        ));
+    }
+    out.finish(ExitCode::SUCCESS)
+}
+
+async fn history(settings: &Settings, email: &str, json: bool) -> ExitCode {
+    let email = match crate::domain::Email::parse(email) {
+        Ok(e) => e,
+        Err(e) => {
+            report(Level::ERROR, &format!("invalid email {email:?}: {e}"));
+            return exit::usage();
+        }
+    };
+    let db = match crate::db::connect(settings).await {
+        Ok(db) => db,
+        Err(e) => return failure("database", &e),
+    };
+    let events = match pipeline::journal::history(&db, email.as_str()).await {
+        Ok(events) => events,
+        Err(e) => return failure("cannot read the journal (run `followers-etl migrate`?)", &e),
+    };
+    let mut out = Out::new();
+    if json {
+        out.line(format_args!(
+            "{}",
+            serde_json::json!({ "email": email.as_str(), "events": events })
+        ));
+        return out.finish(ExitCode::SUCCESS);
+    }
+    if events.is_empty() {
+        out.line(format_args!("{email}: no journaled change (the journal keeps JOURNAL_KEEP_RUNS runs, JOURNAL_KEEP_DAYS days)"));
+    }
+    for e in &events {
+        let names = match (e.action, &e.old_name, &e.new_name) {
+            ("renamed", Some(old), Some(new)) => format!(" {old:?} -> {new:?}"),
+            (_, Some(old), _) => format!(" {old:?}"),
+            _ => String::new(),
+        };
+        out.line(format_args!(
+            "{} {} load_id={} trigger={} file={}{}{}",
+            e.time,
+            e.action,
+            e.load_id,
+            e.trigger,
+            e.file,
+            names,
+            e.reverted_by
+                .map(|r| format!(" (reverted by {r})"))
+                .unwrap_or_default()
         ));
     }
     out.finish(ExitCode::SUCCESS)

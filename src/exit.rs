@@ -4,7 +4,7 @@
 use crate::domain::Outcome;
 use std::process::ExitCode;
 
-/// Success: synced, skipped, dry run; a command that did its job.
+/// Success: synced, reverted, skipped, dry run; a command that did its job.
 pub const SUCCESS: u8 = 0;
 /// Refused or failed runs, fatal errors (migrations, database, HTTP port, watch).
 pub const FAILURE: u8 = 1;
@@ -14,7 +14,7 @@ pub const USAGE: u8 = 2;
 /// `sync`'s exit status for a run's outcome.
 pub fn for_outcome(outcome: Outcome) -> ExitCode {
     ExitCode::from(match outcome {
-        Outcome::Synced | Outcome::Skipped | Outcome::DryRun => SUCCESS,
+        Outcome::Synced | Outcome::Reverted | Outcome::Skipped | Outcome::DryRun => SUCCESS,
         Outcome::Refused | Outcome::Failed => FAILURE,
     })
 }

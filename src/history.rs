@@ -74,6 +74,9 @@ pub async fn start(
         rejected: Set(0),
         duplicates: Set(0),
         error: Set(None),
+        journaled: Set(None),
+        filled: Set(false),
+        reverted_by: Set(None),
     }
     .insert(db)
     .await?;
@@ -284,6 +287,7 @@ impl RunRecord {
             unchanged: u(r.unchanged),
             rejected: u(r.rejected),
             duplicates: u(r.duplicates),
+            journaled: r.journaled.map_or(0, u),
         }
     }
 }
@@ -304,7 +308,7 @@ async fn runs_where(
         format!(
             "SELECT load_id, trigger, file, content_hash, started_at, finished_at, outcome,
                     rows_read, inserted, updated, deleted, unchanged, rejected, duplicates,
-                    error, stages::text AS stages
+                    error, journaled, filled, reverted_by, stages::text AS stages
              FROM etl_info_schema.sync_runs WHERE {condition}
              ORDER BY started_at DESC, load_id DESC LIMIT $1"
         ),
@@ -371,4 +375,31 @@ pub async fn follower_count(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("count(*)".into()))?;
     row.try_get("", "n")
+}
+
+/// The revert the table is on, when the last change of `followers` was a
+/// revert (its `file` is the one held back).
+pub async fn reverted_state(db: &impl ConnectionTrait) -> Result<Option<sync_runs::Model>, DbErr> {
+    let Some(load_id) = table_status::Entity::find()
+        .filter(table_status::Column::TableName.eq(TARGET_TABLE))
+        .one(db)
+        .await?
+        .and_then(|s| s.load_id)
+    else {
+        return Ok(None);
+    };
+    sync_runs::Entity::find_by_id(load_id)
+        .filter(sync_runs::Column::Trigger.eq(Trigger::Revert.as_str()))
+        .one(db)
+        .await
+}
+
+/// The reverted state as JSON (`status --json`, key `reverted`).
+pub fn reverted_json(r: &sync_runs::Model) -> serde_json::Value {
+    serde_json::json!({
+        "load_id": r.load_id,
+        "at": r.finished_at.unwrap_or(r.started_at).and_utc().to_rfc3339(),
+        "held_back_file": r.file,
+        "content_hash": r.content_hash,
+    })
 }

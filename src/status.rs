@@ -53,6 +53,9 @@ pub struct StatusReport {
     /// Set when the newest run that synced, was refused or failed was refused or
     /// failed: `"refused: <reason>"`.
     pub attention: Option<String>,
+    /// Set when the table is on a reverted state: the revert's `load_id`, `at`,
+    /// and the `held_back_file` (README, "Journal, revert and history").
+    pub reverted: Option<serde_json::Value>,
     pub table_status: Vec<TableView>,
     /// The newest runs (`--limit`), newest first.
     pub runs: Vec<RunView>,
@@ -163,13 +166,14 @@ pub async fn report(
     let from_now = schedule.next_after(now);
     // Only a cron run within the last interval can still set the beat of `@every`.
     let beat_since = now - from_now.map_or(chrono::TimeDelta::zero(), |next| next - now);
-    let (followers, synced, decisive, recent, tables, last_cron) = tokio::try_join!(
+    let (followers, synced, decisive, recent, tables, last_cron, reverted) = tokio::try_join!(
         history::follower_count(db),
         history::last_synced(db),
         history::last_decisive(db),
         history::recent(db, limit.max(1)),
         history::table_status(db),
         history::last_cron_start(db, beat_since.naive_utc()),
+        history::reverted_state(db),
     )?;
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
     // A history from before this agent (or pruned) may only have table_status.
@@ -215,6 +219,7 @@ pub async fn report(
         next_run,
         last_run,
         attention,
+        reverted: reverted.as_ref().map(history::reverted_json),
         table_status: tables,
         runs,
     })
@@ -280,6 +285,15 @@ impl StatusReport {
                 "next run:      never (CRON_SCHEDULE={:?} never fires)",
                 self.schedule
             )?,
+        }
+        if let Some(r) = &self.reverted {
+            writeln!(
+                out,
+                "reverted:      revert {} at {}; {} is held back until it changes (or sync --force)",
+                r["load_id"].as_str().unwrap_or_default(),
+                r["at"].as_str().unwrap_or_default(),
+                r["held_back_file"].as_str().unwrap_or_default()
+            )?;
         }
         match &self.last_run {
             Some(r) => {

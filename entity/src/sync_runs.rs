@@ -8,13 +8,13 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub load_id: Uuid,
-    /// `cron`, `watch`, `start` or `manual`.
+    /// `cron`, `watch`, `start`, `manual` or `revert`.
     pub trigger: String,
     pub file: String,
     pub content_hash: Option<String>,
     pub started_at: DateTime,
     pub finished_at: Option<DateTime>,
-    /// `running`, then `synced`, `skipped`, `refused`, `failed` or `dry_run`.
+    /// `running`, then `synced`, `reverted`, `skipped`, `refused`, `failed` or `dry_run`.
     pub outcome: String,
     pub rows_read: i64,
     pub inserted: i64,
@@ -24,6 +24,13 @@ pub struct Model {
     pub rejected: i64,
     pub duplicates: i64,
     pub error: Option<String>,
+    /// Rows this run holds in `sync_journal`; None when it has no journal
+    /// (not a synced or reverting run, the journal was off, or it was pruned).
+    pub journaled: Option<i64>,
+    /// The run inserted into an empty table (its journal has no rows).
+    pub filled: bool,
+    /// The revert run that undid this run.
+    pub reverted_by: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

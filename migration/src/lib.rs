@@ -14,6 +14,7 @@ mod m20261130_000004_canonical_follower_emails;
 mod m20261130_000006_sync_runs_stages;
 mod m20261130_000007_create_sync_rejects;
 mod m20261130_000009_staging_without_index;
+mod m20261130_000010_create_sync_journal;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_sync_runs_stages::Migration),
             Box::new(m20261130_000007_create_sync_rejects::Migration),
             Box::new(m20261130_000009_staging_without_index::Migration),
+            Box::new(m20261130_000010_create_sync_journal::Migration),
         ]
     }
 }

@@ -86,6 +86,8 @@ variables!(
     ALLOW_FILE_CHANGE,
     HISTORY_KEEP_DAYS,
     HISTORY_KEEP_RUNS,
+    JOURNAL_KEEP_RUNS,
+    JOURNAL_KEEP_DAYS,
 );
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -125,6 +127,10 @@ pub const DEFAULT_HISTORY_KEEP_DAYS: u32 = 90;
 pub const DEFAULT_HISTORY_KEEP_RUNS: u64 = 10_000;
 /// Larger batches only cost memory (the channel holds up to 3 per worker).
 pub const MAX_BATCH_SIZE: u64 = 1_000_000;
+/// The journal keeps the changes of this many synced runs (README, "Journal").
+pub const DEFAULT_JOURNAL_KEEP_RUNS: u64 = 100;
+/// ... and of no run older than this many days.
+pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -229,6 +235,7 @@ pub struct Settings {
     /// Sync from another file than the last successful sync (README, "What a sync does").
     pub allow_file_change: bool,
     pub history: HistoryBound,
+    pub journal: JournalRetention,
 }
 
 /// How much run history to keep; `None` disables that bound.
@@ -236,6 +243,21 @@ pub struct Settings {
 pub struct HistoryBound {
     pub keep_days: Option<u32>,
     pub keep_runs: Option<u64>,
+}
+
+/// How long the journal keeps what a run changed (README, "Journal, revert and
+/// history"): the newest `keep_runs` runs, none older than `keep_days`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalRetention {
+    /// 0 disables the journal (and so `revert`).
+    pub keep_runs: u64,
+    pub keep_days: u64,
+}
+
+impl JournalRetention {
+    pub fn enabled(&self) -> bool {
+        self.keep_runs > 0
+    }
 }
 
 fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
@@ -439,6 +461,18 @@ impl Settings {
             .map(|v| parse_int(var::MAX_REJECTS, v, 0))
             .transpose()?
             .unwrap_or(0);
+        let journal = JournalRetention {
+            keep_runs: raw
+                .get(var::JOURNAL_KEEP_RUNS)
+                .map(|v| parse_int(var::JOURNAL_KEEP_RUNS, v, 0))
+                .transpose()?
+                .unwrap_or(DEFAULT_JOURNAL_KEEP_RUNS),
+            keep_days: raw
+                .get(var::JOURNAL_KEEP_DAYS)
+                .map(|v| parse_int(var::JOURNAL_KEEP_DAYS, v, 1))
+                .transpose()?
+                .unwrap_or(DEFAULT_JOURNAL_KEEP_DAYS),
+        };
         let delimiter = match raw.untrimmed(var::CSV_DELIMITER) {
             None => b',',
             Some(v) => parse_delimiter(v)?,
@@ -548,6 +582,7 @@ impl Settings {
                 keep_days: history_bound(raw, var::HISTORY_KEEP_DAYS, DEFAULT_HISTORY_KEEP_DAYS)?,
                 keep_runs: history_bound(raw, var::HISTORY_KEEP_RUNS, DEFAULT_HISTORY_KEEP_RUNS)?,
             },
+            journal,
         })
     }
 
@@ -609,6 +644,8 @@ impl Settings {
             ),
             (var::SHUTDOWN_TIMEOUT, duration(self.shutdown_timeout)),
             (var::ALLOW_FILE_CHANGE, self.allow_file_change.to_string()),
+            (var::JOURNAL_KEEP_RUNS, self.journal.keep_runs.to_string()),
+            (var::JOURNAL_KEEP_DAYS, self.journal.keep_days.to_string()),
         ]
         .map(|(name, value)| format!("{name}={value}"))
         .join(" ")
@@ -646,6 +683,13 @@ mod tests {
         assert_eq!(s.http_addr, Some("127.0.0.1:9188".parse().unwrap()));
         assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
         assert!(!s.allow_file_change);
+        assert_eq!(
+            s.journal,
+            JournalRetention {
+                keep_runs: 100,
+                keep_days: 30
+            }
+        );
     }
 
     #[test]
@@ -943,6 +987,8 @@ mod tests {
             ("WATCH_DEBOUNCE", "2 seconds", "Go duration"),
             ("MAX_DELETE_RATIO", "1.5", "0.0 to 1.0"),
             ("MAX_REJECTS", "-1", "whole number"),
+            ("JOURNAL_KEEP_RUNS", "-1", "whole number"),
+            ("JOURNAL_KEEP_DAYS", "0", "≥ 1"),
             ("CSV_DELIMITER", ";;", "one ASCII character"),
             ("CSV_HEADER", "yes", "auto, true or false"),
             ("HTTP_ADDR", "localhost", "IP:port"),

@@ -10,6 +10,8 @@ use serde::Serialize;
 #[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     Synced,
+    /// A `revert` that put the table back.
+    Reverted,
     Skipped,
     Refused,
     Failed,
@@ -31,6 +33,7 @@ pub enum Trigger {
     Watch,
     Start,
     Manual,
+    Revert,
 }
 
 impl Trigger {
@@ -49,6 +52,9 @@ pub struct Counts {
     pub unchanged: u64,
     pub rejected: u64,
     pub duplicates: u64,
+    /// Rows the journal holds (or, in a dry run, would hold) for this run: one
+    /// per follower inserted, updated or deleted; 0 when the journal is off.
+    pub journaled: u64,
 }
 
 #[cfg(test)]
@@ -59,6 +65,7 @@ mod tests {
     fn string_forms_are_snake_case_everywhere() {
         for (outcome, text) in [
             (Outcome::Synced, "synced"),
+            (Outcome::Reverted, "reverted"),
             (Outcome::Skipped, "skipped"),
             (Outcome::Refused, "refused"),
             (Outcome::Failed, "failed"),
@@ -73,6 +80,7 @@ mod tests {
             (Trigger::Watch, "watch"),
             (Trigger::Start, "start"),
             (Trigger::Manual, "manual"),
+            (Trigger::Revert, "revert"),
         ] {
             assert_eq!(trigger.as_str(), text);
             assert_eq!(serde_json::to_value(trigger).unwrap(), text);

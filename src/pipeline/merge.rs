@@ -10,6 +10,8 @@
 //! | update   | rewrites rows whose `full_name` differs (only those)   |
 //! | insert   | adds emails that are new                               |
 //! | delete   | removes followers absent from the load (not protected) |
+//! |          | (each of these three journals what it changed, in the  |
+//! |          | same statement, when the journal is on: `journal.rs`)  |
 //! | guard    | refuses when the deletes exceed `MAX_DELETE_RATIO`     |
 //! | status   | records the sync in `table_status`                     |
 //! | record   | finishes the `sync_runs` row as `synced`               |
@@ -23,11 +25,13 @@
 //! the old table or the new one, and a failure at any step leaves `followers` as
 //! it was. Only row locks are taken on `followers` (UPDATE, INSERT, DELETE).
 
+use super::journal;
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome};
 use crate::history;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+    TransactionTrait, Value,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,8 @@ pub struct Load<'a> {
     pub counts: Counts,
     /// Distinct emails in the load: the rows it must hold in staging.
     pub distinct: u64,
+    /// Whether the run journals what it changes (README, "Journal, revert and history").
+    pub journal: bool,
 }
 
 /// The delete guard; 1.0 disables it.
@@ -453,33 +459,38 @@ pub async fn merge(
             .await
             .map_err(at(Step::Diff))?;
         }
+        // Journaled, each statement also writes what it changed (journal.rs).
+        let (update, insert, delete, journal_id) = if load.journal {
+            (
+                journal::UPDATE,
+                journal::INSERT,
+                journal::DELETE,
+                vec![id.clone()],
+            )
+        } else {
+            (UPDATE, INSERT, DELETE, vec![])
+        };
         step(Step::Update);
         let updated = txn
-            .execute(stmt(UPDATE, vec![]))
+            .execute(stmt(update, journal_id.clone()))
             .await
             .map_err(at(Step::Update))?
             .rows_affected();
         step(Step::Insert);
         let inserted = txn
-            .execute(stmt(INSERT, vec![]))
+            .execute(stmt(insert, journal_id.clone()))
             .await
             .map_err(at(Step::Insert))?
             .rows_affected();
         step(Step::Delete);
         let deleted = txn
-            .execute(stmt(DELETE, vec![protected]))
+            .execute(stmt(delete, [vec![protected], journal_id].concat()))
             .await
             .map_err(at(Step::Delete))?
             .rows_affected();
         (current, inserted, updated, deleted)
     };
-    let counts = Counts {
-        inserted,
-        updated,
-        deleted,
-        unchanged: load.distinct.saturating_sub(inserted + updated),
-        ..load.counts
-    };
+    let counts = counted(load, empty, inserted, updated, deleted);
     guard.check(counts, current)?;
     step(Step::Status);
     history::mark_synced(&txn, load.load_id, load.hash)
@@ -495,34 +506,53 @@ pub async fn merge(
     )
     .await
     .map_err(at(Step::Record))?;
+    if load.journal {
+        journal::seal(&txn, load.load_id, counts.journaled, empty)
+            .await
+            .map_err(at(Step::Record))?;
+    }
     // Staging holds this load (checked under the lock taken by verify) and
     // at most rows of a run that lost its lock, which fails its own verify.
     step(Step::Cleanup);
     cleanup(&txn, load).await?;
     step(Step::Commit);
-    if let Err(source) = txn.commit().await {
-        return match committed(db, load.load_id, &session).await {
-            Ok(true) => {
-                tracing::warn!(error = %source, "the connection was lost during COMMIT, but the commit happened");
-                Ok(counts)
-            }
-            Ok(false) => Err(at(Step::Commit)(source)),
-            Err(check) => Err(MergeError::CommitUnknown {
-                source,
-                check: check.to_string(),
-            }),
-        };
-    }
+    commit(db, txn, load.load_id, &session, Outcome::Synced).await?;
     Ok(counts)
 }
 
+/// Commits `txn`, which records the run `load_id` as `outcome`. When the
+/// COMMIT's answer is lost, finds out (on another connection) whether it
+/// happened: `Ok` if it did.
+pub(super) async fn commit(
+    db: &DatabaseConnection,
+    txn: DatabaseTransaction,
+    load_id: LoadId,
+    session: &Session,
+    outcome: Outcome,
+) -> Result<(), MergeError> {
+    let Err(source) = txn.commit().await else {
+        return Ok(());
+    };
+    match committed(db, load_id, session, outcome).await {
+        Ok(true) => {
+            tracing::warn!(error = %source, "the connection was lost during COMMIT, but the commit happened");
+            Ok(())
+        }
+        Ok(false) => Err(at(Step::Commit)(source)),
+        Err(check) => Err(MergeError::CommitUnknown {
+            source,
+            check: check.to_string(),
+        }),
+    }
+}
+
 /// The merge transaction's server session: backend pid and start time.
-struct Session {
+pub(super) struct Session {
     pid: i32,
     started: String,
 }
 
-async fn session(txn: &impl ConnectionTrait) -> Result<Session, DbErr> {
+pub(super) async fn session(txn: &impl ConnectionTrait) -> Result<Session, DbErr> {
     let row = txn
         .query_one(stmt(
             "SELECT pg_backend_pid(), backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
@@ -548,6 +578,7 @@ async fn committed(
     db: &DatabaseConnection,
     load_id: LoadId,
     session: &Session,
+    outcome: Outcome,
 ) -> Result<bool, DbErr> {
     let deadline = tokio::time::Instant::now() + COMMIT_CHECK;
     let alive = vec![session.pid.into(), session.started.clone().into()];
@@ -568,7 +599,7 @@ async fn committed(
             let synced = count(
                 db,
                 "SELECT count(*) FROM etl_info_schema.sync_runs WHERE load_id = $1 AND outcome = $2",
-                vec![load_id.uuid().into(), Outcome::Synced.as_str().into()],
+                vec![load_id.uuid().into(), outcome.as_str().into()],
             )
             .await?;
             Ok(Some(synced == 1))
@@ -619,15 +650,26 @@ pub async fn plan(
         .await
         .map_err(at(Step::Guard))?;
     txn.rollback().await.map_err(at(Step::Commit))?;
-    let (inserted, updated) = (inserted as u64, updated as u64);
-    let counts = Counts {
+    let counts = counted(load, current == 0, inserted as u64, updated as u64, deleted);
+    Ok((counts, guard.check(counts, current).err()))
+}
+
+/// The run's counts once the changes are known; the journal holds one row per
+/// changed follower, none for the first sync into an empty table (`filled`,
+/// journaled as such: journal.rs).
+fn counted(load: &Load<'_>, filled: bool, inserted: u64, updated: u64, deleted: u64) -> Counts {
+    Counts {
         inserted,
         updated,
         deleted,
         unchanged: load.distinct.saturating_sub(inserted + updated),
+        journaled: if load.journal && !filled {
+            inserted + updated + deleted
+        } else {
+            0
+        },
         ..load.counts
-    };
-    Ok((counts, guard.check(counts, current).err()))
+    }
 }
 
 #[cfg(test)]

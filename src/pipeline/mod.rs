@@ -9,10 +9,12 @@
 
 pub mod check;
 pub mod dupes;
+pub mod journal;
 pub mod merge;
 mod progress;
 pub mod read;
 pub mod ready;
+pub mod revert;
 pub mod settle;
 pub mod stage;
 pub mod stages;
@@ -276,6 +278,9 @@ pub async fn run_sync(
         Ok((outcome, reason)) => (outcome, reason, None),
         Err(e) => (e.outcome(), Some(error_chain(&e)), Some(e.stage())),
     };
+    if outcome == Outcome::Synced {
+        prune_journal(ctx).await;
+    }
     // A dry run's only reason is the refusal a real run would meet.
     let dry_run = (outcome == Outcome::DryRun).then(|| DryRunVerdict {
         would_refuse: reason.is_some(),
@@ -305,6 +310,7 @@ pub async fn run_sync(
                 unchanged = counts.unchanged,
                 rejected = counts.rejected,
                 duplicates = counts.duplicates,
+                journaled = counts.journaled,
                 duration_s = summary.duration.as_secs_f64(),
                 stage = stage,
                 reason = summary.reason.as_deref().map(tracing::field::display),
@@ -326,7 +332,7 @@ pub fn finished_level(outcome: Outcome) -> Level {
     match outcome {
         Outcome::Failed => Level::ERROR,
         Outcome::Refused => Level::WARN,
-        Outcome::Synced | Outcome::Skipped | Outcome::DryRun => Level::INFO,
+        Outcome::Synced | Outcome::Reverted | Outcome::Skipped | Outcome::DryRun => Level::INFO,
     }
 }
 
@@ -336,6 +342,15 @@ pub fn finished_event_shown(outcome: Outcome) -> bool {
         Level::ERROR => tracing::enabled!(Level::ERROR),
         Level::WARN => tracing::enabled!(Level::WARN),
         _ => tracing::enabled!(Level::INFO),
+    }
+}
+
+/// Drops the journal beyond its retention, after the run and outside its lock
+/// (README, "Journal, revert and history"); a failure is only logged, the next
+/// run prunes again.
+pub async fn prune_journal(ctx: &SyncContext) {
+    if let Err(e) = journal::prune(&ctx.db, ctx.settings.journal).await {
+        tracing::warn!(error = %error_chain(&e), "could not prune the journal; the next run tries again");
     }
 }
 
@@ -649,6 +664,7 @@ async fn saga(
         distinct: read
             .staged
             .saturating_sub(duplicates.extra_rows + superseded),
+        journal: settings.journal.enabled(),
     };
     let guard = Guard {
         max_delete_ratio: settings.max_delete_ratio,

@@ -8,6 +8,7 @@ mod crash;
 mod exports;
 mod faults;
 mod helpers;
+mod journal;
 mod line_endings;
 mod messages;
 mod operations;

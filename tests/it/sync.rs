@@ -48,6 +48,7 @@ async fn summary_json_has_exactly_the_specified_keys() {
             "duplicates",
             "duration",
             "inserted",
+            "journaled",
             "load_id",
             "outcome",
             "rejected",

@@ -1,0 +1,414 @@
+//! `followers-etl revert`: puts `followers` back to its state before one or more
+//! synced runs, from their journal (README, "Journal, revert and history").
+//!
+//! Under the run lock, in ONE transaction: lock the runs to undo (every synced,
+//! not yet reverted run from the newest back to the target), refuse unless each
+//! has its whole journal and the table is exactly what the newest of them left
+//! for every follower they changed (else the result would not be exact), undo
+//! (`journal::undo`), mark the runs `reverted_by`, and point `table_status` at
+//! the revert with the content hash of the newest undone run, so that file is
+//! held back until it changes or `sync --force`. A crash at any point leaves
+//! the table as before or as reverted: the commit is the only switch (a lost
+//! COMMIT answer is checked as the merge's is).
+
+use super::journal::{self, Undone};
+use super::merge::{self, MergeError};
+use super::SyncContext;
+use crate::db::{AdvisoryLock, DbError};
+use crate::domain::LoadId;
+use crate::domain::{Counts, Outcome, Trigger};
+use crate::errors::error_chain;
+use crate::history;
+use chrono::NaiveDateTime;
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait, Value,
+};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tracing::Level;
+use uuid::Uuid;
+
+/// Which runs to undo: the newest synced one, or every one back to this one.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    Last,
+    Run(Uuid),
+}
+
+/// A run the revert undoes (or would undo).
+#[derive(Clone, Debug, Serialize)]
+pub struct UndoneRun {
+    pub load_id: Uuid,
+    pub started_at: String,
+    pub file: String,
+    pub trigger: String,
+    #[serde(skip)]
+    content_hash: Option<String>,
+}
+
+/// What `revert` prints (text or `--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RevertSummary {
+    pub outcome: Outcome,
+    pub load_id: LoadId,
+    /// The runs undone, newest first.
+    pub undone: Vec<UndoneRun>,
+    /// Followers restored (deleted by the runs).
+    pub inserted: u64,
+    /// Followers given their old name and `modified_at` back.
+    pub updated: u64,
+    /// Followers removed (inserted by the runs).
+    pub deleted: u64,
+    /// Rows the journal holds for the revert itself.
+    pub journaled: u64,
+    /// The file whose content the next syncs skip until it changes (after a
+    /// revert only; null otherwise).
+    pub held_back: Option<String>,
+    #[serde(serialize_with = "super::as_seconds")]
+    pub duration: Duration,
+    #[serde(skip)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevertError {
+    #[error("nothing to revert: no synced run that is not reverted yet")]
+    Nothing,
+    #[error("no run with load_id {0}")]
+    Unknown(Uuid),
+    #[error("run {load_id} is {outcome}, not synced: only synced runs changed the table")]
+    NotSynced { load_id: Uuid, outcome: String },
+    #[error("run {load_id} was already reverted (by {by})")]
+    AlreadyReverted { load_id: Uuid, by: Uuid },
+    #[error("run {load_id} ({started_at}) has no journal (pruned by JOURNAL_KEEP_RUNS/JOURNAL_KEEP_DAYS, or synced with the journal off); a revert could not be exact, nothing changed")]
+    NoJournal { load_id: Uuid, started_at: String },
+    #[error("the journal of run {load_id} holds {found} rows, {expected} recorded; a revert could not be exact, nothing changed")]
+    Incomplete {
+        load_id: Uuid,
+        found: u64,
+        expected: u64,
+    },
+    #[error("{count} follower(s) changed outside the agent since run {newest} (e.g. {}); a revert would not be exact, nothing changed (sync a corrected file instead)", .examples.join("; "))]
+    Drift {
+        newest: Uuid,
+        count: u64,
+        examples: Vec<String>,
+    },
+    #[error("run {fill} was the first sync into a table emptied outside the agent since the runs before it; a revert past it could not be exact, nothing changed (revert up to {fill} instead)")]
+    PastFill { fill: Uuid },
+    #[error("another sync of this database is in progress (advisory lock held); nothing reverted, try again")]
+    Busy,
+    #[error("cannot lock or reach the database")]
+    Lock(#[from] DbError),
+    #[error("revert failed (rolled back)")]
+    Db(#[from] DbErr),
+    #[error(transparent)]
+    Commit(#[from] MergeError),
+}
+
+impl RevertError {
+    /// `refused` when the journal or the table makes an exact revert impossible.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Busy | Self::Lock(_) | Self::Db(_) | Self::Commit(_) => Outcome::Failed,
+            _ => Outcome::Refused,
+        }
+    }
+}
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+fn utc(t: NaiveDateTime) -> String {
+    t.and_utc().to_rfc3339()
+}
+
+/// Runs `revert` and returns its summary; records it as a run (trigger `revert`).
+#[tracing::instrument(name = "revert", skip_all, fields(load_id = %load_id))]
+pub async fn run_revert(
+    ctx: &SyncContext,
+    target: Target,
+    dry_run: bool,
+    load_id: LoadId,
+) -> RevertSummary {
+    let started = Instant::now();
+    let mut summary = RevertSummary {
+        outcome: Outcome::Failed,
+        load_id,
+        undone: Vec::new(),
+        inserted: 0,
+        updated: 0,
+        deleted: 0,
+        journaled: 0,
+        held_back: None,
+        duration: Duration::ZERO,
+        reason: None,
+    };
+    if let Err(e) = locked(ctx, target, dry_run, &mut summary).await {
+        summary.outcome = e.outcome();
+        summary.reason = Some(error_chain(&e));
+    }
+    summary.duration = started.elapsed();
+    if summary.outcome == Outcome::Reverted {
+        super::prune_journal(ctx).await;
+    }
+    // One event at the end, at the level `sync finished` would have.
+    macro_rules! finished {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                outcome = %summary.outcome,
+                undone = summary.undone.len(),
+                inserted = summary.inserted,
+                updated = summary.updated,
+                deleted = summary.deleted,
+                journaled = summary.journaled,
+                reason = summary.reason.as_deref().map(tracing::field::display),
+                "revert finished"
+            )
+        };
+    }
+    match super::finished_level(summary.outcome) {
+        Level::ERROR => finished!(Level::ERROR),
+        Level::WARN => finished!(Level::WARN),
+        _ => finished!(Level::INFO),
+    }
+    summary
+}
+
+async fn locked(
+    ctx: &SyncContext,
+    target: Target,
+    dry_run: bool,
+    summary: &mut RevertSummary,
+) -> Result<(), RevertError> {
+    let db = &ctx.db;
+    let load_id = summary.load_id;
+    let lock = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await?;
+    let result = async {
+        if lock.is_none() {
+            history::start(db, load_id, Trigger::Revert, "", None).await?;
+            return Err(RevertError::Busy);
+        }
+        history::recover(db).await?;
+        history::start(db, load_id, Trigger::Revert, "", None).await?;
+        let txn = db.begin().await?;
+        let session = merge::session(&txn).await?;
+        let undone = undo(&txn, load_id, target).await;
+        let (runs, changed) = match undone {
+            Ok(x) => x,
+            Err(e) => {
+                // Nothing may stay: the rollback is the compensation.
+                txn.rollback().await?;
+                return Err(e);
+            }
+        };
+        summary.inserted = changed.inserted;
+        summary.updated = changed.updated;
+        summary.deleted = changed.deleted;
+        summary.journaled = changed.inserted + changed.updated + changed.deleted;
+        summary.undone = runs;
+        let counts = Counts {
+            inserted: changed.inserted,
+            updated: changed.updated,
+            deleted: changed.deleted,
+            journaled: summary.journaled,
+            ..Counts::default()
+        };
+        if dry_run {
+            txn.rollback().await?;
+            describe(db, load_id, &summary.undone).await?;
+            history::finish(db, load_id, Outcome::DryRun, &counts, None, None).await?;
+            summary.outcome = Outcome::DryRun;
+            return Ok(());
+        }
+        record(&txn, load_id, &summary.undone).await?;
+        journal::seal(&txn, load_id, summary.journaled, false).await?;
+        history::finish(&txn, load_id, Outcome::Reverted, &counts, None, None).await?;
+        merge::commit(db, txn, load_id, &session, Outcome::Reverted).await?;
+        summary.outcome = Outcome::Reverted;
+        summary.held_back = summary.undone.first().map(|r| r.file.clone());
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        if let Err(record) = history::finish(
+            db,
+            load_id,
+            e.outcome(),
+            &Counts::default(),
+            Some(&error_chain(e)),
+            None,
+        )
+        .await
+        {
+            tracing::error!(error = %error_chain(&record), "could not record the revert's outcome; the next run marks it failed");
+        }
+    }
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    result
+}
+
+/// Chooses and checks the runs, then undoes them in `txn` (not committed).
+async fn undo(
+    txn: &DatabaseTransaction,
+    load_id: LoadId,
+    target: Target,
+) -> Result<(Vec<UndoneRun>, Undone), RevertError> {
+    let target = match target {
+        Target::Run(id) => id,
+        Target::Last => {
+            let row = txn
+                .query_one(stmt(
+                    "SELECT load_id FROM etl_info_schema.sync_runs
+                      WHERE outcome = 'synced' AND reverted_by IS NULL
+                      ORDER BY started_at DESC, load_id DESC LIMIT 1",
+                    vec![],
+                ))
+                .await?
+                .ok_or(RevertError::Nothing)?;
+            row.try_get("", "load_id")?
+        }
+    };
+    let row = txn
+        .query_one(stmt(
+            "SELECT outcome, reverted_by, started_at FROM etl_info_schema.sync_runs WHERE load_id = $1",
+            vec![target.into()],
+        ))
+        .await?
+        .ok_or(RevertError::Unknown(target))?;
+    let outcome: String = row.try_get("", "outcome")?;
+    if outcome != Outcome::Synced.as_str() {
+        return Err(RevertError::NotSynced {
+            load_id: target,
+            outcome,
+        });
+    }
+    if let Some(by) = row.try_get::<Option<Uuid>>("", "reverted_by")? {
+        return Err(RevertError::AlreadyReverted {
+            load_id: target,
+            by,
+        });
+    }
+    let since: NaiveDateTime = row.try_get("", "started_at")?;
+    // Row locks on the runs: a concurrent prune of their journal waits, or has
+    // committed and `journaled` reads NULL.
+    let rows = txn
+        .query_all(stmt(
+            "SELECT r.load_id, r.started_at, r.file, r.trigger, r.content_hash, r.journaled, r.filled,
+                    (SELECT count(*) FROM etl_info_schema.sync_journal j WHERE j.load_id = r.load_id)::bigint AS found
+               FROM etl_info_schema.sync_runs r
+              WHERE r.outcome = 'synced' AND r.reverted_by IS NULL
+                AND (r.started_at, r.load_id) >= ($1, $2)
+              ORDER BY r.started_at DESC, r.load_id DESC
+                FOR UPDATE OF r",
+            vec![since.into(), target.into()],
+        ))
+        .await?;
+    let mut runs = Vec::with_capacity(rows.len());
+    let mut filled = false;
+    for row in &rows {
+        if filled {
+            // An older run than one that filled an empty table: the table was
+            // emptied outside the agent in between.
+            let fill = runs.last().map(|r: &UndoneRun| r.load_id);
+            return Err(RevertError::PastFill {
+                fill: fill.unwrap_or_default(),
+            });
+        }
+        filled = row.try_get("", "filled")?;
+        let run = UndoneRun {
+            load_id: row.try_get("", "load_id")?,
+            started_at: utc(row.try_get("", "started_at")?),
+            file: row.try_get("", "file")?,
+            trigger: row.try_get("", "trigger")?,
+            content_hash: row.try_get("", "content_hash")?,
+        };
+        let expected: Option<i64> = row.try_get("", "journaled")?;
+        let found: i64 = row.try_get("", "found")?;
+        match expected {
+            None => {
+                return Err(RevertError::NoJournal {
+                    load_id: run.load_id,
+                    started_at: run.started_at,
+                })
+            }
+            Some(expected) if expected != found => {
+                return Err(RevertError::Incomplete {
+                    load_id: run.load_id,
+                    found: found as u64,
+                    expected: expected as u64,
+                })
+            }
+            Some(_) => {}
+        }
+        runs.push(run);
+    }
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.load_id).collect();
+    if let Some(drift) = journal::drift(txn, &ids).await? {
+        return Err(RevertError::Drift {
+            newest: ids[0],
+            count: drift.count,
+            examples: drift.examples,
+        });
+    }
+    // Before a run that filled an empty table, the table was empty.
+    let undone = if filled {
+        journal::empty(txn, load_id).await?
+    } else {
+        journal::undo(txn, load_id, &ids).await?
+    };
+    Ok((runs, undone))
+}
+
+/// The revert's record names the file it holds back and its content hash.
+async fn describe(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    runs: &[UndoneRun],
+) -> Result<(), DbErr> {
+    let Some(newest) = runs.first() else {
+        return Ok(());
+    };
+    db.execute(stmt(
+        "UPDATE etl_info_schema.sync_runs SET file = $2, content_hash = $3 WHERE load_id = $1",
+        vec![
+            load_id.uuid().into(),
+            newest.file.clone().into(),
+            newest.content_hash.clone().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Marks the runs undone and points `table_status` at the revert, with the
+/// newest undone run's content hash: that content is skipped until it changes.
+async fn record(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    runs: &[UndoneRun],
+) -> Result<(), DbErr> {
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.load_id).collect();
+    db.execute(stmt(
+        "UPDATE etl_info_schema.sync_runs SET reverted_by = $1 WHERE load_id = ANY($2)",
+        vec![load_id.uuid().into(), ids.into()],
+    ))
+    .await?;
+    describe(db, load_id, runs).await?;
+    db.execute(stmt(
+        "UPDATE etl_info_schema.table_status
+            SET last_activity = (now() AT TIME ZONE 'UTC'), content_hash = $2, load_id = $1
+          WHERE table_name = $3",
+        vec![
+            load_id.uuid().into(),
+            runs.first().and_then(|r| r.content_hash.clone()).into(),
+            history::TARGET_TABLE.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
