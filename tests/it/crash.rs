@@ -333,3 +333,62 @@ async fn serve_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_a_re
     }
     tally.print("serve SIGKILL", &fx);
 }
+
+/// The first sync into an empty table drops and rebuilds the primary key in its
+/// transaction (README, "Performance"): killed at any moment, it leaves the
+/// table empty or full, with its key, and the next run fills it.
+#[tokio::test]
+async fn first_sync_killed_at_a_random_moment_leaves_an_empty_or_full_table_with_its_key() {
+    let mut rng = Rng::from_env();
+    let env = TestEnv::new().await;
+    let (_, rows) = versions();
+    env.write_csv(csv_owned(&rows));
+    env.run(&["migrate"], &[]);
+    let full = env.digest_of(&rows).await;
+    let key = "SELECT count(*) FROM pg_constraint
+                WHERE conrelid = 'public.followers'::regclass AND contype = 'p'
+                  AND pg_get_constraintdef(oid) = 'PRIMARY KEY (email)'";
+    let empty_again = || async {
+        env.exec(
+            "TRUNCATE followers;
+             UPDATE etl_info_schema.table_status SET content_hash = NULL WHERE table_name = 'followers'",
+        )
+        .await
+    };
+    let started = Instant::now();
+    env.synced(&[]);
+    let window = started.elapsed().mul_f64(1.2);
+    let (mut empty, mut filled) = (0, 0);
+    for trial in 1..=trials() {
+        empty_again().await;
+        let mut child = spawn_sync(&env);
+        let at = rng.moment(window);
+        tokio::time::sleep(at).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let context = format!("first sync trial {trial}, kill after {at:?}");
+        // Reading waits for the killed run's transaction to end.
+        let count = env.scalar("SELECT count(*) FROM followers").await;
+        match count {
+            0 => empty += 1,
+            n if n == rows.len() as i64 => {
+                assert_eq!(env.followers_digest().await.unwrap(), full, "{context}");
+                filled += 1;
+            }
+            n => panic!("{context}: {n} followers, neither none nor all"),
+        }
+        assert_eq!(env.scalar(key).await, 1, "{context}: the primary key");
+        let next = env.sync();
+        assert!(
+            next.code == 0 && ["synced", "skipped"].contains(&next.outcome().as_str()),
+            "{context}: the next run: {next:?}"
+        );
+        assert_eq!(env.followers_digest().await.unwrap(), full, "{context}");
+        assert_eq!(env.scalar(key).await, 1, "{context}: the primary key");
+        assert_eq!(env.staging_rows().await, 0, "{context}: staging rows left");
+    }
+    println!(
+        "first sync SIGKILL: {} trials in 0..{window:?}: empty {empty} times, full {filled} times (never anything else), the key always there; every next run filled the table",
+        empty + filled
+    );
+}
