@@ -218,17 +218,22 @@ async fn locked(
         };
         if dry_run {
             txn.rollback().await?;
-            describe(db, load_id, &summary.undone).await?;
+            if let Some(held) = held_back(db, &summary.undone).await? {
+                describe(db, load_id, &held).await?;
+            }
             history::finish(db, load_id, Outcome::DryRun, &counts, None, None).await?;
             summary.outcome = Outcome::DryRun;
             return Ok(());
         }
-        record(&txn, load_id, &summary.undone).await?;
+        let held = held_back(&txn, &summary.undone)
+            .await?
+            .ok_or(RevertError::Nothing)?;
+        record(&txn, load_id, &summary.undone, &held).await?;
         journal::seal(&txn, load_id, summary.journaled, false).await?;
         history::finish(&txn, load_id, Outcome::Reverted, &counts, None, None).await?;
         merge::commit(db, txn, load_id, &session, Outcome::Reverted).await?;
         summary.outcome = Outcome::Reverted;
-        summary.held_back = summary.undone.first().map(|r| r.file.clone());
+        summary.held_back = Some(held.file);
         Ok(())
     }
     .await;
@@ -364,21 +369,48 @@ async fn undo(
     Ok((runs, undone))
 }
 
+/// What a revert holds back: a file and its content hash.
+struct Held {
+    file: String,
+    content_hash: Option<String>,
+}
+
+/// The content the revert holds back: the newest undone run's, unless the table
+/// is already on a reverted state, whose held-back content stays held back (the
+/// file in place has not been applied since; reverting further back must not
+/// release it).
+async fn held_back(db: &impl ConnectionTrait, runs: &[UndoneRun]) -> Result<Option<Held>, DbErr> {
+    let held = db
+        .query_one(stmt(
+            "SELECT r.file, r.content_hash FROM etl_info_schema.table_status t
+               JOIN etl_info_schema.sync_runs r ON r.load_id = t.load_id
+              WHERE t.table_name = $1 AND r.outcome = $2",
+            vec![
+                history::TARGET_TABLE.into(),
+                Outcome::Reverted.as_str().into(),
+            ],
+        ))
+        .await?;
+    if let Some(row) = held {
+        return Ok(Some(Held {
+            file: row.try_get("", "file")?,
+            content_hash: row.try_get("", "content_hash")?,
+        }));
+    }
+    Ok(runs.first().map(|newest| Held {
+        file: newest.file.clone(),
+        content_hash: newest.content_hash.clone(),
+    }))
+}
+
 /// The revert's record names the file it holds back and its content hash.
-async fn describe(
-    db: &impl ConnectionTrait,
-    load_id: LoadId,
-    runs: &[UndoneRun],
-) -> Result<(), DbErr> {
-    let Some(newest) = runs.first() else {
-        return Ok(());
-    };
+async fn describe(db: &impl ConnectionTrait, load_id: LoadId, held: &Held) -> Result<(), DbErr> {
     db.execute(stmt(
         "UPDATE etl_info_schema.sync_runs SET file = $2, content_hash = $3 WHERE load_id = $1",
         vec![
             load_id.uuid().into(),
-            newest.file.clone().into(),
-            newest.content_hash.clone().into(),
+            held.file.clone().into(),
+            held.content_hash.clone().into(),
         ],
     ))
     .await?;
@@ -386,11 +418,12 @@ async fn describe(
 }
 
 /// Marks the runs undone and points `table_status` at the revert, with the
-/// newest undone run's content hash: that content is skipped until it changes.
+/// held-back content hash: that content is skipped until it changes.
 async fn record(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     runs: &[UndoneRun],
+    held: &Held,
 ) -> Result<(), DbErr> {
     let ids: Vec<Uuid> = runs.iter().map(|r| r.load_id).collect();
     db.execute(stmt(
@@ -398,14 +431,14 @@ async fn record(
         vec![load_id.uuid().into(), ids.into()],
     ))
     .await?;
-    describe(db, load_id, runs).await?;
+    describe(db, load_id, held).await?;
     db.execute(stmt(
         "UPDATE etl_info_schema.table_status
             SET last_activity = (now() AT TIME ZONE 'UTC'), content_hash = $2, load_id = $1
           WHERE table_name = $3",
         vec![
             load_id.uuid().into(),
-            runs.first().and_then(|r| r.content_hash.clone()).into(),
+            held.content_hash.clone().into(),
             history::TARGET_TABLE.into(),
         ],
     ))

@@ -135,6 +135,15 @@ async fn revert_last_gives_back_exactly_the_previous_table_and_holds_the_file_ba
     let none = revert(&env, &["--last"]);
     assert_eq!((none.code, none.outcome().as_str()), (1, "refused"));
     assert!(none.stderr.contains("nothing to revert"), "{none:?}");
+    // The file in place (B) was held back by the first revert and has not
+    // changed: reverting further back does not release it.
+    let still = env.sync();
+    assert_eq!(
+        (still.code, still.outcome().as_str()),
+        (0, "skipped"),
+        "{still:?}"
+    );
+    assert!(table(&env).await.is_empty());
 
     let forced = env.synced(&["--force"]);
     assert_eq!(forced.n("inserted"), 4);
