@@ -36,6 +36,23 @@ fn load_id(run: &Run) -> String {
     run.json()["load_id"].as_str().unwrap().to_owned()
 }
 
+/// The journal rows run `id` holds (-1: none, pruned; a fill holds none), checked
+/// against the rows in the journal.
+async fn journaled(env: &TestEnv, id: String) -> i64 {
+    let rows = env
+        .scalar(&format!(
+            "SELECT count(*) FROM etl_info_schema.sync_journal WHERE load_id = '{id}'"
+        ))
+        .await;
+    let recorded = env
+        .scalar(&format!(
+            "SELECT coalesce(journaled, -1) FROM etl_info_schema.sync_runs WHERE load_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(rows, recorded.max(0), "{id}: journal rows as recorded");
+    recorded
+}
+
 fn revert(env: &TestEnv, args: &[&str]) -> Run {
     let mut all = vec!["revert", "--json"];
     all.extend_from_slice(args);
@@ -259,26 +276,12 @@ async fn revert_refuses_when_the_journal_was_pruned_or_the_table_drifted() {
     let second = env.sync_with(&[], &keep_one);
     assert_eq!(second.outcome(), "synced");
     let b = table(&env).await;
-    // The journal rows a run holds (-1: none, pruned); a fill holds none.
-    let journaled = |id: String| {
-        let env = &env;
-        async move {
-            let rows = env
-                .scalar(&format!(
-                    "SELECT count(*) FROM etl_info_schema.sync_journal WHERE load_id = '{id}'"
-                ))
-                .await;
-            let recorded = env
-                .scalar(&format!(
-                    "SELECT coalesce(journaled, -1) FROM etl_info_schema.sync_runs WHERE load_id = '{id}'"
-                ))
-                .await;
-            assert_eq!(rows, recorded.max(0), "{id}: journal rows as recorded");
-            recorded
-        }
-    };
-    assert_eq!(journaled(load_id(&first)).await, -1, "A's journal pruned");
-    assert_eq!(journaled(load_id(&second)).await, 3);
+    assert_eq!(
+        journaled(&env, load_id(&first)).await,
+        -1,
+        "A's journal pruned"
+    );
+    assert_eq!(journaled(&env, load_id(&second)).await, 3);
     let run = revert(&env, &[&load_id(&first)]);
     assert_eq!(
         (run.code, run.outcome().as_str()),
@@ -422,33 +425,19 @@ async fn the_journal_is_pruned_by_age_and_can_be_turned_off() {
         load_id(&first)
     ))
     .await;
-    // The journal rows a run holds (-1: none, pruned); a fill holds none.
-    let journaled = |id: String| {
-        let env = &env;
-        async move {
-            let rows = env
-                .scalar(&format!(
-                    "SELECT count(*) FROM etl_info_schema.sync_journal WHERE load_id = '{id}'"
-                ))
-                .await;
-            let recorded = env
-                .scalar(&format!(
-                    "SELECT coalesce(journaled, -1) FROM etl_info_schema.sync_runs WHERE load_id = '{id}'"
-                ))
-                .await;
-            assert_eq!(rows, recorded.max(0), "{id}: journal rows as recorded");
-            recorded
-        }
-    };
-    assert_eq!(journaled(load_id(&first)).await, 0, "a fill, journaled");
+    assert_eq!(
+        journaled(&env, load_id(&first)).await,
+        0,
+        "a fill, journaled"
+    );
     let third = sync_rows(&env, A);
     assert_eq!(
-        journaled(load_id(&first)).await,
+        journaled(&env, load_id(&first)).await,
         -1,
         "older than JOURNAL_KEEP_DAYS"
     );
-    assert_eq!(journaled(load_id(&second)).await, 3);
-    assert_eq!(journaled(load_id(&third)).await, 3);
+    assert_eq!(journaled(&env, load_id(&second)).await, 3);
+    assert_eq!(journaled(&env, load_id(&third)).await, 3);
 
     // JOURNAL_KEEP_RUNS=0: no journal, and the journal kept so far is dropped.
     env.write_csv(csv(B));
