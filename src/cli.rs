@@ -95,7 +95,7 @@ pub enum Command {
     },
     /// Apply pending migrations (once, the takeover of the old service's followers table) and check the shape of followers, then exit (1 on failure).
     Migrate,
-    /// Undo synced runs from their journal, newest first, back to and including LOAD_ID (or only the newest with --last), in one transaction (0 reverted or dry run, 1 refused/failed).
+    /// Undo synced runs from their journal, newest first, back to and including LOAD_ID (or only the newest with --last), in one transaction (0 reverted or dry run, 1 refused/failed or the journal off, 2 usage).
     Revert {
         /// The oldest run to undo (its load_id, as `status` shows it).
         #[arg(
@@ -114,7 +114,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Every run whose journal shows it inserted, renamed or deleted EMAIL, oldest first (0; 1 database unreachable; 2 invalid email).
+    /// Every run whose journal shows it inserted, renamed or deleted EMAIL, oldest first (0; 1 database unreachable; 2 invalid email or usage).
     History {
         /// The follower's email (normalised as the CSV's emails are).
         email: String,

@@ -398,7 +398,11 @@ pub async fn reverted_state(db: &impl ConnectionTrait) -> Result<Option<sync_run
 pub fn reverted_json(r: &sync_runs::Model) -> serde_json::Value {
     serde_json::json!({
         "load_id": r.load_id,
-        "at": r.finished_at.unwrap_or(r.started_at).and_utc().to_rfc3339(),
+        "at": r
+            .finished_at
+            .unwrap_or(r.started_at)
+            .and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "held_back_file": r.file,
         "content_hash": r.content_hash,
     })

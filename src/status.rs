@@ -67,6 +67,8 @@ pub struct LastSuccess {
     pub at: Utc3339,
     pub ago_seconds: i64,
     pub file: Option<String>,
+    /// The revert that undid this sync (the table is then on a reverted state).
+    pub reverted_by: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,17 +184,19 @@ pub async fn report(
             Some(r.load_id),
             r.finished_at.unwrap_or(r.started_at).and_utc(),
             Some(r.file.clone()),
+            r.reverted_by,
         )),
         None => tables
             .iter()
             .find(|t| t.table_name == history::TARGET_TABLE)
-            .and_then(|t| Some((t.load_id, t.last_activity?.0, None))),
+            .and_then(|t| Some((t.load_id, t.last_activity?.0, None, None))),
     }
-    .map(|(load_id, at, file)| LastSuccess {
+    .map(|(load_id, at, file, reverted_by)| LastSuccess {
         load_id,
         at: Utc3339(at),
         ago_seconds: (now - at).num_seconds().max(0),
         file,
+        reverted_by,
     });
     let next_run = last_cron
         .and_then(|t| schedule.next_after(t.and_utc()))
@@ -263,11 +267,14 @@ impl StatusReport {
         match &self.last_success {
             Some(s) => writeln!(
                 out,
-                "last success:  {} ({} ago){}",
+                "last success:  {} ({} ago){}{}",
                 s.at,
                 human(s.ago_seconds),
                 s.load_id
                     .map(|l| format!(" load_id={l}"))
+                    .unwrap_or_default(),
+                s.reverted_by
+                    .map(|r| format!(", reverted by {r}"))
                     .unwrap_or_default()
             )?,
             None => writeln!(out, "last success:  never")?,

@@ -597,19 +597,28 @@ async fn saga(
         .await
         .map_err(SyncError::Bookkeeping)?;
     if !request.force && last.as_deref() == Some(hash.as_str()) {
-        let reason = "unchanged since the last successful sync";
+        let reverted = history::reverted_state(db)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        let reason = match reverted {
+            Some(revert) => format!(
+                "held back: revert {} undid this content; it is skipped until the file changes (or sync --force)",
+                revert.load_id
+            ),
+            None => "unchanged since the last successful sync".to_owned(),
+        };
         history::finish(
             db,
             load_id,
             Outcome::Skipped,
             counts,
-            Some(reason),
+            Some(&reason),
             Some(&hash),
         )
         .await
         .map_err(SyncError::Bookkeeping)?;
         crate::metrics::record_in_sync();
-        return Ok((Outcome::Skipped, Some(reason.into())));
+        return Ok((Outcome::Skipped, Some(reason)));
     }
 
     // 2-5. Read, validate and stage, streaming.

@@ -74,6 +74,8 @@ pub struct RevertSummary {
 pub enum RevertError {
     #[error("nothing to revert: no synced run that is not reverted yet")]
     Nothing,
+    #[error("the journal is off (JOURNAL_KEEP_RUNS=0): nothing is reverted, and the next synced run drops the journal kept so far")]
+    JournalOff,
     #[error("no run with load_id {0}")]
     Unknown(Uuid),
     #[error("run {load_id} is {outcome}, not synced: only synced runs changed the table")]
@@ -193,6 +195,9 @@ async fn locked(
         }
         history::recover(db).await?;
         history::start(db, load_id, Trigger::Revert, "", None).await?;
+        if !ctx.settings.journal.enabled() {
+            return Err(RevertError::JournalOff);
+        }
         let txn = db.begin().await?;
         let session = merge::session(&txn).await?;
         let undone = undo(&txn, load_id, target).await;

@@ -132,6 +132,7 @@ async fn revert_last_gives_back_exactly_the_previous_table_and_holds_the_file_ba
     // The reverted file is held back until it changes or --force.
     let again = env.sync();
     assert_eq!((again.code, again.outcome().as_str()), (0, "skipped"));
+    assert!(again.stderr.contains("held back: revert"), "{again:?}");
     assert_eq!(table(&env).await, a);
     let status = env.run(&["status", "--json"], &[]);
     let reverted = &status.json()["reverted"];
@@ -142,6 +143,11 @@ async fn revert_last_gives_back_exactly_the_previous_table_and_holds_the_file_ba
         .ends_with("followers.csv"));
     let text = env.run(&["status"], &[]);
     assert!(text.stdout.contains("reverted:"), "{text:?}");
+    assert!(
+        text.stdout
+            .contains(&format!("reverted by {}", load_id(&done))),
+        "last success names its revert: {text:?}"
+    );
     assert!(text.stdout.contains("is held back"), "{text:?}");
 
     // Reverting again reaches back to A's own sync: the table empties.
@@ -439,9 +445,21 @@ async fn the_journal_is_pruned_by_age_and_can_be_turned_off() {
     assert_eq!(journaled(&env, load_id(&second)).await, 3);
     assert_eq!(journaled(&env, load_id(&third)).await, 3);
 
-    // JOURNAL_KEEP_RUNS=0: no journal, and the journal kept so far is dropped.
+    // JOURNAL_KEEP_RUNS=0: revert refuses even while a journal is kept...
+    let before = table(&env).await;
+    let off = &[("JOURNAL_KEEP_RUNS", "0")];
+    let refused = env.run(&["revert", "--json", "--last"], off);
+    assert_eq!(
+        (refused.code, refused.outcome().as_str()),
+        (1, "refused"),
+        "{refused:?}"
+    );
+    assert!(refused.stderr.contains("journal is off"), "{refused:?}");
+    assert_eq!(table(&env).await, before);
+    assert_eq!(journaled(&env, load_id(&third)).await, 3);
+    // ... and the next synced run writes none and drops the journal kept so far.
     env.write_csv(csv(B));
-    let off = env.sync_with(&[], &[("JOURNAL_KEEP_RUNS", "0")]);
+    let off = env.sync_with(&[], off);
     assert_eq!((off.outcome().as_str(), off.n("journaled")), ("synced", 0));
     assert_eq!(
         env.scalar("SELECT count(*) FROM etl_info_schema.sync_journal")
