@@ -552,7 +552,7 @@ where
 }
 
 /// A login role of this test (roles are cluster-wide: a unique name), with the
-/// runtime grants the README documents; dropped (with its grants) afterwards.
+/// runtime grants `docs/sync.md#database-roles` documents; dropped (with its grants) afterwards.
 pub struct TestRole {
     pub name: String,
     /// This test's database, connecting as the role (trust auth).
@@ -574,11 +574,11 @@ impl TestRole {
         }
     }
 
-    /// Runs the README's GRANT statements (section "Database roles") for this role.
+    /// Runs the GRANT statements of `docs/sync.md#database-roles` for this role.
     pub async fn grant_documented_privileges(&self, env: &TestEnv) {
-        let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        let section = &readme[readme.find("### Database roles").expect("README section")..];
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sync.md"))
+            .unwrap();
+        let section = &doc[doc.find("\n## Database roles\n").expect("docs/sync.md section")..];
         let start = section.find("```sql\n").expect("an sql block") + 7;
         let block = &section[start..start + section[start..].find("```").unwrap()];
         assert!(block.contains("GRANT"), "{block}");
