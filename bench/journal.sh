@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/journal.sh: what the journal (README, "Journal, revert and history")
+# bench/journal.sh: what the journal (docs/operations.md#journal-revert-and-history)
 # costs a sync that changes 1% of a 1M-row table: the same binary, the same
 # files, the same machine, in the same run, with the journal on (defaults) and
 # off (JOURNAL_KEEP_RUNS=0, which also skips the journaling statements and uses

@@ -9,7 +9,7 @@
 # With a followers-etl binary (argument 1, or target/debug/followers-etl if built), it
 # also loads each rendered environment with the agent's own configuration (`schedule`,
 # which validates every variable and needs no database). Needs no Docker daemon; installs
-# docker-compose from Debian if missing (as root). Used by .ci/run; see README, Development.
+# docker-compose from Debian if missing (as root). Used by .ci/run; see docs/development.md#compose-configuration-check.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-$repo/target/debug/followers-etl}"

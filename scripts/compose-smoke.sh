@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end smoke test of the shipped Dockerfile, docker-compose.yml and .env.example
-# (README, Development). In a copy of the repository (your .env and ./tables are not
+# (docs/development.md#docker-smoke-test). In a copy of the repository (your .env and ./tables are not
 # touched), with `cp .env.example .env` as the quick start says, it:
 #   1. builds the image and starts the stack, and waits for both health checks;
 #   2. checks the start-up sync through psql in the db container;

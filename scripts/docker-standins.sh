@@ -3,7 +3,7 @@
 # (debian:bookworm-slim, rust:1-bookworm, postgres:16), for a machine that reaches
 # Debian's package mirror and crates.io but no container registry (as the development
 # and CI machines). With them, `docker compose up --build` and scripts/compose-smoke.sh
-# run the project's real files. See README, Development.
+# run the project's real files. See docs/development.md#docker-stand-in-images.
 #
 #   debian:bookworm-slim  a minimal Debian 12 root file system made by debootstrap
 #   rust:1-bookworm       that image plus gcc and this machine's Rust toolchain (rustc/cargo)

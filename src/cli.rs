@@ -1,4 +1,4 @@
-//! The command line (README, "Commands"): clap definitions and the commands;
+//! The command line (README.md#commands): clap definitions and the commands;
 //! their exit codes come from `exit.rs`.
 
 use crate::config::{ConfigError, Overrides, Settings};
@@ -446,7 +446,7 @@ async fn history(settings: &Settings, email: &str, json: bool) -> ExitCode {
 }
 
 fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
-    // The same file `sync --file PATH` would read (README, Commands).
+    // The same file `sync --file PATH` would read (README.md#commands).
     let resolved = match &path {
         Some(p) => crate::config::confine("PATH", &settings.tables_dir, p).map_err(Into::into),
         None => settings.resolve_csv_file(None),

@@ -44,7 +44,7 @@ pub enum DbError {
     Shape(#[source] DbErr),
     #[error("cannot read the applied migrations (seaql_migrations)")]
     MigrationState(#[source] DbErr),
-    #[error("migration {first} is pending{more} and role {role:?} may not apply it: {denied}; apply the migrations once as the tables' owner (`followers-etl migrate` with the owner's DATABASE_URL), see README \"Database roles\"")]
+    #[error("migration {first} is pending{more} and role {role:?} may not apply it: {denied}; apply the migrations once as the tables' owner (`followers-etl migrate` with the owner's DATABASE_URL), see docs/sync.md#database-roles")]
     MigrationPrivilege {
         first: String,
         more: String,
@@ -176,7 +176,7 @@ impl AdvisoryLock {
 /// Applies pending migrations while holding the migration lock, so agents that
 /// start together apply them once. When nothing is pending it only reads
 /// `seaql_migrations` (no DDL, no lock), so a runtime role without CREATE
-/// privileges starts (README, "Database roles").
+/// privileges starts (docs/sync.md#database-roles).
 #[tracing::instrument(skip_all)]
 pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), DbError> {
     // The takeover migration canonicalises stored emails with the file rows' rule.

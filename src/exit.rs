@@ -1,4 +1,4 @@
-//! The process's exit codes (README, "Commands"), in one place: 0 success, 1
+//! The process's exit codes (README.md#commands), in one place: 0 success, 1
 //! refused or failed (also fatal errors), 2 bad configuration or usage.
 
 use crate::domain::Outcome;

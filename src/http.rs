@@ -1,6 +1,6 @@
 //! HTTP endpoints of `serve` (`/healthz`, `/readyz`, `/metrics`): installs the
 //! Prometheus exporter and serves. What is recorded is `metrics.rs`. They answer
-//! from the start, also while `serve` waits for the database (README, Observability).
+//! from the start, also while `serve` waits for the database (docs/operations.md#endpoints).
 
 use axum::extract::State;
 use axum::http::StatusCode;

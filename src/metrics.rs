@@ -1,11 +1,11 @@
-//! The metrics every run records (README, "Observability"): their names, their
+//! The metrics every run records (docs/operations.md#metrics): their names, their
 //! help texts and the recording. `http.rs` only exports them.
 
 use crate::domain::{Counts, Outcome};
 use metrics::Unit;
 use std::time::Duration;
 
-/// Metric names (README, "Observability").
+/// Metric names (docs/operations.md#metrics).
 pub const RUNS_TOTAL: &str = "followers_etl_runs_total";
 pub const ROWS_TOTAL: &str = "followers_etl_rows_total";
 pub const RUN_DURATION: &str = "followers_etl_run_duration_seconds";

@@ -2,7 +2,7 @@
 //! with their number, reason and text (cut to `read::RAW_LINE_LIMIT` bytes), for
 //! `followers-etl rejects`. Written in bulk after the run's reading ends, whatever
 //! its outcome; removed with their run (`ON DELETE CASCADE`), so the run history's
-//! retention bounds them too (README, "Rejects report").
+//! retention bounds them too (docs/sync.md#rejects-report).
 
 use crate::domain::LoadId;
 use serde::Serialize;

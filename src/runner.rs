@@ -2,7 +2,7 @@
 //! here; the runner runs one sync at a time, and whatever arrives during a run is
 //! coalesced into at most one follow-up run. On stop no new run starts, and a run
 //! in flight gets `SHUTDOWN_TIMEOUT` to finish before it is cancelled (and
-//! compensated by the pipeline). See docs/ARCHITECTURE.md, "Triggers and the runner".
+//! compensated by the pipeline). See docs/ARCHITECTURE.md#triggers-and-the-runner.
 //!
 //! The runner is generic over what runs a sync ([`RunSync`]): `serve` gives it
 //! [`PipelineSync`], the unit tests a function.
@@ -81,7 +81,7 @@ impl PipelineSync {
         }
     }
 
-    /// Keeps the run history within its bound (README, "Run history") on a task of
+    /// Keeps the run history within its bound (docs/sync.md#run-history) on a task of
     /// its own, so the next run never waits for it.
     fn prune_in_background(&self) {
         let Ok(permit) = self.pruning.clone().try_acquire_owned() else {

@@ -1,9 +1,9 @@
 //! Stop signals: SIGINT and SIGTERM stop `serve` and `sync`; SIGHUP stops `sync`
-//! and is ignored by `serve` (README, "Triggers").
+//! and is ignored by `serve` (docs/operations.md#sighup).
 
 use tokio_util::sync::CancellationToken;
 
-/// What SIGHUP means (README, "Triggers"): `serve` logs and ignores it (a closed
+/// What SIGHUP means (docs/operations.md#sighup): `serve` logs and ignores it (a closed
 /// SSH session, logrotate or `systemctl reload` must not stop the agent); `sync`
 /// stops on it as on SIGTERM, so a run whose terminal went away is compensated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! `followers-etl status`: what an operator needs at a glance (README, "Status"):
+//! `followers-etl status`: what an operator needs at a glance (docs/operations.md#status):
 //! the follower count, the last successful sync and how long ago, the next scheduled
 //! run, the last run with its per-stage durations, a refused or failed last run with
 //! its reason, then `table_status` and the newest runs. The same report is printed
@@ -54,7 +54,7 @@ pub struct StatusReport {
     /// failed: `"refused: <reason>"`.
     pub attention: Option<String>,
     /// Set when the table is on a reverted state: the revert's `load_id`, `at`,
-    /// and the `held_back_file` (README, "Journal, revert and history").
+    /// and the `held_back_file` (docs/operations.md#after-a-revert).
     pub reverted: Option<serde_json::Value>,
     pub table_status: Vec<TableView>,
     /// The newest runs (`--limit`), newest first.

@@ -1,6 +1,6 @@
 //! The rule that turns a stored email into the form the agent stores and compares:
 //! `followers_etl::domain::Email::parse` (trimmed, lower-cased, validated, the
-//! domain in one IDNA form; README, "What a sync does", step 4). The takeover
+//! domain in one IDNA form; docs/sync.md#4-validate). The takeover
 //! migration applies exactly that function to every stored email, so the table's
 //! emails and the file's rows can never be canonicalised differently (no second
 //! copy of the rule in SQL to drift from it). The agent installs it before it

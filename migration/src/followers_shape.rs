@@ -1,5 +1,5 @@
 //! The shape `public.followers` must have for the agent to mirror a file into it
-//! (README, "Taking over the old service's database"): columns `email` and
+//! (docs/sync.md#shape-check): columns `email` and
 //! `full_name` of a text type (`varchar(n)` with n ≥ 255, or `text`), `modified_at`
 //! a timestamp, a unique key (or primary key) on `email` alone, and no other
 //! column the agent's inserts cannot fill. A table created by another program

@@ -1,4 +1,4 @@
-//! `public.followers`, the mirrored table (README, "What a sync does").
+//! `public.followers`, the mirrored table (docs/sync.md).
 
 use sea_orm_migration::prelude::*;
 

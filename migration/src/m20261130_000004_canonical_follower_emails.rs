@@ -1,6 +1,6 @@
 //! Takes over a `followers` table written by the old Go service, which stored
-//! emails as they came (case and padding kept), once (README, "Taking over the old
-//! service's database"):
+//! emails as they came (case and padding kept), once
+//! (docs/sync.md#taking-over-the-old-services-database):
 //!
 //! 1. the table must have the agent's shape (`followers_shape`), else an error
 //!    names every difference and the fix;
@@ -150,7 +150,7 @@ impl MigrationTrait for Migration {
                 .collect::<Result<_, DbErr>>()?;
             return Err(DbErr::Migration(format!(
                 "public.followers holds {total} email(s) that are not valid by the rules file rows \
-                 are checked with (README, \"What a sync does\", step 4), so they cannot be taken \
+                 are checked with (docs/sync.md#4-validate), so they cannot be taken \
                  over: {}{}. Fix: correct or delete those rows (UPDATE/DELETE public.followers \
                  WHERE email = '…'), then start again. Nothing was changed.",
                 shown.join(", "),

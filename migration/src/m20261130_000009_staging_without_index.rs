@@ -1,7 +1,7 @@
 //! Drops the `(load_id, email)` index of `public.staging_followers`: PostgreSQL
 //! maintained it row by row during every COPY, which cost more than the load
 //! itself. The merge finds what differs in one hash join of the load and
-//! `followers` (README, "Performance"), which needs no index on staging.
+//! `followers` (docs/performance.md#one-pass-finds-what-differs), which needs no index on staging.
 
 use sea_orm_migration::prelude::*;
 

@@ -1,6 +1,6 @@
 //! `etl_info_schema.sync_journal`: what every synced run (and every revert)
 //! changed in `followers`, one row per changed follower, keyed by `load_id`
-//! (README, "Journal, revert and history"). `sync_runs` gains `journaled` (the
+//! (docs/operations.md#journal). `sync_runs` gains `journaled` (the
 //! journal rows the run holds; NULL when it has none: not journaled or pruned),
 //! `filled` (the run was the first sync into an empty table, journaled without
 //! rows) and `reverted_by` (the revert that undid the run). No index on `email`:

@@ -1,5 +1,5 @@
 //! Where `CSV_FILE` may be: inside `TABLES_DIR`, also through symlinks, and a
-//! regular file (README, "Configuration"); and a file's identity across runs.
+//! regular file (docs/configuration.md#variables, `CSV_FILE`); and a file's identity across runs.
 
 use super::*;
 

@@ -1,6 +1,6 @@
 //! The connection string: a URL or libpq keyword/value form, the libpq variables
-//! that replace parts of the default, and the password's redaction (README,
-//! "Configuration", "libpq variables").
+//! that replace parts of the default, and the password's redaction (docs/configuration.md#variables,
+//! docs/configuration.md#libpq-variables).
 
 use super::*;
 
@@ -62,8 +62,7 @@ impl DatabaseUrl {
     }
 
     /// Fills in what this connection string leaves out from the libpq variables
-    /// `.env` sets, as the driver does from the process environment (README,
-    /// "Configuration"): the parts the URL names win, the password among them.
+    /// `.env` sets, as the driver does from the process environment (docs/configuration.md#libpq-variables): the parts the URL names win, the password among them.
     /// What it shows (`Display`) stays the string as given.
     pub(super) fn with_libpq_defaults(self, libpq: &LibpqDefaults) -> Self {
         let Ok(mut url) = url::Url::parse(self.expose()) else {

@@ -1,4 +1,4 @@
-//! Settings: every variable of README "Configuration", layered (defaults < TOML file < `.env` <
+//! Settings: every variable of docs/configuration.md#variables, layered (defaults < TOML file < `.env` <
 //! process environment < command-line flags), parsed into typed values and
 //! validated once at start-up. An invalid value becomes a `ConfigError` that names
 //! the variable, the value and the rule; `main` turns it into exit code 2.
@@ -100,7 +100,7 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 pub const LIBPQ_TARGET_VARIABLES: &[&str] =
     &["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE"];
 
-/// Every libpq variable the agent or its driver reads (README, "Configuration").
+/// Every libpq variable the agent or its driver reads (docs/configuration.md#libpq-variables).
 pub const LIBPQ_VARIABLES: &[&str] = &[
     "PGHOST",
     "PGHOSTADDR",
@@ -116,18 +116,18 @@ pub const LIBPQ_VARIABLES: &[&str] = &[
     "PGAPPNAME",
     "PGOPTIONS",
 ];
-/// Rows per batch: the best median of `bench/load.sh` (README, "Performance").
+/// Rows per batch: the best median of `bench/load.sh` (docs/performance.md#batch-size-benchloadsh).
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 /// COPY workers: 4 staged 1M rows fastest on 2 cores, within 64 MiB; 16
-/// oversubscribed them and took 70 MiB (README, "Performance").
+/// oversubscribed them and took 70 MiB (docs/performance.md#defaults).
 pub const DEFAULT_WORKERS: usize = 4;
-/// The run history's bound (README, "Run history"): runs older than this many days,
+/// The run history's bound (docs/sync.md#run-history): runs older than this many days,
 /// or beyond this many newest runs, are pruned.
 pub const DEFAULT_HISTORY_KEEP_DAYS: u32 = 90;
 pub const DEFAULT_HISTORY_KEEP_RUNS: u64 = 10_000;
 /// Larger batches only cost memory (the channel holds up to 3 per worker).
 pub const MAX_BATCH_SIZE: u64 = 1_000_000;
-/// The journal keeps the changes of this many synced runs (README, "Journal").
+/// The journal keeps the changes of this many synced runs (docs/operations.md#journal-retention).
 pub const DEFAULT_JOURNAL_KEEP_RUNS: u64 = 100;
 /// ... and of no run older than this many days.
 pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
@@ -232,7 +232,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout: Duration,
-    /// Sync from another file than the last successful sync (README, "What a sync does").
+    /// Sync from another file than the last successful sync (docs/sync.md#one-file-per-table).
     pub allow_file_change: bool,
     pub history: HistoryBound,
     pub journal: JournalRetention,
@@ -245,8 +245,7 @@ pub struct HistoryBound {
     pub keep_runs: Option<u64>,
 }
 
-/// How long the journal keeps what a run changed (README, "Journal, revert and
-/// history"): the newest `keep_runs` runs, none older than `keep_days`.
+/// How long the journal keeps what a run changed (docs/operations.md#journal-retention): the newest `keep_runs` runs, none older than `keep_days`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JournalRetention {
     /// 0 disables the journal (and so `revert`).

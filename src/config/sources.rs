@@ -1,6 +1,6 @@
 //! The sources of the settings, layered into one map of raw values: the TOML
 //! file, `.env` (the old service's syntax included), the process environment and
-//! the command-line flags (README, "Configuration").
+//! the command-line flags (docs/configuration.md#layering).
 
 use super::*;
 use figment::providers::{Format, Serialized, Toml};
@@ -242,7 +242,7 @@ pub(super) fn gather(overrides: &Overrides) -> Result<(Raw, LibpqDefaults), Conf
         reason,
     };
     let unknown = |key: &str| {
-        file_error(format!("unknown or non-scalar key {key:?} (the keys are the variables of the README, in lower case)"))
+        file_error(format!("unknown or non-scalar key {key:?} (the keys are the variables of docs/configuration.md#variables, in lower case)"))
     };
     // Keys are matched without regard to case; the TOML layer's struct
     // (`TomlLayer`, declared with the variables) refuses any other key.
@@ -309,6 +309,6 @@ pub fn early_log_format() -> Option<String> {
         .or_else(|| dotenv_layer().0.remove("LOG_FORMAT"))
 }
 
-/// The libpq variables set in `.env` only (README, "Configuration"), by name.
+/// The libpq variables set in `.env` only (docs/configuration.md#libpq-variables), by name.
 #[derive(Debug, Default)]
 pub(super) struct LibpqDefaults(pub(super) Vec<(&'static str, String)>);

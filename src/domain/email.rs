@@ -1,5 +1,5 @@
 //! `Email`: a follower's address, trimmed and lower-cased, validated as the
-//! README ("What a sync does", step 4 Validate) describes: no invisible or format
+//! docs/sync.md#4-validate describes: no invisible or format
 //! characters, no quoted local part (nor a character that would need one), and
 //! the domain stored in its Unicode form (`xn--bcher-kva.de` → `bücher.de`), so
 //! one address is one follower however its domain was written.

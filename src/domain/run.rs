@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-/// How a run ended (README, "Commands").
+/// How a run ended (README.md#commands).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, strum::Display, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]

@@ -4,7 +4,7 @@
 //! so a file without duplicates costs no pass over the load at all. A filter
 //! never misses a real duplicate; the few false alarms are checked in SQL and
 //! found single. Past `MAX_CANDIDATES` the list is dropped and SQL checks every
-//! email (README, "Performance").
+//! email (docs/performance.md#duplicates-without-a-pass-over-the-load).
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;

@@ -1,5 +1,4 @@
-//! The journal (`etl_info_schema.sync_journal`, README "Journal, revert and
-//! history"): what a run changed in `followers`, one row per changed follower,
+//! The journal (`etl_info_schema.sync_journal`, docs/operations.md#journal): what a run changed in `followers`, one row per changed follower,
 //! written by the same statement that makes the change (a data-modifying CTE), so
 //! unchanged rows cost nothing and the journal commits or rolls back with the
 //! merge. Every statement here is set-based; `merge.rs` and `revert.rs` call them.

@@ -19,7 +19,7 @@
 //!
 //! Into an empty `followers` (the first sync) the load is inserted as it is:
 //! there is nothing to compare. Update, insert and delete touch only the keys the
-//! diff found, each through the primary key (README, "Performance").
+//! diff found, each through the primary key (docs/performance.md#one-pass-finds-what-differs).
 //!
 //! The compensation of every step is the rollback of the transaction: readers see
 //! the old table or the new one, and a failure at any step leaves `followers` as
@@ -121,7 +121,7 @@ pub struct Load<'a> {
     pub counts: Counts,
     /// Distinct emails in the load: the rows it must hold in staging.
     pub distinct: u64,
-    /// Whether the run journals what it changes (README, "Journal, revert and history").
+    /// Whether the run journals what it changes (docs/operations.md#journal).
     pub journal: bool,
 }
 
@@ -199,7 +199,7 @@ const FILL_LOCK_TIMEOUT: &str = "1s";
 
 /// Below this share of `followers` changing, update and delete probe the
 /// primary key once per changed key; the planner would otherwise often scan
-/// the whole table to hash-join a few thousand keys (measured: README, Performance).
+/// the whole table to hash-join a few thousand keys (measured: docs/performance.md#one-pass-finds-what-differs).
 const PROBE_BELOW: f64 = 0.2;
 
 /// Followers absent from the load and not protected by a rejected row.
@@ -270,7 +270,7 @@ async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merge
 }
 
 /// Empties staging: `TRUNCATE` when the role may (the owner, or a runtime role
-/// granted it: README, "Database roles"), else the load's rows are deleted, as
+/// granted it: docs/sync.md#database-roles), else the load's rows are deleted, as
 /// the runtime grants of earlier versions allow. Under the lock `verify` took,
 /// staging holds this load and at most rows of a run that lost its lock, which
 /// its own `verify` refuses.
@@ -303,7 +303,7 @@ async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merg
 
 /// The first sync: the load goes into the empty `followers` as it is. Building
 /// the primary key once after the insert costs about a third of maintaining it
-/// row by row (README, "Performance"), so, where `FILL_KEY` allows it and the
+/// row by row (docs/performance.md#the-first-sync), so, where `FILL_KEY` allows it and the
 /// exclusive lock comes within `FILL_LOCK_TIMEOUT`, the key is dropped and
 /// rebuilt in this transaction: readers wait for the first sync instead of
 /// seeing the empty table, and a failure rolls the key back with everything

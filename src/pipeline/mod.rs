@@ -77,7 +77,7 @@ pub struct SyncContext {
     pub writes: settle::WriteTracker,
 }
 
-/// The one summary a run produces (README, "Commands").
+/// The one summary a run produces (docs/operations.md#the-sync-summary).
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub outcome: Outcome,
@@ -95,7 +95,7 @@ pub struct Summary {
     pub reason: Option<String>,
 }
 
-/// The keys a dry run's JSON summary adds (README, Commands).
+/// The keys a dry run's JSON summary adds (docs/operations.md#the-sync-summary).
 #[derive(Clone, Debug, Serialize)]
 pub struct DryRunVerdict {
     pub would_refuse: bool,
@@ -346,7 +346,7 @@ pub fn finished_event_shown(outcome: Outcome) -> bool {
 }
 
 /// Drops the journal beyond its retention, after the run and outside its lock
-/// (README, "Journal, revert and history"); a failure is only logged, the next
+/// (docs/operations.md#journal-retention); a failure is only logged, the next
 /// run prunes again.
 pub async fn prune_journal(ctx: &SyncContext) {
     if let Err(e) = journal::prune(&ctx.db, ctx.settings.journal).await {

@@ -1,6 +1,6 @@
 //! Read: file bytes → CSV records with their line numbers, streaming.
 //!
-//! The layers, each streaming (README, "What a sync does", step 3): the file's raw
+//! The layers, each streaming (docs/sync.md#3-read): the file's raw
 //! bytes (hashed, counted for progress) → decompression when the name ends in
 //! `.gz` or `.zst` → decoding to UTF-8 (`CSV_ENCODING`; UTF-8 itself passes
 //! through) → line tracking → the `csv` crate (RFC 4180 quoting, the UTF-8 BOM).

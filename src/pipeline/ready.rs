@@ -1,4 +1,4 @@
-//! The ready marker (`READY_MARKER`, README "Triggers"): when set, `CSV_FILE` is
+//! The ready marker (`READY_MARKER`, docs/operations.md#ready-marker): when set, `CSV_FILE` is
 //! read only once `CSV_FILE` + the marker exists and is not older than it, the
 //! convention of SFTP and batch pipelines that write the marker after the file.
 

@@ -1,5 +1,5 @@
 //! `followers-etl revert`: puts `followers` back to its state before one or more
-//! synced runs, from their journal (README, "Journal, revert and history").
+//! synced runs, from their journal (docs/operations.md#revert).
 //!
 //! Under the run lock, in ONE transaction: lock the runs to undo (every synced,
 //! not yet reverted run from the newest back to the target), refuse unless each

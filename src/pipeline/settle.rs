@@ -1,5 +1,5 @@
 //! Settle: no run reads a file that is still being written, whatever its trigger
-//! (README, "Triggers", "Files still being written"). Before a run reads the file:
+//! (docs/operations.md#files-still-being-written). Before a run reads the file:
 //!
 //! - its size, mtime, ctime and inode must have been unchanged for `WATCH_DEBOUNCE`
 //!   (the change time is the kernel's `ctime`, which `cp -p` or `touch -d` cannot

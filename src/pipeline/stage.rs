@@ -32,7 +32,7 @@ pub enum StageError {
 
 /// A batch in COPY's binary format: the server neither scans the text for
 /// delimiters and escapes nor parses the uuid and the line number (measured
-/// against the text format: README, "Performance").
+/// against the text format: docs/performance.md#binary-copy).
 fn encode(batch: &[Follower], load_id: &[u8; 16], buf: &mut Vec<u8>) {
     buf.clear();
     // Signature, flags (no OIDs), no header extension.

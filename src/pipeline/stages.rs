@@ -1,6 +1,6 @@
 //! How long each stage of a run took: kept in the run's record (`sync_runs.stages`,
 //! shown by `status`) and observed by the `followers_etl_stage_duration_seconds`
-//! histogram (README, "Observability").
+//! histogram (docs/operations.md#metrics).
 
 use std::time::Instant;
 

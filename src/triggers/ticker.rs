@@ -1,7 +1,8 @@
 //! Fires the cron schedule: a tokio loop over `Schedule::next_after`, sleeping
 //! toward each activation in steps of at most 30 s and re-reading the wall clock,
 //! so a suspended machine or a clock step does not make it fire late by hours.
-//! (tokio-cron-scheduler cannot honour robfig's syntax and DST rules; see README.)
+//! (tokio-cron-scheduler cannot honour robfig's syntax and DST rules; see
+//! docs/operations.md#why-not-tokio-cron-scheduler.)
 
 use crate::domain::Trigger;
 use crate::runner::RunRequests;

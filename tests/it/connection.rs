@@ -1,4 +1,4 @@
-//! Connection strings people already use (README, "Configuration"): a Unix-socket
+//! Connection strings people already use (docs/configuration.md#libpq-variables): a Unix-socket
 //! directory in keyword and URL form, and the libpq variables, against the real
 //! server's socket.
 
@@ -87,7 +87,7 @@ async fn libpq_variables_are_honoured_without_database_url_and_the_password_neve
 }
 
 /// `.env` is not loaded into the process environment, yet the libpq variables it
-/// sets reach the driver as if it were (README, "Configuration"); the process's own
+/// sets reach the driver as if it were (docs/configuration.md#libpq-variables); the process's own
 /// values still win over it.
 #[tokio::test]
 async fn libpq_variables_in_dotenv_reach_the_driver_and_the_environment_wins() {

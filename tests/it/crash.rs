@@ -5,7 +5,7 @@
 //!
 //! `CRASH_TRIALS` (default 3) sets the trials per test, `CRASH_SEED` replays a
 //! failed run (the seed is printed at the start; the output of a failed test is
-//! shown). The README (Guarantees) has the command of the long run and its result.
+//! shown). docs/guarantees.md#measured has the command of the long run and its result.
 
 use crate::helpers::*;
 use std::process::Stdio;
@@ -214,7 +214,7 @@ impl Fixture {
     }
 }
 
-/// What the trials saw, for the summary line (and the README's figures).
+/// What the trials saw, for the summary line (and the figures of docs/guarantees.md#measured).
 #[derive(Default)]
 struct Tally {
     old: usize,
@@ -335,7 +335,7 @@ async fn serve_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_a_re
 }
 
 /// The first sync into an empty table drops and rebuilds the primary key in its
-/// transaction (README, "Performance"): killed at any moment, it leaves the
+/// transaction (docs/performance.md#the-first-sync): killed at any moment, it leaves the
 /// table empty or full, with its key, and the next run fills it.
 #[tokio::test]
 async fn first_sync_killed_at_a_random_moment_leaves_an_empty_or_full_table_with_its_key() {

@@ -1,4 +1,5 @@
-//! The files people export (README, "What a sync does", step 3, and "Rejects"):
+//! The files people export (docs/sync.md#3-read and
+//! docs/sync.md#rejects-report):
 //! other encodings, compressed files, the rejects report, the ready marker.
 
 use crate::helpers::*;

@@ -174,7 +174,7 @@ impl TestEnv {
             .env("LOG_LEVEL", "warn")
             .env("HTTP_ADDR", "off")
             // Files written by a test are fresh: every run waits this long for
-            // them to settle (README, "Files still being written").
+            // them to settle (docs/operations.md#files-still-being-written).
             .env("WATCH_DEBOUNCE", "100ms");
         cmd
     }
@@ -576,9 +576,11 @@ impl TestRole {
 
     /// Runs the GRANT statements of `docs/sync.md#database-roles` for this role.
     pub async fn grant_documented_privileges(&self, env: &TestEnv) {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sync.md"))
-            .unwrap();
-        let section = &doc[doc.find("\n## Database roles\n").expect("docs/sync.md section")..];
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sync.md")).unwrap();
+        let section = &doc[doc
+            .find("\n## Database roles\n")
+            .expect("docs/sync.md section")..];
         let start = section.find("```sql\n").expect("an sql block") + 7;
         let block = &section[start..start + section[start..].find("```").unwrap()];
         assert!(block.contains("GRANT"), "{block}");

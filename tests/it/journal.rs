@@ -1,4 +1,4 @@
-//! The journal, `revert` and `history` (README, "Journal, revert and history").
+//! The journal, `revert` and `history` (docs/operations.md#journal-revert-and-history).
 
 use crate::helpers::*;
 use sqlx::Row;

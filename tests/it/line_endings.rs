@@ -1,5 +1,5 @@
 //! Line endings: bare-CR (old Mac) files and stray carriage returns, read the same
-//! way by `check` and `sync` (README, "What a sync does", step 3).
+//! way by `check` and `sync` (docs/sync.md#3-read).
 
 use crate::helpers::*;
 

@@ -5,6 +5,7 @@
 mod commands;
 mod connection;
 mod crash;
+mod documentation;
 mod exports;
 mod faults;
 mod helpers;

@@ -1,5 +1,4 @@
-//! Files still being written are never read, whatever the trigger (README,
-//! "Files still being written").
+//! Files still being written are never read, whatever the trigger (docs/operations.md#files-still-being-written).
 
 use crate::helpers::*;
 use crate::serve::{free_port, http_get_within, wait_for_followers, wait_ready};

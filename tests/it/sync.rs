@@ -493,7 +493,7 @@ async fn a_failure_in_the_first_sync_into_an_empty_table_leaves_it_empty() {
 }
 
 /// The first sync drops the primary key and builds it again after the insert
-/// when it may (README, "Performance"); when another session is reading the
+/// when it may (docs/performance.md#the-first-sync); when another session is reading the
 /// table, or another table references the key, it inserts with the key in place.
 /// Either way the table ends the same, with its key.
 #[tokio::test]

@@ -1,5 +1,4 @@
-//! Taking over the old Go service's database (README, "Taking over the old
-//! service's database"), and a `followers` table of another shape.
+//! Taking over the old Go service's database (docs/sync.md#taking-over-the-old-services-database), and a `followers` table of another shape.
 
 use crate::helpers::*;
 use followers_etl::domain::Email;
