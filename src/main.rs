@@ -36,6 +36,13 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings);
+    let ignored = settings.database_url.ignored_keywords();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            keywords = %ignored.join(", "),
+            "the connection string sets libpq keywords the driver does not implement: ignored"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

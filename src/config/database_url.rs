@@ -10,6 +10,9 @@ use super::*;
 pub struct DatabaseUrl {
     url: SecretString,
     redacted: String,
+    /// libpq keywords the string sets that the driver does not implement: dropped
+    /// from what the driver gets, named (never their values) in a warning.
+    ignored: Vec<String>,
 }
 
 impl DatabaseUrl {
@@ -27,16 +30,10 @@ impl DatabaseUrl {
                 )
             })?
         };
-        let url = url::Url::parse(&url_text).map_err(|e| {
-            invalid(
-                var,
-                &redact_text(raw),
-                format!("not a connection URL ({e})"),
-            )
-        })?;
         // An unencoded '#', '/' or '?' in the password makes the URL parse with the
-        // password cut off (into the port, path or fragment), and then it would be
-        // printed: refuse such a URL without echoing it.
+        // password cut off (into the port, path or fragment), or not parse at all
+        // (`pa#ss` read as a port): refuse such a URL without echoing it, before
+        // the parser's own message could.
         if let Some((_, rest)) = raw.split_once("://") {
             let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
             if rest.contains('@') && !authority.contains('@') {
@@ -47,6 +44,14 @@ impl DatabaseUrl {
                 ));
             }
         }
+        let mut url = url::Url::parse(&url_text).map_err(|e| {
+            invalid(
+                var,
+                &redact_text(raw),
+                format!("not a connection URL ({e})"),
+            )
+        })?;
+        let ignored = check_parameters(var, &mut url)?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(invalid(
                 var,
@@ -54,10 +59,24 @@ impl DatabaseUrl {
                 "the scheme must be postgres:// or postgresql://",
             ));
         }
+        let redacted = redact_url(url.clone());
+        if !ignored.is_empty() {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| !ignored.iter().any(|i| i == k))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+        }
         let secret = SecretString::from(url.as_str().to_owned());
         Ok(Self {
             url: secret,
-            redacted: redact_url(url),
+            redacted,
+            ignored,
         })
     }
 
@@ -128,7 +147,14 @@ impl DatabaseUrl {
         Self {
             url: SecretString::from(url.as_str().to_owned()),
             redacted: self.redacted,
+            ignored: self.ignored,
         }
+    }
+
+    /// The libpq keywords of the string that the driver does not implement and
+    /// that are therefore ignored (README, "Configuration"), for a start-up warning.
+    pub fn ignored_keywords(&self) -> &[String] {
+        &self.ignored
     }
 
     pub fn expose(&self) -> &str {
@@ -162,13 +188,155 @@ pub(super) fn redact_text(raw: &str) -> String {
     }
 }
 
-/// Redacts the userinfo password and any `password` query parameter.
+/// The parameters (URL query keys, libpq keywords) the driver reads
+/// (`sqlx-postgres`'s `PgConnectOptions::parse_from_url`).
+const DRIVER_PARAMETERS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "application_name",
+    "options",
+];
+
+/// libpq keywords the driver does not implement whose absence changes neither
+/// what is connected to nor how safely: accepted (the old service's strings
+/// carry them), dropped and named in a warning. Any other keyword is refused.
+const IGNORED_LIBPQ_PARAMETERS: &[&str] = &[
+    "connect_timeout",
+    "client_encoding",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "sslcompression",
+    "sslsni",
+    "sslpassword",
+    "gssencmode",
+    "krbsrvname",
+    "gsslib",
+];
+
+/// libpq keywords that change what is connected to or how safely, which the
+/// driver would silently ignore: refused, naming them.
+const UNSUPPORTED_LIBPQ_PARAMETERS: &[&str] = &[
+    "target_session_attrs",
+    "channel_binding",
+    "require_auth",
+    "requirepeer",
+    "sslcrl",
+    "sslcrldir",
+    "sslcertmode",
+    "sslnegotiation",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "load_balance_hosts",
+    "replication",
+    "service",
+    "passfile",
+    "gssdelegation",
+];
+
+/// Whether a parameter's value is to be hidden: a password, or anything whose
+/// name suggests a secret (and every parameter the driver does not know, since a
+/// misspelt `pasword=` holds one).
+fn secret_parameter(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let known = DRIVER_PARAMETERS.contains(&key.as_str())
+        || IGNORED_LIBPQ_PARAMETERS.contains(&key.as_str());
+    !known
+        || ["pass", "secret", "token", "pwd"]
+            .iter()
+            .any(|s| key.contains(s))
+}
+
+/// Refuses a parameter the driver would ignore with a warning showing its value
+/// (a misspelt `pasword=S3cret` printed the password): an unknown one, or a libpq
+/// keyword the driver cannot honour. Returns the harmless libpq keywords to drop.
+/// Only keys are ever named, never values.
+fn check_parameters(var: &'static str, url: &mut url::Url) -> Result<Vec<String>, ConfigError> {
+    let hidden = "(not shown: it may contain a password)";
+    let mut ignored = Vec::new();
+    for (key, _) in url.query_pairs() {
+        let key = key.into_owned();
+        if DRIVER_PARAMETERS.contains(&key.as_str())
+            || (key.starts_with("options[") && key.ends_with(']'))
+        {
+            continue;
+        }
+        if IGNORED_LIBPQ_PARAMETERS.contains(&key.as_str()) {
+            if !ignored.contains(&key) {
+                ignored.push(key);
+            }
+            continue;
+        }
+        let rule = if UNSUPPORTED_LIBPQ_PARAMETERS.contains(&key.as_str()) {
+            format!("the libpq keyword `{key}` is not supported by the driver; remove it")
+        } else {
+            let hint = closest_parameter(&key)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            format!(
+                "unknown connection parameter `{}`{hint}; known: {}",
+                key.escape_debug(),
+                DRIVER_PARAMETERS.join(", ")
+            )
+        };
+        return Err(invalid(var, hidden, rule));
+    }
+    Ok(ignored)
+}
+
+/// The known parameter within two edits of `key`, if any.
+fn closest_parameter(key: &str) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let here = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb))
+                    .min(row[j] + 1)
+                    .min(here + 1);
+                prev = here;
+            }
+        }
+        row[b.len()]
+    }
+    let key = key.to_ascii_lowercase();
+    DRIVER_PARAMETERS
+        .iter()
+        .chain(IGNORED_LIBPQ_PARAMETERS)
+        .chain(UNSUPPORTED_LIBPQ_PARAMETERS)
+        .map(|k| (distance(&key, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Redacts the userinfo password and the value of every password-like or
+/// unknown query parameter.
 pub(super) fn redact_url(mut url: url::Url) -> String {
     if url.password().is_some() {
         let _ = url.set_password(Some("***"));
     }
-    let secret =
-        |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+    let secret = |k: &str| secret_parameter(k);
     if url.query_pairs().any(|(k, _)| secret(&k)) {
         let pairs: Vec<(String, String)> = url
             .query_pairs()

@@ -902,6 +902,61 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_connection_parameter_is_refused_without_its_value() {
+        // A misspelt keyword: the driver would ignore it and log its value.
+        for (var, dsn) in [
+            ("DSN", "host=127.0.0.1 user=bob pasword=S3cretPw dbname=x"),
+            (
+                "DATABASE_URL",
+                "postgres://bob@127.0.0.1/x?pasword=S3cretPw",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://bob@db/x?sslmode=disable&SSLMODE=S3cretPw",
+            ),
+            ("DSN", "host=db dbname=x target_session_attrs=S3cretPw"),
+        ] {
+            let e = err_of(&[(var, dsn)]);
+            assert!(
+                !e.contains("S3cretPw") && e.contains(var) && e.contains('`'),
+                "{dsn}: {e}"
+            );
+        }
+        let e = err_of(&[("DSN", "host=db user=bob pasword=S3cretPw dbname=x")]);
+        assert!(
+            e.contains("`pasword`") && e.contains("did you mean `password`"),
+            "{e}"
+        );
+        // A harmless libpq keyword the driver lacks is accepted, dropped from what the
+        // driver gets, and named for a warning; a secret one is never shown.
+        let url = DatabaseUrl::parse(
+            "DSN",
+            "host=db user=bob dbname=x connect_timeout=10 sslpassword=S3cretPw sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(url.ignored_keywords(), ["connect_timeout", "sslpassword"]);
+        assert!(!url.expose().contains("connect_timeout") && !url.expose().contains("S3cretPw"));
+        assert!(url.expose().contains("sslmode=disable"), "{}", url.expose());
+        assert!(!url.to_string().contains("S3cretPw"), "{url}");
+        assert!(url.to_string().contains("connect_timeout=10"), "{url}");
+    }
+
+    #[test]
+    fn a_url_password_with_a_hash_that_breaks_the_port_gets_the_hint() {
+        for dsn in [
+            "postgres://app:pa#ss@db/app",
+            "postgres://app:S3cr#etPw@db:5432/app",
+            "postgres://app:x/S3cretPw@db/app",
+        ] {
+            let e = err_of(&[("DATABASE_URL", dsn)]);
+            assert!(
+                e.contains("percent-encode") && !e.contains("ss@") && !e.contains("S3cr"),
+                "{dsn}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn libpq_variables_from_dotenv_fill_in_only_what_the_string_leaves_out() {
         let defaults = LibpqDefaults(vec![
             ("PGPASSWORD", "s3cret".into()),

@@ -106,6 +106,62 @@ async fn no_error_shows_a_password() {
     }
 }
 
+#[tokio::test]
+async fn a_misspelt_or_unsupported_connection_keyword_is_a_configuration_error_never_showing_its_value(
+) {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    // `pasword` (a typo): the driver would log the value and then the connection
+    // string would be printed with it (issue 17).
+    for dsn in [
+        "host=127.0.0.1 port=1 user=bob pasword=s3cr3t dbname=x",
+        "postgres://bob@127.0.0.1:1/x?pasword=s3cr3t",
+        "host=127.0.0.1 port=1 user=bob dbname=x channel_binding=s3cr3t",
+    ] {
+        for args in [&["sync"][..], &["status"], &["serve"]] {
+            let run = env.run(
+                args,
+                &[("DATABASE_URL", ""), ("DSN", dsn), ("LOG_LEVEL", "debug")],
+            );
+            assert_no_secret(&run, dsn);
+            assert!(
+                run.code == 2 && run.stderr.contains("DSN") && run.stdout.is_empty(),
+                "{dsn} {args:?}: {run:?}"
+            );
+        }
+    }
+    let run = env.run(
+        &["sync"],
+        &[
+            ("DSN", "host=127.0.0.1 user=bob pasword=s3cr3t dbname=x"),
+            ("DATABASE_URL", ""),
+        ],
+    );
+    assert!(run.stderr.contains("did you mean `password`"), "{run:?}");
+    // A libpq keyword the driver lacks but that changes nothing is dropped with a
+    // warning naming it, and the run goes on (here to an unreachable port).
+    let dsn = "host=127.0.0.1 port=1 user=app dbname=x connect_timeout=5 sslpassword=s3cr3t";
+    let run = env.run(&["sync"], &[("DSN", dsn), ("DATABASE_URL", "")]);
+    assert_no_secret(&run, dsn);
+    assert!(
+        run.code == 1
+            && run.stderr.contains("connect_timeout, sslpassword")
+            && run.stderr.contains("ignored")
+            && !run.stderr.contains("unrecognized"),
+        "{run:?}"
+    );
+    // A password with an unencoded '#' that makes the rest read as a bad port.
+    let run = env.run(
+        &["sync"],
+        &[("DATABASE_URL", "postgres://app:pa#s3cr3t@db/app")],
+    );
+    assert_no_secret(&run, "#");
+    assert!(
+        run.code == 2 && run.stderr.contains("percent-encode"),
+        "{run:?}"
+    );
+}
+
 const TABBED: &str = "email\tfull_name\nann@example.com\tAnn Lee\n";
 
 fn checks_one_valid_row(run: &Run, what: &str) {
