@@ -55,9 +55,9 @@ pub enum Command {
     Sync(SyncArgs),
     /// Validate a CSV file without touching any database (0 valid, 1 invalid, 2 usage).
     Check {
-        /// The file to check, resolved as `sync --file` resolves it: relative to TABLES_DIR and inside it (default: CSV_FILE).
+        /// The file to check: any path (relative to TABLES_DIR when it names a file there, else to the working directory; default: CSV_FILE).
         path: Option<PathBuf>,
-        /// Print the report as one JSON object.
+        /// Print the report as one JSON object, with every invalid line (line, reason, raw) as `rejects --json` lists them.
         #[arg(long)]
         json: bool,
     },
@@ -184,6 +184,15 @@ impl Out {
     fn line(&mut self, text: fmt::Arguments<'_>) {
         if self.error.is_none() {
             if let Err(e) = writeln!(self.stdout, "{text}") {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Like `line`, without the line break (a JSON object written in parts).
+    fn write(&mut self, text: fmt::Arguments<'_>) {
+        if self.error.is_none() {
+            if let Err(e) = write!(self.stdout, "{text}") {
                 self.error = Some(e);
             }
         }
@@ -445,43 +454,79 @@ async fn history(settings: &Settings, email: &str, json: bool) -> ExitCode {
     out.finish(ExitCode::SUCCESS)
 }
 
-fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
-    // The same file `sync --file PATH` would read (README.md#commands).
-    let resolved = match &path {
-        Some(p) => crate::config::confine("PATH", &settings.tables_dir, p).map_err(Into::into),
+/// The file `check PATH` reads: any path, as `sync --file PATH` would find it
+/// when it names a file in `TABLES_DIR` (relative to it), else as given
+/// (relative to the working directory), so an export can be checked before it is
+/// copied in (README, Commands). Without `PATH`, `CSV_FILE` as `sync` resolves it.
+fn check_path(settings: &Settings, path: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    match path {
         None => settings.resolve_csv_file(None),
-    };
-    let path = match resolved {
+        Some(p) if p.is_relative() && settings.tables_dir.join(&p).exists() => {
+            Ok(settings.tables_dir.join(p))
+        }
+        Some(p) => Ok(p),
+    }
+}
+
+fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
+    let path = match check_path(settings, path) {
         Ok(p) => p,
         Err(e) => return config_failure(&e),
     };
-    let result = match pipeline::check::check_file(&path, &settings.csv) {
-        Ok(result) => result,
-        // The file cannot be read at all (missing, a directory): a usage error.
+    let mut out = Out::new();
+    let mut tally = pipeline::check::CheckReport::default();
+    let mut field_count = false;
+    // `--json` streams: the object opens with its `rejects` list, each invalid line
+    // written as it is found, with the keys of `rejects --json` (line, reason, raw).
+    let mut opened = false;
+    let open = |out: &mut Out, opened: &mut bool| {
+        if !*opened {
+            *opened = true;
+            out.write(format_args!(
+                "{{\"file\":{},\"rejects\":[",
+                serde_json::Value::from(path.display().to_string())
+            ));
+        }
+    };
+    let result = pipeline::check::check_file(&path, &settings.csv, &mut tally, |reject, row| {
+        report_raw(Level::WARN, &format!("{}: {reject}", path.display()));
+        field_count |= matches!(
+            reject.reason,
+            pipeline::validate::RejectReason::FieldCount { .. }
+        );
+        if json {
+            let first = !opened;
+            open(&mut out, &mut opened);
+            let stored = crate::rejects::StoredReject {
+                line: reject.line,
+                reason: reject.reason.to_string(),
+                raw: String::from_utf8_lossy(&row.raw).into_owned(),
+            };
+            out.write(format_args!(
+                "{}{}",
+                if first { "" } else { "," },
+                serde_json::to_string(&stored).expect("serialisable")
+            ));
+        }
+    });
+    let error = match result {
+        Ok(()) => None,
+        // The file cannot be read (missing, a directory): a usage error.
         Err(e) if !e.is_content() => {
             report(Level::ERROR, &error_chain(&e));
-            return exit::usage();
+            Some(e)
         }
         Err(e) => {
             report(Level::ERROR, &format!("invalid: {}", error_chain(&e)));
-            return exit::failure();
+            Some(e)
         }
     };
-    for reject in &result.rejects {
-        report_raw(Level::WARN, &format!("{}: {reject}", path.display()));
-    }
-    let field_count = |r: &pipeline::validate::Reject| {
-        matches!(
-            r.reason,
-            pipeline::validate::RejectReason::FieldCount { .. }
-        )
-    };
-    if result.rejects.iter().any(field_count) {
+    if field_count {
         if let Some(hint) = pipeline::read::delimiter_hint(&path, &settings.csv) {
             report_raw(Level::WARN, &format!("{}: hint: {hint}", path.display()));
         }
     }
-    for (email, lines) in &result.duplicate_lines {
+    for (email, lines) in &tally.duplicate_lines {
         report_raw(
             Level::WARN,
             &format!(
@@ -490,26 +535,40 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
             ),
         );
     }
-    let mut out = Out::new();
     if json {
-        out.line(format_args!(
-            "{}",
-            serde_json::to_string(&result).expect("serialisable")
-        ));
-    } else {
+        open(&mut out, &mut opened);
+        let duplicate_lines: Vec<_> = tally
+            .duplicate_lines
+            .iter()
+            .map(|(email, lines)| serde_json::json!({ "email": email, "lines": lines }))
+            .collect();
+        let mut tail = serde_json::json!({
+            "duplicate_lines": duplicate_lines,
+            "rows": tally.rows,
+            "valid": tally.valid,
+            "invalid": tally.invalid,
+            "duplicates": tally.duplicates,
+        });
+        if let Some(e) = &error {
+            tail["error"] = error_chain(e).into();
+        }
+        let tail = tail.to_string();
+        out.line(format_args!("],{}", &tail[1..]));
+    } else if error.is_none() {
         out.line(format_args!(
             "{}: {} rows, {} valid, {} invalid, {} duplicates",
             path.display(),
-            result.rows,
-            result.valid,
-            result.invalid,
-            result.duplicates
+            tally.rows,
+            tally.valid,
+            tally.invalid,
+            tally.duplicates
         ));
     }
-    out.finish(if result.invalid == 0 {
-        ExitCode::SUCCESS
-    } else {
-        exit::failure()
+    out.finish(match &error {
+        Some(e) if !e.is_content() => exit::usage(),
+        Some(_) => exit::failure(),
+        None if tally.invalid > 0 => exit::failure(),
+        None => ExitCode::SUCCESS,
     })
 }
 

@@ -265,3 +265,61 @@ async fn an_interrupted_sync_is_compensated_and_exits_1() {
     assert_eq!(env.staging_rows().await, 0);
     assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann")]));
 }
+
+#[tokio::test]
+async fn check_reads_any_path_writes_nothing_and_lists_rejects_as_rejects_does() {
+    let env = TestEnv::new().await;
+    // An export outside TABLES_DIR, before it is copied in.
+    let text =
+        "email,full_name\nann@example.com,Ann\nbad,\"Bad, B\"\nANN@example.com,Ann2\nx@y.z\n";
+    let outside = env.dir.path().join("export.csv");
+    std::fs::write(&outside, text).unwrap();
+    // No database at all: an unreachable one is never tried.
+    let run = env.run(
+        &["check", "--json", outside.to_str().unwrap()],
+        &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let report = run.json();
+    assert_eq!(
+        (
+            report["rows"].as_u64(),
+            report["valid"].as_u64(),
+            report["invalid"].as_u64(),
+            report["duplicates"].as_u64()
+        ),
+        (Some(4), Some(2), Some(2), Some(1)),
+        "{run:?}"
+    );
+    assert_eq!(
+        report["duplicate_lines"],
+        serde_json::json!([{ "email": "ann@example.com", "lines": [2, 4] }])
+    );
+    // Relative to the working directory too, when TABLES_DIR has no such file.
+    let run = env.run(&["check", "export.csv"], &[]);
+    assert!(
+        run.code == 1 && run.stdout.contains("4 rows, 2 valid, 2 invalid"),
+        "{run:?}"
+    );
+    // The same lines, reasons and texts, under the same keys, as the rejects of a
+    // sync of that file.
+    env.write_csv(text);
+    let sync = env.sync_with(&[], &[("MAX_REJECTS", "10")]);
+    assert_eq!(sync.outcome(), "synced", "{sync:?}");
+    let rejects = env.run(&["rejects", "--json"], &[]);
+    assert_eq!(rejects.code, 0, "{rejects:?}");
+    assert_eq!(report["rejects"], rejects.json()["rejects"], "{rejects:?}");
+    assert_eq!(report["rejects"][0]["raw"], "bad,\"Bad, B\"");
+    assert_eq!(report["rejects"][1]["line"], 5);
+    // check wrote nothing: the only run is the sync.
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM etl_info_schema.sync_runs")
+            .await,
+        1
+    );
+    // A valid file outside TABLES_DIR: exit 0, an empty list.
+    std::fs::write(&outside, "email,full_name\nann@example.com,Ann\n").unwrap();
+    let run = env.run(&["check", "--json", outside.to_str().unwrap()], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["rejects"], serde_json::json!([]));
+}
