@@ -637,28 +637,35 @@ async fn rejects(settings: &Settings, load_id: Option<uuid::Uuid>, json: bool) -
     let run = match crate::rejects::of_run(db.get_postgres_connection_pool(), load_id).await {
         Ok(Some(run)) => run,
         Ok(None) => {
-            match load_id {
-                Some(id) => eprintln!("followers-etl: no run with load_id {id}"),
-                None => eprintln!("followers-etl: no run has read the file yet"),
-            }
+            report(
+                Level::ERROR,
+                &match load_id {
+                    Some(id) => format!("no run with load_id {id}"),
+                    None => "no run has read the file yet".to_owned(),
+                },
+            );
             return exit::failure();
         }
         Err(e) => return failure("cannot read the rejects (run `followers-etl migrate`?)", &e),
     };
+    let mut out = Out::new();
     if json {
-        println!("{}", serde_json::to_string(&run).expect("serialisable"));
-        return ExitCode::SUCCESS;
+        out.line(format_args!(
+            "{}",
+            serde_json::to_string(&run).expect("serialisable")
+        ));
+        return out.finish(ExitCode::SUCCESS);
     }
-    println!(
+    out.line(format_args!(
         "load_id={} outcome={} file={} rejected={} stored={}",
         run.load_id,
         run.outcome,
         run.file,
         run.rejected,
         run.rejects.len()
-    );
+    ));
     for r in &run.rejects {
-        println!("line {}: {}: {:?}", r.line, r.reason, r.raw);
+        out.line(format_args!("line {}: {}: {:?}", r.line, r.reason, r.raw));
     }
-    ExitCode::SUCCESS
+    out.finish(ExitCode::SUCCESS)
 }

@@ -65,14 +65,17 @@ pub struct RunRejects {
 }
 
 /// The rejects of `load_id`, or of the newest run that read the file (not
-/// `skipped`, not still `running`); `None` when there is no such run.
+/// `skipped`, not still `running`, not a revert, not refused before reading,
+/// as a run whose file is not settled is); `None` when there is no such run.
 pub async fn of_run(
     pool: &PgPool,
     load_id: Option<Uuid>,
 ) -> Result<Option<RunRejects>, sqlx::Error> {
     let run: Option<(Uuid, String, String, i64)> = sqlx::query_as(
         "SELECT load_id, outcome, file, rejected FROM etl_info_schema.sync_runs
-         WHERE CASE WHEN $1::uuid IS NULL THEN outcome NOT IN ('skipped', 'running')
+         WHERE CASE WHEN $1::uuid IS NULL
+                    THEN outcome NOT IN ('skipped', 'running') AND trigger <> 'revert'
+                         AND (stages IS NULL OR stages ? 'read_and_stage')
                     ELSE load_id = $1 END
          ORDER BY started_at DESC, load_id DESC LIMIT 1",
     )

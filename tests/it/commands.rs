@@ -323,3 +323,58 @@ async fn check_reads_any_path_writes_nothing_and_lists_rejects_as_rejects_does()
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["rejects"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn rejects_last_is_the_newest_run_that_read_a_file_and_writes_like_every_command() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.synced(&[]);
+    let mut text = String::from("email,full_name\nann@example.com,Ann Lee\n");
+    for i in 0..3000 {
+        text.push_str(&format!("bad{i},{}\n", "n".repeat(40)));
+    }
+    env.write_csv(&text);
+    let sync = env.sync_with(&[], &[("MAX_REJECTS", "5000")]);
+    assert_eq!(sync.outcome(), "synced", "{sync:?}");
+    let load_id = sync.json()["load_id"].as_str().unwrap().to_owned();
+    // A refused revert (the table drifted) reads no file.
+    env.exec("UPDATE followers SET full_name = 'Hand Edited'")
+        .await;
+    let revert = env.run(&["revert", "--last"], &[]);
+    assert_eq!(revert.code, 1, "{revert:?}");
+    for args in [&["rejects", "--json"][..], &["rejects", "--last", "--json"]] {
+        let run = env.run(args, &[]);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        let json = run.json();
+        assert_eq!(json["load_id"], load_id.as_str(), "{args:?}: {run:?}");
+        assert_eq!(json["rejects"].as_array().map(Vec::len), Some(3000));
+    }
+    // A reader that goes away early ends the output quietly, with the exit status kept.
+    let mut cmd = env.command();
+    cmd.arg("rejects")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(0) && stderr.is_empty(),
+        "{:?} {stderr}",
+        out.status
+    );
+    // Its errors are JSON lines under LOG_FORMAT=json.
+    let run = env.run(
+        &["rejects", "0192a0b1-0000-7000-8000-000000000000"],
+        &[("LOG_FORMAT", "json")],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let line: serde_json::Value = serde_json::from_str(run.stderr.trim()).expect("a JSON line");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("no run with load_id"),
+        "{run:?}"
+    );
+}
