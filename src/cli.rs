@@ -269,8 +269,9 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     signals::stop_on_signals(cancel.clone(), Hangup::Stop);
     let db = match connect_and_migrate(&settings).await {
         Ok(db) => db,
+        // No run was recorded: the summary names no load_id (README, Commands).
         Err(code) => {
-            print_summary(&Summary::not_started(load_id), args.json);
+            print_summary(&Summary::not_started(load_id), args.json, false);
             return code;
         }
     };
@@ -294,7 +295,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         allow_file_change: args.force || ctx.settings.allow_file_change,
     };
     let summary = pipeline::run_sync(&ctx, &request, load_id, cancel).await;
-    let code = print_summary(&summary, args.json);
+    let code = print_summary(&summary, args.json, true);
     // The reason is on stderr once: in the run's `sync finished` event, or here
     // when LOG_LEVEL hides that event.
     if let Some(reason) = &summary.reason {
@@ -314,13 +315,22 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     }
 }
 
-fn print_summary(summary: &Summary, json: bool) -> ExitCode {
+/// The summary line; `recorded` false for a run that never reached the database,
+/// whose load_id is then shown as null (`none`), being recorded nowhere.
+fn print_summary(summary: &Summary, json: bool, recorded: bool) -> ExitCode {
     let mut out = Out::new();
+    let load_id = if recorded {
+        summary.load_id.to_string()
+    } else {
+        "none".to_owned()
+    };
     if json {
-        out.line(format_args!(
-            "{}",
-            serde_json::to_string(summary).expect("a summary always serialises")
-        ));
+        let mut text = serde_json::to_string(summary).expect("a summary always serialises");
+        if !recorded {
+            let quoted = format!("\"{}\"", summary.load_id);
+            text = text.replacen(&quoted, "null", 1);
+        }
+        out.line(format_args!("{text}"));
     } else {
         let c = &summary.counts;
         let verdict = summary
@@ -330,7 +340,7 @@ fn print_summary(summary: &Summary, json: bool) -> ExitCode {
             .unwrap_or_default();
         out.line(format_args!(
             "{} load_id={} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={} journaled={} duration={:.3}s{verdict}",
-            summary.outcome, summary.load_id, c.rows_read, c.inserted, c.updated, c.deleted, c.unchanged, c.rejected, c.duplicates, c.journaled,
+            summary.outcome, load_id, c.rows_read, c.inserted, c.updated, c.deleted, c.unchanged, c.rejected, c.duplicates, c.journaled,
             summary.duration.as_secs_f64()
         ));
     }

@@ -25,7 +25,7 @@ fn i(n: u64) -> i64 {
 
 /// Removes staging rows of crashed runs and marks their run records failed. Only
 /// call it while holding the run lock: then no other run is in flight.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     let orphans = db
         .execute_unprepared("DELETE FROM public.staging_followers")
@@ -194,7 +194,7 @@ const PRUNE_BATCH: u64 = 500;
 /// newest `keep_runs`), oldest first, `PRUNE_BATCH` rows per statement. Never deletes
 /// a `running` run, nor the last successful sync (the newest `synced` run and the run
 /// `table_status` names). Returns how many runs it deleted.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64, DbErr> {
     let older_than: Option<NaiveDateTime> = bound
         .keep_days

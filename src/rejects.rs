@@ -24,7 +24,7 @@ pub struct StoredReject {
 }
 
 /// Stores a run's rejects, one multi-row INSERT (arrays unnested) per batch.
-#[tracing::instrument(skip_all, fields(rejects = rejects.len()), err)]
+#[tracing::instrument(skip_all, fields(rejects = rejects.len()), err(level = "debug"))]
 pub async fn store(
     pool: &PgPool,
     load_id: LoadId,

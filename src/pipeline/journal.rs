@@ -78,7 +78,7 @@ pub async fn seal(
 /// the run, outside the run lock: it touches only old runs' rows, so it never
 /// waits for a sync; against a revert of the same runs, the row locks on
 /// `sync_runs` order the two (the revert then sees the journal gone and refuses).
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn prune(db: &DatabaseConnection, retention: JournalRetention) -> Result<u64, DbErr> {
     let txn = db.begin().await?;
     let pruned = txn

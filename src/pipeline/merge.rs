@@ -417,7 +417,7 @@ async fn diff(txn: &impl ConnectionTrait, id: &Value) -> Result<Diffed, MergeErr
 }
 
 /// Applies the load in one transaction and commits, or rolls back on any error.
-#[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
+#[tracing::instrument(skip_all, fields(load_id = %load.load_id), err(level = "debug"))]
 pub async fn merge(
     db: &DatabaseConnection,
     load: &Load<'_>,
@@ -622,7 +622,7 @@ async fn committed(
 
 /// What `merge` would do, computed with reads only; the second value tells that
 /// the guard would refuse.
-#[tracing::instrument(skip_all, fields(load_id = %load.load_id), err)]
+#[tracing::instrument(skip_all, fields(load_id = %load.load_id), err(level = "debug"))]
 pub async fn plan(
     db: &DatabaseConnection,
     load: &Load<'_>,

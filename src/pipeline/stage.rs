@@ -62,7 +62,7 @@ const COPY: &str =
 /// Runs `workers` tasks that COPY every batch from `batches` until the channel
 /// closes. On the first error the others stop (through `cancel`) and the error is
 /// returned; rows already copied stay until `discard`.
-#[tracing::instrument(skip_all, fields(load_id = %load_id, workers), err)]
+#[tracing::instrument(skip_all, fields(load_id = %load_id, workers), err(level = "debug"))]
 pub async fn copy_batches(
     pool: &PgPool,
     load_id: LoadId,
@@ -171,7 +171,7 @@ fn only(sql: &str, candidates: &Candidates, mut values: Vec<sea_orm::Value>) -> 
 
 /// Reports duplicates, then deletes every occurrence but the last, so the load
 /// holds one row per email. Only `candidates` can be duplicates; none: nothing to do.
-#[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
+#[tracing::instrument(skip_all, fields(load_id = %load_id), err(level = "debug"))]
 pub async fn resolve_duplicates(
     db: &DatabaseConnection,
     load_id: LoadId,
@@ -228,7 +228,7 @@ pub async fn resolve_duplicates(
 /// Removes staged rows whose email appears again later in the file on a
 /// rejected row (`protected`: email and line): the last occurrence wins, and a
 /// rejected one leaves the follower as it is. Returns the rows removed.
-#[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
+#[tracing::instrument(skip_all, fields(load_id = %load_id), err(level = "debug"))]
 pub async fn drop_superseded(
     db: &DatabaseConnection,
     load_id: LoadId,
@@ -252,7 +252,7 @@ pub async fn drop_superseded(
 }
 
 /// Compensation of staging: removes the load's rows.
-#[tracing::instrument(skip_all, fields(load_id = %load_id), err)]
+#[tracing::instrument(skip_all, fields(load_id = %load_id), err(level = "debug"))]
 pub async fn discard(db: &impl ConnectionTrait, load_id: LoadId) -> Result<u64, DbErr> {
     let result = db
         .execute(stmt(

@@ -492,3 +492,61 @@ async fn the_shipped_env_example_allows_lowering_db_max_conns_alone() {
     );
     assert_eq!(run.code, 0, "{run:?}");
 }
+
+#[tokio::test]
+async fn an_unreachable_database_is_named_as_such_and_no_unrecorded_load_id_is_shown() {
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        crate::serve::free_port()
+    );
+    let env = TestEnv::on_existing(&url);
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    // The run was recorded nowhere: no load_id to look up.
+    let run = env.sync();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.json()["load_id"].is_null(), "{run:?}");
+    let run = env.run(&["sync"], &[]);
+    assert!(
+        run.code == 1 && run.stdout.starts_with("failed load_id=none "),
+        "{run:?}"
+    );
+    // /readyz says why, as the log does, not that a pool timed out.
+    let port = crate::serve::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = env.spawn_agent(&[("HTTP_ADDR", &addr), ("WATCH", "false")]);
+    let ready = eventually(30, "/readyz", || async {
+        crate::serve::http_get(port, "/readyz")
+    })
+    .await;
+    assert!(
+        ready.starts_with("HTTP/1.1 503")
+            && ready.contains("Connection refused")
+            && !ready.contains("timed out"),
+        "{ready}"
+    );
+    assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
+}
+
+#[tokio::test]
+async fn a_refusal_reason_is_printed_once_at_every_log_level() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv_owned(&many(10)));
+    env.synced(&[]);
+    env.write_csv(csv_owned(&many(2)));
+    for level in ["error", "warn", "info"] {
+        for json in [false, true] {
+            let mut args = vec!["sync", "--log-level", level];
+            if json {
+                args.push("--json");
+            }
+            let run = env.run(&args, &[]);
+            assert_eq!(run.code, 1, "{run:?}");
+            assert_eq!(
+                run.stderr.matches("MAX_DELETE_RATIO").count(),
+                1,
+                "{level} json={json}: {}",
+                run.stderr
+            );
+        }
+    }
+}
