@@ -223,10 +223,14 @@ pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64
     }
     let mut pruned = 0;
     loop {
+        // A run's journal rows go with it, in the same statement: a journaled run
+        // pruned while an older one is kept (the last successful sync) would
+        // otherwise leave them for ever (README, "Run history").
         let deleted = db
-            .execute(Statement::from_sql_and_values(
+            .query_one(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "DELETE FROM etl_info_schema.sync_runs WHERE load_id IN (
+                "WITH gone AS (
+                  DELETE FROM etl_info_schema.sync_runs WHERE load_id IN (
                     SELECT r.load_id FROM etl_info_schema.sync_runs r
                     WHERE (r.started_at < $1 OR (r.started_at, r.load_id) <= ($2, $3))
                       AND r.outcome <> 'running'
@@ -235,7 +239,12 @@ pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64
                       AND r.load_id IS DISTINCT FROM (
                           SELECT s.load_id FROM etl_info_schema.sync_runs s
                           WHERE s.outcome = 'synced' ORDER BY s.started_at DESC LIMIT 1)
-                    ORDER BY r.started_at LIMIT $4)",
+                    ORDER BY r.started_at LIMIT $4)
+                  RETURNING load_id, journaled),
+                journal AS (
+                  DELETE FROM etl_info_schema.sync_journal j USING gone g
+                   WHERE j.load_id = g.load_id AND g.journaled IS NOT NULL)
+                SELECT count(*) AS deleted FROM gone",
                 [
                     older_than.into(),
                     beyond_count.map(|(t, _)| t).into(),
@@ -244,7 +253,9 @@ pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64
                 ],
             ))
             .await?
-            .rows_affected();
+            .map(|row| row.try_get::<i64>("", "deleted"))
+            .transpose()?
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0));
         pruned += deleted;
         if deleted < PRUNE_BATCH {
             break;

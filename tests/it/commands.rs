@@ -378,3 +378,37 @@ async fn rejects_last_is_the_newest_run_that_read_a_file_and_writes_like_every_c
         "{run:?}"
     );
 }
+
+#[tokio::test]
+async fn runs_pruned_from_the_history_take_their_journal_with_them() {
+    let env = TestEnv::new().await;
+    let a = [("ann@example.com", "Ann"), ("bob@example.com", "Bob")];
+    let b = [("ann@example.com", "Ann B"), ("bob@example.com", "Bob")];
+    let c = [("ann@example.com", "Ann C"), ("bob@example.com", "Bob C")];
+    for rows in [&a[..], &b, &c] {
+        env.write_csv(csv(rows));
+        env.synced(&[]);
+    }
+    // Two reverts: the first (of C) is journaled and then no longer the run
+    // table_status names; C stays the newest synced run, kept by the history.
+    for _ in 0..2 {
+        let run = env.run(&["revert", "--last"], &[]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let journal_rows = || {
+        env.scalar(
+            "SELECT count(*) FROM etl_info_schema.sync_journal j
+              WHERE NOT EXISTS (SELECT 1 FROM etl_info_schema.sync_runs r WHERE r.load_id = j.load_id)",
+        )
+    };
+    assert_eq!(journal_rows().await, 0);
+    // The next run prunes the history to its newest run (and the two it must keep).
+    let run = env.sync_with(&[], &[("HISTORY_KEEP_RUNS", "1")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM etl_info_schema.sync_runs").await,
+        3,
+        "the new run, the newest synced run, the run table_status names"
+    );
+    assert_eq!(journal_rows().await, 0, "no journal rows of pruned runs");
+}
