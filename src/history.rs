@@ -270,6 +270,21 @@ pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64
     Ok(pruned)
 }
 
+/// How many runs still hold a journal (`sync_runs.journaled` set), for the
+/// warning when `JOURNAL_KEEP_RUNS=0` drops them.
+pub async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+    let row = db
+        .query_one(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM etl_info_schema.sync_runs WHERE journaled IS NOT NULL",
+        ))
+        .await?;
+    Ok(row
+        .map(|r| r.try_get::<i64>("", "n"))
+        .transpose()?
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+}
+
 /// `prune`, logging a failure instead of returning it (the next run retries).
 pub async fn prune_or_warn(db: &impl ConnectionTrait, bound: HistoryBound) {
     if let Err(e) = prune(db, bound).await {

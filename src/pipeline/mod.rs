@@ -349,8 +349,21 @@ pub fn finished_event_shown(outcome: Outcome) -> bool {
 /// (docs/operations.md#journal-retention); a failure is only logged, the next
 /// run prunes again.
 pub async fn prune_journal(ctx: &SyncContext) {
-    if let Err(e) = journal::prune(&ctx.db, ctx.settings.journal).await {
-        tracing::warn!(error = %error_chain(&e), "could not prune the journal; the next run tries again");
+    // JOURNAL_KEEP_RUNS=0, even for one run, drops what could be reverted: say so.
+    let dropping = match ctx.settings.journal.keep_runs {
+        0 => history::journaled_runs(&ctx.db).await.unwrap_or(0),
+        _ => 0,
+    };
+    match journal::prune(&ctx.db, ctx.settings.journal).await {
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "could not prune the journal; the next run tries again")
+        }
+        Ok(rows) if dropping > 0 => tracing::warn!(
+            runs = dropping,
+            rows,
+            "JOURNAL_KEEP_RUNS=0: the journal kept so far was dropped; those runs can no longer be reverted"
+        ),
+        Ok(_) => {}
     }
 }
 

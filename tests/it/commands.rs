@@ -406,9 +406,38 @@ async fn runs_pruned_from_the_history_take_their_journal_with_them() {
     let run = env.sync_with(&[], &[("HISTORY_KEEP_RUNS", "1")]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
-        env.scalar("SELECT count(*) FROM etl_info_schema.sync_runs").await,
+        env.scalar("SELECT count(*) FROM etl_info_schema.sync_runs")
+            .await,
         3,
         "the new run, the newest synced run, the run table_status names"
     );
     assert_eq!(journal_rows().await, 0, "no journal rows of pruned runs");
+}
+
+#[tokio::test]
+async fn a_one_off_run_with_the_journal_off_says_at_warn_that_it_dropped_the_journal() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.synced(&[]);
+    env.write_csv(csv(&[("ann@example.com", "Ann Lee")]));
+    env.synced(&[]);
+    env.write_csv(csv(&[
+        ("ann@example.com", "Ann Lee"),
+        ("bob@example.com", "Bob"),
+    ]));
+    let run = env.run(
+        &["sync", "--log-level", "warn"],
+        &[("JOURNAL_KEEP_RUNS", "0")],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("WARN")
+            && run.stderr.contains("JOURNAL_KEEP_RUNS=0")
+            && run.stderr.contains("runs=2"),
+        "{run:?}"
+    );
+    // Once dropped, nothing is left to drop: no warning again.
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    let run = env.run(&["sync"], &[("JOURNAL_KEEP_RUNS", "0")]);
+    assert!(run.code == 0 && run.stderr.is_empty(), "{run:?}");
 }
