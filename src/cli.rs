@@ -269,7 +269,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     signals::stop_on_signals(cancel.clone(), Hangup::Stop);
     let db = match connect_and_migrate(&settings).await {
         Ok(db) => db,
-        // No run was recorded: the summary names no load_id (README, Commands).
+        // No run was recorded: the summary names no load_id ([The sync summary](docs/operations.md#the-sync-summary)).
         Err(code) => {
             print_summary(&Summary::not_started(load_id), args.json, false);
             return code;
@@ -467,7 +467,7 @@ async fn history(settings: &Settings, email: &str, json: bool) -> ExitCode {
 /// The file `check PATH` reads: any path, as `sync --file PATH` would find it
 /// when it names a file in `TABLES_DIR` (relative to it), else as given
 /// (relative to the working directory), so an export can be checked before it is
-/// copied in (README, Commands). Without `PATH`, `CSV_FILE` as `sync` resolves it.
+/// copied in (README.md#commands). Without `PATH`, `CSV_FILE` as `sync` resolves it.
 fn check_path(settings: &Settings, path: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
     match path {
         None => settings.resolve_csv_file(None),

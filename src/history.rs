@@ -225,7 +225,7 @@ pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64
     loop {
         // A run's journal rows go with it, in the same statement: a journaled run
         // pruned while an older one is kept (the last successful sync) would
-        // otherwise leave them for ever (README, "Run history").
+        // otherwise leave them for ever (docs/sync.md#run-history).
         let deleted = db
             .query_one(Statement::from_sql_and_values(
                 DbBackend::Postgres,

@@ -54,7 +54,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
 async fn ready(state: &AppState) -> (StatusCode, String) {
     // The pool only says that it timed out; when it cannot give a connection in
     // half the time, one direct attempt tells why (connection refused, an
-    // authentication failure, ...), within the rest (README, Observability).
+    // authentication failure, ...), within the rest (docs/operations.md#endpoints).
     let half = crate::db::HTTP_DB_TIMEOUT / 2;
     let ping = match tokio::time::timeout(half, state.db.ping()).await {
         Ok(result) => result.map_err(|e| e.to_string()),

@@ -152,7 +152,7 @@ impl DatabaseUrl {
     }
 
     /// The libpq keywords of the string that the driver does not implement and
-    /// that are therefore ignored (README, "Configuration"), for a start-up warning.
+    /// that are therefore ignored (docs/configuration.md#libpq-variables), for a start-up warning.
     pub fn ignored_keywords(&self) -> &[String] {
         &self.ignored
     }

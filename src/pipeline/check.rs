@@ -1,5 +1,5 @@
 //! `check`: read and validate a CSV without a database, and report every invalid
-//! line, the duplicates and the totals (README, "Commands"). It streams in the
+//! line, the duplicates and the totals (README.md#commands). It streams in the
 //! same flat memory as a sync: each invalid line is handed to the caller as it is
 //! found, and duplicates are found as a sync finds them, with the Bloom filter of
 //! `dupes.rs`; only when it names candidates is the file read a second time, to
