@@ -1,11 +1,15 @@
 //! `Email`: a follower's address, trimmed and lower-cased, validated as the
 //! docs/sync.md#4-validate describes: no invisible or format
-//! characters, no quoted local part (nor a character that would need one), and
-//! the domain stored in its Unicode form (`xn--bcher-kva.de` → `bücher.de`), so
-//! one address is one follower however its domain was written.
+//! characters, no quoted local part (nor a character that would need one), no
+//! spreadsheet quotes around it, the local part in Unicode NFC, and the domain a
+//! valid name by UTS #46 with the STD3 rules, the hyphen checks and the DNS
+//! lengths, stored in its Unicode form (`xn--bcher-kva.de` → `bücher.de`, a root
+//! dot dropped), so one address is one follower however it was written.
 
 use super::MAX_FIELD_CHARS;
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 use std::fmt;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,9 +37,20 @@ pub enum EmailError {
     Quoted(String, char),
     #[error("email {0:?} has a character ({1:?}) not allowed in a domain")]
     DomainChar(String, char),
-    #[error("email {0:?}: the domain is not a valid internationalised domain name ({1})")]
-    Idna(String, String),
+    #[error("email {0:?}: the domain is not a valid domain name ({1})")]
+    Idna(String, &'static str),
+    #[error("email {0:?} is wrapped in {1:?} quotes (a spreadsheet artefact?); remove them")]
+    Wrapped(String, char),
 }
+
+/// Quote characters a spreadsheet or a copy from a document leaves around a value.
+const WRAPPING_QUOTES: &[(char, char)] = &[
+    ('\'', '\''),
+    ('`', '`'),
+    ('\u{2018}', '\u{2019}'),
+    ('\u{201C}', '\u{201D}'),
+    ('\u{00AB}', '\u{00BB}'),
+];
 
 /// Characters RFC 5322 allows in a local part only inside quotes, and never in
 /// a domain name (space and controls are refused separately).
@@ -71,8 +86,44 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
-/// The domain in one form: IDNA (UTS 46) mapping and normalisation, Punycode
-/// labels decoded. A domain literal (`[192.0.2.1]`) is kept as written.
+/// What is wrong with a domain, in words (the UTS #46 processing itself only
+/// says that it failed).
+fn domain_problem(domain: &str) -> &'static str {
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.iter().any(|l| l.is_empty()) {
+        "an empty label: two dots in a row, or a dot at the start"
+    } else if labels
+        .iter()
+        .any(|l| l.starts_with('-') || l.ends_with('-'))
+    {
+        "a label starts or ends with a hyphen"
+    } else if labels
+        .iter()
+        .any(|l| l.get(2..4) == Some("--") && !l.starts_with("xn--"))
+    {
+        "a label has hyphens in its third and fourth positions"
+    } else if domain.contains('_') {
+        "an underscore, which host names may not hold"
+    } else if domain
+        .chars()
+        .any(|c| c.is_ascii() && !c.is_ascii_alphanumeric() && !matches!(c, '-' | '.'))
+    {
+        "a character other than a letter, digit, hyphen or dot"
+    } else if domain.split('.').any(|l| l.starts_with("xn--")) {
+        "a Punycode label that does not decode to a valid label"
+    } else if domain.is_ascii() {
+        "a label longer than 63 characters, or a name longer than 253"
+    } else {
+        "a character or label UTS #46 does not allow (or a name too long in its ASCII form)"
+    }
+}
+
+/// The domain in one form: UTS #46 processing (mapping, NFC, Punycode labels
+/// decoded) with the STD3 ASCII rules (letters, digits, hyphens), the hyphen
+/// checks (no hyphen first, last, or third and fourth) and the DNS lengths
+/// (labels of 1 to 63 octets, at most 253 in all, in the ASCII form); one root
+/// dot (`x.io.`) is dropped, as the same name. A domain literal (`[192.0.2.1]`)
+/// is kept as written.
 fn canonical_domain(email: &str, domain: &str) -> Result<String, EmailError> {
     let literal = domain.starts_with('[') && domain.ends_with(']') && domain.len() > 2;
     let checked = if literal {
@@ -83,16 +134,42 @@ fn canonical_domain(email: &str, domain: &str) -> Result<String, EmailError> {
     if let Some(c) = checked.chars().find(|c| NEEDS_QUOTES.contains(c)) {
         return Err(EmailError::DomainChar(email.to_owned(), c));
     }
-    // ASCII without Punycode labels is already in its one form (the common case,
-    // and no IDNA pass per row).
-    let punycode = domain.split('.').any(|label| label.starts_with("xn--"));
-    if literal || (domain.is_ascii() && !punycode) {
+    if literal {
         return Ok(domain.to_owned());
     }
-    let (unicode, result) = idna::domain_to_unicode(domain);
-    match result {
-        Ok(()) => Ok(unicode),
-        Err(e) => Err(EmailError::Idna(email.to_owned(), e.to_string())),
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    let uts46 = Uts46::new();
+    let invalid = || EmailError::Idna(email.to_owned(), domain_problem(domain));
+    let (unicode, result) =
+        uts46.to_unicode(domain.as_bytes(), AsciiDenyList::STD3, Hyphens::Check);
+    result.map_err(|_| invalid())?;
+    // The lengths are those of the ASCII form: for an ASCII result it is the
+    // result itself, else one more pass.
+    let lengths_ok = if unicode.is_ascii() {
+        idna::uts46::verify_dns_length(&unicode, false)
+    } else {
+        uts46
+            .to_ascii(
+                domain.as_bytes(),
+                AsciiDenyList::STD3,
+                Hyphens::Check,
+                DnsLength::Verify,
+            )
+            .is_ok()
+    };
+    if !lengths_ok {
+        return Err(invalid());
+    }
+    Ok(unicode.into_owned())
+}
+
+/// The local part in Unicode NFC: `josé` typed with a precomposed `é` or with
+/// `e` + U+0301 is one address (ASCII is already NFC).
+fn nfc(local: &str) -> std::borrow::Cow<'_, str> {
+    if local.is_ascii() || is_nfc_quick(local.chars()) == IsNormalized::Yes {
+        local.into()
+    } else {
+        local.nfc().collect::<String>().into()
     }
 }
 
@@ -112,6 +189,11 @@ impl Email {
         }
         if let Some(c) = email.chars().find(|c| is_invisible(*c)) {
             return Err(EmailError::Invisible(email, c.into()));
+        }
+        if let Some((open, _)) = WRAPPING_QUOTES.iter().find(|(open, close)| {
+            email.len() > 2 && email.starts_with(*open) && email.ends_with(*close)
+        }) {
+            return Err(EmailError::Wrapped(email, *open));
         }
         if email.starts_with('"') {
             return Err(EmailError::Quoted(email, '"'));
@@ -137,7 +219,7 @@ impl Email {
             return Err(EmailError::EmptyDomain(email));
         }
         let domain = canonical_domain(&email, domain)?;
-        let email = format!("{local}@{domain}");
+        let email = format!("{}@{domain}", nfc(local));
         let chars = email.chars().count();
         if chars > MAX_FIELD_CHARS {
             return Err(EmailError::TooLong(chars));
@@ -290,6 +372,84 @@ mod tests {
         );
         // The local part is left as written (lower-cased).
         assert_eq!(Email::parse("Ü@x.io").unwrap().as_str(), "ü@x.io");
+    }
+
+    #[test]
+    fn domains_follow_uts46_with_std3_hyphen_and_length_checks() {
+        for (raw, why) in [
+            ("q@x..io", "empty label"),
+            ("q@.x.io", "empty label"),
+            ("q@x.io..", "empty label"),
+            ("x@-x.io", "hyphen"),
+            ("x@x-.io", "hyphen"),
+            ("x@x.io-", "hyphen"),
+            ("x@ab--cd.io", "third and fourth"),
+            ("w@exa_mple.com", "underscore"),
+            ("ann@x.io'", "character other than"),
+            ("a@x!.io", "character other than"),
+        ] {
+            match Email::parse(raw) {
+                Err(EmailError::Idna(_, reason)) => {
+                    assert!(reason.contains(why), "{raw}: {reason}")
+                }
+                other => panic!("{raw}: {other:?}"),
+            }
+        }
+        let long_label = format!("a@{}.io", "x".repeat(64));
+        assert!(matches!(
+            Email::parse(&long_label),
+            Err(EmailError::Idna(..))
+        ));
+        assert!(Email::parse(&format!("a@{}.io", "x".repeat(63))).is_ok());
+        // Valid names, Punycode ones and hyphens inside labels, stay valid.
+        for ok in [
+            "a@my-host.example.com",
+            "a@x1.io",
+            "a@xn--bcher-kva.de",
+            "a@1.2.3.4.example",
+        ] {
+            assert!(Email::parse(ok).is_ok(), "{ok}");
+        }
+        let e = Email::parse("q@x..io").unwrap_err().to_string();
+        assert!(e.contains("q@x..io") && e.contains("empty label"), "{e}");
+    }
+
+    #[test]
+    fn a_root_dot_is_the_same_domain() {
+        assert_eq!(
+            Email::parse("dee@x.io.").unwrap(),
+            Email::parse("dee@x.io").unwrap()
+        );
+        assert_eq!(Email::parse("dee@x.io.").unwrap().as_str(), "dee@x.io");
+        assert_eq!(
+            Email::parse("u@bücher.de.").unwrap().as_str(),
+            "u@bücher.de"
+        );
+    }
+
+    #[test]
+    fn spreadsheet_quotes_around_an_address_are_refused() {
+        for raw in [
+            "'ann@x.io'",
+            "`ann@x.io`",
+            "\u{2018}ann@x.io\u{2019}",
+            "\u{201C}ann@x.io\u{201D}",
+        ] {
+            let e = Email::parse(raw).unwrap_err();
+            assert!(matches!(e, EmailError::Wrapped(..)), "{raw}: {e:?}");
+            assert!(e.to_string().contains("quotes"), "{e}");
+        }
+        // An apostrophe inside a local part is valid.
+        assert!(Email::parse("o'brien@x.io").is_ok());
+    }
+
+    #[test]
+    fn the_local_part_is_stored_in_nfc() {
+        let nfc = Email::parse("jos\u{e9}@x.io").unwrap();
+        let nfd = Email::parse("jose\u{301}@x.io").unwrap();
+        assert_eq!(nfc, nfd);
+        assert_eq!(nfd.as_str(), "jos\u{e9}@x.io");
+        assert_eq!(Email::parse("JOSE\u{301}@x.io").unwrap(), nfc);
     }
 
     #[test]
