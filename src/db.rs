@@ -185,6 +185,11 @@ pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), D
             .map(|e| e.as_str().to_owned())
             .map_err(|e| e.to_string())
     });
+    migration::email_rule::install_name_rule(|raw| {
+        crate::domain::FullName::parse(raw)
+            .map(|n| n.as_str().to_owned())
+            .map_err(|e| e.to_string())
+    });
     let pending = pending_migrations(db)
         .await
         .map_err(DbError::MigrationState)?;

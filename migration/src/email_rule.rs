@@ -14,18 +14,30 @@ use std::sync::OnceLock;
 pub type Rule = fn(&str) -> Result<String, String>;
 
 static RULE: OnceLock<Rule> = OnceLock::new();
+static NAME_RULE: OnceLock<Rule> = OnceLock::new();
 
 /// Installs the agent's email rule (the first call wins).
 pub fn install(rule: Rule) {
     let _ = RULE.set(rule);
 }
 
+/// Installs the agent's name rule, `FullName::parse` (the first call wins).
+pub fn install_name_rule(rule: Rule) {
+    let _ = NAME_RULE.set(rule);
+}
+
+pub(crate) fn name_rule() -> Result<Rule, DbErr> {
+    NAME_RULE.get().copied().ok_or_else(missing)
+}
+
 pub(crate) fn rule() -> Result<Rule, DbErr> {
-    RULE.get().copied().ok_or_else(|| {
-        DbErr::Migration(
-            "the followers takeover migration needs the agent's email rule: apply the \
-             migrations with `followers-etl migrate` (or sync/serve), not another migration tool"
-                .into(),
-        )
-    })
+    RULE.get().copied().ok_or_else(missing)
+}
+
+fn missing() -> DbErr {
+    DbErr::Migration(
+        "the followers takeover migrations need the agent's email and name rules: apply the \
+         migrations with `followers-etl migrate` (or sync/serve), not another migration tool"
+            .into(),
+    )
 }

@@ -5,6 +5,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod canonical;
 pub mod email_rule;
 pub mod followers_shape;
 mod m20261124_000001_create_followers;
@@ -15,6 +16,7 @@ mod m20261130_000006_sync_runs_stages;
 mod m20261130_000007_create_sync_rejects;
 mod m20261130_000009_staging_without_index;
 mod m20261130_000010_create_sync_journal;
+mod m20261201_000011_canonical_followers_again;
 
 pub struct Migrator;
 
@@ -30,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_create_sync_rejects::Migration),
             Box::new(m20261130_000009_staging_without_index::Migration),
             Box::new(m20261130_000010_create_sync_journal::Migration),
+            Box::new(m20261201_000011_canonical_followers_again::Migration),
         ]
     }
 }

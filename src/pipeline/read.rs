@@ -6,7 +6,11 @@
 //! through) → line tracking → the `csv` crate (RFC 4180 quoting, the UTF-8 BOM).
 //! Handles LF, CRLF and bare-CR (old Mac) line endings, blank lines, and the header: with `CSV_HEADER=auto` the
 //! first row is a header when any of its fields, trimmed and case-insensitive, is
-//! `email`. Every raw byte read feeds the content hash, so the hash recorded for a
+//! `email` and none is a valid email address (`info@x.io,Email` is a follower).
+//! Quotes are checked against the bytes as written: a quoted field still open at
+//! the end of the file (a truncated file) refuses it, and a field with text after
+//! its closing quote (`"Bob" Jones`) is kept as written, never with its quotes
+//! dropped. Every raw byte read feeds the content hash, so the hash recorded for a
 //! sync is the hash of exactly the bytes that were loaded.
 //!
 //! Line endings: the first line break of the (decoded) text decides. A bare CR there makes
@@ -89,6 +93,8 @@ pub enum ReadError {
         what: &'static str,
         detail: String,
     },
+    #[error("{path}: line {line}: a quoted field is still open at the end of the file (the file looks truncated); nothing was loaded")]
+    UnclosedQuote { path: PathBuf, line: u64 },
     #[error("{path}: line {line}: the header names {column:?} twice")]
     DuplicateColumn {
         path: PathBuf,
@@ -367,6 +373,21 @@ impl<R> LineTracker<R> {
             .filter(|b| **b == self.eol)
             .count() as u64;
         1 + self.lines + leading
+    }
+
+    /// The bytes of the record just located by `line_of_record_at`, which ends at
+    /// byte `end`, as read: without the line breaks before it (nor a UTF-8 BOM),
+    /// its own terminator included.
+    fn record_bytes(&self, end: u64) -> &[u8] {
+        let live = &self.pending[self.head..];
+        let len = (end.saturating_sub(self.pending_start) as usize).min(live.len());
+        let span = &live[..len];
+        let lead = span
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        let span = &span[lead..];
+        span.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(span)
     }
 
     /// The text of the record just located by `line_of_record_at`, which ends at
@@ -782,6 +803,21 @@ impl CsvRecords {
             }
             let start = self.record.position().map_or(0, |p| p.byte());
             let line = self.reader.get_mut().line_of_record_at(start);
+            let end = self.reader.position().byte();
+            let bytes = self.reader.get_ref().record_bytes(end);
+            if bytes.contains(&b'"') {
+                let quoting = quoting(bytes, self.format.delimiter, self.eol);
+                if quoting.open {
+                    return Err(ReadError::UnclosedQuote {
+                        path: self.path.clone(),
+                        line,
+                    });
+                }
+                if !quoting.literal.is_empty() {
+                    let bytes = bytes.to_vec();
+                    keep_literally(&mut self.record, &bytes, &quoting.literal);
+                }
+            }
             normalise_line_ends(&mut self.record, self.eol);
             if is_blank(&self.record) {
                 continue;
@@ -790,7 +826,11 @@ impl CsvRecords {
                 let header = match self.format.header {
                     HeaderMode::Present => true,
                     HeaderMode::Absent => false,
-                    HeaderMode::Auto => self.record.iter().any(|f| is_named(f, "email")),
+                    // A first line naming a follower "Email" is data.
+                    HeaderMode::Auto => {
+                        self.record.iter().any(|f| is_named(f, "email"))
+                            && !self.record.iter().any(is_email)
+                    }
                 };
                 if header {
                     self.columns = Some(self.header_columns(line)?);
@@ -798,7 +838,6 @@ impl CsvRecords {
                 }
                 self.columns = Some(Columns::POSITIONAL);
             }
-            let end = self.reader.position().byte();
             let (offset, raw) = self.reader.get_ref().record_text(end);
             return Ok(Some(RawRow {
                 line,
@@ -852,6 +891,83 @@ impl CsvRecords {
 
 fn is_named(field: &[u8], name: &str) -> bool {
     std::str::from_utf8(field).is_ok_and(|f| f.trim().eq_ignore_ascii_case(name))
+}
+
+/// How a record's quotes were written, read from its bytes by the state machine
+/// the `csv` crate follows (RFC 4180: a quote opens a field only as its first
+/// byte, `""` inside stands for one quote).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Quoting {
+    /// The record ends inside an open quote: the parser met the end of the file
+    /// there (anywhere else it reads on to the closing quote).
+    open: bool,
+    /// Fields (0-based) with text other than whitespace after their closing
+    /// quote (`"Bob" Jones`), and their bytes as written: the parser would drop
+    /// the quotes, so such a field is kept literally (docs/sync.md#3-read).
+    literal: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+fn quoting(record: &[u8], delimiter: u8, eol: u8) -> Quoting {
+    #[derive(Clone, Copy)]
+    enum State {
+        Start,
+        Plain,
+        Quoted,
+        /// Just after a quote inside a quoted field: closing, or the first of `""`.
+        Closing,
+        /// Text after the closing quote; `true` once it holds more than whitespace.
+        After(bool),
+    }
+    let mut out = Quoting::default();
+    let (mut state, mut field, mut start) = (State::Start, 0, 0);
+    for (i, &b) in record.iter().enumerate() {
+        state = match state {
+            State::Quoted if b == b'"' => State::Closing,
+            State::Quoted => State::Quoted,
+            State::Closing if b == b'"' => State::Quoted,
+            _ if b == delimiter || b == eol => {
+                if let State::After(true) = state {
+                    out.literal.push((field, start..i));
+                }
+                field += 1;
+                start = i + 1;
+                State::Start
+            }
+            State::Start if b == b'"' => State::Quoted,
+            State::Start | State::Plain => State::Plain,
+            State::Closing => State::After(!b.is_ascii_whitespace()),
+            State::After(text) => State::After(text || !b.is_ascii_whitespace()),
+        };
+    }
+    if let State::After(true) = state {
+        out.literal.push((field, start..record.len()));
+    }
+    out.open = matches!(state, State::Quoted);
+    out
+}
+
+/// `record` with the fields of `literal` replaced by their bytes in `raw`.
+fn keep_literally(record: &mut ByteRecord, raw: &[u8], literal: &[(usize, std::ops::Range<usize>)]) {
+    let fields: Vec<&[u8]> = record
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            literal
+                .iter()
+                .find(|(at, _)| *at == i)
+                .map_or(f, |(_, range)| &raw[range.clone()])
+        })
+        .collect();
+    let position = record.position().cloned();
+    let mut rebuilt = ByteRecord::from(fields);
+    rebuilt.set_position(position);
+    *record = rebuilt;
+}
+
+/// Whether a field is a valid email address (then its record is data, never a
+/// header, whatever the other fields say).
+fn is_email(field: &[u8]) -> bool {
+    std::str::from_utf8(field).is_ok_and(|f| crate::domain::Email::parse(f).is_ok())
 }
 
 /// A line of only whitespace and delimiters carries no row.
@@ -1020,6 +1136,60 @@ mod tests {
             ..auto()
         };
         let (_, rows) = read_all(b"email,full_name\n", format).unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_quote_still_open_at_the_end_of_the_file_refuses_it() {
+        for text in [
+            &b"a@x.io,Ann\ndee@x.io,\"Dee, Jr. (truncat"[..],
+            &b"a@x.io,Ann\r\ndee@x.io,\"Dee, \"\"Jr\"\" (truncat"[..],
+            &b"a@x.io,Ann\rdee@x.io,\"Dee"[..],
+            &b"\"a@x.io\",Ann\ndee@x.io,\""[..],
+        ] {
+            let err = read_all(text, auto()).unwrap_err();
+            assert!(
+                matches!(err, ReadError::UnclosedQuote { line: 2, .. }),
+                "{text:?}: {err:?}"
+            );
+            assert!(err.is_content() && err.to_string().contains("truncated"), "{err}");
+        }
+        // Closed quotes, at the end of the file too, are fine.
+        let (_, rows) = read_all(b"a@x.io,\"Ann, A\"\nb@x.io,\"B \"\"q\"\"\"", auto()).unwrap();
+        assert_eq!(rows[1].1[1], "B \"q\"");
+    }
+
+    #[test]
+    fn text_after_a_closing_quote_keeps_the_field_as_written() {
+        let text = "a@x.io,\"Bob\" Jones\nb@x.io,\"Bob, Jr\" Jones,x\n\"c@x.io\" ,\"Cy\"  \r\nd@x.io,Dee \"D\" Doe\n";
+        let (_, rows) = read_all(text.as_bytes(), auto()).unwrap();
+        let fields: Vec<Vec<String>> = rows.into_iter().map(|r| r.1).collect();
+        assert_eq!(
+            fields,
+            vec![
+                vec!["a@x.io".to_string(), "\"Bob\" Jones".into()],
+                vec!["b@x.io".into(), "\"Bob, Jr\" Jones".into(), "x".into()],
+                // Only whitespace after the closing quote: ordinary quoting.
+                vec!["c@x.io ".into(), "Cy  ".into()],
+                // A quote inside an unquoted field is literal (the csv crate's rule).
+                vec!["d@x.io".into(), "Dee \"D\" Doe".into()],
+            ]
+        );
+        // In a bare-CR file, with a BOM, and in another encoding alike.
+        let (_, rows) = read_all("\u{feff}a@x.io,\"Bob\" J\rb@x.io,B\r".as_bytes(), auto()).unwrap();
+        assert_eq!(rows[0].1[1], "\"Bob\" J");
+        let (_, rows) = read_all(&utf16("a@x.io,\"Bö\" J\n", true), auto()).unwrap();
+        assert_eq!(rows[0].1[1], "\"Bö\" J");
+    }
+
+    #[test]
+    fn a_first_line_holding_an_email_address_is_data_not_a_header() {
+        let (cols, rows) = read_all(b"info@x.io,Email\nb@x.io,Bob\n", auto()).unwrap();
+        assert_eq!(cols, Some(Columns::POSITIONAL));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], (1, vec!["info@x.io".into(), "Email".into()]));
+        // A header is still a header.
+        let (_, rows) = read_all(b"Email,full_name\ninfo@x.io,Email\n", auto()).unwrap();
         assert_eq!(rows.len(), 1);
     }
 
