@@ -947,7 +947,11 @@ fn quoting(record: &[u8], delimiter: u8, eol: u8) -> Quoting {
 }
 
 /// `record` with the fields of `literal` replaced by their bytes in `raw`.
-fn keep_literally(record: &mut ByteRecord, raw: &[u8], literal: &[(usize, std::ops::Range<usize>)]) {
+fn keep_literally(
+    record: &mut ByteRecord,
+    raw: &[u8],
+    literal: &[(usize, std::ops::Range<usize>)],
+) {
     let fields: Vec<&[u8]> = record
         .iter()
         .enumerate()
@@ -1152,7 +1156,10 @@ mod tests {
                 matches!(err, ReadError::UnclosedQuote { line: 2, .. }),
                 "{text:?}: {err:?}"
             );
-            assert!(err.is_content() && err.to_string().contains("truncated"), "{err}");
+            assert!(
+                err.is_content() && err.to_string().contains("truncated"),
+                "{err}"
+            );
         }
         // Closed quotes, at the end of the file too, are fine.
         let (_, rows) = read_all(b"a@x.io,\"Ann, A\"\nb@x.io,\"B \"\"q\"\"\"", auto()).unwrap();
@@ -1176,7 +1183,8 @@ mod tests {
             ]
         );
         // In a bare-CR file, with a BOM, and in another encoding alike.
-        let (_, rows) = read_all("\u{feff}a@x.io,\"Bob\" J\rb@x.io,B\r".as_bytes(), auto()).unwrap();
+        let (_, rows) =
+            read_all("\u{feff}a@x.io,\"Bob\" J\rb@x.io,B\r".as_bytes(), auto()).unwrap();
         assert_eq!(rows[0].1[1], "\"Bob\" J");
         let (_, rows) = read_all(&utf16("a@x.io,\"Bö\" J\n", true), auto()).unwrap();
         assert_eq!(rows[0].1[1], "\"Bö\" J");
