@@ -370,3 +370,99 @@ async fn stored_emails_get_exactly_the_file_rows_rule_unicode_and_idna_included(
         "{run:?}"
     );
 }
+
+#[tokio::test]
+async fn the_old_services_padded_names_are_trimmed_so_the_same_file_changes_nothing() {
+    let env = TestEnv::new().await;
+    old_service(
+        &env,
+        &[
+            ("cy@x.io", "Cy ", Some("2024-01-01 10:00:00")),
+            ("dee@x.io", " Dee", Some("2024-02-01 10:00:00")),
+            ("eve@x.io", "\u{3000}Eve\t", Some("2024-03-01 10:00:00")),
+            ("fay@x.io", "Fay", Some("2024-04-01 10:00:00")),
+        ],
+    )
+    .await;
+    // The file holds exactly the stored values (the reader trims them).
+    env.write_csv("cy@x.io,Cy \ndee@x.io, Dee\neve@x.io,\u{3000}Eve\t\nfay@x.io,Fay\n");
+    let migrated = env.run(&["migrate"], &[]);
+    assert_eq!(migrated.code, 0, "{migrated:?}");
+    assert!(migrated.stderr.contains("names_trimmed=3"), "{}", migrated.stderr);
+    let after = env.follower_versions().await;
+    let run = env.synced(&[]);
+    assert_eq!(
+        (run.n("inserted"), run.n("updated"), run.n("deleted"), run.n("unchanged")),
+        (0, 0, 0, 4),
+        "{run:?}"
+    );
+    assert_eq!(env.follower_versions().await, after);
+    assert_eq!(
+        stored(&env).await,
+        owned(&[
+            ("cy@x.io", "Cy", "2024-01-01 10:00:00"),
+            ("dee@x.io", "Dee", "2024-02-01 10:00:00"),
+            ("eve@x.io", "Eve", "2024-03-01 10:00:00"),
+            ("fay@x.io", "Fay", "2024-04-01 10:00:00"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn the_takeover_applies_the_strict_email_rules_root_dot_and_nfc_included() {
+    let env = TestEnv::new().await;
+    old_service(
+        &env,
+        &[
+            ("Dee@X.io.", "Dee Dot", Some("2024-01-01 00:00:00")),
+            ("dee@x.io", "Dee", Some("2025-01-01 00:00:00")),
+            ("JOSE\u{301}@x.io", "Jose", None),
+            ("User@XN--BCHER-KVA.de", "Bu", None),
+        ],
+    )
+    .await;
+    let migrated = env.run(&["migrate"], &[]);
+    assert_eq!(migrated.code, 0, "{migrated:?}");
+    let emails: Vec<String> = stored(&env).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(emails, ["dee@x.io", "jos\u{e9}@x.io", "user@bücher.de"]);
+    assert_eq!(stored(&env).await[0].1, "Dee");
+    // A stored email the rules refuse stops the takeover, naming it.
+    let env = TestEnv::new().await;
+    old_service(&env, &[("q@x..io", "Q", None), ("w@exa_mple.com", "W", None)]).await;
+    fails_naming(
+        &env.run(&["migrate"], &[]),
+        &["2 email(s)", "\"q@x..io\"", "empty label", "underscore"],
+    );
+}
+
+#[tokio::test]
+async fn followers_stored_under_the_earlier_rules_are_canonicalised_once_and_invalid_ones_kept() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@x.io", "Ann")]));
+    env.synced(&[]);
+    // As an earlier version left it: rows its laxer rules let in.
+    env.exec(
+        "DELETE FROM seaql_migrations WHERE version LIKE 'm20261201_000011%';
+         INSERT INTO followers VALUES ('dee@x.io.', 'Dee Dot', '2024-01-01'),
+           ('dee@x.io', 'Dee', '2025-01-01'), (E'jose\\u0301@x.io', ' Jose ', '2024-01-01'),
+           ('q@x..io', 'Q', '2024-01-01');",
+    )
+    .await;
+    let migrated = env.run(&["migrate"], &[]);
+    assert_eq!(migrated.code, 0, "{migrated:?}");
+    for needle in ["rewritten=1 merged=1 merged_into=1 names_trimmed=1", "\"q@x..io\"", "left as they are"] {
+        assert!(migrated.stderr.contains(needle), "{needle}: {}", migrated.stderr);
+    }
+    let rows: Vec<(String, String)> = stored(&env).await.into_iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(
+        rows,
+        [
+            ("ann@x.io".to_string(), "Ann".to_string()),
+            ("dee@x.io".into(), "Dee".into()),
+            ("jos\u{e9}@x.io".into(), "Jose".into()),
+            ("q@x..io".into(), "Q".into()),
+        ]
+    );
+    let again = env.run(&["migrate"], &[]);
+    assert!(again.code == 0 && !again.stderr.contains("takeover"), "{again:?}");
+}
