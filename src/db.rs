@@ -199,7 +199,28 @@ pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), D
         lock.release().await;
         result?;
     }
-    check_followers_shape(db).await
+    check_followers_shape(db).await?;
+    let clock = modified_at_clock(db).await?;
+    if !clock.utc {
+        tracing::warn!(
+            zone = %clock.zone,
+            source = %clock.source,
+            "followers.modified_at is a timestamp without time zone whose default (CURRENT_TIMESTAMP) \
+             writes the database's local time: the agent writes modified_at in that zone's wall time \
+             too, so new and old rows compare (see docs, \"modified_at and the time zone\")"
+        );
+    }
+    Ok(())
+}
+
+/// The clock `followers.modified_at` holds (`migration::followers_shape::Clock`):
+/// every sync writes it in the same one.
+pub async fn modified_at_clock(
+    db: &DatabaseConnection,
+) -> Result<migration::followers_shape::Clock, DbError> {
+    migration::followers_shape::modified_at_clock(db)
+        .await
+        .map_err(DbError::Shape)
 }
 
 /// Whether `public.followers` can still be mirrored into (someone may have

@@ -129,3 +129,141 @@ pub async fn check(db: &impl ConnectionTrait) -> Result<(), DbErr> {
         Err(DbErr::Migration(message(&problems)))
     }
 }
+
+/// The clock `modified_at` holds, so the agent writes it in the same one (README,
+/// "Taking over the old service's database", time zone). A `timestamptz` column
+/// holds instants: any zone is right. A `timestamp` column whose default reads
+/// the session's clock (the old service's `DEFAULT CURRENT_TIMESTAMP`) holds the
+/// wall time of the time zone the database gives its sessions, since the old
+/// service's sessions wrote it; the agent's own sessions run in UTC (the driver
+/// sets `TimeZone=UTC` when it connects), so that zone is looked up: the
+/// `ALTER ROLE … IN DATABASE`, `ALTER ROLE` and `ALTER DATABASE … SET TimeZone`
+/// settings of this role and database, in PostgreSQL's order, then the server's
+/// configuration file (readable by a superuser or `pg_read_all_settings`), then
+/// `log_timezone` (initdb writes both from the same zone). Any other `timestamp`
+/// column (the agent's own, without a default) holds UTC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Clock {
+    /// The zone whose wall time `modified_at` holds: written as
+    /// `now() AT TIME ZONE zone`.
+    pub zone: String,
+    /// Why that zone, for the start-up log.
+    pub source: String,
+    /// Whether the zone is UTC all year (nothing to warn about).
+    pub utc: bool,
+}
+
+pub async fn modified_at_clock(db: &impl ConnectionTrait) -> Result<Clock, DbErr> {
+    let column = db
+        .query_one(stmt(
+            "SELECT t.typname::text AS type, pg_get_expr(d.adbin, d.adrelid) AS default
+               FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE a.attrelid = 'public.followers'::regclass AND a.attname = 'modified_at'",
+        ))
+        .await?;
+    let (kind, default) = match &column {
+        Some(row) => (
+            row.try_get::<String>("", "type")?,
+            row.try_get::<Option<String>>("", "default")?,
+        ),
+        None => (String::new(), None),
+    };
+    let default = default.unwrap_or_default().to_lowercase();
+    let session_clock = [
+        "current_timestamp",
+        "localtimestamp",
+        "now()",
+        "transaction_timestamp()",
+        "statement_timestamp()",
+        "clock_timestamp()",
+    ]
+    .iter()
+    .any(|f| default.contains(f))
+        && !default.contains("at time zone")
+        && !default.contains("timezone(");
+    let (zone, source) = if kind != "timestamp" || !session_clock {
+        ("UTC".to_owned(), "the column holds UTC".to_owned())
+    } else {
+        database_zone(db).await?
+    };
+    let utc = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT (timestamptz '2000-01-15 12:00+00' AT TIME ZONE $1) = timestamp '2000-01-15 12:00'
+                AND (timestamptz '2000-07-15 12:00+00' AT TIME ZONE $1) = timestamp '2000-07-15 12:00'
+                AS utc",
+            [zone.clone().into()],
+        ))
+        .await?
+        .map(|r| r.try_get::<bool>("", "utc"))
+        .transpose()?
+        .unwrap_or(true);
+    Ok(Clock { zone, source, utc })
+}
+
+/// The `TimeZone` a session of this role gets in this database by default, and
+/// where it is set.
+async fn database_zone(db: &impl ConnectionTrait) -> Result<(String, String), DbErr> {
+    let text = |row: Option<sea_orm_migration::sea_orm::QueryResult>, col: &str| {
+        row.map(|r| r.try_get::<Option<String>>("", col))
+            .transpose()
+            .map(Option::flatten)
+    };
+    let set = db
+        .query_one(stmt(
+            "SELECT substr(cfg, strpos(cfg, '=') + 1) AS zone,
+                    CASE WHEN s.setdatabase <> 0 AND s.setrole <> 0 THEN 'ALTER ROLE … IN DATABASE … SET TimeZone'
+                         WHEN s.setrole <> 0 THEN 'ALTER ROLE … SET TimeZone'
+                         ELSE 'ALTER DATABASE … SET TimeZone' END AS source
+               FROM pg_db_role_setting s, unnest(s.setconfig) cfg
+              WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+                AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = session_user))
+                AND lower(split_part(cfg, '=', 1)) = 'timezone'
+              ORDER BY s.setdatabase <> 0 AND s.setrole <> 0 DESC, s.setrole <> 0 DESC
+              LIMIT 1",
+        ))
+        .await?;
+    if let Some(row) = set {
+        let zone: String = row.try_get("", "zone")?;
+        let source: String = row.try_get("", "source")?;
+        return Ok((zone, source));
+    }
+    // Asked first, so that a role without the privilege gets no error (which
+    // would abort a migration's transaction).
+    let readable = db
+        .query_one(stmt(
+            "SELECT has_table_privilege('pg_catalog.pg_file_settings', 'SELECT') AS readable",
+        ))
+        .await?
+        .map(|r| r.try_get::<bool>("", "readable"))
+        .transpose()?
+        .unwrap_or(false);
+    if readable {
+        let file = text(
+            db.query_one(stmt(
+                "SELECT setting AS zone FROM pg_catalog.pg_file_settings
+                  WHERE lower(name) = 'timezone' AND applied ORDER BY seqno DESC LIMIT 1",
+            ))
+            .await?,
+            "zone",
+        )?;
+        if let Some(zone) = file {
+            return Ok((zone, "the server's configuration (timezone)".into()));
+        }
+    }
+    let log = text(
+        db.query_one(stmt("SELECT current_setting('log_timezone') AS zone"))
+            .await?,
+        "zone",
+    )?;
+    Ok(match log {
+        Some(zone) => (
+            zone,
+            "log_timezone (the server's timezone setting was not found in a configuration \
+             file this role may read; set it explicitly with ALTER DATABASE … SET TimeZone)"
+                .into(),
+        ),
+        None => ("UTC".into(), "no time zone found".into()),
+    })
+}

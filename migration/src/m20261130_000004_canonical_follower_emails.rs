@@ -18,7 +18,7 @@
 //!    `modified_at` kept; rows already canonical are not touched at all), so the
 //!    table's unique key is on canonical emails;
 //! 5. a NULL `modified_at` (the old column allowed it) becomes the time of the
-//!    takeover (UTC), and `email` and `modified_at` become NOT NULL.
+//!    takeover, in the clock the column holds (`followers_shape::modified_at_clock`), and `email` and `modified_at` become NOT NULL.
 //!
 //! sea-orm-migration runs all pending migrations of a Postgres database in ONE
 //! transaction (`exec_with_connection` begins it and commits after the last), and
@@ -48,10 +48,12 @@ impl MigrationTrait for Migration {
         crate::followers_shape::check(db).await?;
 
         let done = crate::canonical::emails(db, crate::canonical::Invalid::Stop).await?;
+        // In the clock the column holds (the old service's local time, or UTC).
+        let zone = crate::followers_shape::modified_at_clock(db).await?.zone;
         let dated = exec(
             db,
-            "UPDATE public.followers SET modified_at = (now() AT TIME ZONE 'UTC') WHERE modified_at IS NULL",
-            vec![],
+            "UPDATE public.followers SET modified_at = (now() AT TIME ZONE $1::text) WHERE modified_at IS NULL",
+            vec![zone.into()],
         )
         .await?;
         exec(

@@ -21,20 +21,21 @@ use uuid::Uuid;
 const JOURNAL: &str = "etl_info_schema.sync_journal";
 
 /// `merge`'s update step, journaled: the rows `diff` found renamed, with the
-/// old name and `modified_at` it read (`$1` the load).
+/// old name and `modified_at` it read (`$1` the load, `$2` the zone of `modified_at`).
 pub const UPDATE: &str = "WITH changed AS (
   UPDATE public.followers f
-     SET full_name = d.full_name, modified_at = (now() AT TIME ZONE 'UTC')
+     SET full_name = d.full_name, modified_at = (now() AT TIME ZONE $2::text)
     FROM merge_diff d
    WHERE d.action = 'update' AND f.email = d.email
   RETURNING f.email, d.old_name, d.full_name AS new_name, d.old_modified_at)
 INSERT INTO etl_info_schema.sync_journal (load_id, action, email, old_name, new_name, old_modified_at)
 SELECT $1, 'update', email, old_name, new_name, old_modified_at FROM changed";
 
-/// `merge`'s insert step, journaled (the email only: a revert removes the row).
+/// `merge`'s insert step, journaled (the email only: a revert removes the row;
+/// `$1` the load, `$2` the zone of `modified_at`).
 pub const INSERT: &str = "WITH changed AS (
   INSERT INTO public.followers (email, full_name, modified_at)
-  SELECT d.email, d.full_name, (now() AT TIME ZONE 'UTC') FROM merge_diff d WHERE d.action = 'insert'
+  SELECT d.email, d.full_name, (now() AT TIME ZONE $2::text) FROM merge_diff d WHERE d.action = 'insert'
   RETURNING email)
 INSERT INTO etl_info_schema.sync_journal (load_id, action, email)
 SELECT $1, 'insert', email FROM changed";

@@ -123,6 +123,9 @@ pub struct Load<'a> {
     pub distinct: u64,
     /// Whether the run journals what it changes (docs/operations.md#journal).
     pub journal: bool,
+    /// The zone whose wall time `modified_at` holds: written as
+    /// `now() AT TIME ZONE zone` (`db::modified_at_clock`).
+    pub modified_at_zone: String,
 }
 
 /// The delete guard; 1.0 disables it.
@@ -165,12 +168,12 @@ const DIFF_COUNTS: &str = "SELECT count(*) FILTER (WHERE action = 'insert')::big
         count(*) FILTER (WHERE action = 'delete')::bigint, count(*)::bigint FROM merge_diff";
 
 const UPDATE: &str = "UPDATE public.followers f
-    SET full_name = d.full_name, modified_at = (now() AT TIME ZONE 'UTC')
+    SET full_name = d.full_name, modified_at = (now() AT TIME ZONE $1::text)
    FROM merge_diff d
   WHERE d.action = 'update' AND f.email = d.email";
 
 const INSERT: &str = "INSERT INTO public.followers (email, full_name, modified_at)
- SELECT d.email, d.full_name, (now() AT TIME ZONE 'UTC') FROM merge_diff d WHERE d.action = 'insert'";
+ SELECT d.email, d.full_name, (now() AT TIME ZONE $1::text) FROM merge_diff d WHERE d.action = 'insert'";
 
 const DELETE: &str = "DELETE FROM public.followers f
   USING merge_diff d
@@ -178,7 +181,7 @@ const DELETE: &str = "DELETE FROM public.followers f
 
 /// The first sync: `followers` is empty, every row of the load is new.
 const INSERT_ALL: &str = "INSERT INTO public.followers (email, full_name, modified_at)
- SELECT s.email, s.full_name, (now() AT TIME ZONE 'UTC')
+ SELECT s.email, s.full_name, (now() AT TIME ZONE $2::text)
    FROM public.staging_followers s WHERE s.load_id = $1";
 
 /// The first sync's primary key, when it can be rebuilt after the insert: the
@@ -309,7 +312,7 @@ async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merg
 /// seeing the empty table, and a failure rolls the key back with everything
 /// else. Otherwise (other sessions reading, a least-privilege role, a key other
 /// tables reference), the rows are inserted with the key in place.
-async fn fill(txn: &impl ConnectionTrait, id: &Value) -> Result<u64, MergeError> {
+async fn fill(txn: &impl ConnectionTrait, id: &Value, zone: &str) -> Result<u64, MergeError> {
     let key = txn
         .query_one(stmt(FILL_KEY, vec![]))
         .await
@@ -350,7 +353,7 @@ async fn fill(txn: &impl ConnectionTrait, id: &Value) -> Result<u64, MergeError>
         .map_err(at(Step::Insert))?;
     }
     let inserted = txn
-        .execute(stmt(INSERT_ALL, vec![id.clone()]))
+        .execute(stmt(INSERT_ALL, vec![id.clone(), zone.into()]))
         .await
         .map_err(at(Step::Insert))?
         .rows_affected();
@@ -441,7 +444,7 @@ pub async fn merge(
         == 0;
     let (current, inserted, updated, deleted) = if empty {
         step(Step::Insert);
-        let inserted = fill(&txn, &id).await?;
+        let inserted = fill(&txn, &id, &load.modified_at_zone).await?;
         (0, inserted, 0, 0)
     } else {
         step(Step::Diff);
@@ -470,15 +473,23 @@ pub async fn merge(
         } else {
             (UPDATE, INSERT, DELETE, vec![])
         };
+        // The zone of `modified_at` is the last parameter of update and insert.
+        let zone = || {
+            [
+                journal_id.clone(),
+                vec![load.modified_at_zone.as_str().into()],
+            ]
+            .concat()
+        };
         step(Step::Update);
         let updated = txn
-            .execute(stmt(update, journal_id.clone()))
+            .execute(stmt(update, zone()))
             .await
             .map_err(at(Step::Update))?
             .rows_affected();
         step(Step::Insert);
         let inserted = txn
-            .execute(stmt(insert, journal_id.clone()))
+            .execute(stmt(insert, zone()))
             .await
             .map_err(at(Step::Insert))?
             .rows_affected();

@@ -677,6 +677,7 @@ async fn saga(
     }
 
     // 6-7. Merge and purge in one transaction (it also removes the staging rows).
+    let clock = crate::db::modified_at_clock(db).await?;
     let load = Load {
         load_id,
         lock_pid,
@@ -687,6 +688,7 @@ async fn saga(
             .staged
             .saturating_sub(duplicates.extra_rows + superseded),
         journal: settings.journal.enabled(),
+        modified_at_zone: clock.zone,
     };
     let guard = Guard {
         max_delete_ratio: settings.max_delete_ratio,

@@ -388,11 +388,20 @@ async fn the_old_services_padded_names_are_trimmed_so_the_same_file_changes_noth
     env.write_csv("cy@x.io,Cy \ndee@x.io, Dee\neve@x.io,\u{3000}Eve\t\nfay@x.io,Fay\n");
     let migrated = env.run(&["migrate"], &[]);
     assert_eq!(migrated.code, 0, "{migrated:?}");
-    assert!(migrated.stderr.contains("names_trimmed=3"), "{}", migrated.stderr);
+    assert!(
+        migrated.stderr.contains("names_trimmed=3"),
+        "{}",
+        migrated.stderr
+    );
     let after = env.follower_versions().await;
     let run = env.synced(&[]);
     assert_eq!(
-        (run.n("inserted"), run.n("updated"), run.n("deleted"), run.n("unchanged")),
+        (
+            run.n("inserted"),
+            run.n("updated"),
+            run.n("deleted"),
+            run.n("unchanged")
+        ),
         (0, 0, 0, 4),
         "{run:?}"
     );
@@ -428,7 +437,11 @@ async fn the_takeover_applies_the_strict_email_rules_root_dot_and_nfc_included()
     assert_eq!(stored(&env).await[0].1, "Dee");
     // A stored email the rules refuse stops the takeover, naming it.
     let env = TestEnv::new().await;
-    old_service(&env, &[("q@x..io", "Q", None), ("w@exa_mple.com", "W", None)]).await;
+    old_service(
+        &env,
+        &[("q@x..io", "Q", None), ("w@exa_mple.com", "W", None)],
+    )
+    .await;
     fails_naming(
         &env.run(&["migrate"], &[]),
         &["2 email(s)", "\"q@x..io\"", "empty label", "underscore"],
@@ -450,8 +463,16 @@ async fn followers_stored_under_the_earlier_rules_are_canonicalised_once_and_inv
     .await;
     let migrated = env.run(&["migrate"], &[]);
     assert_eq!(migrated.code, 0, "{migrated:?}");
-    for needle in ["rewritten=1 merged=1 merged_into=1 names_trimmed=1", "\"q@x..io\"", "left as they are"] {
-        assert!(migrated.stderr.contains(needle), "{needle}: {}", migrated.stderr);
+    for needle in [
+        "rewritten=1 merged=1 merged_into=1 names_trimmed=1",
+        "\"q@x..io\"",
+        "left as they are",
+    ] {
+        assert!(
+            migrated.stderr.contains(needle),
+            "{needle}: {}",
+            migrated.stderr
+        );
     }
     let rows: Vec<(String, String)> = stored(&env).await.into_iter().map(|r| (r.0, r.1)).collect();
     assert_eq!(
@@ -464,5 +485,66 @@ async fn followers_stored_under_the_earlier_rules_are_canonicalised_once_and_inv
         ]
     );
     let again = env.run(&["migrate"], &[]);
-    assert!(again.code == 0 && !again.stderr.contains("takeover"), "{again:?}");
+    assert!(
+        again.code == 0 && !again.stderr.contains("takeover"),
+        "{again:?}"
+    );
+}
+
+/// Rows whose `modified_at` is within ten minutes of now in `zone`'s wall time.
+async fn written_in(env: &TestEnv, zone: &str) -> i64 {
+    env.scalar(&format!(
+        "SELECT count(*) FROM followers
+          WHERE abs(extract(epoch FROM modified_at - (now() AT TIME ZONE '{zone}'))) < 600"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn modified_at_is_written_in_the_clock_of_the_old_services_column() {
+    let env = TestEnv::new().await;
+    env.exec(&format!(
+        "ALTER DATABASE {} SET TimeZone = 'America/New_York'",
+        env.name
+    ))
+    .await;
+    env.exec(OLD_DDL).await;
+    // As the old service wrote: its sessions had the database's time zone.
+    env.exec(
+        "BEGIN; SET LOCAL TimeZone = 'America/New_York';
+         INSERT INTO followers (email, full_name) VALUES ('ann@x.io', 'Ann'), ('cy@x.io', 'Cy');
+         COMMIT;",
+    )
+    .await;
+    assert_eq!(written_in(&env, "America/New_York").await, 2);
+    env.write_csv("ann@x.io,Ann Renamed\nbob@x.io,Bob\ncy@x.io,Cy\n");
+    let run = env.synced(&[]);
+    assert_eq!((run.n("inserted"), run.n("updated")), (1, 1), "{run:?}");
+    // Old, renamed and new rows alike: New York wall time, not UTC.
+    assert_eq!(written_in(&env, "America/New_York").await, 3);
+    assert_eq!(written_in(&env, "UTC").await, 0);
+    assert!(
+        run.stderr.contains("America/New_York") && run.stderr.contains("ALTER DATABASE"),
+        "{}",
+        run.stderr
+    );
+    // The first sync into an empty table too.
+    env.exec("DELETE FROM followers").await;
+    env.write_csv("dee@x.io,Dee\n");
+    env.synced(&["--force"]);
+    assert_eq!(written_in(&env, "America/New_York").await, 1);
+
+    // The agent's own table (no default) holds UTC whatever the database's zone.
+    let env = TestEnv::new().await;
+    env.exec(&format!(
+        "ALTER DATABASE {} SET TimeZone = 'America/New_York'",
+        env.name
+    ))
+    .await;
+    env.write_csv("ann@x.io,Ann\n");
+    let run = env.synced(&[]);
+    env.write_csv("ann@x.io,Ann\nbob@x.io,Bob\n");
+    env.synced(&[]);
+    assert_eq!(written_in(&env, "UTC").await, 2);
+    assert!(!run.stderr.contains("America/New_York"), "{}", run.stderr);
 }
