@@ -207,7 +207,7 @@ pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), D
             source = %clock.source,
             "followers.modified_at is a timestamp without time zone whose default (CURRENT_TIMESTAMP) \
              writes the database's local time: the agent writes modified_at in that zone's wall time \
-             too, so new and old rows compare (see docs, \"modified_at and the time zone\")"
+             too, so new and old rows compare (docs/sync.md#modified_at-and-the-time-zone)"
         );
     }
     Ok(())

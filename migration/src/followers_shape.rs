@@ -130,8 +130,8 @@ pub async fn check(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     }
 }
 
-/// The clock `modified_at` holds, so the agent writes it in the same one (README,
-/// "Taking over the old service's database", time zone). A `timestamptz` column
+/// The clock `modified_at` holds, so the agent writes it in the same one
+/// (docs/sync.md#modified_at-and-the-time-zone). A `timestamptz` column
 /// holds instants: any zone is right. A `timestamp` column whose default reads
 /// the session's clock (the old service's `DEFAULT CURRENT_TIMESTAMP`) holds the
 /// wall time of the time zone the database gives its sessions, since the old

@@ -1,4 +1,4 @@
-//! What a file may hold (README, "What a sync does", steps 3 and 4): quotes as
+//! What a file may hold (docs/sync.md#3-read, docs/sync.md#4-validate): quotes as
 //! written, strict emails, a headerless first line naming a follower "Email".
 
 use crate::helpers::*;
