@@ -807,7 +807,10 @@ impl CsvRecords {
             let bytes = self.reader.get_ref().record_bytes(end);
             if bytes.contains(&b'"') {
                 let quoting = quoting(bytes, self.format.delimiter, self.eol);
-                if quoting.open {
+                // A quote that swallowed line breaks is the unbalanced-quote rule
+                // (`validate`'s line-break reject); one open on the last line
+                // swallowed nothing and would load a cut value.
+                if quoting.open && !bytes.contains(&self.eol) {
                     return Err(ReadError::UnclosedQuote {
                         path: self.path.clone(),
                         line,
@@ -1161,6 +1164,10 @@ mod tests {
                 "{err}"
             );
         }
+        // One that swallowed line breaks is left to the unbalanced-quote rule
+        // (validate rejects the field holding them, refusing the file).
+        let (_, rows) = read_all(b"a@x.io,\"Ann\nb@x.io,Bob\n", auto()).unwrap();
+        assert_eq!(rows[0].1[1], "Ann\nb@x.io,Bob\n");
         // Closed quotes, at the end of the file too, are fine.
         let (_, rows) = read_all(b"a@x.io,\"Ann, A\"\nb@x.io,\"B \"\"q\"\"\"", auto()).unwrap();
         assert_eq!(rows[1].1[1], "B \"q\"");
