@@ -193,7 +193,8 @@ const PRUNE_BATCH: u64 = 500;
 /// Deletes the runs beyond the history bound (older than `keep_days`, or beyond the
 /// newest `keep_runs`), oldest first, `PRUNE_BATCH` rows per statement. Never deletes
 /// a `running` run, nor the last successful sync (the newest `synced` run and the run
-/// `table_status` names). Returns how many runs it deleted.
+/// `table_status` names), nor the newest decisive run (a refusal it holds is what
+/// later runs skip: docs/sync.md#refusals-and-approvals). Returns how many runs it deleted.
 #[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64, DbErr> {
     let older_than: Option<NaiveDateTime> = bound
@@ -239,6 +240,10 @@ pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64
                       AND r.load_id IS DISTINCT FROM (
                           SELECT s.load_id FROM etl_info_schema.sync_runs s
                           WHERE s.outcome = 'synced' ORDER BY s.started_at DESC LIMIT 1)
+                      AND r.load_id IS DISTINCT FROM (
+                          SELECT d.load_id FROM etl_info_schema.sync_runs d
+                          WHERE d.outcome IN ('synced', 'refused', 'failed')
+                          ORDER BY d.started_at DESC LIMIT 1)
                     ORDER BY r.started_at LIMIT $4)
                   RETURNING load_id, journaled),
                 journal AS (
