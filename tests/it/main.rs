@@ -8,6 +8,7 @@ mod crash;
 mod documentation;
 mod exports;
 mod faults;
+mod guard;
 mod helpers;
 mod journal;
 mod line_endings;
