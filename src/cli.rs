@@ -131,18 +131,18 @@ pub struct SyncArgs {
     pub file: Option<PathBuf>,
     /// Sync even if the file is unchanged since the last successful sync, was
     /// refused earlier, or is another file than the one the table was last synced
-    /// from. Waits up to LOCK_WAIT for a run in progress.
+    /// from. Waits up to RUN_LOCK_WAIT for a run in progress.
     #[arg(long)]
     pub force: bool,
     /// Compute and print what would be inserted, updated and deleted, and whether a guard would refuse (would_refuse); change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Allow deleting more than MAX_DELETE_RATIO of the followers, or all of them
-    /// by an empty file. Waits up to LOCK_WAIT for a run in progress.
+    /// by an empty file. Waits up to RUN_LOCK_WAIT for a run in progress.
     #[arg(long)]
     pub allow_mass_delete: bool,
     /// Allow renaming (changing the full_name of) more than MAX_UPDATE_RATIO of
-    /// the followers. Waits up to LOCK_WAIT for a run in progress.
+    /// the followers. Waits up to RUN_LOCK_WAIT for a run in progress.
     #[arg(long)]
     pub allow_mass_update: bool,
     /// Print the summary as one JSON object on stdout.

@@ -75,7 +75,7 @@ variables!(
     MAX_DELETE_RATIO,
     MAX_UPDATE_RATIO,
     MAX_REJECTS,
-    LOCK_WAIT,
+    RUN_LOCK_WAIT,
     RETRY_MAX_ATTEMPTS,
     RETRY_BACKOFF,
     CSV_DELIMITER,
@@ -229,7 +229,7 @@ pub struct Settings {
     pub max_update_ratio: f64,
     pub max_rejects: u64,
     /// How long an approved `sync` waits for the run lock held by another run.
-    pub lock_wait: Duration,
+    pub run_lock_wait: Duration,
     /// `serve`'s retries of a run that failed for a transient reason.
     pub retry: RetryPolicy,
     pub csv: CsvFormat,
@@ -491,9 +491,9 @@ impl Settings {
         };
         let max_delete_ratio = ratio(var::MAX_DELETE_RATIO, "delete")?;
         let max_update_ratio = ratio(var::MAX_UPDATE_RATIO, "rename")?;
-        let lock_wait = raw
-            .get(var::LOCK_WAIT)
-            .map(|v| parse_duration(var::LOCK_WAIT, v))
+        let run_lock_wait = raw
+            .get(var::RUN_LOCK_WAIT)
+            .map(|v| parse_duration(var::RUN_LOCK_WAIT, v))
             .transpose()?
             .unwrap_or(Duration::from_secs(300));
         let retry = RetryPolicy {
@@ -619,7 +619,7 @@ impl Settings {
             max_delete_ratio,
             max_update_ratio,
             max_rejects,
-            lock_wait,
+            run_lock_wait,
             retry,
             csv: CsvFormat {
                 delimiter,
@@ -683,7 +683,7 @@ impl Settings {
             (var::MAX_DELETE_RATIO, self.max_delete_ratio.to_string()),
             (var::MAX_UPDATE_RATIO, self.max_update_ratio.to_string()),
             (var::MAX_REJECTS, self.max_rejects.to_string()),
-            (var::LOCK_WAIT, duration(self.lock_wait)),
+            (var::RUN_LOCK_WAIT, duration(self.run_lock_wait)),
             (var::RETRY_MAX_ATTEMPTS, self.retry.max_attempts.to_string()),
             (var::RETRY_BACKOFF, duration(self.retry.backoff)),
             (
@@ -738,7 +738,7 @@ mod tests {
         assert_eq!(s.watch_debounce, Duration::from_secs(2));
         assert_eq!(s.max_delete_ratio, 0.5);
         assert_eq!(s.max_update_ratio, 0.5);
-        assert_eq!(s.lock_wait, Duration::from_secs(300));
+        assert_eq!(s.run_lock_wait, Duration::from_secs(300));
         assert_eq!(
             s.retry,
             RetryPolicy {
@@ -1110,7 +1110,7 @@ mod tests {
             ("WATCH_DEBOUNCE", "2 seconds", "Go duration"),
             ("MAX_DELETE_RATIO", "1.5", "0.0 to 1.0"),
             ("MAX_UPDATE_RATIO", "-0.1", "rename guard"),
-            ("LOCK_WAIT", "soon", "Go duration"),
+            ("RUN_LOCK_WAIT", "soon", "Go duration"),
             ("RETRY_MAX_ATTEMPTS", "-1", "whole number"),
             ("RETRY_BACKOFF", "5", "Go duration"),
             ("MAX_REJECTS", "-1", "whole number"),

@@ -210,7 +210,7 @@ pub enum SyncError {
         reason: ready::NotReady,
         waited: Duration,
     },
-    #[error("another sync of this database held the run lock for {} (LOCK_WAIT); nothing done, the approval was not applied: run it again", robfig_cron::go_duration::format_go_duration(*.waited))]
+    #[error("another sync of this database held the run lock for {} (RUN_LOCK_WAIT); nothing done, the approval was not applied: run it again", robfig_cron::go_duration::format_go_duration(*.waited))]
     LockBusy { waited: Duration },
     #[error("cancelled by shutdown")]
     Cancelled,
@@ -584,7 +584,7 @@ async fn locked_run(
             }
             None => {
                 let e = SyncError::LockBusy {
-                    waited: ctx.settings.lock_wait,
+                    waited: ctx.settings.run_lock_wait,
                 };
                 return Err(refuse_unlocked(db, load_id, request, &file, e).await);
             }
@@ -629,9 +629,15 @@ async fn locked_run(
         store_rejects(ctx, load_id, &tally).await;
         if let Err(e) = &outcome {
             e.partial_counts(counts);
-            // A refusal keeps the content's hash: later runs skip it cheaply.
-            let remembered = hashed.as_ref().filter(|_| e.outcome() == Outcome::Refused);
-            compensate(db, load_id, counts, e, remembered).await;
+            let refused = hashed.as_ref().filter(|_| e.outcome() == Outcome::Refused);
+            compensate(db, load_id, counts, e, refused).await;
+            // A refusal of the content is remembered: later runs skip it cheaply.
+            if let Some(hash) = refused {
+                let key = refusal_key(&ctx.settings, hash);
+                if let Err(e) = history::remember_refusal(db, load_id, &key).await {
+                    tracing::warn!(error = %error_chain(&e), "could not remember the refusal; the next run reads the file again");
+                }
+            }
         }
         outcome
     }
@@ -641,14 +647,14 @@ async fn locked_run(
 }
 
 /// An approved run's wait for the run lock another run holds: at most
-/// `LOCK_WAIT`; `None` when it stayed taken (or the run was cancelled).
+/// `RUN_LOCK_WAIT`; `None` when it stayed taken (or the run was cancelled).
 async fn wait_for_lock(
     ctx: &SyncContext,
     cancel: &CancellationToken,
 ) -> Result<Option<AdvisoryLock>, SyncError> {
-    let wait = ctx.settings.lock_wait;
+    let wait = ctx.settings.run_lock_wait;
     tracing::warn!(
-        lock_wait = %robfig_cron::go_duration::format_go_duration(wait),
+        run_lock_wait = %robfig_cron::go_duration::format_go_duration(wait),
         "another sync of this database is in progress (advisory lock held); an approved run waits for it"
     );
     let deadline = tokio::time::Instant::now() + wait;
@@ -830,7 +836,7 @@ async fn saga(
         crate::metrics::record_in_sync();
         return Ok((Outcome::Skipped, Some(reason)));
     }
-    if let Some(reason) = refused_earlier(db, request, &hash).await? {
+    if let Some(reason) = refused_earlier(db, request, &refusal_key(settings, &hash)).await? {
         history::finish(
             db,
             load_id,
@@ -943,33 +949,37 @@ async fn saga(
     Ok((Outcome::Synced, None))
 }
 
+/// What a refusal of this content depends on: its hash (the bytes and the parse
+/// settings) and the limits of the verdict.
+fn refusal_key(settings: &Settings, hash: &ContentHash) -> String {
+    let key = format!(
+        "{hash} MAX_REJECTS={} MAX_DELETE_RATIO={} MAX_UPDATE_RATIO={}",
+        settings.max_rejects, settings.max_delete_ratio, settings.max_update_ratio
+    );
+    blake3::hash(key.as_bytes()).to_hex().to_string()
+}
+
 /// The reason to skip this content without reading it: the newest run that
-/// decided something refused the same content (same hash: the same bytes and
-/// parse settings), and nothing approves it now. A dry run always reads.
+/// decided something refused the same content under the same limits
+/// (`refusal_key`), and nothing approves it now. A dry run always reads.
 /// See docs/sync.md#refusals-and-approvals.
 async fn refused_earlier(
     db: &DatabaseConnection,
     request: &SyncRequest,
-    hash: &ContentHash,
+    key: &str,
 ) -> Result<Option<String>, SyncError> {
     if request.approves() || request.dry_run {
         return Ok(None);
     }
-    let Some(refused) = history::last_decisive(db)
+    let refused = history::standing_refusal(db, key)
         .await
-        .map_err(SyncError::Bookkeeping)?
-        .filter(|run| {
-            run.outcome == Outcome::Refused.as_str()
-                && run.content_hash.as_deref() == Some(hash.as_str())
-        })
-    else {
-        return Ok(None);
-    };
-    let why = refused.error.as_deref().unwrap_or("refused");
-    Ok(Some(format!(
-        "{REFUSED_EARLIER}{why} (run {}); skipped without reading until the file changes or a run approves it (sync --allow-mass-delete, --allow-mass-update or --force)",
-        refused.load_id
-    )))
+        .map_err(SyncError::Bookkeeping)?;
+    Ok(refused.map(|(load_id, why)| {
+        format!(
+            "{REFUSED_EARLIER}{} (run {load_id}); skipped without reading until the file or the limits change, or a run approves it (sync --allow-mass-delete, --allow-mass-update or --force)",
+            why.as_deref().unwrap_or("refused")
+        )
+    }))
 }
 
 async fn hash(path: &Path, format: CsvFormat) -> Result<ContentHash, SyncError> {

@@ -164,18 +164,18 @@ async fn an_approval_waits_for_the_run_lock_or_fails() {
     let plain = env.sync();
     plain.assert_ended(0, "skipped");
     assert!(plain.stderr.contains("another sync"), "{plain:?}");
-    // ... an approval waits LOCK_WAIT, then fails: never a silent skip.
-    env.sync_with(&["--force"], &[("LOCK_WAIT", "300ms")])
+    // ... an approval waits RUN_LOCK_WAIT, then fails: never a silent skip.
+    env.sync_with(&["--force"], &[("RUN_LOCK_WAIT", "300ms")])
         .assert_ended(1, "failed");
-    let busy = env.sync_with(&["--allow-mass-delete"], &[("LOCK_WAIT", "1s")]);
+    let busy = env.sync_with(&["--allow-mass-delete"], &[("RUN_LOCK_WAIT", "1s")]);
     busy.assert_ended(1, "failed");
-    assert!(busy.stderr.contains("LOCK_WAIT"), "{busy:?}");
+    assert!(busy.stderr.contains("RUN_LOCK_WAIT"), "{busy:?}");
     assert_eq!(env.followers().await.len(), 10);
     // With the lock released while it waits, the approval applies.
     let mut waiting = env.command();
     waiting
         .args(["sync", "--json", "--allow-mass-delete"])
-        .env("LOCK_WAIT", "1m")
+        .env("RUN_LOCK_WAIT", "1m")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = waiting.spawn().unwrap();
@@ -240,8 +240,11 @@ async fn a_mass_rename_is_refused_until_approved_with_allow_mass_update() {
         .await
         .iter()
         .all(|(_, name)| name == "#NAME?"));
-    // MAX_UPDATE_RATIO=1.0 disables the guard.
+    // Renaming them all back is refused too; under other limits (here
+    // MAX_UPDATE_RATIO=1.0, which disables the guard) it is read again.
     env.write_csv(csv_owned(&ten()));
+    env.refused(&[]);
+    env.sync().assert_ended(1, "skipped");
     let run = env.sync_with(&[], &[("MAX_UPDATE_RATIO", "1.0")]);
     run.assert_ended(0, "synced");
     assert_eq!(run.n("updated"), 10);
