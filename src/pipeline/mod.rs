@@ -435,6 +435,9 @@ pub async fn run_sync(
         refused_earlier,
     };
     crate::metrics::record_run(summary.outcome, &summary.counts, summary.duration);
+    if summary.outcome == Outcome::Refused || summary.refused_earlier {
+        crate::metrics::record_refused();
+    }
     // The one event of a run's end, with its reason (a refusal is said once).
     macro_rules! finished {
         ($level:expr) => {

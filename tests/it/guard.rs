@@ -117,11 +117,24 @@ async fn under_serve_every_trigger_after_a_refusal_skips_the_file() {
     env.write_csv(csv_owned(&ten()));
     env.synced(&[]);
     env.write_csv(csv_owned(&ten()[..2]));
-    let mut agent = env.spawn_agent(&[("WATCH", "false"), ("CRON_SCHEDULE", "@every 1s")]);
+    let port = crate::serve::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = env.spawn_agent(&[
+        ("WATCH", "false"),
+        ("CRON_SCHEDULE", "@every 1s"),
+        ("HTTP_ADDR", &addr),
+    ]);
     eventually_logged(&agent, 30, "four cron runs after the refusal", || async {
         (env.runs_by("cron").await.len() >= 4).then_some(())
     })
     .await;
+    // The refusal stands for the alert while the runs skip.
+    let metrics = crate::serve::http_get(port, "/metrics").unwrap_or_default();
+    assert!(metrics.contains("\nfollowers_etl_refused 1"), "{metrics}");
+    assert!(
+        metrics.contains("followers_etl_runs_total{outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(agent.terminate().await, 0);
     let outcomes: Vec<String> = env
         .runs_by("start")
