@@ -482,7 +482,7 @@ impl Settings {
                         invalid(
                             var,
                             v,
-                            &format!(
+                            format!(
                                 "expected a number from 0.0 to 1.0 (1.0 disables the {what} guard)"
                             ),
                         )
