@@ -62,7 +62,7 @@ pub fn describe() {
     metrics::gauge!(REFUSED).set(0.0);
 }
 
-/// The file stands refused (README, "Refusals and approvals"): refused now, or
+/// The file stands refused (docs/sync.md#remembered-refusals): refused now, or
 /// skipped because its content was refused earlier.
 pub fn record_refused() {
     metrics::gauge!(REFUSED).set(1.0);
