@@ -148,6 +148,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     let (runner, requests) = Runner::new(
         PipelineSync::new(ctx, file.clone()),
         settings.shutdown_timeout,
+        settings.retry,
     );
     if settings.watch {
         match FileWatch::start(

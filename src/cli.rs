@@ -129,16 +129,22 @@ pub struct SyncArgs {
     /// CSV file to sync, relative to TABLES_DIR or absolute (overrides CSV_FILE).
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// Sync even if the file is unchanged since the last successful sync, or is
-    /// another file than the one the table was last synced from.
+    /// Sync even if the file is unchanged since the last successful sync, was
+    /// refused earlier, or is another file than the one the table was last synced
+    /// from. Waits up to RUN_LOCK_WAIT for a run in progress.
     #[arg(long)]
     pub force: bool,
-    /// Compute and print what would be inserted, updated and deleted, and whether the delete guard would refuse (would_refuse); change nothing.
+    /// Compute and print what would be inserted, updated and deleted, and whether a guard would refuse (would_refuse); change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Allow deleting more than MAX_DELETE_RATIO of the followers.
+    /// Allow deleting more than MAX_DELETE_RATIO of the followers, or all of them
+    /// by an empty file. Waits up to RUN_LOCK_WAIT for a run in progress.
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// Allow renaming (changing the full_name of) more than MAX_UPDATE_RATIO of
+    /// the followers. Waits up to RUN_LOCK_WAIT for a run in progress.
+    #[arg(long)]
+    pub allow_mass_update: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -292,6 +298,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         force: args.force,
         dry_run: args.dry_run,
         allow_mass_delete: args.allow_mass_delete,
+        allow_mass_update: args.allow_mass_update,
         allow_file_change: args.force || ctx.settings.allow_file_change,
     };
     let summary = pipeline::run_sync(&ctx, &request, load_id, cancel).await;
@@ -299,16 +306,16 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     // The reason is on stderr once: in the run's `sync finished` event, or here
     // when LOG_LEVEL hides that event.
     if let Some(reason) = &summary.reason {
-        if !pipeline::finished_event_shown(summary.outcome) {
-            report(
-                pipeline::finished_level(summary.outcome),
-                &format!("{}: {reason}", summary.outcome),
-            );
+        if !summary.event_shown() {
+            report(summary.level(), &format!("{}: {reason}", summary.outcome));
         }
     }
     // After the run (and its lock): keep the run history within its bound.
     history::prune_or_warn(&ctx.db, ctx.settings.history).await;
-    if code == ExitCode::SUCCESS {
+    if code == ExitCode::SUCCESS && summary.refused_earlier {
+        // Skipped, but the file is still refused: it needs an operator.
+        exit::failure()
+    } else if code == ExitCode::SUCCESS {
         exit::for_outcome(summary.outcome)
     } else {
         code

@@ -119,6 +119,49 @@ pub async fn finish(
     Ok(())
 }
 
+/// Keeps what a refused run refused (`sync_runs.refusal_key`), so later runs
+/// skip the same content under the same settings (docs/sync.md#refusals-and-approvals).
+pub async fn remember_refusal(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    key: &str,
+) -> Result<(), DbErr> {
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE etl_info_schema.sync_runs SET refusal_key = $2 WHERE load_id = $1 AND outcome = 'refused'",
+        [load_id.uuid().into(), key.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The refusal that stands for `key`: the newest decisive run (synced, refused or
+/// failed), when it refused with this key. Its load_id and reason.
+pub async fn standing_refusal(
+    db: &impl ConnectionTrait,
+    key: &str,
+) -> Result<Option<(uuid::Uuid, Option<String>)>, DbErr> {
+    let Some(row) = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT load_id, error, outcome = 'refused' AND refusal_key IS NOT DISTINCT FROM $1 AS stands
+               FROM etl_info_schema.sync_runs WHERE outcome IN ('synced', 'refused', 'failed')
+              ORDER BY started_at DESC, load_id DESC LIMIT 1",
+            [key.into()],
+        ))
+        .await?
+    else {
+        return Ok(None);
+    };
+    if !row.try_get::<bool>("", "stands")? {
+        return Ok(None);
+    }
+    Ok(Some((
+        row.try_get("", "load_id")?,
+        row.try_get("", "error")?,
+    )))
+}
+
 /// The content hash of the last successful sync, if any.
 pub async fn last_synced_hash(db: &impl ConnectionTrait) -> Result<Option<String>, DbErr> {
     Ok(table_status::Entity::find()
@@ -193,7 +236,8 @@ const PRUNE_BATCH: u64 = 500;
 /// Deletes the runs beyond the history bound (older than `keep_days`, or beyond the
 /// newest `keep_runs`), oldest first, `PRUNE_BATCH` rows per statement. Never deletes
 /// a `running` run, nor the last successful sync (the newest `synced` run and the run
-/// `table_status` names). Returns how many runs it deleted.
+/// `table_status` names), nor the newest decisive run (a refusal it holds is what
+/// later runs skip: docs/sync.md#refusals-and-approvals). Returns how many runs it deleted.
 #[tracing::instrument(skip_all, err(level = "debug"))]
 pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64, DbErr> {
     let older_than: Option<NaiveDateTime> = bound
@@ -239,6 +283,10 @@ pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64
                       AND r.load_id IS DISTINCT FROM (
                           SELECT s.load_id FROM etl_info_schema.sync_runs s
                           WHERE s.outcome = 'synced' ORDER BY s.started_at DESC LIMIT 1)
+                      AND r.load_id IS DISTINCT FROM (
+                          SELECT d.load_id FROM etl_info_schema.sync_runs d
+                          WHERE d.outcome IN ('synced', 'refused', 'failed')
+                          ORDER BY d.started_at DESC LIMIT 1)
                     ORDER BY r.started_at LIMIT $4)
                   RETURNING load_id, journaled),
                 journal AS (

@@ -13,6 +13,7 @@ pub const STAGE_DURATION: &str = "followers_etl_stage_duration_seconds";
 pub const RUN_IN_PROGRESS: &str = "followers_etl_run_in_progress";
 pub const LAST_SUCCESS: &str = "followers_etl_last_success_timestamp_seconds";
 pub const FOLLOWERS: &str = "followers_etl_followers";
+pub const REFUSED: &str = "followers_etl_refused";
 
 /// Histogram buckets of run and stage durations, in seconds: from a skipped run
 /// (milliseconds) to a large file (tens of minutes).
@@ -53,7 +54,18 @@ pub fn describe() {
         Unit::Count,
         "Rows in public.followers, counted at scrape."
     );
+    metrics::describe_gauge!(
+        REFUSED,
+        "1 after a refused run (or one skipped because its content was refused earlier) until a run confirms followers mirror the file, else 0."
+    );
     metrics::gauge!(RUN_IN_PROGRESS).set(0.0);
+    metrics::gauge!(REFUSED).set(0.0);
+}
+
+/// The file stands refused (docs/sync.md#remembered-refusals): refused now, or
+/// skipped because its content was refused earlier.
+pub fn record_refused() {
+    metrics::gauge!(REFUSED).set(1.0);
 }
 
 /// A run started: the in-progress gauge goes to 1 until `record_run`.
@@ -88,6 +100,7 @@ pub fn record_run(outcome: Outcome, counts: &Counts, duration: Duration) {
 /// file is unchanged since the last successful sync.
 pub fn record_in_sync() {
     metrics::gauge!(LAST_SUCCESS).set(chrono::Utc::now().timestamp() as f64);
+    metrics::gauge!(REFUSED).set(0.0);
 }
 
 /// Records how long one stage of a run took.

@@ -73,7 +73,11 @@ variables!(
     WATCH_DEBOUNCE,
     WATCH_POLL,
     MAX_DELETE_RATIO,
+    MAX_UPDATE_RATIO,
     MAX_REJECTS,
+    RUN_LOCK_WAIT,
+    RETRY_MAX_ATTEMPTS,
+    RETRY_BACKOFF,
     CSV_DELIMITER,
     CSV_HEADER,
     CSV_ENCODING,
@@ -221,7 +225,13 @@ pub struct Settings {
     pub watch_debounce: Duration,
     pub watch_poll: bool,
     pub max_delete_ratio: f64,
+    /// The rename guard (docs/sync.md#refusals-and-approvals): 1.0 disables.
+    pub max_update_ratio: f64,
     pub max_rejects: u64,
+    /// How long an approved `sync` waits for the run lock held by another run.
+    pub run_lock_wait: Duration,
+    /// `serve`'s retries of a run that failed for a transient reason.
+    pub retry: RetryPolicy,
     pub csv: CsvFormat,
     /// `READY_MARKER`: a suffix; `CSV_FILE` + it must exist, and be no older than
     /// `CSV_FILE`, before any run reads the file.
@@ -236,6 +246,26 @@ pub struct Settings {
     pub allow_file_change: bool,
     pub history: HistoryBound,
     pub journal: JournalRetention,
+}
+
+/// Bounded exponential back-off of `serve`'s retries after a transient failure
+/// (docs/sync.md#refusals-and-approvals): `max_attempts` retries (0: none), the
+/// first after `backoff`, each next one after twice the wait before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// No single wait is longer than this, whatever the attempt.
+    pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+    /// The wait before retry `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        self.backoff.saturating_mul(factor).min(Self::MAX_DELAY)
+    }
 }
 
 /// How much run history to keep; `None` disables that bound.
@@ -440,20 +470,43 @@ impl Settings {
             .map(|v| parse_duration(var::SHUTDOWN_TIMEOUT, v))
             .transpose()?
             .unwrap_or(Duration::from_secs(30));
-        let max_delete_ratio = match raw.get(var::MAX_DELETE_RATIO) {
-            None => 0.5,
-            Some(v) => v
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|r| (0.0..=1.0).contains(r))
-                .ok_or_else(|| {
-                    invalid(
-                        var::MAX_DELETE_RATIO,
-                        v,
-                        "expected a number from 0.0 to 1.0 (1.0 disables the guard)",
-                    )
-                })?,
+        let ratio = |var: &'static str, what: &str| -> Result<f64, ConfigError> {
+            match raw.get(var) {
+                None => Ok(0.5),
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| {
+                        invalid(
+                            var,
+                            v,
+                            format!(
+                                "expected a number from 0.0 to 1.0 (1.0 disables the {what} guard)"
+                            ),
+                        )
+                    }),
+            }
+        };
+        let max_delete_ratio = ratio(var::MAX_DELETE_RATIO, "delete")?;
+        let max_update_ratio = ratio(var::MAX_UPDATE_RATIO, "rename")?;
+        let run_lock_wait = raw
+            .get(var::RUN_LOCK_WAIT)
+            .map(|v| parse_duration(var::RUN_LOCK_WAIT, v))
+            .transpose()?
+            .unwrap_or(Duration::from_secs(300));
+        let retry = RetryPolicy {
+            max_attempts: raw
+                .get(var::RETRY_MAX_ATTEMPTS)
+                .map(|v| parse_int(var::RETRY_MAX_ATTEMPTS, v, 0))
+                .transpose()?
+                .unwrap_or(5),
+            backoff: raw
+                .get(var::RETRY_BACKOFF)
+                .map(|v| parse_duration(var::RETRY_BACKOFF, v))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(5)),
         };
         let max_rejects = raw
             .get(var::MAX_REJECTS)
@@ -564,7 +617,10 @@ impl Settings {
             watch_debounce,
             watch_poll: bool_or(var::WATCH_POLL, false)?,
             max_delete_ratio,
+            max_update_ratio,
             max_rejects,
+            run_lock_wait,
+            retry,
             csv: CsvFormat {
                 delimiter,
                 header,
@@ -625,7 +681,11 @@ impl Settings {
             (var::WATCH_DEBOUNCE, duration(self.watch_debounce)),
             (var::WATCH_POLL, self.watch_poll.to_string()),
             (var::MAX_DELETE_RATIO, self.max_delete_ratio.to_string()),
+            (var::MAX_UPDATE_RATIO, self.max_update_ratio.to_string()),
             (var::MAX_REJECTS, self.max_rejects.to_string()),
+            (var::RUN_LOCK_WAIT, duration(self.run_lock_wait)),
+            (var::RETRY_MAX_ATTEMPTS, self.retry.max_attempts.to_string()),
+            (var::RETRY_BACKOFF, duration(self.retry.backoff)),
             (
                 var::CSV_ENCODING,
                 self.csv.encoding.map_or("auto", |e| e.name()).to_owned(),
@@ -677,6 +737,15 @@ mod tests {
         assert!(s.run_on_start && s.watch && !s.watch_poll);
         assert_eq!(s.watch_debounce, Duration::from_secs(2));
         assert_eq!(s.max_delete_ratio, 0.5);
+        assert_eq!(s.max_update_ratio, 0.5);
+        assert_eq!(s.run_lock_wait, Duration::from_secs(300));
+        assert_eq!(
+            s.retry,
+            RetryPolicy {
+                max_attempts: 5,
+                backoff: Duration::from_secs(5)
+            }
+        );
         assert_eq!(s.max_rejects, 0);
         assert_eq!(s.csv, CsvFormat::default());
         assert_eq!(s.http_addr, Some("127.0.0.1:9188".parse().unwrap()));
@@ -1040,6 +1109,10 @@ mod tests {
             ("WATCH", "maybe", "true or false"),
             ("WATCH_DEBOUNCE", "2 seconds", "Go duration"),
             ("MAX_DELETE_RATIO", "1.5", "0.0 to 1.0"),
+            ("MAX_UPDATE_RATIO", "-0.1", "rename guard"),
+            ("RUN_LOCK_WAIT", "soon", "Go duration"),
+            ("RETRY_MAX_ATTEMPTS", "-1", "whole number"),
+            ("RETRY_BACKOFF", "5", "Go duration"),
             ("MAX_REJECTS", "-1", "whole number"),
             ("JOURNAL_KEEP_RUNS", "-1", "whole number"),
             ("JOURNAL_KEEP_DAYS", "0", "≥ 1"),

@@ -99,6 +99,19 @@ pub enum MergeError {
         current: u64,
         ratio: f64,
     },
+    #[error("the file would rename {} of {current} followers ({:.1}%, their full_name changes), more than MAX_UPDATE_RATIO={ratio}; rolled back (use --allow-mass-update if intended)", .counts.updated, .counts.updated as f64 * 100.0 / *current as f64)]
+    MassUpdate {
+        /// What the run would have done.
+        counts: Counts,
+        current: u64,
+        ratio: f64,
+    },
+    #[error("the file is empty (0 bytes) and would delete all {current} followers; an empty file is refused whatever MAX_DELETE_RATIO says (use --allow-mass-delete if intended)")]
+    EmptyFile {
+        /// What the run would have done.
+        counts: Counts,
+        current: u64,
+    },
     #[error("the run lost its lock or its staged rows ({0}); rolled back")]
     Lost(String),
     #[error("the connection was lost during COMMIT and whether it committed could not be checked ({check}); the run's record in sync_runs tells (synced or not)")]
@@ -107,6 +120,18 @@ pub enum MergeError {
         source: DbErr,
         check: String,
     },
+}
+
+impl MergeError {
+    /// A guard's refusal, with what the run would have done.
+    pub fn refusal_counts(&self) -> Option<Counts> {
+        match self {
+            Self::MassDelete { counts, .. }
+            | Self::MassUpdate { counts, .. }
+            | Self::EmptyFile { counts, .. } => Some(*counts),
+            _ => None,
+        }
+    }
 }
 
 /// What the merge needs to know about the load.
@@ -128,22 +153,39 @@ pub struct Load<'a> {
     pub modified_at_zone: String,
 }
 
-/// The delete guard; 1.0 disables it.
+/// The guards (docs/sync.md#refusals-and-approvals): deletes beyond
+/// `max_delete_ratio` of the current followers, renames beyond
+/// `max_update_ratio` (1.0 disables either), and an empty file (no bytes)
+/// deleting anything, whatever the ratios. Each has its approval.
 #[derive(Clone, Copy, Debug)]
 pub struct Guard {
     pub max_delete_ratio: f64,
     pub allow_mass_delete: bool,
+    pub max_update_ratio: f64,
+    pub allow_mass_update: bool,
+    /// The file has no bytes: never a plausible export.
+    pub empty_file: bool,
 }
 
 impl Guard {
-    fn check(&self, counts: Counts, current: u64) -> Result<(), MergeError> {
-        let deleted = counts.deleted as f64;
-        let exceeded = current > 0 && deleted > self.max_delete_ratio * current as f64;
-        if exceeded && !self.allow_mass_delete && self.max_delete_ratio < 1.0 {
+    pub fn check(&self, counts: Counts, current: u64) -> Result<(), MergeError> {
+        let beyond =
+            |n: u64, ratio: f64| current > 0 && ratio < 1.0 && n as f64 > ratio * current as f64;
+        if self.empty_file && counts.deleted > 0 && !self.allow_mass_delete {
+            return Err(MergeError::EmptyFile { counts, current });
+        }
+        if beyond(counts.deleted, self.max_delete_ratio) && !self.allow_mass_delete {
             return Err(MergeError::MassDelete {
                 counts,
                 current,
                 ratio: self.max_delete_ratio,
+            });
+        }
+        if beyond(counts.updated, self.max_update_ratio) && !self.allow_mass_update {
+            return Err(MergeError::MassUpdate {
+                counts,
+                current,
+                ratio: self.max_update_ratio,
             });
         }
         Ok(())
@@ -692,6 +734,9 @@ mod tests {
         let g = Guard {
             max_delete_ratio: 0.5,
             allow_mass_delete: false,
+            max_update_ratio: 1.0,
+            allow_mass_update: false,
+            empty_file: false,
         };
         let del = |deleted| Counts {
             deleted,
@@ -715,5 +760,67 @@ mod tests {
             ..g
         };
         assert!(strict.check(del(1), 10).is_err());
+    }
+
+    #[test]
+    fn rename_guard_refuses_above_its_ratio_unless_approved() {
+        let g = Guard {
+            max_delete_ratio: 0.5,
+            allow_mass_delete: false,
+            max_update_ratio: 0.5,
+            allow_mass_update: false,
+            empty_file: false,
+        };
+        let upd = |updated| Counts {
+            updated,
+            ..Counts::default()
+        };
+        assert!(g.check(upd(5), 10).is_ok());
+        assert!(matches!(
+            g.check(upd(6), 10),
+            Err(MergeError::MassUpdate { .. })
+        ));
+        let approved = Guard {
+            allow_mass_update: true,
+            ..g
+        };
+        assert!(approved.check(upd(10), 10).is_ok());
+        let deletes_approved = Guard {
+            allow_mass_delete: true,
+            ..g
+        };
+        assert!(
+            deletes_approved.check(upd(10), 10).is_err(),
+            "each guard has its own approval"
+        );
+        assert!(Guard {
+            max_update_ratio: 1.0,
+            ..g
+        }
+        .check(upd(10), 10)
+        .is_ok());
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_whatever_the_ratio() {
+        let g = Guard {
+            max_delete_ratio: 1.0,
+            allow_mass_delete: false,
+            max_update_ratio: 1.0,
+            allow_mass_update: false,
+            empty_file: true,
+        };
+        let del = Counts {
+            deleted: 3,
+            ..Counts::default()
+        };
+        assert!(matches!(g.check(del, 3), Err(MergeError::EmptyFile { .. })));
+        assert!(g.check(Counts::default(), 0).is_ok(), "nothing to delete");
+        assert!(Guard {
+            allow_mass_delete: true,
+            ..g
+        }
+        .check(del, 3)
+        .is_ok());
     }
 }

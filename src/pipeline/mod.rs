@@ -46,6 +46,12 @@ use std::sync::Mutex;
 
 pub use progress::ProgressStyle;
 
+/// How the reason of a run skipped for an earlier refusal starts.
+const REFUSED_EARLIER: &str = "refused earlier: ";
+
+/// How often an approved run asks again for a run lock held by another run.
+const LOCK_POLL: Duration = Duration::from_millis(250);
+
 /// How a dry run's note starts when a real run would be refused.
 const WOULD_REFUSE: &str = "a real run would be refused: ";
 
@@ -63,8 +69,19 @@ pub struct SyncRequest {
     pub force: bool,
     pub dry_run: bool,
     pub allow_mass_delete: bool,
+    /// Lift the rename guard (MAX_UPDATE_RATIO).
+    pub allow_mass_update: bool,
     /// Sync even when the table was last synced from another file.
     pub allow_file_change: bool,
+}
+
+impl SyncRequest {
+    /// An explicit approval (`--force`, `--allow-mass-delete`, `--allow-mass-update`):
+    /// it re-reads a file refused earlier, and waits for a run lock held by
+    /// another run instead of skipping (docs/sync.md#refusals-and-approvals).
+    pub fn approves(&self) -> bool {
+        self.force || self.allow_mass_delete || self.allow_mass_update
+    }
 }
 
 /// What the pipeline needs from the agent.
@@ -93,6 +110,14 @@ pub struct Summary {
     /// Why a run was skipped, refused or failed (not part of the JSON object).
     #[serde(skip)]
     pub reason: Option<String>,
+    /// A failed run whose cause may pass (connection, serialization, lock,
+    /// a concurrent writer): `serve` retries it (docs/sync.md#refusals-and-approvals).
+    #[serde(skip)]
+    pub transient: bool,
+    /// Skipped because this content was refused earlier: the file still needs an
+    /// operator (`sync` exits 1, the event is a warning).
+    #[serde(skip)]
+    pub refused_earlier: bool,
 }
 
 /// The keys a dry run's JSON summary adds (docs/operations.md#the-sync-summary).
@@ -113,7 +138,23 @@ impl Summary {
             duration: Duration::ZERO,
             dry_run: None,
             reason: None,
+            transient: true,
+            refused_earlier: false,
         }
+    }
+
+    /// The level of the run's `sync finished` event.
+    pub fn level(&self) -> Level {
+        if self.refused_earlier {
+            Level::WARN
+        } else {
+            finished_level(self.outcome)
+        }
+    }
+
+    /// Whether the log filter shows the run's `sync finished` event.
+    pub fn event_shown(&self) -> bool {
+        level_enabled(self.level())
     }
 }
 
@@ -169,6 +210,8 @@ pub enum SyncError {
         reason: ready::NotReady,
         waited: Duration,
     },
+    #[error("another sync of this database held the run lock for {} (RUN_LOCK_WAIT); nothing done, the approval was not applied: run it again", robfig_cron::go_duration::format_go_duration(*.waited))]
+    LockBusy { waited: Duration },
     #[error("cancelled by shutdown")]
     Cancelled,
     #[error("reader task failed")]
@@ -187,9 +230,32 @@ impl SyncError {
             | Self::StillWriting { .. }
             | Self::OtherFile { .. }
             | Self::NotReady { .. }
-            | Self::Merge(MergeError::MassDelete { .. }) => Outcome::Refused,
+            | Self::Merge(
+                MergeError::MassDelete { .. }
+                | MergeError::MassUpdate { .. }
+                | MergeError::EmptyFile { .. },
+            ) => Outcome::Refused,
             Self::Read(e) if e.is_content() => Outcome::Refused,
             _ => Outcome::Failed,
+        }
+    }
+
+    /// Whether a failure may pass by itself, so that `serve` retries the run:
+    /// the database unreachable or restarting, a serialization failure or
+    /// deadlock, a lock timeout, a unique violation from a concurrent writer,
+    /// a run that lost its lock connection. Refusals, bad files and anything
+    /// else are permanent (docs/sync.md#refusals-and-approvals).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Db(e) => match e {
+                DbError::Connect { .. } | DbError::LockConnect { .. } | DbError::Lock(_) => true,
+                _ => transient_cause(e),
+            },
+            Self::Merge(MergeError::Lost(_)) => true,
+            Self::Merge(MergeError::Step { source, .. }) => transient_db(source),
+            Self::Bookkeeping(e) => transient_db(e),
+            Self::Stage(e) => transient_cause(e),
+            _ => false,
         }
     }
 
@@ -207,10 +273,15 @@ impl SyncError {
             Self::OtherFile { .. } => "file",
             Self::Stage(_) => "stage",
             Self::Merge(MergeError::Step { step, .. }) => step.name(),
-            Self::Merge(MergeError::MassDelete { .. }) => "guard",
+            Self::Merge(
+                MergeError::MassDelete { .. }
+                | MergeError::MassUpdate { .. }
+                | MergeError::EmptyFile { .. },
+            ) => "guard",
             Self::Merge(MergeError::Lost(_)) => "verify",
             Self::Merge(MergeError::CommitUnknown { .. }) => "commit",
             Self::Db(_) | Self::Bookkeeping(_) => "database",
+            Self::LockBusy { .. } => "lock",
             Self::NotReady { .. } => "ready",
             Self::Cancelled => "cancel",
         }
@@ -232,10 +303,66 @@ impl SyncError {
                 counts.rows_read = *rows_read;
                 counts.rejected = *rejected;
             }
-            Self::Merge(MergeError::MassDelete { counts: would, .. }) => *counts = *would,
+            Self::Merge(e) => {
+                if let Some(would) = e.refusal_counts() {
+                    *counts = would;
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// Whether a database error may pass by itself (see `SyncError::is_transient`).
+fn transient_db(e: &DbErr) -> bool {
+    use sea_orm::{ConnAcquireErr, RuntimeErr};
+    match e {
+        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout | ConnAcquireErr::ConnectionClosed) => {
+            true
+        }
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => transient_sqlx(e),
+        DbErr::Conn(_) => true,
+        _ => false,
+    }
+}
+
+fn transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            // Connection exceptions (08…), serialization failure, deadlock,
+            // lock not available, unique violation (a concurrent writer: the
+            // load itself is deduplicated), too many connections, and a server
+            // shutting down, crashed or starting up.
+            code.starts_with("08")
+                || matches!(
+                    &*code,
+                    "40001" | "40P01" | "55P03" | "23505" | "53300" | "57P01" | "57P02" | "57P03"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// Walks an error's sources for a database error and judges it.
+fn transient_cause(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(e) = e.downcast_ref::<sqlx::Error>() {
+            return transient_sqlx(e);
+        }
+        if let Some(e) = e.downcast_ref::<DbErr>() {
+            return transient_db(e);
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn hint_suffix(hint: &Option<String>) -> String {
@@ -274,10 +401,19 @@ pub async fn run_sync(
             "could not record the run's stage durations: the database did not answer"
         ),
     }
-    let (outcome, reason, stage) = match result {
-        Ok((outcome, reason)) => (outcome, reason, None),
-        Err(e) => (e.outcome(), Some(error_chain(&e)), Some(e.stage())),
+    let (outcome, reason, stage, transient) = match result {
+        Ok((outcome, reason)) => (outcome, reason, None, false),
+        Err(e) => (
+            e.outcome(),
+            Some(error_chain(&e)),
+            Some(e.stage()),
+            e.is_transient(),
+        ),
     };
+    let refused_earlier = outcome == Outcome::Skipped
+        && reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(REFUSED_EARLIER));
     if outcome == Outcome::Synced {
         prune_journal(ctx).await;
     }
@@ -295,8 +431,13 @@ pub async fn run_sync(
         duration: started.elapsed(),
         dry_run,
         reason,
+        transient,
+        refused_earlier,
     };
     crate::metrics::record_run(summary.outcome, &summary.counts, summary.duration);
+    if summary.outcome == Outcome::Refused || summary.refused_earlier {
+        crate::metrics::record_refused();
+    }
     // The one event of a run's end, with its reason (a refusal is said once).
     macro_rules! finished {
         ($level:expr) => {
@@ -318,7 +459,7 @@ pub async fn run_sync(
             )
         };
     }
-    match finished_level(outcome) {
+    match summary.level() {
         Level::ERROR => finished!(Level::ERROR),
         Level::WARN => finished!(Level::WARN),
         _ => finished!(Level::INFO),
@@ -338,7 +479,11 @@ pub fn finished_level(outcome: Outcome) -> Level {
 
 /// Whether the log filter shows the `sync finished` event of a run with this outcome.
 pub fn finished_event_shown(outcome: Outcome) -> bool {
-    match finished_level(outcome) {
+    level_enabled(finished_level(outcome))
+}
+
+fn level_enabled(level: Level) -> bool {
+    match level {
         Level::ERROR => tracing::enabled!(Level::ERROR),
         Level::WARN => tracing::enabled!(Level::WARN),
         _ => tracing::enabled!(Level::INFO),
@@ -432,7 +577,24 @@ async fn locked_run(
         }
     };
     stages.begin("lock");
-    let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? else {
+    let lock = match AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? {
+        None if request.approves() => match wait_for_lock(ctx, &cancel).await? {
+            Some(lock) => Some(lock),
+            None if cancel.is_cancelled() => {
+                return Err(
+                    refuse_unlocked(db, load_id, request, &file, SyncError::Cancelled).await,
+                )
+            }
+            None => {
+                let e = SyncError::LockBusy {
+                    waited: ctx.settings.run_lock_wait,
+                };
+                return Err(refuse_unlocked(db, load_id, request, &file, e).await);
+            }
+        },
+        lock => lock,
+    };
+    let Some(lock) = lock else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
         record_unlocked(
@@ -446,6 +608,7 @@ async fn locked_run(
         .await?;
         return Ok((Outcome::Skipped, Some(reason.into())));
     };
+    let mut hashed = None;
     let result = async {
         history::recover(db).await.map_err(SyncError::Bookkeeping)?;
         history::start(db, load_id, request.trigger, &file, None)
@@ -461,6 +624,7 @@ async fn locked_run(
             counts,
             stages,
             &tally,
+            &mut hashed,
             &cancel,
         )
         .await;
@@ -468,13 +632,48 @@ async fn locked_run(
         store_rejects(ctx, load_id, &tally).await;
         if let Err(e) = &outcome {
             e.partial_counts(counts);
-            compensate(db, load_id, counts, e).await;
+            let refused = hashed.as_ref().filter(|_| e.outcome() == Outcome::Refused);
+            compensate(db, load_id, counts, e, refused).await;
+            // A refusal of the content is remembered: later runs skip it cheaply.
+            if let Some(hash) = refused {
+                let key = refusal_key(&ctx.settings, hash);
+                if let Err(e) = history::remember_refusal(db, load_id, &key).await {
+                    tracing::warn!(error = %error_chain(&e), "could not remember the refusal; the next run reads the file again");
+                }
+            }
         }
         outcome
     }
     .await;
     lock.release().await;
     result
+}
+
+/// An approved run's wait for the run lock another run holds: at most
+/// `RUN_LOCK_WAIT`; `None` when it stayed taken (or the run was cancelled).
+async fn wait_for_lock(
+    ctx: &SyncContext,
+    cancel: &CancellationToken,
+) -> Result<Option<AdvisoryLock>, SyncError> {
+    let wait = ctx.settings.run_lock_wait;
+    tracing::warn!(
+        run_lock_wait = %robfig_cron::go_duration::format_go_duration(wait),
+        "another sync of this database is in progress (advisory lock held); an approved run waits for it"
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(LOCK_POLL.min(deadline - now)) => {}
+        }
+        if let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? {
+            return Ok(Some(lock));
+        }
+    }
 }
 
 /// Records a run stopped by `e` before it takes the run lock, and returns the
@@ -541,7 +740,13 @@ async fn store_rejects(ctx: &SyncContext, load_id: LoadId, tally: &ReadTally) {
 const COMPENSATION_REACH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Undoes what the run did: staging rows go, the record says why.
-async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, error: &SyncError) {
+async fn compensate(
+    db: &DatabaseConnection,
+    load_id: LoadId,
+    counts: &Counts,
+    error: &SyncError,
+    hash: Option<&ContentHash>,
+) {
     let reachable = tokio::time::timeout(COMPENSATION_REACH_TIMEOUT, db.ping()).await;
     if !matches!(reachable, Ok(Ok(()))) {
         tracing::error!(
@@ -558,7 +763,7 @@ async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, e
         error.outcome(),
         counts,
         Some(&error_chain(error)),
-        None,
+        hash,
     )
     .await
     {
@@ -578,6 +783,7 @@ async fn saga(
     counts: &mut Counts,
     stages: &mut StageTimes,
     tally: &Arc<ReadTally>,
+    hashed: &mut Option<ContentHash>,
     cancel: &CancellationToken,
 ) -> Result<(Outcome, Option<String>), SyncError> {
     let settings = &ctx.settings;
@@ -632,6 +838,39 @@ async fn saga(
         .map_err(SyncError::Bookkeeping)?;
         crate::metrics::record_in_sync();
         return Ok((Outcome::Skipped, Some(reason)));
+    }
+    if let Some(reason) = refused_earlier(db, request, &refusal_key(settings, &hash)).await? {
+        history::finish(
+            db,
+            load_id,
+            Outcome::Skipped,
+            counts,
+            Some(&reason),
+            Some(&hash),
+        )
+        .await
+        .map_err(SyncError::Bookkeeping)?;
+        return Ok((Outcome::Skipped, Some(reason)));
+    }
+    *hashed = Some(hash.clone());
+    let guard = Guard {
+        max_delete_ratio: settings.max_delete_ratio,
+        allow_mass_delete: request.allow_mass_delete,
+        max_update_ratio: settings.max_update_ratio,
+        allow_mass_update: request.allow_mass_update,
+        empty_file: std::fs::metadata(file).is_ok_and(|m| m.len() == 0),
+    };
+    // An empty file is refused before anything is staged (a dry run plans it).
+    if guard.empty_file && !request.dry_run {
+        let current = history::follower_count(db)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        let current = u64::try_from(current).unwrap_or(0);
+        let would = Counts {
+            deleted: current,
+            ..Counts::default()
+        };
+        guard.check(would, current)?;
     }
 
     // 2-5. Read, validate and stage, streaming.
@@ -690,10 +929,6 @@ async fn saga(
         journal: settings.journal.enabled(),
         modified_at_zone: clock.zone,
     };
-    let guard = Guard {
-        max_delete_ratio: settings.max_delete_ratio,
-        allow_mass_delete: request.allow_mass_delete,
-    };
     if request.dry_run {
         stage("plan");
         let (planned, refusal) = merge::plan(db, &load, guard).await?;
@@ -717,6 +952,39 @@ async fn saga(
     stage("merge");
     *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage_name())).await?;
     Ok((Outcome::Synced, None))
+}
+
+/// What a refusal of this content depends on: its hash (the bytes and the parse
+/// settings) and the limits of the verdict.
+fn refusal_key(settings: &Settings, hash: &ContentHash) -> String {
+    let key = format!(
+        "{hash} MAX_REJECTS={} MAX_DELETE_RATIO={} MAX_UPDATE_RATIO={}",
+        settings.max_rejects, settings.max_delete_ratio, settings.max_update_ratio
+    );
+    blake3::hash(key.as_bytes()).to_hex().to_string()
+}
+
+/// The reason to skip this content without reading it: the newest run that
+/// decided something refused the same content under the same limits
+/// (`refusal_key`), and nothing approves it now. A dry run always reads.
+/// See docs/sync.md#refusals-and-approvals.
+async fn refused_earlier(
+    db: &DatabaseConnection,
+    request: &SyncRequest,
+    key: &str,
+) -> Result<Option<String>, SyncError> {
+    if request.approves() || request.dry_run {
+        return Ok(None);
+    }
+    let refused = history::standing_refusal(db, key)
+        .await
+        .map_err(SyncError::Bookkeeping)?;
+    Ok(refused.map(|(load_id, why)| {
+        format!(
+            "{REFUSED_EARLIER}{} (run {load_id}); skipped without reading until the file or the limits change, or a run approves it (sync --allow-mass-delete, --allow-mass-update or --force)",
+            why.as_deref().unwrap_or("refused")
+        )
+    }))
 }
 
 async fn hash(path: &Path, format: CsvFormat) -> Result<ContentHash, SyncError> {

@@ -227,8 +227,11 @@ async fn rejects_last_lists_each_invalid_line_of_a_refused_file() {
         ]
     );
     assert!(json["rejects"][0]["reason"].as_str().unwrap().contains('@'));
-    // A later skip does not hide them from --last; the run history's pruning removes them.
-    assert_eq!(env.sync().outcome(), "refused");
+    // A later skip (the file was refused earlier) does not hide them from --last;
+    // the run history's pruning removes them.
+    env.sync().assert_ended(1, "skipped");
+    // An approval reads it again (and refuses it again, with its rejects).
+    env.sync_with(&["--force"], &[]).assert_ended(1, "refused");
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
     assert_eq!(env.sync().outcome(), "skipped");

@@ -9,6 +9,7 @@ mod documentation;
 mod exports;
 mod faults;
 mod file_rules;
+mod guard;
 mod helpers;
 mod journal;
 mod line_endings;
