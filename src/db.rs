@@ -44,6 +44,14 @@ pub enum DbError {
     Shape(#[source] DbErr),
     #[error("cannot read the applied migrations (seaql_migrations)")]
     MigrationState(#[source] DbErr),
+    /// docs/sync.md#dry-run: a dry run never changes the database, and the
+    /// pending migrations would (the takeover rewrites stored emails).
+    #[error("{what} refused: migration {first} is pending{more}; a dry run changes nothing, and applying it would (the takeover canonicalises and merges stored emails, see docs/sync.md#taking-over-the-old-services-database): apply the migrations with `followers-etl migrate`, then run the dry run again")]
+    PendingForDryRun {
+        what: &'static str,
+        first: String,
+        more: String,
+    },
     #[error("migration {first} is pending{more} and role {role:?} may not apply it: {denied}; apply the migrations once as the tables' owner (`followers-etl migrate` with the owner's DATABASE_URL), see docs/sync.md#database-roles")]
     MigrationPrivilege {
         first: String,
@@ -253,10 +261,7 @@ async fn apply_pending(db: &DatabaseConnection) -> Result<(), DbError> {
     };
     Err(DbError::MigrationPrivilege {
         first: first.clone(),
-        more: match pending.len() {
-            1 => String::new(),
-            n => format!(" (one of {n}: {})", pending.join(", ")),
-        },
+        more: pending_suffix(&pending),
         role,
         denied,
     })
@@ -304,6 +309,32 @@ pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, 
         .into_iter()
         .filter(|name| !applied.contains(name))
         .collect())
+}
+
+/// For a dry run (README "Commands"): reads only. With migrations pending it
+/// refuses, naming `followers-etl migrate`, instead of applying them: they
+/// would change the table (the takeover rewrites and merges stored emails)
+/// while the old service may still be using it.
+#[tracing::instrument(skip_all)]
+pub async fn check_dry_run(db: &DatabaseConnection, what: &'static str) -> Result<(), DbError> {
+    let pending = pending_migrations(db)
+        .await
+        .map_err(DbError::MigrationState)?;
+    if let Some(first) = pending.first() {
+        return Err(DbError::PendingForDryRun {
+            what,
+            first: first.clone(),
+            more: pending_suffix(&pending),
+        });
+    }
+    check_followers_shape(db).await
+}
+
+fn pending_suffix(pending: &[String]) -> String {
+    match pending.len() {
+        0 | 1 => String::new(),
+        n => format!(" (one of {n}: {})", pending.join(", ")),
+    }
 }
 
 /// Whether a migration is pending (for `/readyz`); reads only.
