@@ -278,6 +278,7 @@ async fn connect_and_migrate(settings: &Settings) -> Result<sea_orm::DatabaseCon
     crate::db::migrate(&db, &settings.database_url)
         .await
         .map_err(|e| failure("migrations", &e))?;
+    pipeline::drift::ensure_counter(&db, settings.verify_every).await;
     Ok(db)
 }
 

@@ -15,6 +15,7 @@ mod m20261130_000006_sync_runs_stages;
 mod m20261130_000007_create_sync_rejects;
 mod m20261130_000009_staging_without_index;
 mod m20261130_000010_create_sync_journal;
+mod m20261201_000020_followers_write_counter;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_create_sync_rejects::Migration),
             Box::new(m20261130_000009_staging_without_index::Migration),
             Box::new(m20261130_000010_create_sync_journal::Migration),
+            Box::new(m20261201_000020_followers_write_counter::Migration),
         ]
     }
 }

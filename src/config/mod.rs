@@ -88,6 +88,7 @@ variables!(
     HISTORY_KEEP_RUNS,
     JOURNAL_KEEP_RUNS,
     JOURNAL_KEEP_DAYS,
+    VERIFY_EVERY,
 );
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -131,6 +132,10 @@ pub const MAX_BATCH_SIZE: u64 = 1_000_000;
 pub const DEFAULT_JOURNAL_KEEP_RUNS: u64 = 100;
 /// ... and of no run older than this many days.
 pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
+/// Without the write counter on `followers`, an unchanged file is compared with
+/// the table at most this long after the last comparison (README, "Edits
+/// outside the agent").
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -236,6 +241,10 @@ pub struct Settings {
     pub allow_file_change: bool,
     pub history: HistoryBound,
     pub journal: JournalRetention,
+    /// `VERIFY_EVERY`: where `followers` has no write counter, how long a run may
+    /// trust that the table is what the last sync left (README, "Edits outside
+    /// the agent").
+    pub verify_every: Duration,
 }
 
 /// How much run history to keep; `None` disables that bound.
@@ -440,6 +449,11 @@ impl Settings {
             .map(|v| parse_duration(var::SHUTDOWN_TIMEOUT, v))
             .transpose()?
             .unwrap_or(Duration::from_secs(30));
+        let verify_every = raw
+            .get(var::VERIFY_EVERY)
+            .map(|v| parse_duration(var::VERIFY_EVERY, v))
+            .transpose()?
+            .unwrap_or(DEFAULT_VERIFY_EVERY);
         let max_delete_ratio = match raw.get(var::MAX_DELETE_RATIO) {
             None => 0.5,
             Some(v) => v
@@ -582,6 +596,7 @@ impl Settings {
                 keep_runs: history_bound(raw, var::HISTORY_KEEP_RUNS, DEFAULT_HISTORY_KEEP_RUNS)?,
             },
             journal,
+            verify_every,
         })
     }
 
@@ -645,6 +660,7 @@ impl Settings {
             (var::ALLOW_FILE_CHANGE, self.allow_file_change.to_string()),
             (var::JOURNAL_KEEP_RUNS, self.journal.keep_runs.to_string()),
             (var::JOURNAL_KEEP_DAYS, self.journal.keep_days.to_string()),
+            (var::VERIFY_EVERY, duration(self.verify_every)),
         ]
         .map(|(name, value)| format!("{name}={value}"))
         .join(" ")

@@ -8,6 +8,7 @@
 //! `refused` with the reason. `followers` only changes in the merge transaction.
 
 pub mod check;
+pub mod drift;
 pub mod dupes;
 pub mod journal;
 pub mod merge;
@@ -159,6 +160,14 @@ pub enum SyncError {
     Stage(#[from] StageError),
     #[error(transparent)]
     Merge(#[from] MergeError),
+    /// The sync of an unchanged file into a table edited outside the agent
+    /// (README, "Edits outside the agent") stopped.
+    #[error("{drift}; syncing the file back")]
+    Drift {
+        drift: String,
+        #[source]
+        source: MergeError,
+    },
     #[error("cannot lock or reach the database")]
     Db(#[from] DbError),
     #[error("recording the run failed")]
@@ -187,7 +196,11 @@ impl SyncError {
             | Self::StillWriting { .. }
             | Self::OtherFile { .. }
             | Self::NotReady { .. }
-            | Self::Merge(MergeError::MassDelete { .. }) => Outcome::Refused,
+            | Self::Merge(MergeError::MassDelete { .. })
+            | Self::Drift {
+                source: MergeError::MassDelete { .. },
+                ..
+            } => Outcome::Refused,
             Self::Read(e) if e.is_content() => Outcome::Refused,
             _ => Outcome::Failed,
         }
@@ -206,7 +219,12 @@ impl SyncError {
             Self::StillWriting { .. } => "settle",
             Self::OtherFile { .. } => "file",
             Self::Stage(_) => "stage",
-            Self::Merge(MergeError::Step { step, .. }) => step.name(),
+            Self::Merge(MergeError::Step { step, .. })
+            | Self::Drift {
+                source: MergeError::Step { step, .. },
+                ..
+            } => step.name(),
+            Self::Drift { .. } => "guard",
             Self::Merge(MergeError::MassDelete { .. }) => "guard",
             Self::Merge(MergeError::Lost(_)) => "verify",
             Self::Merge(MergeError::CommitUnknown { .. }) => "commit",
@@ -232,7 +250,11 @@ impl SyncError {
                 counts.rows_read = *rows_read;
                 counts.rejected = *rejected;
             }
-            Self::Merge(MergeError::MassDelete { counts: would, .. }) => *counts = *would,
+            Self::Merge(MergeError::MassDelete { counts: would, .. })
+            | Self::Drift {
+                source: MergeError::MassDelete { counts: would, .. },
+                ..
+            } => *counts = *would,
             _ => {}
         }
     }
@@ -609,30 +631,53 @@ async fn saga(
     let last = history::last_synced_hash(db)
         .await
         .map_err(SyncError::Bookkeeping)?;
+    let mut repairing = None;
     if !request.force && last.as_deref() == Some(hash.as_str()) {
         let reverted = history::reverted_state(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let reason = match reverted {
-            Some(revert) => format!(
-                "held back: revert {} undid this content; it is skipped until the file changes (or sync --force)",
-                revert.load_id
-            ),
-            None => "unchanged since the last successful sync".to_owned(),
-        };
-        history::finish(
-            db,
-            load_id,
-            Outcome::Skipped,
-            counts,
-            Some(&reason),
-            Some(&hash),
-        )
-        .await
-        .map_err(SyncError::Bookkeeping)?;
-        crate::metrics::record_in_sync();
-        return Ok((Outcome::Skipped, Some(reason)));
+        // Is the table still what the last sync left? (docs: "Edits outside the agent")
+        let drift = drift::check(db, settings.verify_every)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        repairing = drift.describe().filter(|_| drift.needs_sync());
+        if reverted.is_some() || repairing.is_none() {
+            let reason = match &reverted {
+                Some(revert) => format!(
+                    "held back: revert {} undid this content; it is skipped until the file changes (or sync --force){}",
+                    revert.load_id,
+                    drift.describe().filter(|_| drift.needs_sync()).map(|d| format!("; {d}, left as it is while held back")).unwrap_or_default()
+                ),
+                None => "unchanged since the last successful sync".to_owned(),
+            };
+            history::finish(
+                db,
+                load_id,
+                Outcome::Skipped,
+                counts,
+                Some(&reason),
+                Some(&hash),
+            )
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+            // Only a skip that vouches for the table refreshes the last success.
+            if reverted.is_none() && drift.confirmed() {
+                crate::metrics::record_in_sync();
+            }
+            return Ok((Outcome::Skipped, Some(reason)));
+        }
+        tracing::warn!(
+            "{}; syncing the unchanged file back",
+            repairing.as_deref().unwrap_or_default()
+        );
     }
+    let drifted = |source: MergeError| match &repairing {
+        Some(drift) => SyncError::Drift {
+            drift: drift.clone(),
+            source,
+        },
+        None => SyncError::Merge(source),
+    };
 
     // 2-5. Read, validate and stage, streaming.
     stage("read_and_stage");
@@ -694,12 +739,12 @@ async fn saga(
     };
     if request.dry_run {
         stage("plan");
-        let (planned, refusal) = merge::plan(db, &load, guard).await?;
+        let (planned, refusal) = merge::plan(db, &load, guard).await.map_err(drifted)?;
         *counts = planned;
         stage::discard(db, load_id)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let note = refusal.map(|e| format!("{WOULD_REFUSE}{e}"));
+        let note = refusal.map(|e| format!("{WOULD_REFUSE}{}", error_chain(&drifted(e))));
         history::finish(
             db,
             load_id,
@@ -713,7 +758,9 @@ async fn saga(
         return Ok((Outcome::DryRun, note));
     }
     stage("merge");
-    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage_name())).await?;
+    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage_name()))
+        .await
+        .map_err(drifted)?;
     Ok((Outcome::Synced, None))
 }
 

@@ -6,6 +6,7 @@ mod commands;
 mod connection;
 mod crash;
 mod documentation;
+mod drift;
 mod dry_run;
 mod exports;
 mod faults;
