@@ -18,6 +18,7 @@ mod operations;
 mod operator;
 mod private_pg;
 mod serve;
+mod settle;
 mod stability;
 mod sync;
 mod takeover;
