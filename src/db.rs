@@ -34,6 +34,10 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot connect to {url}: no answer within DB_CONNECT_TIMEOUT={}", robfig_cron::go_duration::format_go_duration(*.after))]
+    ConnectTimeout { url: String, after: Duration },
+    #[error("cannot connect to {url}: the server has no free connection (max_connections reached: {message}); raise max_connections on the server, or lower DB_MAX_CONNS here and the pools of its other clients (README \"Faults\")")]
+    TooManyConnections { url: String, message: String },
     #[error("advisory lock query failed")]
     Lock(#[source] sqlx::Error),
     #[error("applying migrations failed")]
@@ -74,8 +78,30 @@ impl DbError {
     }
 }
 
+/// `DB_CONNECT_TIMEOUT`, set by [`connect`] (every command connects through it
+/// first) for the connections opened outside the pool.
+static CONNECT_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+fn connect_timeout() -> Duration {
+    CONNECT_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(crate::config::DEFAULT_DB_CONNECT_TIMEOUT)
+}
+
+/// PostgreSQL's words when `e` is `too_many_connections` (SQLSTATE 53300).
+fn too_many_connections(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("53300") => {
+            Some(db.message().to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// The pool every part of the agent shares; COPY goes through its sqlx pool.
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError> {
+    let _ = CONNECT_TIMEOUT.set(settings.db_connect_timeout);
     // One direct attempt first: an unreachable server fails now, not after the
     // pool's acquire timeout.
     AdvisoryLock::dedicated_connection(&settings.database_url)
@@ -87,7 +113,7 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError>
     options
         .max_connections(settings.db_max_conns)
         .min_connections(settings.db_min_conns)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(settings.db_connect_timeout)
         .acquire_timeout(Duration::from_secs(60))
         .sqlx_logging(false);
     Database::connect(options)
@@ -129,12 +155,24 @@ pub struct AdvisoryLock {
 
 impl AdvisoryLock {
     async fn dedicated_connection(url: &DatabaseUrl) -> Result<PgConnection, DbError> {
-        PgConnection::connect(url.expose())
-            .await
-            .map_err(|source| DbError::LockConnect {
+        let after = connect_timeout();
+        match tokio::time::timeout(after, PgConnection::connect(url.expose())).await {
+            Err(_) => Err(DbError::ConnectTimeout {
                 url: url.to_string(),
-                source,
-            })
+                after,
+            }),
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(source)) => Err(match too_many_connections(&source) {
+                Some(message) => DbError::TooManyConnections {
+                    url: url.to_string(),
+                    message,
+                },
+                None => DbError::LockConnect {
+                    url: url.to_string(),
+                    source,
+                },
+            }),
+        }
     }
 
     /// Takes the run lock if it is free; `None` when another run holds it.

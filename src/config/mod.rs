@@ -89,6 +89,7 @@ variables!(
     JOURNAL_KEEP_RUNS,
     JOURNAL_KEEP_DAYS,
     VERIFY_EVERY,
+    DB_CONNECT_TIMEOUT,
 );
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -135,6 +136,8 @@ pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
 /// Without the write counter on `followers`, an unchanged file is compared with
 /// the table at most this long after the last comparison (README, "Edits
 /// outside the agent").
+/// How long opening a connection may take (README, "Faults").
+pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +248,9 @@ pub struct Settings {
     /// trust that the table is what the last sync left (README, "Edits outside
     /// the agent").
     pub verify_every: Duration,
+    /// `DB_CONNECT_TIMEOUT`: how long opening a database connection may take
+    /// (README, "Faults"), for a server or network that hangs without refusing.
+    pub db_connect_timeout: Duration,
 }
 
 /// How much run history to keep; `None` disables that bound.
@@ -454,6 +460,18 @@ impl Settings {
             .map(|v| parse_duration(var::VERIFY_EVERY, v))
             .transpose()?
             .unwrap_or(DEFAULT_VERIFY_EVERY);
+        let db_connect_timeout = raw
+            .get(var::DB_CONNECT_TIMEOUT)
+            .map(|v| parse_duration(var::DB_CONNECT_TIMEOUT, v))
+            .transpose()?
+            .unwrap_or(DEFAULT_DB_CONNECT_TIMEOUT);
+        if db_connect_timeout.is_zero() {
+            return Err(invalid(
+                var::DB_CONNECT_TIMEOUT,
+                "0s",
+                "expected a duration above zero, such as 10s",
+            ));
+        }
         let max_delete_ratio = match raw.get(var::MAX_DELETE_RATIO) {
             None => 0.5,
             Some(v) => v
@@ -597,6 +615,7 @@ impl Settings {
             },
             journal,
             verify_every,
+            db_connect_timeout,
         })
     }
 
@@ -661,6 +680,7 @@ impl Settings {
             (var::JOURNAL_KEEP_RUNS, self.journal.keep_runs.to_string()),
             (var::JOURNAL_KEEP_DAYS, self.journal.keep_days.to_string()),
             (var::VERIFY_EVERY, duration(self.verify_every)),
+            (var::DB_CONNECT_TIMEOUT, duration(self.db_connect_timeout)),
         ]
         .map(|(name, value)| format!("{name}={value}"))
         .join(" ")

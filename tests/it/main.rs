@@ -5,6 +5,7 @@
 mod commands;
 mod connection;
 mod crash;
+mod db_faults;
 mod documentation;
 mod drift;
 mod dry_run;
