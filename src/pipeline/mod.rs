@@ -571,7 +571,7 @@ async fn compensate(db: &DatabaseConnection, load_id: LoadId, counts: &Counts, e
         );
         return;
     }
-    if let Err(e) = stage::discard(db, load_id).await {
+    if let Err(e) = stage::purge(db, load_id).await {
         tracing::error!(error = %error_chain(&e), "could not remove staging rows; the next run removes them");
     }
     if let Err(e) = history::finish(
@@ -741,7 +741,7 @@ async fn saga(
         stage("plan");
         let (planned, refusal) = merge::plan(db, &load, guard).await.map_err(drifted)?;
         *counts = planned;
-        stage::discard(db, load_id)
+        stage::purge(db, load_id)
             .await
             .map_err(SyncError::Bookkeeping)?;
         let note = refusal.map(|e| format!("{WOULD_REFUSE}{}", error_chain(&drifted(e))));

@@ -73,3 +73,102 @@ async fn a_server_that_never_answers_fails_every_command_within_db_connect_timeo
     }
     task.abort();
 }
+
+/// A tmpfs of `size` mounted for this test (we are root in CI), unmounted when
+/// dropped: declare it before the server using it, so it outlives the server.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs (as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let uid = String::from_utf8_lossy(
+            &std::process::Command::new("id")
+                .args(["-u", "postgres"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .trim()
+        .parse()
+        .unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), None).unwrap();
+        Self { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_disk_full_during_the_merge_fails_changes_nothing_and_the_next_run_syncs() {
+    let disk = SmallDisk::mount("2m");
+    let pg = PrivatePg::start_new();
+    let env = TestEnv::on_existing(&pg.url());
+    let abc = [("ann@x.io", "Ann"), ("bob@x.io", "Bob"), ("cy@x.io", "Cy")];
+    env.write_csv(csv(&abc));
+    env.synced(&[]);
+    // followers (and its key) live on the small disk; staging does not.
+    env.exec(&format!(
+        "CREATE TABLESPACE small LOCATION '{}'",
+        disk.dir.path().display()
+    ))
+    .await;
+    env.exec("ALTER TABLE followers SET TABLESPACE small; ALTER INDEX followers_pkey SET TABLESPACE small")
+        .await;
+    let mut rows: Vec<(String, String)> = abc
+        .iter()
+        .map(|(e, n)| (e.to_string(), n.to_string()))
+        .collect();
+    rows.extend(many(60_000));
+    env.write_csv(csv_owned(&rows));
+    let run = env.sync();
+    run.expect(1, "failed");
+    assert!(
+        run.stderr.contains("No space left on device") || run.stderr.contains("could not extend"),
+        "{run:?}"
+    );
+    assert_eq!(env.followers().await, pairs(&abc));
+    assert_eq!(env.staging_rows().await, 0);
+    // Emptied by TRUNCATE: no dead rows (nor their pages) left in staging.
+    assert_eq!(
+        env.scalar("SELECT pg_relation_size('public.staging_followers')")
+            .await,
+        0
+    );
+    // Space freed: the next run syncs.
+    disk.resize("64m");
+    let run = env.sync();
+    run.expect(0, "synced");
+    assert_eq!(run.n("inserted"), 60_000);
+    assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 60_003);
+    drop(env);
+    drop(pg);
+}
