@@ -342,7 +342,16 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         }
     }
     // After the run (and its lock): keep the run history within its bound.
-    history::prune_or_warn(&ctx.db, ctx.settings.history).await;
+    // Bounded: a database that stopped answering must not hold the exit.
+    let pruned = tokio::time::timeout(
+        ctx.settings.db_timeout,
+        history::prune_or_warn(&ctx.db, ctx.settings.history),
+    );
+    if pruned.await.is_err() {
+        tracing::warn!(
+            "pruning the run history got no answer within DB_TIMEOUT; the next run retries"
+        );
+    }
     if code == ExitCode::SUCCESS {
         exit::for_outcome(summary.outcome)
     } else {

@@ -38,6 +38,8 @@ pub enum DbError {
     ConnectTimeout { url: String, after: Duration },
     #[error("cannot connect to {url}: the server has no free connection (max_connections reached: {message}); raise max_connections on the server, or lower DB_MAX_CONNS here and the pools of its other clients (README \"Faults\")")]
     TooManyConnections { url: String, message: String },
+    #[error("the database stopped answering: a ping of the run lock's session got no answer within DB_TIMEOUT={}; nothing was committed unless this happened during the commit (the run's sync_runs record tells), and the next run removes what is left", robfig_cron::go_duration::format_go_duration(*.0))]
+    Stalled(Duration),
     #[error("advisory lock query failed")]
     Lock(#[source] sqlx::Error),
     #[error("applying migrations failed")]
@@ -151,6 +153,8 @@ pub struct AdvisoryLock {
     key: i64,
     /// Backend pid of the lock's session: the merge checks it still holds the lock.
     pid: i32,
+    /// A ping went unanswered (`stalled`): the session is not used again.
+    stalled: bool,
 }
 
 impl AdvisoryLock {
@@ -188,6 +192,7 @@ impl AdvisoryLock {
             conn,
             key: RUN_LOCK,
             pid,
+            stalled: false,
         }))
     }
 
@@ -203,6 +208,7 @@ impl AdvisoryLock {
             conn,
             key: MIGRATE_LOCK,
             pid: 0,
+            stalled: false,
         })
     }
 
@@ -210,12 +216,40 @@ impl AdvisoryLock {
         self.pid
     }
 
+    /// Pings the lock's session every third of `timeout`; returns once a ping
+    /// goes unanswered that long (a server or network that hangs without
+    /// refusing: README, "Faults"). A session that fails outright is left to the
+    /// run's own statements to report: this then never returns.
+    pub async fn stalled(&mut self, timeout: Duration) -> DbError {
+        let every = (timeout / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let ping = sqlx::query("SELECT 1").execute(&mut self.conn);
+            match tokio::time::timeout(timeout, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => std::future::pending::<()>().await,
+                Err(_) => {
+                    self.stalled = true;
+                    return DbError::Stalled(timeout);
+                }
+            }
+        }
+    }
+
+    /// Unlocks and closes; a stalled session is only dropped (the server ends
+    /// it, and its lock, when the connection breaks).
     pub async fn release(mut self) {
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(self.key)
-            .execute(&mut self.conn)
-            .await;
-        let _ = self.conn.close().await;
+        if self.stalled {
+            return;
+        }
+        let unlock = async {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut self.conn)
+                .await;
+            let _ = self.conn.close().await;
+        };
+        let _ = tokio::time::timeout(connect_timeout(), unlock).await;
     }
 }
 

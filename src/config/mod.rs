@@ -90,6 +90,7 @@ variables!(
     JOURNAL_KEEP_DAYS,
     VERIFY_EVERY,
     DB_CONNECT_TIMEOUT,
+    DB_TIMEOUT,
 );
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -138,6 +139,8 @@ pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
 /// outside the agent").
 /// How long opening a connection may take (README, "Faults").
 pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a run waits for the database to answer a ping (README, "Faults").
+pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +254,9 @@ pub struct Settings {
     /// `DB_CONNECT_TIMEOUT`: how long opening a database connection may take
     /// (README, "Faults"), for a server or network that hangs without refusing.
     pub db_connect_timeout: Duration,
+    /// `DB_TIMEOUT`: a run fails when the database does not answer a ping on the
+    /// run lock's session within it (README, "Faults").
+    pub db_timeout: Duration,
 }
 
 /// How much run history to keep; `None` disables that bound.
@@ -472,6 +478,18 @@ impl Settings {
                 "expected a duration above zero, such as 10s",
             ));
         }
+        let db_timeout = raw
+            .get(var::DB_TIMEOUT)
+            .map(|v| parse_duration(var::DB_TIMEOUT, v))
+            .transpose()?
+            .unwrap_or(DEFAULT_DB_TIMEOUT);
+        if db_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                var::DB_TIMEOUT,
+                &format_go_duration(db_timeout).to_string(),
+                "expected at least 100ms, such as 30s",
+            ));
+        }
         let max_delete_ratio = match raw.get(var::MAX_DELETE_RATIO) {
             None => 0.5,
             Some(v) => v
@@ -616,6 +634,7 @@ impl Settings {
             journal,
             verify_every,
             db_connect_timeout,
+            db_timeout,
         })
     }
 
@@ -681,6 +700,7 @@ impl Settings {
             (var::JOURNAL_KEEP_DAYS, self.journal.keep_days.to_string()),
             (var::VERIFY_EVERY, duration(self.verify_every)),
             (var::DB_CONNECT_TIMEOUT, duration(self.db_connect_timeout)),
+            (var::DB_TIMEOUT, duration(self.db_timeout)),
         ]
         .map(|(name, value)| format!("{name}={value}"))
         .join(" ")

@@ -206,6 +206,11 @@ impl SyncError {
         }
     }
 
+    /// The database stopped answering (`DB_TIMEOUT`): nothing more is asked of it.
+    pub fn is_stalled(&self) -> bool {
+        matches!(self, Self::Db(DbError::Stalled(_)))
+    }
+
     /// The stage that failed, for logs.
     pub fn stage(&self) -> &'static str {
         match self {
@@ -282,11 +287,16 @@ pub async fn run_sync(
     let result = locked_run(ctx, request, load_id, &mut counts, &mut stages, cancel).await;
     stages.end();
     // Bounded like compensation: an unreachable database must not hold the run.
-    let recorded = tokio::time::timeout(
-        COMPENSATION_REACH_TIMEOUT,
-        history::record_stages(&ctx.db, load_id, &stages.to_json()),
-    )
-    .await;
+    let stalled = result.as_ref().is_err_and(SyncError::is_stalled);
+    let recorded = if stalled {
+        Ok(Ok(()))
+    } else {
+        tokio::time::timeout(
+            COMPENSATION_REACH_TIMEOUT,
+            history::record_stages(&ctx.db, load_id, &stages.to_json()),
+        )
+        .await
+    };
     match recorded {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -454,7 +464,7 @@ async fn locked_run(
         }
     };
     stages.begin("lock");
-    let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? else {
+    let Some(mut lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
         record_unlocked(
@@ -468,7 +478,10 @@ async fn locked_run(
         .await?;
         return Ok((Outcome::Skipped, Some(reason.into())));
     };
-    let result = async {
+    let lock_pid = lock.pid();
+    // A database that stops answering fails the run within DB_TIMEOUT (README, "Faults").
+    let stalled = lock.stalled(ctx.settings.db_timeout);
+    let work = async {
         history::recover(db).await.map_err(SyncError::Bookkeeping)?;
         history::start(db, load_id, request.trigger, &file, None)
             .await
@@ -479,22 +492,29 @@ async fn locked_run(
             request,
             &settled,
             load_id,
-            lock.pid(),
-            counts,
-            stages,
+            lock_pid,
+            &mut *counts,
+            &mut *stages,
             &tally,
             &cancel,
         )
         .await;
-        stages.end();
         store_rejects(ctx, load_id, &tally).await;
-        if let Err(e) = &outcome {
-            e.partial_counts(counts);
+        outcome
+    };
+    let result = tokio::select! {
+        outcome = work => outcome,
+        e = stalled => Err(SyncError::Db(e)),
+    };
+    stages.end();
+    if let Err(e) = &result {
+        e.partial_counts(counts);
+        if e.is_stalled() {
+            tracing::error!("the database does not answer: the staging rows and the run record are left to the next run's recovery");
+        } else {
             compensate(db, load_id, counts, e).await;
         }
-        outcome
     }
-    .await;
     lock.release().await;
     result
 }

@@ -172,3 +172,129 @@ async fn a_disk_full_during_the_merge_fails_changes_nothing_and_the_next_run_syn
     drop(env);
     drop(pg);
 }
+
+/// A TCP proxy to the test PostgreSQL that forwards until `stop`, then
+/// forwards nothing more, keeping every connection open (a network path that
+/// hangs without refusing); `close` drops them all.
+struct Staller {
+    port: u16,
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Staller {
+    async fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = url::Url::parse(&server_url()).unwrap();
+        let upstream = format!(
+            "{}:{}",
+            upstream.host_str().unwrap(),
+            upstream.port().unwrap_or(5432)
+        );
+        let stopped = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stopped.clone();
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let flag = flag.clone();
+                    pipes.spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf).await {
+                            if flag.load(Ordering::SeqCst) {
+                                // Hang: hold both ends, forward nothing.
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            stopped,
+            task,
+        }
+    }
+
+    fn url(&self, env: &TestEnv) -> String {
+        let mut url = url::Url::parse(&env.url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.set_query(Some("sslmode=disable"));
+        url.to_string()
+    }
+
+    fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn close(self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_network_that_hangs_mid_run_fails_the_run_within_db_timeout_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    let abc = [("ann@x.io", "Ann"), ("bob@x.io", "Bob"), ("cy@x.io", "Cy")];
+    env.write_csv(csv(&abc));
+    env.synced(&[]);
+    let mut rows: Vec<(String, String)> = abc
+        .iter()
+        .map(|(e, n)| (e.to_string(), n.to_string()))
+        .collect();
+    rows.extend(many(30_000));
+    env.write_csv(csv_owned(&rows));
+    let proxy = Staller::start().await;
+    let mut cmd = env.command();
+    cmd.args(["sync", "--json"])
+        .env("DATABASE_URL", proxy.url(&env))
+        .env("DB_TIMEOUT", "2s")
+        .env("BATCH_SIZE", "100")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    env.wait_for_staging().await;
+    proxy.stop();
+    let stopped = Instant::now();
+    let run: Run = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap().into())
+        .await
+        .unwrap();
+    let took = stopped.elapsed();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("DB_TIMEOUT=2s"), "{run:?}");
+    // DB_TIMEOUT (plus a third of it before the first ping), then `sync`'s
+    // last step (pruning the history) waits DB_TIMEOUT at most: 4.7 s measured.
+    assert!(took < Duration::from_secs(8), "took {took:?}: {run:?}");
+    assert_eq!(env.followers().await, pairs(&abc));
+    // The proxy's connections close; the next run cleans up and syncs.
+    proxy.close();
+    eventually(30, "the hung sessions to end", || async {
+        (env
+            .scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' OR relation = 'public.staging_followers'::regclass")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let run = env.sync();
+    run.expect(0, "synced");
+    assert_eq!(env.staging_rows().await, 0);
+}
