@@ -248,7 +248,7 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
     }
 }
 
-/// A dry run's start: connects and reads, never migrates (README "Commands": a
+/// A dry run's start: connects and reads, never migrates (README.md#commands: a
 /// dry run never changes the database; with migrations pending it is refused,
 /// exit 1, naming `followers-etl migrate`).
 /// The error's outcome is `refused` when the database is reachable but not

@@ -36,7 +36,7 @@ pub enum DbError {
     },
     #[error("cannot connect to {url}: no answer within DB_CONNECT_TIMEOUT={}", robfig_cron::go_duration::format_go_duration(*.after))]
     ConnectTimeout { url: String, after: Duration },
-    #[error("cannot connect to {url}: the server has no free connection (max_connections reached: {message}); raise max_connections on the server, or lower DB_MAX_CONNS here and the pools of its other clients (README \"Faults\")")]
+    #[error("cannot connect to {url}: the server has no free connection (max_connections reached: {message}); raise max_connections on the server, or lower DB_MAX_CONNS here and the pools of its other clients (docs/guarantees.md#database-faults)")]
     TooManyConnections { url: String, message: String },
     #[error("the database stopped answering: a ping of the run lock's session got no answer within DB_TIMEOUT={}; nothing was committed unless this happened during the commit (the run's sync_runs record tells), and the next run removes what is left", robfig_cron::go_duration::format_go_duration(*.0))]
     Stalled(Duration),
@@ -218,7 +218,7 @@ impl AdvisoryLock {
 
     /// Pings the lock's session every third of `timeout`; returns once a ping
     /// goes unanswered that long (a server or network that hangs without
-    /// refusing: README, "Faults"). A session that fails outright is left to the
+    /// refusing: docs/guarantees.md#database-faults). A session that fails outright is left to the
     /// run's own statements to report: this then never returns.
     pub async fn stalled(&mut self, timeout: Duration) -> DbError {
         let every = (timeout / 3).max(Duration::from_millis(50));
@@ -383,7 +383,7 @@ pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, 
         .collect())
 }
 
-/// For a dry run (README "Commands"): reads only. With migrations pending it
+/// For a dry run (README.md#commands): reads only. With migrations pending it
 /// refuses, naming `followers-etl migrate`, instead of applying them: they
 /// would change the table (the takeover rewrites and merges stored emails)
 /// while the old service may still be using it.

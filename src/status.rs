@@ -57,8 +57,7 @@ pub struct StatusReport {
     /// Set when the table is on a reverted state: the revert's `load_id`, `at`,
     /// and the `held_back_file` (docs/operations.md#after-a-revert).
     pub reverted: Option<serde_json::Value>,
-    /// Whether `followers` is still what the last sync or revert left (README,
-    /// "Edits outside the agent"); null when it cannot be read (not migrated).
+    /// Whether `followers` is still what the last sync or revert left (docs/sync.md#edits-outside-the-agent); null when it cannot be read (not migrated).
     pub drift: Option<Drift>,
     pub table_status: Vec<TableView>,
     /// The newest runs (`--limit`), newest first.

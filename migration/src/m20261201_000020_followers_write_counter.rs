@@ -1,4 +1,4 @@
-//! The change counter of `followers` (README "Edits outside the agent"): a
+//! The change counter of `followers` (docs/sync.md#edits-outside-the-agent): a
 //! sequence bumped once per statement that writes the table and is not the
 //! agent's own merge or revert (those run `SET LOCAL followers_etl.own_write =
 //! 'on'`), and `table_status.foreign_writes`, the counter's value the last sync

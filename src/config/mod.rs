@@ -135,11 +135,11 @@ pub const DEFAULT_JOURNAL_KEEP_RUNS: u64 = 100;
 /// ... and of no run older than this many days.
 pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
 /// Without the write counter on `followers`, an unchanged file is compared with
-/// the table at most this long after the last comparison (README, "Edits
-/// outside the agent").
-/// How long opening a connection may take (README, "Faults").
+/// the table at most this long after the last comparison
+/// (docs/sync.md#edits-outside-the-agent).
+/// How long opening a connection may take (docs/guarantees.md#database-faults).
 pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a run waits for the database to answer a ping (README, "Faults").
+/// How long a run waits for the database to answer a ping (docs/guarantees.md#database-faults).
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(3600);
 
@@ -248,14 +248,13 @@ pub struct Settings {
     pub history: HistoryBound,
     pub journal: JournalRetention,
     /// `VERIFY_EVERY`: where `followers` has no write counter, how long a run may
-    /// trust that the table is what the last sync left (README, "Edits outside
-    /// the agent").
+    /// trust that the table is what the last sync left (docs/sync.md#edits-outside-the-agent).
     pub verify_every: Duration,
     /// `DB_CONNECT_TIMEOUT`: how long opening a database connection may take
-    /// (README, "Faults"), for a server or network that hangs without refusing.
+    /// (docs/guarantees.md#database-faults), for a server or network that hangs without refusing.
     pub db_connect_timeout: Duration,
     /// `DB_TIMEOUT`: a run fails when the database does not answer a ping on the
-    /// run lock's session within it (README, "Faults").
+    /// run lock's session within it (docs/guarantees.md#database-faults).
     pub db_timeout: Duration,
 }
 

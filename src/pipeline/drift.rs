@@ -1,4 +1,4 @@
-//! Edits outside the agent (README, "Edits outside the agent"): the hash skip
+//! Edits outside the agent (docs/sync.md#edits-outside-the-agent): the hash skip
 //! trusts that `followers` is what the last sync or revert left; this module
 //! checks that trust, cheaply, before a run skips an unchanged file.
 //!
@@ -132,7 +132,7 @@ pub async fn ensure_counter(db: &DatabaseConnection, verify_every: Duration) {
     if let Err(e) = db.execute_unprepared(ENSURE).await {
         tracing::warn!(
             error = %crate::errors::error_chain(&e),
-            "cannot install the write counter on followers (it needs TRIGGER on the table, see README \"Database roles\"): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
+            "cannot install the write counter on followers (it needs TRIGGER on the table, see docs/sync.md#database-roles): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
         );
         return;
     }

@@ -161,7 +161,7 @@ pub enum SyncError {
     #[error(transparent)]
     Merge(#[from] MergeError),
     /// The sync of an unchanged file into a table edited outside the agent
-    /// (README, "Edits outside the agent") stopped.
+    /// (docs/sync.md#edits-outside-the-agent) stopped.
     #[error("{drift}; syncing the file back")]
     Drift {
         drift: String,
@@ -479,7 +479,7 @@ async fn locked_run(
         return Ok((Outcome::Skipped, Some(reason.into())));
     };
     let lock_pid = lock.pid();
-    // A database that stops answering fails the run within DB_TIMEOUT (README, "Faults").
+    // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
     let stalled = lock.stalled(ctx.settings.db_timeout);
     let work = async {
         history::recover(db).await.map_err(SyncError::Bookkeeping)?;

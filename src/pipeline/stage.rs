@@ -252,7 +252,7 @@ pub async fn drop_superseded(
 }
 
 /// Removes a finished run's staging rows without leaving dead rows behind
-/// (README, "Faults": a failed run after a full disk): `TRUNCATE` when the role
+/// (docs/guarantees.md#database-faults: a failed run after a full disk): `TRUNCATE` when the role
 /// may and staging holds no other load's rows (under an exclusive lock, waited
 /// for at most 5 s), else the load's rows are deleted.
 #[tracing::instrument(skip_all, err)]

@@ -1,4 +1,4 @@
-//! Database faults not covered by `faults.rs` (README, "Faults"; issue 16 §7):
+//! Database faults not covered by `faults.rs` (docs/guarantees.md#database-faults; issue 16 §7):
 //! a server out of connections, a server or network that accepts connections
 //! and never answers, and a database whose disk fills during the merge. Each
 //! run fails within a bounded time, clearly, and changes nothing.

@@ -1,4 +1,4 @@
-//! Edits outside the agent (README, "Edits outside the agent"; issue 16 §6):
+//! Edits outside the agent (docs/sync.md#edits-outside-the-agent; issue 16 §6):
 //! the write counter on `followers` counts the statements that are not the
 //! agent's own, and an unchanged file is synced back into a drifted table
 //! instead of being skipped. Without the counter, VERIFY_EVERY compares.

@@ -1,4 +1,4 @@
-//! A dry run never writes (README "Commands", issue 16 §5): against the old
+//! A dry run never writes (docs/sync.md#dry-run, issue 16 §5): against the old
 //! service's database, with every migration pending, `sync --dry-run`,
 //! `revert --dry-run`, `status`, `history`, `rejects` and `check` leave the
 //! database exactly as they found it.

@@ -84,10 +84,6 @@ impl PrivatePg {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -1,4 +1,4 @@
-//! Settling trusts no foreign clock (README, "Files still being written";
+//! Settling trusts no foreign clock (docs/operations.md#files-still-being-written;
 //! issue 16 §4): only time the agent itself observed counts toward the quiet
 //! period and the unfinished-last-line rule. The agent runs with its realtime
 //! clock an hour ahead (an `LD_PRELOAD` shim), as against a file server whose
@@ -67,7 +67,7 @@ async fn a_half_written_file_with_old_looking_timestamps_is_waited_for_not_synce
         .append(true)
         .open(&path)
         .unwrap();
-    file.write_all(whole[cut..].as_bytes()).unwrap();
+    file.write_all(&whole.as_bytes()[cut..]).unwrap();
     drop(file);
     let run: Run = child.wait_with_output().unwrap().into();
     assert!(!run.stderr.contains("panicked"), "{run:?}");
