@@ -127,6 +127,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         Some(Err(e)) => return fatal("applying migrations failed", &e),
         Some(Ok(())) => {}
     }
+    crate::pipeline::drift::ensure_counter(&db, settings.verify_every).await;
     match AdvisoryLock::try_run_lock(&settings.database_url).await {
         Ok(Some(lock)) => {
             if let Err(e) = history::recover(&db).await {

@@ -254,6 +254,29 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
     }
 }
 
+/// A dry run's start: connects and reads, never migrates (README.md#commands: a
+/// dry run never changes the database; with migrations pending it is refused,
+/// exit 1, naming `followers-etl migrate`).
+/// The error's outcome is `refused` when the database is reachable but not
+/// migrated, `failed` otherwise.
+async fn connect_for_dry_run(
+    settings: &Settings,
+    what: &'static str,
+) -> Result<sea_orm::DatabaseConnection, (ExitCode, Outcome)> {
+    let db = crate::db::connect(settings)
+        .await
+        .map_err(|e| (failure("database", &e), Outcome::Failed))?;
+    crate::db::check_dry_run(&db, what).await.map_err(|e| {
+        report(Level::ERROR, &error_chain(&e));
+        let outcome = match e {
+            crate::db::DbError::PendingForDryRun { .. } => Outcome::Refused,
+            _ => Outcome::Failed,
+        };
+        (exit::failure(), outcome)
+    })?;
+    Ok(db)
+}
+
 async fn connect_and_migrate(settings: &Settings) -> Result<sea_orm::DatabaseConnection, ExitCode> {
     let db = crate::db::connect(settings)
         .await
@@ -261,6 +284,7 @@ async fn connect_and_migrate(settings: &Settings) -> Result<sea_orm::DatabaseCon
     crate::db::migrate(&db, &settings.database_url)
         .await
         .map_err(|e| failure("migrations", &e))?;
+    pipeline::drift::ensure_counter(&db, settings.verify_every).await;
     Ok(db)
 }
 
@@ -273,11 +297,22 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     // SIGINT, SIGTERM or SIGHUP cancels the run; it is compensated and `sync` exits 1.
     let cancel = CancellationToken::new();
     signals::stop_on_signals(cancel.clone(), Hangup::Stop);
-    let db = match connect_and_migrate(&settings).await {
+    let connected = if args.dry_run {
+        connect_for_dry_run(&settings, "sync --dry-run").await
+    } else {
+        connect_and_migrate(&settings)
+            .await
+            .map_err(|code| (code, Outcome::Failed))
+    };
+    let db = match connected {
         Ok(db) => db,
         // No run was recorded: the summary names no load_id ([The sync summary](docs/operations.md#the-sync-summary)).
-        Err(code) => {
-            print_summary(&Summary::not_started(load_id), args.json, false);
+        Err((code, outcome)) => {
+            let summary = Summary {
+                outcome,
+                ..Summary::not_started(load_id)
+            };
+            print_summary(&summary, args.json, false);
             return code;
         }
     };
@@ -311,7 +346,16 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         }
     }
     // After the run (and its lock): keep the run history within its bound.
-    history::prune_or_warn(&ctx.db, ctx.settings.history).await;
+    // Bounded: a database that stopped answering must not hold the exit.
+    let pruned = tokio::time::timeout(
+        ctx.settings.db_timeout,
+        history::prune_or_warn(&ctx.db, ctx.settings.history),
+    );
+    if pruned.await.is_err() {
+        tracing::warn!(
+            "pruning the run history got no answer within DB_TIMEOUT; the next run retries"
+        );
+    }
     if code == ExitCode::SUCCESS && summary.refused_earlier {
         // Skipped, but the file is still refused: it needs an operator.
         exit::failure()
@@ -355,7 +399,14 @@ fn print_summary(summary: &Summary, json: bool, recorded: bool) -> ExitCode {
 }
 
 async fn revert(settings: Arc<Settings>, target: Target, dry_run: bool, json: bool) -> ExitCode {
-    let db = match connect_and_migrate(&settings).await {
+    let connected = if dry_run {
+        connect_for_dry_run(&settings, "revert --dry-run")
+            .await
+            .map_err(|(code, _)| code)
+    } else {
+        connect_and_migrate(&settings).await
+    };
+    let db = match connected {
         Ok(db) => db,
         Err(code) => return code,
     };

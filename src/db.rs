@@ -34,6 +34,12 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot connect to {url}: no answer within DB_CONNECT_TIMEOUT={}", robfig_cron::go_duration::format_go_duration(*.after))]
+    ConnectTimeout { url: String, after: Duration },
+    #[error("cannot connect to {url}: the server has no free connection (max_connections reached: {message}); raise max_connections on the server, or lower DB_MAX_CONNS here and the pools of its other clients (docs/guarantees.md#database-faults)")]
+    TooManyConnections { url: String, message: String },
+    #[error("the database stopped answering: a ping of the run lock's session got no answer within DB_TIMEOUT={}; nothing was committed unless this happened during the commit (the run's sync_runs record tells), and the next run removes what is left", robfig_cron::go_duration::format_go_duration(*.0))]
+    Stalled(Duration),
     #[error("advisory lock query failed")]
     Lock(#[source] sqlx::Error),
     #[error("applying migrations failed")]
@@ -44,6 +50,14 @@ pub enum DbError {
     Shape(#[source] DbErr),
     #[error("cannot read the applied migrations (seaql_migrations)")]
     MigrationState(#[source] DbErr),
+    /// docs/sync.md#dry-run: a dry run never changes the database, and the
+    /// pending migrations would (the takeover rewrites stored emails).
+    #[error("{what} refused: migration {first} is pending{more}; a dry run changes nothing, and applying it would (the takeover canonicalises and merges stored emails, see docs/sync.md#taking-over-the-old-services-database): apply the migrations with `followers-etl migrate`, then run the dry run again")]
+    PendingForDryRun {
+        what: &'static str,
+        first: String,
+        more: String,
+    },
     #[error("migration {first} is pending{more} and role {role:?} may not apply it: {denied}; apply the migrations once as the tables' owner (`followers-etl migrate` with the owner's DATABASE_URL), see docs/sync.md#database-roles")]
     MigrationPrivilege {
         first: String,
@@ -66,8 +80,30 @@ impl DbError {
     }
 }
 
+/// `DB_CONNECT_TIMEOUT`, set by [`connect`] (every command connects through it
+/// first) for the connections opened outside the pool.
+static CONNECT_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+fn connect_timeout() -> Duration {
+    CONNECT_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(crate::config::DEFAULT_DB_CONNECT_TIMEOUT)
+}
+
+/// PostgreSQL's words when `e` is `too_many_connections` (SQLSTATE 53300).
+fn too_many_connections(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("53300") => {
+            Some(db.message().to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// The pool every part of the agent shares; COPY goes through its sqlx pool.
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError> {
+    let _ = CONNECT_TIMEOUT.set(settings.db_connect_timeout);
     // One direct attempt first: an unreachable server fails now, not after the
     // pool's acquire timeout.
     AdvisoryLock::dedicated_connection(&settings.database_url)
@@ -79,7 +115,7 @@ pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError>
     options
         .max_connections(settings.db_max_conns)
         .min_connections(settings.db_min_conns)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(settings.db_connect_timeout)
         .acquire_timeout(Duration::from_secs(60))
         .sqlx_logging(false);
     Database::connect(options)
@@ -117,16 +153,30 @@ pub struct AdvisoryLock {
     key: i64,
     /// Backend pid of the lock's session: the merge checks it still holds the lock.
     pid: i32,
+    /// A ping went unanswered (`stalled`): the session is not used again.
+    stalled: bool,
 }
 
 impl AdvisoryLock {
     async fn dedicated_connection(url: &DatabaseUrl) -> Result<PgConnection, DbError> {
-        PgConnection::connect(url.expose())
-            .await
-            .map_err(|source| DbError::LockConnect {
+        let after = connect_timeout();
+        match tokio::time::timeout(after, PgConnection::connect(url.expose())).await {
+            Err(_) => Err(DbError::ConnectTimeout {
                 url: url.to_string(),
-                source,
-            })
+                after,
+            }),
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(source)) => Err(match too_many_connections(&source) {
+                Some(message) => DbError::TooManyConnections {
+                    url: url.to_string(),
+                    message,
+                },
+                None => DbError::LockConnect {
+                    url: url.to_string(),
+                    source,
+                },
+            }),
+        }
     }
 
     /// Takes the run lock if it is free; `None` when another run holds it.
@@ -142,6 +192,7 @@ impl AdvisoryLock {
             conn,
             key: RUN_LOCK,
             pid,
+            stalled: false,
         }))
     }
 
@@ -157,6 +208,7 @@ impl AdvisoryLock {
             conn,
             key: MIGRATE_LOCK,
             pid: 0,
+            stalled: false,
         })
     }
 
@@ -164,12 +216,40 @@ impl AdvisoryLock {
         self.pid
     }
 
+    /// Pings the lock's session every third of `timeout`; returns once a ping
+    /// goes unanswered that long (a server or network that hangs without
+    /// refusing: docs/guarantees.md#database-faults). A session that fails outright is left to the
+    /// run's own statements to report: this then never returns.
+    pub async fn stalled(&mut self, timeout: Duration) -> DbError {
+        let every = (timeout / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let ping = sqlx::query("SELECT 1").execute(&mut self.conn);
+            match tokio::time::timeout(timeout, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => std::future::pending::<()>().await,
+                Err(_) => {
+                    self.stalled = true;
+                    return DbError::Stalled(timeout);
+                }
+            }
+        }
+    }
+
+    /// Unlocks and closes; a stalled session is only dropped (the server ends
+    /// it, and its lock, when the connection breaks).
     pub async fn release(mut self) {
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(self.key)
-            .execute(&mut self.conn)
-            .await;
-        let _ = self.conn.close().await;
+        if self.stalled {
+            return;
+        }
+        let unlock = async {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut self.conn)
+                .await;
+            let _ = self.conn.close().await;
+        };
+        let _ = tokio::time::timeout(connect_timeout(), unlock).await;
     }
 }
 
@@ -279,10 +359,7 @@ async fn apply_pending(db: &DatabaseConnection) -> Result<(), DbError> {
     };
     Err(DbError::MigrationPrivilege {
         first: first.clone(),
-        more: match pending.len() {
-            1 => String::new(),
-            n => format!(" (one of {n}: {})", pending.join(", ")),
-        },
+        more: pending_suffix(&pending),
         role,
         denied,
     })
@@ -330,6 +407,32 @@ pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, 
         .into_iter()
         .filter(|name| !applied.contains(name))
         .collect())
+}
+
+/// For a dry run (README.md#commands): reads only. With migrations pending it
+/// refuses, naming `followers-etl migrate`, instead of applying them: they
+/// would change the table (the takeover rewrites and merges stored emails)
+/// while the old service may still be using it.
+#[tracing::instrument(skip_all)]
+pub async fn check_dry_run(db: &DatabaseConnection, what: &'static str) -> Result<(), DbError> {
+    let pending = pending_migrations(db)
+        .await
+        .map_err(DbError::MigrationState)?;
+    if let Some(first) = pending.first() {
+        return Err(DbError::PendingForDryRun {
+            what,
+            first: first.clone(),
+            more: pending_suffix(&pending),
+        });
+    }
+    check_followers_shape(db).await
+}
+
+fn pending_suffix(pending: &[String]) -> String {
+    match pending.len() {
+        0 | 1 => String::new(),
+        n => format!(" (one of {n}: {})", pending.join(", ")),
+    }
 }
 
 /// Whether a migration is pending (for `/readyz`); reads only.

@@ -212,6 +212,9 @@ pub async fn mark_synced(
     )
     .exec(db)
     .await?;
+    // The write counter as this sync leaves the table (docs: "Edits outside the agent").
+    db.execute_unprepared(crate::pipeline::drift::RECORD)
+        .await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 use crate::config::Settings;
 use crate::domain::Counts;
 use crate::history::{self, RunRecord};
+use crate::pipeline::drift::{self, Drift};
 use crate::pipeline::stages;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use entity::table_status;
@@ -56,6 +57,8 @@ pub struct StatusReport {
     /// Set when the table is on a reverted state: the revert's `load_id`, `at`,
     /// and the `held_back_file` (docs/operations.md#after-a-revert).
     pub reverted: Option<serde_json::Value>,
+    /// Whether `followers` is still what the last sync or revert left (docs/sync.md#edits-outside-the-agent); null when it cannot be read (not migrated).
+    pub drift: Option<Drift>,
     pub table_status: Vec<TableView>,
     /// The newest runs (`--limit`), newest first.
     pub runs: Vec<RunView>,
@@ -177,6 +180,7 @@ pub async fn report(
         history::last_cron_start(db, beat_since.naive_utc()),
         history::reverted_state(db),
     )?;
+    let drift = drift::check(db, settings.verify_every).await.ok();
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
     // A history from before this agent (or pruned) may only have table_status.
     let last_success = match &synced {
@@ -224,6 +228,7 @@ pub async fn report(
         last_run,
         attention,
         reverted: reverted.as_ref().map(history::reverted_json),
+        drift,
         table_status: tables,
         runs,
     })
@@ -323,6 +328,14 @@ impl StatusReport {
                 }
             }
             None => writeln!(out, "last run:      none")?,
+        }
+        if let Some(d) = self.drift.and_then(Drift::describe) {
+            let flag = if self.drift.is_some_and(Drift::needs_sync) {
+                "!! "
+            } else {
+                ""
+            };
+            writeln!(out, "drift:         {flag}{d}")?;
         }
         if let Some(attention) = &self.attention {
             writeln!(out, "!! ATTENTION:  last decisive run {attention}")?;

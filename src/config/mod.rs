@@ -92,6 +92,9 @@ variables!(
     HISTORY_KEEP_RUNS,
     JOURNAL_KEEP_RUNS,
     JOURNAL_KEEP_DAYS,
+    VERIFY_EVERY,
+    DB_CONNECT_TIMEOUT,
+    DB_TIMEOUT,
 );
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -135,6 +138,14 @@ pub const MAX_BATCH_SIZE: u64 = 1_000_000;
 pub const DEFAULT_JOURNAL_KEEP_RUNS: u64 = 100;
 /// ... and of no run older than this many days.
 pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
+/// Without the write counter on `followers`, an unchanged file is compared with
+/// the table at most this long after the last comparison
+/// (docs/sync.md#edits-outside-the-agent).
+/// How long opening a connection may take (docs/guarantees.md#database-faults).
+pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a run waits for the database to answer a ping (docs/guarantees.md#database-faults).
+pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -246,6 +257,15 @@ pub struct Settings {
     pub allow_file_change: bool,
     pub history: HistoryBound,
     pub journal: JournalRetention,
+    /// `VERIFY_EVERY`: where `followers` has no write counter, how long a run may
+    /// trust that the table is what the last sync left (docs/sync.md#edits-outside-the-agent).
+    pub verify_every: Duration,
+    /// `DB_CONNECT_TIMEOUT`: how long opening a database connection may take
+    /// (docs/guarantees.md#database-faults), for a server or network that hangs without refusing.
+    pub db_connect_timeout: Duration,
+    /// `DB_TIMEOUT`: a run fails when the database does not answer a ping on the
+    /// run lock's session within it (docs/guarantees.md#database-faults).
+    pub db_timeout: Duration,
 }
 
 /// Bounded exponential back-off of `serve`'s retries after a transient failure
@@ -470,6 +490,35 @@ impl Settings {
             .map(|v| parse_duration(var::SHUTDOWN_TIMEOUT, v))
             .transpose()?
             .unwrap_or(Duration::from_secs(30));
+        let verify_every = raw
+            .get(var::VERIFY_EVERY)
+            .map(|v| parse_duration(var::VERIFY_EVERY, v))
+            .transpose()?
+            .unwrap_or(DEFAULT_VERIFY_EVERY);
+        let db_connect_timeout = raw
+            .get(var::DB_CONNECT_TIMEOUT)
+            .map(|v| parse_duration(var::DB_CONNECT_TIMEOUT, v))
+            .transpose()?
+            .unwrap_or(DEFAULT_DB_CONNECT_TIMEOUT);
+        if db_connect_timeout.is_zero() {
+            return Err(invalid(
+                var::DB_CONNECT_TIMEOUT,
+                "0s",
+                "expected a duration above zero, such as 10s",
+            ));
+        }
+        let db_timeout = raw
+            .get(var::DB_TIMEOUT)
+            .map(|v| parse_duration(var::DB_TIMEOUT, v))
+            .transpose()?
+            .unwrap_or(DEFAULT_DB_TIMEOUT);
+        if db_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                var::DB_TIMEOUT,
+                &format_go_duration(db_timeout).to_string(),
+                "expected at least 100ms, such as 30s",
+            ));
+        }
         let ratio = |var: &'static str, what: &str| -> Result<f64, ConfigError> {
             match raw.get(var) {
                 None => Ok(0.5),
@@ -638,6 +687,9 @@ impl Settings {
                 keep_runs: history_bound(raw, var::HISTORY_KEEP_RUNS, DEFAULT_HISTORY_KEEP_RUNS)?,
             },
             journal,
+            verify_every,
+            db_connect_timeout,
+            db_timeout,
         })
     }
 
@@ -705,6 +757,9 @@ impl Settings {
             (var::ALLOW_FILE_CHANGE, self.allow_file_change.to_string()),
             (var::JOURNAL_KEEP_RUNS, self.journal.keep_runs.to_string()),
             (var::JOURNAL_KEEP_DAYS, self.journal.keep_days.to_string()),
+            (var::VERIFY_EVERY, duration(self.verify_every)),
+            (var::DB_CONNECT_TIMEOUT, duration(self.db_connect_timeout)),
+            (var::DB_TIMEOUT, duration(self.db_timeout)),
         ]
         .map(|(name, value)| format!("{name}={value}"))
         .join(" ")

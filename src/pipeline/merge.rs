@@ -473,6 +473,10 @@ pub async fn merge(
     let protected: Value = load.protected.clone().into();
     step(Step::Begin);
     let txn = db.begin().await.map_err(at(Step::Begin))?;
+    // Not counted as an edit outside the agent (drift.rs).
+    txn.execute_unprepared(super::drift::OWN_WRITE)
+        .await
+        .map_err(at(Step::Begin))?;
     step(Step::Verify);
     verify(&txn, load).await?;
     let session = session(&txn).await.map_err(at(Step::Begin))?;

@@ -8,6 +8,7 @@
 //! `refused` with the reason. `followers` only changes in the merge transaction.
 
 pub mod check;
+pub mod drift;
 pub mod dupes;
 pub mod journal;
 pub mod merge;
@@ -200,6 +201,14 @@ pub enum SyncError {
     Stage(#[from] StageError),
     #[error(transparent)]
     Merge(#[from] MergeError),
+    /// The sync of an unchanged file into a table edited outside the agent
+    /// (docs/sync.md#edits-outside-the-agent) stopped.
+    #[error("{drift}; syncing the file back")]
+    Drift {
+        drift: String,
+        #[source]
+        source: MergeError,
+    },
     #[error("cannot lock or reach the database")]
     Db(#[from] DbError),
     #[error("recording the run failed")]
@@ -229,12 +238,10 @@ impl SyncError {
             | Self::Outside(_)
             | Self::StillWriting { .. }
             | Self::OtherFile { .. }
-            | Self::NotReady { .. }
-            | Self::Merge(
-                MergeError::MassDelete { .. }
-                | MergeError::MassUpdate { .. }
-                | MergeError::EmptyFile { .. },
-            ) => Outcome::Refused,
+            | Self::NotReady { .. } => Outcome::Refused,
+            Self::Merge(e) | Self::Drift { source: e, .. } if e.refusal_counts().is_some() => {
+                Outcome::Refused
+            }
             Self::Read(e) if e.is_content() => Outcome::Refused,
             _ => Outcome::Failed,
         }
@@ -259,6 +266,11 @@ impl SyncError {
         }
     }
 
+    /// The database stopped answering (`DB_TIMEOUT`): nothing more is asked of it.
+    pub fn is_stalled(&self) -> bool {
+        matches!(self, Self::Db(DbError::Stalled(_)))
+    }
+
     /// The stage that failed, for logs.
     pub fn stage(&self) -> &'static str {
         match self {
@@ -272,7 +284,12 @@ impl SyncError {
             Self::StillWriting { .. } => "settle",
             Self::OtherFile { .. } => "file",
             Self::Stage(_) => "stage",
-            Self::Merge(MergeError::Step { step, .. }) => step.name(),
+            Self::Merge(MergeError::Step { step, .. })
+            | Self::Drift {
+                source: MergeError::Step { step, .. },
+                ..
+            } => step.name(),
+            Self::Drift { .. } => "guard",
             Self::Merge(
                 MergeError::MassDelete { .. }
                 | MergeError::MassUpdate { .. }
@@ -303,7 +320,7 @@ impl SyncError {
                 counts.rows_read = *rows_read;
                 counts.rejected = *rejected;
             }
-            Self::Merge(e) => {
+            Self::Merge(e) | Self::Drift { source: e, .. } => {
                 if let Some(would) = e.refusal_counts() {
                     *counts = would;
                 }
@@ -387,11 +404,16 @@ pub async fn run_sync(
     let result = locked_run(ctx, request, load_id, &mut counts, &mut stages, cancel).await;
     stages.end();
     // Bounded like compensation: an unreachable database must not hold the run.
-    let recorded = tokio::time::timeout(
-        COMPENSATION_REACH_TIMEOUT,
-        history::record_stages(&ctx.db, load_id, &stages.to_json()),
-    )
-    .await;
+    let stalled = result.as_ref().is_err_and(SyncError::is_stalled);
+    let recorded = if stalled {
+        Ok(Ok(()))
+    } else {
+        tokio::time::timeout(
+            COMPENSATION_REACH_TIMEOUT,
+            history::record_stages(&ctx.db, load_id, &stages.to_json()),
+        )
+        .await
+    };
     match recorded {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -594,7 +616,7 @@ async fn locked_run(
         },
         lock => lock,
     };
-    let Some(lock) = lock else {
+    let Some(mut lock) = lock else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
         record_unlocked(
@@ -609,7 +631,10 @@ async fn locked_run(
         return Ok((Outcome::Skipped, Some(reason.into())));
     };
     let mut hashed = None;
-    let result = async {
+    let lock_pid = lock.pid();
+    // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
+    let stalled = lock.stalled(ctx.settings.db_timeout);
+    let work = async {
         history::recover(db).await.map_err(SyncError::Bookkeeping)?;
         history::start(db, load_id, request.trigger, &file, None)
             .await
@@ -620,18 +645,27 @@ async fn locked_run(
             request,
             &settled,
             load_id,
-            lock.pid(),
-            counts,
-            stages,
+            lock_pid,
+            &mut *counts,
+            &mut *stages,
             &tally,
             &mut hashed,
             &cancel,
         )
         .await;
-        stages.end();
         store_rejects(ctx, load_id, &tally).await;
-        if let Err(e) = &outcome {
-            e.partial_counts(counts);
+        outcome
+    };
+    let result = tokio::select! {
+        outcome = work => outcome,
+        e = stalled => Err(SyncError::Db(e)),
+    };
+    stages.end();
+    if let Err(e) = &result {
+        e.partial_counts(counts);
+        if e.is_stalled() {
+            tracing::error!("the database does not answer: the staging rows and the run record are left to the next run's recovery");
+        } else {
             let refused = hashed.as_ref().filter(|_| e.outcome() == Outcome::Refused);
             compensate(db, load_id, counts, e, refused).await;
             // A refusal of the content is remembered: later runs skip it cheaply.
@@ -642,9 +676,7 @@ async fn locked_run(
                 }
             }
         }
-        outcome
     }
-    .await;
     lock.release().await;
     result
 }
@@ -754,7 +786,7 @@ async fn compensate(
         );
         return;
     }
-    if let Err(e) = stage::discard(db, load_id).await {
+    if let Err(e) = stage::purge(db, load_id).await {
         tracing::error!(error = %error_chain(&e), "could not remove staging rows; the next run removes them");
     }
     if let Err(e) = history::finish(
@@ -815,30 +847,53 @@ async fn saga(
     let last = history::last_synced_hash(db)
         .await
         .map_err(SyncError::Bookkeeping)?;
+    let mut repairing = None;
     if !request.force && last.as_deref() == Some(hash.as_str()) {
         let reverted = history::reverted_state(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let reason = match reverted {
-            Some(revert) => format!(
-                "held back: revert {} undid this content; it is skipped until the file changes (or sync --force)",
-                revert.load_id
-            ),
-            None => "unchanged since the last successful sync".to_owned(),
-        };
-        history::finish(
-            db,
-            load_id,
-            Outcome::Skipped,
-            counts,
-            Some(&reason),
-            Some(&hash),
-        )
-        .await
-        .map_err(SyncError::Bookkeeping)?;
-        crate::metrics::record_in_sync();
-        return Ok((Outcome::Skipped, Some(reason)));
+        // Is the table still what the last sync left? (docs: "Edits outside the agent")
+        let drift = drift::check(db, settings.verify_every)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        repairing = drift.describe().filter(|_| drift.needs_sync());
+        if reverted.is_some() || repairing.is_none() {
+            let reason = match &reverted {
+                Some(revert) => format!(
+                    "held back: revert {} undid this content; it is skipped until the file changes (or sync --force){}",
+                    revert.load_id,
+                    drift.describe().filter(|_| drift.needs_sync()).map(|d| format!("; {d}, left as it is while held back")).unwrap_or_default()
+                ),
+                None => "unchanged since the last successful sync".to_owned(),
+            };
+            history::finish(
+                db,
+                load_id,
+                Outcome::Skipped,
+                counts,
+                Some(&reason),
+                Some(&hash),
+            )
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+            // Only a skip that vouches for the table refreshes the last success.
+            if reverted.is_none() && drift.confirmed() {
+                crate::metrics::record_in_sync();
+            }
+            return Ok((Outcome::Skipped, Some(reason)));
+        }
+        tracing::warn!(
+            "{}; syncing the unchanged file back",
+            repairing.as_deref().unwrap_or_default()
+        );
     }
+    let drifted = |source: MergeError| match &repairing {
+        Some(drift) => SyncError::Drift {
+            drift: drift.clone(),
+            source,
+        },
+        None => SyncError::Merge(source),
+    };
     if let Some(reason) = refused_earlier(db, request, &refusal_key(settings, &hash)).await? {
         history::finish(
             db,
@@ -870,7 +925,7 @@ async fn saga(
             deleted: current,
             ..Counts::default()
         };
-        guard.check(would, current)?;
+        guard.check(would, current).map_err(drifted)?;
     }
 
     // 2-5. Read, validate and stage, streaming.
@@ -931,12 +986,12 @@ async fn saga(
     };
     if request.dry_run {
         stage("plan");
-        let (planned, refusal) = merge::plan(db, &load, guard).await?;
+        let (planned, refusal) = merge::plan(db, &load, guard).await.map_err(drifted)?;
         *counts = planned;
-        stage::discard(db, load_id)
+        stage::purge(db, load_id)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let note = refusal.map(|e| format!("{WOULD_REFUSE}{e}"));
+        let note = refusal.map(|e| format!("{WOULD_REFUSE}{}", error_chain(&drifted(e))));
         history::finish(
             db,
             load_id,
@@ -950,7 +1005,9 @@ async fn saga(
         return Ok((Outcome::DryRun, note));
     }
     stage("merge");
-    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage_name())).await?;
+    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage_name()))
+        .await
+        .map_err(drifted)?;
     Ok((Outcome::Synced, None))
 }
 

@@ -199,6 +199,7 @@ async fn locked(
             return Err(RevertError::JournalOff);
         }
         let txn = db.begin().await?;
+        txn.execute_unprepared(super::drift::OWN_WRITE).await?;
         let session = merge::session(&txn).await?;
         let undone = undo(&txn, load_id, target).await;
         let (runs, changed) = match undone {
@@ -448,5 +449,6 @@ async fn record(
         ],
     ))
     .await?;
+    db.execute_unprepared(super::drift::RECORD).await?;
     Ok(())
 }

@@ -2,10 +2,13 @@
 //! (docs/operations.md#files-still-being-written). Before a run reads the file:
 //!
 //! - its size, mtime, ctime and inode must have been unchanged for `WATCH_DEBOUNCE`
-//!   (the change time is the kernel's `ctime`, which `cp -p` or `touch -d` cannot
-//!   set back, and the file is also sampled, for clocks that disagree);
+//!   of time this process observed (a monotonic clock from the first sample of
+//!   the current state, remembered across the runs of `serve`); the file's
+//!   timestamps come from another clock (an NFS/SMB server's), so they may only
+//!   lengthen the wait, never shorten it;
 //! - a non-empty file whose last byte is not a line break is an unfinished line
-//!   until it has been unchanged for `UNTERMINATED_FACTOR × WATCH_DEBOUNCE`;
+//!   until it has been unchanged for `UNTERMINATED_FACTOR × WATCH_DEBOUNCE`, by
+//!   the same observed clock;
 //! - no writer may hold it open: with inotify, a file that got `IN_MODIFY` and no
 //!   `IN_CLOSE_WRITE` since is being written ([`WriteTracker`]); on Linux, a
 //!   process of ours (same PID namespace, same user or root) with the file open
@@ -98,7 +101,15 @@ fn ends_with_line_break(path: &Path, len: u64) -> bool {
 /// `IN_CLOSE_WRITE` since. Shared by the watcher (which feeds it) and the runs
 /// of `serve` (which wait on it). Cheap to clone.
 #[derive(Clone, Debug, Default)]
-pub struct WriteTracker(Arc<Mutex<Option<Instant>>>);
+pub struct WriteTracker(Arc<Mutex<Option<Instant>>>, Arc<Mutex<Option<Observed>>>);
+
+/// A file state and when this process first saw it (monotonic clock).
+#[derive(Clone, Debug)]
+struct Observed {
+    path: std::path::PathBuf,
+    state: FileState,
+    since: Instant,
+}
 
 impl WriteTracker {
     /// Feeds one event naming the file (or a queue overflow).
@@ -124,6 +135,23 @@ impl WriteTracker {
     /// Since when the file has been open for writing, if it is.
     pub fn writing_since(&self) -> Option<Instant> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When this process first saw `path` in `state`, if it remembers.
+    fn seen_since(&self, path: &Path, state: &FileState) -> Option<Instant> {
+        let seen = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        seen.as_ref()
+            .filter(|o| o.path == path && o.state == *state)
+            .map(|o| o.since)
+    }
+
+    /// Remembers that `path` has been in `state` since `since`.
+    fn remember(&self, path: &Path, state: &FileState, since: Instant) {
+        *self.1.lock().unwrap_or_else(|e| e.into_inner()) = Some(Observed {
+            path: path.to_owned(),
+            state: state.clone(),
+            since,
+        });
     }
 }
 
@@ -201,15 +229,17 @@ pub async fn wait(
             return Ok(Settled::Missing);
         };
         if last.as_ref() != Some(&state) {
-            since = Instant::now();
+            since = writes.seen_since(path, &state).unwrap_or_else(Instant::now);
+            writes.remember(path, &state, since);
         }
-        // Unchanged for as long as we have watched it, or as its change time
-        // says (whichever is longer: a clock ahead of ours only delays).
-        let by_clock = state
+        // Unchanged for as long as this process has seen it so; the file's
+        // change time (another machine's clock, maybe) may only shorten that,
+        // i.e. lengthen the wait: a change time in the future tells nothing.
+        let observed = since.elapsed();
+        let quiet_for = state
             .last_change()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .unwrap_or_default();
-        let quiet_for = since.elapsed().max(by_clock);
+            .map_or(observed, |by_clock| observed.min(by_clock));
         let why = rules
             .unsettled(quiet_for, ends_with_line_break(path, state.len))
             .or_else(|| {
@@ -419,6 +449,43 @@ mod tests {
         drop(writer);
         assert_eq!(open_for_writing(&path, &state), None);
         drop(reader);
+    }
+
+    #[tokio::test]
+    async fn old_timestamps_never_shorten_the_observed_quiet_period_which_serve_remembers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("followers.csv");
+        std::fs::write(&path, "email\na@b.c\n").unwrap();
+        // Timestamps a day old (ctime stays now: the rule must not need it).
+        let day = Duration::from_secs(86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() - day)
+            .unwrap();
+        let rules = Rules::from_debounce(Duration::from_millis(300));
+        let (writes, cancel) = (WriteTracker::default(), CancellationToken::new());
+        let started = Instant::now();
+        assert!(matches!(
+            wait(&path, rules, &writes, &cancel).await,
+            Ok(Settled::File(_))
+        ));
+        assert!(
+            started.elapsed() >= rules.quiet,
+            "settled on the file's clock"
+        );
+        // The next run of the same process knows the file has been quiet since.
+        let again = Instant::now();
+        assert!(matches!(
+            wait(&path, rules, &writes, &cancel).await,
+            Ok(Settled::File(_))
+        ));
+        assert!(again.elapsed() < rules.quiet, "{:?}", again.elapsed());
+        // Another process (a fresh tracker) observes for itself.
+        let fresh = Instant::now();
+        let _ = wait(&path, rules, &WriteTracker::default(), &cancel).await;
+        assert!(fresh.elapsed() >= rules.quiet);
     }
 
     #[tokio::test]

@@ -251,6 +251,40 @@ pub async fn drop_superseded(
     Ok(result.rows_affected())
 }
 
+/// Removes a finished run's staging rows without leaving dead rows behind
+/// (docs/guarantees.md#database-faults: a failed run after a full disk): `TRUNCATE` when the role
+/// may and staging holds no other load's rows (under an exclusive lock, waited
+/// for at most 5 s), else the load's rows are deleted.
+#[tracing::instrument(skip_all, err)]
+pub async fn purge(db: &DatabaseConnection, load_id: LoadId) -> Result<u64, DbErr> {
+    use sea_orm::TransactionTrait;
+    let txn = db.begin().await?;
+    txn.execute_unprepared(
+        "SET LOCAL lock_timeout = '5s';
+         LOCK TABLE public.staging_followers IN ACCESS EXCLUSIVE MODE",
+    )
+    .await?;
+    let row = txn
+        .query_one(stmt(
+            "SELECT has_table_privilege('public.staging_followers', 'TRUNCATE')
+                AND NOT EXISTS (SELECT 1 FROM public.staging_followers WHERE load_id <> $1),
+                (SELECT count(*) FROM public.staging_followers WHERE load_id = $1)",
+            vec![load_id.uuid().into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("staging".into()))?;
+    let (alone, rows): (bool, i64) = row.try_get_many_by_index()?;
+    let removed = if alone {
+        txn.execute_unprepared("TRUNCATE public.staging_followers")
+            .await?;
+        rows as u64
+    } else {
+        discard(&txn, load_id).await?
+    };
+    txn.commit().await?;
+    Ok(removed)
+}
+
 /// Compensation of staging: removes the load's rows.
 #[tracing::instrument(skip_all, fields(load_id = %load_id), err(level = "debug"))]
 pub async fn discard(db: &impl ConnectionTrait, load_id: LoadId) -> Result<u64, DbErr> {

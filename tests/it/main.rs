@@ -5,7 +5,10 @@
 mod commands;
 mod connection;
 mod crash;
+mod db_faults;
 mod documentation;
+mod drift;
+mod dry_run;
 mod exports;
 mod faults;
 mod file_rules;
@@ -18,6 +21,7 @@ mod operations;
 mod operator;
 mod private_pg;
 mod serve;
+mod settle;
 mod stability;
 mod sync;
 mod takeover;

@@ -121,8 +121,13 @@ impl PrivatePg {
 
     /// Starts the server and waits until it accepts connections.
     pub fn start(&self) {
+        self.start_with("-c max_connections=100");
+    }
+
+    /// Starts the server with extra `postgres` options (`-c name=value …`).
+    pub fn start_with(&self, extra: &str) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {extra}",
             self.port,
             self.socket_dir().display()
         );

@@ -1,0 +1,193 @@
+//! Edits outside the agent (docs/sync.md#edits-outside-the-agent; issue 16 §6):
+//! the write counter on `followers` counts the statements that are not the
+//! agent's own, and an unchanged file is synced back into a drifted table
+//! instead of being skipped. Without the counter, VERIFY_EVERY compares.
+
+use crate::helpers::*;
+
+const FOUR: &[(&str, &str)] = &[
+    ("ann@x.io", "Ann"),
+    ("bob@x.io", "Bob"),
+    ("cy@x.io", "Cy"),
+    ("dee@x.io", "Dee"),
+];
+
+/// (the counter now, what the last sync or revert saw).
+async fn counter(env: &TestEnv) -> (i64, Option<i64>) {
+    sqlx::query_as(
+        "SELECT etl_info_schema.foreign_writes(), foreign_writes
+           FROM etl_info_schema.table_status WHERE table_name = 'followers'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn hand_edits_with_an_unchanged_file_are_synced_back_then_skipped_again() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(FOUR));
+    env.synced(&[]);
+    env.sync().expect(0, "skipped");
+    for (what, edit) in [
+        ("delete", "DELETE FROM followers WHERE email = 'bob@x.io'"),
+        (
+            "rename",
+            "UPDATE followers SET full_name = 'Ann Hand' WHERE email = 'ann@x.io'",
+        ),
+        (
+            "insert",
+            "INSERT INTO followers VALUES ('eve@x.io', 'Eve', now())",
+        ),
+        ("truncate", "TRUNCATE followers"),
+    ] {
+        env.exec(edit).await;
+        let run = env.sync_with(&[], &[]);
+        run.assert_ended(0, "synced");
+        assert!(
+            run.stderr.contains("changed outside the agent"),
+            "{what}: {run:?}"
+        );
+        assert_eq!(env.followers().await, pairs(FOUR), "{what}");
+        // Repaired: the same file is skipped again.
+        env.sync().expect(0, "skipped");
+    }
+}
+
+#[tokio::test]
+async fn application_writes_are_counted_and_the_agents_own_are_not() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(FOUR));
+    env.synced(&[]);
+    let (now, seen) = counter(&env).await;
+    assert_eq!(Some(now), seen, "the first sync counted itself");
+    // The agent's own merge (a change) and revert: not counted.
+    env.write_csv(csv(&FOUR[..3]));
+    env.synced(&[]);
+    assert_eq!(counter(&env).await, (now, Some(now)));
+    let revert = env.run(&["revert", "--last"], &[]);
+    assert_eq!(revert.code, 0, "{revert:?}");
+    assert_eq!(counter(&env).await, (now, Some(now)));
+    // An application role with only the table's privileges (none on the
+    // counter's sequence) writes: it may, and each statement counts, also one
+    // rolled back (the safe side).
+    let app = TestRole::new(&env).await;
+    env.exec(&format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON public.followers TO {0}; GRANT USAGE ON SCHEMA public TO {0}",
+        app.name
+    ))
+    .await;
+    let pool = sqlx::PgPool::connect(&app.url).await.unwrap();
+    sqlx::query("UPDATE followers SET full_name = 'Bobby' WHERE email = 'bob@x.io'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM followers WHERE email = 'cy@x.io'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    pool.close().await;
+    assert_eq!(counter(&env).await, (now + 2, Some(now)));
+    let status = env.run(&["status", "--json"], &[]);
+    assert_eq!(
+        status.json()["drift"],
+        serde_json::json!({"state": "written", "writes": 2}),
+        "{status:?}"
+    );
+    let text = env.run(&["status"], &[]);
+    assert!(
+        text.stdout
+            .contains("drift:         !! followers was changed outside the agent"),
+        "{text:?}"
+    );
+    // The reverted content is held back: the drift is named, not repaired.
+    let held = env.sync();
+    held.expect(0, "skipped");
+    let (_, _, reason) = env.last_run().await;
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.contains("held back") && reason.contains("changed outside the agent"),
+        "{reason}"
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM followers WHERE full_name = 'Bobby'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_repair_the_delete_guard_refuses_names_the_drift_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&FOUR[..2]));
+    env.synced(&[]);
+    env.exec("INSERT INTO followers VALUES ('x1@x.io', 'X', now()), ('x2@x.io', 'X', now()), ('x3@x.io', 'X', now())")
+        .await;
+    let before = env.followers().await;
+    let run = env.refused(&[]);
+    assert!(
+        run.stderr.contains("changed outside the agent") && run.stderr.contains("MAX_DELETE_RATIO"),
+        "{run:?}"
+    );
+    assert_eq!(env.followers().await, before);
+    let (outcome, _, reason) = env.last_run().await;
+    assert_eq!(outcome, "refused");
+    assert!(reason
+        .unwrap_or_default()
+        .contains("changed outside the agent"));
+    // A dry run says the same; approving repairs it.
+    let dry = env.sync_with(&["--dry-run"], &[]);
+    dry.expect(0, "dry_run");
+    assert!(
+        dry.json()["would_refuse_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("changed outside the agent"),
+        "{dry:?}"
+    );
+    env.synced(&["--allow-mass-delete"]);
+    assert_eq!(env.followers().await, pairs(&FOUR[..2]));
+    env.sync().expect(0, "skipped");
+}
+
+#[tokio::test]
+async fn without_the_counter_verify_every_compares_an_unchanged_file() {
+    let env = TestEnv::new().await;
+    let role = TestRole::new(&env).await;
+    assert_eq!(env.run(&["migrate"], &[]).code, 0);
+    role.grant_documented_privileges(&env).await;
+    // As if the owner could not install it; the runtime role may not either.
+    env.exec("DROP TRIGGER followers_etl_foreign_writes ON followers")
+        .await;
+    env.write_csv(csv(FOUR));
+    let as_role = |verify: &'static str| {
+        [
+            ("DATABASE_URL", role.url.clone()),
+            ("VERIFY_EVERY", verify.to_owned()),
+        ]
+    };
+    let sync = |verify: &'static str| {
+        let env_vars = as_role(verify);
+        let vars: Vec<(&str, &str)> = env_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.sync_with(&[], &vars)
+    };
+    let first = sync("1h");
+    first.assert_ended(0, "synced");
+    assert!(
+        first.stderr.contains("cannot install the write counter")
+            && first.stderr.contains("VERIFY_EVERY=1h"),
+        "{first:?}"
+    );
+    env.exec("DELETE FROM followers WHERE email = 'bob@x.io'")
+        .await;
+    // Not due yet: skipped (and the skip cannot vouch for the table).
+    sync("1h").expect(0, "skipped");
+    assert_eq!(env.followers().await.len(), 3);
+    let status = env.run(&["status", "--json"], &[]);
+    assert_eq!(status.json()["drift"]["state"], "unknown", "{status:?}");
+    // Due: the unchanged file is compared and the follower is back.
+    sync("0s").assert_ended(0, "synced");
+    assert_eq!(env.followers().await, pairs(FOUR));
+}
