@@ -92,6 +92,8 @@ variables!(
     HISTORY_KEEP_RUNS,
     JOURNAL_KEEP_RUNS,
     JOURNAL_KEEP_DAYS,
+    LOCK_WAIT_TIMEOUT,
+    FIRST_SYNC_KEY_REBUILD,
 );
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -135,6 +137,9 @@ pub const MAX_BATCH_SIZE: u64 = 1_000_000;
 pub const DEFAULT_JOURNAL_KEEP_RUNS: u64 = 100;
 /// ... and of no run older than this many days.
 pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
+/// How long a merge waits for another writer of `followers` (README,
+/// "Readers and writers during a run").
+pub const DEFAULT_LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -246,6 +251,13 @@ pub struct Settings {
     pub allow_file_change: bool,
     pub history: HistoryBound,
     pub journal: JournalRetention,
+    /// How long a merge or revert waits for another writer of `followers` (or of
+    /// staging) to commit before it fails naming it (README, "Readers and writers
+    /// during a run").
+    pub lock_wait_timeout: Duration,
+    /// Whether the first sync into an empty, provably plain table may take an
+    /// exclusive lock to rebuild the primary key after its insert.
+    pub first_sync_key_rebuild: bool,
 }
 
 /// Bounded exponential back-off of `serve`'s retries after a transient failure
@@ -470,6 +482,18 @@ impl Settings {
             .map(|v| parse_duration(var::SHUTDOWN_TIMEOUT, v))
             .transpose()?
             .unwrap_or(Duration::from_secs(30));
+        let lock_wait_timeout = raw
+            .get(var::LOCK_WAIT_TIMEOUT)
+            .map(|v| parse_duration(var::LOCK_WAIT_TIMEOUT, v))
+            .transpose()?
+            .unwrap_or(DEFAULT_LOCK_WAIT_TIMEOUT);
+        if lock_wait_timeout < Duration::from_millis(1) {
+            return Err(invalid(
+                var::LOCK_WAIT_TIMEOUT,
+                raw.get(var::LOCK_WAIT_TIMEOUT).unwrap_or_default(),
+                "must be at least 1ms (a wait without bound is not offered)",
+            ));
+        }
         let ratio = |var: &'static str, what: &str| -> Result<f64, ConfigError> {
             match raw.get(var) {
                 None => Ok(0.5),
@@ -638,6 +662,8 @@ impl Settings {
                 keep_runs: history_bound(raw, var::HISTORY_KEEP_RUNS, DEFAULT_HISTORY_KEEP_RUNS)?,
             },
             journal,
+            lock_wait_timeout,
+            first_sync_key_rebuild: bool_or(var::FIRST_SYNC_KEY_REBUILD, true)?,
         })
     }
 
@@ -705,6 +731,11 @@ impl Settings {
             (var::ALLOW_FILE_CHANGE, self.allow_file_change.to_string()),
             (var::JOURNAL_KEEP_RUNS, self.journal.keep_runs.to_string()),
             (var::JOURNAL_KEEP_DAYS, self.journal.keep_days.to_string()),
+            (var::LOCK_WAIT_TIMEOUT, duration(self.lock_wait_timeout)),
+            (
+                var::FIRST_SYNC_KEY_REBUILD,
+                self.first_sync_key_rebuild.to_string(),
+            ),
         ]
         .map(|(name, value)| format!("{name}={value}"))
         .join(" ")

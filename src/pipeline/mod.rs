@@ -279,6 +279,9 @@ impl SyncError {
                 | MergeError::EmptyFile { .. },
             ) => "guard",
             Self::Merge(MergeError::Lost(_)) => "verify",
+            Self::Merge(MergeError::Busy { step, .. } | MergeError::Mismatch { step, .. }) => {
+                step.name()
+            }
             Self::Merge(MergeError::CommitUnknown { .. }) => "commit",
             Self::Db(_) | Self::Bookkeeping(_) => "database",
             Self::LockBusy { .. } => "lock",
@@ -928,6 +931,8 @@ async fn saga(
             .saturating_sub(duplicates.extra_rows + superseded),
         journal: settings.journal.enabled(),
         modified_at_zone: clock.zone,
+        lock_wait: settings.lock_wait_timeout,
+        key_rebuild: settings.first_sync_key_rebuild,
     };
     if request.dry_run {
         stage("plan");
