@@ -3,12 +3,12 @@
 //!
 //! | step     | does                                                   |
 //! |----------|--------------------------------------------------------|
-//! | verify   | locks staging, checks this run still holds the run     |
-//! |          | lock and staging holds exactly the rows it staged      |
 //! | lock     | `SHARE ROW EXCLUSIVE` on `followers`: readers go on,   |
 //! |          | other writers wait for the commit; waits at most       |
 //! |          | `LOCK_WAIT_TIMEOUT` for a writer in progress, then     |
 //! |          | fails naming it                                        |
+//! | verify   | locks staging, checks this run still holds the run     |
+//! |          | lock and staging holds exactly the rows it staged      |
 //! | diff     | one pass (a hash full join of the load and             |
 //! |          | `followers`) keeping only the keys that differ         |
 //! | update   | rewrites rows whose `full_name` differs (only those)   |
@@ -341,8 +341,9 @@ const BLOCKERS: &str = "SELECT a.pid, coalesce(nullif(a.application_name, ''), '
         SELECT l.pid FROM pg_locks l
          WHERE l.granted AND l.locktype = 'relation'
            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND ((l.relation IN (SELECT relid FROM pg_partition_tree('public.followers'::regclass))
-                 AND l.mode <> 'AccessShareLock')
+           AND ((l.relation = 'public.followers'::regclass
+                 OR l.relation IN (SELECT relid FROM pg_partition_tree('public.followers'::regclass)))
+                AND l.mode <> 'AccessShareLock'
                 OR l.relation = 'public.staging_followers'::regclass))
   ORDER BY a.xact_start NULLS LAST, a.pid LIMIT 3";
 
@@ -702,10 +703,13 @@ async fn merge_in(
     bound_lock_waits(txn, load.lock_wait)
         .await
         .map_err(at(Step::Begin))?;
-    step(Step::Verify);
-    verify(txn, load).await?;
+    // The writer lock first: the transaction's id (taken by the exclusive lock on
+    // staging, or by its first write) then follows every other writer's that
+    // committed before it, and precedes every later writer's.
     step(Step::Lock);
     lock_writers(txn).await.map_err(at(Step::Lock))?;
+    step(Step::Verify);
+    verify(txn, load).await?;
     let session = session(txn).await.map_err(at(Step::Begin))?;
     // Under the writer lock: a row committed while the lock was awaited is seen.
     let empty = count(

@@ -3,6 +3,7 @@
 //! faults use a private server (`private_pg.rs`).
 
 mod commands;
+mod concurrency;
 mod connection;
 mod crash;
 mod documentation;
