@@ -19,6 +19,7 @@ mod operations;
 mod operator;
 mod private_pg;
 mod serve;
+mod shapes;
 mod stability;
 mod sync;
 mod takeover;

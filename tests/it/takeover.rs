@@ -5,7 +5,7 @@ use followers_etl::domain::Email;
 use sqlx::Row;
 
 /// The old service's DDL, exactly, plus golang-migrate's table.
-const OLD_DDL: &str = "
+pub const OLD_DDL: &str = "
 CREATE TABLE IF NOT EXISTS followers (email VARCHAR(255) PRIMARY KEY, full_name VARCHAR(255) NOT NULL, modified_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
 CREATE SCHEMA IF NOT EXISTS etl_info_schema;
 CREATE TABLE IF NOT EXISTS etl_info_schema.table_status (id SERIAL PRIMARY KEY, table_name VARCHAR(64) UNIQUE, last_activity TIMESTAMP DEFAULT '-infinity');
