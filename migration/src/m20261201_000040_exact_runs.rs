@@ -1,4 +1,4 @@
-//! Exact runs (README, "Readers and writers during a run"; "Journal, revert and
+//! Exact runs (docs/sync.md#readers-and-writers-during-a-run; "Journal, revert and
 //! history"): `sync_runs.commit_seq` orders the runs that changed `followers`
 //! (synced runs and reverts) by commit, taken inside their transaction while it
 //! holds the writer lock on `followers`, so two agents or a clock step cannot

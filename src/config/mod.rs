@@ -137,8 +137,8 @@ pub const MAX_BATCH_SIZE: u64 = 1_000_000;
 pub const DEFAULT_JOURNAL_KEEP_RUNS: u64 = 100;
 /// ... and of no run older than this many days.
 pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
-/// How long a merge waits for another writer of `followers` (README,
-/// "Readers and writers during a run").
+/// How long a merge waits for another writer of `followers`
+/// (docs/sync.md#readers-and-writers-during-a-run).
 pub const DEFAULT_LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -252,8 +252,8 @@ pub struct Settings {
     pub history: HistoryBound,
     pub journal: JournalRetention,
     /// How long a merge or revert waits for another writer of `followers` (or of
-    /// staging) to commit before it fails naming it (README, "Readers and writers
-    /// during a run").
+    /// staging) to commit before it fails naming it
+    /// (docs/sync.md#readers-and-writers-during-a-run).
     pub lock_wait_timeout: Duration,
     /// Whether the first sync into an empty, provably plain table may take an
     /// exclusive lock to rebuild the primary key after its insert.

@@ -84,8 +84,8 @@ pub async fn seal(
     Ok(())
 }
 
-/// Gives the run its place in the commit order (`sync_runs.commit_seq`, README
-/// "Journal, revert and history"), in its own transaction while that holds the
+/// Gives the run its place in the commit order (`sync_runs.commit_seq`,
+/// docs/operations.md#revert), in its own transaction while that holds the
 /// writer lock on `followers` (`merge::lock_writers`): every run that changes the
 /// table takes it, and it conflicts with itself, so the next number is taken
 /// only after the previous holder committed or rolled back.

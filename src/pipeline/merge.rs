@@ -25,7 +25,7 @@
 //! there is nothing to compare. Update, insert and delete touch only the keys the
 //! diff found, each through the primary key (docs/performance.md#one-pass-finds-what-differs).
 //!
-//! Exact with other writers (README, "Readers and writers during a run"): the
+//! Exact with other writers (docs/sync.md#readers-and-writers-during-a-run): the
 //! lock is taken before the diff, so nothing changes `followers` between the diff
 //! and the statements that apply it; each statement also touches only rows still
 //! as the diff saw them (`xmin` unchanged), and its row count must equal the
@@ -319,7 +319,7 @@ pub(super) async fn bound_lock_waits(
 }
 
 /// The writer lock of a merge or a revert, taken before it reads `followers`
-/// (README, "Readers and writers during a run"): `SHARE ROW EXCLUSIVE` conflicts
+/// (docs/sync.md#readers-and-writers-during-a-run): `SHARE ROW EXCLUSIVE` conflicts
 /// with every writer (and with itself) but not with readers, so from here to the
 /// commit nobody else changes the table and what the transaction read stays true.
 /// Settings that every writing transaction of the agent makes go here too.
@@ -416,7 +416,7 @@ fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
     move |source| MergeError::Step { step, source }
 }
 
-/// Whether the session `pid` still holds the run lock (README, "What a sync does").
+/// Whether the session `pid` still holds the run lock (docs/sync.md#1-lock).
 pub(super) async fn holds_run_lock(db: &impl ConnectionTrait, pid: i32) -> Result<bool, DbErr> {
     let held = count(
         db,

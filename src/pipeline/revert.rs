@@ -2,8 +2,7 @@
 //! synced runs, from their journal (docs/operations.md#revert).
 //!
 //! Under the run lock, in ONE transaction that holds the merge's writer lock on
-//! `followers` (`merge::lock_writers`, README "Readers and writers during a
-//! run"): lock the runs to undo (every synced, not yet reverted run from the
+//! `followers` (`merge::lock_writers`, docs/sync.md#readers-and-writers-during-a-run): lock the runs to undo (every synced, not yet reverted run from the
 //! newest back to the target, in commit order: `sync_runs.commit_seq`), refuse unless each
 //! has its whole journal and the table is exactly what the newest of them left
 //! for every follower they changed (else the result would not be exact), undo

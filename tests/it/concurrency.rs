@@ -1,5 +1,4 @@
-//! Exact with the application writing too (README, "Readers and writers during a
-//! run"): another session writing `followers` during a sync or a revert, the
+//! Exact with the application writing too (docs/sync.md#readers-and-writers-during-a-run): another session writing `followers` during a sync or a revert, the
 //! first sync's emptiness under its lock, a revert that undoes only what runs
 //! wrote, runs in commit order; and a harness of several sessions inserting,
 //! renaming and deleting followers while syncs of changing files run
@@ -54,9 +53,7 @@ pub fn migrate(env: &TestEnv) {
 /// Starts the binary in the background.
 fn spawn(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Child {
     let mut cmd = env.command();
-    cmd.args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -89,7 +86,10 @@ fn load_id(run: &Run) -> String {
 }
 
 /// The journal rows of run `id`: email -> (action, old_name, new_name).
-async fn journal_of(env: &TestEnv, id: &str) -> BTreeMap<String, (String, Option<String>, Option<String>)> {
+async fn journal_of(
+    env: &TestEnv,
+    id: &str,
+) -> BTreeMap<String, (String, Option<String>, Option<String>)> {
     sqlx::query(
         "SELECT email, action, old_name, new_name FROM etl_info_schema.sync_journal WHERE load_id = $1::uuid",
     )
@@ -124,7 +124,12 @@ async fn a_writer_during_the_merge_is_serialized_and_the_table_equals_the_file()
     run.assert_ended(0, "synced");
     // After the other session: a renamed (A-app -> A2), b inserted again.
     assert_eq!(
-        (run.n("updated"), run.n("inserted"), run.n("deleted"), run.n("unchanged")),
+        (
+            run.n("updated"),
+            run.n("inserted"),
+            run.n("deleted"),
+            run.n("unchanged")
+        ),
         (1, 1, 0, 3),
         "{run:?}"
     );
@@ -222,10 +227,7 @@ async fn a_row_committed_while_the_first_sync_waits_for_its_lock_is_seen() {
     // Not a fill: the table held zed, whom the file lacks (1 of 1 deleted).
     run.assert_ended(1, "refused");
     assert!(run.stderr.contains("MAX_DELETE_RATIO"), "{run:?}");
-    assert_eq!(
-        env.followers().await,
-        pairs(&[("zed@example.com", "Zed")])
-    );
+    assert_eq!(env.followers().await, pairs(&[("zed@example.com", "Zed")]));
     let run = env.synced(&["--allow-mass-delete"]);
     assert_eq!((run.n("inserted"), run.n("deleted")), (5, 1), "{run:?}");
     assert_eq!(
@@ -239,10 +241,7 @@ async fn a_row_committed_while_the_first_sync_waits_for_its_lock_is_seen() {
     assert_eq!(env.followers().await, pairs(A_E));
     let revert = env.run(&["revert", "--last", "--json", "--allow-mass-delete"], &[]);
     revert.assert_ended(0, "reverted");
-    assert_eq!(
-        env.followers().await,
-        pairs(&[("zed@example.com", "Zed")])
-    );
+    assert_eq!(env.followers().await, pairs(&[("zed@example.com", "Zed")]));
 }
 
 #[tokio::test]
@@ -259,7 +258,9 @@ async fn revert_refuses_a_follower_the_run_inserted_and_a_person_renamed() {
     let revert = env.run(&["revert", "--last", "--json"], &[]);
     revert.assert_ended(1, "refused");
     assert!(
-        revert.stderr.contains("f@example.com: inserted by the run, \"F by hand\" now"),
+        revert
+            .stderr
+            .contains("f@example.com: inserted by the run, \"F by hand\" now"),
         "{revert:?}"
     );
     assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 6);
@@ -288,7 +289,10 @@ async fn a_revert_to_a_first_sync_deletes_only_what_the_agent_wrote() {
         pairs(&[("a@example.com", "A by hand"), ("zed@example.com", "Zed")])
     );
     let json = revert.json();
-    assert_eq!((json["deleted"].as_u64(), json["left"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(
+        (json["deleted"].as_u64(), json["left"].as_u64()),
+        (Some(4), Some(2))
+    );
     assert_eq!(json["left_examples"][1], "zed@example.com", "{json}");
     assert_eq!(json["undone"][0]["load_id"], load_id(&fill).as_str());
 }
@@ -314,10 +318,7 @@ async fn a_revert_to_a_first_sync_through_later_runs_puts_back_what_others_wrote
     );
     revert.assert_ended(0, "reverted");
     // zed is back as its writer left it; everything the agent wrote is gone.
-    assert_eq!(
-        env.followers().await,
-        pairs(&[("zed@example.com", "Zed")])
-    );
+    assert_eq!(env.followers().await, pairs(&[("zed@example.com", "Zed")]));
     assert_eq!(revert.json()["left"].as_u64(), Some(1), "{revert:?}");
 }
 
@@ -490,12 +491,18 @@ async fn at_commit(env: &TestEnv, xid: u64) -> State {
 }
 
 /// What a run must have journaled, from the table just before it and the file.
-fn expected_journal(before: &State, file: &State) -> BTreeMap<String, (String, Option<String>, Option<String>)> {
+fn expected_journal(
+    before: &State,
+    file: &State,
+) -> BTreeMap<String, (String, Option<String>, Option<String>)> {
     let mut expected = BTreeMap::new();
     for (email, name) in file {
         match before.get(email) {
             None => {
-                expected.insert(email.clone(), ("insert".to_owned(), None, Some(name.clone())));
+                expected.insert(
+                    email.clone(),
+                    ("insert".to_owned(), None, Some(name.clone())),
+                );
             }
             Some(old) if old != name => {
                 expected.insert(
@@ -508,7 +515,10 @@ fn expected_journal(before: &State, file: &State) -> BTreeMap<String, (String, O
     }
     for (email, old) in before {
         if !file.contains_key(email) {
-            expected.insert(email.clone(), ("delete".to_owned(), Some(old.clone()), None));
+            expected.insert(
+                email.clone(),
+                ("delete".to_owned(), Some(old.clone()), None),
+            );
         }
     }
     expected
@@ -559,7 +569,10 @@ async fn synced_exactly(
         .await
         == 1;
     if filled {
-        assert!(before.is_empty(), "round {round}: a fill into a table that held {before:?}");
+        assert!(
+            before.is_empty(),
+            "round {round}: a fill into a table that held {before:?}"
+        );
     } else {
         let journal = journal_of(env, &id).await;
         let differ: Vec<_> = expected
@@ -585,7 +598,11 @@ async fn synced_exactly(
         (count("insert"), count("update"), count("delete")),
         "round {round}: counts: {run:?}"
     );
-    assert_eq!(&at_commit(env, xid).await, file, "round {round}: the table at the run's commit is the file");
+    assert_eq!(
+        &at_commit(env, xid).await,
+        file,
+        "round {round}: the table at the run's commit is the file"
+    );
     (id, xid, before)
 }
 
@@ -624,7 +641,9 @@ async fn concurrent_writers_never_make_a_synced_run_inexact() {
     for w in writers {
         committed += w.await.unwrap();
     }
-    println!("concurrency harness: {committed} writer transactions committed during {rounds} syncs");
+    println!(
+        "concurrency harness: {committed} writer transactions committed during {rounds} syncs"
+    );
     assert!(committed > 0, "the writers wrote");
     // Quiet now: a last run, and revert gives back exactly the table before it.
     let file = random_file(&mut rng, rounds);
@@ -652,7 +671,11 @@ async fn concurrent_writers_never_make_a_synced_run_inexact() {
         assert_eq!(revert.json()["undone"][0]["load_id"], id.as_str());
         let now: State = env.followers().await.into_iter().collect();
         for email in touched.keys() {
-            assert_eq!(now.get(email), before.get(email), "{email} after reverting {id}");
+            assert_eq!(
+                now.get(email),
+                before.get(email),
+                "{email} after reverting {id}"
+            );
         }
     }
 }

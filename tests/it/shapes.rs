@@ -1,5 +1,4 @@
-//! The table shapes real databases have (README, "Readers and writers during a
-//! run"): every sync that matters (first sync, change, refusal, revert, crash
+//! The table shapes real databases have (docs/sync.md#readers-and-writers-during-a-run): every sync that matters (first sync, change, refusal, revert, crash
 //! recovery) against the old service's DDL, a published table with `REPLICA
 //! IDENTITY USING INDEX`, a view that depends on the key, a hash-partitioned
 //! table, a table that is itself a partition, an extra index and a user
@@ -114,7 +113,10 @@ async fn crash_and_recover(env: &TestEnv, old: &[Follower], rows: &[Follower], s
             .await,
         0
     );
-    assert_eq!(env.followers_digest().await.unwrap(), env.digest_of(rows).await);
+    assert_eq!(
+        env.followers_digest().await.unwrap(),
+        env.digest_of(rows).await
+    );
 }
 
 async fn matrix(shape: Shape) {
@@ -142,7 +144,11 @@ async fn matrix(shape: Shape) {
     env.write_csv(csv(B));
     let second = env.synced(&[]);
     assert_eq!(
-        (second.n("inserted"), second.n("updated"), second.n("deleted")),
+        (
+            second.n("inserted"),
+            second.n("updated"),
+            second.n("deleted")
+        ),
         (1, 1, 1),
         "{second:?}"
     );
@@ -194,9 +200,11 @@ async fn shape_published_with_replica_identity_using_index() {
 async fn shape_a_view_depending_on_the_key() {
     matrix(Shape {
         before_migrate: "",
-        after_migrate: "CREATE VIEW follower_names AS SELECT email, full_name FROM followers GROUP BY email;",
+        after_migrate:
+            "CREATE VIEW follower_names AS SELECT email, full_name FROM followers GROUP BY email;",
         after_first_sync: "",
-        invariant: "SELECT (SELECT count(*) FROM follower_names) = (SELECT count(*) FROM followers)",
+        invariant:
+            "SELECT (SELECT count(*) FROM follower_names) = (SELECT count(*) FROM followers)",
     })
     .await;
 }
@@ -262,7 +270,8 @@ async fn shape_an_application_column() {
         after_migrate: "ALTER TABLE followers ADD COLUMN notes text;",
         after_first_sync: "UPDATE followers SET notes = 'vip' WHERE email = 'cy@example.com';",
         // The application's value survives every run that leaves cy as is.
-        invariant: "SELECT notes IS NOT DISTINCT FROM 'vip' FROM followers WHERE email = 'cy@example.com'",
+        invariant:
+            "SELECT notes IS NOT DISTINCT FROM 'vip' FROM followers WHERE email = 'cy@example.com'",
     })
     .await;
 }
@@ -313,7 +322,10 @@ async fn the_first_sync_rebuilds_the_key_only_where_allowed_and_gives_way_to_rea
     let before = key_index(&env).await.0;
     fill(&env, &[]);
     let after = key_index(&env).await;
-    assert!(after.0 != before && after.1, "rebuilt: {before} -> {after:?}");
+    assert!(
+        after.0 != before && after.1,
+        "rebuilt: {before} -> {after:?}"
+    );
     // FIRST_SYNC_KEY_REBUILD=false: never.
     let env = TestEnv::new().await;
     migrate(&env);
