@@ -251,7 +251,7 @@ impl SyncError {
                 DbError::Connect { .. } | DbError::LockConnect { .. } | DbError::Lock(_) => true,
                 _ => transient_cause(e),
             },
-            Self::Merge(MergeError::Lost(_)) => true,
+            Self::Merge(MergeError::Lost(_) | MergeError::Busy { .. }) => true,
             Self::Merge(MergeError::Step { source, .. }) => transient_db(source),
             Self::Bookkeeping(e) => transient_db(e),
             Self::Stage(e) => transient_cause(e),

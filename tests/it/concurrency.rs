@@ -551,7 +551,9 @@ async fn synced_exactly(
     let cmd = env.command();
     let run = tokio::task::spawn_blocking(move || {
         let mut cmd = cmd;
-        cmd.args(["sync", "--json"]).env("MAX_DELETE_RATIO", "1.0");
+        cmd.args(["sync", "--json"])
+            .env("MAX_DELETE_RATIO", "1.0")
+            .env("MAX_UPDATE_RATIO", "1.0");
         Run::from(cmd.output().unwrap())
     })
     .await
