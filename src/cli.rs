@@ -110,6 +110,9 @@ pub enum Command {
         /// Print what would be undone and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Undo even when it deletes more than MAX_DELETE_RATIO of the followers.
+        #[arg(long)]
+        allow_mass_delete: bool,
         /// Print the summary as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -241,10 +244,11 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
             load_id,
             last: _,
             dry_run,
+            allow_mass_delete,
             json,
         } => {
             let target = load_id.map_or(Target::Last, Target::Run);
-            revert(settings, target, dry_run, json).await
+            revert(settings, target, dry_run, allow_mass_delete, json).await
         }
         Command::History { email, json } => history(&settings, &email, json).await,
         Command::Migrate => match connect_and_migrate(&settings).await {
@@ -398,7 +402,13 @@ fn print_summary(summary: &Summary, json: bool, recorded: bool) -> ExitCode {
     out.finish(ExitCode::SUCCESS)
 }
 
-async fn revert(settings: Arc<Settings>, target: Target, dry_run: bool, json: bool) -> ExitCode {
+async fn revert(
+    settings: Arc<Settings>,
+    target: Target,
+    dry_run: bool,
+    allow_mass_delete: bool,
+    json: bool,
+) -> ExitCode {
     let connected = if dry_run {
         connect_for_dry_run(&settings, "revert --dry-run")
             .await
@@ -416,7 +426,8 @@ async fn revert(settings: Arc<Settings>, target: Target, dry_run: bool, json: bo
         progress: ProgressStyle::Log,
         writes: Default::default(),
     };
-    let summary = pipeline::revert::run_revert(&ctx, target, dry_run, LoadId::new()).await;
+    let summary =
+        pipeline::revert::run_revert(&ctx, target, dry_run, allow_mass_delete, LoadId::new()).await;
     let code = print_revert(&summary, json);
     // The reason is on stderr once, as for `sync`.
     if let Some(reason) = &summary.reason {
@@ -463,6 +474,13 @@ fn print_revert(s: &RevertSummary, json: bool) -> ExitCode {
         out.line(format_args!(
             "  {verb} {} {} {} {}",
             r.load_id, r.started_at, r.trigger, r.file
+        ));
+    }
+    if s.left > 0 {
+        out.line(format_args!(
+            "  left: {} follower(s) written or changed by another session after the first sync (e.g. {})",
+            s.left,
+            s.left_examples.join(", ")
         ));
     }
     if let Some(file) = &s.held_back {

@@ -19,6 +19,7 @@ mod m20261130_000010_create_sync_journal;
 mod m20261201_000011_canonical_followers_again;
 mod m20261201_000020_followers_write_counter;
 mod m20261201_000030_sync_runs_refusal_key;
+mod m20261201_000040_exact_runs;
 
 pub struct Migrator;
 
@@ -35,8 +36,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000009_staging_without_index::Migration),
             Box::new(m20261130_000010_create_sync_journal::Migration),
             Box::new(m20261201_000011_canonical_followers_again::Migration),
-            Box::new(m20261201_000030_sync_runs_refusal_key::Migration),
             Box::new(m20261201_000020_followers_write_counter::Migration),
+            Box::new(m20261201_000030_sync_runs_refusal_key::Migration),
+            Box::new(m20261201_000040_exact_runs::Migration),
         ]
     }
 }

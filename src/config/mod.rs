@@ -95,6 +95,8 @@ variables!(
     VERIFY_EVERY,
     DB_CONNECT_TIMEOUT,
     DB_TIMEOUT,
+    LOCK_WAIT_TIMEOUT,
+    FIRST_SYNC_KEY_REBUILD,
 );
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -141,11 +143,14 @@ pub const DEFAULT_JOURNAL_KEEP_DAYS: u64 = 30;
 /// Without the write counter on `followers`, an unchanged file is compared with
 /// the table at most this long after the last comparison
 /// (docs/sync.md#edits-outside-the-agent).
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(3600);
 /// How long opening a connection may take (docs/guarantees.md#database-faults).
 pub const DEFAULT_DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a run waits for the database to answer a ping (docs/guarantees.md#database-faults).
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(3600);
+/// How long a merge waits for another writer of `followers`
+/// (docs/sync.md#readers-and-writers-during-a-run).
+pub const DEFAULT_LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -266,6 +271,13 @@ pub struct Settings {
     /// `DB_TIMEOUT`: a run fails when the database does not answer a ping on the
     /// run lock's session within it (docs/guarantees.md#database-faults).
     pub db_timeout: Duration,
+    /// How long a merge or revert waits for another writer of `followers` (or of
+    /// staging) to commit before it fails naming it
+    /// (docs/sync.md#readers-and-writers-during-a-run).
+    pub lock_wait_timeout: Duration,
+    /// Whether the first sync into an empty, provably plain table may take an
+    /// exclusive lock to rebuild the primary key after its insert.
+    pub first_sync_key_rebuild: bool,
 }
 
 /// Bounded exponential back-off of `serve`'s retries after a transient failure
@@ -519,6 +531,18 @@ impl Settings {
                 "expected at least 100ms, such as 30s",
             ));
         }
+        let lock_wait_timeout = raw
+            .get(var::LOCK_WAIT_TIMEOUT)
+            .map(|v| parse_duration(var::LOCK_WAIT_TIMEOUT, v))
+            .transpose()?
+            .unwrap_or(DEFAULT_LOCK_WAIT_TIMEOUT);
+        if lock_wait_timeout < Duration::from_millis(1) {
+            return Err(invalid(
+                var::LOCK_WAIT_TIMEOUT,
+                raw.get(var::LOCK_WAIT_TIMEOUT).unwrap_or_default(),
+                "must be at least 1ms (a wait without bound is not offered)",
+            ));
+        }
         let ratio = |var: &'static str, what: &str| -> Result<f64, ConfigError> {
             match raw.get(var) {
                 None => Ok(0.5),
@@ -690,6 +714,8 @@ impl Settings {
             verify_every,
             db_connect_timeout,
             db_timeout,
+            lock_wait_timeout,
+            first_sync_key_rebuild: bool_or(var::FIRST_SYNC_KEY_REBUILD, true)?,
         })
     }
 
@@ -760,6 +786,11 @@ impl Settings {
             (var::VERIFY_EVERY, duration(self.verify_every)),
             (var::DB_CONNECT_TIMEOUT, duration(self.db_connect_timeout)),
             (var::DB_TIMEOUT, duration(self.db_timeout)),
+            (var::LOCK_WAIT_TIMEOUT, duration(self.lock_wait_timeout)),
+            (
+                var::FIRST_SYNC_KEY_REBUILD,
+                self.first_sync_key_rebuild.to_string(),
+            ),
         ]
         .map(|(name, value)| format!("{name}={value}"))
         .join(" ")

@@ -3,6 +3,10 @@
 //!
 //! | step     | does                                                   |
 //! |----------|--------------------------------------------------------|
+//! | lock     | `SHARE ROW EXCLUSIVE` on `followers`: readers go on,   |
+//! |          | other writers wait for the commit; waits at most       |
+//! |          | `LOCK_WAIT_TIMEOUT` for a writer in progress, then     |
+//! |          | fails naming it                                        |
 //! | verify   | locks staging, checks this run still holds the run     |
 //! |          | lock and staging holds exactly the rows it staged      |
 //! | diff     | one pass (a hash full join of the load and             |
@@ -21,9 +25,16 @@
 //! there is nothing to compare. Update, insert and delete touch only the keys the
 //! diff found, each through the primary key (docs/performance.md#one-pass-finds-what-differs).
 //!
+//! Exact with other writers (docs/sync.md#readers-and-writers-during-a-run): the
+//! lock is taken before the diff, so nothing changes `followers` between the diff
+//! and the statements that apply it; each statement also touches only rows still
+//! as the diff saw them (`xmin` unchanged), and its row count must equal the
+//! diff's, else the run fails. The journal's old states are therefore the states
+//! the statements replaced.
+//!
 //! The compensation of every step is the rollback of the transaction: readers see
 //! the old table or the new one, and a failure at any step leaves `followers` as
-//! it was. Only row locks are taken on `followers` (UPDATE, INSERT, DELETE).
+//! it was.
 
 use super::journal;
 use crate::domain::{ContentHash, LoadId};
@@ -38,6 +49,7 @@ use sea_orm::{
 pub enum Step {
     Begin,
     Verify,
+    Lock,
     Diff,
     Update,
     Insert,
@@ -55,6 +67,7 @@ impl Step {
         match self {
             Self::Begin => "merge.begin",
             Self::Verify => "merge.verify",
+            Self::Lock => "merge.lock",
             Self::Diff => "merge.diff",
             Self::Update => "merge.update",
             Self::Insert => "merge.insert",
@@ -71,6 +84,7 @@ impl Step {
         match self {
             Self::Begin => "begin",
             Self::Verify => "verify",
+            Self::Lock => "lock",
             Self::Diff => "diff",
             Self::Update => "update",
             Self::Insert => "insert",
@@ -114,6 +128,21 @@ pub enum MergeError {
     },
     #[error("the run lost its lock or its staged rows ({0}); rolled back")]
     Lost(String),
+    #[error("merge step {} waited LOCK_WAIT_TIMEOUT={} for another session writing the table: {blockers}; rolled back, nothing changed (the next run tries again)", .step.name(), robfig_cron::go_duration::format_go_duration(*.waited))]
+    Busy {
+        step: Step,
+        waited: std::time::Duration,
+        /// The sessions holding conflicting locks, described.
+        blockers: String,
+        #[source]
+        source: DbErr,
+    },
+    #[error("merge step {} changed {actual} row(s), the diff found {expected} (a trigger, rule or another writer changed followers during the run); rolled back, nothing changed", .step.name())]
+    Mismatch {
+        step: Step,
+        expected: u64,
+        actual: u64,
+    },
     #[error("the connection was lost during COMMIT and whether it committed could not be checked ({check}); the run's record in sync_runs tells (synced or not)")]
     CommitUnknown {
         #[source]
@@ -151,6 +180,10 @@ pub struct Load<'a> {
     /// The zone whose wall time `modified_at` holds: written as
     /// `now() AT TIME ZONE zone` (`db::modified_at_clock`).
     pub modified_at_zone: String,
+    /// `LOCK_WAIT_TIMEOUT`: the longest wait for another writer's lock.
+    pub lock_wait: std::time::Duration,
+    /// `FIRST_SYNC_KEY_REBUILD`: the first sync may rebuild the primary key.
+    pub key_rebuild: bool,
 }
 
 /// The guards (docs/sync.md#refusals-and-approvals): deletes beyond
@@ -168,6 +201,13 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// Whether deleting `deleted` of `current` followers is refused (the delete
+    /// ratio only: a revert's guard).
+    pub fn refuses_deletes(&self, deleted: u64, current: u64) -> bool {
+        let exceeded = current > 0 && deleted as f64 > self.max_delete_ratio * current as f64;
+        exceeded && !self.allow_mass_delete && self.max_delete_ratio < 1.0
+    }
+
     pub fn check(&self, counts: Counts, current: u64) -> Result<(), MergeError> {
         let beyond =
             |n: u64, ratio: f64| current > 0 && ratio < 1.0 && n as f64 > ratio * current as f64;
@@ -196,51 +236,155 @@ impl Guard {
 /// each (`insert`, `update`, `delete`), filled by `DIFF` in one pass; dropped
 /// with the transaction. It lives in the session's temporary schema: no WAL.
 const DIFF_TABLE: &str = "CREATE TEMPORARY TABLE merge_diff (
-    email text NOT NULL, full_name text, old_name text, old_modified_at timestamp, action text NOT NULL
+    email text NOT NULL, full_name text, old_name text, old_modified_at timestamp, old_xmin xid,
+    action text NOT NULL
   ) ON COMMIT DROP";
 
-const DIFF: &str = "INSERT INTO merge_diff (email, full_name, old_name, old_modified_at, action)
- SELECT coalesce(s.email, f.email), s.full_name, f.full_name, f.modified_at,
+const DIFF: &str =
+    "INSERT INTO merge_diff (email, full_name, old_name, old_modified_at, old_xmin, action)
+ SELECT coalesce(s.email, f.email), s.full_name, f.full_name, f.modified_at, f.xmin,
         CASE WHEN f.email IS NULL THEN 'insert' WHEN s.email IS NULL THEN 'delete' ELSE 'update' END
    FROM (SELECT email, full_name FROM public.staging_followers WHERE load_id = $1) s
    FULL JOIN public.followers f ON f.email = s.email
   WHERE s.email IS NULL OR f.email IS NULL OR f.full_name IS DISTINCT FROM s.full_name";
 
+/// New keys, absent followers, all differing keys, and the followers the delete
+/// must remove (absent and not protected: `$1`).
 const DIFF_COUNTS: &str = "SELECT count(*) FILTER (WHERE action = 'insert')::bigint,
-        count(*) FILTER (WHERE action = 'delete')::bigint, count(*)::bigint FROM merge_diff";
+        count(*) FILTER (WHERE action = 'delete')::bigint, count(*)::bigint,
+        count(*) FILTER (WHERE action = 'delete' AND email <> ALL($1::text[]))::bigint
+   FROM merge_diff";
 
 const UPDATE: &str = "UPDATE public.followers f
     SET full_name = d.full_name, modified_at = (now() AT TIME ZONE $1::text)
    FROM merge_diff d
-  WHERE d.action = 'update' AND f.email = d.email";
+  WHERE d.action = 'update' AND f.email = d.email AND f.xmin = d.old_xmin";
 
 const INSERT: &str = "INSERT INTO public.followers (email, full_name, modified_at)
  SELECT d.email, d.full_name, (now() AT TIME ZONE $1::text) FROM merge_diff d WHERE d.action = 'insert'";
 
 const DELETE: &str = "DELETE FROM public.followers f
   USING merge_diff d
-  WHERE d.action = 'delete' AND f.email = d.email AND f.email <> ALL($1::text[])";
+  WHERE d.action = 'delete' AND f.email = d.email AND f.xmin = d.old_xmin
+    AND f.email <> ALL($1::text[])";
 
 /// The first sync: `followers` is empty, every row of the load is new.
 const INSERT_ALL: &str = "INSERT INTO public.followers (email, full_name, modified_at)
  SELECT s.email, s.full_name, (now() AT TIME ZONE $2::text)
    FROM public.staging_followers s WHERE s.load_id = $1";
 
-/// The first sync's primary key, when it can be rebuilt after the insert: the
-/// constraint's name and the definition of its index, if the table is the
-/// role's to alter, nothing references the key and the index is in the
-/// default tablespace.
+/// The first sync's primary key, when it can be rebuilt after the insert and
+/// the table is provably plain, so that dropping and re-adding the key loses
+/// nothing (docs/sync.md#readers-and-writers-during-a-run): the constraint's name
+/// and the definition of its index, if the table is an ordinary table (not
+/// partitioned, not a partition) the role may alter, in no publication, with the
+/// default replica identity, its index not clustered and in the default
+/// tablespace, nothing depending on the constraint or its index (a view, a
+/// foreign key), and no comment or security label on either. Otherwise the
+/// rows are inserted with the key in place.
 const FILL_KEY: &str = "SELECT c.conname::text, pg_get_indexdef(c.conindid)
-   FROM pg_constraint c JOIN pg_class i ON i.oid = c.conindid
+   FROM pg_constraint c
+   JOIN pg_class t ON t.oid = c.conrelid
+   JOIN pg_class i ON i.oid = c.conindid
+   JOIN pg_index x ON x.indexrelid = c.conindid
   WHERE c.conrelid = 'public.followers'::regclass AND c.contype = 'p' AND NOT c.condeferrable
-    AND i.reltablespace = 0
-    AND pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'public.followers'::regclass), 'USAGE')
-    AND NOT EXISTS (SELECT 1 FROM pg_constraint r
-                     WHERE r.confrelid = 'public.followers'::regclass AND r.contype = 'f')";
+    AND t.relkind = 'r' AND NOT t.relispartition AND t.relreplident = 'd'
+    AND NOT x.indisclustered AND i.reltablespace = 0
+    AND pg_has_role(t.relowner, 'USAGE')
+    AND NOT EXISTS (SELECT 1 FROM pg_publication p WHERE p.puballtables)
+    AND NOT EXISTS (SELECT 1 FROM pg_publication_rel p WHERE p.prrelid = t.oid)
+    AND NOT EXISTS (SELECT 1 FROM pg_publication_namespace p WHERE p.pnnspid = t.relnamespace)
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                     WHERE d.refclassid IN ('pg_constraint'::regclass, 'pg_class'::regclass)
+                       AND d.refobjid IN (c.oid, c.conindid)
+                       AND NOT (d.classid = 'pg_class'::regclass AND d.objid = c.conindid)
+                       AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid = c.oid))
+    AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid IN (c.oid, c.conindid))
+    AND NOT EXISTS (SELECT 1 FROM pg_seclabel l WHERE l.objoid IN (c.oid, c.conindid))
+    AND NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.confrelid = t.oid AND r.contype = 'f')";
 
 /// How long the first sync waits for the exclusive lock that rebuilding the
 /// primary key needs before it inserts with the key in place instead.
 const FILL_LOCK_TIMEOUT: &str = "1s";
+
+/// Every lock wait of the transaction is bounded by `wait` (`LOCK_WAIT_TIMEOUT`).
+pub(super) async fn bound_lock_waits(
+    txn: &impl ConnectionTrait,
+    wait: std::time::Duration,
+) -> Result<(), DbErr> {
+    let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+    txn.execute_unprepared(&format!("SET LOCAL lock_timeout = '{ms}ms'"))
+        .await
+        .map(|_| ())
+}
+
+/// The writer lock of a merge or a revert, taken before it reads `followers`
+/// (docs/sync.md#readers-and-writers-during-a-run): `SHARE ROW EXCLUSIVE` conflicts
+/// with every writer (and with itself) but not with readers, so from here to the
+/// commit nobody else changes the table and what the transaction read stays true.
+/// Settings that every writing transaction of the agent makes go here too.
+pub(super) async fn lock_writers(txn: &impl ConnectionTrait) -> Result<(), DbErr> {
+    txn.execute_unprepared("LOCK TABLE public.followers IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .map(|_| ())
+}
+
+/// The sessions that hold a lock on `followers` (or one of its partitions) other
+/// than a plain read, or any lock on staging: who a lock wait of the merge was
+/// waiting for. Read after the merge rolled back, on another connection.
+const BLOCKERS: &str = "SELECT a.pid, coalesce(nullif(a.application_name, ''), '(none)') AS app,
+        coalesce(a.usename::text, '?') AS usr, coalesce(a.state, '?') AS state,
+        coalesce(to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', '?') AS xact_start,
+        coalesce(to_char(a.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', '?') AS query_start
+   FROM pg_stat_activity a
+  WHERE a.pid <> pg_backend_pid() AND a.pid IN (
+        SELECT l.pid FROM pg_locks l
+         WHERE l.granted AND l.locktype = 'relation'
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND ((l.relation = 'public.followers'::regclass
+                 OR l.relation IN (SELECT relid FROM pg_partition_tree('public.followers'::regclass)))
+                AND l.mode <> 'AccessShareLock'
+                OR l.relation = 'public.staging_followers'::regclass))
+  ORDER BY a.xact_start NULLS LAST, a.pid LIMIT 3";
+
+/// Whether `e` is PostgreSQL's `lock_not_available` (a `lock_timeout` expired).
+pub(super) fn is_lock_timeout(e: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(db)))
+    | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(db)))) = e
+    else {
+        return false;
+    };
+    db.code().as_deref() == Some("55P03")
+}
+
+/// Describes the sessions a lock wait may have waited for (`BLOCKERS`).
+pub(super) async fn blockers(db: &impl ConnectionTrait) -> String {
+    let rows = match db.query_all(stmt(BLOCKERS, vec![])).await {
+        Ok(rows) => rows,
+        Err(e) => return format!("the blocking session could not be looked up ({e})"),
+    };
+    let described: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let pid: i32 = r.try_get("", "pid").ok()?;
+            let text = |c: &str| r.try_get::<String>("", c).unwrap_or_default();
+            Some(format!(
+                "pid {pid} (application {:?}, user {:?}, {}, transaction since {}, last query at {})",
+                text("app"),
+                text("usr"),
+                text("state"),
+                text("xact_start"),
+                text("query_start")
+            ))
+        })
+        .collect();
+    if described.is_empty() {
+        "a session that had ended by the time it was looked up".to_owned()
+    } else {
+        described.join("; ")
+    }
+}
 
 /// Below this share of `followers` changing, update and delete probe the
 /// primary key once per changed key; the planner would otherwise often scan
@@ -272,6 +416,20 @@ fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
     move |source| MergeError::Step { step, source }
 }
 
+/// Whether the session `pid` still holds the run lock (docs/sync.md#1-lock).
+pub(super) async fn holds_run_lock(db: &impl ConnectionTrait, pid: i32) -> Result<bool, DbErr> {
+    let held = count(
+        db,
+        "SELECT count(*) FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND pid = $1
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND classid = ($2 >> 32)::oid AND objid = ($2 & 4294967295)::oid AND objsubid = 1",
+        vec![pid.into(), crate::db::RUN_LOCK.into()],
+    )
+    .await?;
+    Ok(held > 0)
+}
+
 /// Checks, inside the transaction, that this run still holds the run lock (so no
 /// other run can have recovered, i.e. deleted, its staging rows) and that staging
 /// holds exactly the rows this run staged.
@@ -285,17 +443,10 @@ async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merge
     )
     .await
     .map_err(at(Step::Verify))?;
-    let locked = count(
-        txn,
-        "SELECT count(*) FROM pg_locks
-          WHERE locktype = 'advisory' AND granted AND pid = $1
-            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            AND classid = ($2 >> 32)::oid AND objid = ($2 & 4294967295)::oid AND objsubid = 1",
-        vec![load.lock_pid.into(), crate::db::RUN_LOCK.into()],
-    )
-    .await
-    .map_err(at(Step::Verify))?;
-    if locked == 0 {
+    let locked = holds_run_lock(txn, load.lock_pid)
+        .await
+        .map_err(at(Step::Verify))?;
+    if !locked {
         return Err(MergeError::Lost("the run lock's session is gone".into()));
     }
     let staged = count(
@@ -348,67 +499,72 @@ async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merg
 
 /// The first sync: the load goes into the empty `followers` as it is. Building
 /// the primary key once after the insert costs about a third of maintaining it
-/// row by row (docs/performance.md#the-first-sync), so, where `FILL_KEY` allows it and the
-/// exclusive lock comes within `FILL_LOCK_TIMEOUT`, the key is dropped and
-/// rebuilt in this transaction: readers wait for the first sync instead of
-/// seeing the empty table, and a failure rolls the key back with everything
-/// else. Otherwise (other sessions reading, a least-privilege role, a key other
-/// tables reference), the rows are inserted with the key in place.
-async fn fill(txn: &impl ConnectionTrait, id: &Value, zone: &str) -> Result<u64, MergeError> {
-    let key = txn
-        .query_one(stmt(FILL_KEY, vec![]))
-        .await
-        .map_err(at(Step::Insert))?;
-    let rebuild = match key {
-        Some(row) => {
-            let name: String = row.try_get_by_index(0).map_err(at(Step::Insert))?;
-            let index: String = row.try_get_by_index(1).map_err(at(Step::Insert))?;
-            txn.execute_unprepared("SAVEPOINT fill")
-                .await
-                .map_err(at(Step::Insert))?;
-            let locked = txn
-                .execute_unprepared(&format!(
-                    "SET LOCAL lock_timeout = '{FILL_LOCK_TIMEOUT}';
-                     LOCK TABLE public.followers IN ACCESS EXCLUSIVE MODE;
-                     RESET lock_timeout"
-                ))
-                .await;
-            match locked {
-                Ok(_) => Some((name, index)),
-                Err(e) => {
-                    tracing::info!(error = %e, "followers is in use: the first sync keeps its primary key during the insert");
-                    txn.execute_unprepared("ROLLBACK TO SAVEPOINT fill")
-                        .await
-                        .map_err(at(Step::Insert))?;
-                    None
-                }
+/// row by row (docs/performance.md#the-first-sync), so, where `FIRST_SYNC_KEY_REBUILD` and
+/// `FILL_KEY` allow it and the exclusive lock comes within `FILL_LOCK_TIMEOUT`,
+/// the key is dropped and rebuilt in this transaction: readers wait for the
+/// first sync instead of seeing the empty table. That path runs in a savepoint:
+/// on any error it is rolled back (key and all) and the rows are inserted with
+/// the key in place, so it never makes a sync fail that the plain insert would
+/// not.
+async fn fill(txn: &impl ConnectionTrait, load: &Load<'_>, id: &Value) -> Result<u64, MergeError> {
+    if load.key_rebuild {
+        txn.execute_unprepared("SAVEPOINT fill")
+            .await
+            .map_err(at(Step::Insert))?;
+        match rebuild(txn, id, &load.modified_at_zone).await {
+            Ok(Some(inserted)) => {
+                txn.execute_unprepared("RELEASE SAVEPOINT fill")
+                    .await
+                    .map_err(at(Step::Insert))?;
+                // The savepoint's shorter lock_timeout outlives its release.
+                bound_lock_waits(txn, load.lock_wait)
+                    .await
+                    .map_err(at(Step::Insert))?;
+                return Ok(inserted);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(error = %e, "the first sync keeps its primary key during the insert");
             }
         }
-        None => None,
-    };
-    if let Some((name, _)) = &rebuild {
-        txn.execute_unprepared(&format!(
-            "ALTER TABLE public.followers DROP CONSTRAINT {}",
-            quote_ident(name)
-        ))
-        .await
-        .map_err(at(Step::Insert))?;
+        txn.execute_unprepared("ROLLBACK TO SAVEPOINT fill")
+            .await
+            .map_err(at(Step::Insert))?;
     }
+    txn.execute(stmt(
+        INSERT_ALL,
+        vec![id.clone(), load.modified_at_zone.as_str().into()],
+    ))
+    .await
+    .map_err(at(Step::Insert))
+    .map(|r| r.rows_affected())
+}
+
+/// The first sync's fast path (in the savepoint of `fill`): `None` when the
+/// table is not provably plain.
+async fn rebuild(txn: &impl ConnectionTrait, id: &Value, zone: &str) -> Result<Option<u64>, DbErr> {
+    let Some(key) = txn.query_one(stmt(FILL_KEY, vec![])).await? else {
+        return Ok(None);
+    };
+    let name: String = key.try_get_by_index(0)?;
+    let index: String = key.try_get_by_index(1)?;
+    let name = quote_ident(&name);
+    txn.execute_unprepared(&format!(
+        "SET LOCAL lock_timeout = '{FILL_LOCK_TIMEOUT}';
+         LOCK TABLE public.followers IN ACCESS EXCLUSIVE MODE;
+         ALTER TABLE public.followers DROP CONSTRAINT {name}"
+    ))
+    .await?;
     let inserted = txn
         .execute(stmt(INSERT_ALL, vec![id.clone(), zone.into()]))
-        .await
-        .map_err(at(Step::Insert))?
+        .await?
         .rows_affected();
-    if let Some((name, index)) = &rebuild {
-        let name = quote_ident(name);
-        txn.execute_unprepared(&format!(
-            "SET LOCAL maintenance_work_mem = '{FILL_SORT_MEM}'; {index};
-             ALTER TABLE public.followers ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}"
-        ))
-        .await
-        .map_err(at(Step::Insert))?;
-    }
-    Ok(inserted)
+    txn.execute_unprepared(&format!(
+        "SET LOCAL maintenance_work_mem = '{FILL_SORT_MEM}'; {index};
+         ALTER TABLE public.followers ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}"
+    ))
+    .await?;
+    Ok(Some(inserted))
 }
 
 /// Memory for sorting the first sync's primary key (a server setting, for this
@@ -425,15 +581,21 @@ fn quote_ident(name: &str) -> String {
 }
 
 /// What `diff` found: keys new to `followers`, followers absent from the load
-/// (protected ones included), and all keys that differ.
+/// (protected ones included), all keys that differ, and the absent followers
+/// the delete removes (not protected).
 struct Diffed {
     new: u64,
     absent: u64,
     changed: u64,
+    deletes: u64,
 }
 
 /// Fills `merge_diff` with the keys that differ.
-async fn diff(txn: &impl ConnectionTrait, id: &Value) -> Result<Diffed, MergeError> {
+async fn diff(
+    txn: &impl ConnectionTrait,
+    id: &Value,
+    protected: &Value,
+) -> Result<Diffed, MergeError> {
     // No ANALYZE of the load (it cost a third of the join): after the last
     // run's TRUNCATE the planner sizes staging from its pages, which is enough
     // to choose this hash join.
@@ -446,7 +608,7 @@ async fn diff(txn: &impl ConnectionTrait, id: &Value) -> Result<Diffed, MergeErr
         .await
         .map_err(at(Step::Diff))?;
     let row = txn
-        .query_one(stmt(DIFF_COUNTS, vec![]))
+        .query_one(stmt(DIFF_COUNTS, vec![protected.clone()]))
         .await
         .map_err(at(Step::Diff))?
         .ok_or_else(|| at(Step::Diff)(DbErr::RecordNotFound("diff counts".into())))?;
@@ -458,7 +620,31 @@ async fn diff(txn: &impl ConnectionTrait, id: &Value) -> Result<Diffed, MergeErr
         new: n(0)?,
         absent: n(1)?,
         changed: n(2)?,
+        deletes: n(3)?,
     })
+}
+
+/// Runs one statement of the merge; its row count must be what the diff found.
+async fn apply(
+    txn: &impl ConnectionTrait,
+    step: Step,
+    sql: &str,
+    values: Vec<Value>,
+    expected: u64,
+) -> Result<u64, MergeError> {
+    let actual = txn
+        .execute(stmt(sql, values))
+        .await
+        .map_err(at(step))?
+        .rows_affected();
+    if actual != expected {
+        return Err(MergeError::Mismatch {
+            step,
+            expected,
+            actual,
+        });
+    }
+    Ok(actual)
 }
 
 /// Applies the load in one transaction and commits, or rolls back on any error.
@@ -469,28 +655,85 @@ pub async fn merge(
     guard: Guard,
     step: &mut dyn FnMut(Step),
 ) -> Result<Counts, MergeError> {
-    let id: Value = load.load_id.uuid().into();
-    let protected: Value = load.protected.clone().into();
     step(Step::Begin);
     let txn = db.begin().await.map_err(at(Step::Begin))?;
+    match merge_in(&txn, load, guard, step).await {
+        Ok((counts, session)) => {
+            step(Step::Commit);
+            commit(db, txn, load.load_id, &session, Outcome::Synced).await?;
+            Ok(counts)
+        }
+        Err(e) => {
+            // Explicitly, so the locks are gone before the blockers are read.
+            if let Err(rollback) = txn.rollback().await {
+                tracing::warn!(error = %rollback, "rolling back the merge failed; the server rolls it back when the connection closes");
+            }
+            Err(explain_lock_timeout(db, e, load.lock_wait).await)
+        }
+    }
+}
+
+/// A step that failed on `lock_timeout` becomes `Busy`, naming the sessions it
+/// waited for.
+pub(super) async fn explain_lock_timeout(
+    db: &DatabaseConnection,
+    e: MergeError,
+    waited: std::time::Duration,
+) -> MergeError {
+    match e {
+        MergeError::Step { step, source } if is_lock_timeout(&source) => MergeError::Busy {
+            step,
+            waited,
+            blockers: blockers(db).await,
+            source,
+        },
+        e => e,
+    }
+}
+
+/// The merge's statements, in `txn` (not committed).
+async fn merge_in(
+    txn: &DatabaseTransaction,
+    load: &Load<'_>,
+    guard: Guard,
+    step: &mut dyn FnMut(Step),
+) -> Result<(Counts, Session), MergeError> {
+    let id: Value = load.load_id.uuid().into();
+    let protected: Value = load.protected.clone().into();
+    bound_lock_waits(txn, load.lock_wait)
+        .await
+        .map_err(at(Step::Begin))?;
     // Not counted as an edit outside the agent (drift.rs).
     txn.execute_unprepared(super::drift::OWN_WRITE)
         .await
         .map_err(at(Step::Begin))?;
+    // The writer lock first: the transaction's id (taken by the exclusive lock on
+    // staging, or by its first write) then follows every other writer's that
+    // committed before it, and precedes every later writer's.
+    step(Step::Lock);
+    lock_writers(txn).await.map_err(at(Step::Lock))?;
     step(Step::Verify);
-    verify(&txn, load).await?;
-    let session = session(&txn).await.map_err(at(Step::Begin))?;
+    verify(txn, load).await?;
+    let session = session(txn).await.map_err(at(Step::Begin))?;
+    // Under the writer lock: a row committed while the lock was awaited is seen.
     let empty = count(
-        &txn,
+        txn,
         "SELECT count(*) FROM (SELECT 1 FROM public.followers LIMIT 1) t",
         vec![],
     )
     .await
-    .map_err(at(Step::Begin))?
+    .map_err(at(Step::Lock))?
         == 0;
     let (current, inserted, updated, deleted) = if empty {
         step(Step::Insert);
-        let inserted = fill(&txn, &id, &load.modified_at_zone).await?;
+        let inserted = fill(txn, load, &id).await?;
+        if inserted != load.distinct {
+            return Err(MergeError::Mismatch {
+                step: Step::Insert,
+                expected: load.distinct,
+                actual: inserted,
+            });
+        }
         (0, inserted, 0, 0)
     } else {
         step(Step::Diff);
@@ -498,7 +741,8 @@ pub async fn merge(
             new,
             absent,
             changed,
-        } = diff(&txn, &id).await?;
+            deletes,
+        } = diff(txn, &id, &protected).await?;
         // Every follower is either matched by a row of the load or absent from it.
         let current = load.distinct.saturating_sub(new) + absent;
         if (changed as f64) < PROBE_BELOW * current as f64 {
@@ -528,33 +772,23 @@ pub async fn merge(
             .concat()
         };
         step(Step::Update);
-        let updated = txn
-            .execute(stmt(update, zone()))
-            .await
-            .map_err(at(Step::Update))?
-            .rows_affected();
+        let updates = changed - new - absent;
+        let updated = apply(txn, Step::Update, update, zone(), updates).await?;
         step(Step::Insert);
-        let inserted = txn
-            .execute(stmt(insert, zone()))
-            .await
-            .map_err(at(Step::Insert))?
-            .rows_affected();
+        let inserted = apply(txn, Step::Insert, insert, zone(), new).await?;
         step(Step::Delete);
-        let deleted = txn
-            .execute(stmt(delete, [vec![protected], journal_id].concat()))
-            .await
-            .map_err(at(Step::Delete))?
-            .rows_affected();
+        let values = [vec![protected], journal_id].concat();
+        let deleted = apply(txn, Step::Delete, delete, values, deletes).await?;
         (current, inserted, updated, deleted)
     };
     let counts = counted(load, empty, inserted, updated, deleted);
     guard.check(counts, current)?;
     step(Step::Status);
-    history::mark_synced(&txn, load.load_id, load.hash)
+    history::mark_synced(txn, load.load_id, load.hash)
         .await
         .map_err(at(Step::Status))?;
     history::finish(
-        &txn,
+        txn,
         load.load_id,
         Outcome::Synced,
         &counts,
@@ -563,18 +797,22 @@ pub async fn merge(
     )
     .await
     .map_err(at(Step::Record))?;
+    journal::order(txn, load.load_id)
+        .await
+        .map_err(at(Step::Record))?;
+    journal::mark_xid(txn, load.load_id, empty)
+        .await
+        .map_err(at(Step::Record))?;
     if load.journal {
-        journal::seal(&txn, load.load_id, counts.journaled, empty)
+        journal::seal(txn, load.load_id, counts.journaled, empty)
             .await
             .map_err(at(Step::Record))?;
     }
     // Staging holds this load (checked under the lock taken by verify) and
     // at most rows of a run that lost its lock, which fails its own verify.
     step(Step::Cleanup);
-    cleanup(&txn, load).await?;
-    step(Step::Commit);
-    commit(db, txn, load.load_id, &session, Outcome::Synced).await?;
-    Ok(counts)
+    cleanup(txn, load).await?;
+    Ok((counts, session))
 }
 
 /// Commits `txn`, which records the run `load_id` as `outcome`. When the

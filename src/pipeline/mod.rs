@@ -207,7 +207,7 @@ pub enum SyncError {
     Drift {
         drift: String,
         #[source]
-        source: MergeError,
+        source: Box<MergeError>,
     },
     #[error("cannot lock or reach the database")]
     Db(#[from] DbError),
@@ -239,9 +239,8 @@ impl SyncError {
             | Self::StillWriting { .. }
             | Self::OtherFile { .. }
             | Self::NotReady { .. } => Outcome::Refused,
-            Self::Merge(e) | Self::Drift { source: e, .. } if e.refusal_counts().is_some() => {
-                Outcome::Refused
-            }
+            Self::Merge(e) if e.refusal_counts().is_some() => Outcome::Refused,
+            Self::Drift { source, .. } if source.refusal_counts().is_some() => Outcome::Refused,
             Self::Read(e) if e.is_content() => Outcome::Refused,
             _ => Outcome::Failed,
         }
@@ -258,7 +257,7 @@ impl SyncError {
                 DbError::Connect { .. } | DbError::LockConnect { .. } | DbError::Lock(_) => true,
                 _ => transient_cause(e),
             },
-            Self::Merge(MergeError::Lost(_)) => true,
+            Self::Merge(MergeError::Lost(_) | MergeError::Busy { .. }) => true,
             Self::Merge(MergeError::Step { source, .. }) => transient_db(source),
             Self::Bookkeeping(e) => transient_db(e),
             Self::Stage(e) => transient_cause(e),
@@ -284,18 +283,20 @@ impl SyncError {
             Self::StillWriting { .. } => "settle",
             Self::OtherFile { .. } => "file",
             Self::Stage(_) => "stage",
-            Self::Merge(MergeError::Step { step, .. })
-            | Self::Drift {
-                source: MergeError::Step { step, .. },
-                ..
-            } => step.name(),
-            Self::Drift { .. } => "guard",
+            Self::Merge(MergeError::Step { step, .. }) => step.name(),
+            Self::Drift { source, .. } => match source.as_ref() {
+                MergeError::Step { step, .. } => step.name(),
+                _ => "guard",
+            },
             Self::Merge(
                 MergeError::MassDelete { .. }
                 | MergeError::MassUpdate { .. }
                 | MergeError::EmptyFile { .. },
             ) => "guard",
             Self::Merge(MergeError::Lost(_)) => "verify",
+            Self::Merge(MergeError::Busy { step, .. } | MergeError::Mismatch { step, .. }) => {
+                step.name()
+            }
             Self::Merge(MergeError::CommitUnknown { .. }) => "commit",
             Self::Db(_) | Self::Bookkeeping(_) => "database",
             Self::LockBusy { .. } => "lock",
@@ -320,8 +321,13 @@ impl SyncError {
                 counts.rows_read = *rows_read;
                 counts.rejected = *rejected;
             }
-            Self::Merge(e) | Self::Drift { source: e, .. } => {
+            Self::Merge(e) => {
                 if let Some(would) = e.refusal_counts() {
+                    *counts = would;
+                }
+            }
+            Self::Drift { source, .. } => {
+                if let Some(would) = source.refusal_counts() {
                     *counts = would;
                 }
             }
@@ -890,7 +896,7 @@ async fn saga(
     let drifted = |source: MergeError| match &repairing {
         Some(drift) => SyncError::Drift {
             drift: drift.clone(),
-            source,
+            source: Box::new(source),
         },
         None => SyncError::Merge(source),
     };
@@ -983,6 +989,8 @@ async fn saga(
             .saturating_sub(duplicates.extra_rows + superseded),
         journal: settings.journal.enabled(),
         modified_at_zone: clock.zone,
+        lock_wait: settings.lock_wait_timeout,
+        key_rebuild: settings.first_sync_key_rebuild,
     };
     if request.dry_run {
         stage("plan");

@@ -1,13 +1,18 @@
 //! `followers-etl revert`: puts `followers` back to its state before one or more
 //! synced runs, from their journal (docs/operations.md#revert).
 //!
-//! Under the run lock, in ONE transaction: lock the runs to undo (every synced,
-//! not yet reverted run from the newest back to the target), refuse unless each
+//! Under the run lock, in ONE transaction that holds the merge's writer lock on
+//! `followers` (`merge::lock_writers`, docs/sync.md#readers-and-writers-during-a-run): lock the runs to undo (every synced, not yet reverted run from the
+//! newest back to the target, in commit order: `sync_runs.commit_seq`), refuse unless each
 //! has its whole journal and the table is exactly what the newest of them left
 //! for every follower they changed (else the result would not be exact), undo
 //! (`journal::undo`), mark the runs `reverted_by`, and point `table_status` at
 //! the revert with the content hash of the newest undone run, so that file is
-//! held back until it changes or `sync --force`. A crash at any point leaves
+//! held back until it changes or `sync --force`. Reaching back to a first sync
+//! into an empty table, it deletes only the rows that fill wrote (`xmin` =
+//! `sync_runs.fill_xid`) and names the followers it leaves. The delete guard
+//! (`MAX_DELETE_RATIO`, `--allow-mass-delete`) applies, and the run lock must
+//! still be held just before the commit. A crash at any point leaves
 //! the table as before or as reverted: the commit is the only switch (a lost
 //! COMMIT answer is checked as the merge's is).
 
@@ -61,6 +66,11 @@ pub struct RevertSummary {
     pub deleted: u64,
     /// Rows the journal holds for the revert itself.
     pub journaled: u64,
+    /// Reverting to before a first sync: followers left in the table because
+    /// another session wrote or changed them after that fill.
+    pub left: u64,
+    /// Up to three of them.
+    pub left_examples: Vec<String>,
     /// The file whose content the next syncs skip until it changes (after a
     /// revert only; null otherwise).
     pub held_back: Option<String>,
@@ -100,6 +110,18 @@ pub enum RevertError {
     PastFill { fill: Uuid },
     #[error("another sync of this database is in progress (advisory lock held); nothing reverted, try again")]
     Busy,
+    #[error("the revert would delete {deleted} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; nothing changed (use --allow-mass-delete if intended)", *.deleted as f64 * 100.0 / *.current as f64)]
+    MassDelete {
+        deleted: u64,
+        current: u64,
+        ratio: f64,
+    },
+    #[error("run {fill} filled the empty table before this version recorded which rows a first sync writes; a revert to before it could not be exact, nothing changed (revert the runs after it instead)")]
+    FillUnknown { fill: Uuid },
+    #[error("run {fill} filled the table more than 2^31 transactions ago, so its rows can no longer be told from others'; a revert to before it could not be exact, nothing changed")]
+    FillTooOld { fill: Uuid },
+    #[error("the revert's run lock session is gone (another agent may have taken over); rolled back, nothing changed")]
+    LostLock,
     #[error("cannot lock or reach the database")]
     Lock(#[from] DbError),
     #[error("revert failed (rolled back)")]
@@ -112,7 +134,9 @@ impl RevertError {
     /// `refused` when the journal or the table makes an exact revert impossible.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::Busy | Self::Lock(_) | Self::Db(_) | Self::Commit(_) => Outcome::Failed,
+            Self::Busy | Self::Lock(_) | Self::Db(_) | Self::Commit(_) | Self::LostLock => {
+                Outcome::Failed
+            }
             _ => Outcome::Refused,
         }
     }
@@ -132,6 +156,7 @@ pub async fn run_revert(
     ctx: &SyncContext,
     target: Target,
     dry_run: bool,
+    allow_mass_delete: bool,
     load_id: LoadId,
 ) -> RevertSummary {
     let started = Instant::now();
@@ -143,11 +168,21 @@ pub async fn run_revert(
         updated: 0,
         deleted: 0,
         journaled: 0,
+        left: 0,
+        left_examples: Vec::new(),
         held_back: None,
         duration: Duration::ZERO,
         reason: None,
     };
-    if let Err(e) = locked(ctx, target, dry_run, &mut summary).await {
+    let guard = merge::Guard {
+        max_delete_ratio: ctx.settings.max_delete_ratio,
+        allow_mass_delete,
+        // A revert puts names back; only its deletes are guarded.
+        max_update_ratio: 1.0,
+        allow_mass_update: false,
+        empty_file: false,
+    };
+    if let Err(e) = locked(ctx, target, dry_run, guard, &mut summary).await {
         summary.outcome = e.outcome();
         summary.reason = Some(error_chain(&e));
     }
@@ -166,6 +201,7 @@ pub async fn run_revert(
                 updated = summary.updated,
                 deleted = summary.deleted,
                 journaled = summary.journaled,
+                left = summary.left,
                 reason = summary.reason.as_deref().map(tracing::field::display),
                 "revert finished"
             )
@@ -183,6 +219,7 @@ async fn locked(
     ctx: &SyncContext,
     target: Target,
     dry_run: bool,
+    guard: merge::Guard,
     summary: &mut RevertSummary,
 ) -> Result<(), RevertError> {
     let db = &ctx.db;
@@ -198,18 +235,53 @@ async fn locked(
         if !ctx.settings.journal.enabled() {
             return Err(RevertError::JournalOff);
         }
+        let lock_pid = lock.as_ref().map(|l| l.pid()).unwrap_or_default();
+        let wait = ctx.settings.lock_wait_timeout;
         let txn = db.begin().await?;
         txn.execute_unprepared(super::drift::OWN_WRITE).await?;
         let session = merge::session(&txn).await?;
-        let undone = undo(&txn, load_id, target).await;
+        let undone = async {
+            merge::bound_lock_waits(&txn, wait).await?;
+            // A dry run only previews: it makes other writers wait for nothing.
+            if !dry_run {
+                merge::lock_writers(&txn)
+                    .await
+                    .map_err(|source| MergeError::Step {
+                        step: merge::Step::Lock,
+                        source,
+                    })?;
+            }
+            undo(&txn, load_id, target, guard).await
+        }
+        .await;
         let (runs, changed) = match undone {
             Ok(x) => x,
             Err(e) => {
                 // Nothing may stay: the rollback is the compensation.
                 txn.rollback().await?;
-                return Err(e);
+                return Err(match e {
+                    RevertError::Commit(e) => {
+                        RevertError::Commit(merge::explain_lock_timeout(db, e, wait).await)
+                    }
+                    RevertError::Db(source) if merge::is_lock_timeout(&source) => {
+                        RevertError::Commit(
+                            merge::explain_lock_timeout(
+                                db,
+                                MergeError::Step {
+                                    step: merge::Step::Lock,
+                                    source,
+                                },
+                                wait,
+                            )
+                            .await,
+                        )
+                    }
+                    e => e,
+                });
             }
         };
+        summary.left = changed.left;
+        summary.left_examples = changed.left_examples.clone();
         summary.inserted = changed.inserted;
         summary.updated = changed.updated;
         summary.deleted = changed.deleted;
@@ -237,6 +309,13 @@ async fn locked(
         record(&txn, load_id, &summary.undone, &held).await?;
         journal::seal(&txn, load_id, summary.journaled, false).await?;
         history::finish(&txn, load_id, Outcome::Reverted, &counts, None, None).await?;
+        journal::order(&txn, load_id).await?;
+        journal::mark_xid(&txn, load_id, false).await?;
+        // As the merge's verify: nobody else may have taken over meanwhile.
+        if !merge::holds_run_lock(&txn, lock_pid).await? {
+            txn.rollback().await?;
+            return Err(RevertError::LostLock);
+        }
         merge::commit(db, txn, load_id, &session, Outcome::Reverted).await?;
         summary.outcome = Outcome::Reverted;
         summary.held_back = Some(held.file);
@@ -268,6 +347,7 @@ async fn undo(
     txn: &DatabaseTransaction,
     load_id: LoadId,
     target: Target,
+    guard: merge::Guard,
 ) -> Result<(Vec<UndoneRun>, Undone), RevertError> {
     let target = match target {
         Target::Run(id) => id,
@@ -276,7 +356,7 @@ async fn undo(
                 .query_one(stmt(
                     "SELECT load_id FROM etl_info_schema.sync_runs
                       WHERE outcome = 'synced' AND reverted_by IS NULL
-                      ORDER BY started_at DESC, load_id DESC LIMIT 1",
+                      ORDER BY commit_seq DESC NULLS LAST, started_at DESC, load_id DESC LIMIT 1",
                     vec![],
                 ))
                 .await?
@@ -286,7 +366,7 @@ async fn undo(
     };
     let row = txn
         .query_one(stmt(
-            "SELECT outcome, reverted_by, started_at FROM etl_info_schema.sync_runs WHERE load_id = $1",
+            "SELECT outcome, reverted_by, commit_seq FROM etl_info_schema.sync_runs WHERE load_id = $1",
             vec![target.into()],
         ))
         .await?
@@ -304,23 +384,26 @@ async fn undo(
             by,
         });
     }
-    let since: NaiveDateTime = row.try_get("", "started_at")?;
+    // Every synced run has its place in the commit order (journal::order; the
+    // migration numbered the earlier ones).
+    let since: i64 = row.try_get::<Option<i64>>("", "commit_seq")?.unwrap_or(0);
     // Row locks on the runs: a concurrent prune of their journal waits, or has
     // committed and `journaled` reads NULL.
     let rows = txn
         .query_all(stmt(
             "SELECT r.load_id, r.started_at, r.file, r.trigger, r.content_hash, r.journaled, r.filled,
+                    r.write_xid::text AS write_xid,
                     (SELECT count(*) FROM etl_info_schema.sync_journal j WHERE j.load_id = r.load_id)::bigint AS found
                FROM etl_info_schema.sync_runs r
-              WHERE r.outcome = 'synced' AND r.reverted_by IS NULL
-                AND (r.started_at, r.load_id) >= ($1, $2)
-              ORDER BY r.started_at DESC, r.load_id DESC
+              WHERE r.outcome = 'synced' AND r.reverted_by IS NULL AND r.commit_seq >= $1
+              ORDER BY r.commit_seq DESC
                 FOR UPDATE OF r",
-            vec![since.into(), target.into()],
+            vec![since.into()],
         ))
         .await?;
     let mut runs = Vec::with_capacity(rows.len());
     let mut filled = false;
+    let mut fill_xid: Option<String> = None;
     for row in &rows {
         if filled {
             // An older run than one that filled an empty table: the table was
@@ -331,6 +414,7 @@ async fn undo(
             });
         }
         filled = row.try_get("", "filled")?;
+        fill_xid = row.try_get("", "write_xid")?;
         let run = UndoneRun {
             load_id: row.try_get("", "load_id")?,
             started_at: utc(row.try_get("", "started_at")?),
@@ -366,12 +450,36 @@ async fn undo(
             examples: drift.examples,
         });
     }
-    // Before a run that filled an empty table, the table was empty.
+    let current: i64 = txn
+        .query_one(stmt("SELECT count(*) FROM public.followers", vec![]))
+        .await?
+        .map(|r| r.try_get_by_index(0))
+        .transpose()?
+        .unwrap_or(0);
     let undone = if filled {
-        journal::empty(txn, load_id).await?
+        // Before a run that filled an empty table, the table was empty: what
+        // that fill wrote goes, what others wrote since stays (and is named).
+        let fill = ids[ids.len() - 1];
+        let xid = fill_xid.ok_or(RevertError::FillUnknown { fill })?;
+        if journal::fill_too_old(txn, &xid).await? {
+            return Err(RevertError::FillTooOld { fill });
+        }
+        let later = &ids[..ids.len() - 1];
+        let removed = journal::unfill(txn, load_id, later).await?;
+        let mut undone = journal::undo(txn, load_id, later, true).await?;
+        undone.deleted += removed;
+        (undone.left, undone.left_examples) = journal::left(txn).await?;
+        undone
     } else {
-        journal::undo(txn, load_id, &ids).await?
+        journal::undo(txn, load_id, &ids, false).await?
     };
+    if guard.refuses_deletes(undone.deleted, current as u64) {
+        return Err(RevertError::MassDelete {
+            deleted: undone.deleted,
+            current: current as u64,
+            ratio: guard.max_delete_ratio,
+        });
+    }
     Ok((runs, undone))
 }
 

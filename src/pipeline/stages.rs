@@ -17,6 +17,7 @@ pub const ORDER: &[&str] = &[
     "dedupe",
     "merge",
     "merge.begin",
+    "merge.lock",
     "merge.verify",
     "merge.diff",
     "merge.update",

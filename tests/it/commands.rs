@@ -334,7 +334,7 @@ async fn rejects_last_is_the_newest_run_that_read_a_file_and_writes_like_every_c
         text.push_str(&format!("bad{i},{}\n", "n".repeat(40)));
     }
     env.write_csv(&text);
-    let sync = env.sync_with(&[], &[("MAX_REJECTS", "5000")]);
+    let sync = env.sync_with(&["--allow-mass-update"], &[("MAX_REJECTS", "5000")]);
     assert_eq!(sync.outcome(), "synced", "{sync:?}");
     let load_id = sync.json()["load_id"].as_str().unwrap().to_owned();
     // A refused revert (the table drifted) reads no file.
@@ -387,7 +387,7 @@ async fn runs_pruned_from_the_history_take_their_journal_with_them() {
     let c = [("ann@example.com", "Ann C"), ("bob@example.com", "Bob C")];
     for rows in [&a[..], &b, &c] {
         env.write_csv(csv(rows));
-        env.synced(&[]);
+        env.synced(&["--allow-mass-update"]); // renames most followers
     }
     // Two reverts: the first (of C) is journaled and then no longer the run
     // table_status names; C stays the newest synced run, kept by the history.
@@ -420,7 +420,7 @@ async fn a_one_off_run_with_the_journal_off_says_at_warn_that_it_dropped_the_jou
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
     env.write_csv(csv(&[("ann@example.com", "Ann Lee")]));
-    env.synced(&[]);
+    env.synced(&["--allow-mass-update"]); // renames the only follower
     env.write_csv(csv(&[
         ("ann@example.com", "Ann Lee"),
         ("bob@example.com", "Bob"),

@@ -287,8 +287,9 @@ async fn a_zero_byte_file_is_refused_whatever_max_delete_ratio() {
     assert!(env.followers().await.is_empty());
 }
 
-/// `serve` retries a run that a concurrent writer made fail (a unique violation on
-/// an email the writer inserted meanwhile), without waiting for the next trigger.
+/// `serve` retries a run that a concurrent writer made fail (its transaction held
+/// `followers` beyond `LOCK_WAIT_TIMEOUT`: docs/sync.md#readers-and-writers-during-a-run),
+/// without waiting for the next trigger.
 #[tokio::test]
 async fn serve_retries_a_run_failed_by_a_concurrent_writer() {
     let env = TestEnv::new().await;
@@ -310,6 +311,7 @@ async fn serve_retries_a_run_failed_by_a_concurrent_writer() {
         ("WATCH", "false"),
         ("RETRY_BACKOFF", "500ms"),
         ("RETRY_MAX_ATTEMPTS", "3"),
+        ("LOCK_WAIT_TIMEOUT", "1s"),
     ]);
     eventually_logged(&agent, 30, "the merge waiting for the writer", || async {
         (env.scalar(
@@ -321,6 +323,19 @@ async fn serve_retries_a_run_failed_by_a_concurrent_writer() {
         .then_some(())
     })
     .await;
+    eventually_logged(
+        &agent,
+        30,
+        "the first run failed on the lock wait",
+        || async {
+            env.runs_by("start")
+                .await
+                .iter()
+                .any(|r| r.0 == "failed")
+                .then_some(())
+        },
+    )
+    .await;
     sqlx::raw_sql("COMMIT").execute(&mut writer).await.unwrap();
     wait_until_synced(&env, &agent, &grown).await;
     let start = env.runs_by("start").await;
@@ -328,7 +343,7 @@ async fn serve_retries_a_run_failed_by_a_concurrent_writer() {
     assert_eq!(outcomes, ["failed", "synced"], "{}", agent.log_text());
     let (_, _, error) = first_failure(&env).await;
     assert!(
-        error.contains("duplicate key") || error.contains("unique"),
+        error.contains("LOCK_WAIT_TIMEOUT=1s") && error.contains("lock timeout"),
         "{error}"
     );
     assert!(

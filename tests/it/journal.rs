@@ -150,8 +150,21 @@ async fn revert_last_gives_back_exactly_the_previous_table_and_holds_the_file_ba
     );
     assert!(text.stdout.contains("is held back"), "{text:?}");
 
-    // Reverting again reaches back to A's own sync: the table empties.
-    let nothing_left = revert(&env, &["--last"]);
+    // Reverting again reaches back to A's own sync: the table would empty,
+    // which the delete guard refuses unless approved.
+    let guarded = revert(&env, &["--last"]);
+    assert_eq!(
+        (guarded.code, guarded.outcome().as_str()),
+        (1, "refused"),
+        "{guarded:?}"
+    );
+    assert!(
+        guarded.stderr.contains("MAX_DELETE_RATIO")
+            && guarded.stderr.contains("--allow-mass-delete"),
+        "{guarded:?}"
+    );
+    assert_eq!(table(&env).await, a);
+    let nothing_left = revert(&env, &["--last", "--allow-mass-delete"]);
     assert_eq!(nothing_left.outcome(), "reverted", "{nothing_left:?}");
     assert_eq!(nothing_left.n("deleted"), 4);
     assert!(table(&env).await.is_empty());
@@ -497,7 +510,7 @@ async fn a_revert_past_a_fill_of_a_table_emptied_outside_the_agent_is_refused() 
     );
     assert_eq!(table(&env).await, b);
     // Back to before B: the empty table B filled.
-    let done = revert(&env, &["--last"]);
+    let done = revert(&env, &["--last", "--allow-mass-delete"]);
     assert_eq!(
         (done.outcome().as_str(), done.n("deleted")),
         ("reverted", 4)

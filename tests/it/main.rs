@@ -3,6 +3,7 @@
 //! faults use a private server (`private_pg.rs`).
 
 mod commands;
+mod concurrency;
 mod connection;
 mod crash;
 mod db_faults;
@@ -22,6 +23,7 @@ mod operator;
 mod private_pg;
 mod serve;
 mod settle;
+mod shapes;
 mod stability;
 mod sync;
 mod takeover;

@@ -254,6 +254,7 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
             "merge",
             // The merge transaction's steps, timed one by one.
             "merge.begin",
+            "merge.lock",
             "merge.verify",
             "merge.diff",
             "merge.update",
