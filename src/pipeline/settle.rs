@@ -180,14 +180,14 @@ impl Rules {
     fn unsettled(&self, quiet_for: Duration, terminated: bool) -> Option<String> {
         if quiet_for < self.quiet {
             return Some(format!(
-                "it changed {:.1}s ago, less than WATCH_DEBOUNCE={:.1}s",
+                "the agent has seen it unchanged for {:.1}s, less than WATCH_DEBOUNCE={:.1}s",
                 quiet_for.as_secs_f64(),
                 self.quiet.as_secs_f64()
             ));
         }
         if !terminated && quiet_for < self.unterminated {
             return Some(format!(
-                "its last line has no line break and it changed {:.1}s ago (an unfinished line must stay unchanged for {UNTERMINATED_FACTOR} × WATCH_DEBOUNCE = {:.1}s)",
+                "its last line has no line break and the agent has seen it unchanged for {:.1}s (an unfinished line must stay unchanged for {UNTERMINATED_FACTOR} × WATCH_DEBOUNCE = {:.1}s)",
                 quiet_for.as_secs_f64(),
                 self.unterminated.as_secs_f64()
             ));
