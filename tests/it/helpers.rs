@@ -601,3 +601,22 @@ impl Drop for TestRole {
         );
     }
 }
+
+/// Two versions of a small file shared by the journal and table-shape tests.
+pub(crate) mod fixtures {
+    /// Four followers.
+    pub(crate) const A: &[(&str, &str)] = &[
+        ("ann@example.com", "Ann"),
+        ("bob@example.com", "Bob"),
+        ("cy@example.com", "Cy"),
+        ("dee@example.com", "Dee"),
+    ];
+
+    /// From A: ann renamed, bob deleted, eve inserted; cy and dee unchanged.
+    pub(crate) const B: &[(&str, &str)] = &[
+        ("ann@example.com", "Ann Smith"),
+        ("cy@example.com", "Cy"),
+        ("dee@example.com", "Dee"),
+        ("eve@example.com", "Eve"),
+    ];
+}

@@ -4,20 +4,7 @@ use crate::helpers::*;
 use sqlx::Row;
 use std::time::Duration;
 
-const A: &[(&str, &str)] = &[
-    ("ann@example.com", "Ann"),
-    ("bob@example.com", "Bob"),
-    ("cy@example.com", "Cy"),
-    ("dee@example.com", "Dee"),
-];
-
-/// From A: ann renamed, bob deleted, eve inserted; cy and dee unchanged.
-const B: &[(&str, &str)] = &[
-    ("ann@example.com", "Ann Smith"),
-    ("cy@example.com", "Cy"),
-    ("dee@example.com", "Dee"),
-    ("eve@example.com", "Eve"),
-];
+use crate::helpers::fixtures::{A, B};
 
 type Row3 = (String, String, chrono::NaiveDateTime);
 

@@ -13,20 +13,7 @@ use sqlx::{Connection, Row};
 use std::process::Stdio;
 use std::time::Duration;
 
-const A: &[(&str, &str)] = &[
-    ("ann@example.com", "Ann"),
-    ("bob@example.com", "Bob"),
-    ("cy@example.com", "Cy"),
-    ("dee@example.com", "Dee"),
-];
-
-/// From A: ann renamed, bob deleted, eve inserted.
-const B: &[(&str, &str)] = &[
-    ("ann@example.com", "Ann Smith"),
-    ("cy@example.com", "Cy"),
-    ("dee@example.com", "Dee"),
-    ("eve@example.com", "Eve"),
-];
+use crate::helpers::fixtures::{A, B};
 
 struct Shape {
     /// Run before the agent's migrations (the old service's database).
