@@ -41,11 +41,22 @@ impl<R> LineTracker<R> {
         bytes.iter().filter(|b| **b == self.eol).count() as u64
     }
 
+    /// How many of the bytes not yet attributed (`pending[head..]`) lie before byte
+    /// `at` of the text: all of them when `at` is further on. The distance
+    /// saturates at `usize::MAX` (only possible with 32-bit pointers), which is the
+    /// right meaning: it is capped at the bytes held either way.
+    fn live_before(&self, at: u64) -> usize {
+        let live = self.pending.len() - self.head;
+        usize::try_from(at.saturating_sub(self.pending_start))
+            .unwrap_or(usize::MAX)
+            .min(live)
+    }
+
     /// The 1-based line of the record whose span starts at byte `start` (the
     /// span may begin with the rest of the previous terminator and blank lines).
     pub(super) fn line_of_record_at(&mut self, start: u64) -> u64 {
         let live = &self.pending[self.head..];
-        let upto = (start.saturating_sub(self.pending_start) as usize).min(live.len());
+        let upto = self.live_before(start);
         self.lines += self.count_lines(&live[..upto]);
         self.head += upto;
         self.pending_start += upto as u64;
@@ -62,7 +73,7 @@ impl<R> LineTracker<R> {
     /// its own terminator included.
     pub(super) fn record_bytes(&self, end: u64) -> &[u8] {
         let live = &self.pending[self.head..];
-        let len = (end.saturating_sub(self.pending_start) as usize).min(live.len());
+        let len = self.live_before(end);
         let span = &live[..len];
         let lead = span
             .iter()
@@ -77,7 +88,7 @@ impl<R> LineTracker<R> {
     /// and its offset.
     pub(super) fn record_text(&self, end: u64) -> (u64, Vec<u8>) {
         let live = &self.pending[self.head..];
-        let len = (end.saturating_sub(self.pending_start) as usize).min(live.len());
+        let len = self.live_before(end);
         let span = &live[..len];
         let lead = span
             .iter()
