@@ -103,7 +103,7 @@ pub fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
     // First, in every column (also ignored ones): a quote left open swallows the
     // following lines into one field, whatever the field count turns out to be.
     // The reader hands over line breaks as '\n' and stray line-end characters as
-    // '\r', whatever the file's line ending (see read.rs).
+    // '\r', whatever the file's line ending (see `read/lines.rs`, `normalise_line_ends`).
     let field_with = |byte: u8| row.record.iter().position(|f| f.contains(&byte));
     if let Some(i) = field_with(b'\n') {
         return Err(reject(RejectReason::LineBreak { field: i + 1 }, None));
