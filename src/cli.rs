@@ -6,9 +6,9 @@ use crate::domain::LoadId;
 use crate::domain::{Outcome, Trigger};
 use crate::errors::error_chain;
 use crate::exit;
-use crate::history;
 use crate::pipeline::revert::{RevertSummary, Target};
 use crate::pipeline::{self, ProgressStyle, Summary, SyncContext, SyncRequest};
+use crate::runs;
 use crate::signals::{self, Hangup};
 use crate::telemetry::{report, report_raw};
 use chrono::{DateTime, Utc};
@@ -353,7 +353,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     // Bounded: a database that stopped answering must not hold the exit.
     let pruned = tokio::time::timeout(
         ctx.settings.db_timeout,
-        history::prune_or_warn(&ctx.db, ctx.settings.history),
+        runs::prune_or_warn(&ctx.db, ctx.settings.history),
     );
     if pruned.await.is_err() {
         tracing::warn!(

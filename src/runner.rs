@@ -103,7 +103,7 @@ impl PipelineSync {
         };
         let (db, bound) = (self.ctx.db.clone(), self.ctx.settings.history);
         tokio::spawn(async move {
-            crate::history::prune_or_warn(&db, bound).await;
+            crate::runs::prune_or_warn(&db, bound).await;
             drop(permit);
         });
     }

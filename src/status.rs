@@ -6,9 +6,9 @@
 
 use crate::config::Settings;
 use crate::domain::Counts;
-use crate::history::{self, RunRecord};
 use crate::pipeline::drift::{self, Drift};
-use crate::pipeline::stages;
+use crate::pipeline::timings;
+use crate::runs::{self, RunRecord};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use entity::table_status;
 use sea_orm::{ConnectionTrait, DbErr};
@@ -103,7 +103,7 @@ impl StageDurations {
             .and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or_default();
         let rank = |name: &str| {
-            stages::ORDER
+            timings::ORDER
                 .iter()
                 .position(|s| *s == name)
                 .unwrap_or(usize::MAX)
@@ -172,13 +172,13 @@ pub async fn report(
     // Only a cron run within the last interval can still set the beat of `@every`.
     let beat_since = now - from_now.map_or(chrono::TimeDelta::zero(), |next| next - now);
     let (followers, synced, decisive, recent, tables, last_cron, reverted) = tokio::try_join!(
-        history::follower_count(db),
-        history::last_synced(db),
-        history::last_decisive(db),
-        history::recent(db, limit.max(1)),
-        history::table_status(db),
-        history::last_cron_start(db, beat_since.naive_utc()),
-        history::reverted_state(db),
+        runs::follower_count(db),
+        runs::last_synced(db),
+        runs::last_decisive(db),
+        runs::recent(db, limit.max(1)),
+        runs::table_status(db),
+        runs::last_cron_start(db, beat_since.naive_utc()),
+        runs::reverted_state(db),
     )?;
     let drift = drift::check(db, settings.verify_every).await.ok();
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
@@ -192,7 +192,7 @@ pub async fn report(
         )),
         None => tables
             .iter()
-            .find(|t| t.table_name == history::TARGET_TABLE)
+            .find(|t| t.table_name == runs::TARGET_TABLE)
             .and_then(|t| Some((t.load_id, t.last_activity?.0, None, None))),
     }
     .map(|(load_id, at, file, reverted_by)| LastSuccess {
@@ -227,7 +227,7 @@ pub async fn report(
         next_run,
         last_run,
         attention,
-        reverted: reverted.as_ref().map(history::reverted_json),
+        reverted: reverted.as_ref().map(runs::reverted_json),
         drift,
         table_status: tables,
         runs,

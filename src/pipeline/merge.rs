@@ -39,7 +39,7 @@
 use super::journal;
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome};
-use crate::history;
+use crate::runs;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
     TransactionTrait, Value,
@@ -485,7 +485,7 @@ async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merg
             .map_err(at(Step::Cleanup))?;
         return Ok(());
     }
-    let cleaned = super::stage::discard(txn, load.load_id)
+    let cleaned = super::staging::discard(txn, load.load_id)
         .await
         .map_err(at(Step::Cleanup))?;
     if cleaned != load.distinct {
@@ -784,10 +784,10 @@ async fn merge_in(
     let counts = counted(load, empty, inserted, updated, deleted);
     guard.check(counts, current)?;
     step(Step::Status);
-    history::mark_synced(txn, load.load_id, load.hash)
+    runs::mark_synced(txn, load.load_id, load.hash)
         .await
         .map_err(at(Step::Status))?;
-    history::finish(
+    runs::finish(
         txn,
         load.load_id,
         Outcome::Synced,

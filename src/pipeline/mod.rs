@@ -17,8 +17,8 @@ pub mod read;
 pub mod ready;
 pub mod revert;
 pub mod settle;
-pub mod stage;
-pub mod stages;
+pub mod staging;
+pub mod timings;
 pub mod validate;
 
 use crate::config::{CsvFormat, Settings};
@@ -26,18 +26,18 @@ use crate::db::{AdvisoryLock, DbError};
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome, Trigger};
 use crate::errors::error_chain;
-use crate::history;
+use crate::runs;
 use merge::{Guard, Load, MergeError};
 use progress::Progress;
 use read::{CsvRecords, ReadError};
 use sea_orm::{DatabaseConnection, DbErr};
 use serde::Serialize;
-use stage::{Batch, StageError};
-use stages::StageTimes;
+use staging::{Batch, StageError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use timings::StageTimes;
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 use validate::{validate, Reject, RejectReason};
@@ -416,7 +416,7 @@ pub async fn run_sync(
     } else {
         tokio::time::timeout(
             COMPENSATION_REACH_TIMEOUT,
-            history::record_stages(&ctx.db, load_id, &stages.to_json()),
+            runs::record_stages(&ctx.db, load_id, &stages.to_json()),
         )
         .await
     };
@@ -524,7 +524,7 @@ fn level_enabled(level: Level) -> bool {
 pub async fn prune_journal(ctx: &SyncContext) {
     // JOURNAL_KEEP_RUNS=0, even for one run, drops what could be reverted: say so.
     let dropping = match ctx.settings.journal.keep_runs {
-        0 => history::journaled_runs(&ctx.db).await.unwrap_or(0),
+        0 => runs::journaled_runs(&ctx.db).await.unwrap_or(0),
         _ => 0,
     };
     match journal::prune(&ctx.db, ctx.settings.journal).await {
@@ -641,8 +641,8 @@ async fn locked_run(
     // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
     let stalled = lock.stalled(ctx.settings.db_timeout);
     let work = async {
-        history::recover(db).await.map_err(SyncError::Bookkeeping)?;
-        history::start(db, load_id, request.trigger, &file, None)
+        runs::recover(db).await.map_err(SyncError::Bookkeeping)?;
+        runs::start(db, load_id, request.trigger, &file, None)
             .await
             .map_err(SyncError::Bookkeeping)?;
         let tally = Arc::new(ReadTally::default());
@@ -677,7 +677,7 @@ async fn locked_run(
             // A refusal of the content is remembered: later runs skip it cheaply.
             if let Some(hash) = refused {
                 let key = refusal_key(&ctx.settings, hash);
-                if let Err(e) = history::remember_refusal(db, load_id, &key).await {
+                if let Err(e) = runs::remember_refusal(db, load_id, &key).await {
                     tracing::warn!(error = %error_chain(&e), "could not remember the refusal; the next run reads the file again");
                 }
             }
@@ -744,10 +744,10 @@ async fn record_unlocked(
     outcome: Outcome,
     reason: &str,
 ) -> Result<(), SyncError> {
-    history::start(db, load_id, trigger, file, None)
+    runs::start(db, load_id, trigger, file, None)
         .await
         .map_err(SyncError::Bookkeeping)?;
-    history::finish(db, load_id, outcome, &Counts::default(), Some(reason), None)
+    runs::finish(db, load_id, outcome, &Counts::default(), Some(reason), None)
         .await
         .map_err(SyncError::Bookkeeping)
 }
@@ -792,10 +792,10 @@ async fn compensate(
         );
         return;
     }
-    if let Err(e) = stage::purge(db, load_id).await {
+    if let Err(e) = staging::purge(db, load_id).await {
         tracing::error!(error = %error_chain(&e), "could not remove staging rows; the next run removes them");
     }
-    if let Err(e) = history::finish(
+    if let Err(e) = runs::finish(
         db,
         load_id,
         error.outcome(),
@@ -839,7 +839,7 @@ async fn saga(
     crate::config::confine("CSV_FILE", &settings.tables_dir, file).map_err(SyncError::Outside)?;
     if !request.allow_file_change {
         let this = crate::config::file_identity(file).display().to_string();
-        let last = history::last_synced_file(db)
+        let last = runs::last_synced_file(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
         if let Some(last) = last.filter(|last| *last != this) {
@@ -850,12 +850,12 @@ async fn saga(
         _ = cancel.cancelled() => return Err(SyncError::Cancelled),
         hash = hash(file, settings.csv) => hash?,
     };
-    let last = history::last_synced_hash(db)
+    let last = runs::last_synced_hash(db)
         .await
         .map_err(SyncError::Bookkeeping)?;
     let mut repairing = None;
     if !request.force && last.as_deref() == Some(hash.as_str()) {
-        let reverted = history::reverted_state(db)
+        let reverted = runs::reverted_state(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
         // Is the table still what the last sync left? (docs: "Edits outside the agent")
@@ -872,7 +872,7 @@ async fn saga(
                 ),
                 None => "unchanged since the last successful sync".to_owned(),
             };
-            history::finish(
+            runs::finish(
                 db,
                 load_id,
                 Outcome::Skipped,
@@ -901,7 +901,7 @@ async fn saga(
         None => SyncError::Merge(source),
     };
     if let Some(reason) = refused_earlier(db, request, &refusal_key(settings, &hash)).await? {
-        history::finish(
+        runs::finish(
             db,
             load_id,
             Outcome::Skipped,
@@ -923,7 +923,7 @@ async fn saga(
     };
     // An empty file is refused before anything is staged (a dry run plans it).
     if guard.empty_file && !request.dry_run {
-        let current = history::follower_count(db)
+        let current = runs::follower_count(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
         let current = u64::try_from(current).unwrap_or(0);
@@ -965,11 +965,11 @@ async fn saga(
         return Err(SyncError::Cancelled);
     }
     let duplicates =
-        stage::resolve_duplicates(db, load_id, REPORT_LIMIT as u64, &read.candidates).await?;
+        staging::resolve_duplicates(db, load_id, REPORT_LIMIT as u64, &read.candidates).await?;
     for (email, lines) in &duplicates.examples {
         tracing::warn!(file = %file.display(), %email, ?lines, "duplicate email; the last valid occurrence wins unless a later rejected row leaves the follower as it is");
     }
-    let superseded = stage::drop_superseded(db, load_id, &read.protected).await?;
+    let superseded = staging::drop_superseded(db, load_id, &read.protected).await?;
     // A valid row followed by a rejected row of the same email is a duplicate too.
     counts.duplicates = duplicates.extra_rows + superseded;
     if cancel.is_cancelled() {
@@ -996,11 +996,11 @@ async fn saga(
         stage("plan");
         let (planned, refusal) = merge::plan(db, &load, guard).await.map_err(drifted)?;
         *counts = planned;
-        stage::purge(db, load_id)
+        staging::purge(db, load_id)
             .await
             .map_err(SyncError::Bookkeeping)?;
         let note = refusal.map(|e| format!("{WOULD_REFUSE}{}", error_chain(&drifted(e))));
-        history::finish(
+        runs::finish(
             db,
             load_id,
             Outcome::DryRun,
@@ -1041,7 +1041,7 @@ async fn refused_earlier(
     if request.approves() || request.dry_run {
         return Ok(None);
     }
-    let refused = history::standing_refusal(db, key)
+    let refused = runs::standing_refusal(db, key)
         .await
         .map_err(SyncError::Bookkeeping)?;
     Ok(refused.map(|(load_id, why)| {
@@ -1125,7 +1125,7 @@ async fn read_and_stage(
             span.in_scope(|| produce(&file, &settings, tx, &cancel, &progress, &tally))
         })
     };
-    let copied = stage::copy_batches(
+    let copied = staging::copy_batches(
         ctx.db.get_postgres_connection_pool(),
         load_id,
         ctx.settings.workers,
