@@ -1,7 +1,7 @@
 //! followers-etl: keeps `public.followers` an exact, safe mirror of a CSV file.
 //!
 //! trigger (`triggers`, `agent`) → read → validate → stage → merge/purge saga →
-//! record (`pipeline`, `history`). `main.rs` only parses the command line, loads the
+//! record (`pipeline`, `runs`). `main.rs` only parses the command line, loads the
 //! settings and dispatches to `cli`.
 
 pub mod agent;

@@ -7,13 +7,14 @@
 use crate::config::Settings;
 use crate::domain::Counts;
 use crate::pipeline::drift::{self, Drift};
-use crate::pipeline::timings;
+use crate::pipeline::timings::Stage;
 use crate::runs::{self, RunRecord};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use entity::table_status;
 use sea_orm::{ConnectionTrait, DbErr};
 use serde::{Serialize, Serializer};
 use std::fmt::Write;
+use strum::IntoEnumIterator;
 
 /// A point in time, shown as UTC RFC 3339 with milliseconds (`2026-11-30T15:04:05.123Z`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,8 +88,9 @@ pub struct RunView {
     pub counts: Counts,
     /// Why the run was skipped, refused or failed (or what a dry run would do).
     pub reason: Option<String>,
-    /// Seconds per stage, in pipeline order (`lock`, `hash`, `read_and_stage`,
-    /// `dedupe`, `merge` or `plan`); only the stages the run reached.
+    /// Seconds per stage, in pipeline order (`Stage`: `ready`, `settle`, `lock`,
+    /// `hash`, `read_and_stage`, `dedupe`, `merge` and its steps, or `plan`); only
+    /// the stages the run reached.
     pub stages: StageDurations,
 }
 
@@ -103,9 +105,8 @@ impl StageDurations {
             .and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or_default();
         let rank = |name: &str| {
-            timings::ORDER
-                .iter()
-                .position(|s| *s == name)
+            Stage::iter()
+                .position(|s| s.as_str() == name)
                 .unwrap_or(usize::MAX)
         };
         let mut all: Vec<(String, f64)> = recorded
@@ -182,7 +183,7 @@ pub async fn report(
     )?;
     let drift = drift::check(db, settings.verify_every).await.ok();
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
-    // A history from before this agent (or pruned) may only have table_status.
+    // Runs from before this agent (or pruned) may leave only table_status.
     let last_success = match &synced {
         Some(r) => Some((
             Some(r.load_id),
@@ -401,6 +402,17 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
             r#"{"lock":0.002,"hash":0.01,"read_and_stage":2.0,"merge":0.5,"later":1.0}"#
+        );
+    }
+
+    #[test]
+    fn ready_comes_before_settle_and_lock() {
+        let s = StageDurations::from_recorded(Some(
+            r#"{"lock": 0.002, "settle": 1, "ready": 0.5, "merge.diff": 0.1, "merge": 0.3}"#,
+        ));
+        assert_eq!(
+            stages_text(&s),
+            "ready 0.500s, settle 1.000s, lock 0.002s, merge 0.300s, merge.diff 0.100s"
         );
     }
 

@@ -37,6 +37,7 @@
 //! it was.
 
 use super::journal;
+use super::timings::Stage;
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome};
 use crate::runs;
@@ -63,20 +64,20 @@ pub enum Step {
 
 impl Step {
     /// The step as a stage of the run's record (`sync_runs.stages`).
-    pub fn stage_name(self) -> &'static str {
+    pub fn stage(self) -> Stage {
         match self {
-            Self::Begin => "merge.begin",
-            Self::Verify => "merge.verify",
-            Self::Lock => "merge.lock",
-            Self::Diff => "merge.diff",
-            Self::Update => "merge.update",
-            Self::Insert => "merge.insert",
-            Self::Delete => "merge.delete",
-            Self::Guard => "merge.guard",
-            Self::Status => "merge.status",
-            Self::Record => "merge.record",
-            Self::Cleanup => "merge.cleanup",
-            Self::Commit => "merge.commit",
+            Self::Begin => Stage::MergeBegin,
+            Self::Verify => Stage::MergeVerify,
+            Self::Lock => Stage::MergeLock,
+            Self::Diff => Stage::MergeDiff,
+            Self::Update => Stage::MergeUpdate,
+            Self::Insert => Stage::MergeInsert,
+            Self::Delete => Stage::MergeDelete,
+            Self::Guard => Stage::MergeGuard,
+            Self::Status => Stage::MergeStatus,
+            Self::Record => Stage::MergeRecord,
+            Self::Cleanup => Stage::MergeCleanup,
+            Self::Commit => Stage::MergeCommit,
         }
     }
 

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use timings::StageTimes;
+use timings::{Stage, StageTimes};
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 use validate::{validate, Reject, RejectReason};
@@ -270,38 +270,24 @@ impl SyncError {
         matches!(self, Self::Db(DbError::Stalled(_)))
     }
 
-    /// The stage that failed, for logs.
-    pub fn stage(&self) -> &'static str {
+    /// The stage that failed, for logs, where the error itself says; `None` for a
+    /// failure any stage may meet (the database, the run record, staging, a lost
+    /// lock, a shutdown): the run's timings then tell where it was.
+    pub fn stage(&self) -> Option<Stage> {
         match self {
             Self::Read(_)
-            | Self::Outside(_)
             | Self::TooManyRejects { .. }
             | Self::BrokenQuote { .. }
             | Self::FileChanged { .. }
             | Self::Join(_)
-            | Self::ReaderStuck => "read",
-            Self::StillWriting { .. } => "settle",
-            Self::OtherFile { .. } => "file",
-            Self::Stage(_) => "stage",
-            Self::Merge(MergeError::Step { step, .. }) => step.name(),
-            Self::Drift { source, .. } => match source.as_ref() {
-                MergeError::Step { step, .. } => step.name(),
-                _ => "guard",
-            },
-            Self::Merge(
-                MergeError::MassDelete { .. }
-                | MergeError::MassUpdate { .. }
-                | MergeError::EmptyFile { .. },
-            ) => "guard",
-            Self::Merge(MergeError::Lost(_)) => "verify",
-            Self::Merge(MergeError::Busy { step, .. } | MergeError::Mismatch { step, .. }) => {
-                step.name()
-            }
-            Self::Merge(MergeError::CommitUnknown { .. }) => "commit",
-            Self::Db(_) | Self::Bookkeeping(_) => "database",
-            Self::LockBusy { .. } => "lock",
-            Self::NotReady { .. } => "ready",
-            Self::Cancelled => "cancel",
+            | Self::ReaderStuck => Some(Stage::ReadAndStage),
+            Self::NotReady { .. } => Some(Stage::Ready),
+            Self::StillWriting { .. } => Some(Stage::Settle),
+            Self::LockBusy { .. } => Some(Stage::Lock),
+            Self::Outside(_) | Self::OtherFile { .. } => Some(Stage::Hash),
+            Self::Merge(e) => merge_stage(e),
+            Self::Drift { source, .. } => merge_stage(source),
+            Self::Stage(_) | Self::Db(_) | Self::Bookkeeping(_) | Self::Cancelled => None,
         }
     }
 
@@ -394,6 +380,20 @@ fn hint_suffix(hint: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// The stage a merge error names: its step, or the guard for a refusal.
+fn merge_stage(e: &MergeError) -> Option<Stage> {
+    match e {
+        MergeError::Step { step, .. }
+        | MergeError::Busy { step, .. }
+        | MergeError::Mismatch { step, .. } => Some(step.stage()),
+        MergeError::MassDelete { .. }
+        | MergeError::MassUpdate { .. }
+        | MergeError::EmptyFile { .. } => Some(Stage::MergeGuard),
+        MergeError::CommitUnknown { .. } => Some(Stage::MergeCommit),
+        MergeError::Lost(_) => None,
+    }
+}
+
 /// Runs one sync and returns its summary; never panics, never leaves staging rows
 /// behind, and changes `followers` only when the outcome is `synced`.
 #[tracing::instrument(name = "sync", skip_all, fields(load_id = %load_id, trigger = request.trigger.as_str(), file = %request.file.display()))]
@@ -434,7 +434,7 @@ pub async fn run_sync(
         Err(e) => (
             e.outcome(),
             Some(error_chain(&e)),
-            Some(e.stage()),
+            e.stage().or(stages.last()).map(Stage::as_str),
             e.is_transient(),
         ),
     };
@@ -554,7 +554,7 @@ async fn locked_run(
         .display()
         .to_string();
     if let Some(suffix) = &ctx.settings.ready_marker {
-        stages.begin("ready");
+        stages.begin(Stage::Ready);
         // Serve's triggers try again on the marker's arrival or the next tick; a
         // run started by hand waits a bounded time, then is refused. Checked
         // before the settle step: a file without its marker is not waited on.
@@ -587,7 +587,7 @@ async fn locked_run(
             return Err(refuse_unlocked(db, load_id, request, &file, e).await);
         }
     }
-    stages.begin("settle");
+    stages.begin(Stage::Settle);
     // Settle before the lock: a file still being written holds up no other agent.
     let rules = settle::Rules::from_debounce(ctx.settings.watch_debounce);
     let settled = match settle::wait(&request.file, rules, &ctx.writes, &cancel).await {
@@ -604,7 +604,7 @@ async fn locked_run(
             return Err(refuse_unlocked(db, load_id, request, &file, e).await);
         }
     };
-    stages.begin("lock");
+    stages.begin(Stage::Lock);
     let lock = match AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? {
         None if request.approves() => match wait_for_lock(ctx, &cancel).await? {
             Some(lock) => Some(lock),
@@ -828,14 +828,14 @@ async fn saga(
     let db = &ctx.db;
     let file = &request.file;
     let progress = progress::start(ctx.progress, load_id, file);
-    let mut stage = |name: &'static str| {
-        progress.stage(name);
-        stages.begin(name);
+    let mut stage = |stage: Stage| {
+        progress.stage(stage);
+        stages.begin(stage);
     };
 
     // 1. Hash: unchanged since the last successful sync → skip. The file must
     //    still resolve inside TABLES_DIR (a symlink may have been repointed).
-    stage("hash");
+    stage(Stage::Hash);
     crate::config::confine("CSV_FILE", &settings.tables_dir, file).map_err(SyncError::Outside)?;
     if !request.allow_file_change {
         let this = crate::config::file_identity(file).display().to_string();
@@ -935,7 +935,7 @@ async fn saga(
     }
 
     // 2-5. Read, validate and stage, streaming.
-    stage("read_and_stage");
+    stage(Stage::ReadAndStage);
     let read = read_and_stage(ctx, request, load_id, &progress, tally, cancel)
         .await
         .inspect_err(|_| {
@@ -960,7 +960,7 @@ async fn saga(
 
     // 4. Duplicates: the last occurrence wins, also when it is a rejected row
     //    (then the follower stays as it is).
-    stage("dedupe");
+    stage(Stage::Dedupe);
     if cancel.is_cancelled() {
         return Err(SyncError::Cancelled);
     }
@@ -993,7 +993,7 @@ async fn saga(
         key_rebuild: settings.first_sync_key_rebuild,
     };
     if request.dry_run {
-        stage("plan");
+        stage(Stage::Plan);
         let (planned, refusal) = merge::plan(db, &load, guard).await.map_err(drifted)?;
         *counts = planned;
         staging::purge(db, load_id)
@@ -1012,8 +1012,8 @@ async fn saga(
         .map_err(SyncError::Bookkeeping)?;
         return Ok((Outcome::DryRun, note));
     }
-    stage("merge");
-    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage_name()))
+    stage(Stage::Merge);
+    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage()))
         .await
         .map_err(drifted)?;
     Ok((Outcome::Synced, None))
