@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/duplicates.sh: how long `followers-etl sync` takes on a file where one
-# address has many copies (duplicate resolution, src/pipeline/stage.rs).
+# address has many copies (duplicate resolution, src/pipeline/staging.rs).
 #
 #   bench/duplicates.sh                                  # build, then time
 #   BIN=/path/to/followers-etl bench/duplicates.sh       # time that binary

@@ -7,10 +7,10 @@ use crate::db::{self, AdvisoryLock, DbError};
 use crate::domain::Trigger;
 use crate::errors::error_chain;
 use crate::exit;
-use crate::history;
 use crate::pipeline::settle::WriteTracker;
 use crate::pipeline::{ProgressStyle, SyncContext};
 use crate::runner::{PipelineSync, Runner};
+use crate::runs;
 use crate::signals::{stop_on_signals, Hangup};
 use crate::telemetry::report;
 use crate::triggers::{ticker, watch::FileWatch};
@@ -130,7 +130,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     crate::pipeline::drift::ensure_counter(&db, settings.verify_every).await;
     match AdvisoryLock::try_run_lock(&settings.database_url).await {
         Ok(Some(lock)) => {
-            if let Err(e) = history::recover(&db).await {
+            if let Err(e) = runs::recover(&db).await {
                 tracing::warn!(error = %error_chain(&e), "recovery failed; the first run retries it");
             }
             lock.release().await;

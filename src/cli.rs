@@ -6,9 +6,9 @@ use crate::domain::LoadId;
 use crate::domain::{Outcome, Trigger};
 use crate::errors::error_chain;
 use crate::exit;
-use crate::history;
 use crate::pipeline::revert::{RevertSummary, Target};
 use crate::pipeline::{self, ProgressStyle, Summary, SyncContext, SyncRequest};
+use crate::runs;
 use crate::signals::{self, Hangup};
 use crate::telemetry::{report, report_raw};
 use chrono::{DateTime, Utc};
@@ -349,16 +349,14 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
             report(summary.level(), &format!("{}: {reason}", summary.outcome));
         }
     }
-    // After the run (and its lock): keep the run history within its bound.
+    // After the run (and its lock): keep the runs within their retention.
     // Bounded: a database that stopped answering must not hold the exit.
     let pruned = tokio::time::timeout(
         ctx.settings.db_timeout,
-        history::prune_or_warn(&ctx.db, ctx.settings.history),
+        runs::prune_or_warn(&ctx.db, ctx.settings.history),
     );
     if pruned.await.is_err() {
-        tracing::warn!(
-            "pruning the run history got no answer within DB_TIMEOUT; the next run retries"
-        );
+        tracing::warn!("pruning old runs got no answer within DB_TIMEOUT; the next run retries");
     }
     if code == ExitCode::SUCCESS && summary.refused_earlier {
         // Skipped, but the file is still refused: it needs an operator.
@@ -696,12 +694,7 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
     };
     let report = match crate::status::report(&db, settings, limit).await {
         Ok(report) => report,
-        Err(e) => {
-            return failure(
-                "cannot read the run history (run `followers-etl migrate`?)",
-                &e,
-            )
-        }
+        Err(e) => return failure("cannot read the runs (run `followers-etl migrate`?)", &e),
     };
     let mut out = Out::new();
     if json {

@@ -100,7 +100,7 @@ async fn metrics_text(State(state): State<AppState>) -> (StatusCode, String) {
             )
         }
     };
-    let count = crate::history::follower_count(&state.db);
+    let count = crate::runs::follower_count(&state.db);
     if let Ok(Ok(n)) = tokio::time::timeout(crate::db::HTTP_DB_TIMEOUT, count).await {
         crate::metrics::record_followers(n);
     }

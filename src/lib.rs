@@ -1,7 +1,7 @@
 //! followers-etl: keeps `public.followers` an exact, safe mirror of a CSV file.
 //!
 //! trigger (`triggers`, `agent`) → read → validate → stage → merge/purge saga →
-//! record (`pipeline`, `history`). `main.rs` only parses the command line, loads the
+//! record (`pipeline`, `runs`). `main.rs` only parses the command line, loads the
 //! settings and dispatches to `cli`.
 
 pub mod agent;
@@ -11,12 +11,12 @@ pub mod db;
 pub mod domain;
 pub mod errors;
 pub mod exit;
-pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod rejects;
 pub mod runner;
+pub mod runs;
 pub mod signals;
 pub mod status;
 pub mod telemetry;

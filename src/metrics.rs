@@ -2,6 +2,7 @@
 //! help texts and the recording. `http.rs` only exports them.
 
 use crate::domain::{Counts, Outcome};
+use crate::pipeline::timings::Stage;
 use metrics::Unit;
 use std::time::Duration;
 
@@ -35,11 +36,7 @@ pub fn describe() {
         Unit::Seconds,
         "Duration of sync runs, by outcome."
     );
-    metrics::describe_histogram!(
-        STAGE_DURATION,
-        Unit::Seconds,
-        "Duration of each stage of a run (settle, lock, hash, read_and_stage, dedupe, merge, plan)."
-    );
+    metrics::describe_histogram!(STAGE_DURATION, Unit::Seconds, stage_help());
     metrics::describe_gauge!(
         RUN_IN_PROGRESS,
         "1 while a sync run is in progress, else 0."
@@ -103,12 +100,31 @@ pub fn record_in_sync() {
     metrics::gauge!(REFUSED).set(0.0);
 }
 
+/// The stage histogram's help: its `stage` labels, in pipeline order.
+fn stage_help() -> String {
+    let stages: Vec<&str> = Stage::stages().map(Stage::as_str).collect();
+    format!("Duration of each stage of a run ({}).", stages.join(", "))
+}
+
 /// Records how long one stage of a run took.
-pub fn record_stage(stage: &'static str, seconds: f64) {
-    metrics::histogram!(STAGE_DURATION, "stage" => stage).record(seconds);
+pub fn record_stage(stage: Stage, seconds: f64) {
+    metrics::histogram!(STAGE_DURATION, "stage" => stage.as_str()).record(seconds);
 }
 
 /// The followers counted at a scrape.
 pub fn record_followers(count: i64) {
     metrics::gauge!(FOLLOWERS).set(count as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stage_help_names_every_label_in_pipeline_order() {
+        assert_eq!(
+            stage_help(),
+            "Duration of each stage of a run (ready, settle, lock, hash, read_and_stage, dedupe, merge, plan)."
+        );
+    }
 }

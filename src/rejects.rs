@@ -1,7 +1,7 @@
 //! The rejects report (`etl_info_schema.sync_rejects`): each run's rejected lines
 //! with their number, reason and text (cut to `read::RAW_LINE_LIMIT` bytes), for
 //! `followers-etl rejects`. Written in bulk after the run's reading ends, whatever
-//! its outcome; removed with their run (`ON DELETE CASCADE`), so the run history's
+//! its outcome; removed with their run (`ON DELETE CASCADE`), so the runs'
 //! retention bounds them too (docs/sync.md#rejects-report).
 
 use crate::domain::LoadId;

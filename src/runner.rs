@@ -78,11 +78,11 @@ where
     }
 }
 
-/// The pipeline's sync of `file`, then a prune of the run history in the background.
+/// The pipeline's sync of `file`, then a prune of old runs in the background.
 pub struct PipelineSync {
     ctx: SyncContext,
     file: PathBuf,
-    /// One permit: at most one history prune at a time.
+    /// One permit: at most one prune of old runs at a time.
     pruning: Arc<Semaphore>,
 }
 
@@ -95,7 +95,7 @@ impl PipelineSync {
         }
     }
 
-    /// Keeps the run history within its bound (docs/sync.md#run-history) on a task of
+    /// Keeps the runs within their retention (docs/sync.md#run-history) on a task of
     /// its own, so the next run never waits for it.
     fn prune_in_background(&self) {
         let Ok(permit) = self.pruning.clone().try_acquire_owned() else {
@@ -103,7 +103,7 @@ impl PipelineSync {
         };
         let (db, bound) = (self.ctx.db.clone(), self.ctx.settings.history);
         tokio::spawn(async move {
-            crate::history::prune_or_warn(&db, bound).await;
+            crate::runs::prune_or_warn(&db, bound).await;
             drop(permit);
         });
     }

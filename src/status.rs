@@ -6,14 +6,15 @@
 
 use crate::config::Settings;
 use crate::domain::Counts;
-use crate::history::{self, RunRecord};
 use crate::pipeline::drift::{self, Drift};
-use crate::pipeline::stages;
+use crate::pipeline::timings::Stage;
+use crate::runs::{self, RunRecord};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use entity::table_status;
 use sea_orm::{ConnectionTrait, DbErr};
 use serde::{Serialize, Serializer};
 use std::fmt::Write;
+use strum::IntoEnumIterator;
 
 /// A point in time, shown as UTC RFC 3339 with milliseconds (`2026-11-30T15:04:05.123Z`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,8 +88,9 @@ pub struct RunView {
     pub counts: Counts,
     /// Why the run was skipped, refused or failed (or what a dry run would do).
     pub reason: Option<String>,
-    /// Seconds per stage, in pipeline order (`lock`, `hash`, `read_and_stage`,
-    /// `dedupe`, `merge` or `plan`); only the stages the run reached.
+    /// Seconds per stage, in pipeline order (`Stage`: `ready`, `settle`, `lock`,
+    /// `hash`, `read_and_stage`, `dedupe`, `merge` and its steps, or `plan`); only
+    /// the stages the run reached.
     pub stages: StageDurations,
 }
 
@@ -103,9 +105,8 @@ impl StageDurations {
             .and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or_default();
         let rank = |name: &str| {
-            stages::ORDER
-                .iter()
-                .position(|s| *s == name)
+            Stage::iter()
+                .position(|s| s.as_str() == name)
                 .unwrap_or(usize::MAX)
         };
         let mut all: Vec<(String, f64)> = recorded
@@ -172,17 +173,17 @@ pub async fn report(
     // Only a cron run within the last interval can still set the beat of `@every`.
     let beat_since = now - from_now.map_or(chrono::TimeDelta::zero(), |next| next - now);
     let (followers, synced, decisive, recent, tables, last_cron, reverted) = tokio::try_join!(
-        history::follower_count(db),
-        history::last_synced(db),
-        history::last_decisive(db),
-        history::recent(db, limit.max(1)),
-        history::table_status(db),
-        history::last_cron_start(db, beat_since.naive_utc()),
-        history::reverted_state(db),
+        runs::follower_count(db),
+        runs::last_synced(db),
+        runs::last_decisive(db),
+        runs::recent(db, limit.max(1)),
+        runs::table_status(db),
+        runs::last_cron_start(db, beat_since.naive_utc()),
+        runs::reverted_state(db),
     )?;
     let drift = drift::check(db, settings.verify_every).await.ok();
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
-    // A history from before this agent (or pruned) may only have table_status.
+    // Runs from before this agent (or pruned) may leave only table_status.
     let last_success = match &synced {
         Some(r) => Some((
             Some(r.load_id),
@@ -192,7 +193,7 @@ pub async fn report(
         )),
         None => tables
             .iter()
-            .find(|t| t.table_name == history::TARGET_TABLE)
+            .find(|t| t.table_name == runs::TARGET_TABLE)
             .and_then(|t| Some((t.load_id, t.last_activity?.0, None, None))),
     }
     .map(|(load_id, at, file, reverted_by)| LastSuccess {
@@ -227,7 +228,7 @@ pub async fn report(
         next_run,
         last_run,
         attention,
-        reverted: reverted.as_ref().map(history::reverted_json),
+        reverted: reverted.as_ref().map(runs::reverted_json),
         drift,
         table_status: tables,
         runs,
@@ -401,6 +402,17 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
             r#"{"lock":0.002,"hash":0.01,"read_and_stage":2.0,"merge":0.5,"later":1.0}"#
+        );
+    }
+
+    #[test]
+    fn ready_comes_before_settle_and_lock() {
+        let s = StageDurations::from_recorded(Some(
+            r#"{"lock": 0.002, "settle": 1, "ready": 0.5, "merge.diff": 0.1, "merge": 0.3}"#,
+        ));
+        assert_eq!(
+            stages_text(&s),
+            "ready 0.500s, settle 1.000s, lock 0.002s, merge 0.300s, merge.diff 0.100s"
         );
     }
 

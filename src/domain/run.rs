@@ -1,5 +1,5 @@
 //! What a run is and how it ended: shared by the pipeline, the runner, the run
-//! history and the command line. The string forms (`sync_runs.outcome`,
+//! records and the command line. The string forms (`sync_runs.outcome`,
 //! `sync_runs.trigger`, log fields, metric labels, JSON) are derived.
 
 use serde::Serialize;

@@ -1,6 +1,6 @@
 //! Duplicate emails, noticed while reading in fixed memory: a Bloom filter of the
 //! staged emails (16 MiB, whatever the file's size) names every email that may
-//! occur twice. Only those are looked for in SQL afterwards (`stage::resolve_duplicates`),
+//! occur twice. Only those are looked for in SQL afterwards (`staging::resolve_duplicates`),
 //! so a file without duplicates costs no pass over the load at all. A filter
 //! never misses a real duplicate; the few false alarms are checked in SQL and
 //! found single. Past `MAX_CANDIDATES` the list is dropped and SQL checks every

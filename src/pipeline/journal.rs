@@ -149,7 +149,7 @@ pub async fn prune(db: &DatabaseConnection, retention: JournalRetention) -> Resu
         ))
         .await?
         .rows_affected();
-    // Runs the run history's retention deleted (oldest first; load ids are
+    // Runs the runs' retention deleted (oldest first; load ids are
     // UUID v7, so in start order) take their journal with them.
     let orphans = txn
         .execute(stmt(

@@ -37,9 +37,10 @@
 //! it was.
 
 use super::journal;
+use super::timings::Stage;
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome};
-use crate::history;
+use crate::runs;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
     TransactionTrait, Value,
@@ -63,20 +64,20 @@ pub enum Step {
 
 impl Step {
     /// The step as a stage of the run's record (`sync_runs.stages`).
-    pub fn stage_name(self) -> &'static str {
+    pub fn stage(self) -> Stage {
         match self {
-            Self::Begin => "merge.begin",
-            Self::Verify => "merge.verify",
-            Self::Lock => "merge.lock",
-            Self::Diff => "merge.diff",
-            Self::Update => "merge.update",
-            Self::Insert => "merge.insert",
-            Self::Delete => "merge.delete",
-            Self::Guard => "merge.guard",
-            Self::Status => "merge.status",
-            Self::Record => "merge.record",
-            Self::Cleanup => "merge.cleanup",
-            Self::Commit => "merge.commit",
+            Self::Begin => Stage::MergeBegin,
+            Self::Verify => Stage::MergeVerify,
+            Self::Lock => Stage::MergeLock,
+            Self::Diff => Stage::MergeDiff,
+            Self::Update => Stage::MergeUpdate,
+            Self::Insert => Stage::MergeInsert,
+            Self::Delete => Stage::MergeDelete,
+            Self::Guard => Stage::MergeGuard,
+            Self::Status => Stage::MergeStatus,
+            Self::Record => Stage::MergeRecord,
+            Self::Cleanup => Stage::MergeCleanup,
+            Self::Commit => Stage::MergeCommit,
         }
     }
 
@@ -485,7 +486,7 @@ async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merg
             .map_err(at(Step::Cleanup))?;
         return Ok(());
     }
-    let cleaned = super::stage::discard(txn, load.load_id)
+    let cleaned = super::staging::discard(txn, load.load_id)
         .await
         .map_err(at(Step::Cleanup))?;
     if cleaned != load.distinct {
@@ -784,10 +785,10 @@ async fn merge_in(
     let counts = counted(load, empty, inserted, updated, deleted);
     guard.check(counts, current)?;
     step(Step::Status);
-    history::mark_synced(txn, load.load_id, load.hash)
+    runs::mark_synced(txn, load.load_id, load.hash)
         .await
         .map_err(at(Step::Status))?;
-    history::finish(
+    runs::finish(
         txn,
         load.load_id,
         Outcome::Synced,

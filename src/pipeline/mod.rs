@@ -17,8 +17,8 @@ pub mod read;
 pub mod ready;
 pub mod revert;
 pub mod settle;
-pub mod stage;
-pub mod stages;
+pub mod staging;
+pub mod timings;
 pub mod validate;
 
 use crate::config::{CsvFormat, Settings};
@@ -26,18 +26,18 @@ use crate::db::{AdvisoryLock, DbError};
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome, Trigger};
 use crate::errors::error_chain;
-use crate::history;
+use crate::runs;
 use merge::{Guard, Load, MergeError};
 use progress::Progress;
 use read::{CsvRecords, ReadError};
 use sea_orm::{DatabaseConnection, DbErr};
 use serde::Serialize;
-use stage::{Batch, StageError};
-use stages::StageTimes;
+use staging::{Batch, StageError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use timings::{Stage, StageTimes};
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 use validate::{validate, Reject, RejectReason};
@@ -270,38 +270,24 @@ impl SyncError {
         matches!(self, Self::Db(DbError::Stalled(_)))
     }
 
-    /// The stage that failed, for logs.
-    pub fn stage(&self) -> &'static str {
+    /// The stage that failed, for logs, where the error itself says; `None` for a
+    /// failure any stage may meet (the database, the run record, staging, a lost
+    /// lock, a shutdown): the run's timings then tell where it was.
+    pub fn stage(&self) -> Option<Stage> {
         match self {
             Self::Read(_)
-            | Self::Outside(_)
             | Self::TooManyRejects { .. }
             | Self::BrokenQuote { .. }
             | Self::FileChanged { .. }
             | Self::Join(_)
-            | Self::ReaderStuck => "read",
-            Self::StillWriting { .. } => "settle",
-            Self::OtherFile { .. } => "file",
-            Self::Stage(_) => "stage",
-            Self::Merge(MergeError::Step { step, .. }) => step.name(),
-            Self::Drift { source, .. } => match source.as_ref() {
-                MergeError::Step { step, .. } => step.name(),
-                _ => "guard",
-            },
-            Self::Merge(
-                MergeError::MassDelete { .. }
-                | MergeError::MassUpdate { .. }
-                | MergeError::EmptyFile { .. },
-            ) => "guard",
-            Self::Merge(MergeError::Lost(_)) => "verify",
-            Self::Merge(MergeError::Busy { step, .. } | MergeError::Mismatch { step, .. }) => {
-                step.name()
-            }
-            Self::Merge(MergeError::CommitUnknown { .. }) => "commit",
-            Self::Db(_) | Self::Bookkeeping(_) => "database",
-            Self::LockBusy { .. } => "lock",
-            Self::NotReady { .. } => "ready",
-            Self::Cancelled => "cancel",
+            | Self::ReaderStuck => Some(Stage::ReadAndStage),
+            Self::NotReady { .. } => Some(Stage::Ready),
+            Self::StillWriting { .. } => Some(Stage::Settle),
+            Self::LockBusy { .. } => Some(Stage::Lock),
+            Self::Outside(_) | Self::OtherFile { .. } => Some(Stage::Hash),
+            Self::Merge(e) => merge_stage(e),
+            Self::Drift { source, .. } => merge_stage(source),
+            Self::Stage(_) | Self::Db(_) | Self::Bookkeeping(_) | Self::Cancelled => None,
         }
     }
 
@@ -394,6 +380,20 @@ fn hint_suffix(hint: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// The stage a merge error names: its step, or the guard for a refusal.
+fn merge_stage(e: &MergeError) -> Option<Stage> {
+    match e {
+        MergeError::Step { step, .. }
+        | MergeError::Busy { step, .. }
+        | MergeError::Mismatch { step, .. } => Some(step.stage()),
+        MergeError::MassDelete { .. }
+        | MergeError::MassUpdate { .. }
+        | MergeError::EmptyFile { .. } => Some(Stage::MergeGuard),
+        MergeError::CommitUnknown { .. } => Some(Stage::MergeCommit),
+        MergeError::Lost(_) => None,
+    }
+}
+
 /// Runs one sync and returns its summary; never panics, never leaves staging rows
 /// behind, and changes `followers` only when the outcome is `synced`.
 #[tracing::instrument(name = "sync", skip_all, fields(load_id = %load_id, trigger = request.trigger.as_str(), file = %request.file.display()))]
@@ -416,7 +416,7 @@ pub async fn run_sync(
     } else {
         tokio::time::timeout(
             COMPENSATION_REACH_TIMEOUT,
-            history::record_stages(&ctx.db, load_id, &stages.to_json()),
+            runs::record_stages(&ctx.db, load_id, &stages.to_json()),
         )
         .await
     };
@@ -434,7 +434,7 @@ pub async fn run_sync(
         Err(e) => (
             e.outcome(),
             Some(error_chain(&e)),
-            Some(e.stage()),
+            e.stage().or(stages.last()).map(Stage::as_str),
             e.is_transient(),
         ),
     };
@@ -524,7 +524,7 @@ fn level_enabled(level: Level) -> bool {
 pub async fn prune_journal(ctx: &SyncContext) {
     // JOURNAL_KEEP_RUNS=0, even for one run, drops what could be reverted: say so.
     let dropping = match ctx.settings.journal.keep_runs {
-        0 => history::journaled_runs(&ctx.db).await.unwrap_or(0),
+        0 => runs::journaled_runs(&ctx.db).await.unwrap_or(0),
         _ => 0,
     };
     match journal::prune(&ctx.db, ctx.settings.journal).await {
@@ -554,7 +554,7 @@ async fn locked_run(
         .display()
         .to_string();
     if let Some(suffix) = &ctx.settings.ready_marker {
-        stages.begin("ready");
+        stages.begin(Stage::Ready);
         // Serve's triggers try again on the marker's arrival or the next tick; a
         // run started by hand waits a bounded time, then is refused. Checked
         // before the settle step: a file without its marker is not waited on.
@@ -587,7 +587,7 @@ async fn locked_run(
             return Err(refuse_unlocked(db, load_id, request, &file, e).await);
         }
     }
-    stages.begin("settle");
+    stages.begin(Stage::Settle);
     // Settle before the lock: a file still being written holds up no other agent.
     let rules = settle::Rules::from_debounce(ctx.settings.watch_debounce);
     let settled = match settle::wait(&request.file, rules, &ctx.writes, &cancel).await {
@@ -604,7 +604,7 @@ async fn locked_run(
             return Err(refuse_unlocked(db, load_id, request, &file, e).await);
         }
     };
-    stages.begin("lock");
+    stages.begin(Stage::Lock);
     let lock = match AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? {
         None if request.approves() => match wait_for_lock(ctx, &cancel).await? {
             Some(lock) => Some(lock),
@@ -641,8 +641,8 @@ async fn locked_run(
     // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
     let stalled = lock.stalled(ctx.settings.db_timeout);
     let work = async {
-        history::recover(db).await.map_err(SyncError::Bookkeeping)?;
-        history::start(db, load_id, request.trigger, &file, None)
+        runs::recover(db).await.map_err(SyncError::Bookkeeping)?;
+        runs::start(db, load_id, request.trigger, &file, None)
             .await
             .map_err(SyncError::Bookkeeping)?;
         let tally = Arc::new(ReadTally::default());
@@ -677,7 +677,7 @@ async fn locked_run(
             // A refusal of the content is remembered: later runs skip it cheaply.
             if let Some(hash) = refused {
                 let key = refusal_key(&ctx.settings, hash);
-                if let Err(e) = history::remember_refusal(db, load_id, &key).await {
+                if let Err(e) = runs::remember_refusal(db, load_id, &key).await {
                     tracing::warn!(error = %error_chain(&e), "could not remember the refusal; the next run reads the file again");
                 }
             }
@@ -744,10 +744,10 @@ async fn record_unlocked(
     outcome: Outcome,
     reason: &str,
 ) -> Result<(), SyncError> {
-    history::start(db, load_id, trigger, file, None)
+    runs::start(db, load_id, trigger, file, None)
         .await
         .map_err(SyncError::Bookkeeping)?;
-    history::finish(db, load_id, outcome, &Counts::default(), Some(reason), None)
+    runs::finish(db, load_id, outcome, &Counts::default(), Some(reason), None)
         .await
         .map_err(SyncError::Bookkeeping)
 }
@@ -792,10 +792,10 @@ async fn compensate(
         );
         return;
     }
-    if let Err(e) = stage::purge(db, load_id).await {
+    if let Err(e) = staging::purge(db, load_id).await {
         tracing::error!(error = %error_chain(&e), "could not remove staging rows; the next run removes them");
     }
-    if let Err(e) = history::finish(
+    if let Err(e) = runs::finish(
         db,
         load_id,
         error.outcome(),
@@ -828,18 +828,18 @@ async fn saga(
     let db = &ctx.db;
     let file = &request.file;
     let progress = progress::start(ctx.progress, load_id, file);
-    let mut stage = |name: &'static str| {
-        progress.stage(name);
-        stages.begin(name);
+    let mut stage = |stage: Stage| {
+        progress.stage(stage);
+        stages.begin(stage);
     };
 
     // 1. Hash: unchanged since the last successful sync → skip. The file must
     //    still resolve inside TABLES_DIR (a symlink may have been repointed).
-    stage("hash");
+    stage(Stage::Hash);
     crate::config::confine("CSV_FILE", &settings.tables_dir, file).map_err(SyncError::Outside)?;
     if !request.allow_file_change {
         let this = crate::config::file_identity(file).display().to_string();
-        let last = history::last_synced_file(db)
+        let last = runs::last_synced_file(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
         if let Some(last) = last.filter(|last| *last != this) {
@@ -850,12 +850,12 @@ async fn saga(
         _ = cancel.cancelled() => return Err(SyncError::Cancelled),
         hash = hash(file, settings.csv) => hash?,
     };
-    let last = history::last_synced_hash(db)
+    let last = runs::last_synced_hash(db)
         .await
         .map_err(SyncError::Bookkeeping)?;
     let mut repairing = None;
     if !request.force && last.as_deref() == Some(hash.as_str()) {
-        let reverted = history::reverted_state(db)
+        let reverted = runs::reverted_state(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
         // Is the table still what the last sync left? (docs: "Edits outside the agent")
@@ -872,7 +872,7 @@ async fn saga(
                 ),
                 None => "unchanged since the last successful sync".to_owned(),
             };
-            history::finish(
+            runs::finish(
                 db,
                 load_id,
                 Outcome::Skipped,
@@ -901,7 +901,7 @@ async fn saga(
         None => SyncError::Merge(source),
     };
     if let Some(reason) = refused_earlier(db, request, &refusal_key(settings, &hash)).await? {
-        history::finish(
+        runs::finish(
             db,
             load_id,
             Outcome::Skipped,
@@ -923,7 +923,7 @@ async fn saga(
     };
     // An empty file is refused before anything is staged (a dry run plans it).
     if guard.empty_file && !request.dry_run {
-        let current = history::follower_count(db)
+        let current = runs::follower_count(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
         let current = u64::try_from(current).unwrap_or(0);
@@ -935,7 +935,7 @@ async fn saga(
     }
 
     // 2-5. Read, validate and stage, streaming.
-    stage("read_and_stage");
+    stage(Stage::ReadAndStage);
     let read = read_and_stage(ctx, request, load_id, &progress, tally, cancel)
         .await
         .inspect_err(|_| {
@@ -960,16 +960,16 @@ async fn saga(
 
     // 4. Duplicates: the last occurrence wins, also when it is a rejected row
     //    (then the follower stays as it is).
-    stage("dedupe");
+    stage(Stage::Dedupe);
     if cancel.is_cancelled() {
         return Err(SyncError::Cancelled);
     }
     let duplicates =
-        stage::resolve_duplicates(db, load_id, REPORT_LIMIT as u64, &read.candidates).await?;
+        staging::resolve_duplicates(db, load_id, REPORT_LIMIT as u64, &read.candidates).await?;
     for (email, lines) in &duplicates.examples {
         tracing::warn!(file = %file.display(), %email, ?lines, "duplicate email; the last valid occurrence wins unless a later rejected row leaves the follower as it is");
     }
-    let superseded = stage::drop_superseded(db, load_id, &read.protected).await?;
+    let superseded = staging::drop_superseded(db, load_id, &read.protected).await?;
     // A valid row followed by a rejected row of the same email is a duplicate too.
     counts.duplicates = duplicates.extra_rows + superseded;
     if cancel.is_cancelled() {
@@ -993,14 +993,14 @@ async fn saga(
         key_rebuild: settings.first_sync_key_rebuild,
     };
     if request.dry_run {
-        stage("plan");
+        stage(Stage::Plan);
         let (planned, refusal) = merge::plan(db, &load, guard).await.map_err(drifted)?;
         *counts = planned;
-        stage::purge(db, load_id)
+        staging::purge(db, load_id)
             .await
             .map_err(SyncError::Bookkeeping)?;
         let note = refusal.map(|e| format!("{WOULD_REFUSE}{}", error_chain(&drifted(e))));
-        history::finish(
+        runs::finish(
             db,
             load_id,
             Outcome::DryRun,
@@ -1012,8 +1012,8 @@ async fn saga(
         .map_err(SyncError::Bookkeeping)?;
         return Ok((Outcome::DryRun, note));
     }
-    stage("merge");
-    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage_name()))
+    stage(Stage::Merge);
+    *counts = merge::merge(db, &load, guard, &mut |step| stages.step(step.stage()))
         .await
         .map_err(drifted)?;
     Ok((Outcome::Synced, None))
@@ -1041,7 +1041,7 @@ async fn refused_earlier(
     if request.approves() || request.dry_run {
         return Ok(None);
     }
-    let refused = history::standing_refusal(db, key)
+    let refused = runs::standing_refusal(db, key)
         .await
         .map_err(SyncError::Bookkeeping)?;
     Ok(refused.map(|(load_id, why)| {
@@ -1125,7 +1125,7 @@ async fn read_and_stage(
             span.in_scope(|| produce(&file, &settings, tx, &cancel, &progress, &tally))
         })
     };
-    let copied = stage::copy_batches(
+    let copied = staging::copy_batches(
         ctx.db.get_postgres_connection_pool(),
         load_id,
         ctx.settings.workers,

@@ -2,6 +2,7 @@
 //! staged and rows/s, and, for `sync` on a terminal, a progress bar over the
 //! bytes read.
 
+use super::timings::Stage;
 use crate::domain::LoadId;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,9 +47,9 @@ impl Drop for Reporter {
 }
 
 impl Progress {
-    pub fn stage(&self, name: &'static str) {
+    pub fn stage(&self, now: Stage) {
         if let Ok(mut stage) = self.state.stage.lock() {
-            *stage = name;
+            *stage = now.as_str();
         }
     }
 

@@ -23,7 +23,7 @@ use crate::db::{AdvisoryLock, DbError};
 use crate::domain::LoadId;
 use crate::domain::{Counts, Outcome, Trigger};
 use crate::errors::error_chain;
-use crate::history;
+use crate::runs;
 use chrono::NaiveDateTime;
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait, Value,
@@ -227,11 +227,11 @@ async fn locked(
     let lock = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await?;
     let result = async {
         if lock.is_none() {
-            history::start(db, load_id, Trigger::Revert, "", None).await?;
+            runs::start(db, load_id, Trigger::Revert, "", None).await?;
             return Err(RevertError::Busy);
         }
-        history::recover(db).await?;
-        history::start(db, load_id, Trigger::Revert, "", None).await?;
+        runs::recover(db).await?;
+        runs::start(db, load_id, Trigger::Revert, "", None).await?;
         if !ctx.settings.journal.enabled() {
             return Err(RevertError::JournalOff);
         }
@@ -299,7 +299,7 @@ async fn locked(
             if let Some(held) = held_back(db, &summary.undone).await? {
                 describe(db, load_id, &held).await?;
             }
-            history::finish(db, load_id, Outcome::DryRun, &counts, None, None).await?;
+            runs::finish(db, load_id, Outcome::DryRun, &counts, None, None).await?;
             summary.outcome = Outcome::DryRun;
             return Ok(());
         }
@@ -308,7 +308,7 @@ async fn locked(
             .ok_or(RevertError::Nothing)?;
         record(&txn, load_id, &summary.undone, &held).await?;
         journal::seal(&txn, load_id, summary.journaled, false).await?;
-        history::finish(&txn, load_id, Outcome::Reverted, &counts, None, None).await?;
+        runs::finish(&txn, load_id, Outcome::Reverted, &counts, None, None).await?;
         journal::order(&txn, load_id).await?;
         journal::mark_xid(&txn, load_id, false).await?;
         // As the merge's verify: nobody else may have taken over meanwhile.
@@ -323,7 +323,7 @@ async fn locked(
     }
     .await;
     if let Err(e) = &result {
-        if let Err(record) = history::finish(
+        if let Err(record) = runs::finish(
             db,
             load_id,
             e.outcome(),
@@ -499,10 +499,7 @@ async fn held_back(db: &impl ConnectionTrait, runs: &[UndoneRun]) -> Result<Opti
             "SELECT r.file, r.content_hash FROM etl_info_schema.table_status t
                JOIN etl_info_schema.sync_runs r ON r.load_id = t.load_id
               WHERE t.table_name = $1 AND r.outcome = $2",
-            vec![
-                history::TARGET_TABLE.into(),
-                Outcome::Reverted.as_str().into(),
-            ],
+            vec![runs::TARGET_TABLE.into(), Outcome::Reverted.as_str().into()],
         ))
         .await?;
     if let Some(row) = held {
@@ -553,7 +550,7 @@ async fn record(
         vec![
             load_id.uuid().into(),
             held.content_hash.clone().into(),
-            history::TARGET_TABLE.into(),
+            runs::TARGET_TABLE.into(),
         ],
     ))
     .await?;

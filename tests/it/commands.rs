@@ -380,7 +380,7 @@ async fn rejects_last_is_the_newest_run_that_read_a_file_and_writes_like_every_c
 }
 
 #[tokio::test]
-async fn runs_pruned_from_the_history_take_their_journal_with_them() {
+async fn runs_pruned_by_retention_take_their_journal_with_them() {
     let env = TestEnv::new().await;
     let a = [("ann@example.com", "Ann"), ("bob@example.com", "Bob")];
     let b = [("ann@example.com", "Ann B"), ("bob@example.com", "Bob")];
@@ -390,7 +390,7 @@ async fn runs_pruned_from_the_history_take_their_journal_with_them() {
         env.synced(&["--allow-mass-update"]); // renames most followers
     }
     // Two reverts: the first (of C) is journaled and then no longer the run
-    // table_status names; C stays the newest synced run, kept by the history.
+    // table_status names; C stays the newest synced run, kept by retention.
     for _ in 0..2 {
         let run = env.run(&["revert", "--last"], &[]);
         assert_eq!(run.code, 0, "{run:?}");
@@ -402,7 +402,7 @@ async fn runs_pruned_from_the_history_take_their_journal_with_them() {
         )
     };
     assert_eq!(journal_rows().await, 0);
-    // The next run prunes the history to its newest run (and the two it must keep).
+    // The next run prunes the runs to the newest one (and the two retention must keep).
     let run = env.sync_with(&[], &[("HISTORY_KEEP_RUNS", "1")]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(

@@ -281,7 +281,7 @@ async fn a_network_that_hangs_mid_run_fails_the_run_within_db_timeout_and_change
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("DB_TIMEOUT=2s"), "{run:?}");
     // DB_TIMEOUT (plus a third of it before the first ping), then `sync`'s
-    // last step (pruning the history) waits DB_TIMEOUT at most: 4.7 s measured.
+    // last step (pruning old runs) waits DB_TIMEOUT at most: 4.7 s measured.
     assert!(took < Duration::from_secs(8), "took {took:?}: {run:?}");
     assert_eq!(env.followers().await, pairs(&abc));
     // The proxy's connections close; the next run cleans up and syncs.

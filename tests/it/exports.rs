@@ -228,7 +228,7 @@ async fn rejects_last_lists_each_invalid_line_of_a_refused_file() {
     );
     assert!(json["rejects"][0]["reason"].as_str().unwrap().contains('@'));
     // A later skip (the file was refused earlier) does not hide them from --last;
-    // the run history's pruning removes them.
+    // retention's pruning of the runs removes them.
     env.sync().assert_ended(1, "skipped");
     // An approval reads it again (and refuses it again, with its rejects).
     env.sync_with(&["--force"], &[]).assert_ended(1, "refused");
@@ -252,7 +252,7 @@ async fn rejects_last_lists_each_invalid_line_of_a_refused_file() {
             .await,
         3
     );
-    // The run history's retention prunes the refused run, and its rejects with it.
+    // The runs' retention prunes the refused run, and its rejects with it.
     let bound = [("HISTORY_KEEP_RUNS", "1"), ("HISTORY_KEEP_DAYS", "0")];
     assert_eq!(env.sync_with(&[], &bound).outcome(), "skipped");
     eventually(30, "the pruned run's rejects gone", || async {

@@ -77,9 +77,9 @@ async fn a_refused_file_is_skipped_without_reading_until_it_is_approved() {
         (staged, journaled),
         "no staging or journal rows written by the skips"
     );
-    let history = runs(&env).await;
-    let skips: Vec<_> = history[2..].iter().collect();
-    assert_eq!(skips.len(), 3, "{history:?}");
+    let recorded = runs(&env).await;
+    let skips: Vec<_> = recorded[2..].iter().collect();
+    assert_eq!(skips.len(), 3, "{recorded:?}");
     for (outcome, error) in &skips {
         assert_eq!(outcome, "skipped");
         assert!(

@@ -91,7 +91,7 @@ async fn duplicates_with_equal_line_numbers_resolve_to_one_row_each() {
     ))
     .await;
     let db = sea_orm::Database::connect(&env.url).await.unwrap();
-    let duplicates = followers_etl::pipeline::stage::resolve_duplicates(
+    let duplicates = followers_etl::pipeline::staging::resolve_duplicates(
         &db,
         load,
         10,
@@ -125,7 +125,7 @@ async fn duplicates_are_looked_for_among_the_candidates_only() {
     let resolve = |c: Candidates| {
         let db = db.clone();
         async move {
-            followers_etl::pipeline::stage::resolve_duplicates(&db, load, 10, &c)
+            followers_etl::pipeline::staging::resolve_duplicates(&db, load, 10, &c)
                 .await
                 .unwrap()
         }

@@ -1,11 +1,13 @@
 //! What an operator runs into over time: approving a refused run while the agent
 //! runs (as `docker compose exec agent followers-etl sync --allow-mass-delete`), the
-//! bounded run history, `status` at a glance, and metrics that aggregate.
+//! runs' retention, `status` at a glance, and metrics that aggregate.
 
 use crate::helpers::*;
 use crate::serve::{free_port, http_get, wait_for_followers};
 use followers_etl::db::RUN_LOCK;
+use followers_etl::pipeline::timings::Stage;
 use sqlx::{Connection, PgConnection};
+use strum::IntoEnumIterator;
 
 /// The stage names of the first `"stages"` object in `status --json` output (the
 /// last run's), in the order printed.
@@ -18,8 +20,8 @@ fn last_run_stages(stdout: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs in the history.
-async fn history(env: &TestEnv) -> i64 {
+/// Runs in `sync_runs`.
+async fn run_count(env: &TestEnv) -> i64 {
     env.scalar("SELECT count(*) FROM etl_info_schema.sync_runs")
         .await
 }
@@ -62,7 +64,7 @@ async fn a_run_the_guard_refused_in_serve_is_approved_with_sync_allow_mass_delet
 }
 
 #[tokio::test]
-async fn the_history_keeps_the_newest_runs_and_always_the_last_synced_and_running_ones() {
+async fn retention_keeps_the_newest_runs_and_always_the_last_synced_and_running_ones() {
     let env = TestEnv::new().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     let bound = [("HISTORY_KEEP_RUNS", "3"), ("HISTORY_KEEP_DAYS", "0")];
@@ -72,7 +74,7 @@ async fn the_history_keeps_the_newest_runs_and_always_the_last_synced_and_runnin
         assert_eq!(env.sync_with(&[], &bound).outcome(), "skipped");
     }
     // The 3 newest runs, and the last successful sync although it is older.
-    assert_eq!(history(&env).await, 4);
+    assert_eq!(run_count(&env).await, 4);
     let kept = env
         .scalar(&format!(
             "SELECT count(*) FROM etl_info_schema.sync_runs WHERE load_id = '{}'",
@@ -99,7 +101,7 @@ async fn the_history_keeps_the_newest_runs_and_always_the_last_synced_and_runnin
         let run = env.sync_with(&[], &bound);
         assert!(run.stderr.contains("another sync"), "{run:?}");
     }
-    assert_eq!(history(&env).await, 5, "3 newest + synced + running");
+    assert_eq!(run_count(&env).await, 5, "3 newest + synced + running");
     let running = env
         .scalar("SELECT count(*) FROM etl_info_schema.sync_runs WHERE outcome = 'running'")
         .await;
@@ -108,7 +110,7 @@ async fn the_history_keeps_the_newest_runs_and_always_the_last_synced_and_runnin
 }
 
 #[tokio::test]
-async fn a_long_history_is_pruned_in_batches_by_count_and_by_age() {
+async fn many_runs_are_pruned_in_batches_by_count_and_by_age() {
     let env = TestEnv::new().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
@@ -126,7 +128,7 @@ async fn a_long_history_is_pruned_in_batches_by_count_and_by_age() {
     );
     assert_eq!(run.outcome(), "skipped", "{run:?}");
     assert_eq!(
-        history(&env).await,
+        run_count(&env).await,
         1000,
         "the newest 1000 (the synced run among them)"
     );
@@ -139,7 +141,7 @@ async fn a_long_history_is_pruned_in_batches_by_count_and_by_age() {
         .scalar("SELECT count(*) FROM etl_info_schema.sync_runs WHERE started_at < (now() AT TIME ZONE 'UTC') - interval '30 days'")
         .await;
     assert_eq!(old, 0);
-    assert!(history(&env).await >= 3, "the recent runs stay");
+    assert!(run_count(&env).await >= 3, "the recent runs stay");
     // `status` still answers, with the last success and the next run.
     let status = env.run(&["status", "--json", "--limit", "2"], &[]).json();
     assert_eq!(status["runs"].as_array().unwrap().len(), 2);
@@ -189,7 +191,7 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
     let run = env.run(&["status", "--json"], &cron);
     assert_eq!(
         last_run_stages(&run.stdout),
-        ["settle", "lock", "hash", "read_and_stage"],
+        [Stage::Settle, Stage::Lock, Stage::Hash, Stage::ReadAndStage].map(Stage::as_str),
         "{run:?}"
     );
     let json = run.json();
@@ -236,34 +238,27 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
         + chrono::TimeDelta::hours(1))
     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     assert_eq!(json["next_run"], beat.as_str(), "{json}");
-    // A synced run records every stage.
+    // A synced run records every stage (but `ready`, without READY_MARKER, and a
+    // dry run's `plan`), and the merge transaction's steps, timed one by one
+    // (`merge.guard` and `merge.record` are timed within the steps around them).
     env.write_csv(csv(&[
         ("ann@example.com", "Ann"),
         ("bob@example.com", "Bobby"),
     ]));
     env.synced(&[]);
     let run = env.run(&["status", "--json"], &[]);
+    let not_reached = [
+        Stage::Ready,
+        Stage::MergeGuard,
+        Stage::MergeRecord,
+        Stage::Plan,
+    ];
     assert_eq!(
         last_run_stages(&run.stdout),
-        [
-            "settle",
-            "lock",
-            "hash",
-            "read_and_stage",
-            "dedupe",
-            "merge",
-            // The merge transaction's steps, timed one by one.
-            "merge.begin",
-            "merge.lock",
-            "merge.verify",
-            "merge.diff",
-            "merge.update",
-            "merge.insert",
-            "merge.delete",
-            "merge.status",
-            "merge.cleanup",
-            "merge.commit"
-        ],
+        Stage::iter()
+            .filter(|s| !not_reached.contains(s))
+            .map(Stage::as_str)
+            .collect::<Vec<_>>(),
         "{run:?}"
     );
 }

@@ -23,7 +23,7 @@ pub(crate) async fn wait_for_followers(env: &TestEnv, agent: &Agent, expected: &
     .await;
 }
 
-/// Waits until the agent has applied migrations (the run history exists).
+/// Waits until the agent has applied migrations (`sync_runs` exists).
 pub(crate) async fn wait_ready(env: &TestEnv) {
     eventually(30, "migrations applied", || async {
         (env.scalar(

@@ -1,4 +1,4 @@
-//! The run history (`etl_info_schema.sync_runs`) and the sync status
+//! The run records (`etl_info_schema.sync_runs`) and the sync status
 //! (`etl_info_schema.table_status`): a run is recorded `running` when it starts and
 //! finished with its outcome, counts and reason; crashed runs are recovered here.
 
@@ -236,7 +236,7 @@ pub async fn record_stages(
 /// Rows one pruning statement deletes at most: short statements, short row locks.
 const PRUNE_BATCH: u64 = 500;
 
-/// Deletes the runs beyond the history bound (older than `keep_days`, or beyond the
+/// Deletes the runs beyond the retention bound (older than `keep_days`, or beyond the
 /// newest `keep_runs`), oldest first, `PRUNE_BATCH` rows per statement. Never deletes
 /// a `running` run, nor the last successful sync (the newest `synced` run and the run
 /// `table_status` names), nor the newest decisive run (a refusal it holds is what
@@ -315,7 +315,7 @@ pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64
     if pruned > 0 {
         tracing::info!(
             pruned,
-            "run history pruned (HISTORY_KEEP_DAYS, HISTORY_KEEP_RUNS)"
+            "old runs pruned (HISTORY_KEEP_DAYS, HISTORY_KEEP_RUNS)"
         );
     }
     Ok(pruned)
@@ -339,7 +339,7 @@ pub async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
 /// `prune`, logging a failure instead of returning it (the next run retries).
 pub async fn prune_or_warn(db: &impl ConnectionTrait, bound: HistoryBound) {
     if let Err(e) = prune(db, bound).await {
-        tracing::warn!(error = %e, "pruning the run history failed; the next run retries");
+        tracing::warn!(error = %e, "pruning old runs failed; the next run retries");
     }
 }
 
@@ -371,7 +371,7 @@ impl RunRecord {
 
 /// Runs matching `condition` (which may use `$2`, bound to `param`), newest first.
 /// Every query here walks an index on `started_at` (or the partial index of decisive
-/// runs) from its newest end, so it stays fast however long the history.
+/// runs) from its newest end, so it stays fast however many runs there are.
 async fn runs_where(
     db: &impl ConnectionTrait,
     condition: &str,
