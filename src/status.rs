@@ -167,7 +167,7 @@ pub async fn report(
     limit: u64,
 ) -> Result<StatusReport, DbErr> {
     let now = Utc::now();
-    let schedule = &settings.cron_schedule;
+    let schedule = &settings.triggers.cron_schedule;
     let from_now = schedule.next_after(now);
     // Only a cron run within the last interval can still set the beat of `@every`.
     let beat_since = now - from_now.map_or(chrono::TimeDelta::zero(), |next| next - now);
@@ -180,7 +180,7 @@ pub async fn report(
         history::last_cron_start(db, beat_since.naive_utc()),
         history::reverted_state(db),
     )?;
-    let drift = drift::check(db, settings.verify_every).await.ok();
+    let drift = drift::check(db, settings.triggers.verify_every).await.ok();
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
     // A history from before this agent (or pruned) may only have table_status.
     let last_success = match &synced {
@@ -223,7 +223,7 @@ pub async fn report(
         now: Utc3339(now),
         followers,
         last_success,
-        schedule: settings.cron_schedule.to_string(),
+        schedule: settings.triggers.cron_schedule.to_string(),
         next_run,
         last_run,
         attention,
