@@ -70,7 +70,7 @@ pub struct CsvSettings {
     pub workers: usize,
     /// The variable that set `workers` (`WORKER_POOL_GOROUTINES` or its old name
     /// `WORKER_POOL_SIZE`); `None` for the default.
-    pub workers_from: Option<&'static str>,
+    pub(super) workers_from: Option<&'static str>,
 }
 
 impl CsvSettings {

@@ -50,7 +50,7 @@ pub struct DatabaseSettings {
     pub url: DatabaseUrl,
     /// The variable that supplied `url` (`DATABASE_URL`, `DSN` or
     /// `DEFAULT_DATABASE_URL`); `None` for the built-in default with libpq variables.
-    pub url_from: Option<&'static str>,
+    pub(super) url_from: Option<&'static str>,
     /// `DB_MIN_CONNS`, `DB_MAX_CONNS`: the pool's bounds.
     pub min_conns: u32,
     pub max_conns: u32,
