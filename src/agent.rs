@@ -80,8 +80,8 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         }
     };
     tracing::info!(settings = %settings.describe(), "starting");
-    for warning in settings.cron_schedule.warnings() {
-        tracing::warn!(schedule = %settings.cron_schedule, "{warning}");
+    for warning in settings.triggers.cron_schedule.warnings() {
+        tracing::warn!(schedule = %settings.triggers.cron_schedule, "{warning}");
     }
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone(), Hangup::Ignore);
@@ -90,7 +90,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     // The endpoints answer from the start (their pool connects on first use):
     // /healthz 200, /readyz 503 until the database is reachable and migrated.
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(addr) = settings.http_addr {
+    if let Some(addr) = settings.service.http_addr {
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) => return fatal(&format!("cannot listen on HTTP_ADDR={addr}"), &e),
@@ -116,7 +116,7 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         &stop,
         "waiting for the pending migrations to be applied",
         DbError::is_migration_privilege,
-        || db::migrate(&db, &settings.database_url),
+        || db::migrate(&db, &settings.database.url),
     )
     .await;
     match migrated {
@@ -127,8 +127,8 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         Some(Err(e)) => return fatal("applying migrations failed", &e),
         Some(Ok(())) => {}
     }
-    crate::pipeline::drift::ensure_counter(&db, settings.verify_every).await;
-    match AdvisoryLock::try_run_lock(&settings.database_url).await {
+    crate::pipeline::drift::ensure_counter(&db, settings.triggers.verify_every).await;
+    match AdvisoryLock::try_run_lock(&settings.database.url).await {
         Ok(Some(lock)) => {
             if let Err(e) = runs::recover(&db).await {
                 tracing::warn!(error = %error_chain(&e), "recovery failed; the first run retries it");
@@ -148,15 +148,15 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
     };
     let (runner, requests) = Runner::new(
         PipelineSync::new(ctx, file.clone()),
-        settings.shutdown_timeout,
-        settings.retry,
+        settings.service.shutdown_timeout,
+        settings.service.retry,
     );
-    if settings.watch {
+    if settings.triggers.watch {
         match FileWatch::start(
             &file,
-            settings.ready_marker.as_deref(),
-            settings.watch_debounce,
-            settings.watch_poll,
+            settings.csv.ready_marker.as_deref(),
+            settings.triggers.watch_debounce,
+            settings.triggers.watch_poll,
             writes,
         ) {
             Ok(watch) => {
@@ -166,11 +166,11 @@ pub async fn serve(settings: Arc<Settings>) -> ExitCode {
         }
     }
     tasks.spawn(ticker::run(
-        settings.cron_schedule.clone(),
+        settings.triggers.cron_schedule.clone(),
         requests.clone(),
         stop.clone(),
     ));
-    if settings.run_on_start {
+    if settings.triggers.run_on_start {
         requests.send(Trigger::Start);
     }
     runner.run(stop.clone()).await;

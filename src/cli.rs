@@ -285,10 +285,10 @@ async fn connect_and_migrate(settings: &Settings) -> Result<sea_orm::DatabaseCon
     let db = crate::db::connect(settings)
         .await
         .map_err(|e| failure("database", &e))?;
-    crate::db::migrate(&db, &settings.database_url)
+    crate::db::migrate(&db, &settings.database.url)
         .await
         .map_err(|e| failure("migrations", &e))?;
-    pipeline::drift::ensure_counter(&db, settings.verify_every).await;
+    pipeline::drift::ensure_counter(&db, settings.triggers.verify_every).await;
     Ok(db)
 }
 
@@ -338,7 +338,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         dry_run: args.dry_run,
         allow_mass_delete: args.allow_mass_delete,
         allow_mass_update: args.allow_mass_update,
-        allow_file_change: args.force || ctx.settings.allow_file_change,
+        allow_file_change: args.force || ctx.settings.guard.allow_file_change,
     };
     let summary = pipeline::run_sync(&ctx, &request, load_id, cancel).await;
     let code = print_summary(&summary, args.json, true);
@@ -352,8 +352,8 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
     // After the run (and its lock): keep the runs within their retention.
     // Bounded: a database that stopped answering must not hold the exit.
     let pruned = tokio::time::timeout(
-        ctx.settings.db_timeout,
-        runs::prune_or_warn(&ctx.db, ctx.settings.history),
+        ctx.settings.database.timeout,
+        runs::prune_or_warn(&ctx.db, ctx.settings.retention.runs),
     );
     if pruned.await.is_err() {
         tracing::warn!("pruning old runs got no answer within DB_TIMEOUT; the next run retries");
@@ -545,8 +545,8 @@ async fn history(settings: &Settings, email: &str, json: bool) -> ExitCode {
 fn check_path(settings: &Settings, path: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
     match path {
         None => settings.resolve_csv_file(None),
-        Some(p) if p.is_relative() && settings.tables_dir.join(&p).exists() => {
-            Ok(settings.tables_dir.join(p))
+        Some(p) if p.is_relative() && settings.csv.tables_dir.join(&p).exists() => {
+            Ok(settings.csv.tables_dir.join(p))
         }
         Some(p) => Ok(p),
     }
@@ -572,27 +572,28 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
             ));
         }
     };
-    let result = pipeline::check::check_file(&path, &settings.csv, &mut tally, |reject, row| {
-        report_raw(Level::WARN, &format!("{}: {reject}", path.display()));
-        field_count |= matches!(
-            reject.reason,
-            pipeline::validate::RejectReason::FieldCount { .. }
-        );
-        if json {
-            let first = !opened;
-            open(&mut out, &mut opened);
-            let stored = crate::rejects::StoredReject {
-                line: reject.line,
-                reason: reject.reason.to_string(),
-                raw: String::from_utf8_lossy(&row.raw).into_owned(),
-            };
-            out.write(format_args!(
-                "{}{}",
-                if first { "" } else { "," },
-                serde_json::to_string(&stored).expect("serialisable")
-            ));
-        }
-    });
+    let result =
+        pipeline::check::check_file(&path, &settings.csv.format, &mut tally, |reject, row| {
+            report_raw(Level::WARN, &format!("{}: {reject}", path.display()));
+            field_count |= matches!(
+                reject.reason,
+                pipeline::validate::RejectReason::FieldCount { .. }
+            );
+            if json {
+                let first = !opened;
+                open(&mut out, &mut opened);
+                let stored = crate::rejects::StoredReject {
+                    line: reject.line,
+                    reason: reject.reason.to_string(),
+                    raw: String::from_utf8_lossy(&row.raw).into_owned(),
+                };
+                out.write(format_args!(
+                    "{}{}",
+                    if first { "" } else { "," },
+                    serde_json::to_string(&stored).expect("serialisable")
+                ));
+            }
+        });
     let error = match result {
         Ok(()) => None,
         // The file cannot be read (missing, a directory): a usage error.
@@ -606,7 +607,7 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
         }
     };
     if field_count {
-        if let Some(hint) = pipeline::read::delimiter_hint(&path, &settings.csv) {
+        if let Some(hint) = pipeline::read::delimiter_hint(&path, &settings.csv.format) {
             report_raw(Level::WARN, &format!("{}: hint: {hint}", path.display()));
         }
     }
@@ -663,7 +664,7 @@ fn schedule(
     count: usize,
 ) -> ExitCode {
     let schedule = match expr {
-        None => settings.cron_schedule.clone(),
+        None => settings.triggers.cron_schedule.clone(),
         Some(expr) => match Schedule::parse(&expr) {
             Ok(s) => s,
             Err(e) => {

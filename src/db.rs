@@ -103,25 +103,25 @@ fn too_many_connections(e: &sqlx::Error) -> Option<String> {
 
 /// The pool every part of the agent shares; COPY goes through its sqlx pool.
 pub async fn connect(settings: &Settings) -> Result<DatabaseConnection, DbError> {
-    let _ = CONNECT_TIMEOUT.set(settings.db_connect_timeout);
+    let _ = CONNECT_TIMEOUT.set(settings.database.connect_timeout);
     // One direct attempt first: an unreachable server fails now, not after the
     // pool's acquire timeout.
-    AdvisoryLock::dedicated_connection(&settings.database_url)
+    AdvisoryLock::dedicated_connection(&settings.database.url)
         .await?
         .close()
         .await
         .ok();
-    let mut options = ConnectOptions::new(settings.database_url.expose().to_owned());
+    let mut options = ConnectOptions::new(settings.database.url.expose().to_owned());
     options
-        .max_connections(settings.db_max_conns)
-        .min_connections(settings.db_min_conns)
-        .connect_timeout(settings.db_connect_timeout)
+        .max_connections(settings.database.max_conns)
+        .min_connections(settings.database.min_conns)
+        .connect_timeout(settings.database.connect_timeout)
         .acquire_timeout(Duration::from_secs(60))
         .sqlx_logging(false);
     Database::connect(options)
         .await
         .map_err(|source| DbError::Connect {
-            url: settings.database_url.to_string(),
+            url: settings.database.url.to_string(),
             source,
         })
 }
@@ -137,10 +137,10 @@ pub fn http_pool(settings: &Settings) -> Result<DatabaseConnection, DbError> {
         .max_connections(2)
         .min_connections(0)
         .acquire_timeout(HTTP_DB_TIMEOUT)
-        .connect_lazy(settings.database_url.expose())
+        .connect_lazy(settings.database.url.expose())
         .map(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool)
         .map_err(|source| DbError::HttpPool {
-            url: settings.database_url.to_string(),
+            url: settings.database.url.to_string(),
             source,
         })
 }

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings);
-    let ignored = settings.database_url.ignored_keywords();
+    let ignored = settings.database.url.ignored_keywords();
     if !ignored.is_empty() {
         tracing::warn!(
             keywords = %ignored.join(", "),

@@ -101,7 +101,7 @@ impl PipelineSync {
         let Ok(permit) = self.pruning.clone().try_acquire_owned() else {
             return;
         };
-        let (db, bound) = (self.ctx.db.clone(), self.ctx.settings.history);
+        let (db, bound) = (self.ctx.db.clone(), self.ctx.settings.retention.runs);
         tokio::spawn(async move {
             crate::runs::prune_or_warn(&db, bound).await;
             drop(permit);
@@ -123,7 +123,7 @@ impl RunSync for PipelineSync {
             dry_run: false,
             allow_mass_delete: false,
             allow_mass_update: false,
-            allow_file_change: self.ctx.settings.allow_file_change,
+            allow_file_change: self.ctx.settings.guard.allow_file_change,
         };
         let summary = run_sync(&self.ctx, &request, load_id, cancel).await;
         self.prune_in_background();

@@ -2,7 +2,7 @@
 //! (`etl_info_schema.table_status`): a run is recorded `running` when it starts and
 //! finished with its outcome, counts and reason; crashed runs are recovered here.
 
-use crate::config::HistoryBound;
+use crate::config::RunRetention;
 use crate::domain::{ContentHash, Counts, LoadId, Outcome, Trigger};
 use chrono::{NaiveDateTime, Utc};
 use entity::{sync_runs, table_status};
@@ -242,7 +242,7 @@ const PRUNE_BATCH: u64 = 500;
 /// `table_status` names), nor the newest decisive run (a refusal it holds is what
 /// later runs skip: docs/sync.md#refusals-and-approvals). Returns how many runs it deleted.
 #[tracing::instrument(skip_all, err(level = "debug"))]
-pub async fn prune(db: &impl ConnectionTrait, bound: HistoryBound) -> Result<u64, DbErr> {
+pub async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Result<u64, DbErr> {
     let older_than: Option<NaiveDateTime> = bound
         .keep_days
         .and_then(|days| now().checked_sub_signed(chrono::TimeDelta::try_days(days.into())?));
@@ -337,7 +337,7 @@ pub async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
 }
 
 /// `prune`, logging a failure instead of returning it (the next run retries).
-pub async fn prune_or_warn(db: &impl ConnectionTrait, bound: HistoryBound) {
+pub async fn prune_or_warn(db: &impl ConnectionTrait, bound: RunRetention) {
     if let Err(e) = prune(db, bound).await {
         tracing::warn!(error = %e, "pruning old runs failed; the next run retries");
     }

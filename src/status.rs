@@ -168,7 +168,7 @@ pub async fn report(
     limit: u64,
 ) -> Result<StatusReport, DbErr> {
     let now = Utc::now();
-    let schedule = &settings.cron_schedule;
+    let schedule = &settings.triggers.cron_schedule;
     let from_now = schedule.next_after(now);
     // Only a cron run within the last interval can still set the beat of `@every`.
     let beat_since = now - from_now.map_or(chrono::TimeDelta::zero(), |next| next - now);
@@ -181,7 +181,7 @@ pub async fn report(
         runs::last_cron_start(db, beat_since.naive_utc()),
         runs::reverted_state(db),
     )?;
-    let drift = drift::check(db, settings.verify_every).await.ok();
+    let drift = drift::check(db, settings.triggers.verify_every).await.ok();
     let tables: Vec<TableView> = tables.iter().map(TableView::from).collect();
     // Runs from before this agent (or pruned) may leave only table_status.
     let last_success = match &synced {
@@ -224,7 +224,7 @@ pub async fn report(
         now: Utc3339(now),
         followers,
         last_success,
-        schedule: settings.cron_schedule.to_string(),
+        schedule: settings.triggers.cron_schedule.to_string(),
         next_run,
         last_run,
         attention,

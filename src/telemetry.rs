@@ -14,18 +14,18 @@ use tracing_subscriber::EnvFilter;
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 pub fn init(settings: &Settings) {
-    let _ = FORMAT.set(settings.log_format);
+    let _ = FORMAT.set(settings.logging.format);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
             "{},sqlx=warn,sea_orm=warn,sea_orm_migration=warn",
-            settings.log_level
+            settings.logging.level
         ))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match settings.log_format {
+    let _ = match settings.logging.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };

@@ -523,11 +523,11 @@ fn level_enabled(level: Level) -> bool {
 /// run prunes again.
 pub async fn prune_journal(ctx: &SyncContext) {
     // JOURNAL_KEEP_RUNS=0, even for one run, drops what could be reverted: say so.
-    let dropping = match ctx.settings.journal.keep_runs {
+    let dropping = match ctx.settings.retention.journal.keep_runs {
         0 => runs::journaled_runs(&ctx.db).await.unwrap_or(0),
         _ => 0,
     };
-    match journal::prune(&ctx.db, ctx.settings.journal).await {
+    match journal::prune(&ctx.db, ctx.settings.retention.journal).await {
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), "could not prune the journal; the next run tries again")
         }
@@ -553,14 +553,14 @@ async fn locked_run(
     let file = crate::config::file_identity(&request.file)
         .display()
         .to_string();
-    if let Some(suffix) = &ctx.settings.ready_marker {
+    if let Some(suffix) = &ctx.settings.csv.ready_marker {
         stages.begin(Stage::Ready);
         // Serve's triggers try again on the marker's arrival or the next tick; a
         // run started by hand waits a bounded time, then is refused. Checked
         // before the settle step: a file without its marker is not waited on.
         let manual = request.trigger == Trigger::Manual;
         let waited = if manual {
-            ctx.settings.ready_timeout
+            ctx.settings.csv.ready_timeout
         } else {
             Duration::ZERO
         };
@@ -589,7 +589,7 @@ async fn locked_run(
     }
     stages.begin(Stage::Settle);
     // Settle before the lock: a file still being written holds up no other agent.
-    let rules = settle::Rules::from_debounce(ctx.settings.watch_debounce);
+    let rules = settle::Rules::from_debounce(ctx.settings.triggers.watch_debounce);
     let settled = match settle::wait(&request.file, rules, &ctx.writes, &cancel).await {
         Ok(settled) => settled,
         Err(unsettled) => {
@@ -605,7 +605,7 @@ async fn locked_run(
         }
     };
     stages.begin(Stage::Lock);
-    let lock = match AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? {
+    let lock = match AdvisoryLock::try_run_lock(&ctx.settings.database.url).await? {
         None if request.approves() => match wait_for_lock(ctx, &cancel).await? {
             Some(lock) => Some(lock),
             None if cancel.is_cancelled() => {
@@ -615,7 +615,7 @@ async fn locked_run(
             }
             None => {
                 let e = SyncError::LockBusy {
-                    waited: ctx.settings.run_lock_wait,
+                    waited: ctx.settings.database.run_lock_wait,
                 };
                 return Err(refuse_unlocked(db, load_id, request, &file, e).await);
             }
@@ -639,7 +639,7 @@ async fn locked_run(
     let mut hashed = None;
     let lock_pid = lock.pid();
     // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
-    let stalled = lock.stalled(ctx.settings.db_timeout);
+    let stalled = lock.stalled(ctx.settings.database.timeout);
     let work = async {
         runs::recover(db).await.map_err(SyncError::Bookkeeping)?;
         runs::start(db, load_id, request.trigger, &file, None)
@@ -693,7 +693,7 @@ async fn wait_for_lock(
     ctx: &SyncContext,
     cancel: &CancellationToken,
 ) -> Result<Option<AdvisoryLock>, SyncError> {
-    let wait = ctx.settings.run_lock_wait;
+    let wait = ctx.settings.database.run_lock_wait;
     tracing::warn!(
         run_lock_wait = %robfig_cron::go_duration::format_go_duration(wait),
         "another sync of this database is in progress (advisory lock held); an approved run waits for it"
@@ -708,7 +708,7 @@ async fn wait_for_lock(
             _ = cancel.cancelled() => return Ok(None),
             _ = tokio::time::sleep(LOCK_POLL.min(deadline - now)) => {}
         }
-        if let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? {
+        if let Some(lock) = AdvisoryLock::try_run_lock(&ctx.settings.database.url).await? {
             return Ok(Some(lock));
         }
     }
@@ -836,7 +836,8 @@ async fn saga(
     // 1. Hash: unchanged since the last successful sync → skip. The file must
     //    still resolve inside TABLES_DIR (a symlink may have been repointed).
     stage(Stage::Hash);
-    crate::config::confine("CSV_FILE", &settings.tables_dir, file).map_err(SyncError::Outside)?;
+    crate::config::confine("CSV_FILE", &settings.csv.tables_dir, file)
+        .map_err(SyncError::Outside)?;
     if !request.allow_file_change {
         let this = crate::config::file_identity(file).display().to_string();
         let last = runs::last_synced_file(db)
@@ -848,7 +849,7 @@ async fn saga(
     }
     let hash = tokio::select! {
         _ = cancel.cancelled() => return Err(SyncError::Cancelled),
-        hash = hash(file, settings.csv) => hash?,
+        hash = hash(file, settings.csv.format) => hash?,
     };
     let last = runs::last_synced_hash(db)
         .await
@@ -859,7 +860,7 @@ async fn saga(
             .await
             .map_err(SyncError::Bookkeeping)?;
         // Is the table still what the last sync left? (docs: "Edits outside the agent")
-        let drift = drift::check(db, settings.verify_every)
+        let drift = drift::check(db, settings.triggers.verify_every)
             .await
             .map_err(SyncError::Bookkeeping)?;
         repairing = drift.describe().filter(|_| drift.needs_sync());
@@ -915,9 +916,9 @@ async fn saga(
     }
     *hashed = Some(hash.clone());
     let guard = Guard {
-        max_delete_ratio: settings.max_delete_ratio,
+        max_delete_ratio: settings.guard.max_delete_ratio,
         allow_mass_delete: request.allow_mass_delete,
-        max_update_ratio: settings.max_update_ratio,
+        max_update_ratio: settings.guard.max_update_ratio,
         allow_mass_update: request.allow_mass_update,
         empty_file: std::fs::metadata(file).is_ok_and(|m| m.len() == 0),
     };
@@ -987,10 +988,10 @@ async fn saga(
         distinct: read
             .staged
             .saturating_sub(duplicates.extra_rows + superseded),
-        journal: settings.journal.enabled(),
+        journal: settings.retention.journal.enabled(),
         modified_at_zone: clock.zone,
-        lock_wait: settings.lock_wait_timeout,
-        key_rebuild: settings.first_sync_key_rebuild,
+        lock_wait: settings.database.lock_wait_timeout,
+        key_rebuild: settings.database.first_sync_key_rebuild,
     };
     if request.dry_run {
         stage(Stage::Plan);
@@ -1024,7 +1025,9 @@ async fn saga(
 fn refusal_key(settings: &Settings, hash: &ContentHash) -> String {
     let key = format!(
         "{hash} MAX_REJECTS={} MAX_DELETE_RATIO={} MAX_UPDATE_RATIO={}",
-        settings.max_rejects, settings.max_delete_ratio, settings.max_update_ratio
+        settings.guard.max_rejects,
+        settings.guard.max_delete_ratio,
+        settings.guard.max_update_ratio
     );
     blake3::hash(key.as_bytes()).to_hex().to_string()
 }
@@ -1111,7 +1114,7 @@ async fn read_and_stage(
 ) -> Result<ReadReport, SyncError> {
     let settings = ctx.settings.clone();
     let stage_cancel = cancel.child_token();
-    let (tx, rx) = async_channel::bounded::<Batch>(settings.workers * 2);
+    let (tx, rx) = async_channel::bounded::<Batch>(settings.csv.workers * 2);
     let reader = {
         let (file, cancel, progress, tally) = (
             request.file.clone(),
@@ -1128,7 +1131,7 @@ async fn read_and_stage(
     let copied = staging::copy_batches(
         ctx.db.get_postgres_connection_pool(),
         load_id,
-        ctx.settings.workers,
+        ctx.settings.csv.workers,
         rx,
         progress.staged_counter(),
         stage_cancel.clone(),
@@ -1176,7 +1179,7 @@ fn produce(
     progress: &Progress,
     tally: &ReadTally,
 ) -> Result<ReadReport, SyncError> {
-    let mut records = CsvRecords::open(path, &settings.csv)?;
+    let mut records = CsvRecords::open(path, &settings.csv.format)?;
     let mut report = ReadReport {
         rows_read: 0,
         rejected: 0,
@@ -1201,7 +1204,7 @@ fn produce(
         let columns = records.columns().expect("known after the first row");
         match validate(&row, &columns) {
             // Past MAX_REJECTS the file is refused: stop staging, keep counting.
-            Ok(follower) if report.rejected <= settings.max_rejects => {
+            Ok(follower) if report.rejected <= settings.guard.max_rejects => {
                 filter.insert(follower.email.as_str());
                 batch.push(follower);
             }
@@ -1222,7 +1225,7 @@ fn produce(
                     tracing::warn!(file = %path.display(), line = reject.line, reason = %reject.reason, "row rejected");
                 }
                 if let Some(email) = &reject.email {
-                    if report.rejected <= settings.max_rejects {
+                    if report.rejected <= settings.guard.max_rejects {
                         report
                             .protected
                             .push((email.as_str().to_owned(), reject.line));
@@ -1231,22 +1234,22 @@ fn produce(
                 first_reject.get_or_insert(reject);
             }
         }
-        if batch.len() >= settings.batch_size {
+        if batch.len() >= settings.csv.batch_size {
             progress.read_up_to(records.bytes_read());
             send(std::mem::take(&mut batch))?;
         }
     }
-    if report.rejected > settings.max_rejects {
+    if report.rejected > settings.guard.max_rejects {
         let hint = first_reject
             .as_ref()
             .filter(|r| matches!(r.reason, RejectReason::FieldCount { .. }))
-            .and_then(|_| read::delimiter_hint(path, &settings.csv));
+            .and_then(|_| read::delimiter_hint(path, &settings.csv.format));
         return Err(SyncError::TooManyRejects {
             path: path.to_owned(),
             first: Box::new(first_reject.expect("a reject was counted")),
             rejected: report.rejected,
             rows_read: report.rows_read,
-            max: settings.max_rejects,
+            max: settings.guard.max_rejects,
             hint,
         });
     }

@@ -175,7 +175,7 @@ pub async fn run_revert(
         reason: None,
     };
     let guard = merge::Guard {
-        max_delete_ratio: ctx.settings.max_delete_ratio,
+        max_delete_ratio: ctx.settings.guard.max_delete_ratio,
         allow_mass_delete,
         // A revert puts names back; only its deletes are guarded.
         max_update_ratio: 1.0,
@@ -224,7 +224,7 @@ async fn locked(
 ) -> Result<(), RevertError> {
     let db = &ctx.db;
     let load_id = summary.load_id;
-    let lock = AdvisoryLock::try_run_lock(&ctx.settings.database_url).await?;
+    let lock = AdvisoryLock::try_run_lock(&ctx.settings.database.url).await?;
     let result = async {
         if lock.is_none() {
             runs::start(db, load_id, Trigger::Revert, "", None).await?;
@@ -232,11 +232,11 @@ async fn locked(
         }
         runs::recover(db).await?;
         runs::start(db, load_id, Trigger::Revert, "", None).await?;
-        if !ctx.settings.journal.enabled() {
+        if !ctx.settings.retention.journal.enabled() {
             return Err(RevertError::JournalOff);
         }
         let lock_pid = lock.as_ref().map(|l| l.pid()).unwrap_or_default();
-        let wait = ctx.settings.lock_wait_timeout;
+        let wait = ctx.settings.database.lock_wait_timeout;
         let txn = db.begin().await?;
         txn.execute_unprepared(super::drift::OWN_WRITE).await?;
         let session = merge::session(&txn).await?;
