@@ -14,6 +14,7 @@ pub mod exit;
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod mirror;
 pub mod pipeline;
 pub mod rejects;
 pub mod runner;
