@@ -244,7 +244,10 @@ mod tests {
     fn quoting_doubles_quotes() {
         assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_identifier("email"), "\"email\"");
-        assert_eq!(ColumnName::parse("Full Name").unwrap().sql(), "\"Full Name\"");
+        assert_eq!(
+            ColumnName::parse("Full Name").unwrap().sql(),
+            "\"Full Name\""
+        );
     }
 
     #[test]

@@ -202,7 +202,14 @@ fn parse_one(index: usize, value: &toml::Value) -> Result<MirrorSpec, MirrorErro
                 Some(name) => format!("columns[{}] ({name:?})", i + 1),
                 None => format!("columns[{}]", i + 1),
             };
-            check_keys(&ctx, column, COLUMN_KEYS, COLUMN_KNOWN, &["name", "type"], &at)?;
+            check_keys(
+                &ctx,
+                column,
+                COLUMN_KEYS,
+                COLUMN_KNOWN,
+                &["name", "type"],
+                &at,
+            )?;
         }
     }
     let raw = RawMirror::deserialize(value.clone()).map_err(|e| ctx.err("shape", sanitised(&e)))?;
@@ -317,7 +324,7 @@ impl RawMirror {
                 if columns.iter().any(|c| c.name == column) {
                     return Err(ctx.err(
                         "modified_column",
-                        format!("{column:?} is also in columns: the agent sets it, the file does not; remove it from columns (or from modified_column)"),
+                        format!("{:?} is also in columns: the agent sets it, the file does not; remove it from columns (or from modified_column)", column.as_str()),
                     ));
                 }
                 Some(column)
@@ -327,8 +334,9 @@ impl RawMirror {
             .schedule
             .as_deref()
             .map(|s| {
-                Schedule::parse(s.trim())
-                    .map_err(|e| ctx.err("schedule", format!("{e} (robfig/cron v3 standard syntax)")))
+                Schedule::parse(s.trim()).map_err(|e| {
+                    ctx.err("schedule", format!("{e} (robfig/cron v3 standard syntax)"))
+                })
             })
             .transpose()?;
         Ok(MirrorSpec {
@@ -352,7 +360,8 @@ impl RawMirror {
         let mut out = Vec::with_capacity(self.columns.len());
         for (i, raw) in self.columns.iter().enumerate() {
             let at = format!("columns[{}]", i + 1);
-            let name = ColumnName::parse(&raw.name).map_err(|rule| ctx.err(format!("{at}.name"), rule))?;
+            let name =
+                ColumnName::parse(&raw.name).map_err(|rule| ctx.err(format!("{at}.name"), rule))?;
             let at = format!("columns[{}] ({:?})", i + 1, name.as_str());
             let mut ty = ColumnType::from_name(&raw.ty).ok_or_else(|| {
                 ctx.err(
@@ -386,7 +395,7 @@ impl RawMirror {
             if let Some(first) = sources.insert(matched, name.clone()) {
                 return Err(ctx.err(
                     format!("{at}.source"),
-                    format!("reads the same header as {first:?} (headers match trimmed and without regard to case); give one of them another source"),
+                    format!("reads the same header as {:?} (headers match trimmed and without regard to case); give one of them another source", first.as_str()),
                 ));
             }
             out.push(ColumnSpec {
@@ -416,7 +425,9 @@ impl RawMirror {
             if column.nullable {
                 return Err(ctx.err(
                     "key",
-                    format!("{raw:?} is nullable; a key column may not be (remove nullable = true)"),
+                    format!(
+                        "{raw:?} is nullable; a key column may not be (remove nullable = true)"
+                    ),
                 ));
             }
             if key.contains(&column.name) {
@@ -429,10 +440,8 @@ impl RawMirror {
 
     fn overrides(&self, ctx: &Ctx) -> Result<SettingOverrides, MirrorError> {
         let whole = |field: &str, v: Option<i64>| {
-            v.map(|n| {
-                u64::try_from(n).map_err(|_| ctx.err(field, "expected a whole number ≥ 0"))
-            })
-            .transpose()
+            v.map(|n| u64::try_from(n).map_err(|_| ctx.err(field, "expected a whole number ≥ 0")))
+                .transpose()
         };
         let max_delete_ratio = self
             .max_delete_ratio
@@ -580,7 +589,10 @@ pub fn validate_set(specs: &[MirrorSpec]) -> Result<(), MirrorError> {
         if let Some(other) = tables.insert(&spec.table, &spec.name) {
             return Err(ctx.err(
                 "table",
-                format!("mirror {other} already writes {}; one table has one mirror", spec.table),
+                format!(
+                    "mirror {other} already writes {}; one table has one mirror",
+                    spec.table
+                ),
             ));
         }
     }

@@ -71,7 +71,9 @@ fn the_example_parses() {
     assert_eq!(s.overrides.max_delete_ratio, Some(0.2));
     assert_eq!(s.overrides.max_rejects, None);
     assert_eq!(
-        s.value_columns().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        s.value_columns()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
         ["full_name", "plan", "signed_up", "opted_in", "balance"]
     );
 
@@ -99,7 +101,10 @@ fn no_mirror_is_none() {
 #[test]
 fn a_misspelt_key_names_the_mirror_and_the_key() {
     let e = error(|m| m.replace("schedule =", "schedul ="));
-    assert!(e.contains("[[mirror]] subscribers: unknown key \"schedul\""), "{e}");
+    assert!(
+        e.contains("[[mirror]] subscribers: unknown key \"schedul\""),
+        "{e}"
+    );
     let e = error(|m| m.replace("nullable = true", "nulable = true"));
     assert!(
         e.contains("subscribers: unknown key \"columns[4] (\\\"plan\\\").nulable\""),
@@ -127,8 +132,16 @@ fn errors_never_quote_a_value() {
 #[test]
 fn each_rule_names_the_mirror_the_field_and_the_rule() {
     let cases: &[(&str, &str, &str)] = &[
-        ("name = \"subscribers\"", "name = \"Sub\"", "#1: name: may hold only"),
-        ("name = \"subscribers\"", "name = \"followers\"", "name: followers is the built-in"),
+        (
+            "name = \"subscribers\"",
+            "name = \"Sub\"",
+            "#1: name: may hold only",
+        ),
+        (
+            "name = \"subscribers\"",
+            "name = \"followers\"",
+            "name: followers is the built-in",
+        ),
         ("file = \"subscribers.csv\"", "", "file: is required"),
         (
             "file = \"subscribers.csv\"",
@@ -138,31 +151,123 @@ fn each_rule_names_the_mirror_the_field_and_the_rule() {
         ("subscribers.csv", "../x.csv", "'..' is not allowed"),
         ("subscribers.csv", "/etc/x.csv", "must be relative"),
         ("subscribers.csv", "sub*.csv", "files = "),
-        ("file = \"subscribers.csv\"", "files = \"a.csv\"", "holds no wildcard"),
-        ("file = \"subscribers.csv\"", "files = \"a*/b-*.csv\"", "only in the file name"),
-        ("crm.subscribers", "subscribers", "table: must be schema-qualified"),
-        ("crm.subscribers", "pg_catalog.x", "table: the schema pg_catalog"),
-        ("crm.subscribers", "etl_info_schema.x", "table: the schema etl_info_schema"),
-        ("key = [\"account_id\", \"email\"]", "key = []", "key: must name at least one"),
-        ("\"account_id\", \"email\"]", "\"account\", \"email\"]", "key: \"account\" is not one of the columns (account_id, email,"),
-        ("\"account_id\", \"email\"]", "\"email\", \"email\"]", "key: \"email\" is named twice"),
-        ("\"account_id\", \"email\"]", "\"plan\"]", "key: \"plan\" is nullable"),
-        ("type = \"bigint\"", "type = \"int8\"", "columns[1] (\"account_id\").type: unknown type; expected one of text, email"),
-        ("type = \"date\"", "type = \"date\", max_length = 3", "columns[5] (\"signed_up\").max_length: applies to text columns only, this one is date"),
-        ("max_length = 255", "max_length = 0", "max_length: expected a whole number from 1"),
-        ("name = \"plan\"", "name = \"email\"", "columns[4] (\"email\").name: names a column a second time"),
-        ("source = \"Full Name\"", "source = \" EMAIL \"", "reads the same header as \"email\""),
-        ("modified_column = \"modified_at\"", "modified_column = \"plan\"", "modified_column: \"plan\" is also in columns"),
+        (
+            "file = \"subscribers.csv\"",
+            "files = \"a.csv\"",
+            "holds no wildcard",
+        ),
+        (
+            "file = \"subscribers.csv\"",
+            "files = \"a*/b-*.csv\"",
+            "only in the file name",
+        ),
+        (
+            "crm.subscribers",
+            "subscribers",
+            "table: must be schema-qualified",
+        ),
+        (
+            "crm.subscribers",
+            "pg_catalog.x",
+            "table: the schema pg_catalog",
+        ),
+        (
+            "crm.subscribers",
+            "etl_info_schema.x",
+            "table: the schema etl_info_schema",
+        ),
+        (
+            "key = [\"account_id\", \"email\"]",
+            "key = []",
+            "key: must name at least one",
+        ),
+        (
+            "\"account_id\", \"email\"]",
+            "\"account\", \"email\"]",
+            "key: \"account\" is not one of the columns (account_id, email,",
+        ),
+        (
+            "\"account_id\", \"email\"]",
+            "\"email\", \"email\"]",
+            "key: \"email\" is named twice",
+        ),
+        (
+            "\"account_id\", \"email\"]",
+            "\"plan\"]",
+            "key: \"plan\" is nullable",
+        ),
+        (
+            "type = \"bigint\"",
+            "type = \"int8\"",
+            "columns[1] (\"account_id\").type: unknown type; expected one of text, email",
+        ),
+        (
+            "type = \"date\"",
+            "type = \"date\", max_length = 3",
+            "columns[5] (\"signed_up\").max_length: applies to text columns only, this one is date",
+        ),
+        (
+            "max_length = 255",
+            "max_length = 0",
+            "max_length: expected a whole number from 1",
+        ),
+        (
+            "name = \"plan\"",
+            "name = \"email\"",
+            "columns[4] (\"email\").name: names a column a second time",
+        ),
+        (
+            "source = \"Full Name\"",
+            "source = \" EMAIL \"",
+            "reads the same header as \"email\"",
+        ),
+        (
+            "modified_column = \"modified_at\"",
+            "modified_column = \"plan\"",
+            "modified_column: \"plan\" is also in columns",
+        ),
         ("0 */6 * * *", "every day", "schedule: "),
-        ("max_delete_ratio = 0.2", "max_delete_ratio = 1.5", "max_delete_ratio: expected a number from 0.0 to 1.0"),
-        ("max_delete_ratio = 0.2", "max_rejects = -1", "max_rejects: expected a whole number ≥ 0"),
-        ("max_delete_ratio = 0.2", "csv_delimiter = \";;\"", "csv_delimiter: expected one ASCII character"),
-        ("max_delete_ratio = 0.2", "csv_header = \"yes\"", "csv_header: expected true, false or \"auto\""),
-        ("max_delete_ratio = 0.2", "csv_encoding = \"klingon\"", "csv_encoding: expected auto"),
-        ("max_delete_ratio = 0.2", "ready_marker = \"a/b\"", "ready_marker: expected a suffix"),
+        (
+            "max_delete_ratio = 0.2",
+            "max_delete_ratio = 1.5",
+            "max_delete_ratio: expected a number from 0.0 to 1.0",
+        ),
+        (
+            "max_delete_ratio = 0.2",
+            "max_rejects = -1",
+            "max_rejects: expected a whole number ≥ 0",
+        ),
+        (
+            "max_delete_ratio = 0.2",
+            "csv_delimiter = \";;\"",
+            "csv_delimiter: expected one ASCII character",
+        ),
+        (
+            "max_delete_ratio = 0.2",
+            "csv_header = \"yes\"",
+            "csv_header: expected true, false or \"auto\"",
+        ),
+        (
+            "max_delete_ratio = 0.2",
+            "csv_encoding = \"klingon\"",
+            "csv_encoding: expected auto",
+        ),
+        (
+            "max_delete_ratio = 0.2",
+            "ready_marker = \"a/b\"",
+            "ready_marker: expected a suffix",
+        ),
         ("table = \"crm.subscribers\"", "", "table: is required"),
-        ("{ name = \"plan\",       type = \"text\", nullable = true }", "{ name = \"plan\" }", "columns[4] (\"plan\").type: is required"),
-        ("key = [\"account_id\", \"email\"]", "key = \"email\"", "key: expected an array of strings"),
+        (
+            "{ name = \"plan\",       type = \"text\", nullable = true }",
+            "{ name = \"plan\" }",
+            "columns[4] (\"plan\").type: is required",
+        ),
+        (
+            "key = [\"account_id\", \"email\"]",
+            "key = \"email\"",
+            "key: expected an array of strings",
+        ),
     ];
     for (from, to, expected) in cases {
         let e = error(|m| {
@@ -182,9 +287,16 @@ fn names_and_tables_are_unique_across_mirrors() {
         )
     };
     assert!(from_toml_str(&second("other", "crm.other")).is_ok());
-    let e = from_toml_str(&second("subscribers", "crm.other")).unwrap_err().to_string();
-    assert!(e.contains("subscribers: name: another mirror has this name"), "{e}");
-    let e = from_toml_str(&second("other", "crm.subscribers")).unwrap_err().to_string();
+    let e = from_toml_str(&second("subscribers", "crm.other"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("subscribers: name: another mirror has this name"),
+        "{e}"
+    );
+    let e = from_toml_str(&second("other", "crm.subscribers"))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("other: table: mirror subscribers already writes crm.subscribers"),
         "{e}"
@@ -215,6 +327,9 @@ fn a_file_is_confined_to_tables_dir() {
     let dir = tempfile::tempdir().unwrap();
     let specs = from_toml_str(EXAMPLE).unwrap();
     let confined = specs[0].source.confined_file(dir.path()).unwrap().unwrap();
-    assert_eq!(confined, dir.path().canonicalize().unwrap().join("subscribers.csv"));
+    assert_eq!(
+        confined,
+        dir.path().canonicalize().unwrap().join("subscribers.csv")
+    );
     assert!(specs[1].source.confined_file(dir.path()).is_none());
 }

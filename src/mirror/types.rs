@@ -133,7 +133,8 @@ impl ColumnType {
             "float4" | "real" => "float4",
             other => other,
         };
-        let texts = |needed: Option<u32>| match (canonical, limit, needed) {
+        let texts = |needed: Option<u32>| {
+            match (canonical, limit, needed) {
             ("text" | "citext", _, _) | ("varchar", None, _) => Ok(()),
             ("varchar", Some(n), Some(m)) if n >= m => Ok(()),
             ("varchar", Some(n), Some(m)) => Err(format!(
@@ -143,6 +144,7 @@ impl ColumnType {
                 "is varchar({n}) but the configuration allows any length; set max_length = {n} or make it text"
             )),
             _ => Err(self.mismatch(catalog)),
+        }
         };
         match self {
             Self::Text { max_length } => texts(max_length),

@@ -177,9 +177,7 @@ fn numeric(value: &str) -> Result<Cow<'_, str>, String> {
         return invalid("");
     }
     if whole.len() + fraction.len() > NUMERIC_MAX_DIGITS {
-        return Err(format!(
-            "has more than {NUMERIC_MAX_DIGITS} digits"
-        ));
+        return Err(format!("has more than {NUMERIC_MAX_DIGITS} digits"));
     }
     let exponent = match exponent {
         None => None,
@@ -345,7 +343,7 @@ fn timestamp(value: &str, with_zone: bool) -> Result<String, String> {
                 shown(value)
             ))
         }
-        (_, false) => {
+        ([b'Z' | b'z' | b'+' | b'-', ..], false) => {
             return Err(format!(
                 "{} has a time zone offset, but the column is a timestamp without time zone",
                 shown(value)
@@ -364,10 +362,7 @@ fn timestamp(value: &str, with_zone: bool) -> Result<String, String> {
                     format!("{}{h:02}:{m:02}", char::from(*sign))
                 }
                 (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "{} has an offset beyond ±15:59",
-                        shown(value)
-                    ))
+                    return Err(format!("{} has an offset beyond ±15:59", shown(value)))
                 }
                 _ => return Err(invalid()),
             }
