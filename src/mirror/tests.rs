@@ -129,147 +129,149 @@ fn errors_never_quote_a_value() {
     assert!(!e.contains("secret"), "{e}");
 }
 
+/// (text of the example, replaced by, part of the error).
+const RULE_CASES: &[(&str, &str, &str)] = &[
+    (
+        "name = \"subscribers\"",
+        "name = \"Sub\"",
+        "#1: name: may hold only",
+    ),
+    (
+        "name = \"subscribers\"",
+        "name = \"followers\"",
+        "name: followers is the built-in",
+    ),
+    ("file = \"subscribers.csv\"", "", "file: is required"),
+    (
+        "file = \"subscribers.csv\"",
+        "file = \"a.csv\"\nfiles = \"b-*.csv\"",
+        "not both",
+    ),
+    ("subscribers.csv", "../x.csv", "'..' is not allowed"),
+    ("subscribers.csv", "/etc/x.csv", "must be relative"),
+    ("subscribers.csv", "sub*.csv", "files = "),
+    (
+        "file = \"subscribers.csv\"",
+        "files = \"a.csv\"",
+        "holds no wildcard",
+    ),
+    (
+        "file = \"subscribers.csv\"",
+        "files = \"a*/b-*.csv\"",
+        "only in the file name",
+    ),
+    (
+        "crm.subscribers",
+        "subscribers",
+        "table: must be schema-qualified",
+    ),
+    (
+        "crm.subscribers",
+        "pg_catalog.x",
+        "table: the schema pg_catalog",
+    ),
+    (
+        "crm.subscribers",
+        "etl_info_schema.x",
+        "table: the schema etl_info_schema",
+    ),
+    (
+        "key = [\"account_id\", \"email\"]",
+        "key = []",
+        "key: must name at least one",
+    ),
+    (
+        "\"account_id\", \"email\"]",
+        "\"account\", \"email\"]",
+        "key: \"account\" is not one of the columns (account_id, email,",
+    ),
+    (
+        "\"account_id\", \"email\"]",
+        "\"email\", \"email\"]",
+        "key: \"email\" is named twice",
+    ),
+    (
+        "\"account_id\", \"email\"]",
+        "\"plan\"]",
+        "key: \"plan\" is nullable",
+    ),
+    (
+        "type = \"bigint\"",
+        "type = \"int8\"",
+        "columns[1] (\"account_id\").type: unknown type; expected one of text, email",
+    ),
+    (
+        "type = \"date\"",
+        "type = \"date\", max_length = 3",
+        "columns[5] (\"signed_up\").max_length: applies to text columns only, this one is date",
+    ),
+    (
+        "max_length = 255",
+        "max_length = 0",
+        "max_length: expected a whole number from 1",
+    ),
+    (
+        "name = \"plan\"",
+        "name = \"email\"",
+        "columns[4] (\"email\").name: names a column a second time",
+    ),
+    (
+        "source = \"Full Name\"",
+        "source = \" EMAIL \"",
+        "reads the same header as \"email\"",
+    ),
+    (
+        "modified_column = \"modified_at\"",
+        "modified_column = \"plan\"",
+        "modified_column: \"plan\" is also in columns",
+    ),
+    ("0 */6 * * *", "every day", "schedule: "),
+    (
+        "max_delete_ratio = 0.2",
+        "max_delete_ratio = 1.5",
+        "max_delete_ratio: expected a number from 0.0 to 1.0",
+    ),
+    (
+        "max_delete_ratio = 0.2",
+        "max_rejects = -1",
+        "max_rejects: expected a whole number ≥ 0",
+    ),
+    (
+        "max_delete_ratio = 0.2",
+        "csv_delimiter = \";;\"",
+        "csv_delimiter: expected one ASCII character",
+    ),
+    (
+        "max_delete_ratio = 0.2",
+        "csv_header = \"yes\"",
+        "csv_header: expected true, false or \"auto\"",
+    ),
+    (
+        "max_delete_ratio = 0.2",
+        "csv_encoding = \"klingon\"",
+        "csv_encoding: expected auto",
+    ),
+    (
+        "max_delete_ratio = 0.2",
+        "ready_marker = \"a/b\"",
+        "ready_marker: expected a suffix",
+    ),
+    ("table = \"crm.subscribers\"", "", "table: is required"),
+    (
+        "{ name = \"plan\",       type = \"text\", nullable = true }",
+        "{ name = \"plan\" }",
+        "columns[4] (\"plan\").type: is required",
+    ),
+    (
+        "key = [\"account_id\", \"email\"]",
+        "key = \"email\"",
+        "key: expected an array of strings",
+    ),
+];
+
 #[test]
 fn each_rule_names_the_mirror_the_field_and_the_rule() {
-    let cases: &[(&str, &str, &str)] = &[
-        (
-            "name = \"subscribers\"",
-            "name = \"Sub\"",
-            "#1: name: may hold only",
-        ),
-        (
-            "name = \"subscribers\"",
-            "name = \"followers\"",
-            "name: followers is the built-in",
-        ),
-        ("file = \"subscribers.csv\"", "", "file: is required"),
-        (
-            "file = \"subscribers.csv\"",
-            "file = \"a.csv\"\nfiles = \"b-*.csv\"",
-            "not both",
-        ),
-        ("subscribers.csv", "../x.csv", "'..' is not allowed"),
-        ("subscribers.csv", "/etc/x.csv", "must be relative"),
-        ("subscribers.csv", "sub*.csv", "files = "),
-        (
-            "file = \"subscribers.csv\"",
-            "files = \"a.csv\"",
-            "holds no wildcard",
-        ),
-        (
-            "file = \"subscribers.csv\"",
-            "files = \"a*/b-*.csv\"",
-            "only in the file name",
-        ),
-        (
-            "crm.subscribers",
-            "subscribers",
-            "table: must be schema-qualified",
-        ),
-        (
-            "crm.subscribers",
-            "pg_catalog.x",
-            "table: the schema pg_catalog",
-        ),
-        (
-            "crm.subscribers",
-            "etl_info_schema.x",
-            "table: the schema etl_info_schema",
-        ),
-        (
-            "key = [\"account_id\", \"email\"]",
-            "key = []",
-            "key: must name at least one",
-        ),
-        (
-            "\"account_id\", \"email\"]",
-            "\"account\", \"email\"]",
-            "key: \"account\" is not one of the columns (account_id, email,",
-        ),
-        (
-            "\"account_id\", \"email\"]",
-            "\"email\", \"email\"]",
-            "key: \"email\" is named twice",
-        ),
-        (
-            "\"account_id\", \"email\"]",
-            "\"plan\"]",
-            "key: \"plan\" is nullable",
-        ),
-        (
-            "type = \"bigint\"",
-            "type = \"int8\"",
-            "columns[1] (\"account_id\").type: unknown type; expected one of text, email",
-        ),
-        (
-            "type = \"date\"",
-            "type = \"date\", max_length = 3",
-            "columns[5] (\"signed_up\").max_length: applies to text columns only, this one is date",
-        ),
-        (
-            "max_length = 255",
-            "max_length = 0",
-            "max_length: expected a whole number from 1",
-        ),
-        (
-            "name = \"plan\"",
-            "name = \"email\"",
-            "columns[4] (\"email\").name: names a column a second time",
-        ),
-        (
-            "source = \"Full Name\"",
-            "source = \" EMAIL \"",
-            "reads the same header as \"email\"",
-        ),
-        (
-            "modified_column = \"modified_at\"",
-            "modified_column = \"plan\"",
-            "modified_column: \"plan\" is also in columns",
-        ),
-        ("0 */6 * * *", "every day", "schedule: "),
-        (
-            "max_delete_ratio = 0.2",
-            "max_delete_ratio = 1.5",
-            "max_delete_ratio: expected a number from 0.0 to 1.0",
-        ),
-        (
-            "max_delete_ratio = 0.2",
-            "max_rejects = -1",
-            "max_rejects: expected a whole number ≥ 0",
-        ),
-        (
-            "max_delete_ratio = 0.2",
-            "csv_delimiter = \";;\"",
-            "csv_delimiter: expected one ASCII character",
-        ),
-        (
-            "max_delete_ratio = 0.2",
-            "csv_header = \"yes\"",
-            "csv_header: expected true, false or \"auto\"",
-        ),
-        (
-            "max_delete_ratio = 0.2",
-            "csv_encoding = \"klingon\"",
-            "csv_encoding: expected auto",
-        ),
-        (
-            "max_delete_ratio = 0.2",
-            "ready_marker = \"a/b\"",
-            "ready_marker: expected a suffix",
-        ),
-        ("table = \"crm.subscribers\"", "", "table: is required"),
-        (
-            "{ name = \"plan\",       type = \"text\", nullable = true }",
-            "{ name = \"plan\" }",
-            "columns[4] (\"plan\").type: is required",
-        ),
-        (
-            "key = [\"account_id\", \"email\"]",
-            "key = \"email\"",
-            "key: expected an array of strings",
-        ),
-    ];
-    for (from, to, expected) in cases {
+    for (from, to, expected) in RULE_CASES {
         let e = error(|m| {
             assert!(m.contains(from), "{from}");
             m.replacen(from, to, 1)

@@ -125,7 +125,7 @@ where
 
 /// The two integer widths and their bounds, as text for the reasons.
 mod num_bounds {
-    pub trait Bounded {
+    pub(super) trait Bounded {
         const MIN_TEXT: &'static str;
         const MAX_TEXT: &'static str;
     }
