@@ -12,7 +12,7 @@ pub mod value;
 
 pub use names::{quote_identifier, ColumnName, MirrorName, TableName, MAX_IDENTIFIER_BYTES};
 pub use parse::{from_toml_str, parse_mirrors, validate_set, RawColumn, RawMirror};
-pub use types::{ColumnType, EMAIL_MAX_CHARS, TYPE_NAMES};
+pub use types::{modified_column_compatible, ColumnType, EMAIL_MAX_CHARS, TYPE_NAMES};
 
 use crate::config::HeaderMode;
 use robfig_cron::Schedule;
@@ -87,6 +87,12 @@ pub struct ColumnSpec {
 }
 
 impl ColumnSpec {
+    /// Whether the header field `field` names this column: trimmed and without
+    /// regard to ASCII case, as the header detection matches `email`.
+    pub fn matches_header(&self, field: &str) -> bool {
+        field.trim().eq_ignore_ascii_case(self.source.trim())
+    }
+
     /// A text column's limit in characters.
     pub fn max_length(&self) -> Option<u32> {
         match self.ty {
@@ -170,6 +176,43 @@ impl MirrorSpec {
     /// Whether `name` is one of the key's columns.
     pub fn is_key(&self, name: &ColumnName) -> bool {
         self.key.contains(name)
+    }
+
+    /// The resolved definition, for `followers-etl mirrors --json`: every key as
+    /// the configuration spells it, `null` where the variable's value applies.
+    pub fn to_json(&self) -> serde_json::Value {
+        let o = &self.overrides;
+        let (file, files) = match &self.source {
+            MirrorSource::File(path) => (Some(path.display().to_string()), None),
+            MirrorSource::Glob(pattern) => (None, Some(pattern.clone())),
+        };
+        serde_json::json!({
+            "name": self.name,
+            "file": file,
+            "files": files,
+            "table": self.table,
+            "key": self.key,
+            "columns": self.columns.iter().map(|c| serde_json::json!({
+                "name": c.name,
+                "type": c.ty.name(),
+                "max_length": c.max_length(),
+                "nullable": c.nullable,
+                "source": c.source,
+            })).collect::<Vec<_>>(),
+            "schedule": self.schedule.as_ref().map(ToString::to_string),
+            "modified_column": self.modified_column,
+            "max_delete_ratio": o.max_delete_ratio,
+            "max_rejects": o.max_rejects,
+            "csv_delimiter": o.csv_delimiter.map(|d| char::from(d).to_string()),
+            "csv_header": o.csv_header.map(|h| match h {
+                HeaderMode::Auto => "auto",
+                HeaderMode::Present => "true",
+                HeaderMode::Absent => "false",
+            }),
+            "csv_encoding": o.csv_encoding.map(|e| e.map_or("auto", encoding_rs::Encoding::name)),
+            "ready_marker": o.ready_marker,
+            "journal_keep_runs": o.journal_keep_runs,
+        })
     }
 
     /// The columns outside the key: a change is any of them differing.

@@ -385,7 +385,7 @@ impl RawMirror {
                 *max_length = u32::try_from(n).ok();
             }
             let source = raw.source.clone().unwrap_or_else(|| raw.name.clone());
-            let matched = source.trim().to_lowercase();
+            let matched = source.trim().to_ascii_lowercase();
             if matched.is_empty() {
                 return Err(ctx.err(format!("{at}.source"), "must not be empty"));
             }

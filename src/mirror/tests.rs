@@ -335,3 +335,35 @@ fn a_file_is_confined_to_tables_dir() {
     );
     assert!(specs[1].source.confined_file(dir.path()).is_none());
 }
+
+#[test]
+fn headers_match_trimmed_and_without_regard_to_case() {
+    let specs = from_toml_str(EXAMPLE).unwrap();
+    let full_name = &specs[0].columns[2];
+    assert!(full_name.matches_header("  full NAME "));
+    assert!(!full_name.matches_header("full_name"));
+    assert!(specs[0].columns[0].matches_header("ACCOUNT_ID"));
+}
+
+#[test]
+fn the_resolved_definitions_as_json() {
+    let specs = from_toml_str(EXAMPLE).unwrap();
+    let s = specs[0].to_json();
+    assert_eq!(s["name"], "subscribers");
+    assert_eq!(s["file"], "subscribers.csv");
+    assert!(s["files"].is_null());
+    assert_eq!(s["key"], serde_json::json!(["account_id", "email"]));
+    assert_eq!(
+        s["columns"][2],
+        serde_json::json!({"name": "full_name", "type": "text", "max_length": 255, "nullable": false, "source": "Full Name"})
+    );
+    assert_eq!(s["schedule"], "0 */6 * * *");
+    assert_eq!(s["max_delete_ratio"], 0.2);
+    assert!(s["max_rejects"].is_null());
+    let p = specs[1].to_json();
+    assert_eq!(p["table"], r#"crm."Sub Scribers""#);
+    assert_eq!(p["files"], "exports/part-*.csv.gz");
+    assert_eq!(p["csv_delimiter"], "\t");
+    assert_eq!(p["csv_header"], "false");
+    assert_eq!(p["csv_encoding"], "windows-1252");
+}

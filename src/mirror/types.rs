@@ -183,6 +183,16 @@ impl ColumnType {
     }
 }
 
+/// Whether an existing column of the catalog type `catalog` can be a mirror's
+/// `modified_column`: `timestamp` or `timestamptz` (the agent writes either,
+/// as it writes `followers.modified_at`, docs/sync.md#modified_at-and-the-time-zone).
+pub fn modified_column_compatible(catalog: &str) -> Result<(), String> {
+    ColumnType::Timestamp
+        .compatible(catalog, None)
+        .or_else(|_| ColumnType::Timestamptz.compatible(catalog, None))
+        .map_err(|_| format!("is {catalog}; modified_column must be timestamp or timestamptz"))
+}
+
 impl fmt::Display for ColumnType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -255,6 +265,10 @@ mod tests {
         assert!(!ok(ColumnType::Uuid, "text"));
         let e = ColumnType::Uuid.compatible("text", None).unwrap_err();
         assert!(e.contains("must be uuid"), "{e}");
+        assert!(modified_column_compatible("timestamp without time zone").is_ok());
+        assert!(modified_column_compatible("timestamptz").is_ok());
+        let e = modified_column_compatible("date").unwrap_err();
+        assert!(e.contains("must be timestamp or timestamptz"), "{e}");
         let e = text(None).compatible("varchar(80)", None).unwrap_err();
         assert!(e.contains("max_length = 80"), "{e}");
     }
