@@ -131,7 +131,7 @@ impl TableName {
 
     /// Parses the configuration's spelling (see the type's documentation).
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let (schema, rest) = part(raw, "the schema")?;
+        let (schema, rest) = part(raw.trim(), "the schema")?;
         let Some(rest) = rest.strip_prefix('.') else {
             return Err(
                 "must be schema-qualified, like crm.subscribers (public.followers for the default schema)"
@@ -256,6 +256,7 @@ mod tests {
         assert_eq!((t.schema(), t.table()), ("crm", "subscribers"));
         assert_eq!(t.sql(), "\"crm\".\"subscribers\"");
         assert_eq!(t.to_string(), "crm.subscribers");
+        assert_eq!(TableName::parse(" crm.subscribers ").unwrap(), t);
     }
 
     #[test]

@@ -94,6 +94,12 @@ fn the_example_parses() {
 }
 
 #[test]
+fn a_whole_ratio_is_a_number() {
+    let specs = one(|m| m.replace("max_delete_ratio = 0.2", "max_delete_ratio = 1")).unwrap();
+    assert_eq!(specs[0].overrides.max_delete_ratio, Some(1.0));
+}
+
+#[test]
 fn no_mirror_is_none() {
     assert!(from_toml_str("batch_size = 5\n").unwrap().is_empty());
 }

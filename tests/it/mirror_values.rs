@@ -167,3 +167,61 @@ async fn every_accepted_value_is_the_same_value_to_postgresql() {
     }
     assert!(accepted > 500, "only {accepted} values accepted");
 }
+
+/// A table created with each type's `create_sql` passes the start-up check of an
+/// existing table against what the catalog reports (`format_type`, and the
+/// `information_schema` names), and a narrower one does not.
+#[tokio::test]
+async fn a_created_table_passes_its_own_compatibility_check() {
+    let env = TestEnv::new().await;
+    let columns: Vec<String> = TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("c{i} {}", ty.create_sql()))
+        .collect();
+    env.exec(&format!(
+        "CREATE TABLE t ({}, narrow varchar(10), money numeric(12,2), stamp timestamp)",
+        columns.join(", ")
+    ))
+    .await;
+    let catalog: Vec<(String, String, String, Option<i32>)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), c.data_type::text,
+                c.character_maximum_length::int
+           FROM pg_attribute a
+           JOIN information_schema.columns c
+             ON c.table_name = 't' AND c.column_name = a.attname
+          WHERE a.attrelid = 't'::regclass AND a.attnum > 0
+          ORDER BY a.attnum",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    for (i, ty) in TYPES.iter().enumerate() {
+        let (_, formatted, data_type, max) = &catalog[i];
+        assert_eq!(
+            ty.compatible(formatted, None),
+            Ok(()),
+            "{ty} as {formatted}"
+        );
+        let limit = max.map(|n| u32::try_from(n).unwrap());
+        if *ty != ColumnType::Numeric {
+            assert_eq!(
+                ty.compatible(data_type, limit),
+                Ok(()),
+                "{ty} as {data_type}"
+            );
+        }
+    }
+    let find = |name: &str| {
+        catalog
+            .iter()
+            .find(|c| c.0 == name)
+            .map(|c| c.1.clone())
+            .unwrap()
+    };
+    assert!(ColumnType::Email.compatible(&find("narrow"), None).is_err());
+    assert!(ColumnType::Numeric
+        .compatible(&find("money"), None)
+        .is_err());
+    assert!(followers_etl::mirror::modified_column_compatible(&find("stamp")).is_ok());
+}
