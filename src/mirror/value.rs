@@ -30,7 +30,8 @@ pub fn parse_field<'a>(column: &ColumnSpec, raw: &'a str) -> Result<Option<Cow<'
             .map_err(|e| e.to_string());
     }
     let value = raw.trim();
-    if value.is_empty() {
+    // An empty address keeps the followers rule's own reason ("email is empty").
+    if value.is_empty() && !(column.ty == ColumnType::Email && !column.nullable) {
         return if column.nullable {
             Ok(None)
         } else {

@@ -41,9 +41,16 @@ fn empty_is_null_only_where_nullable() {
         ColumnType::Email,
     ] {
         assert_eq!(parse_field(&column(ty, true), "  "), Ok(None));
+    }
+    for ty in [TEXT, ColumnType::Bigint, ColumnType::Date] {
         refuses(ty, "", "col is empty (the column is not nullable)");
         refuses(ty, " \t", "is empty");
     }
+    // An email keeps the followers rule's reason, word for word.
+    let mut email = column(ColumnType::Email, false);
+    assert_eq!(parse_field(&email, " ").unwrap_err(), "col: email is empty");
+    email.name = ColumnName::parse("email").unwrap();
+    assert_eq!(parse_field(&email, "").unwrap_err(), "email is empty");
 }
 
 #[test]
