@@ -31,7 +31,7 @@ pub fn parse_field<'a>(column: &ColumnSpec, raw: &'a str) -> Result<Option<Cow<'
     }
     let value = raw.trim();
     // An empty address keeps the followers rule's own reason ("email is empty").
-    if value.is_empty() && !(column.ty == ColumnType::Email && !column.nullable) {
+    if value.is_empty() && (column.nullable || column.ty != ColumnType::Email) {
         return if column.nullable {
             Ok(None)
         } else {
