@@ -13,6 +13,7 @@ pub mod errors;
 pub mod exit;
 pub mod http;
 pub mod metrics;
+pub mod mirror;
 pub mod pipeline;
 pub mod rejects;
 pub mod runner;
