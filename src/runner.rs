@@ -95,7 +95,7 @@ impl PipelineSync {
         }
     }
 
-    /// Keeps the runs within their retention (docs/sync.md#run-history) on a task of
+    /// Keeps the runs within their retention (docs/sync.md#runs-and-their-retention) on a task of
     /// its own, so the next run never waits for it.
     fn prune_in_background(&self) {
         let Ok(permit) = self.pruning.clone().try_acquire_owned() else {

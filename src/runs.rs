@@ -272,7 +272,7 @@ pub async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Result<u64
     loop {
         // A run's journal rows go with it, in the same statement: a journaled run
         // pruned while an older one is kept (the last successful sync) would
-        // otherwise leave them for ever (docs/sync.md#run-history).
+        // otherwise leave them for ever (docs/sync.md#runs-and-their-retention).
         let deleted = db
             .query_one(Statement::from_sql_and_values(
                 DbBackend::Postgres,

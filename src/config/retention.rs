@@ -1,5 +1,5 @@
 //! The retention settings: how many run records `sync_runs` keeps
-//! (docs/sync.md#run-history, `HISTORY_KEEP_*`) and how long the journal keeps
+//! (docs/sync.md#runs-and-their-retention, `HISTORY_KEEP_*`) and how long the journal keeps
 //! what a run changed (docs/operations.md#journal-retention, `JOURNAL_KEEP_*`).
 
 use super::parse::{int_or, parse_int};
@@ -44,7 +44,7 @@ impl Retention {
     }
 }
 
-/// How many run records to keep (docs/sync.md#run-history); `None` disables that bound.
+/// How many run records to keep (docs/sync.md#runs-and-their-retention); `None` disables that bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunRetention {
     pub keep_days: Option<u32>,
