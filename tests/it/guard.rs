@@ -374,6 +374,7 @@ async fn first_failure(env: &TestEnv) -> (String, String, String) {
 
 /// `serve` retries a run that failed because the database restarted.
 #[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
 async fn serve_retries_a_run_failed_by_a_database_restart() {
     let pg = crate::private_pg::PrivatePg::start_new();
     let env = TestEnv::on_existing(&pg.url());

@@ -19,6 +19,9 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 pub struct TestEnv {
+    /// Whether `sync_with` (and so `sync`, `synced`, `refused`) runs the sync in
+    /// this process, through the library (`TestEnv::in_process`), not the binary.
+    in_process: bool,
     pub name: String,
     /// Whether `name` was created by this env (and is dropped with it).
     owns_database: bool,
@@ -116,12 +119,24 @@ impl TestEnv {
             .expect("connect test database");
         let dir = work_dir();
         Self {
+            in_process: false,
             name,
             owns_database: true,
             url,
             pool,
             dir,
         }
+    }
+
+    /// Like `new`, but `sync_with` (and so `sync`, `synced`, `refused`) runs each
+    /// sync in this process through the library's entry point of `sync`
+    /// (`followers_etl::cli::sync_with`, see `sync_in_process`): no process to
+    /// start, the same settings, summary and exit code. For tests that look at
+    /// tables, the summary and the exit code, never at a sync's stderr.
+    pub async fn in_process() -> Self {
+        let mut env = Self::new().await;
+        env.in_process = true;
+        env
     }
 
     /// An env on an existing database `url` (e.g. of a private server that may
@@ -134,6 +149,7 @@ impl TestEnv {
             .expect("a database URL");
         let dir = work_dir();
         Self {
+            in_process: false,
             name: String::new(),
             owns_database: false,
             url: url.to_owned(),
@@ -188,11 +204,122 @@ impl TestEnv {
         cmd.output().expect("run followers-etl").into()
     }
 
-    /// `sync --json` with extra args and environment.
+    /// `sync --json` with extra args and environment (in this process for an
+    /// env made by `in_process`, where the process allows it).
     pub fn sync_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        if self.in_process && in_process_possible() {
+            return self.sync_in_process(args, env);
+        }
         let mut all = vec!["sync", "--json"];
         all.extend_from_slice(args);
         self.run(&all, env)
+    }
+
+    /// `sync --json ARGS` as the binary that `command()` starts would run it, in
+    /// this process: the same settings (the environment `command()` gives plus
+    /// `env`, written as the TOML layer, which only the environment and `.env`
+    /// would override: see `in_process_possible`), then the command's own code
+    /// after settings are loaded (`cli::sync_with`) on a runtime of its own, as
+    /// `main` has. Only the signal handlers are left out (they would outlive the
+    /// run in the test process). stderr holds a configuration error only: the
+    /// run's log events have no subscriber here.
+    pub fn sync_in_process(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        use followers_etl::cli::{Cli, Command};
+        let mut argv = vec!["followers-etl", "sync", "--json"];
+        argv.extend_from_slice(args);
+        let cli = match <Cli as clap::Parser>::try_parse_from(&argv) {
+            Ok(cli) => cli,
+            Err(e) => {
+                return Run {
+                    code: 2,
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                }
+            }
+        };
+        let mut vars: std::collections::BTreeMap<String, String> = [
+            ("DATABASE_URL", self.url.clone()),
+            ("TABLES_DIR", self.tables().display().to_string()),
+            ("CSV_FILE", "followers.csv".into()),
+            ("LOG_LEVEL", "warn".into()),
+            ("HTTP_ADDR", "off".into()),
+            ("WATCH_DEBOUNCE", "100ms".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in env {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let toml_text: String = vars
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{} = {}\n",
+                    k.to_ascii_lowercase(),
+                    toml::Value::String(v.clone())
+                )
+            })
+            .collect();
+        let config = self
+            .dir
+            .path()
+            .join(format!("in-process-{}.toml", uuid::Uuid::now_v7().simple()));
+        std::fs::write(&config, toml_text).unwrap();
+        let mut overrides = cli.overrides();
+        overrides.config_file.get_or_insert(config);
+        let settings = match followers_etl::config::Settings::load(&overrides) {
+            Ok(settings) => settings,
+            Err(e) => {
+                return Run {
+                    code: 2,
+                    stdout: String::new(),
+                    stderr: format!("configuration error: {e}"),
+                }
+            }
+        };
+        let Some(Command::Sync(sync_args)) = cli.command else {
+            unreachable!("parsed as sync")
+        };
+        let json = sync_args.json;
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+            let mut stdout = String::new();
+            let mut print = |summary: &followers_etl::pipeline::Summary, recorded: bool| {
+                // As `cli::print_summary` writes it for --json.
+                assert!(json, "in-process syncs print --json summaries only");
+                let mut text = serde_json::to_string(summary).unwrap();
+                if !recorded {
+                    let quoted = format!("\"{}\"", summary.load_id);
+                    text = text.replacen(&quoted, "null", 1);
+                }
+                stdout.push_str(&text);
+                stdout.push('\n');
+                std::process::ExitCode::SUCCESS
+            };
+            let code = runtime.block_on(followers_etl::cli::sync_with(
+                std::sync::Arc::new(settings),
+                sync_args,
+                |_cancel| {},
+                &mut print,
+            ));
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            let code = [
+                (std::process::ExitCode::SUCCESS, 0),
+                (followers_etl::exit::failure(), 1),
+                (followers_etl::exit::usage(), 2),
+            ]
+            .into_iter()
+            .find_map(|(c, n)| (c == code).then_some(n))
+            .expect("sync exits 0, 1 or 2");
+            Run {
+                code,
+                stdout,
+                stderr: String::new(),
+            }
+        })
+        .join()
+        .expect("the in-process sync panicked")
     }
 
     pub fn sync(&self) -> Run {
@@ -316,6 +443,19 @@ impl Drop for TestEnv {
             )],
         );
     }
+}
+
+/// Whether a sync in this process sees the settings the binary would: nothing
+/// the binary's environment removes (`command()`) is set here, and there is no
+/// `.env` in the working directory (both rank above the TOML layer). Otherwise
+/// `TestEnv::in_process` envs start the binary as `new` ones do.
+fn in_process_possible() -> bool {
+    let set = VARIABLES
+        .iter()
+        .chain(LIBPQ_VARIABLES)
+        .chain(&["CONFIG_FILE"])
+        .any(|var| std::env::var_os(var).is_some());
+    !set && !std::path::Path::new(".env").exists()
 }
 
 /// Runs `statements` at `url`, ignoring errors. Drop cannot await, and the
