@@ -28,7 +28,7 @@ async fn a_quote_still_open_at_the_end_of_the_file_is_refused_and_changes_nothin
 
 #[tokio::test]
 async fn text_after_a_closing_quote_is_kept_as_written() {
-    let env = TestEnv::in_process().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv("bob@x.io,\"Bob\" Jones\ncy@x.io,\"Cy, Jr\" Smith\ndee@x.io, \"Dee\"  \n");
     env.synced(&[]);
     assert_eq!(
@@ -85,7 +85,7 @@ async fn invalid_domains_and_quoted_addresses_are_rejects_naming_the_reason() {
 
 #[tokio::test]
 async fn a_root_dot_and_an_nfd_local_part_are_the_same_follower() {
-    let env = TestEnv::in_process().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(
         "dee@x.io,Dee\ndee@x.io.,Dee Dot\njos\u{e9}@x.io,Jose NFC\njose\u{301}@x.io,Jose NFD\n",
     );
@@ -99,7 +99,7 @@ async fn a_root_dot_and_an_nfd_local_part_are_the_same_follower() {
 
 #[tokio::test]
 async fn a_headerless_file_whose_first_follower_is_named_email_is_data() {
-    let env = TestEnv::in_process().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv("info@x.io,Email\nbob@x.io,Bob\n");
     env.synced(&[]);
     assert_eq!(

@@ -3,7 +3,7 @@
 
 use followers_etl::config::{LIBPQ_VARIABLES, VARIABLES};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgPool, Row};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -100,16 +100,25 @@ fn work_dir() -> tempfile::TempDir {
 
 impl TestEnv {
     pub async fn new() -> Self {
+        Self::create(None).await
+    }
+
+    /// A fresh database created from `template` (else from the server's default).
+    async fn create(template: Option<&str>) -> Self {
         let name = format!("fetl_test_{}", uuid::Uuid::now_v7().simple());
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&server_url())
             .await
             .expect("TEST_DATABASE_URL reachable");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        let create = match template {
+            Some(template) => format!("CREATE DATABASE {name} TEMPLATE {template}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        sqlx::query(&create)
             .execute(&admin)
             .await
-            .expect("create database");
+            .unwrap_or_else(|e| panic!("{create}: {e}"));
         admin.close().await;
         let url = with_database(&server_url(), &name);
         let pool = PgPoolOptions::new()
@@ -137,6 +146,23 @@ impl TestEnv {
         let mut env = Self::new().await;
         env.in_process = true;
         env
+    }
+
+    /// Like `in_process`, on a database that already has every migration applied,
+    /// as `followers-etl migrate` leaves a fresh one: a copy of a template database
+    /// (`migrated_template`), which skips the first sync's migrations. For tests
+    /// whose first sync would otherwise migrate an empty database.
+    pub async fn migrated_in_process() -> Self {
+        let mut env = Self::migrated().await;
+        env.in_process = true;
+        env
+    }
+
+    /// Like `new`, on a database with every migration applied (see
+    /// `migrated_in_process`); its syncs start the binary.
+    pub async fn migrated() -> Self {
+        let template = migrated_template().await;
+        Self::create(Some(&template)).await
     }
 
     /// An env on an existing database `url` (e.g. of a private server that may
@@ -443,6 +469,86 @@ impl Drop for TestEnv {
             )],
         );
     }
+}
+
+/// The template of `TestEnv::migrated_in_process`: a database on the test server
+/// that `followers-etl migrate` (this build of the binary) migrated, named after the
+/// binary's size and modification time so that a rebuilt binary gets its own. Made
+/// once, under an advisory lock (test processes run side by side), and published by
+/// a rename, so a half-made one is never used; templates of other builds older
+/// than a day are dropped then.
+async fn migrated_template() -> String {
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_followers-etl")).expect("the binary");
+    let modified = binary
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let name = format!(
+        "fetl_template_{:x}_{:x}",
+        binary.len(),
+        modified.as_nanos() % (1u128 << 64)
+    );
+    let mut admin = sqlx::PgConnection::connect(&server_url())
+        .await
+        .expect("TEST_DATABASE_URL reachable");
+    sqlx::query("SELECT pg_advisory_lock(hashtext('followers-etl test template'))")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    if !exists {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'fetl\\_template\\_%'
+             AND coalesce(shobj_description(oid, 'pg_database'), '0')::bigint < $1",
+        )
+        .bind(now as i64 - 86_400)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        for old in stale {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
+        }
+        let building = format!("{name}_build");
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"),
+            format!("CREATE DATABASE {building}"),
+        ] {
+            sqlx::query(&sql).execute(&mut admin).await.unwrap();
+        }
+        let env = TestEnv::on_existing(&with_database(&server_url(), &building));
+        let migrate = env.run(&["migrate"], &[]);
+        assert_eq!(migrate.code, 0, "migrating the template: {migrate:?}");
+        env.pool.close().await;
+        // The rename waits for the migrating process's sessions to be gone.
+        let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
+        let mut tries = 0;
+        while let Err(e) = sqlx::query(&rename).execute(&mut admin).await {
+            tries += 1;
+            assert!(tries < 100, "{rename}: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        sqlx::query(&format!("COMMENT ON DATABASE {name} IS '{now}'"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('followers-etl test template'))")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    name
 }
 
 /// Whether a sync in this process sees the settings the binary would: nothing
