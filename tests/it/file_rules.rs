@@ -7,7 +7,7 @@ const SEED: &[(&str, &str)] = &[("ann@x.io", "Ann"), ("bob@x.io", "Bob")];
 
 #[tokio::test]
 async fn a_quote_still_open_at_the_end_of_the_file_is_refused_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(SEED));
     env.synced(&[]);
     env.write_csv("email,full_name\nann@x.io,Ann\nbob@x.io,Bob\ndee@x.io,\"Dee, Jr. (truncat");
@@ -45,7 +45,7 @@ async fn text_after_a_closing_quote_is_kept_as_written() {
 
 #[tokio::test]
 async fn invalid_domains_and_quoted_addresses_are_rejects_naming_the_reason() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(
         "email,full_name\nann@x.io,Ann\nq@x..io,Q\nx@-x.io,X\n'ann@x.io',A2\nw@exa_mple.com,W\n",
     );

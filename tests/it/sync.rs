@@ -36,7 +36,7 @@ async fn first_load_inserts_every_row_and_records_the_sync() {
 
 #[tokio::test]
 async fn summary_json_has_exactly_the_specified_keys() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     let json = env.synced(&[]).json();
     let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
@@ -138,7 +138,7 @@ async fn a_mixed_change_inserts_updates_and_deletes_exactly_what_differs() {
 
 #[tokio::test]
 async fn emails_are_trimmed_and_lower_cased_and_the_last_duplicate_wins() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv("email,full_name\n  Ann@Example.COM ,Ann One\nbob@example.com,Bob\nANN@example.com,  Ann Two  \n");
     let run = env.synced(&[]);
     assert_eq!(
@@ -194,7 +194,7 @@ async fn semicolon_delimiter_is_honoured() {
 
 #[tokio::test]
 async fn each_invalid_row_refuses_the_file_naming_file_line_and_reason_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let before = env.follower_versions().await;
@@ -247,7 +247,7 @@ async fn each_invalid_row_refuses_the_file_naming_file_line_and_reason_and_chang
 #[tokio::test]
 async fn a_parse_error_mid_file_never_truncates_the_table() {
     // The old service stopped at a parse error and deleted everything after it.
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let rows = many(10);
     env.write_csv(csv_owned(&rows));
     env.synced(&[]);
@@ -304,7 +304,7 @@ async fn max_rejects_skips_bad_rows_but_keeps_their_followers() {
 
 #[tokio::test]
 async fn a_truncated_file_is_refused_by_the_delete_guard() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let rows = many(10);
     env.write_csv(csv_owned(&rows));
     env.synced(&[]);
@@ -471,7 +471,7 @@ async fn a_failure_at_any_saga_step_leaves_followers_unchanged_and_staging_empty
 
 #[tokio::test]
 async fn a_failure_in_the_first_sync_into_an_empty_table_leaves_it_empty() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&many(50)));
     env.run(&["migrate"], &[]);
     fail_on(
@@ -658,7 +658,7 @@ async fn when_the_last_occurrence_of_an_email_is_rejected_the_follower_is_left_a
 
 #[tokio::test]
 async fn a_run_that_lost_its_lock_does_not_commit() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let rows = many(3000);
     env.write_csv(csv_owned(&rows[..1000]));
     env.synced(&[]);
@@ -727,7 +727,7 @@ async fn a_database_of_the_old_service_is_taken_over() {
 
 #[tokio::test]
 async fn a_symlinked_csv_file_is_followed_when_repointed_but_never_outside_tables_dir() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_file("a.csv", csv(ABC));
     let b = [
         ("ann@example.com", "Ann B"),
