@@ -293,14 +293,31 @@ async fn connect_and_migrate(settings: &Settings) -> Result<sea_orm::DatabaseCon
 }
 
 async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
+    let json = args.json;
+    // SIGINT, SIGTERM or SIGHUP cancels the run; it is compensated and `sync` exits 1.
+    let signals = |cancel: CancellationToken| signals::stop_on_signals(cancel, Hangup::Stop);
+    let mut print = |summary: &Summary, recorded: bool| print_summary(summary, json, recorded);
+    sync_with(settings, args, signals, &mut print).await
+}
+
+/// `followers-etl sync` once its settings are loaded, with the summary handed to
+/// `print` (with whether the run was recorded) instead of printed, and `signals`
+/// given the token that cancels the run: the command itself passes the signal
+/// handlers and `print_summary`; the integration tests (tests/it/helpers.rs) run a
+/// sync in their own process through it. Returns the command's exit code.
+pub async fn sync_with(
+    settings: Arc<Settings>,
+    args: SyncArgs,
+    signals: impl FnOnce(CancellationToken),
+    print: &mut dyn FnMut(&Summary, bool) -> ExitCode,
+) -> ExitCode {
     let file = match settings.resolve_csv_file(args.file.as_deref()) {
         Ok(file) => file,
         Err(e) => return config_failure(&e),
     };
     let load_id = LoadId::new();
-    // SIGINT, SIGTERM or SIGHUP cancels the run; it is compensated and `sync` exits 1.
     let cancel = CancellationToken::new();
-    signals::stop_on_signals(cancel.clone(), Hangup::Stop);
+    signals(cancel.clone());
     let connected = if args.dry_run {
         connect_for_dry_run(&settings, "sync --dry-run").await
     } else {
@@ -316,7 +333,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
                 outcome,
                 ..Summary::not_started(load_id)
             };
-            print_summary(&summary, args.json, false);
+            print(&summary, false);
             return code;
         }
     };
@@ -341,7 +358,7 @@ async fn sync(settings: Arc<Settings>, args: SyncArgs) -> ExitCode {
         allow_file_change: args.force || ctx.settings.guard.allow_file_change,
     };
     let summary = pipeline::run_sync(&ctx, &request, load_id, cancel).await;
-    let code = print_summary(&summary, args.json, true);
+    let code = print(&summary, true);
     // The reason is on stderr once: in the run's `sync finished` event, or here
     // when LOG_LEVEL hides that event.
     if let Some(reason) = &summary.reason {

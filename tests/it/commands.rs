@@ -139,7 +139,7 @@ async fn check_reports_every_invalid_line_and_duplicates_without_a_database() {
 
 #[tokio::test]
 async fn status_shows_runs_and_table_status_and_fails_when_unreachable() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
     let run = env.run(&["status", "--json"], &[]);
@@ -326,7 +326,7 @@ async fn check_reads_any_path_writes_nothing_and_lists_rejects_as_rejects_does()
 
 #[tokio::test]
 async fn rejects_last_is_the_newest_run_that_read_a_file_and_writes_like_every_command() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
     let mut text = String::from("email,full_name\nann@example.com,Ann Lee\n");
@@ -381,7 +381,7 @@ async fn rejects_last_is_the_newest_run_that_read_a_file_and_writes_like_every_c
 
 #[tokio::test]
 async fn runs_pruned_by_retention_take_their_journal_with_them() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let a = [("ann@example.com", "Ann"), ("bob@example.com", "Bob")];
     let b = [("ann@example.com", "Ann B"), ("bob@example.com", "Bob")];
     let c = [("ann@example.com", "Ann C"), ("bob@example.com", "Bob C")];
@@ -416,7 +416,7 @@ async fn runs_pruned_by_retention_take_their_journal_with_them() {
 
 #[tokio::test]
 async fn a_one_off_run_with_the_journal_off_says_at_warn_that_it_dropped_the_journal() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
     env.write_csv(csv(&[("ann@example.com", "Ann Lee")]));

@@ -104,7 +104,7 @@ async fn journal_of(
 
 #[tokio::test]
 async fn a_writer_during_the_merge_is_serialized_and_the_table_equals_the_file() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(A_E));
     env.synced(&[]);
     // The reproduction: another session renames a and deletes b, and
@@ -161,7 +161,7 @@ async fn a_writer_during_the_merge_is_serialized_and_the_table_equals_the_file()
 
 #[tokio::test]
 async fn a_writer_that_does_not_commit_fails_the_run_naming_it_and_nothing_changes() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(A_E));
     env.synced(&[]);
     let mut app = session(&env, "shop-backend").await;
@@ -211,7 +211,7 @@ async fn a_writer_that_does_not_commit_fails_the_run_naming_it_and_nothing_chang
 
 #[tokio::test]
 async fn a_row_committed_while_the_first_sync_waits_for_its_lock_is_seen() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     migrate(&env);
     let mut app = session(&env, "signup-form").await;
     exec(
@@ -246,7 +246,7 @@ async fn a_row_committed_while_the_first_sync_waits_for_its_lock_is_seen() {
 
 #[tokio::test]
 async fn revert_refuses_a_follower_the_run_inserted_and_a_person_renamed() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(A_E));
     env.synced(&[]);
     let mut more = A_E.to_vec();
@@ -268,7 +268,7 @@ async fn revert_refuses_a_follower_the_run_inserted_and_a_person_renamed() {
 
 #[tokio::test]
 async fn a_revert_to_a_first_sync_deletes_only_what_the_agent_wrote() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(A_E));
     let fill = env.synced(&[]);
     // By hand after the first sync: zed added, a renamed.
@@ -299,7 +299,7 @@ async fn a_revert_to_a_first_sync_deletes_only_what_the_agent_wrote() {
 
 #[tokio::test]
 async fn a_revert_to_a_first_sync_through_later_runs_puts_back_what_others_wrote() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(A_E));
     let fill = env.synced(&[]);
     env.exec("INSERT INTO followers VALUES ('zed@example.com', 'Zed', now())")
@@ -324,7 +324,7 @@ async fn a_revert_to_a_first_sync_through_later_runs_puts_back_what_others_wrote
 
 #[tokio::test]
 async fn revert_last_follows_the_commit_order_not_the_clock() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(A_E));
     env.synced(&[]);
     env.write_csv(csv(A_E2));
@@ -620,7 +620,7 @@ async fn concurrent_writers_never_make_a_synced_run_inexact() {
     );
     println!("concurrency harness: CONCURRENCY_SEED={seed} CONCURRENCY_ROUNDS={rounds}");
     let mut rng = Rng(seed);
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     migrate(&env);
     env.exec(LOG).await;
     let stop = tokio_util::sync::CancellationToken::new();

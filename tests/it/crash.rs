@@ -261,6 +261,7 @@ fn spawn_sync(env: &TestEnv) -> std::process::Child {
 }
 
 #[tokio::test]
+#[ignore = "slow group: crash (docs/development.md#slow-test-groups)"]
 async fn sync_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_the_next_run_recovers() {
     let mut rng = Rng::from_env();
     let fx = Fixture::new().await;
@@ -303,6 +304,7 @@ async fn wait_start_runs(env: &TestEnv, at_least: usize, agent: &Agent) -> usize
 }
 
 #[tokio::test]
+#[ignore = "slow group: crash (docs/development.md#slow-test-groups)"]
 async fn serve_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_a_restart_recovers() {
     let mut rng = Rng::from_env();
     let fx = Fixture::new().await;
@@ -338,6 +340,7 @@ async fn serve_killed_at_a_random_moment_leaves_the_old_or_the_new_file_and_a_re
 /// transaction (docs/performance.md#the-first-sync): killed at any moment, it leaves the
 /// table empty or full, with its key, and the next run fills it.
 #[tokio::test]
+#[ignore = "slow group: crash (docs/development.md#slow-test-groups)"]
 async fn first_sync_killed_at_a_random_moment_leaves_an_empty_or_full_table_with_its_key() {
     let mut rng = Rng::from_env();
     let env = TestEnv::new().await;

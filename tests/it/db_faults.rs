@@ -8,6 +8,7 @@ use crate::private_pg::PrivatePg;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
 async fn a_server_out_of_connections_fails_at_once_naming_max_connections() {
     let pg = PrivatePg::init();
     pg.start_with("-c max_connections=3 -c superuser_reserved_connections=0");
@@ -50,6 +51,7 @@ async fn black_hole() -> (u16, tokio::task::JoinHandle<()>) {
 }
 
 #[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
 async fn a_server_that_never_answers_fails_every_command_within_db_connect_timeout() {
     let env = TestEnv::new().await;
     env.write_csv(csv(&[("ann@x.io", "Ann")]));
@@ -128,6 +130,7 @@ impl Drop for SmallDisk {
 }
 
 #[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
 async fn a_disk_full_during_the_merge_fails_changes_nothing_and_the_next_run_syncs() {
     let disk = SmallDisk::mount("2m");
     let pg = PrivatePg::start_new();
@@ -251,6 +254,7 @@ impl Staller {
 }
 
 #[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
 async fn a_network_that_hangs_mid_run_fails_the_run_within_db_timeout_and_changes_nothing() {
     let env = TestEnv::new().await;
     let abc = [("ann@x.io", "Ann"), ("bob@x.io", "Bob"), ("cy@x.io", "Cy")];

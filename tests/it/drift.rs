@@ -25,7 +25,7 @@ async fn counter(env: &TestEnv) -> (i64, Option<i64>) {
 
 #[tokio::test]
 async fn hand_edits_with_an_unchanged_file_are_synced_back_then_skipped_again() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(FOUR));
     env.synced(&[]);
     env.sync().expect(0, "skipped");
@@ -56,7 +56,7 @@ async fn hand_edits_with_an_unchanged_file_are_synced_back_then_skipped_again() 
 
 #[tokio::test]
 async fn application_writes_are_counted_and_the_agents_own_are_not() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(FOUR));
     env.synced(&[]);
     let (now, seen) = counter(&env).await;
@@ -120,7 +120,7 @@ async fn application_writes_are_counted_and_the_agents_own_are_not() {
 
 #[tokio::test]
 async fn a_repair_the_delete_guard_refuses_names_the_drift_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&FOUR[..2]));
     env.synced(&[]);
     env.exec("INSERT INTO followers VALUES ('x1@x.io', 'X', now()), ('x2@x.io', 'X', now()), ('x3@x.io', 'X', now())")

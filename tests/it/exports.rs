@@ -34,7 +34,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_windows_1252_file_loads_exactly_with_csv_encoding_and_is_refused_without() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(windows_1252(&csv(ACCENTED)));
     // Read as UTF-8 it is refused, naming the line, the byte and CSV_ENCODING.
     let run = env.sync();
@@ -67,7 +67,7 @@ async fn a_windows_1252_file_loads_exactly_with_csv_encoding_and_is_refused_with
 
 #[tokio::test]
 async fn excel_unicode_text_utf16le_with_bom_and_tabs_loads_under_auto() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let text: String = std::iter::once("email\tfull_name\r\n".to_string())
         .chain(ACCENTED.iter().map(|(e, n)| format!("{e}\t{n}\r\n")))
         .chain(std::iter::once(
@@ -100,7 +100,7 @@ async fn excel_unicode_text_utf16le_with_bom_and_tabs_loads_under_auto() {
 
 #[tokio::test]
 async fn gz_and_zst_files_load_exactly_and_an_unchanged_archive_is_skipped() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let rows = many(3000);
     let text = csv_owned(&rows);
     let zst = zstd::encode_all(text.as_bytes(), 3).unwrap();
@@ -140,7 +140,7 @@ async fn gz_and_zst_files_load_exactly_and_an_unchanged_archive_is_skipped() {
 
 #[tokio::test]
 async fn a_truncated_gz_is_refused_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let file = [("CSV_FILE", "followers.csv.gz")];
     env.write_file(
         "followers.csv.gz",
@@ -170,7 +170,7 @@ async fn a_truncated_gz_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn rejects_last_lists_each_invalid_line_of_a_refused_file() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(
         "email,full_name\nann@example.com,Ann\nnot-an-email,Bob\ncy@example.com,Cy,extra\n\n\"dee@example.com\",\"Dee\"\nx@@y,\"Ed, Jr\"\n",
     );
@@ -269,7 +269,7 @@ async fn rejects_last_lists_each_invalid_line_of_a_refused_file() {
 
 #[tokio::test]
 async fn a_sync_by_hand_waits_for_the_ready_marker_then_refuses_naming_it() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     let marker = [("READY_MARKER", ".done"), ("READY_TIMEOUT", "1s")];
     let run = env.sync_with(&[], &marker);
@@ -304,7 +304,7 @@ async fn a_sync_by_hand_waits_for_the_ready_marker_then_refuses_naming_it() {
 
 #[tokio::test]
 async fn serve_does_not_sync_a_new_file_until_its_marker_appears_then_syncs_it_once() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     assert_eq!(env.run(&["migrate"], &[]).code, 0);
     let agent = env.spawn_agent(&[("READY_MARKER", ".done")]);
@@ -347,7 +347,7 @@ async fn serve_does_not_sync_a_new_file_until_its_marker_appears_then_syncs_it_o
 #[tokio::test]
 async fn serve_watches_a_compressed_file_and_skips_it_unchanged() {
     const AB: &[(&str, &str)] = &[("ann@example.com", "Ann"), ("bob@example.com", "Bob")];
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_file(
         "followers.csv.gz",
         gzip(csv(&[("ann@example.com", "Ann")]).as_bytes()),

@@ -7,7 +7,7 @@ const SEED: &[(&str, &str)] = &[("ann@x.io", "Ann"), ("bob@x.io", "Bob")];
 
 #[tokio::test]
 async fn a_quote_still_open_at_the_end_of_the_file_is_refused_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(SEED));
     env.synced(&[]);
     env.write_csv("email,full_name\nann@x.io,Ann\nbob@x.io,Bob\ndee@x.io,\"Dee, Jr. (truncat");
@@ -28,7 +28,7 @@ async fn a_quote_still_open_at_the_end_of_the_file_is_refused_and_changes_nothin
 
 #[tokio::test]
 async fn text_after_a_closing_quote_is_kept_as_written() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv("bob@x.io,\"Bob\" Jones\ncy@x.io,\"Cy, Jr\" Smith\ndee@x.io, \"Dee\"  \n");
     env.synced(&[]);
     assert_eq!(
@@ -45,7 +45,7 @@ async fn text_after_a_closing_quote_is_kept_as_written() {
 
 #[tokio::test]
 async fn invalid_domains_and_quoted_addresses_are_rejects_naming_the_reason() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(
         "email,full_name\nann@x.io,Ann\nq@x..io,Q\nx@-x.io,X\n'ann@x.io',A2\nw@exa_mple.com,W\n",
     );
@@ -85,7 +85,7 @@ async fn invalid_domains_and_quoted_addresses_are_rejects_naming_the_reason() {
 
 #[tokio::test]
 async fn a_root_dot_and_an_nfd_local_part_are_the_same_follower() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(
         "dee@x.io,Dee\ndee@x.io.,Dee Dot\njos\u{e9}@x.io,Jose NFC\njose\u{301}@x.io,Jose NFD\n",
     );
@@ -99,7 +99,7 @@ async fn a_root_dot_and_an_nfd_local_part_are_the_same_follower() {
 
 #[tokio::test]
 async fn a_headerless_file_whose_first_follower_is_named_email_is_data() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv("info@x.io,Email\nbob@x.io,Bob\n");
     env.synced(&[]);
     assert_eq!(

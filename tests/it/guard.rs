@@ -50,7 +50,7 @@ fn ten() -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_refused_file_is_skipped_without_reading_until_it_is_approved() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&ten()));
     env.synced(&[]);
     let everyone = env.followers().await;
@@ -113,7 +113,7 @@ async fn a_refused_file_is_skipped_without_reading_until_it_is_approved() {
 
 #[tokio::test]
 async fn under_serve_every_trigger_after_a_refusal_skips_the_file() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&ten()));
     env.synced(&[]);
     env.write_csv(csv_owned(&ten()[..2]));
@@ -162,7 +162,7 @@ async fn under_serve_every_trigger_after_a_refusal_skips_the_file() {
 
 #[tokio::test]
 async fn an_approval_waits_for_the_run_lock_or_fails() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&ten()));
     env.synced(&[]);
     env.write_csv(csv_owned(&ten()[..1]));
@@ -205,7 +205,7 @@ async fn an_approval_waits_for_the_run_lock_or_fails() {
 
 #[tokio::test]
 async fn a_mass_rename_is_refused_until_approved_with_allow_mass_update() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&ten()));
     env.synced(&[]);
     let everyone = env.followers().await;
@@ -265,7 +265,7 @@ async fn a_mass_rename_is_refused_until_approved_with_allow_mass_update() {
 
 #[tokio::test]
 async fn a_zero_byte_file_is_refused_whatever_max_delete_ratio() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&ten()));
     env.synced(&[]);
     let everyone = env.followers().await;
@@ -292,7 +292,7 @@ async fn a_zero_byte_file_is_refused_whatever_max_delete_ratio() {
 /// without waiting for the next trigger.
 #[tokio::test]
 async fn serve_retries_a_run_failed_by_a_concurrent_writer() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&ten()));
     env.synced(&[]);
     let mut grown = ten();
@@ -374,6 +374,7 @@ async fn first_failure(env: &TestEnv) -> (String, String, String) {
 
 /// `serve` retries a run that failed because the database restarted.
 #[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
 async fn serve_retries_a_run_failed_by_a_database_restart() {
     let pg = crate::private_pg::PrivatePg::start_new();
     let env = TestEnv::on_existing(&pg.url());

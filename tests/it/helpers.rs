@@ -3,7 +3,7 @@
 
 use followers_etl::config::{LIBPQ_VARIABLES, VARIABLES};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgPool, Row};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -19,6 +19,9 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 pub struct TestEnv {
+    /// Whether `sync_with` (and so `sync`, `synced`, `refused`) runs the sync in
+    /// this process, through the library (`TestEnv::in_process`), not the binary.
+    in_process: bool,
     pub name: String,
     /// Whether `name` was created by this env (and is dropped with it).
     owns_database: bool,
@@ -97,16 +100,25 @@ fn work_dir() -> tempfile::TempDir {
 
 impl TestEnv {
     pub async fn new() -> Self {
+        Self::create(None).await
+    }
+
+    /// A fresh database created from `template` (else from the server's default).
+    async fn create(template: Option<&str>) -> Self {
         let name = format!("fetl_test_{}", uuid::Uuid::now_v7().simple());
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&server_url())
             .await
             .expect("TEST_DATABASE_URL reachable");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        let create = match template {
+            Some(template) => format!("CREATE DATABASE {name} TEMPLATE {template}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        sqlx::query(&create)
             .execute(&admin)
             .await
-            .expect("create database");
+            .unwrap_or_else(|e| panic!("{create}: {e}"));
         admin.close().await;
         let url = with_database(&server_url(), &name);
         let pool = PgPoolOptions::new()
@@ -116,12 +128,41 @@ impl TestEnv {
             .expect("connect test database");
         let dir = work_dir();
         Self {
+            in_process: false,
             name,
             owns_database: true,
             url,
             pool,
             dir,
         }
+    }
+
+    /// Like `new`, but `sync_with` (and so `sync`, `synced`, `refused`) runs each
+    /// sync in this process through the library's entry point of `sync`
+    /// (`followers_etl::cli::sync_with`, see `sync_in_process`): no process to
+    /// start, the same settings, summary and exit code. For tests that look at
+    /// tables, the summary and the exit code, never at a sync's stderr.
+    pub async fn in_process() -> Self {
+        let mut env = Self::new().await;
+        env.in_process = true;
+        env
+    }
+
+    /// Like `in_process`, on a database that already has every migration applied,
+    /// as `followers-etl migrate` leaves a fresh one: a copy of a template database
+    /// (`migrated_template`), which skips the first sync's migrations. For tests
+    /// whose first sync would otherwise migrate an empty database.
+    pub async fn migrated_in_process() -> Self {
+        let mut env = Self::migrated().await;
+        env.in_process = true;
+        env
+    }
+
+    /// Like `new`, on a database with every migration applied (see
+    /// `migrated_in_process`); its syncs start the binary.
+    pub async fn migrated() -> Self {
+        let template = migrated_template().await;
+        Self::create(Some(&template)).await
     }
 
     /// An env on an existing database `url` (e.g. of a private server that may
@@ -134,6 +175,7 @@ impl TestEnv {
             .expect("a database URL");
         let dir = work_dir();
         Self {
+            in_process: false,
             name: String::new(),
             owns_database: false,
             url: url.to_owned(),
@@ -188,11 +230,122 @@ impl TestEnv {
         cmd.output().expect("run followers-etl").into()
     }
 
-    /// `sync --json` with extra args and environment.
+    /// `sync --json` with extra args and environment (in this process for an
+    /// env made by `in_process`, where the process allows it).
     pub fn sync_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        if self.in_process && in_process_possible() {
+            return self.sync_in_process(args, env);
+        }
         let mut all = vec!["sync", "--json"];
         all.extend_from_slice(args);
         self.run(&all, env)
+    }
+
+    /// `sync --json ARGS` as the binary that `command()` starts would run it, in
+    /// this process: the same settings (the environment `command()` gives plus
+    /// `env`, written as the TOML layer, which only the environment and `.env`
+    /// would override: see `in_process_possible`), then the command's own code
+    /// after settings are loaded (`cli::sync_with`) on a runtime of its own, as
+    /// `main` has. Only the signal handlers are left out (they would outlive the
+    /// run in the test process). stderr holds a configuration error only: the
+    /// run's log events have no subscriber here.
+    pub fn sync_in_process(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        use followers_etl::cli::{Cli, Command};
+        let mut argv = vec!["followers-etl", "sync", "--json"];
+        argv.extend_from_slice(args);
+        let cli = match <Cli as clap::Parser>::try_parse_from(&argv) {
+            Ok(cli) => cli,
+            Err(e) => {
+                return Run {
+                    code: 2,
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                }
+            }
+        };
+        let mut vars: std::collections::BTreeMap<String, String> = [
+            ("DATABASE_URL", self.url.clone()),
+            ("TABLES_DIR", self.tables().display().to_string()),
+            ("CSV_FILE", "followers.csv".into()),
+            ("LOG_LEVEL", "warn".into()),
+            ("HTTP_ADDR", "off".into()),
+            ("WATCH_DEBOUNCE", "100ms".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in env {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let toml_text: String = vars
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{} = {}\n",
+                    k.to_ascii_lowercase(),
+                    toml::Value::String(v.clone())
+                )
+            })
+            .collect();
+        let config = self
+            .dir
+            .path()
+            .join(format!("in-process-{}.toml", uuid::Uuid::now_v7().simple()));
+        std::fs::write(&config, toml_text).unwrap();
+        let mut overrides = cli.overrides();
+        overrides.config_file.get_or_insert(config);
+        let settings = match followers_etl::config::Settings::load(&overrides) {
+            Ok(settings) => settings,
+            Err(e) => {
+                return Run {
+                    code: 2,
+                    stdout: String::new(),
+                    stderr: format!("configuration error: {e}"),
+                }
+            }
+        };
+        let Some(Command::Sync(sync_args)) = cli.command else {
+            unreachable!("parsed as sync")
+        };
+        let json = sync_args.json;
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+            let mut stdout = String::new();
+            let mut print = |summary: &followers_etl::pipeline::Summary, recorded: bool| {
+                // As `cli::print_summary` writes it for --json.
+                assert!(json, "in-process syncs print --json summaries only");
+                let mut text = serde_json::to_string(summary).unwrap();
+                if !recorded {
+                    let quoted = format!("\"{}\"", summary.load_id);
+                    text = text.replacen(&quoted, "null", 1);
+                }
+                stdout.push_str(&text);
+                stdout.push('\n');
+                std::process::ExitCode::SUCCESS
+            };
+            let code = runtime.block_on(followers_etl::cli::sync_with(
+                std::sync::Arc::new(settings),
+                sync_args,
+                |_cancel| {},
+                &mut print,
+            ));
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            let code = [
+                (std::process::ExitCode::SUCCESS, 0),
+                (followers_etl::exit::failure(), 1),
+                (followers_etl::exit::usage(), 2),
+            ]
+            .into_iter()
+            .find_map(|(c, n)| (c == code).then_some(n))
+            .expect("sync exits 0, 1 or 2");
+            Run {
+                code,
+                stdout,
+                stderr: String::new(),
+            }
+        })
+        .join()
+        .expect("the in-process sync panicked")
     }
 
     pub fn sync(&self) -> Run {
@@ -316,6 +469,99 @@ impl Drop for TestEnv {
             )],
         );
     }
+}
+
+/// The template of `TestEnv::migrated_in_process`: a database on the test server
+/// that `followers-etl migrate` (this build of the binary) migrated, named after the
+/// binary's size and modification time so that a rebuilt binary gets its own. Made
+/// once, under an advisory lock (test processes run side by side), and published by
+/// a rename, so a half-made one is never used; templates of other builds older
+/// than a day are dropped then.
+async fn migrated_template() -> String {
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_followers-etl")).expect("the binary");
+    let modified = binary
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let name = format!(
+        "fetl_template_{:x}_{:x}",
+        binary.len(),
+        modified.as_nanos() % (1u128 << 64)
+    );
+    let mut admin = sqlx::PgConnection::connect(&server_url())
+        .await
+        .expect("TEST_DATABASE_URL reachable");
+    sqlx::query("SELECT pg_advisory_lock(hashtext('followers-etl test template'))")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    if !exists {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'fetl\\_template\\_%'
+             AND coalesce(shobj_description(oid, 'pg_database'), '0')::bigint < $1",
+        )
+        .bind(now as i64 - 86_400)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        for old in stale {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
+        }
+        let building = format!("{name}_build");
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"),
+            format!("CREATE DATABASE {building}"),
+        ] {
+            sqlx::query(&sql).execute(&mut admin).await.unwrap();
+        }
+        let env = TestEnv::on_existing(&with_database(&server_url(), &building));
+        let migrate = env.run(&["migrate"], &[]);
+        assert_eq!(migrate.code, 0, "migrating the template: {migrate:?}");
+        env.pool.close().await;
+        // The rename waits for the migrating process's sessions to be gone.
+        let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
+        let mut tries = 0;
+        while let Err(e) = sqlx::query(&rename).execute(&mut admin).await {
+            tries += 1;
+            assert!(tries < 100, "{rename}: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        sqlx::query(&format!("COMMENT ON DATABASE {name} IS '{now}'"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('followers-etl test template'))")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    name
+}
+
+/// Whether a sync in this process sees the settings the binary would: nothing
+/// the binary's environment removes (`command()`) is set here, and there is no
+/// `.env` in the working directory (both rank above the TOML layer). Otherwise
+/// `TestEnv::in_process` envs start the binary as `new` ones do.
+fn in_process_possible() -> bool {
+    let set = VARIABLES
+        .iter()
+        .chain(LIBPQ_VARIABLES)
+        .chain(&["CONFIG_FILE"])
+        .any(|var| std::env::var_os(var).is_some());
+    !set && !std::path::Path::new(".env").exists()
 }
 
 /// Runs `statements` at `url`, ignoring errors. Drop cannot await, and the

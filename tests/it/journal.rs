@@ -274,7 +274,7 @@ async fn a_chain_of_three_syncs_reverts_to_the_first() {
 
 #[tokio::test]
 async fn revert_refuses_when_the_journal_was_pruned_or_the_table_drifted() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let keep_one = [("JOURNAL_KEEP_RUNS", "1")];
     env.write_csv(csv(A));
     let first = env.sync_with(&[], &keep_one);
@@ -322,7 +322,7 @@ async fn revert_refuses_when_the_journal_was_pruned_or_the_table_drifted() {
 
 #[tokio::test]
 async fn sigkill_during_a_revert_leaves_the_table_as_before() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let all = many(400);
     env.write_csv(csv_owned(&all));
     env.synced(&[]);

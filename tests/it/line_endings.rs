@@ -54,7 +54,7 @@ async fn a_bare_cr_file_syncs_like_its_lf_twin_with_true_line_numbers() {
 
 #[tokio::test]
 async fn a_stray_cr_rejects_its_row_in_check_and_sync_and_never_splits_it() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     for content in [
         "email,full_name\na@x.io,Ann\nb@x.io,Bo\rc@x.io,Cy\nd@x.io,Dee\n",
         "email,full_name\r\na@x.io,Ann\r\nb@x.io,Bo\rc@x.io,Cy\r\nd@x.io,Dee\r\n",
@@ -80,7 +80,7 @@ async fn a_stray_cr_rejects_its_row_in_check_and_sync_and_never_splits_it() {
 /// equal line numbers still resolve to exactly one row.
 #[tokio::test]
 async fn duplicates_with_equal_line_numbers_resolve_to_one_row_each() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     assert_eq!(env.run(&["migrate"], &[]).code, 0);
     let load = followers_etl::domain::LoadId::new();
     env.exec(&format!(
@@ -112,7 +112,7 @@ async fn duplicates_with_equal_line_numbers_resolve_to_one_row_each() {
 #[tokio::test]
 async fn duplicates_are_looked_for_among_the_candidates_only() {
     use followers_etl::pipeline::dupes::Candidates;
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     assert_eq!(env.run(&["migrate"], &[]).code, 0);
     let load = followers_etl::domain::LoadId::new();
     env.exec(&format!(

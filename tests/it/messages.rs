@@ -232,7 +232,7 @@ async fn a_tab_delimiter_works_in_every_documented_form_and_layer() {
 
 #[tokio::test]
 async fn addresses_that_look_alike_are_one_follower_or_refused() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(
         "email,full_name\nuser@bücher.de,Ann\nUSER@xn--bcher-kva.de,Ann B\nbob@example.com,Bob\n",
     );
@@ -357,7 +357,7 @@ async fn a_tz_that_is_no_zone_and_an_every_below_one_second_are_warned_about() {
 
 #[tokio::test]
 async fn a_semicolon_file_under_the_default_delimiter_names_csv_delimiter() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
     env.write_csv("email;full_name\nann@example.com;Ann\nbob@example.com;Bob\n");
@@ -381,7 +381,7 @@ async fn a_semicolon_file_under_the_default_delimiter_names_csv_delimiter() {
 async fn unsupported_and_unannounced_formats_are_refused_naming_what_they_are() {
     // UTF-16 with a byte order mark and files named .gz/.zst are loaded (see
     // exports.rs); these are not, and the refusal says what they are and what to set.
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
     let text = "email\tfull_name\r\nann@example.com\tAnn\r\n";
@@ -450,7 +450,7 @@ async fn check_resolves_paths_as_sync_does_and_exits_2_on_what_it_cannot_read() 
 
 #[tokio::test]
 async fn a_dry_run_says_whether_the_guard_would_refuse() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&many(10)));
     env.synced(&[]);
     env.write_csv(csv_owned(&many(9)));
@@ -529,7 +529,7 @@ async fn an_unreachable_database_is_named_as_such_and_no_unrecorded_load_id_is_s
 
 #[tokio::test]
 async fn a_refusal_reason_is_printed_once_at_every_log_level() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&many(10)));
     env.synced(&[]);
     env.write_csv(csv_owned(&many(2)));

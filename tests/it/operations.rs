@@ -65,7 +65,7 @@ async fn a_run_the_guard_refused_in_serve_is_approved_with_sync_allow_mass_delet
 
 #[tokio::test]
 async fn retention_keeps_the_newest_runs_and_always_the_last_synced_and_running_ones() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     let bound = [("HISTORY_KEEP_RUNS", "3"), ("HISTORY_KEEP_DAYS", "0")];
     let first = env.sync_with(&[], &bound);
@@ -111,7 +111,7 @@ async fn retention_keeps_the_newest_runs_and_always_the_last_synced_and_running_
 
 #[tokio::test]
 async fn many_runs_are_pruned_in_batches_by_count_and_by_age() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.synced(&[]);
     // 1,500 old skipped runs (more than one pruning batch), 10 to 100 days old.
@@ -153,7 +153,7 @@ async fn many_runs_are_pruned_in_batches_by_count_and_by_age() {
 
 #[tokio::test]
 async fn status_shows_what_an_operator_needs_at_a_glance() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(&[
         ("ann@example.com", "Ann"),
         ("bob@example.com", "Bob"),
@@ -265,7 +265,7 @@ async fn status_shows_what_an_operator_needs_at_a_glance() {
 
 #[tokio::test]
 async fn metrics_have_histogram_buckets_help_texts_and_an_in_progress_gauge() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     assert_eq!(env.run(&["migrate"], &[]).code, 0);
     // Hold the run in its merge: writes to followers wait for this SHARE lock
     // (reads, such as the followers gauge at scrape, do not).

@@ -196,7 +196,7 @@ async fn with_log_format_json_every_stderr_line_is_json() {
 
 #[tokio::test]
 async fn a_refusal_is_said_once_in_text_logs() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv("email,full_name\nann@example.com,Ann\nnot-an-email,Bob\n");
     for level in ["info", "warn", "error"] {
         let run = env.sync_with(&[], &[("LOG_LEVEL", level)]);
@@ -221,7 +221,7 @@ fn mkfifo(path: &std::path::Path) {
 
 #[tokio::test]
 async fn a_fifo_as_csv_file_is_refused_and_never_blocks() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     mkfifo(&env.tables().join("pipe.csv"));
     let run = env.sync_with(&["--file", "pipe.csv"], &[]);
@@ -265,7 +265,7 @@ fn endless_file(env: &TestEnv) {
 
 #[tokio::test]
 async fn a_read_that_does_not_return_does_not_keep_serve_or_sync_alive() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     endless_file(&env);
@@ -307,7 +307,7 @@ async fn a_read_that_does_not_return_does_not_keep_serve_or_sync_alive() {
 
 #[tokio::test]
 async fn a_table_last_synced_from_another_file_is_refused_unless_forced() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let b_rows = [("ann@example.com", "Ann B"), ("dee@example.com", "Dee")];
     env.write_file("a.csv", csv(ABC));
     env.write_file("b.csv", csv(&b_rows));

@@ -37,6 +37,7 @@ pub(crate) async fn wait_ready(env: &TestEnv) {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn serve_syncs_once_at_start_up_and_stops_cleanly_on_sigterm() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -47,6 +48,7 @@ async fn serve_syncs_once_at_start_up_and_stops_cleanly_on_sigterm() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn serve_recovers_an_interrupted_run_at_start_up() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -62,6 +64,7 @@ async fn serve_recovers_an_interrupted_run_at_start_up() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn a_file_renamed_into_place_is_synced_once() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -87,6 +90,7 @@ async fn a_file_renamed_into_place_is_synced_once() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn polling_mode_notices_a_file_copied_over() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -106,6 +110,7 @@ async fn polling_mode_notices_a_file_copied_over() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn a_slow_in_place_write_is_synced_only_when_complete() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -138,6 +143,7 @@ async fn a_slow_in_place_write_is_synced_only_when_complete() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn touching_the_file_without_changing_it_is_skipped_and_writes_nothing() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -161,6 +167,7 @@ async fn touching_the_file_without_changing_it_is_skipped_and_writes_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn deleting_the_file_purges_nothing() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -188,6 +195,7 @@ async fn deleting_the_file_purges_nothing() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn a_burst_of_200_writes_yields_at_most_two_runs() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -210,6 +218,7 @@ async fn a_burst_of_200_writes_yields_at_most_two_runs() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn triggers_during_a_long_run_coalesce_into_one_follow_up_and_never_overlap() {
     let env = TestEnv::new().await;
     env.write_csv(csv_owned(&many(300_000)));
@@ -249,6 +258,7 @@ async fn triggers_during_a_long_run_coalesce_into_one_follow_up_and_never_overla
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn sigterm_with_time_to_spare_lets_the_run_finish() {
     let env = TestEnv::new().await;
     let mut agent = env.agent_mid_run(50_000).await;
@@ -259,6 +269,7 @@ async fn sigterm_with_time_to_spare_lets_the_run_finish() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn an_every_1s_schedule_fires_every_second() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -293,6 +304,7 @@ async fn an_every_1s_schedule_fires_every_second() {
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn sigterm_during_a_long_run_cancels_it_leaving_followers_whole_and_staging_empty() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));
@@ -356,6 +368,7 @@ pub(crate) fn http_get_within(port: u16, path: &str, timeout: Duration) -> Optio
 }
 
 #[tokio::test]
+#[ignore = "slow group: serve (docs/development.md#slow-test-groups)"]
 async fn health_readiness_and_metrics_endpoints_answer() {
     let env = TestEnv::new().await;
     env.write_csv(csv(ABC));

@@ -39,7 +39,7 @@ fn clock_shim(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_half_written_file_with_old_looking_timestamps_is_waited_for_not_synced() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let shim_dir = tempfile::tempdir().unwrap();
     let Some(shim) = clock_shim(shim_dir.path()) else {
         panic!("this test needs a C compiler (cc) for its clock shim");

@@ -107,7 +107,7 @@ async fn crash_and_recover(env: &TestEnv, old: &[Follower], rows: &[Follower], s
 }
 
 async fn matrix(shape: Shape) {
-    let env = TestEnv::new().await;
+    let env = TestEnv::in_process().await;
     if !shape.before_migrate.is_empty() {
         env.exec(shape.before_migrate).await;
     }
@@ -304,7 +304,7 @@ async fn the_first_sync_rebuilds_the_key_only_where_allowed_and_gives_way_to_rea
         run.assert_ended(0, "synced");
     };
     // A plain table: rebuilt (a new index), valid.
-    let env = TestEnv::new().await;
+    let env = TestEnv::in_process().await;
     migrate(&env);
     let before = key_index(&env).await.0;
     fill(&env, &[]);
@@ -314,14 +314,14 @@ async fn the_first_sync_rebuilds_the_key_only_where_allowed_and_gives_way_to_rea
         "rebuilt: {before} -> {after:?}"
     );
     // FIRST_SYNC_KEY_REBUILD=false: never.
-    let env = TestEnv::new().await;
+    let env = TestEnv::in_process().await;
     migrate(&env);
     let before = key_index(&env).await.0;
     fill(&env, &[("FIRST_SYNC_KEY_REBUILD", "false")]);
     assert_eq!(key_index(&env).await.0, before);
     // A reader holding the table: the exclusive lock is given up, the rows go
     // in with the key in place, and the reader was never blocked for long.
-    let env = TestEnv::new().await;
+    let env = TestEnv::in_process().await;
     migrate(&env);
     let before = key_index(&env).await.0;
     let mut reader = sqlx::PgConnection::connect(&env.url).await.unwrap();

@@ -129,7 +129,7 @@ async fn a_file_written_in_place_with_pauses_is_never_committed_half_written() {
 
 #[tokio::test]
 async fn a_manual_sync_during_a_write_waits_then_refuses_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let (text, new) = grown();
@@ -312,7 +312,7 @@ const NEXT: &[(&str, &str)] = &[
 
 /// Syncs ABC, then NEXT through a `CommitCutter`; the cut must have happened.
 async fn sync_with_a_cut_commit(deliver: bool) -> (TestEnv, Run) {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     env.write_csv(csv(NEXT));
@@ -392,7 +392,7 @@ async fn readyz_and_metrics_answer_within_a_second_while_a_run_holds_every_conne
 
 #[tokio::test]
 async fn a_merge_whose_backend_is_killed_at_commit_is_failed_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     env.write_csv(csv(NEXT));

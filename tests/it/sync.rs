@@ -10,7 +10,7 @@ const ABC: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn first_load_inserts_every_row_and_records_the_sync() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(csv(ABC));
     let run = env.synced(&[]);
     assert_eq!(
@@ -36,7 +36,7 @@ async fn first_load_inserts_every_row_and_records_the_sync() {
 
 #[tokio::test]
 async fn summary_json_has_exactly_the_specified_keys() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     let json = env.synced(&[]).json();
     let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
@@ -68,7 +68,7 @@ async fn summary_json_has_exactly_the_specified_keys() {
 
 #[tokio::test]
 async fn identical_file_is_skipped_and_recorded_as_skipped() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let before = env.follower_versions().await;
@@ -80,7 +80,7 @@ async fn identical_file_is_skipped_and_recorded_as_skipped() {
 
 #[tokio::test]
 async fn force_on_an_identical_file_rewrites_no_row() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let before = env.follower_versions().await;
@@ -103,7 +103,7 @@ async fn force_on_an_identical_file_rewrites_no_row() {
 
 #[tokio::test]
 async fn a_mixed_change_inserts_updates_and_deletes_exactly_what_differs() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     let mut rows = many(10);
     env.write_csv(csv_owned(&rows));
     env.synced(&[]);
@@ -138,7 +138,7 @@ async fn a_mixed_change_inserts_updates_and_deletes_exactly_what_differs() {
 
 #[tokio::test]
 async fn emails_are_trimmed_and_lower_cased_and_the_last_duplicate_wins() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv("email,full_name\n  Ann@Example.COM ,Ann One\nbob@example.com,Bob\nANN@example.com,  Ann Two  \n");
     let run = env.synced(&[]);
     assert_eq!(
@@ -172,7 +172,7 @@ async fn header_bom_crlf_column_order_and_extra_columns_all_load_the_same_follow
         ("BOM and CRLF", "\u{feff}email,full_name\r\nann@example.com,\"Ann, \"\"A\"\" Lee\"\r\n\r\nbob@example.com,Бob 王\r\n", "auto"),
         ("reordered, extra columns", "id,Full_Name,EMAIL,plan\n1,\"Ann, \"\"A\"\" Lee\",ann@example.com,pro\n2,Бob 王,bob@example.com,free\n", "true"),
     ] {
-        let env = TestEnv::new().await;
+        let env = TestEnv::migrated_in_process().await;
         env.write_csv(content);
         let run = env.sync_with(&[], &[("CSV_HEADER", header)]);
         assert_eq!((run.code, run.outcome().as_str()), (0, "synced"), "{what}: {run:?}");
@@ -182,7 +182,7 @@ async fn header_bom_crlf_column_order_and_extra_columns_all_load_the_same_follow
 
 #[tokio::test]
 async fn semicolon_delimiter_is_honoured() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv("email;full_name\nann@example.com;Lee, Ann\n");
     let run = env.sync_with(&[], &[("CSV_DELIMITER", ";")]);
     assert_eq!(run.code, 0, "{run:?}");
@@ -194,7 +194,7 @@ async fn semicolon_delimiter_is_honoured() {
 
 #[tokio::test]
 async fn each_invalid_row_refuses_the_file_naming_file_line_and_reason_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let before = env.follower_versions().await;
@@ -247,7 +247,7 @@ async fn each_invalid_row_refuses_the_file_naming_file_line_and_reason_and_chang
 #[tokio::test]
 async fn a_parse_error_mid_file_never_truncates_the_table() {
     // The old service stopped at a parse error and deleted everything after it.
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let rows = many(10);
     env.write_csv(csv_owned(&rows));
     env.synced(&[]);
@@ -280,7 +280,7 @@ async fn a_parse_error_mid_file_never_truncates_the_table() {
 
 #[tokio::test]
 async fn max_rejects_skips_bad_rows_but_keeps_their_followers() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let long = "x".repeat(300);
@@ -304,7 +304,7 @@ async fn max_rejects_skips_bad_rows_but_keeps_their_followers() {
 
 #[tokio::test]
 async fn a_truncated_file_is_refused_by_the_delete_guard() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let rows = many(10);
     env.write_csv(csv_owned(&rows));
     env.synced(&[]);
@@ -335,7 +335,7 @@ async fn a_truncated_file_is_refused_by_the_delete_guard() {
 
 #[tokio::test]
 async fn an_empty_file_never_wipes_the_table() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     for empty in ["", "email,full_name\n", "\n\n"] {
@@ -352,7 +352,7 @@ async fn an_empty_file_never_wipes_the_table() {
 
 #[tokio::test]
 async fn dry_run_reports_the_changes_and_changes_nothing() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let before = env.follower_versions().await;
@@ -423,7 +423,7 @@ async fn a_failure_at_any_saga_step_leaves_followers_unchanged_and_staging_empty
         ("cleanup", "staging_followers", "TRUNCATE", "true"),
         ("commit", "followers", "COMMIT", "true"),
     ] {
-        let env = TestEnv::new().await;
+        let env = TestEnv::migrated().await;
         let mut rows = many(8);
         env.write_csv(csv_owned(&rows));
         env.synced(&[]);
@@ -471,7 +471,7 @@ async fn a_failure_at_any_saga_step_leaves_followers_unchanged_and_staging_empty
 
 #[tokio::test]
 async fn a_failure_in_the_first_sync_into_an_empty_table_leaves_it_empty() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_csv(csv_owned(&many(50)));
     env.run(&["migrate"], &[]);
     fail_on(
@@ -512,7 +512,7 @@ async fn the_first_sync_rebuilds_the_primary_key_only_when_nothing_stands_in_the
         e
     };
     for case in ["free", "referenced", "in use"] {
-        let env = TestEnv::new().await;
+        let env = TestEnv::in_process().await;
         env.write_csv(csv_owned(&rows));
         env.run(&["migrate"], &[]);
         let before = env.scalar(key_oid).await;
@@ -573,7 +573,7 @@ async fn a_second_sync_while_one_holds_the_lock_is_skipped() {
 
 #[tokio::test]
 async fn a_crashed_run_is_recovered_by_the_next_one() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let crashed = env.leave_a_crashed_run().await;
@@ -595,7 +595,7 @@ async fn a_crashed_run_is_recovered_by_the_next_one() {
 
 #[tokio::test]
 async fn a_large_file_streams_through_many_batches_and_workers() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     let rows = many(25_000);
     env.write_csv(csv_owned(&rows));
     let run = env.sync_with(
@@ -608,7 +608,7 @@ async fn a_large_file_streams_through_many_batches_and_workers() {
 
 #[tokio::test]
 async fn a_dropped_connection_during_copy_is_compensated() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     let mut rows = many(50);
     env.write_csv(csv_owned(&rows));
     env.synced(&[]);
@@ -639,7 +639,7 @@ async fn a_dropped_connection_during_copy_is_compensated() {
 
 #[tokio::test]
 async fn when_the_last_occurrence_of_an_email_is_rejected_the_follower_is_left_as_it_is() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated_in_process().await;
     env.write_csv(csv(ABC));
     env.synced(&[]);
     let long = "x".repeat(300);
@@ -658,7 +658,7 @@ async fn when_the_last_occurrence_of_an_email_is_rejected_the_follower_is_left_a
 
 #[tokio::test]
 async fn a_run_that_lost_its_lock_does_not_commit() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     let rows = many(3000);
     env.write_csv(csv_owned(&rows[..1000]));
     env.synced(&[]);
@@ -706,7 +706,7 @@ async fn a_run_that_lost_its_lock_does_not_commit() {
 
 #[tokio::test]
 async fn a_database_of_the_old_service_is_taken_over() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::in_process().await;
     env.exec(
         "CREATE TABLE followers (email VARCHAR(255) PRIMARY KEY, full_name VARCHAR(255) NOT NULL, modified_at TIMESTAMP NOT NULL);
          CREATE TABLE staging_followers (email VARCHAR(255) NOT NULL, full_name VARCHAR(255) NOT NULL, load_id UUID NOT NULL);
@@ -727,7 +727,7 @@ async fn a_database_of_the_old_service_is_taken_over() {
 
 #[tokio::test]
 async fn a_symlinked_csv_file_is_followed_when_repointed_but_never_outside_tables_dir() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::migrated().await;
     env.write_file("a.csv", csv(ABC));
     let b = [
         ("ann@example.com", "Ann B"),

@@ -167,7 +167,7 @@ async fn variants_of_one_email_merge_into_the_latest_row_each_logged_and_counted
 
 #[tokio::test]
 async fn the_four_row_example_syncs_at_once_and_a_rejected_row_protects_its_follower() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::in_process().await;
     old_service(&env, FOUR).await;
     let before = stored(&env).await;
     // Bob's row is rejected (name too long): with MAX_REJECTS=1 he stays as he is.
