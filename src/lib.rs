@@ -6,6 +6,15 @@
 
 pub mod agent;
 pub mod cli;
+pub mod convert;
+// lints fixed by the read/config split (issue 19)
+#[allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation,
+    clippy::too_many_lines,
+    unreachable_pub
+)]
 pub mod config;
 pub mod db;
 pub mod domain;
