@@ -315,7 +315,8 @@ fn format_fraction(value: u128, precision: u32) -> (String, u128) {
     if frac == 0 {
         return (String::new(), whole);
     }
-    let mut width = precision as usize;
+    // precision is at most 9 (nanoseconds), so it fits.
+    let mut width: usize = precision.try_into().unwrap_or(usize::MAX);
     while frac.is_multiple_of(10) {
         frac /= 10;
         width -= 1;
