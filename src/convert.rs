@@ -69,7 +69,13 @@ pub fn len(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// A `u64` count as an `int4` parameter, saturating: used for limits such as
+/// A `u64` limit as a `bigint` parameter, saturating: a limit beyond `bigint`
+/// (`JOURNAL_KEEP_RUNS`) is no limit.
+pub fn saturating_bigint(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A `u64` limit as an `int4` parameter, saturating: used for limits such as
 /// the journal's retention days, where more than `i32::MAX` means "no limit".
 pub fn saturating_int4(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
@@ -122,6 +128,7 @@ mod tests {
 
     #[test]
     fn saturation_where_it_is_the_meaning() {
+        assert_eq!(saturating_bigint(u64::MAX), i64::MAX);
         assert_eq!(saturating_int4(30), 30);
         assert_eq!(saturating_int4(u64::MAX), i32::MAX);
         assert_eq!(millis_int4(Duration::ZERO), 1);

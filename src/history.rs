@@ -24,7 +24,7 @@ fn now() -> NaiveDateTime {
 /// saturating: a limit beyond `bigint` is no limit. Counts go through
 /// `crate::convert::bigint` instead.
 fn i(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    crate::convert::saturating_bigint(n)
 }
 
 /// Removes staging rows of crashed runs and marks their run records failed. Only

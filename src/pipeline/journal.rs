@@ -148,8 +148,8 @@ pub async fn prune(db: &DatabaseConnection, retention: JournalRetention) -> Resu
                RETURNING load_id)
              DELETE FROM etl_info_schema.sync_journal j USING dropped d WHERE j.load_id = d.load_id",
             vec![
-                convert::bigint("JOURNAL_KEEP_RUNS", retention.keep_runs)?.into(),
-                // More days than int4 holds keeps every run's journal: saturation is the meaning.
+                // Limits beyond bigint and int4 keep every run's journal: saturation is the meaning.
+                convert::saturating_bigint(retention.keep_runs).into(),
                 convert::saturating_int4(retention.keep_days).into(),
             ],
         ))

@@ -829,25 +829,22 @@ async fn take_run_lock(
     cancel: &CancellationToken,
 ) -> Result<Option<AdvisoryLock>, SyncError> {
     let db = &ctx.db;
-    Ok(
-        match AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? {
-            None if request.approves() => match wait_for_lock(ctx, cancel).await? {
-                Some(lock) => Some(lock),
-                None if cancel.is_cancelled() => {
-                    return Err(
-                        refuse_unlocked(db, load_id, request, file, SyncError::Cancelled).await,
-                    )
-                }
-                None => {
-                    let e = SyncError::LockBusy {
-                        waited: ctx.settings.run_lock_wait,
-                    };
-                    return Err(refuse_unlocked(db, load_id, request, file, e).await);
-                }
-            },
-            lock => lock,
+    let lock = match AdvisoryLock::try_run_lock(&ctx.settings.database_url).await? {
+        None if request.approves() => match wait_for_lock(ctx, cancel).await? {
+            Some(lock) => Some(lock),
+            None if cancel.is_cancelled() => {
+                return Err(refuse_unlocked(db, load_id, request, file, SyncError::Cancelled).await)
+            }
+            None => {
+                let e = SyncError::LockBusy {
+                    waited: ctx.settings.run_lock_wait,
+                };
+                return Err(refuse_unlocked(db, load_id, request, file, e).await);
+            }
         },
-    )
+        lock => lock,
+    };
+    Ok(lock)
 }
 
 /// The stages in order. Returns the outcome of a run that got this far.
