@@ -20,16 +20,18 @@ pub struct OutOfRange {
     /// What the value is (a column, a count, a length).
     pub what: &'static str,
     pub value: i128,
+    /// The type it was converted from.
+    pub from: &'static str,
     /// The type it was converted to.
     pub into: &'static str,
 }
 
-/// Read from the database as a conversion failure, so `?` works in the
+/// A database value conversion failure, so `?` works in the
 /// functions that return [`DbErr`].
 impl From<OutOfRange> for DbErr {
     fn from(e: OutOfRange) -> Self {
         DbErr::TryIntoErr {
-            from: "bigint",
+            from: e.from,
             into: e.into,
             source: Box::new(e),
         }
@@ -41,6 +43,7 @@ pub fn count(what: &'static str, n: i64) -> Result<u64, OutOfRange> {
     u64::try_from(n).map_err(|_| OutOfRange {
         what,
         value: i128::from(n),
+        from: "bigint",
         into: "u64",
     })
 }
@@ -50,6 +53,7 @@ pub fn bigint(what: &'static str, n: u64) -> Result<i64, OutOfRange> {
     i64::try_from(n).map_err(|_| OutOfRange {
         what,
         value: i128::from(n),
+        from: "u64",
         into: "bigint",
     })
 }
@@ -59,6 +63,7 @@ pub fn int4_len(what: &'static str, n: usize) -> Result<i32, OutOfRange> {
     i32::try_from(n).map_err(|_| OutOfRange {
         what,
         value: i128::try_from(n).unwrap_or(i128::MAX),
+        from: "usize",
         into: "int4",
     })
 }
@@ -122,7 +127,11 @@ mod tests {
         assert!(int4_len("email", usize::MAX).is_err());
         assert!(matches!(
             DbErr::from(e),
-            DbErr::TryIntoErr { into: "u64", .. }
+            DbErr::TryIntoErr {
+                from: "bigint",
+                into: "u64",
+                ..
+            }
         ));
     }
 
