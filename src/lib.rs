@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod db;
 pub mod domain;
 pub mod errors;

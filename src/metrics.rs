@@ -1,6 +1,7 @@
 //! The metrics every run records (docs/operations.md#metrics): their names, their
 //! help texts and the recording. `http.rs` only exports them.
 
+use crate::convert::approx_signed;
 use crate::domain::{Counts, Outcome};
 use crate::pipeline::timings::Stage;
 use metrics::Unit;
@@ -96,7 +97,7 @@ pub fn record_run(outcome: Outcome, counts: &Counts, duration: Duration) {
 /// The table was just confirmed a mirror of the file: synced, or skipped because the
 /// file is unchanged since the last successful sync.
 pub fn record_in_sync() {
-    metrics::gauge!(LAST_SUCCESS).set(chrono::Utc::now().timestamp() as f64);
+    metrics::gauge!(LAST_SUCCESS).set(approx_signed(chrono::Utc::now().timestamp()));
     metrics::gauge!(REFUSED).set(0.0);
 }
 
@@ -113,7 +114,7 @@ pub fn record_stage(stage: Stage, seconds: f64) {
 
 /// The followers counted at a scrape.
 pub fn record_followers(count: i64) {
-    metrics::gauge!(FOLLOWERS).set(count as f64);
+    metrics::gauge!(FOLLOWERS).set(approx_signed(count));
 }
 
 #[cfg(test)]

@@ -33,8 +33,9 @@ pub async fn store(
     for chunk in rejects.chunks(INSERT_BATCH) {
         let lines: Vec<i64> = chunk
             .iter()
-            .map(|r| i64::try_from(r.line).unwrap_or(i64::MAX))
-            .collect();
+            .map(|r| crate::convert::bigint("line_no", r.line))
+            .collect::<Result<_, _>>()
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let reasons: Vec<&str> = chunk.iter().map(|r| r.reason.as_str()).collect();
         let raws: Vec<&str> = chunk.iter().map(|r| r.raw.as_str()).collect();
         sqlx::query(
@@ -99,11 +100,14 @@ pub async fn of_run(
         rejected,
         rejects: rows
             .into_iter()
-            .map(|(line, reason, raw)| StoredReject {
-                line: u64::try_from(line).unwrap_or_default(),
-                reason,
-                raw,
+            .map(|(line, reason, raw)| {
+                Ok(StoredReject {
+                    line: crate::convert::count("line_no", line)?,
+                    reason,
+                    raw,
+                })
             })
-            .collect(),
+            .collect::<Result<_, crate::convert::OutOfRange>>()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
     }))
 }

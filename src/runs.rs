@@ -3,6 +3,7 @@
 //! finished with its outcome, counts and reason; crashed runs are recovered here.
 
 use crate::config::RunRetention;
+use crate::convert::bigint;
 use crate::domain::{ContentHash, Counts, LoadId, Outcome, Trigger};
 use chrono::{NaiveDateTime, Utc};
 use entity::{sync_runs, table_status};
@@ -19,8 +20,11 @@ fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
 }
 
+/// A limit (`HISTORY_KEEP_RUNS`, a batch size) as a `bigint` parameter,
+/// saturating: a limit beyond `bigint` is no limit. Counts go through
+/// `crate::convert::bigint` instead.
 fn i(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    crate::convert::saturating_bigint(n)
 }
 
 /// Removes staging rows of crashed runs and marks their run records failed. Only
@@ -97,13 +101,13 @@ pub async fn finish(
     let mut record = sync_runs::ActiveModel {
         finished_at: Set(Some(now())),
         outcome: Set(outcome.as_str().into()),
-        rows_read: Set(i(counts.rows_read)),
-        inserted: Set(i(counts.inserted)),
-        updated: Set(i(counts.updated)),
-        deleted: Set(i(counts.deleted)),
-        unchanged: Set(i(counts.unchanged)),
-        rejected: Set(i(counts.rejected)),
-        duplicates: Set(i(counts.duplicates)),
+        rows_read: Set(bigint("rows_read", counts.rows_read)?),
+        inserted: Set(bigint("inserted", counts.inserted)?),
+        updated: Set(bigint("updated", counts.updated)?),
+        deleted: Set(bigint("deleted", counts.deleted)?),
+        unchanged: Set(bigint("unchanged", counts.unchanged)?),
+        rejected: Set(bigint("rejected", counts.rejected)?),
+        duplicates: Set(bigint("duplicates", counts.duplicates)?),
         error: Set(error.map(str::to_owned)),
         ..Default::default()
     };
@@ -306,7 +310,7 @@ pub async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Result<u64
             .await?
             .map(|row| row.try_get::<i64>("", "deleted"))
             .transpose()?
-            .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+            .map_or(Ok(0), |n| crate::convert::count("runs pruned", n))?;
         pruned += deleted;
         if deleted < PRUNE_BATCH {
             break;
@@ -333,7 +337,7 @@ pub async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
     Ok(row
         .map(|r| r.try_get::<i64>("", "n"))
         .transpose()?
-        .map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+        .map_or(Ok(0), |n| crate::convert::count("journaled runs", n))?)
 }
 
 /// `prune`, logging a failure instead of returning it (the next run retries).
@@ -354,6 +358,8 @@ pub struct RunRecord {
 
 impl RunRecord {
     pub fn counts(&self) -> Counts {
+        // For display only: the agent writes these from `u64` counts
+        // (`finish`), so 0 stands only for a value edited out of range by hand.
         let u = |n: i64| u64::try_from(n).unwrap_or(0);
         let r = &self.run;
         Counts {

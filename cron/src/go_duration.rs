@@ -173,7 +173,7 @@ pub(crate) fn parse_go_duration_nanos(s: &str) -> Result<i64, GoDurationError> {
             // Go computes the fractional part in float64 (it is accurate to
             // the nanosecond even for fractions of hours); do the same so
             // that results agree bit for bit.
-            let extra = (fraction as f64 * (unit as f64 / scale)) as u64;
+            let extra = go_float_to_u64(go_float(fraction) * (go_float(unit) / scale));
             value = value.wrapping_add(extra);
             if value > TWO_POW_63 {
                 return Err(GoDurationError::Overflow { input: input() });
@@ -189,12 +189,23 @@ pub(crate) fn parse_go_duration_nanos(s: &str) -> Result<i64, GoDurationError> {
 
     if negative {
         // total <= 2^63, so this is exact (2^63 becomes i64::MIN).
-        return Ok((total as i64).wrapping_neg());
+        return Ok(0_i64.wrapping_sub_unsigned(total));
     }
-    if total > TWO_POW_63 - 1 {
-        return Err(GoDurationError::Overflow { input: input() });
-    }
-    Ok(total as i64)
+    i64::try_from(total).map_err(|_| GoDurationError::Overflow { input: input() })
+}
+
+/// Go's `float64(v)` of a `uint64`: exact up to 2^53, rounded above, as in Go.
+#[allow(clippy::cast_precision_loss)]
+fn go_float(v: u64) -> f64 {
+    v as f64
+}
+
+/// Go's `uint64(f)` of a non-negative `float64` (the fractional nanoseconds,
+/// below 2^63 here): truncates toward zero as Go does; `as` saturates where Go
+/// would be undefined, which is never reached.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn go_float_to_u64(f: f64) -> u64 {
+    f as u64
 }
 
 /// Nanoseconds per unit, for the unit names Go knows.
@@ -304,7 +315,8 @@ fn format_fraction(value: u128, precision: u32) -> (String, u128) {
     if frac == 0 {
         return (String::new(), whole);
     }
-    let mut width = precision as usize;
+    // precision is at most 9 (nanoseconds), so it fits.
+    let mut width: usize = precision.try_into().unwrap_or(usize::MAX);
     while frac.is_multiple_of(10) {
         frac /= 10;
         width -= 1;
@@ -445,7 +457,7 @@ mod tests {
         ("4m5.001s", 245_001_000_000),
         ("5h6m7.001s", 18_367_001_000_000),
         ("8m0.000000001s", 480_000_000_001),
-        ("2562047h47m16.854775807s", i64::MAX as u64),
+        ("2562047h47m16.854775807s", i64::MAX.unsigned_abs()),
     ];
 
     #[test]
@@ -472,7 +484,11 @@ mod tests {
                     "{input:?}"
                 );
             } else {
-                assert_eq!(got, Ok(Duration::from_nanos(want as u64)), "{input:?}");
+                assert_eq!(
+                    got,
+                    Ok(Duration::from_nanos(u64::try_from(want).unwrap())),
+                    "{input:?}"
+                );
             }
         }
     }
@@ -584,7 +600,7 @@ mod tests {
         }
 
         #[test]
-        fn format_parse_round_trip(nanos in 0_u64..=(i64::MAX as u64)) {
+        fn format_parse_round_trip(nanos in 0_u64..=i64::MAX.unsigned_abs()) {
             let d = Duration::from_nanos(nanos);
             proptest::prop_assert_eq!(parse_go_duration(&format_go_duration(d)), Ok(d));
         }

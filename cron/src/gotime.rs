@@ -40,7 +40,7 @@ pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 /// Proleptic Gregorian (year, month 1-12, day 1-31) of a day count since
 /// 1970-01-01.
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> Option<(i64, u32, u32)> {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z - era * 146_097;
@@ -56,7 +56,7 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     // month is in 1..=12 and day in 1..=31 by construction.
-    (year, month as u32, day as u32)
+    Some((year, u32::try_from(month).ok()?, u32::try_from(day).ok()?))
 }
 
 /// The wall-clock reading of a [`GoTime`] in its zone.
@@ -90,17 +90,17 @@ impl GoTime {
         let local = self.unix.checked_add(offset_at(self.tz, self.unix)?)?;
         let days = local.div_euclid(SECONDS_PER_DAY);
         let secs = local.rem_euclid(SECONDS_PER_DAY);
-        let (year, month, day) = civil_from_days(days);
+        let (year, month, day) = civil_from_days(days)?;
         // secs is in 0..86400, so these fit in u32.
         Some(Civil {
             year,
             month,
             day,
-            hour: (secs / 3_600) as u32,
-            minute: (secs % 3_600 / 60) as u32,
-            second: (secs % 60) as u32,
+            hour: u32::try_from(secs / 3_600).ok()?,
+            minute: u32::try_from(secs % 3_600 / 60).ok()?,
+            second: u32::try_from(secs % 60).ok()?,
             // 1970-01-01 was a Thursday (4).
-            weekday: (days + 4).rem_euclid(7) as u32,
+            weekday: u32::try_from((days + 4).rem_euclid(7)).ok()?,
         })
     }
 
@@ -127,7 +127,7 @@ impl GoTime {
         let month0 = month.checked_sub(1)?;
         let year = year.checked_add(month0.div_euclid(12))?;
         // In 1..=12.
-        let month = (month0.rem_euclid(12) + 1) as u32;
+        let month = u32::try_from(month0.rem_euclid(12) + 1).ok()?;
         // Bound the year so the day arithmetic below cannot overflow; chrono
         // cannot represent anything near these years anyway.
         if !(-1_000_000..=1_000_000).contains(&year) {
@@ -189,9 +189,9 @@ mod tests {
     #[test]
     fn civil_round_trip_matches_chrono() {
         for days in (-800_000..800_000).step_by(997) {
-            let (y, m, d) = civil_from_days(days);
+            let (y, m, d) = civil_from_days(days).unwrap();
             assert_eq!(days_from_civil(y, m, d), days);
-            let chrono_date = NaiveDate::from_ymd_opt(y as i32, m, d).unwrap();
+            let chrono_date = NaiveDate::from_ymd_opt(i32::try_from(y).unwrap(), m, d).unwrap();
             let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
             assert_eq!((chrono_date - epoch).num_days(), days);
         }

@@ -396,7 +396,11 @@ fn parse_non_negative(expr: &str) -> Result<u64, FieldError> {
         return Err(not_a_number());
     }
     // Accumulate while the value still fits in an i64 (or is i64::MIN).
-    let limit: u64 = if negative { 1 << 63 } else { i64::MAX as u64 };
+    let limit: u64 = if negative {
+        1 << 63
+    } else {
+        i64::MAX.unsigned_abs()
+    };
     let mut value: u64 = 0;
     for b in digits.bytes() {
         value = value

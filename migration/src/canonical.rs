@@ -23,7 +23,7 @@ async fn exec(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Resul
 
 /// What to do with stored emails that are not valid by the rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Invalid {
+pub(crate) enum Invalid {
     /// Stop with an error naming them: nothing changes (the takeover).
     Stop,
     /// Leave them as they are, with a warning naming them: rows the agent stored
@@ -33,19 +33,46 @@ pub enum Invalid {
 
 /// What `emails` did.
 #[derive(Debug, Default)]
-pub struct Emails {
+pub(crate) struct Emails {
     pub rewritten: u64,
     pub merged: u64,
     pub merged_into: usize,
-    pub kept_invalid: u64,
 }
 
 /// Every stored email in its canonical form; variants of one email become one
 /// row (the latest `modified_at` wins, NULL oldest; on a tie the row already
 /// canonical, then the smallest stored email in byte order), each merge logged.
-pub async fn emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<Emails, DbErr> {
-    // The canonical form (or why there is none) of every stored email that is
-    // not already canonical; the others map to themselves.
+pub(crate) async fn emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<Emails, DbErr> {
+    map_to_canonical(db).await?;
+    rank_variants(db).await?;
+    invalid_emails(db, invalid).await?;
+    let merged_into = log_merges(db).await?;
+    let merged = exec(
+        db,
+        "DELETE FROM public.followers f USING fetl_takeover t
+          WHERE t.rank > 1 AND t.invalid IS NULL AND f.email = t.stored",
+        vec![],
+    )
+    .await?;
+    let rewritten = exec(
+        db,
+        "UPDATE public.followers f SET email = t.canonical FROM fetl_takeover t
+          WHERE t.rank = 1 AND t.invalid IS NULL AND f.email = t.stored AND t.stored <> t.canonical",
+        vec![],
+    )
+    .await?;
+    // Both migrations may run in one transaction: drop them now, not at commit.
+    exec(db, "DROP TABLE fetl_takeover_map, fetl_takeover", vec![]).await?;
+    Ok(Emails {
+        rewritten,
+        merged,
+        merged_into,
+    })
+}
+
+/// Fills `fetl_takeover_map`: the canonical form (or why there is none) of every
+/// stored email that is not already canonical; the others map to themselves.
+async fn map_to_canonical(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     let rule = crate::email_rule::rule()?;
     exec(
         db,
@@ -100,6 +127,12 @@ pub async fn emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<Email
         }
     }
     exec(db, "CLOSE fetl_takeover_emails", vec![]).await?;
+    Ok(())
+}
+
+/// Builds `fetl_takeover`: every stored row with its canonical email, why it is
+/// invalid (if it is), its rank among the variants of its email and their number.
+async fn rank_variants(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     // Invalid rows (kept) rank among themselves only and are never touched.
     exec(
         db,
@@ -120,7 +153,12 @@ pub async fn emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<Email
     )
     .await?;
 
-    let mut done = Emails::default();
+    Ok(())
+}
+
+/// Stops on invalid stored emails or keeps them with a warning naming them
+/// (`invalid`).
+async fn invalid_emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<(), DbErr> {
     let found = db
         .query_all(stmt(
             &format!(
@@ -143,7 +181,11 @@ pub async fn emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<Email
                 })
             })
             .collect::<Result<_, DbErr>>()?;
-        let more = if total as usize > SHOWN { ", …" } else { "" };
+        let more = if total > <i64 as TryFrom<usize>>::try_from(SHOWN).unwrap_or(i64::MAX) {
+            ", …"
+        } else {
+            ""
+        };
         match invalid {
             Invalid::Stop => {
                 return Err(DbErr::Migration(format!(
@@ -161,11 +203,14 @@ pub async fn emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<Email
                     "followers: stored email(s) are not valid by the current rules and were left as they are; \
                      the next sync deletes them unless fixed (UPDATE/DELETE public.followers WHERE email = '…')"
                 );
-                done.kept_invalid = total as u64;
             }
         }
     }
+    Ok(())
+}
 
+/// Logs each email whose variants are merged into one row; returns how many.
+async fn log_merges(db: &impl ConnectionTrait) -> Result<usize, DbErr> {
     let groups = db
         .query_all(stmt(
             "SELECT canonical, array_agg(stored ORDER BY rank) AS stored,
@@ -191,24 +236,7 @@ pub async fn emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<Email
             "followers takeover: merged variants of one email into one row (latest modified_at wins)"
         );
     }
-    done.merged_into = groups.len();
-    done.merged = exec(
-        db,
-        "DELETE FROM public.followers f USING fetl_takeover t
-          WHERE t.rank > 1 AND t.invalid IS NULL AND f.email = t.stored",
-        vec![],
-    )
-    .await?;
-    done.rewritten = exec(
-        db,
-        "UPDATE public.followers f SET email = t.canonical FROM fetl_takeover t
-          WHERE t.rank = 1 AND t.invalid IS NULL AND f.email = t.stored AND t.stored <> t.canonical",
-        vec![],
-    )
-    .await?;
-    // Both migrations may run in one transaction: drop them now, not at commit.
-    exec(db, "DROP TABLE fetl_takeover_map, fetl_takeover", vec![]).await?;
-    Ok(done)
+    Ok(groups.len())
 }
 
 /// Every stored `full_name` in the form the reader gives a file's name (trimmed:
@@ -217,7 +245,7 @@ pub async fn emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<Email
 /// character outside printable ASCII go through the rule (a superset of those
 /// with surrounding whitespace, decided by code point, not by the server's
 /// locale).
-pub async fn names(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+pub(crate) async fn names(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
     let rule = crate::email_rule::name_rule()?;
     exec(
         db,

@@ -349,7 +349,7 @@ mod tests {
                     Email::parse(&raw),
                     Err(EmailError::Invisible(raw.to_lowercase(), c.into())),
                     "U+{:04X}",
-                    c as u32
+                    u32::from(c)
                 );
             }
         }

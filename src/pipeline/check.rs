@@ -101,7 +101,7 @@ pub fn check_file(
     report.duplicates = report
         .duplicate_lines
         .iter()
-        .map(|(_, l)| l.len() as u64 - 1)
+        .map(|(_, l)| crate::convert::len(l.len()) - 1)
         .sum();
     Ok(())
 }

@@ -33,11 +33,17 @@ pub struct DuplicateFilter {
     overflow: bool,
 }
 
+/// A word index into the filter: at most `BLOCKS * WORDS_PER_BLOCK` (21 bits,
+/// masked from the hash), so it fits `usize` on every target; 0 otherwise.
+fn index(masked: u64) -> usize {
+    usize::try_from(masked).unwrap_or(0)
+}
+
 impl Default for DuplicateFilter {
     fn default() -> Self {
         Self {
             // Zeroed memory: pages are only touched as bits are set.
-            bits: vec![0; (BLOCKS * WORDS_PER_BLOCK) as usize],
+            bits: vec![0; index(BLOCKS * WORDS_PER_BLOCK)],
             candidates: HashSet::new(),
             overflow: false,
         }
@@ -51,13 +57,13 @@ impl DuplicateFilter {
         // per row, in the reader's profile); a fixed seed.
         let h = foldhash::fast::FixedState::with_seed(0).hash_one(email);
         // The low 18 bits pick the block, the next 5 × 9 bits the bits in it.
-        let block = ((h & (BLOCKS - 1)) * WORDS_PER_BLOCK) as usize;
+        let block = index((h & (BLOCKS - 1)) * WORDS_PER_BLOCK);
         let mut rest = h >> 18;
         let mut seen = true;
         for _ in 0..HASHES {
             let bit = rest & 511;
             rest >>= 9;
-            let (word, mask) = (block + (bit >> 6) as usize, 1u64 << (bit & 63));
+            let (word, mask) = (block + index(bit >> 6), 1u64 << (bit & 63));
             if self.bits[word] & mask == 0 {
                 seen = false;
                 self.bits[word] |= mask;

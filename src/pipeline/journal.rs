@@ -17,6 +17,7 @@
 //! whether the replaced row was the one that fill wrote (`sync_runs.fill_xid`).
 
 use crate::config::JournalRetention;
+use crate::convert;
 use crate::domain::LoadId;
 use chrono::NaiveDateTime;
 use sea_orm::{
@@ -78,7 +79,11 @@ pub async fn seal(
 ) -> Result<(), DbErr> {
     db.execute(stmt(
         "UPDATE etl_info_schema.sync_runs SET journaled = $2, filled = $3 WHERE load_id = $1",
-        vec![load_id.uuid().into(), (rows as i64).into(), filled.into()],
+        vec![
+            load_id.uuid().into(),
+            convert::bigint("journaled", rows)?.into(),
+            filled.into(),
+        ],
     ))
     .await?;
     Ok(())
@@ -143,8 +148,9 @@ pub async fn prune(db: &DatabaseConnection, retention: JournalRetention) -> Resu
                RETURNING load_id)
              DELETE FROM etl_info_schema.sync_journal j USING dropped d WHERE j.load_id = d.load_id",
             vec![
-                (retention.keep_runs as i64).into(),
-                (retention.keep_days.min(i32::MAX as u64) as i32).into(),
+                // Limits beyond bigint and int4 keep every run's journal: saturation is the meaning.
+                convert::saturating_bigint(retention.keep_runs).into(),
+                convert::saturating_int4(retention.keep_days).into(),
             ],
         ))
         .await?
@@ -307,7 +313,7 @@ pub async fn drift(db: &impl ConnectionTrait, runs: &[Uuid]) -> Result<Option<Dr
         });
     }
     Ok(Some(Drift {
-        count: count as u64,
+        count: convert::count("drift count", count)?,
         examples,
     }))
 }
@@ -411,7 +417,10 @@ pub async fn left(db: &impl ConnectionTrait) -> Result<(u64, Vec<String>), DbErr
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("followers left".into()))?;
     let n: i64 = row.try_get_by_index(0)?;
-    Ok((n as u64, row.try_get_by_index(1)?))
+    Ok((
+        convert::count("followers left", n)?,
+        row.try_get_by_index(1)?,
+    ))
 }
 
 /// One journaled change of one follower (`history`).

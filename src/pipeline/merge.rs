@@ -38,6 +38,7 @@
 
 use super::journal;
 use super::timings::Stage;
+use crate::convert::approx;
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome};
 use crate::runs;
@@ -107,14 +108,14 @@ pub enum MergeError {
         #[source]
         source: DbErr,
     },
-    #[error("the file would delete {} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; rolled back (use --allow-mass-delete if intended)", .counts.deleted, .counts.deleted as f64 * 100.0 / *current as f64)]
+    #[error("the file would delete {} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; rolled back (use --allow-mass-delete if intended)", .counts.deleted, crate::convert::percent(.counts.deleted, *current))]
     MassDelete {
         /// What the run would have done.
         counts: Counts,
         current: u64,
         ratio: f64,
     },
-    #[error("the file would rename {} of {current} followers ({:.1}%, their full_name changes), more than MAX_UPDATE_RATIO={ratio}; rolled back (use --allow-mass-update if intended)", .counts.updated, .counts.updated as f64 * 100.0 / *current as f64)]
+    #[error("the file would rename {} of {current} followers ({:.1}%, their full_name changes), more than MAX_UPDATE_RATIO={ratio}; rolled back (use --allow-mass-update if intended)", .counts.updated, crate::convert::percent(.counts.updated, *current))]
     MassUpdate {
         /// What the run would have done.
         counts: Counts,
@@ -205,13 +206,13 @@ impl Guard {
     /// Whether deleting `deleted` of `current` followers is refused (the delete
     /// ratio only: a revert's guard).
     pub fn refuses_deletes(&self, deleted: u64, current: u64) -> bool {
-        let exceeded = current > 0 && deleted as f64 > self.max_delete_ratio * current as f64;
+        let exceeded = current > 0 && approx(deleted) > self.max_delete_ratio * approx(current);
         exceeded && !self.allow_mass_delete && self.max_delete_ratio < 1.0
     }
 
     pub fn check(&self, counts: Counts, current: u64) -> Result<(), MergeError> {
         let beyond =
-            |n: u64, ratio: f64| current > 0 && ratio < 1.0 && n as f64 > ratio * current as f64;
+            |n: u64, ratio: f64| current > 0 && ratio < 1.0 && approx(n) > ratio * approx(current);
         if self.empty_file && counts.deleted > 0 && !self.allow_mass_delete {
             return Err(MergeError::EmptyFile { counts, current });
         }
@@ -313,7 +314,7 @@ pub(super) async fn bound_lock_waits(
     txn: &impl ConnectionTrait,
     wait: std::time::Duration,
 ) -> Result<(), DbErr> {
-    let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+    let ms = crate::convert::millis_int4(wait);
     txn.execute_unprepared(&format!("SET LOCAL lock_timeout = '{ms}ms'"))
         .await
         .map(|_| ())
@@ -410,7 +411,7 @@ fn stmt(sql: &str, values: Vec<Value>) -> Statement {
 async fn count(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
     let row = db.query_one(stmt(sql, values)).await?;
     let n: i64 = row.map(|r| r.try_get_by_index(0)).transpose()?.unwrap_or(0);
-    Ok(n as u64)
+    Ok(crate::convert::count("count(*)", n)?)
 }
 
 fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
@@ -615,7 +616,7 @@ async fn diff(
         .ok_or_else(|| at(Step::Diff)(DbErr::RecordNotFound("diff counts".into())))?;
     let n = |i: usize| -> Result<u64, MergeError> {
         let v: i64 = row.try_get_by_index(i).map_err(at(Step::Diff))?;
-        Ok(v as u64)
+        crate::convert::count("diff count", v).map_err(|e| at(Step::Diff)(e.into()))
     };
     Ok(Diffed {
         new: n(0)?,
@@ -746,7 +747,7 @@ async fn merge_in(
         } = diff(txn, &id, &protected).await?;
         // Every follower is either matched by a row of the load or absent from it.
         let current = load.distinct.saturating_sub(new) + absent;
-        if (changed as f64) < PROBE_BELOW * current as f64 {
+        if approx(changed) < PROBE_BELOW * approx(current) {
             txn.execute_unprepared(
                 "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
             )
@@ -946,7 +947,11 @@ pub async fn plan(
         .await
         .map_err(at(Step::Guard))?;
     txn.rollback().await.map_err(at(Step::Commit))?;
-    let counts = counted(load, current == 0, inserted as u64, updated as u64, deleted);
+    let inserted =
+        crate::convert::count("inserted", inserted).map_err(|e| at(Step::Insert)(e.into()))?;
+    let updated =
+        crate::convert::count("updated", updated).map_err(|e| at(Step::Update)(e.into()))?;
+    let counts = counted(load, current == 0, inserted, updated, deleted);
     Ok((counts, guard.check(counts, current).err()))
 }
 

@@ -22,6 +22,7 @@ pub mod timings;
 pub mod validate;
 
 use crate::config::{CsvFormat, Settings};
+use crate::convert;
 use crate::db::{AdvisoryLock, DbError};
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome, Trigger};
@@ -555,36 +556,8 @@ async fn locked_run(
         .to_string();
     if let Some(suffix) = &ctx.settings.csv.ready_marker {
         stages.begin(Stage::Ready);
-        // Serve's triggers try again on the marker's arrival or the next tick; a
-        // run started by hand waits a bounded time, then is refused. Checked
-        // before the settle step: a file without its marker is not waited on.
-        let manual = request.trigger == Trigger::Manual;
-        let waited = if manual {
-            ctx.settings.csv.ready_timeout
-        } else {
-            Duration::ZERO
-        };
-        if let Err(reason) = ready::wait(&request.file, suffix, waited, &cancel).await {
-            if !manual {
-                let reason = format!("not read yet: {reason}");
-                tracing::info!("{reason}; skipping");
-                record_unlocked(
-                    db,
-                    load_id,
-                    request.trigger,
-                    &file,
-                    Outcome::Skipped,
-                    &reason,
-                )
-                .await?;
-                return Ok((Outcome::Skipped, Some(reason)));
-            }
-            let e = SyncError::NotReady {
-                path: request.file.clone(),
-                reason,
-                waited,
-            };
-            return Err(refuse_unlocked(db, load_id, request, &file, e).await);
+        if let Some(reason) = wait_ready(ctx, request, load_id, &file, suffix, &cancel).await? {
+            return Ok((Outcome::Skipped, Some(reason)));
         }
     }
     stages.begin(Stage::Settle);
@@ -605,23 +578,7 @@ async fn locked_run(
         }
     };
     stages.begin(Stage::Lock);
-    let lock = match AdvisoryLock::try_run_lock(&ctx.settings.database.url).await? {
-        None if request.approves() => match wait_for_lock(ctx, &cancel).await? {
-            Some(lock) => Some(lock),
-            None if cancel.is_cancelled() => {
-                return Err(
-                    refuse_unlocked(db, load_id, request, &file, SyncError::Cancelled).await,
-                )
-            }
-            None => {
-                let e = SyncError::LockBusy {
-                    waited: ctx.settings.database.run_lock_wait,
-                };
-                return Err(refuse_unlocked(db, load_id, request, &file, e).await);
-            }
-        },
-        lock => lock,
-    };
+    let lock = take_run_lock(ctx, request, load_id, &file, &cancel).await?;
     let Some(mut lock) = lock else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
@@ -809,6 +766,79 @@ async fn compensate(
     }
 }
 
+/// Waits for the ready marker (`READY_MARKER`). Returns the reason to skip when
+/// serve's trigger finds it missing; a run started by hand is refused instead.
+async fn wait_ready(
+    ctx: &SyncContext,
+    request: &SyncRequest,
+    load_id: LoadId,
+    file: &str,
+    suffix: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<String>, SyncError> {
+    let db = &ctx.db;
+    // Serve's triggers try again on the marker's arrival or the next tick; a
+    // run started by hand waits a bounded time, then is refused. Checked
+    // before the settle step: a file without its marker is not waited on.
+    let manual = request.trigger == Trigger::Manual;
+    let waited = if manual {
+        ctx.settings.csv.ready_timeout
+    } else {
+        Duration::ZERO
+    };
+    if let Err(reason) = ready::wait(&request.file, suffix, waited, cancel).await {
+        if !manual {
+            let reason = format!("not read yet: {reason}");
+            tracing::info!("{reason}; skipping");
+            record_unlocked(
+                db,
+                load_id,
+                request.trigger,
+                file,
+                Outcome::Skipped,
+                &reason,
+            )
+            .await?;
+            return Ok(Some(reason));
+        }
+        let e = SyncError::NotReady {
+            path: request.file.clone(),
+            reason,
+            waited,
+        };
+        return Err(refuse_unlocked(db, load_id, request, file, e).await);
+    }
+    Ok(None)
+}
+
+/// Takes the run lock; a run that approves something waits for it
+/// (`RUN_LOCK_WAIT`) and is refused if it stays busy. `None`: held elsewhere.
+async fn take_run_lock(
+    ctx: &SyncContext,
+    request: &SyncRequest,
+    load_id: LoadId,
+    file: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<AdvisoryLock>, SyncError> {
+    let db = &ctx.db;
+    let lock = match AdvisoryLock::try_run_lock(&ctx.settings.database.url).await? {
+        None if request.approves() => match wait_for_lock(ctx, cancel).await? {
+            Some(lock) => Some(lock),
+            None if cancel.is_cancelled() => {
+                return Err(refuse_unlocked(db, load_id, request, file, SyncError::Cancelled).await)
+            }
+            None => {
+                let e = SyncError::LockBusy {
+                    waited: ctx.settings.database.run_lock_wait,
+                };
+                return Err(refuse_unlocked(db, load_id, request, file, e).await);
+            }
+        },
+        lock => lock,
+    };
+    Ok(lock)
+}
+
 /// The stages in order. Returns the outcome of a run that got this far.
 // The run's inputs, plus its out-parameters (counts, stage times, the rejects read).
 #[allow(clippy::too_many_arguments)]
@@ -836,64 +866,10 @@ async fn saga(
     // 1. Hash: unchanged since the last successful sync → skip. The file must
     //    still resolve inside TABLES_DIR (a symlink may have been repointed).
     stage(Stage::Hash);
-    crate::config::confine("CSV_FILE", &settings.csv.tables_dir, file)
-        .map_err(SyncError::Outside)?;
-    if !request.allow_file_change {
-        let this = crate::config::file_identity(file).display().to_string();
-        let last = runs::last_synced_file(db)
-            .await
-            .map_err(SyncError::Bookkeeping)?;
-        if let Some(last) = last.filter(|last| *last != this) {
-            return Err(SyncError::OtherFile { last, this });
-        }
-    }
-    let hash = tokio::select! {
-        _ = cancel.cancelled() => return Err(SyncError::Cancelled),
-        hash = hash(file, settings.csv.format) => hash?,
+    let (hash, repairing) = match hash_step(ctx, request, load_id, counts, cancel).await? {
+        HashStep::Skip(reason) => return Ok((Outcome::Skipped, Some(reason))),
+        HashStep::Sync { hash, repairing } => (hash, repairing),
     };
-    let last = runs::last_synced_hash(db)
-        .await
-        .map_err(SyncError::Bookkeeping)?;
-    let mut repairing = None;
-    if !request.force && last.as_deref() == Some(hash.as_str()) {
-        let reverted = runs::reverted_state(db)
-            .await
-            .map_err(SyncError::Bookkeeping)?;
-        // Is the table still what the last sync left? (docs: "Edits outside the agent")
-        let drift = drift::check(db, settings.triggers.verify_every)
-            .await
-            .map_err(SyncError::Bookkeeping)?;
-        repairing = drift.describe().filter(|_| drift.needs_sync());
-        if reverted.is_some() || repairing.is_none() {
-            let reason = match &reverted {
-                Some(revert) => format!(
-                    "held back: revert {} undid this content; it is skipped until the file changes (or sync --force){}",
-                    revert.load_id,
-                    drift.describe().filter(|_| drift.needs_sync()).map(|d| format!("; {d}, left as it is while held back")).unwrap_or_default()
-                ),
-                None => "unchanged since the last successful sync".to_owned(),
-            };
-            runs::finish(
-                db,
-                load_id,
-                Outcome::Skipped,
-                counts,
-                Some(&reason),
-                Some(&hash),
-            )
-            .await
-            .map_err(SyncError::Bookkeeping)?;
-            // Only a skip that vouches for the table refreshes the last success.
-            if reverted.is_none() && drift.confirmed() {
-                crate::metrics::record_in_sync();
-            }
-            return Ok((Outcome::Skipped, Some(reason)));
-        }
-        tracing::warn!(
-            "{}; syncing the unchanged file back",
-            repairing.as_deref().unwrap_or_default()
-        );
-    }
     let drifted = |source: MergeError| match &repairing {
         Some(drift) => SyncError::Drift {
             drift: drift.clone(),
@@ -901,19 +877,6 @@ async fn saga(
         },
         None => SyncError::Merge(source),
     };
-    if let Some(reason) = refused_earlier(db, request, &refusal_key(settings, &hash)).await? {
-        runs::finish(
-            db,
-            load_id,
-            Outcome::Skipped,
-            counts,
-            Some(&reason),
-            Some(&hash),
-        )
-        .await
-        .map_err(SyncError::Bookkeeping)?;
-        return Ok((Outcome::Skipped, Some(reason)));
-    }
     *hashed = Some(hash.clone());
     let guard = Guard {
         max_delete_ratio: settings.guard.max_delete_ratio,
@@ -927,7 +890,8 @@ async fn saga(
         let current = runs::follower_count(db)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let current = u64::try_from(current).unwrap_or(0);
+        let current =
+            convert::count("followers", current).map_err(|e| SyncError::Bookkeeping(e.into()))?;
         let would = Counts {
             deleted: current,
             ..Counts::default()
@@ -966,7 +930,8 @@ async fn saga(
         return Err(SyncError::Cancelled);
     }
     let duplicates =
-        staging::resolve_duplicates(db, load_id, REPORT_LIMIT as u64, &read.candidates).await?;
+        staging::resolve_duplicates(db, load_id, convert::len(REPORT_LIMIT), &read.candidates)
+            .await?;
     for (email, lines) in &duplicates.examples {
         tracing::warn!(file = %file.display(), %email, ?lines, "duplicate email; the last valid occurrence wins unless a later rejected row leaves the follower as it is");
     }
@@ -1018,6 +983,104 @@ async fn saga(
         .await
         .map_err(drifted)?;
     Ok((Outcome::Synced, None))
+}
+
+/// What the hash step decided.
+enum HashStep {
+    /// Skipped, with the reason (recorded): the content is unchanged since the
+    /// last successful sync, held back by a revert, or refused earlier.
+    Skip(String),
+    /// Read and sync it; `repairing` names the drift an unchanged file syncs back.
+    Sync {
+        hash: ContentHash,
+        repairing: Option<String>,
+    },
+}
+
+/// Step 1: the file is still inside TABLES_DIR and the one synced before, its
+/// content hash, and whether that content is skipped.
+async fn hash_step(
+    ctx: &SyncContext,
+    request: &SyncRequest,
+    load_id: LoadId,
+    counts: &Counts,
+    cancel: &CancellationToken,
+) -> Result<HashStep, SyncError> {
+    let settings = &ctx.settings;
+    let db = &ctx.db;
+    let file = &request.file;
+    crate::config::confine("CSV_FILE", &settings.csv.tables_dir, file)
+        .map_err(SyncError::Outside)?;
+    if !request.allow_file_change {
+        let this = crate::config::file_identity(file).display().to_string();
+        let last = runs::last_synced_file(db)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        if let Some(last) = last.filter(|last| *last != this) {
+            return Err(SyncError::OtherFile { last, this });
+        }
+    }
+    let hash = tokio::select! {
+        _ = cancel.cancelled() => return Err(SyncError::Cancelled),
+        hash = hash(file, settings.csv.format) => hash?,
+    };
+    let last = runs::last_synced_hash(db)
+        .await
+        .map_err(SyncError::Bookkeeping)?;
+    let mut repairing: Option<String> = None;
+    if !request.force && last.as_deref() == Some(hash.as_str()) {
+        let reverted = runs::reverted_state(db)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        // Is the table still what the last sync left? (docs: "Edits outside the agent")
+        let drift = drift::check(db, settings.triggers.verify_every)
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+        repairing = drift.describe().filter(|_| drift.needs_sync());
+        if reverted.is_some() || repairing.is_none() {
+            let reason = match &reverted {
+                Some(revert) => format!(
+                    "held back: revert {} undid this content; it is skipped until the file changes (or sync --force){}",
+                    revert.load_id,
+                    drift.describe().filter(|_| drift.needs_sync()).map(|d| format!("; {d}, left as it is while held back")).unwrap_or_default()
+                ),
+                None => "unchanged since the last successful sync".to_owned(),
+            };
+            runs::finish(
+                db,
+                load_id,
+                Outcome::Skipped,
+                counts,
+                Some(&reason),
+                Some(&hash),
+            )
+            .await
+            .map_err(SyncError::Bookkeeping)?;
+            // Only a skip that vouches for the table refreshes the last success.
+            if reverted.is_none() && drift.confirmed() {
+                crate::metrics::record_in_sync();
+            }
+            return Ok(HashStep::Skip(reason));
+        }
+        tracing::warn!(
+            "{}; syncing the unchanged file back",
+            repairing.as_deref().unwrap_or_default()
+        );
+    }
+    if let Some(reason) = refused_earlier(db, request, &refusal_key(settings, &hash)).await? {
+        runs::finish(
+            db,
+            load_id,
+            Outcome::Skipped,
+            counts,
+            Some(&reason),
+            Some(&hash),
+        )
+        .await
+        .map_err(SyncError::Bookkeeping)?;
+        return Ok(HashStep::Skip(reason));
+    }
+    Ok(HashStep::Sync { hash, repairing })
 }
 
 /// What a refusal of this content depends on: its hash (the bytes and the parse
@@ -1221,7 +1284,7 @@ fn produce(
                         rejected: report.rejected,
                     });
                 }
-                if report.rejected as usize <= REPORT_LIMIT {
+                if report.rejected <= convert::len(REPORT_LIMIT) {
                     tracing::warn!(file = %path.display(), line = reject.line, reason = %reject.reason, "row rejected");
                 }
                 if let Some(email) = &reject.email {

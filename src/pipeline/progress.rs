@@ -27,7 +27,7 @@ struct State {
 
 /// A handle to the run's progress; the reporter stops when the last clone drops.
 #[derive(Clone)]
-pub struct Progress {
+pub(crate) struct Progress {
     state: Arc<State>,
     _reporter: Arc<Reporter>,
 }
@@ -47,24 +47,24 @@ impl Drop for Reporter {
 }
 
 impl Progress {
-    pub fn stage(&self, now: Stage) {
+    pub(crate) fn stage(&self, now: Stage) {
         if let Ok(mut stage) = self.state.stage.lock() {
             *stage = now.as_str();
         }
     }
 
     /// The counter the COPY workers add staged rows to.
-    pub fn staged_counter(&self) -> Arc<AtomicU64> {
+    pub(crate) fn staged_counter(&self) -> Arc<AtomicU64> {
         self.state.staged.clone()
     }
 
     /// The reader has consumed the file up to byte `offset`.
-    pub fn read_up_to(&self, offset: u64) {
+    pub(crate) fn read_up_to(&self, offset: u64) {
         self.state.bytes.store(offset, Ordering::Relaxed);
     }
 }
 
-pub fn start(style: ProgressStyle, load_id: LoadId, file: &Path) -> Progress {
+pub(crate) fn start(style: ProgressStyle, load_id: LoadId, file: &Path) -> Progress {
     let total_bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let state = Arc::new(State {
         stage: Mutex::new("start"),
@@ -96,7 +96,8 @@ pub fn start(style: ProgressStyle, load_id: LoadId, file: &Path) -> Progress {
             }
             if last_log.elapsed() >= LOG_EVERY {
                 last_log = Instant::now();
-                let rate = rows as f64 / started.elapsed().as_secs_f64().max(0.001);
+                let rate =
+                    crate::convert::approx(rows) / started.elapsed().as_secs_f64().max(0.001);
                 tracing::info!(%load_id, stage, rows_staged = rows, rows_per_s = rate.round(), elapsed_s = started.elapsed().as_secs(), "run in progress");
             }
         }

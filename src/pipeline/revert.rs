@@ -19,6 +19,7 @@
 use super::journal::{self, Undone};
 use super::merge::{self, MergeError};
 use super::SyncContext;
+use crate::convert;
 use crate::db::{AdvisoryLock, DbError};
 use crate::domain::LoadId;
 use crate::domain::{Counts, Outcome, Trigger};
@@ -110,7 +111,7 @@ pub enum RevertError {
     PastFill { fill: Uuid },
     #[error("another sync of this database is in progress (advisory lock held); nothing reverted, try again")]
     Busy,
-    #[error("the revert would delete {deleted} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; nothing changed (use --allow-mass-delete if intended)", *.deleted as f64 * 100.0 / *.current as f64)]
+    #[error("the revert would delete {deleted} of {current} followers ({:.1}%), more than MAX_DELETE_RATIO={ratio}; nothing changed (use --allow-mass-delete if intended)", crate::convert::percent(*.deleted, *.current))]
     MassDelete {
         deleted: u64,
         current: u64,
@@ -434,8 +435,8 @@ async fn undo(
             Some(expected) if expected != found => {
                 return Err(RevertError::Incomplete {
                     load_id: run.load_id,
-                    found: found as u64,
-                    expected: expected as u64,
+                    found: convert::count("found", found).map_err(DbErr::from)?,
+                    expected: convert::count("journaled", expected).map_err(DbErr::from)?,
                 })
             }
             Some(_) => {}
@@ -456,6 +457,7 @@ async fn undo(
         .map(|r| r.try_get_by_index(0))
         .transpose()?
         .unwrap_or(0);
+    let current = convert::count("count(*)", current).map_err(DbErr::from)?;
     let undone = if filled {
         // Before a run that filled an empty table, the table was empty: what
         // that fill wrote goes, what others wrote since stays (and is named).
@@ -473,10 +475,10 @@ async fn undo(
     } else {
         journal::undo(txn, load_id, &ids, false).await?
     };
-    if guard.refuses_deletes(undone.deleted, current as u64) {
+    if guard.refuses_deletes(undone.deleted, current) {
         return Err(RevertError::MassDelete {
             deleted: undone.deleted,
-            current: current as u64,
+            current,
             ratio: guard.max_delete_ratio,
         });
     }

@@ -46,9 +46,10 @@ impl FileState {
     /// The newest of mtime and ctime.
     fn last_change(&self) -> Option<SystemTime> {
         let (secs, nanos) = self.changed;
-        let ctime = u64::try_from(secs)
-            .ok()
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::new(s, nanos.clamp(0, 999_999_999) as u32));
+        let ctime = u64::try_from(secs).ok().map(|s| {
+            SystemTime::UNIX_EPOCH
+                + Duration::new(s, u32::try_from(nanos.clamp(0, 999_999_999)).unwrap_or(0))
+        });
         match (self.modified, ctime) {
             (Some(m), Some(c)) => Some(m.max(c)),
             (m, c) => m.or(c),
@@ -86,7 +87,8 @@ fn ends_with_line_break(path: &Path, len: u64) -> bool {
     }
     let tail = len.min(2);
     let mut last = [0u8; 2];
-    let last = &mut last[..tail as usize];
+    // `len` is at least 1 here, `tail` 1 or 2.
+    let last = &mut last[..if tail == 1 { 1 } else { 2 }];
     // Never blocks: a FIFO swapped in is refused, not opened for reading.
     super::read::open_regular(path)
         .and_then(|mut f| {
@@ -390,7 +392,7 @@ mod tests {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
             assert_eq!(
-                ends_with_line_break(&path, bytes.len() as u64),
+                ends_with_line_break(&path, crate::convert::len(bytes.len())),
                 ended,
                 "{name}"
             );

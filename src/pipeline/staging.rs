@@ -7,6 +7,7 @@
 
 use super::dupes::Candidates;
 use super::validate::Follower;
+use crate::convert::{self, OutOfRange};
 use crate::domain::LoadId;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use sqlx::PgPool;
@@ -28,12 +29,14 @@ pub enum StageError {
     Worker(#[source] tokio::task::JoinError),
     #[error("resolving duplicates failed")]
     Dedupe(#[source] DbErr),
+    #[error("a row cannot be staged")]
+    Encode(#[from] OutOfRange),
 }
 
 /// A batch in COPY's binary format: the server neither scans the text for
 /// delimiters and escapes nor parses the uuid and the line number (measured
 /// against the text format: docs/performance.md#binary-copy).
-fn encode(batch: &[Follower], load_id: &[u8; 16], buf: &mut Vec<u8>) {
+fn encode(batch: &[Follower], load_id: &[u8; 16], buf: &mut Vec<u8>) -> Result<(), OutOfRange> {
     buf.clear();
     // Signature, flags (no OIDs), no header extension.
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
@@ -41,19 +44,21 @@ fn encode(batch: &[Follower], load_id: &[u8; 16], buf: &mut Vec<u8>) {
     buf.extend_from_slice(&0i32.to_be_bytes());
     for f in batch {
         buf.extend_from_slice(&4i16.to_be_bytes());
-        push_field(buf, f.email.as_str().as_bytes());
-        push_field(buf, f.full_name.as_str().as_bytes());
-        push_field(buf, load_id);
-        push_field(buf, &(f.line as i64).to_be_bytes());
+        push_field(buf, f.email.as_str().as_bytes())?;
+        push_field(buf, f.full_name.as_str().as_bytes())?;
+        push_field(buf, load_id)?;
+        push_field(buf, &convert::bigint("line_no", f.line)?.to_be_bytes())?;
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(())
 }
 
 /// One field: its length, then its bytes. Emails and names are at most 255
 /// characters (validated), so the length fits.
-fn push_field(buf: &mut Vec<u8>, value: &[u8]) {
-    buf.extend_from_slice(&(value.len() as i32).to_be_bytes());
+fn push_field(buf: &mut Vec<u8>, value: &[u8]) -> Result<(), OutOfRange> {
+    buf.extend_from_slice(&convert::int4_len("COPY field length", value.len())?.to_be_bytes());
     buf.extend_from_slice(value);
+    Ok(())
 }
 
 const COPY: &str =
@@ -97,7 +102,7 @@ pub async fn copy_batches(
                         Some(conn) => conn,
                         None => conn.insert(pool.acquire().await.map_err(StageError::Copy)?),
                     };
-                    encode(&batch, &load_id, &mut buf);
+                    encode(&batch, &load_id, &mut buf)?;
                     let mut copy = conn.copy_in_raw(COPY).await.map_err(StageError::Copy)?;
                     if let Err(e) = copy.send(buf.as_slice()).await {
                         let _ = copy.abort("followers-etl: send failed").await;
@@ -205,7 +210,12 @@ pub async fn resolve_duplicates(
                    FROM public.staging_followers WHERE load_id = $1 {only}
                   GROUP BY email HAVING count(*) > 1 ORDER BY min(line_no) LIMIT $2",
                 candidates,
-                vec![id.into(), (limit as i64).into()],
+                vec![
+                    id.into(),
+                    convert::bigint("duplicate report limit", limit)
+                        .map_err(|e| StageError::Dedupe(e.into()))?
+                        .into(),
+                ],
             ))
             .await
             .map_err(StageError::Dedupe)?
@@ -220,7 +230,8 @@ pub async fn resolve_duplicates(
             .map_err(StageError::Dedupe)?;
     }
     Ok(Duplicates {
-        extra_rows: extra as u64,
+        extra_rows: convert::count("duplicate rows", extra)
+            .map_err(|e| StageError::Dedupe(e.into()))?,
         examples,
     })
 }
@@ -238,7 +249,11 @@ pub async fn drop_superseded(
         return Ok(0);
     }
     let emails: Vec<String> = protected.iter().map(|(e, _)| e.clone()).collect();
-    let lines: Vec<i64> = protected.iter().map(|(_, l)| *l as i64).collect();
+    let lines = protected
+        .iter()
+        .map(|(_, l)| convert::bigint("line_no", *l))
+        .collect::<Result<Vec<i64>, _>>()
+        .map_err(|e| StageError::Dedupe(e.into()))?;
     let result = db
         .execute(stmt(
             "DELETE FROM public.staging_followers s
@@ -277,7 +292,7 @@ pub async fn purge(db: &DatabaseConnection, load_id: LoadId) -> Result<u64, DbEr
     let removed = if alone {
         txn.execute_unprepared("TRUNCATE public.staging_followers")
             .await?;
-        rows as u64
+        convert::count("staging rows", rows)?
     } else {
         discard(&txn, load_id).await?
     };
@@ -310,13 +325,13 @@ mod tests {
             full_name: FullName::parse("Zoë\\ \"Z\"\tL").unwrap(),
         };
         let mut buf = Vec::new();
-        encode(&[follower], &[9; 16], &mut buf);
+        encode(&[follower], &[9; 16], &mut buf).unwrap();
         let mut want = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
         want.extend_from_slice(&[0, 4]);
         want.extend_from_slice(&[0, 0, 0, 6]);
         want.extend_from_slice(b"a@x.io");
         let name = "Zoë\\ \"Z\"\tL".as_bytes();
-        want.extend_from_slice(&(name.len() as i32).to_be_bytes());
+        want.extend_from_slice(&i32::try_from(name.len()).unwrap().to_be_bytes());
         want.extend_from_slice(name);
         want.extend_from_slice(&[0, 0, 0, 16]);
         want.extend_from_slice(&[9; 16]);

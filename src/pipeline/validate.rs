@@ -89,7 +89,7 @@ fn text<'a>(row: &'a RawRow, index: usize, column: &'static str) -> Result<&'a s
 /// text, cut to its reported length, shows none).
 fn invalid_utf8_at(raw: &[u8]) -> u64 {
     match std::str::from_utf8(raw) {
-        Err(e) if e.error_len().is_some() => e.valid_up_to() as u64,
+        Err(e) if e.error_len().is_some() => crate::convert::len(e.valid_up_to()),
         _ => 0,
     }
 }

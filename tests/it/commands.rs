@@ -177,7 +177,10 @@ async fn agents_migrating_the_same_database_at_once_do_not_race() {
     // Each migration recorded exactly once.
     use migration::MigratorTrait;
     let applied = env.scalar("SELECT count(*) FROM seaql_migrations").await;
-    assert_eq!(applied, migration::Migrator::migrations().len() as i64);
+    assert_eq!(
+        usize::try_from(applied).unwrap(),
+        migration::Migrator::migrations().len()
+    );
 }
 
 #[tokio::test]
@@ -261,7 +264,7 @@ async fn an_interrupted_sync_is_compensated_and_exits_1() {
     let recorded = env
         .scalar("SELECT rows_read FROM etl_info_schema.sync_runs WHERE outcome = 'failed'")
         .await;
-    assert_eq!(recorded as u64, run.n("rows_read"));
+    assert_eq!(u64::try_from(recorded).unwrap(), run.n("rows_read"));
     assert_eq!(env.staging_rows().await, 0);
     assert_eq!(env.followers().await, pairs(&[("ann@example.com", "Ann")]));
 }

@@ -45,7 +45,7 @@ async fn exec(conn: &mut PgConnection, sql: &str) {
 }
 
 /// Applies the migrations (the agent's empty `followers`).
-pub fn migrate(env: &TestEnv) {
+pub(crate) fn migrate(env: &TestEnv) {
     let run = env.run(&["migrate"], &[]);
     assert_eq!(run.code, 0, "{run:?}");
 }
@@ -434,8 +434,8 @@ async fn apply_log(env: &TestEnv, state: &mut State, after: Option<u64>, upto: O
           WHERE ($1::bigint IS NULL OR xid::text::bigint > $1) AND ($2::bigint IS NULL OR xid::text::bigint < $2)
           ORDER BY xid::text::bigint",
     )
-    .bind(after.map(|v| v as i64))
-    .bind(upto.map(|v| v as i64))
+    .bind(after.map(|v| i64::try_from(v).unwrap()))
+    .bind(upto.map(|v| i64::try_from(v).unwrap()))
     .fetch_all(&env.pool)
     .await
     .unwrap();
@@ -450,10 +450,12 @@ async fn apply_log(env: &TestEnv, state: &mut State, after: Option<u64>, upto: O
 
 /// The run's transaction id (`write_xid`).
 async fn write_xid(env: &TestEnv, id: &str) -> u64 {
-    env.scalar(&format!(
-        "SELECT write_xid::text::bigint FROM etl_info_schema.sync_runs WHERE load_id = '{id}'"
-    ))
-    .await as u64
+    let xid = env
+        .scalar(&format!(
+            "SELECT write_xid::text::bigint FROM etl_info_schema.sync_runs WHERE load_id = '{id}'"
+        ))
+        .await;
+    u64::try_from(xid).unwrap()
 }
 
 /// The table when the run with id `xid` committed: the current table with the
@@ -475,7 +477,7 @@ async fn at_commit(env: &TestEnv, xid: u64) -> State {
         "SELECT DISTINCT ON (email) email, old_name FROM writer_log
           WHERE xid::text::bigint > $1 ORDER BY email, xid::text::bigint",
     )
-    .bind(xid as i64)
+    .bind(i64::try_from(xid).unwrap())
     .fetch_all(&mut *tx)
     .await
     .unwrap();
@@ -594,7 +596,8 @@ async fn synced_exactly(
             panic!("round {round}: journal = what the run replaced; (email, expected, journaled): {differ:?}; run xid {xid}, log {log:?}");
         }
     }
-    let count = |a: &str| expected.values().filter(|(x, _, _)| x == a).count() as u64;
+    let actions = |a: &str| expected.values().filter(|(x, _, _)| x == a).count();
+    let count = |a: &str| u64::try_from(actions(a)).unwrap();
     assert_eq!(
         (run.n("inserted"), run.n("updated"), run.n("deleted")),
         (count("insert"), count("update"), count("delete")),
@@ -616,7 +619,11 @@ async fn concurrent_writers_never_make_a_synced_run_inexact() {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_nanos() as u64,
+            .as_nanos()
+            .to_le_bytes()[..8]
+            .try_into()
+            .map(u64::from_le_bytes)
+            .unwrap(),
     );
     println!("concurrency harness: CONCURRENCY_SEED={seed} CONCURRENCY_ROUNDS={rounds}");
     let mut rng = Rng(seed);

@@ -32,7 +32,11 @@ impl Rng {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
-                    .as_nanos() as u64
+                    .as_nanos()
+                    .to_le_bytes()[..8]
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .unwrap()
             });
         println!("crash harness: CRASH_SEED={seed}");
         Self(seed)
@@ -48,7 +52,9 @@ impl Rng {
 
     /// A moment in `0..window`.
     fn moment(&mut self, window: Duration) -> Duration {
-        Duration::from_micros(self.next() % (window.as_micros() as u64).max(1))
+        Duration::from_micros(
+            self.next() % u64::try_from(window.as_micros()).unwrap_or(u64::MAX).max(1),
+        )
     }
 }
 
@@ -99,7 +105,7 @@ struct Fixture {
 
 /// Rows of the new file, all staged once reading is done.
 /// (10,000 deleted, 10,000 inserted).
-const NEW_ROWS: i64 = ROWS as i64;
+const NEW_ROWS: usize = ROWS;
 
 impl Fixture {
     async fn new() -> Self {
@@ -151,7 +157,8 @@ impl Fixture {
     /// after `finished` runs were recorded has ended.
     async fn wait_all_staged(&self, finished: i64) {
         eventually(120, "every row staged", || async {
-            (self.env.staging_rows().await == NEW_ROWS || self.finished_runs().await > finished)
+            (usize::try_from(self.env.staging_rows().await).unwrap() == NEW_ROWS
+                || self.finished_runs().await > finished)
                 .then_some(())
         })
         .await;
@@ -374,7 +381,7 @@ async fn first_sync_killed_at_a_random_moment_leaves_an_empty_or_full_table_with
         let count = env.scalar("SELECT count(*) FROM followers").await;
         match count {
             0 => empty += 1,
-            n if n == rows.len() as i64 => {
+            n if usize::try_from(n).unwrap() == rows.len() => {
                 assert_eq!(env.followers_digest().await.unwrap(), full, "{context}");
                 filled += 1;
             }

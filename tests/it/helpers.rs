@@ -7,7 +7,7 @@ use sqlx::{Connection, PgPool, Row};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-pub fn server_url() -> String {
+pub(crate) fn server_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
@@ -18,7 +18,7 @@ fn with_database(url: &str, name: &str) -> String {
     url.to_string()
 }
 
-pub struct TestEnv {
+pub(crate) struct TestEnv {
     /// Whether `sync_with` (and so `sync`, `synced`, `refused`) runs the sync in
     /// this process, through the library (`TestEnv::in_process`), not the binary.
     in_process: bool,
@@ -31,27 +31,27 @@ pub struct TestEnv {
 }
 
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Run {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(self.stdout.trim())
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     /// A count from the JSON summary.
-    pub fn n(&self, key: &str) -> u64 {
+    pub(crate) fn n(&self, key: &str) -> u64 {
         self.json()[key]
             .as_u64()
             .unwrap_or_else(|| panic!("no {key} in {}", self.stdout))
     }
 
     /// Asserts the exit code and the outcome.
-    pub fn expect(&self, code: i32, outcome: &str) -> &Self {
+    pub(crate) fn expect(&self, code: i32, outcome: &str) -> &Self {
         assert_eq!(
             (self.code, self.outcome().as_str()),
             (code, outcome),
@@ -60,7 +60,7 @@ impl Run {
         self
     }
 
-    pub fn outcome(&self) -> String {
+    pub(crate) fn outcome(&self) -> String {
         self.json()["outcome"]
             .as_str()
             .unwrap_or_default()
@@ -69,7 +69,7 @@ impl Run {
 
     /// Asserts the run's exit code and outcome (`sync --json`).
     #[track_caller]
-    pub fn assert_ended(&self, code: i32, outcome: &str) -> &Self {
+    pub(crate) fn assert_ended(&self, code: i32, outcome: &str) -> &Self {
         assert_eq!(
             (self.code, self.outcome().as_str()),
             (code, outcome),
@@ -89,7 +89,7 @@ impl From<Output> for Run {
     }
 }
 
-pub type Follower = (String, String);
+pub(crate) type Follower = (String, String);
 
 /// A temporary directory holding an empty `tables/`.
 fn work_dir() -> tempfile::TempDir {
@@ -99,7 +99,7 @@ fn work_dir() -> tempfile::TempDir {
 }
 
 impl TestEnv {
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         Self::create(None).await
     }
 
@@ -142,7 +142,7 @@ impl TestEnv {
     /// (`followers_etl::cli::sync_with`, see `sync_in_process`): no process to
     /// start, the same settings, summary and exit code. For tests that look at
     /// tables, the summary and the exit code, never at a sync's stderr.
-    pub async fn in_process() -> Self {
+    pub(crate) async fn in_process() -> Self {
         let mut env = Self::new().await;
         env.in_process = true;
         env
@@ -152,7 +152,7 @@ impl TestEnv {
     /// as `followers-etl migrate` leaves a fresh one: a copy of a template database
     /// (`migrated_template`), which skips the first sync's migrations. For tests
     /// whose first sync would otherwise migrate an empty database.
-    pub async fn migrated_in_process() -> Self {
+    pub(crate) async fn migrated_in_process() -> Self {
         let mut env = Self::migrated().await;
         env.in_process = true;
         env
@@ -160,14 +160,14 @@ impl TestEnv {
 
     /// Like `new`, on a database with every migration applied (see
     /// `migrated_in_process`); its syncs start the binary.
-    pub async fn migrated() -> Self {
+    pub(crate) async fn migrated() -> Self {
         let template = migrated_template().await;
         Self::create(Some(&template)).await
     }
 
     /// An env on an existing database `url` (e.g. of a private server that may
     /// not be up yet): connects lazily, creates and drops nothing.
-    pub fn on_existing(url: &str) -> Self {
+    pub(crate) fn on_existing(url: &str) -> Self {
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(std::time::Duration::from_secs(5))
@@ -184,23 +184,23 @@ impl TestEnv {
         }
     }
 
-    pub fn tables(&self) -> PathBuf {
+    pub(crate) fn tables(&self) -> PathBuf {
         self.dir.path().join("tables")
     }
 
     /// Writes `tables/followers.csv` (the default CSV_FILE of these tests).
-    pub fn write_csv(&self, content: impl AsRef<[u8]>) -> PathBuf {
+    pub(crate) fn write_csv(&self, content: impl AsRef<[u8]>) -> PathBuf {
         self.write_file("followers.csv", content)
     }
 
-    pub fn write_file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    pub(crate) fn write_file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
         let path = self.tables().join(name);
         std::fs::write(&path, content).unwrap();
         path
     }
 
     /// The binary with a clean environment pointing at this test's database.
-    pub fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_followers-etl"));
         for var in VARIABLES
             .iter()
@@ -221,7 +221,7 @@ impl TestEnv {
         cmd
     }
 
-    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+    pub(crate) fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = self.command();
         cmd.args(args);
         for (k, v) in env {
@@ -232,7 +232,7 @@ impl TestEnv {
 
     /// `sync --json` with extra args and environment (in this process for an
     /// env made by `in_process`, where the process allows it).
-    pub fn sync_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+    pub(crate) fn sync_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         if self.in_process && in_process_possible() {
             return self.sync_in_process(args, env);
         }
@@ -249,7 +249,7 @@ impl TestEnv {
     /// `main` has. Only the signal handlers are left out (they would outlive the
     /// run in the test process). stderr holds a configuration error only: the
     /// run's log events have no subscriber here.
-    pub fn sync_in_process(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+    pub(crate) fn sync_in_process(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         use followers_etl::cli::{Cli, Command};
         let mut argv = vec!["followers-etl", "sync", "--json"];
         argv.extend_from_slice(args);
@@ -348,25 +348,25 @@ impl TestEnv {
         .expect("the in-process sync panicked")
     }
 
-    pub fn sync(&self) -> Run {
+    pub(crate) fn sync(&self) -> Run {
         self.sync_with(&[], &[])
     }
 
     /// Syncs and asserts success.
-    pub fn synced(&self, args: &[&str]) -> Run {
+    pub(crate) fn synced(&self, args: &[&str]) -> Run {
         let run = self.sync_with(args, &[]);
         run.assert_ended(0, "synced");
         run
     }
 
     /// Syncs and asserts it was refused (exit 1).
-    pub fn refused(&self, args: &[&str]) -> Run {
+    pub(crate) fn refused(&self, args: &[&str]) -> Run {
         let run = self.sync_with(args, &[]);
         run.assert_ended(1, "refused");
         run
     }
 
-    pub async fn followers(&self) -> Vec<Follower> {
+    pub(crate) async fn followers(&self) -> Vec<Follower> {
         sqlx::query("SELECT email, full_name FROM followers ORDER BY email")
             .fetch_all(&self.pool)
             .await
@@ -378,7 +378,7 @@ impl TestEnv {
 
     /// The followers' whole content as one digest, computed in SQL: md5 of the
     /// rows `email TAB full_name`, ordered by email, joined by newlines.
-    pub async fn followers_digest(&self) -> Result<String, sqlx::Error> {
+    pub(crate) async fn followers_digest(&self) -> Result<String, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT md5(coalesce(string_agg(email || E'\\t' || full_name, E'\\n' ORDER BY email COLLATE \"C\"), '')) FROM followers",
         )
@@ -387,7 +387,7 @@ impl TestEnv {
     }
 
     /// What `followers_digest` is when `followers` holds exactly `rows`.
-    pub async fn digest_of(&self, rows: &[Follower]) -> String {
+    pub(crate) async fn digest_of(&self, rows: &[Follower]) -> String {
         let mut rows: Vec<&Follower> = rows.iter().collect();
         rows.sort();
         let text: Vec<String> = rows.iter().map(|(e, n)| format!("{e}\t{n}")).collect();
@@ -400,7 +400,7 @@ impl TestEnv {
 
     /// Every follower with its `modified_at` and its row version (`xmin`): a row
     /// rewritten with identical values still gets a new `xmin`.
-    pub async fn follower_versions(&self) -> Vec<(String, chrono::NaiveDateTime, String)> {
+    pub(crate) async fn follower_versions(&self) -> Vec<(String, chrono::NaiveDateTime, String)> {
         sqlx::query("SELECT email, modified_at, xmin::text FROM followers ORDER BY email")
             .fetch_all(&self.pool)
             .await
@@ -411,7 +411,7 @@ impl TestEnv {
     }
 
     /// What a run killed mid-staging leaves: a staging row and a `running` record.
-    pub async fn leave_a_crashed_run(&self) -> uuid::Uuid {
+    pub(crate) async fn leave_a_crashed_run(&self) -> uuid::Uuid {
         let crashed = uuid::Uuid::now_v7();
         self.exec(&format!(
             "INSERT INTO staging_followers VALUES ('ghost@example.com', 'Ghost', '{crashed}', 1);
@@ -423,22 +423,22 @@ impl TestEnv {
     }
 
     /// Waits (up to 60 s) until a run in flight has staged rows.
-    pub async fn wait_for_staging(&self) {
+    pub(crate) async fn wait_for_staging(&self) {
         eventually(60, "rows being staged", || async {
             (self.staging_rows().await > 0).then_some(())
         })
         .await;
     }
 
-    pub async fn staging_rows(&self) -> i64 {
+    pub(crate) async fn staging_rows(&self) -> i64 {
         self.scalar("SELECT count(*) FROM staging_followers").await
     }
 
-    pub async fn scalar(&self, sql: &str) -> i64 {
+    pub(crate) async fn scalar(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
-    pub async fn exec(&self, sql: &str) {
+    pub(crate) async fn exec(&self, sql: &str) {
         sqlx::raw_sql(sql)
             .execute(&self.pool)
             .await
@@ -446,7 +446,7 @@ impl TestEnv {
     }
 
     /// The newest run record: (outcome, trigger, error).
-    pub async fn last_run(&self) -> (String, String, Option<String>) {
+    pub(crate) async fn last_run(&self) -> (String, String, Option<String>) {
         let r = sqlx::query("SELECT outcome, trigger, error FROM etl_info_schema.sync_runs ORDER BY started_at DESC, load_id DESC LIMIT 1")
             .fetch_one(&self.pool)
             .await
@@ -511,7 +511,7 @@ async fn migrated_template() -> String {
             "SELECT datname FROM pg_database WHERE datname LIKE 'fetl\\_template\\_%'
              AND coalesce(shobj_description(oid, 'pg_database'), '0')::bigint < $1",
         )
-        .bind(now as i64 - 86_400)
+        .bind(i64::try_from(now).unwrap() - 86_400)
         .fetch_all(&mut admin)
         .await
         .unwrap();
@@ -585,7 +585,7 @@ fn run_sql_on_drop(url: String, statements: Vec<String>) {
 }
 
 /// Builds CSV text from (email, name) pairs with a header.
-pub fn csv(rows: &[(&str, &str)]) -> String {
+pub(crate) fn csv(rows: &[(&str, &str)]) -> String {
     let mut text = String::from("email,full_name\n");
     for (email, name) in rows {
         let name = if name.contains([',', '"']) {
@@ -599,18 +599,18 @@ pub fn csv(rows: &[(&str, &str)]) -> String {
 }
 
 /// `n` followers `user{i}@example.com`.
-pub fn many(n: usize) -> Vec<(String, String)> {
+pub(crate) fn many(n: usize) -> Vec<(String, String)> {
     (0..n)
         .map(|i| (format!("user{i}@example.com"), format!("User {i}")))
         .collect()
 }
 
-pub fn csv_owned(rows: &[(String, String)]) -> String {
+pub(crate) fn csv_owned(rows: &[(String, String)]) -> String {
     let pairs: Vec<(&str, &str)> = rows.iter().map(|(e, n)| (e.as_str(), n.as_str())).collect();
     csv(&pairs)
 }
 
-pub fn pairs(rows: &[(&str, &str)]) -> Vec<Follower> {
+pub(crate) fn pairs(rows: &[(&str, &str)]) -> Vec<Follower> {
     let mut v: Vec<Follower> = rows
         .iter()
         .map(|(e, n)| (e.to_string(), n.to_string()))
@@ -620,14 +620,14 @@ pub fn pairs(rows: &[(&str, &str)]) -> Vec<Follower> {
 }
 
 /// A `serve` process of this test; killed when dropped.
-pub struct Agent {
+pub(crate) struct Agent {
     child: std::process::Child,
     pub log: PathBuf,
 }
 
 impl TestEnv {
     /// Starts `followers-etl serve` with quiet defaults (no cron, no HTTP) and `env`.
-    pub fn spawn_agent(&self, env: &[(&str, &str)]) -> Agent {
+    pub(crate) fn spawn_agent(&self, env: &[(&str, &str)]) -> Agent {
         let log = self
             .dir
             .path()
@@ -652,7 +652,7 @@ impl TestEnv {
 
     /// A `serve` in the middle of a start-up run that replaces 3 synced followers
     /// with `rows` new ones (slowly: batches of 500, one worker).
-    pub async fn agent_mid_run(&self, rows: usize) -> Agent {
+    pub(crate) async fn agent_mid_run(&self, rows: usize) -> Agent {
         self.write_csv(csv(&[
             ("ann@example.com", "Ann"),
             ("bob@example.com", "Bob"),
@@ -672,7 +672,7 @@ impl TestEnv {
 
     /// A `sync --json` process in the middle of replacing the one synced follower
     /// (ann@example.com) with 300,000 (slowly: batches of 200, one worker).
-    pub async fn sync_mid_run(&self) -> std::process::Child {
+    pub(crate) async fn sync_mid_run(&self) -> std::process::Child {
         self.write_csv(csv(&[("ann@example.com", "Ann")]));
         self.synced(&[]);
         self.write_csv(csv_owned(&many(300_000)));
@@ -689,7 +689,7 @@ impl TestEnv {
     }
 
     /// Runs recorded with this trigger: (outcome, rows_read).
-    pub async fn runs_by(&self, trigger: &str) -> Vec<(String, i64)> {
+    pub(crate) async fn runs_by(&self, trigger: &str) -> Vec<(String, i64)> {
         sqlx::query("SELECT outcome, rows_read FROM etl_info_schema.sync_runs WHERE trigger = $1 ORDER BY load_id")
             .bind(trigger)
             .fetch_all(&self.pool)
@@ -701,18 +701,18 @@ impl TestEnv {
 
 impl Agent {
     /// The exit code once the process has exited (-1 when killed by a signal).
-    pub fn exit_code(&mut self) -> Option<i32> {
+    pub(crate) fn exit_code(&mut self) -> Option<i32> {
         self.child
             .try_wait()
             .unwrap()
             .map(|status| status.code().unwrap_or(-1))
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
@@ -722,18 +722,18 @@ impl Agent {
     }
 
     /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
     /// SIGKILL, and waits for the process to be gone.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits (up to 60 s) for the exit code.
-    pub async fn terminate(&mut self) -> i32 {
+    pub(crate) async fn terminate(&mut self) -> i32 {
         self.signal("TERM");
         for _ in 0..600 {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -755,7 +755,7 @@ impl Drop for Agent {
 }
 
 /// Polls `probe` every 50 ms until it returns `Some`, or panics after `secs`.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, probe: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(secs: u64, what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -766,7 +766,12 @@ where
 }
 
 /// Like `eventually`, with the agent's log in the panic message.
-pub async fn eventually_logged<T, F, Fut>(agent: &Agent, secs: u64, what: &str, probe: F) -> T
+pub(crate) async fn eventually_logged<T, F, Fut>(
+    agent: &Agent,
+    secs: u64,
+    what: &str,
+    probe: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -799,7 +804,7 @@ where
 
 /// A login role of this test (roles are cluster-wide: a unique name), with the
 /// runtime grants `docs/sync.md#database-roles` documents; dropped (with its grants) afterwards.
-pub struct TestRole {
+pub(crate) struct TestRole {
     pub name: String,
     /// This test's database, connecting as the role (trust auth).
     pub url: String,
@@ -807,7 +812,7 @@ pub struct TestRole {
 }
 
 impl TestRole {
-    pub async fn new(env: &TestEnv) -> Self {
+    pub(crate) async fn new(env: &TestEnv) -> Self {
         let name = format!("fetl_role_{}", uuid::Uuid::now_v7().simple());
         env.exec(&format!("CREATE ROLE {name} LOGIN")).await;
         let mut url = url::Url::parse(&env.url).unwrap();
@@ -821,7 +826,7 @@ impl TestRole {
     }
 
     /// Runs the GRANT statements of `docs/sync.md#database-roles` for this role.
-    pub async fn grant_documented_privileges(&self, env: &TestEnv) {
+    pub(crate) async fn grant_documented_privileges(&self, env: &TestEnv) {
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sync.md")).unwrap();
         let section = &doc[doc

@@ -7,7 +7,7 @@ use crate::serve::free_port;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub struct PrivatePg {
+pub(crate) struct PrivatePg {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
@@ -43,7 +43,7 @@ fn is_root() -> bool {
 
 impl PrivatePg {
     /// Creates the cluster (initdb) without starting it.
-    pub fn init() -> Self {
+    pub(crate) fn init() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let pg = Self {
             bin: pg_bin(),
@@ -74,13 +74,13 @@ impl PrivatePg {
     }
 
     /// Creates and starts a cluster.
-    pub fn start_new() -> Self {
+    pub(crate) fn start_new() -> Self {
         let pg = Self::init();
         pg.start();
         pg
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -120,12 +120,12 @@ impl PrivatePg {
     }
 
     /// Starts the server and waits until it accepts connections.
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         self.start_with("-c max_connections=100");
     }
 
     /// Starts the server with extra `postgres` options (`-c name=value …`).
-    pub fn start_with(&self, extra: &str) {
+    pub(crate) fn start_with(&self, extra: &str) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {extra}",
             self.port,
@@ -149,7 +149,7 @@ impl PrivatePg {
 
     /// Stops the server: `fast` (a clean restart, as an operator does) or
     /// `immediate` (like a crash).
-    pub fn stop(&self, mode: &str) {
+    pub(crate) fn stop(&self, mode: &str) {
         let data = self.data_dir();
         self.pg("pg_ctl", &["-D", path(&data), "-m", mode, "-w", "stop"]);
     }

@@ -5,7 +5,7 @@ use crate::helpers::*;
 use std::io::Write;
 use std::time::Duration;
 
-pub const ABC: &[(&str, &str)] = &[
+pub(crate) const ABC: &[(&str, &str)] = &[
     ("ann@example.com", "Ann"),
     ("bob@example.com", "Bob"),
     ("cy@example.com", "Cy"),

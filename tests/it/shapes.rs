@@ -70,10 +70,11 @@ async fn crash_and_recover(env: &TestEnv, old: &[Follower], rows: &[Follower], s
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
-    let nanos = std::time::SystemTime::now()
+    let nanos: u64 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .subsec_nanos() as u64;
+        .subsec_nanos()
+        .into();
     for _ in 0..3000 {
         if env.staging_rows().await > 0 || child.try_wait().unwrap().is_some() {
             break;

@@ -145,7 +145,7 @@ async fn a_manual_sync_during_a_write_waits_then_refuses_and_changes_nothing() {
         let len = std::fs::metadata(env.tables().join("followers.csv"))
             .unwrap()
             .len();
-        (len as usize == grown().0.len()).then_some(())
+        (len == u64::try_from(grown().0.len()).unwrap()).then_some(())
     })
     .await;
     let run = env.refused(&[]);
