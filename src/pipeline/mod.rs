@@ -1046,16 +1046,7 @@ async fn hash_step(
                 ),
                 None => "unchanged since the last successful sync".to_owned(),
             };
-            runs::finish(
-                db,
-                load_id,
-                Outcome::Skipped,
-                counts,
-                Some(&reason),
-                Some(&hash),
-            )
-            .await
-            .map_err(SyncError::Bookkeeping)?;
+            record_skip(db, load_id, counts, &reason, &hash).await?;
             // Only a skip that vouches for the table refreshes the last success.
             if reverted.is_none() && drift.confirmed() {
                 crate::metrics::record_in_sync();
@@ -1068,19 +1059,31 @@ async fn hash_step(
         );
     }
     if let Some(reason) = refused_earlier(db, request, &refusal_key(settings, &hash)).await? {
-        runs::finish(
-            db,
-            load_id,
-            Outcome::Skipped,
-            counts,
-            Some(&reason),
-            Some(&hash),
-        )
-        .await
-        .map_err(SyncError::Bookkeeping)?;
+        record_skip(db, load_id, counts, &reason, &hash).await?;
         return Ok(HashStep::Skip(reason));
     }
     Ok(HashStep::Sync { hash, repairing })
+}
+
+/// Ends the run record of a run skipped after hashing: its reason and the hash,
+/// so the next trigger compares against it.
+async fn record_skip(
+    db: &DatabaseConnection,
+    load_id: LoadId,
+    counts: &Counts,
+    reason: &str,
+    hash: &ContentHash,
+) -> Result<(), SyncError> {
+    runs::finish(
+        db,
+        load_id,
+        Outcome::Skipped,
+        counts,
+        Some(reason),
+        Some(hash),
+    )
+    .await
+    .map_err(SyncError::Bookkeeping)
 }
 
 /// What a refusal of this content depends on: its hash (the bytes and the parse
