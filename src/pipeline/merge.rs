@@ -122,11 +122,12 @@ pub enum MergeError {
         current: u64,
         ratio: f64,
     },
-    #[error("the file is empty (0 bytes) and would delete all {current} followers; an empty file is refused whatever MAX_DELETE_RATIO says (use --allow-mass-delete if intended)")]
+    #[error("the file is empty ({what}) and would delete all {current} followers; an empty file is refused whatever MAX_DELETE_RATIO says (use --allow-mass-delete if intended)")]
     EmptyFile {
         /// What the run would have done.
         counts: Counts,
         current: u64,
+        what: Emptiness,
     },
     #[error("the run lost its lock or its staged rows ({0}); rolled back")]
     Lost(String),
@@ -198,8 +199,19 @@ pub struct Guard {
     pub allow_mass_delete: bool,
     pub max_update_ratio: f64,
     pub allow_mass_update: bool,
-    /// The file has no bytes: never a plausible export.
-    pub empty_file: bool,
+    /// The file holds no data: never a plausible export.
+    pub empty_file: Option<Emptiness>,
+}
+
+/// How a file holds no data (docs/sync.md#empty-file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::Display)]
+pub enum Emptiness {
+    /// No bytes at all.
+    #[strum(serialize = "0 bytes")]
+    NoBytes,
+    /// A `.gz` or `.zst` archive that unpacks to no bytes.
+    #[strum(serialize = "0 bytes once unpacked")]
+    EmptyArchive,
 }
 
 impl Guard {
@@ -213,8 +225,14 @@ impl Guard {
     pub fn check(&self, counts: Counts, current: u64) -> Result<(), MergeError> {
         let beyond =
             |n: u64, ratio: f64| current > 0 && ratio < 1.0 && approx(n) > ratio * approx(current);
-        if self.empty_file && counts.deleted > 0 && !self.allow_mass_delete {
-            return Err(MergeError::EmptyFile { counts, current });
+        if let Some(what) = self.empty_file {
+            if counts.deleted > 0 && !self.allow_mass_delete {
+                return Err(MergeError::EmptyFile {
+                    counts,
+                    current,
+                    what,
+                });
+            }
         }
         if beyond(counts.deleted, self.max_delete_ratio) && !self.allow_mass_delete {
             return Err(MergeError::MassDelete {
@@ -984,7 +1002,7 @@ mod tests {
             allow_mass_delete: false,
             max_update_ratio: 1.0,
             allow_mass_update: false,
-            empty_file: false,
+            empty_file: None,
         };
         let del = |deleted| Counts {
             deleted,
@@ -1017,7 +1035,7 @@ mod tests {
             allow_mass_delete: false,
             max_update_ratio: 0.5,
             allow_mass_update: false,
-            empty_file: false,
+            empty_file: None,
         };
         let upd = |updated| Counts {
             updated,
@@ -1056,7 +1074,7 @@ mod tests {
             allow_mass_delete: false,
             max_update_ratio: 1.0,
             allow_mass_update: false,
-            empty_file: true,
+            empty_file: Some(Emptiness::NoBytes),
         };
         let del = Counts {
             deleted: 3,

@@ -883,10 +883,10 @@ async fn saga(
         allow_mass_delete: request.allow_mass_delete,
         max_update_ratio: settings.guard.max_update_ratio,
         allow_mass_update: request.allow_mass_update,
-        empty_file: std::fs::metadata(file).is_ok_and(|m| m.len() == 0),
+        empty_file: read::emptiness(file),
     };
     // An empty file is refused before anything is staged (a dry run plans it).
-    if guard.empty_file && !request.dry_run {
+    if guard.empty_file.is_some() && !request.dry_run {
         let current = runs::follower_count(db)
             .await
             .map_err(SyncError::Bookkeeping)?;

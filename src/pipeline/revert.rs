@@ -181,7 +181,7 @@ pub async fn run_revert(
         // A revert puts names back; only its deletes are guarded.
         max_update_ratio: 1.0,
         allow_mass_update: false,
-        empty_file: false,
+        empty_file: None,
     };
     if let Err(e) = locked(ctx, target, dry_run, guard, &mut summary).await {
         summary.outcome = e.outcome();

@@ -138,6 +138,41 @@ async fn gz_and_zst_files_load_exactly_and_an_unchanged_archive_is_skipped() {
     assert!(run.stderr.contains("line 4"), "{run:?}");
 }
 
+/// An archive that unpacks to nothing is as empty as a file of 0 bytes
+/// (docs/sync.md#empty-file): refused whatever MAX_DELETE_RATIO says.
+#[tokio::test]
+async fn an_archive_that_unpacks_to_nothing_is_refused_as_empty() {
+    let env = TestEnv::migrated().await;
+    let file = [
+        ("CSV_FILE", "followers.csv.gz"),
+        ("MAX_DELETE_RATIO", "1.0"),
+    ];
+    let rows = csv(&[("ann@example.com", "Ann"), ("bob@example.com", "Bob")]);
+    env.write_file("followers.csv.gz", gzip(rows.as_bytes()));
+    assert_eq!(env.sync_with(&[], &file).outcome(), "synced");
+    let before = env.follower_versions().await;
+    for (name, empty) in [
+        ("followers.csv.gz", gzip(b"")),
+        ("followers.csv.zst", zstd::encode_all(&b""[..], 3).unwrap()),
+    ] {
+        env.write_file(name, empty);
+        let run = env.sync_with(
+            &[],
+            &[
+                ("CSV_FILE", name),
+                ("MAX_DELETE_RATIO", "1.0"),
+                ("ALLOW_FILE_CHANGE", "true"),
+            ],
+        );
+        run.assert_ended(1, "refused");
+        assert!(
+            run.stderr.contains("empty (0 bytes once unpacked)"),
+            "{name}: {run:?}"
+        );
+        assert_eq!(env.follower_versions().await, before, "{name}");
+    }
+}
+
 #[tokio::test]
 async fn a_truncated_gz_is_refused_and_changes_nothing() {
     let env = TestEnv::migrated().await;

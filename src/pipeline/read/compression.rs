@@ -2,8 +2,9 @@
 //! which marks the decompressor's errors as a corrupt archive (`Corrupt`) but
 //! passes the file's own I/O errors (`FileFailure`) up as they are.
 
-use super::hash::FileFailure;
-use std::io::{self, Read};
+use super::hash::{open_regular, FileFailure};
+use crate::pipeline::merge::Emptiness;
+use std::io::{self, BufReader, Read};
 use std::path::Path;
 
 /// The compression a file's name announces.
@@ -34,6 +35,25 @@ impl Compression {
 /// Whether `path`'s name announces a compressed file (`.gz`, `.zst`).
 pub fn is_compressed(path: &Path) -> bool {
     Compression::of(path).is_some()
+}
+
+/// Whether `path` holds no data: no bytes, or an archive its name announces that
+/// unpacks to none (docs/sync.md#empty-file). A file that cannot be opened, or an
+/// archive that is corrupt, is not "empty": reading it says why.
+pub fn emptiness(path: &Path) -> Option<Emptiness> {
+    let file = open_regular(path).ok()?;
+    if file.metadata().ok()?.len() == 0 {
+        return Some(Emptiness::NoBytes);
+    }
+    let raw = BufReader::new(file);
+    let mut one = [0_u8; 1];
+    let unpacked = match Compression::of(path)? {
+        Compression::Gzip => flate2::bufread::MultiGzDecoder::new(raw).read(&mut one),
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::with_buffer(raw).and_then(|mut d| d.read(&mut one))
+        }
+    };
+    matches!(unpacked, Ok(0)).then_some(Emptiness::EmptyArchive)
 }
 
 /// A decompressor whose errors (a bad header, a checksum mismatch, a stream that
@@ -69,6 +89,32 @@ mod tests {
     use crate::pipeline::read::test_support::{auto, gzip, read_all, read_named, utf16};
     use crate::pipeline::read::{hash_file, CsvRecords, ReadError};
     use std::io::Write;
+
+    #[test]
+    fn emptiness_sees_through_archives_but_not_corrupt_ones() {
+        use super::emptiness;
+        use crate::pipeline::merge::Emptiness;
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, Vec<u8>, Option<Emptiness>); 7] = [
+            ("plain.csv", Vec::new(), Some(Emptiness::NoBytes)),
+            ("plain.csv", b"\n".to_vec(), None),
+            ("zero.csv.gz", Vec::new(), Some(Emptiness::NoBytes)),
+            ("empty.csv.gz", gzip(b""), Some(Emptiness::EmptyArchive)),
+            (
+                "empty.csv.zst",
+                zstd::encode_all(&b""[..], 3).unwrap(),
+                Some(Emptiness::EmptyArchive),
+            ),
+            ("data.csv.gz", gzip(b"a@x.io,A\n"), None),
+            ("corrupt.csv.gz", b"not gzip at all".to_vec(), None),
+        ];
+        for (name, bytes, expected) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(emptiness(&path), expected, "{name} {bytes:?}");
+        }
+        assert_eq!(emptiness(&dir.path().join("missing.csv")), None);
+    }
 
     #[test]
     fn gz_and_zst_files_are_decompressed_and_hashed_raw() {

@@ -46,7 +46,7 @@ mod records;
 mod test_support;
 mod text;
 
-pub use compression::is_compressed;
+pub use compression::{emptiness, is_compressed};
 pub use error::ReadError;
 pub use hash::{hash_file, open_regular};
 pub use hints::delimiter_hint;
