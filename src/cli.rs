@@ -518,7 +518,11 @@ async fn history(settings: &Settings, email: &str, json: bool) -> ExitCode {
         Ok(db) => db,
         Err(e) => return failure("database", &e),
     };
-    let events = match pipeline::journal::history(&db, email.as_str()).await {
+    let clock = match crate::db::modified_at_clock(&db).await {
+        Ok(clock) => clock,
+        Err(e) => return failure("cannot read followers.modified_at", &e),
+    };
+    let events = match pipeline::journal::history(&db, email.as_str(), &clock.zone).await {
         Ok(events) => events,
         Err(e) => return failure("cannot read the journal (run `followers-etl migrate`?)", &e),
     };

@@ -19,7 +19,7 @@
 use crate::config::JournalRetention;
 use crate::convert;
 use crate::domain::LoadId;
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
 };
@@ -437,7 +437,8 @@ pub struct Event {
     pub old_name: Option<String>,
     /// The name after (renamed).
     pub new_name: Option<String>,
-    /// `modified_at` before (renamed, deleted).
+    /// `modified_at` before (renamed, deleted), as an instant in UTC whatever clock
+    /// the column holds (docs/sync.md#modified_at-and-the-time-zone).
     pub old_modified_at: Option<String>,
     /// The revert that later undid this run.
     pub reverted_by: Option<Uuid>,
@@ -452,22 +453,29 @@ fn utc(t: NaiveDateTime) -> String {
 /// table has no rows; it inserted `email` when the email was present just after
 /// it: its next change (before the next fill) is not an insert, or, with none,
 /// it is present now.
-pub async fn history(db: &impl ConnectionTrait, email: &str) -> Result<Vec<Event>, DbErr> {
+///
+/// `zone` is the clock `followers.modified_at` holds (`db::modified_at_clock`):
+/// the journal keeps that column's wall time, shown here as the instant it was.
+pub async fn history(
+    db: &impl ConnectionTrait,
+    email: &str,
+    zone: &str,
+) -> Result<Vec<Event>, DbErr> {
     let rows = db
         .query_all(stmt(
             "SELECT r.load_id, r.started_at, coalesce(r.finished_at, r.started_at) AS at, r.file,
-                    r.trigger, r.reverted_by, j.action, j.old_name, j.new_name, j.old_modified_at,
-                    r.commit_seq
+                    r.trigger, r.reverted_by, j.action, j.old_name, j.new_name,
+                    j.old_modified_at AT TIME ZONE $2 AS old_modified_at, r.commit_seq
                FROM etl_info_schema.sync_journal j
                JOIN etl_info_schema.sync_runs r ON r.load_id = j.load_id
               WHERE j.email = $1 AND r.journaled IS NOT NULL
              UNION ALL
              SELECT r.load_id, r.started_at, coalesce(r.finished_at, r.started_at), r.file,
-                    r.trigger, r.reverted_by, 'fill', NULL, NULL, NULL, r.commit_seq
+                    r.trigger, r.reverted_by, 'fill', NULL, NULL, NULL::timestamptz, r.commit_seq
                FROM etl_info_schema.sync_runs r
               WHERE r.filled AND r.journaled IS NOT NULL
               ORDER BY 11 NULLS FIRST, 2, 1",
-            vec![email.into()],
+            vec![email.into(), zone.into()],
         ))
         .await?;
     let present = db
@@ -494,8 +502,8 @@ pub async fn history(db: &impl ConnectionTrait, email: &str) -> Result<Vec<Event
                 old_name: row.try_get("", "old_name")?,
                 new_name: row.try_get("", "new_name")?,
                 old_modified_at: row
-                    .try_get::<Option<NaiveDateTime>>("", "old_modified_at")?
-                    .map(utc),
+                    .try_get::<Option<DateTime<Utc>>>("", "old_modified_at")?
+                    .map(|t| t.to_rfc3339()),
                 reverted_by: row.try_get("", "reverted_by")?,
             };
             Ok((action, event))

@@ -523,6 +523,14 @@ async fn modified_at_is_written_in_the_clock_of_the_old_services_column() {
     // Old, renamed and new rows alike: New York wall time, not UTC.
     assert_eq!(written_in(&env, "America/New_York").await, 3);
     assert_eq!(written_in(&env, "UTC").await, 0);
+    // history shows Ann's old modified_at as the instant it was, not New York's
+    // wall time labelled UTC.
+    let history = env.run(&["history", "ann@x.io", "--json"], &[]);
+    let json: serde_json::Value = serde_json::from_str(history.stdout.trim()).unwrap();
+    let old = json["events"][0]["old_modified_at"].as_str().unwrap();
+    let old = chrono::DateTime::parse_from_rfc3339(old).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(old).num_seconds();
+    assert!((0..600).contains(&age), "{old} is {age} s ago: {history:?}");
     assert!(
         run.stderr.contains("America/New_York") && run.stderr.contains("ALTER DATABASE"),
         "{}",
