@@ -225,18 +225,18 @@ async fn locked(
 ) -> Result<(), RevertError> {
     let db = &ctx.db;
     let load_id = summary.load_id;
-    let lock = AdvisoryLock::try_run_lock(&ctx.settings.database.url).await?;
-    let result = async {
-        if lock.is_none() {
+    let mut lock = AdvisoryLock::try_run_lock(&ctx.settings.database.url).await?;
+    let lock_pid = lock.as_ref().map(AdvisoryLock::pid);
+    let work = async {
+        let Some(lock_pid) = lock_pid else {
             runs::start(db, load_id, Trigger::Revert, "", None).await?;
             return Err(RevertError::Busy);
-        }
+        };
         runs::recover(db).await?;
         runs::start(db, load_id, Trigger::Revert, "", None).await?;
         if !ctx.settings.retention.journal.enabled() {
             return Err(RevertError::JournalOff);
         }
-        let lock_pid = lock.as_ref().map(|l| l.pid()).unwrap_or_default();
         let wait = ctx.settings.database.lock_wait_timeout;
         let txn = db.begin().await?;
         txn.execute_unprepared(super::drift::OWN_WRITE).await?;
@@ -321,9 +321,20 @@ async fn locked(
         summary.outcome = Outcome::Reverted;
         summary.held_back = Some(held.file);
         Ok(())
-    }
-    .await;
-    if let Err(e) = &result {
+    };
+    // As a sync's: a database that stops answering fails the revert within
+    // DB_TIMEOUT (docs/configuration.md#variables); its transaction never commits.
+    let result = match lock.as_mut() {
+        Some(held) => tokio::select! {
+            result = work => result,
+            e = held.stalled(ctx.settings.database.timeout) => Err(RevertError::Lock(e)),
+        },
+        None => work.await,
+    };
+    // A stalled database is not asked anything more: the next run's recovery
+    // marks this revert failed.
+    let stalled = matches!(result, Err(RevertError::Lock(DbError::Stalled(_))));
+    if let (Err(e), false) = (&result, stalled) {
         if let Err(record) = runs::finish(
             db,
             load_id,

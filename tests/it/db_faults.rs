@@ -302,3 +302,68 @@ async fn a_network_that_hangs_mid_run_fails_the_run_within_db_timeout_and_change
     run.expect(0, "synced");
     assert_eq!(env.staging_rows().await, 0);
 }
+
+/// A revert is held to DB_TIMEOUT like a sync: while it waits for the table
+/// (an application's open transaction), the network hangs; it fails within
+/// DB_TIMEOUT instead of waiting for ever, and nothing changed.
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_network_that_hangs_mid_revert_fails_it_within_db_timeout_and_changes_nothing() {
+    let env = TestEnv::migrated().await;
+    let abc = [("ann@x.io", "Ann"), ("bob@x.io", "Bob"), ("cy@x.io", "Cy")];
+    env.write_csv(csv(&abc));
+    env.synced(&[]);
+    env.write_csv(csv(&[
+        ("ann@x.io", "Ann"),
+        ("bob@x.io", "Bobby"),
+        ("cy@x.io", "Cy"),
+    ]));
+    env.synced(&[]);
+    let before = env.follower_versions().await;
+    // An application's open write transaction (its lock only: a write would be
+    // drift): the revert waits for its lock on the table.
+    let mut app = sqlx::PgConnection::connect(&env.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE followers IN ROW EXCLUSIVE MODE")
+        .execute(&mut app)
+        .await
+        .unwrap();
+    let proxy = Staller::start().await;
+    let mut cmd = env.command();
+    cmd.args(["revert", "--last", "--json"])
+        .env("DATABASE_URL", proxy.url(&env))
+        .env("DB_TIMEOUT", "2s")
+        .env("LOCK_WAIT_TIMEOUT", "5m")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    eventually(30, "the revert to wait for the table", || async {
+        (env.scalar("SELECT count(*) FROM pg_locks WHERE relation = 'public.followers'::regclass AND NOT granted")
+            .await
+            > 0)
+        .then_some(())
+    })
+    .await;
+    proxy.stop();
+    let stopped = Instant::now();
+    let run: Run = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap().into())
+        .await
+        .unwrap();
+    let took = stopped.elapsed();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("DB_TIMEOUT=2s"), "{run:?}");
+    assert!(took < Duration::from_secs(8), "took {took:?}: {run:?}");
+    sqlx::raw_sql("ROLLBACK").execute(&mut app).await.unwrap();
+    proxy.close();
+    eventually(30, "the hung sessions to end", || async {
+        (env.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.follower_versions().await, before);
+    // The next revert undoes the run.
+    let run = env.run(&["revert", "--last"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.followers().await, pairs(&abc));
+}
