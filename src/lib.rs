@@ -4,22 +4,22 @@
 //! record (`pipeline`, `runs`). `main.rs` only parses the command line, loads the
 //! settings and dispatches to `cli`.
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod cli;
 pub mod config;
-pub mod convert;
+pub(crate) mod convert;
 pub mod db;
 pub mod domain;
-pub mod errors;
+pub(crate) mod errors;
 pub mod exit;
-pub mod http;
-pub mod metrics;
+pub(crate) mod http;
+pub(crate) mod metrics;
 pub mod mirror;
 pub mod pipeline;
-pub mod rejects;
-pub mod runner;
-pub mod runs;
-pub mod signals;
-pub mod status;
+pub(crate) mod rejects;
+pub(crate) mod runner;
+pub(crate) mod runs;
+pub(crate) mod signals;
+pub(crate) mod status;
 pub mod telemetry;
-pub mod triggers;
+pub(crate) mod triggers;

@@ -7,19 +7,19 @@
 //! removes the load's staging rows and finishes the record as `failed` or
 //! `refused` with the reason. `followers` only changes in the merge transaction.
 
-pub mod check;
-pub mod drift;
+pub(crate) mod check;
+pub(crate) mod drift;
 pub mod dupes;
-pub mod journal;
-pub mod merge;
+pub(crate) mod journal;
+pub(crate) mod merge;
 mod progress;
-pub mod read;
-pub mod ready;
-pub mod revert;
-pub mod settle;
+pub(crate) mod read;
+pub(crate) mod ready;
+pub(crate) mod revert;
+pub(crate) mod settle;
 pub mod staging;
 pub mod timings;
-pub mod validate;
+pub(crate) mod validate;
 
 use crate::config::{CsvFormat, Settings};
 use crate::convert;
