@@ -71,7 +71,7 @@ async fn connect_with_retry(
     .ok()
 }
 
-pub async fn serve(settings: Arc<Settings>) -> ExitCode {
+pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
     let file = match settings.resolve_csv_file(None) {
         Ok(file) => file,
         Err(e) => {

@@ -39,7 +39,7 @@ impl From<OutOfRange> for DbErr {
 }
 
 /// A count or line number read from a `bigint` column.
-pub fn count(what: &'static str, n: i64) -> Result<u64, OutOfRange> {
+pub(crate) fn count(what: &'static str, n: i64) -> Result<u64, OutOfRange> {
     u64::try_from(n).map_err(|_| OutOfRange {
         what,
         value: i128::from(n),
@@ -49,7 +49,7 @@ pub fn count(what: &'static str, n: i64) -> Result<u64, OutOfRange> {
 }
 
 /// A count or line number written to a `bigint` column or parameter.
-pub fn bigint(what: &'static str, n: u64) -> Result<i64, OutOfRange> {
+pub(crate) fn bigint(what: &'static str, n: u64) -> Result<i64, OutOfRange> {
     i64::try_from(n).map_err(|_| OutOfRange {
         what,
         value: i128::from(n),
@@ -59,7 +59,7 @@ pub fn bigint(what: &'static str, n: u64) -> Result<i64, OutOfRange> {
 }
 
 /// A field length in COPY's binary format (`int4`).
-pub fn int4_len(what: &'static str, n: usize) -> Result<i32, OutOfRange> {
+pub(crate) fn int4_len(what: &'static str, n: usize) -> Result<i32, OutOfRange> {
     i32::try_from(n).map_err(|_| OutOfRange {
         what,
         value: i128::try_from(n).unwrap_or(i128::MAX),
@@ -70,45 +70,45 @@ pub fn int4_len(what: &'static str, n: usize) -> Result<i32, OutOfRange> {
 
 /// A length or count of items in memory as a `u64` count. Lossless on every
 /// target Rust supports (pointers are at most 64 bits); saturates otherwise.
-pub fn len(n: usize) -> u64 {
+pub(crate) fn len(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 /// A `u64` limit as a `bigint` parameter, saturating: a limit beyond `bigint`
 /// (`JOURNAL_KEEP_RUNS`) is no limit.
-pub fn saturating_bigint(n: u64) -> i64 {
+pub(crate) fn saturating_bigint(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A `u64` limit as an `int4` parameter, saturating: used for limits such as
 /// the journal's retention days, where more than `i32::MAX` means "no limit".
-pub fn saturating_int4(n: u64) -> i32 {
+pub(crate) fn saturating_int4(n: u64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// A wait in whole milliseconds as an `int4` setting (`lock_timeout`):
 /// at least 1 (0 would mean "wait forever"), saturating at `i32::MAX`
 /// (about 24 days, "wait as long as PostgreSQL allows").
-pub fn millis_int4(wait: Duration) -> i32 {
+pub(crate) fn millis_int4(wait: Duration) -> i32 {
     i32::try_from(wait.as_millis()).unwrap_or(i32::MAX).max(1)
 }
 
 /// A count as `f64` for a ratio or a gauge: exact up to 2^53, approximate
 /// above, which is the meaning of a ratio.
 #[allow(clippy::cast_precision_loss)]
-pub fn approx(n: u64) -> f64 {
+pub(crate) fn approx(n: u64) -> f64 {
     n as f64
 }
 
 /// A signed value (a Unix timestamp) as `f64` for a gauge; exact up to 2^53.
 #[allow(clippy::cast_precision_loss)]
-pub fn approx_signed(n: i64) -> f64 {
+pub(crate) fn approx_signed(n: i64) -> f64 {
     n as f64
 }
 
 /// `part` as a percentage of `whole` (for messages; the guards refuse only
 /// when `whole` is positive).
-pub fn percent(part: u64, whole: u64) -> f64 {
+pub(crate) fn percent(part: u64, whole: u64) -> f64 {
     approx(part) * 100.0 / approx(whole)
 }
 

@@ -1,7 +1,7 @@
 //! Errors as people read them: an error and its sources on one line.
 
 /// The error and its sources on one line: "a: b: c".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

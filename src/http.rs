@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 /// The Prometheus recorder, or why it could not be installed (then `/metrics`
 /// says so instead of serving an empty page).
-pub type Exporter = Result<PrometheusHandle, String>;
+pub(crate) type Exporter = Result<PrometheusHandle, String>;
 
 /// Installs the Prometheus recorder (histograms with `metrics::DURATION_BUCKETS`)
 /// and describes every metric, so each has its HELP and TYPE lines.
-pub fn install_recorder() -> Exporter {
+pub(crate) fn install_recorder() -> Exporter {
     let handle = PrometheusBuilder::new()
         .set_buckets(crate::metrics::DURATION_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)
@@ -108,7 +108,7 @@ async fn metrics_text(State(state): State<AppState>) -> (StatusCode, String) {
 }
 
 /// Serves the endpoints until `stop` is cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     db: DatabaseConnection,
     metrics: Exporter,

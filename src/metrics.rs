@@ -8,24 +8,24 @@ use metrics::Unit;
 use std::time::Duration;
 
 /// Metric names (docs/operations.md#metrics).
-pub const RUNS_TOTAL: &str = "followers_etl_runs_total";
-pub const ROWS_TOTAL: &str = "followers_etl_rows_total";
-pub const RUN_DURATION: &str = "followers_etl_run_duration_seconds";
-pub const STAGE_DURATION: &str = "followers_etl_stage_duration_seconds";
-pub const RUN_IN_PROGRESS: &str = "followers_etl_run_in_progress";
-pub const LAST_SUCCESS: &str = "followers_etl_last_success_timestamp_seconds";
-pub const FOLLOWERS: &str = "followers_etl_followers";
-pub const REFUSED: &str = "followers_etl_refused";
+pub(crate) const RUNS_TOTAL: &str = "followers_etl_runs_total";
+pub(crate) const ROWS_TOTAL: &str = "followers_etl_rows_total";
+pub(crate) const RUN_DURATION: &str = "followers_etl_run_duration_seconds";
+pub(crate) const STAGE_DURATION: &str = "followers_etl_stage_duration_seconds";
+pub(crate) const RUN_IN_PROGRESS: &str = "followers_etl_run_in_progress";
+pub(crate) const LAST_SUCCESS: &str = "followers_etl_last_success_timestamp_seconds";
+pub(crate) const FOLLOWERS: &str = "followers_etl_followers";
+pub(crate) const REFUSED: &str = "followers_etl_refused";
 
 /// Histogram buckets of run and stage durations, in seconds: from a skipped run
 /// (milliseconds) to a large file (tens of minutes).
-pub const DURATION_BUCKETS: &[f64] = &[
+pub(crate) const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     1800.0,
 ];
 
 /// Gives every metric its HELP and TYPE lines; call once the recorder is installed.
-pub fn describe() {
+pub(crate) fn describe() {
     metrics::describe_counter!(
         RUNS_TOTAL,
         Unit::Count,
@@ -62,17 +62,17 @@ pub fn describe() {
 
 /// The file stands refused (docs/sync.md#remembered-refusals): refused now, or
 /// skipped because its content was refused earlier.
-pub fn record_refused() {
+pub(crate) fn record_refused() {
     metrics::gauge!(REFUSED).set(1.0);
 }
 
 /// A run started: the in-progress gauge goes to 1 until `record_run`.
-pub fn record_run_started() {
+pub(crate) fn record_run_started() {
     metrics::gauge!(RUN_IN_PROGRESS).set(1.0);
 }
 
 /// Records what a run did; a no-op while no recorder is installed.
-pub fn record_run(outcome: Outcome, counts: &Counts, duration: Duration) {
+pub(crate) fn record_run(outcome: Outcome, counts: &Counts, duration: Duration) {
     let label = outcome.as_str();
     metrics::gauge!(RUN_IN_PROGRESS).set(0.0);
     metrics::counter!(RUNS_TOTAL, "outcome" => label).increment(1);
@@ -96,7 +96,7 @@ pub fn record_run(outcome: Outcome, counts: &Counts, duration: Duration) {
 
 /// The table was just confirmed a mirror of the file: synced, or skipped because the
 /// file is unchanged since the last successful sync.
-pub fn record_in_sync() {
+pub(crate) fn record_in_sync() {
     metrics::gauge!(LAST_SUCCESS).set(approx_signed(chrono::Utc::now().timestamp()));
     metrics::gauge!(REFUSED).set(0.0);
 }
@@ -108,12 +108,12 @@ fn stage_help() -> String {
 }
 
 /// Records how long one stage of a run took.
-pub fn record_stage(stage: Stage, seconds: f64) {
+pub(crate) fn record_stage(stage: Stage, seconds: f64) {
     metrics::histogram!(STAGE_DURATION, "stage" => stage.as_str()).record(seconds);
 }
 
 /// The followers counted at a scrape.
-pub fn record_followers(count: i64) {
+pub(crate) fn record_followers(count: i64) {
     metrics::gauge!(FOLLOWERS).set(approx_signed(count));
 }
 

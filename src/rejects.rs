@@ -10,14 +10,14 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// At most this many rejects are stored per run (all of them are counted).
-pub const STORED_PER_RUN: usize = 10_000;
+pub(crate) const STORED_PER_RUN: usize = 10_000;
 
 /// Rows per INSERT statement.
 const INSERT_BATCH: usize = 1_000;
 
 /// One rejected line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct StoredReject {
+pub(crate) struct StoredReject {
     pub line: u64,
     pub reason: String,
     pub raw: String,
@@ -25,7 +25,7 @@ pub struct StoredReject {
 
 /// Stores a run's rejects, one multi-row INSERT (arrays unnested) per batch.
 #[tracing::instrument(skip_all, fields(rejects = rejects.len()), err(level = "debug"))]
-pub async fn store(
+pub(crate) async fn store(
     pool: &PgPool,
     load_id: LoadId,
     rejects: &[StoredReject],
@@ -55,7 +55,7 @@ pub async fn store(
 
 /// The run a `rejects` command reports on.
 #[derive(Debug, Serialize)]
-pub struct RunRejects {
+pub(crate) struct RunRejects {
     pub load_id: Uuid,
     pub outcome: String,
     pub file: String,
@@ -68,7 +68,7 @@ pub struct RunRejects {
 /// The rejects of `load_id`, or of the newest run that read the file (not
 /// `skipped`, not still `running`, not a revert, not refused before reading,
 /// as a run whose file is not settled is); `None` when there is no such run.
-pub async fn of_run(
+pub(crate) async fn of_run(
     pool: &PgPool,
     load_id: Option<Uuid>,
 ) -> Result<Option<RunRejects>, sqlx::Error> {

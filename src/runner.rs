@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Where triggers send their requests. Cheap to clone; never blocks.
 #[derive(Clone)]
-pub struct RunRequests(mpsc::UnboundedSender<Trigger>);
+pub(crate) struct RunRequests(mpsc::UnboundedSender<Trigger>);
 
 impl RunRequests {
     /// Requests and their receiving end, without a runner (tests).
@@ -32,7 +32,7 @@ impl RunRequests {
         (Self(tx), rx)
     }
 
-    pub fn send(&self, trigger: Trigger) {
+    pub(crate) fn send(&self, trigger: Trigger) {
         if self.0.send(trigger).is_err() {
             tracing::debug!(
                 trigger = trigger.as_str(),
@@ -44,7 +44,7 @@ impl RunRequests {
 
 /// How a run ended, as far as the runner cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunEnd {
+pub(crate) enum RunEnd {
     /// Synced, skipped, refused, or failed for good: wait for the next trigger.
     Done,
     /// Failed for a reason that may pass (the database restarting, a
@@ -54,7 +54,7 @@ pub enum RunEnd {
 
 /// Runs one sync for `trigger`; it stops early (and compensates) once `cancel` is
 /// cancelled.
-pub trait RunSync {
+pub(crate) trait RunSync {
     fn run_sync(
         &self,
         trigger: Trigger,
@@ -79,7 +79,7 @@ where
 }
 
 /// The pipeline's sync of `file`, then a prune of old runs in the background.
-pub struct PipelineSync {
+pub(crate) struct PipelineSync {
     ctx: SyncContext,
     file: PathBuf,
     /// One permit: at most one prune of old runs at a time.
@@ -87,7 +87,7 @@ pub struct PipelineSync {
 }
 
 impl PipelineSync {
-    pub fn new(ctx: SyncContext, file: PathBuf) -> Self {
+    pub(crate) fn new(ctx: SyncContext, file: PathBuf) -> Self {
         Self {
             ctx,
             file,
@@ -135,7 +135,7 @@ impl RunSync for PipelineSync {
     }
 }
 
-pub struct Runner<S> {
+pub(crate) struct Runner<S> {
     sync: S,
     shutdown_timeout: Duration,
     retry: RetryPolicy,
@@ -143,7 +143,11 @@ pub struct Runner<S> {
 }
 
 impl<S: RunSync> Runner<S> {
-    pub fn new(sync: S, shutdown_timeout: Duration, retry: RetryPolicy) -> (Self, RunRequests) {
+    pub(crate) fn new(
+        sync: S,
+        shutdown_timeout: Duration,
+        retry: RetryPolicy,
+    ) -> (Self, RunRequests) {
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = Self {
             sync,
@@ -155,7 +159,7 @@ impl<S: RunSync> Runner<S> {
     }
 
     /// Runs until `stop` is cancelled; returns once no run is in flight.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         let mut pending: Option<Trigger> = None;
         loop {
             let trigger = match pending.take() {

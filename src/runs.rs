@@ -14,7 +14,7 @@ use sea_orm::{
 };
 
 /// The table this agent mirrors, as named in `table_status`.
-pub const TARGET_TABLE: &str = "followers";
+pub(crate) const TARGET_TABLE: &str = "followers";
 
 fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
@@ -30,7 +30,7 @@ fn i(n: u64) -> i64 {
 /// Removes staging rows of crashed runs and marks their run records failed. Only
 /// call it while holding the run lock: then no other run is in flight.
 #[tracing::instrument(skip_all, err(level = "debug"))]
-pub async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+pub(crate) async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     let orphans = db
         .execute_unprepared("DELETE FROM public.staging_followers")
         .await?;
@@ -55,7 +55,7 @@ pub async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
 }
 
 /// Records a run as `running`.
-pub async fn start(
+pub(crate) async fn start(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     trigger: Trigger,
@@ -90,7 +90,7 @@ pub async fn start(
 /// Finishes a run record with its outcome, counts and reason. Only a `running`
 /// record changes: a run the merge recorded `synced` stays so, even if a
 /// compensation runs after a COMMIT whose answer was lost.
-pub async fn finish(
+pub(crate) async fn finish(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     outcome: Outcome,
@@ -125,7 +125,7 @@ pub async fn finish(
 
 /// Keeps what a refused run refused (`sync_runs.refusal_key`), so later runs
 /// skip the same content under the same settings (docs/sync.md#refusals-and-approvals).
-pub async fn remember_refusal(
+pub(crate) async fn remember_refusal(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     key: &str,
@@ -141,7 +141,7 @@ pub async fn remember_refusal(
 
 /// The refusal that stands for `key`: the newest decisive run (synced, refused or
 /// failed), when it refused with this key. Its load_id and reason.
-pub async fn standing_refusal(
+pub(crate) async fn standing_refusal(
     db: &impl ConnectionTrait,
     key: &str,
 ) -> Result<Option<(uuid::Uuid, Option<String>)>, DbErr> {
@@ -167,7 +167,7 @@ pub async fn standing_refusal(
 }
 
 /// The content hash of the last successful sync, if any.
-pub async fn last_synced_hash(db: &impl ConnectionTrait) -> Result<Option<String>, DbErr> {
+pub(crate) async fn last_synced_hash(db: &impl ConnectionTrait) -> Result<Option<String>, DbErr> {
     Ok(table_status::Entity::find()
         .filter(table_status::Column::TableName.eq(TARGET_TABLE))
         .one(db)
@@ -177,7 +177,7 @@ pub async fn last_synced_hash(db: &impl ConnectionTrait) -> Result<Option<String
 
 /// The file (as `file_identity` gives it) of the last successful sync, if it is
 /// known (a `table_status` of the old service has no load).
-pub async fn last_synced_file(db: &impl ConnectionTrait) -> Result<Option<String>, DbErr> {
+pub(crate) async fn last_synced_file(db: &impl ConnectionTrait) -> Result<Option<String>, DbErr> {
     let load = table_status::Entity::find()
         .filter(table_status::Column::TableName.eq(TARGET_TABLE))
         .one(db)
@@ -193,7 +193,7 @@ pub async fn last_synced_file(db: &impl ConnectionTrait) -> Result<Option<String
 }
 
 /// Marks a successful sync in `table_status` (one row per target table).
-pub async fn mark_synced(
+pub(crate) async fn mark_synced(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     hash: &ContentHash,
@@ -223,7 +223,7 @@ pub async fn mark_synced(
 }
 
 /// Stores a run's per-stage durations (`{"stage": seconds}`) in `sync_runs.stages`.
-pub async fn record_stages(
+pub(crate) async fn record_stages(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     stages: &serde_json::Value,
@@ -246,7 +246,7 @@ const PRUNE_BATCH: u64 = 500;
 /// `table_status` names), nor the newest decisive run (a refusal it holds is what
 /// later runs skip: docs/sync.md#refusals-and-approvals). Returns how many runs it deleted.
 #[tracing::instrument(skip_all, err(level = "debug"))]
-pub async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Result<u64, DbErr> {
+pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Result<u64, DbErr> {
     let older_than: Option<NaiveDateTime> = bound
         .keep_days
         .and_then(|days| now().checked_sub_signed(chrono::TimeDelta::try_days(days.into())?));
@@ -327,7 +327,7 @@ pub async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Result<u64
 
 /// How many runs still hold a journal (`sync_runs.journaled` set), for the
 /// warning when `JOURNAL_KEEP_RUNS=0` drops them.
-pub async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
+pub(crate) async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
     let row = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,
@@ -341,7 +341,7 @@ pub async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbErr> {
 }
 
 /// `prune`, logging a failure instead of returning it (the next run retries).
-pub async fn prune_or_warn(db: &impl ConnectionTrait, bound: RunRetention) {
+pub(crate) async fn prune_or_warn(db: &impl ConnectionTrait, bound: RunRetention) {
     if let Err(e) = prune(db, bound).await {
         tracing::warn!(error = %e, "pruning old runs failed; the next run retries");
     }
@@ -349,7 +349,7 @@ pub async fn prune_or_warn(db: &impl ConnectionTrait, bound: RunRetention) {
 
 /// A run record with its stage durations (`status`).
 #[derive(Clone, Debug, FromQueryResult)]
-pub struct RunRecord {
+pub(crate) struct RunRecord {
     #[sea_orm(nested)]
     pub run: sync_runs::Model,
     /// `sync_runs.stages` as JSON text.
@@ -357,7 +357,7 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         // For display only: the agent writes these from `u64` counts
         // (`finish`), so 0 stands only for a value edited out of range by hand.
         let u = |n: i64| u64::try_from(n).unwrap_or(0);
@@ -402,12 +402,14 @@ async fn runs_where(
 }
 
 /// The newest runs, newest first.
-pub async fn recent(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<RunRecord>, DbErr> {
+pub(crate) async fn recent(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<RunRecord>, DbErr> {
     runs_where(db, "true", None, limit).await
 }
 
 /// The newest successful sync.
-pub async fn last_synced(db: &impl ConnectionTrait) -> Result<Option<sync_runs::Model>, DbErr> {
+pub(crate) async fn last_synced(
+    db: &impl ConnectionTrait,
+) -> Result<Option<sync_runs::Model>, DbErr> {
     Ok(runs_where(db, "outcome = 'synced'", None, 1)
         .await?
         .pop()
@@ -416,7 +418,9 @@ pub async fn last_synced(db: &impl ConnectionTrait) -> Result<Option<sync_runs::
 
 /// The newest run that decided something (not running, skipped or a dry run): when it
 /// was refused or failed, that needs an operator.
-pub async fn last_decisive(db: &impl ConnectionTrait) -> Result<Option<sync_runs::Model>, DbErr> {
+pub(crate) async fn last_decisive(
+    db: &impl ConnectionTrait,
+) -> Result<Option<sync_runs::Model>, DbErr> {
     Ok(
         runs_where(db, "outcome IN ('synced', 'refused', 'failed')", None, 1)
             .await?
@@ -426,7 +430,7 @@ pub async fn last_decisive(db: &impl ConnectionTrait) -> Result<Option<sync_runs
 }
 
 /// When the newest cron-triggered run since `since` started.
-pub async fn last_cron_start(
+pub(crate) async fn last_cron_start(
     db: &impl ConnectionTrait,
     since: NaiveDateTime,
 ) -> Result<Option<NaiveDateTime>, DbErr> {
@@ -441,7 +445,9 @@ pub async fn last_cron_start(
     .map(|r| r.run.started_at))
 }
 
-pub async fn table_status(db: &impl ConnectionTrait) -> Result<Vec<table_status::Model>, DbErr> {
+pub(crate) async fn table_status(
+    db: &impl ConnectionTrait,
+) -> Result<Vec<table_status::Model>, DbErr> {
     table_status::Entity::find()
         .order_by_asc(table_status::Column::TableName)
         .all(db)
@@ -449,7 +455,7 @@ pub async fn table_status(db: &impl ConnectionTrait) -> Result<Vec<table_status:
 }
 
 /// How many followers the mirrored table holds.
-pub async fn follower_count(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+pub(crate) async fn follower_count(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
     let row = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,
@@ -462,7 +468,9 @@ pub async fn follower_count(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
 
 /// The revert the table is on, when the last change of `followers` was a
 /// revert (its `file` is the one held back).
-pub async fn reverted_state(db: &impl ConnectionTrait) -> Result<Option<sync_runs::Model>, DbErr> {
+pub(crate) async fn reverted_state(
+    db: &impl ConnectionTrait,
+) -> Result<Option<sync_runs::Model>, DbErr> {
     let Some(load_id) = table_status::Entity::find()
         .filter(table_status::Column::TableName.eq(TARGET_TABLE))
         .one(db)
@@ -478,7 +486,7 @@ pub async fn reverted_state(db: &impl ConnectionTrait) -> Result<Option<sync_run
 }
 
 /// The reverted state as JSON (`status --json`, key `reverted`).
-pub fn reverted_json(r: &sync_runs::Model) -> serde_json::Value {
+pub(crate) fn reverted_json(r: &sync_runs::Model) -> serde_json::Value {
     serde_json::json!({
         "load_id": r.load_id,
         "at": r

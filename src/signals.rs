@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 /// SSH session, logrotate or `systemctl reload` must not stop the agent); `sync`
 /// stops on it as on SIGTERM, so a run whose terminal went away is compensated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hangup {
+pub(crate) enum Hangup {
     Ignore,
     Stop,
 }
@@ -15,7 +15,7 @@ pub enum Hangup {
 /// Cancels `stop` on SIGINT or SIGTERM (and SIGHUP with `Hangup::Stop`). The
 /// handlers are installed before this returns, so no signal kills the process
 /// by its default action afterwards.
-pub fn stop_on_signals(stop: CancellationToken, hangup: Hangup) {
+pub(crate) fn stop_on_signals(stop: CancellationToken, hangup: Hangup) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -18,7 +18,7 @@ use strum::IntoEnumIterator;
 
 /// A point in time, shown as UTC RFC 3339 with milliseconds (`2026-11-30T15:04:05.123Z`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Utc3339(pub DateTime<Utc>);
+pub(crate) struct Utc3339(pub DateTime<Utc>);
 
 impl Utc3339 {
     fn from_naive(t: NaiveDateTime) -> Self {
@@ -39,7 +39,7 @@ impl Serialize for Utc3339 {
 }
 
 #[derive(Debug, Serialize)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     /// When the report was made.
     pub now: Utc3339,
     /// Rows in `public.followers`.
@@ -66,7 +66,7 @@ pub struct StatusReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct LastSuccess {
+pub(crate) struct LastSuccess {
     pub load_id: Option<uuid::Uuid>,
     pub at: Utc3339,
     pub ago_seconds: i64,
@@ -76,7 +76,7 @@ pub struct LastSuccess {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RunView {
+pub(crate) struct RunView {
     pub load_id: uuid::Uuid,
     pub trigger: String,
     pub file: String,
@@ -96,7 +96,7 @@ pub struct RunView {
 
 /// Stage name → seconds, serialised as a JSON object in pipeline order.
 #[derive(Debug, Default)]
-pub struct StageDurations(pub Vec<(String, f64)>);
+pub(crate) struct StageDurations(pub Vec<(String, f64)>);
 
 impl StageDurations {
     /// From `sync_runs.stages`: known stages in pipeline order, then any other.
@@ -143,7 +143,7 @@ impl From<&RunRecord> for RunView {
 }
 
 #[derive(Debug, Serialize)]
-pub struct TableView {
+pub(crate) struct TableView {
     pub table_name: String,
     pub last_activity: Option<Utc3339>,
     pub content_hash: Option<String>,
@@ -162,7 +162,7 @@ impl From<&table_status::Model> for TableView {
 }
 
 /// Reads everything the report shows (a handful of indexed queries).
-pub async fn report(
+pub(crate) async fn report(
     db: &impl ConnectionTrait,
     settings: &Settings,
     limit: u64,
@@ -262,7 +262,7 @@ fn stages_text(stages: &StageDurations) -> String {
 
 impl StatusReport {
     /// The report as text: a summary block, `table_status`, then one line per run.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut out = String::new();
         let _ = self.write_text(&mut out);
         out

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// The totals, and each duplicated email with every line it appears on.
 #[derive(Debug, Default, serde::Serialize)]
-pub struct CheckReport {
+pub(crate) struct CheckReport {
     pub rows: u64,
     pub valid: u64,
     pub invalid: u64,
@@ -25,7 +25,7 @@ pub struct CheckReport {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CheckError {
+pub(crate) enum CheckError {
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error("{}: the file changed while it was being checked (read twice to find duplicates); check it again once it is complete", path.display())]
@@ -34,7 +34,7 @@ pub enum CheckError {
 
 impl CheckError {
     /// Whether the file's content (not the system) is at fault.
-    pub fn is_content(&self) -> bool {
+    pub(crate) fn is_content(&self) -> bool {
         match self {
             Self::Read(e) => e.is_content(),
             Self::Changed { .. } => true,
@@ -46,7 +46,7 @@ impl CheckError {
 /// with each invalid line and its text in file order. The counts in `report` are
 /// those read so far when an error ends the check.
 #[tracing::instrument(skip_all, fields(path = %path.display()))]
-pub fn check_file(
+pub(crate) fn check_file(
     path: &Path,
     format: &CsvFormat,
     report: &mut CheckReport,

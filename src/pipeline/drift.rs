@@ -21,10 +21,10 @@ use std::time::Duration;
 
 /// The first statement of the merge and revert transactions: their writes are
 /// the agent's own, not counted.
-pub const OWN_WRITE: &str = "SET LOCAL followers_etl.own_write = 'on'";
+pub(crate) const OWN_WRITE: &str = "SET LOCAL followers_etl.own_write = 'on'";
 
 /// Records the counter's value the merge or revert saw (in its transaction).
-pub const RECORD: &str = "UPDATE etl_info_schema.table_status
+pub(crate) const RECORD: &str = "UPDATE etl_info_schema.table_status
     SET foreign_writes = etl_info_schema.foreign_writes() WHERE table_name = 'followers'";
 
 /// Installs the trigger when it is missing (first start after the migration, or
@@ -56,7 +56,7 @@ const CHECK: &str = "SELECT
 /// What the last sync's trust in the table is worth now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-pub enum Drift {
+pub(crate) enum Drift {
     /// The counter is unchanged: the table is what the last sync or revert left.
     None,
     /// Statements outside the agent wrote the table since the last sync or revert.
@@ -71,7 +71,7 @@ pub enum Drift {
 
 impl Drift {
     /// Whether an unchanged file must be synced (compared) instead of skipped.
-    pub fn needs_sync(self) -> bool {
+    pub(crate) fn needs_sync(self) -> bool {
         matches!(
             self,
             Self::Written { .. } | Self::Unverified | Self::VerifyDue
@@ -79,12 +79,12 @@ impl Drift {
     }
 
     /// Whether a skip confirms the table equals the file (the last-success gauge).
-    pub fn confirmed(self) -> bool {
+    pub(crate) fn confirmed(self) -> bool {
         self == Self::None
     }
 
     /// Why an unchanged file is synced or why a skip cannot vouch for the table.
-    pub fn describe(self) -> Option<String> {
+    pub(crate) fn describe(self) -> Option<String> {
         match self {
             Self::None => None,
             Self::Written { writes } => Some(format!(
@@ -105,7 +105,10 @@ impl Drift {
 
 /// Compares the counter with what the last sync or revert saw.
 #[tracing::instrument(skip_all, err)]
-pub async fn check(db: &impl ConnectionTrait, verify_every: Duration) -> Result<Drift, DbErr> {
+pub(crate) async fn check(
+    db: &impl ConnectionTrait,
+    verify_every: Duration,
+) -> Result<Drift, DbErr> {
     let row = db
         .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -127,7 +130,7 @@ pub async fn check(db: &impl ConnectionTrait, verify_every: Duration) -> Result<
 /// At start-up (after the migrations): installs the trigger if it is missing and
 /// says so when it cannot, naming the fallback.
 #[tracing::instrument(skip_all)]
-pub async fn ensure_counter(db: &DatabaseConnection, verify_every: Duration) {
+pub(crate) async fn ensure_counter(db: &DatabaseConnection, verify_every: Duration) {
     let verify = robfig_cron::go_duration::format_go_duration(verify_every);
     if let Err(e) = db.execute_unprepared(ENSURE).await {
         tracing::warn!(

@@ -31,7 +31,7 @@ const JOURNAL: &str = "etl_info_schema.sync_journal";
 /// `merge`'s update step, journaled: the rows `diff` found renamed and still as
 /// it read them (same `xmin`), with the old name and `modified_at` it read, which
 /// are therefore the ones overwritten (`$1` the load, `$2` the zone of `modified_at`).
-pub const UPDATE: &str = "WITH changed AS (
+pub(crate) const UPDATE: &str = "WITH changed AS (
   UPDATE public.followers f
      SET full_name = d.full_name, modified_at = (now() AT TIME ZONE $2::text)
     FROM merge_diff d
@@ -43,7 +43,7 @@ SELECT $1, 'update', email, old_name, new_name, old_modified_at, old_xmin FROM c
 /// `merge`'s insert step, journaled (the email and the name inserted: a revert
 /// removes the row if it still has that name; `$1` the load, `$2` the zone
 /// of `modified_at`).
-pub const INSERT: &str = "WITH changed AS (
+pub(crate) const INSERT: &str = "WITH changed AS (
   INSERT INTO public.followers (email, full_name, modified_at)
   SELECT d.email, d.full_name, (now() AT TIME ZONE $2::text) FROM merge_diff d WHERE d.action = 'insert'
   RETURNING email, full_name)
@@ -52,7 +52,7 @@ SELECT $1, 'insert', email, full_name FROM changed";
 
 /// `merge`'s delete step, journaled with what the deleted rows held (`$1` the
 /// protected emails, `$2` the load).
-pub const DELETE: &str = "WITH changed AS (
+pub(crate) const DELETE: &str = "WITH changed AS (
   DELETE FROM public.followers f
    USING merge_diff d
    WHERE d.action = 'delete' AND f.email = d.email AND f.xmin = d.old_xmin
@@ -71,7 +71,7 @@ fn stmt(sql: &str, values: Vec<Value>) -> Statement {
 /// double the first sync's cost), since what it did is known without them:
 /// before it the table was empty, and every follower present just after it was
 /// inserted by it.
-pub async fn seal(
+pub(crate) async fn seal(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     rows: u64,
@@ -94,7 +94,7 @@ pub async fn seal(
 /// writer lock on `followers` (`merge::lock_writers`): every run that changes the
 /// table takes it, and it conflicts with itself, so the next number is taken
 /// only after the previous holder committed or rolled back.
-pub async fn order(db: &impl ConnectionTrait, load_id: LoadId) -> Result<(), DbErr> {
+pub(crate) async fn order(db: &impl ConnectionTrait, load_id: LoadId) -> Result<(), DbErr> {
     db.execute(stmt(
         "UPDATE etl_info_schema.sync_runs
             SET commit_seq = (SELECT coalesce(max(commit_seq), 0) + 1 FROM etl_info_schema.sync_runs)
@@ -110,7 +110,7 @@ pub async fn order(db: &impl ConnectionTrait, load_id: LoadId) -> Result<(), DbE
 /// (`filled`) its rows' `xmin`, which is the savepoint's subtransaction when the
 /// key was rebuilt, widened with the epoch of the top transaction (a
 /// subtransaction's id is never below its parent's).
-pub async fn mark_xid(
+pub(crate) async fn mark_xid(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     filled: bool,
@@ -133,7 +133,10 @@ pub async fn mark_xid(
 /// waits for a sync; against a revert of the same runs, the row locks on
 /// `sync_runs` order the two (the revert then sees the journal gone and refuses).
 #[tracing::instrument(skip_all, err(level = "debug"))]
-pub async fn prune(db: &DatabaseConnection, retention: JournalRetention) -> Result<u64, DbErr> {
+pub(crate) async fn prune(
+    db: &DatabaseConnection,
+    retention: JournalRetention,
+) -> Result<u64, DbErr> {
     let txn = db.begin().await?;
     let pruned = txn
         .execute(stmt(
@@ -279,7 +282,7 @@ SELECT $1, 'insert', c.email, c.full_name, o.foreign_origin FROM changed c JOIN 
 
 /// A follower that is not as the journal says the runs left it.
 #[derive(Debug)]
-pub struct Drift {
+pub(crate) struct Drift {
     /// How many followers differ.
     pub count: u64,
     /// Up to three, described ("a@x: deleted by the run, present now").
@@ -288,7 +291,10 @@ pub struct Drift {
 
 /// Checks that the table is exactly what the runs (newest first) left for every
 /// follower they changed.
-pub async fn drift(db: &impl ConnectionTrait, runs: &[Uuid]) -> Result<Option<Drift>, DbErr> {
+pub(crate) async fn drift(
+    db: &impl ConnectionTrait,
+    runs: &[Uuid],
+) -> Result<Option<Drift>, DbErr> {
     let rows = db
         .query_all(stmt(DRIFT, vec![runs.to_vec().into()]))
         .await?;
@@ -320,7 +326,7 @@ pub async fn drift(db: &impl ConnectionTrait, runs: &[Uuid]) -> Result<Option<Dr
 
 /// What a revert changed.
 #[derive(Clone, Debug, Default)]
-pub struct Undone {
+pub(crate) struct Undone {
     /// Followers restored (deleted by the runs).
     pub inserted: u64,
     /// Followers given their old name and `modified_at` back.
@@ -335,7 +341,7 @@ pub struct Undone {
 
 /// Puts back, in the caller's transaction, the state before `runs` (newest
 /// first), journaling the revert's own changes under `load_id`.
-pub async fn undo(
+pub(crate) async fn undo(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     runs: &[Uuid],
@@ -365,7 +371,7 @@ pub async fn undo(
 /// later runs was their insert or replaced a row the agent wrote. Rows another
 /// session wrote or changed since are left (`undo` puts back those the later
 /// runs changed). Journaled under `load_id`.
-pub async fn unfill(
+pub(crate) async fn unfill(
     db: &impl ConnectionTrait,
     load_id: LoadId,
     runs: &[Uuid],
@@ -393,7 +399,7 @@ SELECT $1, 'delete', email, full_name, modified_at, xmin FROM changed",
 
 /// Whether a fill's transaction id may have wrapped around (more than 2^31
 /// transactions ago): its rows can then no longer be told by `xmin`.
-pub async fn fill_too_old(db: &impl ConnectionTrait, fill_xid: &str) -> Result<bool, DbErr> {
+pub(crate) async fn fill_too_old(db: &impl ConnectionTrait, fill_xid: &str) -> Result<bool, DbErr> {
     let row = db
         .query_one(stmt(
             "SELECT pg_current_xact_id()::text::numeric - $1::xid8::text::numeric > 2147483647",
@@ -406,7 +412,7 @@ pub async fn fill_too_old(db: &impl ConnectionTrait, fill_xid: &str) -> Result<b
 
 /// The followers left after a revert to before a first sync (the table was
 /// empty then): how many, and up to three of their emails.
-pub async fn left(db: &impl ConnectionTrait) -> Result<(u64, Vec<String>), DbErr> {
+pub(crate) async fn left(db: &impl ConnectionTrait) -> Result<(u64, Vec<String>), DbErr> {
     let row = db
         .query_one(stmt(
             "SELECT count(*)::bigint,
@@ -425,7 +431,7 @@ pub async fn left(db: &impl ConnectionTrait) -> Result<(u64, Vec<String>), DbErr
 
 /// One journaled change of one follower (`history`).
 #[derive(Clone, Debug, Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     /// When the run committed (its start when it never finished).
     pub time: String,
     pub load_id: Uuid,
@@ -456,7 +462,7 @@ fn utc(t: NaiveDateTime) -> String {
 ///
 /// `zone` is the clock `followers.modified_at` holds (`db::modified_at_clock`):
 /// the journal keeps that column's wall time, shown here as the instant it was.
-pub async fn history(
+pub(crate) async fn history(
     db: &impl ConnectionTrait,
     email: &str,
     zone: &str,

@@ -167,7 +167,7 @@ impl MergeError {
 }
 
 /// What the merge needs to know about the load.
-pub struct Load<'a> {
+pub(crate) struct Load<'a> {
     pub load_id: LoadId,
     /// Backend pid of the session holding the run lock.
     pub lock_pid: i32,
@@ -194,7 +194,7 @@ pub struct Load<'a> {
 /// `max_update_ratio` (1.0 disables either), and an empty file (no bytes)
 /// deleting anything, whatever the ratios. Each has its approval.
 #[derive(Clone, Copy, Debug)]
-pub struct Guard {
+pub(crate) struct Guard {
     pub max_delete_ratio: f64,
     pub allow_mass_delete: bool,
     pub max_update_ratio: f64,
@@ -217,12 +217,12 @@ pub enum Emptiness {
 impl Guard {
     /// Whether deleting `deleted` of `current` followers is refused (the delete
     /// ratio only: a revert's guard).
-    pub fn refuses_deletes(&self, deleted: u64, current: u64) -> bool {
+    pub(crate) fn refuses_deletes(&self, deleted: u64, current: u64) -> bool {
         let exceeded = current > 0 && approx(deleted) > self.max_delete_ratio * approx(current);
         exceeded && !self.allow_mass_delete && self.max_delete_ratio < 1.0
     }
 
-    pub fn check(&self, counts: Counts, current: u64) -> Result<(), MergeError> {
+    pub(crate) fn check(&self, counts: Counts, current: u64) -> Result<(), MergeError> {
         let beyond =
             |n: u64, ratio: f64| current > 0 && ratio < 1.0 && approx(n) > ratio * approx(current);
         if let Some(what) = self.empty_file {
@@ -669,7 +669,7 @@ async fn apply(
 
 /// Applies the load in one transaction and commits, or rolls back on any error.
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err(level = "debug"))]
-pub async fn merge(
+pub(crate) async fn merge(
     db: &DatabaseConnection,
     load: &Load<'_>,
     guard: Guard,
@@ -938,7 +938,7 @@ async fn committed(
 /// What `merge` would do, computed with reads only; the second value tells that
 /// the guard would refuse.
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err(level = "debug"))]
-pub async fn plan(
+pub(crate) async fn plan(
     db: &DatabaseConnection,
     load: &Load<'_>,
     guard: Guard,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// `file`'s marker: the same path with `suffix` appended to its name.
-pub fn marker_path(file: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn marker_path(file: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(file.as_os_str());
     name.push(suffix);
     PathBuf::from(name)
@@ -25,7 +25,7 @@ pub enum NotReady {
 
 /// Whether `file` may be read now. A missing `file` is "ready": reading it then
 /// fails as it would without a marker.
-pub fn check(file: &Path, suffix: &str) -> Result<(), NotReady> {
+pub(crate) fn check(file: &Path, suffix: &str) -> Result<(), NotReady> {
     let marker = marker_path(file, suffix);
     let Ok(marker_meta) = std::fs::metadata(&marker) else {
         return Err(NotReady::Missing(marker));
@@ -40,7 +40,7 @@ pub fn check(file: &Path, suffix: &str) -> Result<(), NotReady> {
 }
 
 /// `check`, retried every 200 ms until `timeout` (for a run started by hand).
-pub async fn wait(
+pub(crate) async fn wait(
     file: &Path,
     suffix: &str,
     timeout: Duration,

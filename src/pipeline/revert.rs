@@ -36,14 +36,14 @@ use uuid::Uuid;
 
 /// Which runs to undo: the newest synced one, or every one back to this one.
 #[derive(Clone, Copy, Debug)]
-pub enum Target {
+pub(crate) enum Target {
     Last,
     Run(Uuid),
 }
 
 /// A run the revert undoes (or would undo).
 #[derive(Clone, Debug, Serialize)]
-pub struct UndoneRun {
+pub(crate) struct UndoneRun {
     pub load_id: Uuid,
     pub started_at: String,
     pub file: String,
@@ -54,7 +54,7 @@ pub struct UndoneRun {
 
 /// What `revert` prints (text or `--json`).
 #[derive(Clone, Debug, Serialize)]
-pub struct RevertSummary {
+pub(crate) struct RevertSummary {
     pub outcome: Outcome,
     pub load_id: LoadId,
     /// The runs undone, newest first.
@@ -82,7 +82,7 @@ pub struct RevertSummary {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RevertError {
+pub(crate) enum RevertError {
     #[error("nothing to revert: no synced run that is not reverted yet")]
     Nothing,
     #[error("the journal is off (JOURNAL_KEEP_RUNS=0): nothing is reverted, and the next synced run drops the journal kept so far")]
@@ -133,7 +133,7 @@ pub enum RevertError {
 
 impl RevertError {
     /// `refused` when the journal or the table makes an exact revert impossible.
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             Self::Busy | Self::Lock(_) | Self::Db(_) | Self::Commit(_) | Self::LostLock => {
                 Outcome::Failed
@@ -153,7 +153,7 @@ fn utc(t: NaiveDateTime) -> String {
 
 /// Runs `revert` and returns its summary; records it as a run (trigger `revert`).
 #[tracing::instrument(name = "revert", skip_all, fields(load_id = %load_id))]
-pub async fn run_revert(
+pub(crate) async fn run_revert(
     ctx: &SyncContext,
     target: Target,
     dry_run: bool,

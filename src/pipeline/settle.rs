@@ -26,13 +26,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// An unfinished last line waits this many `WATCH_DEBOUNCE`s.
-pub const UNTERMINATED_FACTOR: u32 = 4;
+pub(crate) const UNTERMINATED_FACTOR: u32 = 4;
 /// A run waits at most this many `WATCH_DEBOUNCE`s for the file to settle.
-pub const TIMEOUT_FACTOR: u32 = 10;
+pub(crate) const TIMEOUT_FACTOR: u32 = 10;
 
 /// What "the file did not change" compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileState {
+pub(crate) struct FileState {
     pub len: u64,
     pub modified: Option<SystemTime>,
     /// Status change time (seconds, nanoseconds): set by the kernel on every
@@ -58,7 +58,7 @@ impl FileState {
 }
 
 /// The file's state, `None` when it does not exist (or cannot be stat'ed).
-pub fn file_state(path: &Path) -> Option<FileState> {
+pub(crate) fn file_state(path: &Path) -> Option<FileState> {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let (changed, dev, inode) = {
@@ -159,7 +159,7 @@ impl WriteTracker {
 
 /// The settle rules, derived from `WATCH_DEBOUNCE`.
 #[derive(Clone, Copy, Debug)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// How long the file must stay unchanged.
     pub quiet: Duration,
     /// How long a file whose last line has no line break must stay unchanged.
@@ -169,7 +169,7 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub fn from_debounce(debounce: Duration) -> Self {
+    pub(crate) fn from_debounce(debounce: Duration) -> Self {
         Self {
             quiet: debounce,
             unterminated: debounce * UNTERMINATED_FACTOR,
@@ -200,12 +200,12 @@ impl Rules {
 
 /// The file did not settle within the rules' timeout.
 #[derive(Debug)]
-pub struct Unsettled {
+pub(crate) struct Unsettled {
     pub why: String,
     pub waited: Duration,
 }
 
-pub enum Settled {
+pub(crate) enum Settled {
     /// The file's state when it was found settled.
     File(FileState),
     /// There is no file (reading it reports that).
@@ -215,7 +215,7 @@ pub enum Settled {
 /// Waits until `path` has settled (see the module's rules), at most
 /// `rules.timeout`. `Err(None)` when cancelled.
 #[tracing::instrument(skip_all, fields(file = %path.display()))]
-pub async fn wait(
+pub(crate) async fn wait(
     path: &Path,
     rules: Rules,
     writes: &WriteTracker,

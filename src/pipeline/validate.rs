@@ -94,7 +94,7 @@ fn invalid_utf8_at(raw: &[u8]) -> u64 {
     }
 }
 
-pub fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
+pub(crate) fn validate(row: &RawRow, columns: &Columns) -> Result<Follower, Reject> {
     let reject = |reason, email| Reject {
         line: row.line,
         reason,

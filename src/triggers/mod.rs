@@ -2,5 +2,5 @@
 //! `ticker` fires the cron schedule (parsed and evaluated by the workspace crate
 //! `robfig-cron`), `watch` notices a changed CSV file.
 
-pub mod ticker;
-pub mod watch;
+pub(crate) mod ticker;
+pub(crate) mod watch;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 const MAX_NAP: Duration = Duration::from_secs(30);
 
-pub async fn run(schedule: Schedule, requests: RunRequests, stop: CancellationToken) {
+pub(crate) async fn run(schedule: Schedule, requests: RunRequests, stop: CancellationToken) {
     loop {
         let Some(next) = schedule.next_after(Utc::now()) else {
             tracing::warn!(schedule = %schedule, "the cron schedule never fires");

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot watch {dir} (set WATCH_POLL=true on bind mounts and network filesystems, or WATCH=false)")]
-pub struct WatchError {
+pub(crate) struct WatchError {
     dir: PathBuf,
     #[source]
     source: notify::Error,
@@ -96,7 +96,7 @@ async fn poll_files(
 }
 
 /// A running watcher; dropping it stops the notifications.
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     _source: Source,
     events: mpsc::UnboundedReceiver<notify::Result<Event>>,
     file: PathBuf,
@@ -110,7 +110,7 @@ impl FileWatch {
     /// Starts watching `file`'s directory (for `file`, and its ready marker when
     /// `marker` is set); `writes` learns from its events which writes are still
     /// open (inotify only).
-    pub fn start(
+    pub(crate) fn start(
         file: &Path,
         marker: Option<&str>,
         debounce: Duration,
@@ -157,7 +157,7 @@ impl FileWatch {
     }
 
     /// Sends a `watch` request each time the file settles after a change.
-    pub async fn run(mut self, requests: RunRequests, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, requests: RunRequests, stop: CancellationToken) {
         let mut debounce = Debounce::new(self.debounce);
         loop {
             let deadline = debounce.deadline();
@@ -211,7 +211,7 @@ impl FileWatch {
 
 /// What the debounce decided when its deadline passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The file is gone: ignored, nothing is purged; disarmed until the next event.
     Removed,
     /// Unchanged, but a writer still holds it open: disarmed until the next event
@@ -227,14 +227,14 @@ pub enum Verdict {
 /// when its deadline passes, it says when the file has settled. `S` is the file's
 /// state (size, mtime, inode: `FileState`).
 #[derive(Debug)]
-pub struct Debounce<S> {
+pub(crate) struct Debounce<S> {
     period: Duration,
     deadline: Option<Instant>,
     at_last_event: Option<S>,
 }
 
 impl<S: PartialEq> Debounce<S> {
-    pub fn new(period: Duration) -> Self {
+    pub(crate) fn new(period: Duration) -> Self {
         Self {
             period,
             deadline: None,
@@ -243,19 +243,19 @@ impl<S: PartialEq> Debounce<S> {
     }
 
     /// When to look at the file again; `None` while nothing changed.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
     /// A change event at `now`, the file's state (`None`: missing) then.
-    pub fn event(&mut self, now: Instant, state: Option<S>) {
+    pub(crate) fn event(&mut self, now: Instant, state: Option<S>) {
         self.deadline = Some(now + self.period);
         self.at_last_event = state;
     }
 
     /// The deadline passed at `now`: the file's state now, and whether a writer
     /// still holds it open.
-    pub fn expired(&mut self, now: Instant, state: Option<S>, writing: bool) -> Verdict {
+    pub(crate) fn expired(&mut self, now: Instant, state: Option<S>, writing: bool) -> Verdict {
         match state {
             None => {
                 self.deadline = None;

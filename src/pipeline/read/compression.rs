@@ -33,14 +33,14 @@ impl Compression {
 }
 
 /// Whether `path`'s name announces a compressed file (`.gz`, `.zst`).
-pub fn is_compressed(path: &Path) -> bool {
+pub(crate) fn is_compressed(path: &Path) -> bool {
     Compression::of(path).is_some()
 }
 
 /// Whether `path` holds no data: no bytes, or an archive its name announces that
 /// unpacks to none (docs/sync.md#empty-file). A file that cannot be opened, or an
 /// archive that is corrupt, is not "empty": reading it says why.
-pub fn emptiness(path: &Path) -> Option<Emptiness> {
+pub(crate) fn emptiness(path: &Path) -> Option<Emptiness> {
     let file = open_regular(path).ok()?;
     if file.metadata().ok()?.len() == 0 {
         return Some(Emptiness::NoBytes);

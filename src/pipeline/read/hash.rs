@@ -81,7 +81,7 @@ fn settings_hasher(format: &CsvFormat) -> blake3::Hasher {
 /// not wait (`O_NONBLOCK`: a FIFO without a writer would block `open()` for ever),
 /// and the check is on the opened file, so a file swapped for a FIFO after the
 /// run's first check is refused too. Reads of a regular file ignore `O_NONBLOCK`.
-pub fn open_regular(path: &Path) -> io::Result<File> {
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -98,7 +98,7 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 
 /// The content hash of `path` under `format`, read in one streaming pass over the
 /// raw (compressed) bytes.
-pub fn hash_file(path: &Path, format: &CsvFormat) -> Result<ContentHash, ReadError> {
+pub(crate) fn hash_file(path: &Path, format: &CsvFormat) -> Result<ContentHash, ReadError> {
     let io_err = |source| ReadError::Io {
         path: path.to_owned(),
         source,

@@ -10,7 +10,7 @@ use std::path::Path;
 /// When the first non-blank line does not contain the configured delimiter
 /// but splits on another common one (`;`, tab, `,`, `|`), a hint naming
 /// `CSV_DELIMITER`; rows of one field are then a delimiter mix-up.
-pub fn delimiter_hint(path: &Path, format: &CsvFormat) -> Option<String> {
+pub(crate) fn delimiter_hint(path: &Path, format: &CsvFormat) -> Option<String> {
     let text = open_text(path, format, Tap::new(format)).ok()?;
     let first = BufReader::new(text.take(64 * 1024))
         .split(b'\n')

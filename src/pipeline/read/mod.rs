@@ -46,17 +46,17 @@ mod records;
 mod test_support;
 mod text;
 
-pub use compression::{emptiness, is_compressed};
-pub use error::ReadError;
-pub use hash::{hash_file, open_regular};
-pub use hints::delimiter_hint;
-pub use records::CsvRecords;
+pub(crate) use compression::{emptiness, is_compressed};
+pub(crate) use error::ReadError;
+pub(crate) use hash::{hash_file, open_regular};
+pub(crate) use hints::delimiter_hint;
+pub(crate) use records::CsvRecords;
 
 use csv::ByteRecord;
 
 /// Where the two columns the agent needs sit in each record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Columns {
+pub(crate) struct Columns {
     pub email: usize,
     pub full_name: usize,
     /// Number of fields every data row must have.
@@ -65,7 +65,7 @@ pub struct Columns {
 
 impl Columns {
     /// Without a header: email first, full name second, as the old service read it.
-    pub const POSITIONAL: Columns = Columns {
+    pub(crate) const POSITIONAL: Columns = Columns {
         email: 0,
         full_name: 1,
         width: 2,
@@ -75,16 +75,16 @@ impl Columns {
 /// No legitimate record comes near this (two fields of at most 255 characters
 /// plus whatever extra columns); a longer one is an unbalanced quote swallowing
 /// the rest of the file, and reading stops before memory grows with it.
-pub const MAX_RECORD_BYTES: usize = 1 << 20;
+pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// How much of a rejected row's text is kept for the rejects report.
-pub const RAW_LINE_LIMIT: usize = 1000;
+pub(crate) const RAW_LINE_LIMIT: usize = 1000;
 
 /// A data row: its first line in the file, its raw fields, and its text as read
 /// (without the line break, cut to `RAW_LINE_LIMIT` bytes) starting at byte
 /// `offset` of the (decoded) text.
 #[derive(Debug)]
-pub struct RawRow {
+pub(crate) struct RawRow {
     pub line: u64,
     pub record: ByteRecord,
     pub offset: u64,

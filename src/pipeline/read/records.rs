@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub struct CsvRecords {
+pub(crate) struct CsvRecords {
     path: PathBuf,
     format: CsvFormat,
     reader: csv::Reader<LineTracker<Box<dyn BufRead + Send>>>,
@@ -28,7 +28,7 @@ pub struct CsvRecords {
 }
 
 impl CsvRecords {
-    pub fn open(path: &Path, format: &CsvFormat) -> Result<Self, ReadError> {
+    pub(crate) fn open(path: &Path, format: &CsvFormat) -> Result<Self, ReadError> {
         let tap = Tap::new(format);
         let mut text = open_text(path, format, tap.clone())?;
         // The first buffer (nothing consumed).
@@ -51,21 +51,17 @@ impl CsvRecords {
     }
 
     /// Raw bytes of the file read so far (compressed bytes for an archive).
-    pub fn bytes_read(&self) -> u64 {
+    pub(crate) fn bytes_read(&self) -> u64 {
         self.tap.bytes.load(Ordering::Relaxed)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The column layout, known once the first non-blank record was read.
-    pub fn columns(&self) -> Option<Columns> {
+    pub(crate) fn columns(&self) -> Option<Columns> {
         self.columns
     }
 
     /// The next data row, skipping blank lines and the header.
-    pub fn next_row(&mut self) -> Result<Option<RawRow>, ReadError> {
+    pub(crate) fn next_row(&mut self) -> Result<Option<RawRow>, ReadError> {
         loop {
             let more = self
                 .reader
@@ -172,7 +168,7 @@ impl CsvRecords {
 
     /// Consumes the reader; the hash covers every byte read, so call it after the
     /// last row.
-    pub fn finish(self) -> ContentHash {
+    pub(crate) fn finish(self) -> ContentHash {
         ContentHash::from_hasher(&self.tap.hasher.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
