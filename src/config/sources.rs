@@ -244,17 +244,25 @@ pub(super) fn gather(overrides: &Overrides) -> Result<(Raw, LibpqDefaults), Conf
     let unknown = |key: &str| {
         file_error(format!("unknown or non-scalar key {key:?} (the keys are the variables of docs/configuration.md#variables, in lower case)"))
     };
-    // Keys are matched without regard to case; the TOML layer's struct
+    // Keys are matched without regard to case (`csv_file`, or `CSV_FILE` as
+    // copied from `.env`), but one variable is set once: two spellings of it are
+    // refused rather than one winning silently. The TOML layer's struct
     // (`TomlLayer`, declared with the variables) refuses any other key.
     let dict: BTreeMap<String, Value> = figment.extract().map_err(|e| file_error(e.to_string()))?;
     let mut by_name = BTreeMap::new();
-    let mut written = BTreeMap::new();
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in dict {
         if value_to_string(&value).is_none() {
             return Err(unknown(&key));
         }
-        by_name.insert(key.to_ascii_uppercase(), value);
-        written.insert(key.to_ascii_uppercase(), key);
+        let name = key.to_ascii_uppercase();
+        if let Some(first) = written.get(&name) {
+            return Err(file_error(format!(
+                "keys {first:?} and {key:?} both set {name} (keys are matched without regard to case); keep one"
+            )));
+        }
+        by_name.insert(name.clone(), value);
+        written.insert(name, key);
     }
     let layer: TomlLayer = Figment::from(Serialized::defaults(by_name))
         .extract()

@@ -75,6 +75,25 @@ async fn no_error_shows_a_password() {
             "{text}: {run:?}"
         );
     }
+    // Two spellings of one variable in the TOML file: refused, naming both keys
+    // and never a value (keys match without regard to case).
+    let text = "database_url = \"postgres://app:s3cr3t@db/app\"\nDATABASE_URL = \"postgres://app:0ther@db/app\"\n";
+    let run = run_with_file(
+        &env,
+        "agent.toml",
+        text,
+        &["--config", "agent.toml", "sync"],
+        &["DATABASE_URL"],
+    );
+    assert_no_secret(&run, text);
+    assert!(!run.stderr.contains("0ther"), "{run:?}");
+    assert!(
+        run.code == 2
+            && run
+                .stderr
+                .contains("\"DATABASE_URL\" and \"database_url\" both set DATABASE_URL"),
+        "{run:?}"
+    );
     // An unreachable database, in URL and keyword form, for every command that connects.
     for url in [
         "postgres://app:s3cr3t@127.0.0.1:1/app",
