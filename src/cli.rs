@@ -395,12 +395,7 @@ fn print_summary(summary: &Summary, json: bool, recorded: bool) -> ExitCode {
         "none".to_owned()
     };
     if json {
-        let mut text = serde_json::to_string(summary).expect("a summary always serialises");
-        if !recorded {
-            let quoted = format!("\"{}\"", summary.load_id);
-            text = text.replacen(&quoted, "null", 1);
-        }
-        out.line(format_args!("{text}"));
+        out.line(format_args!("{}", summary_json(summary, recorded)));
     } else {
         let c = &summary.counts;
         let verdict = summary
@@ -415,6 +410,20 @@ fn print_summary(summary: &Summary, json: bool, recorded: bool) -> ExitCode {
         ));
     }
     out.finish(ExitCode::SUCCESS)
+}
+
+/// The `sync --json` summary line (without its newline): the [`Summary`] as one
+/// JSON object, its `load_id` null when `recorded` is false (a run that never
+/// reached the database is recorded nowhere). Shared by `sync` and the
+/// integration tests' in-process syncs (tests/it/helpers.rs).
+pub fn summary_json(summary: &Summary, recorded: bool) -> String {
+    let text = serde_json::to_string(summary).expect("a summary always serialises");
+    if recorded {
+        text
+    } else {
+        let quoted = format!("\"{}\"", summary.load_id);
+        text.replacen(&quoted, "null", 1)
+    }
 }
 
 async fn revert(

@@ -18,6 +18,17 @@ fn with_database(url: &str, name: &str) -> String {
     url.to_string()
 }
 
+/// The variables every test's sync gets besides `DATABASE_URL` and `TABLES_DIR`
+/// (the binary's through `command()`, an in-process sync's as its TOML layer).
+/// `WATCH_DEBOUNCE`: files written by a test are fresh, and every run waits this
+/// long for them to settle (docs/operations.md#files-still-being-written).
+const BASE_ENV: &[(&str, &str)] = &[
+    ("CSV_FILE", "followers.csv"),
+    ("LOG_LEVEL", "warn"),
+    ("HTTP_ADDR", "off"),
+    ("WATCH_DEBOUNCE", "100ms"),
+];
+
 pub(crate) struct TestEnv {
     /// Whether `sync_with` (and so `sync`, `synced`, `refused`) runs the sync in
     /// this process, through the library (`TestEnv::in_process`), not the binary.
@@ -199,6 +210,18 @@ impl TestEnv {
         path
     }
 
+    /// The environment of this env's syncs: this test's database and tables
+    /// directory, then `BASE_ENV`.
+    fn base_env(&self) -> Vec<(&'static str, String)> {
+        [
+            ("DATABASE_URL", self.url.clone()),
+            ("TABLES_DIR", self.tables().display().to_string()),
+        ]
+        .into_iter()
+        .chain(BASE_ENV.iter().map(|&(k, v)| (k, v.to_owned())))
+        .collect()
+    }
+
     /// The binary with a clean environment pointing at this test's database.
     pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_followers-etl"));
@@ -209,15 +232,7 @@ impl TestEnv {
         {
             cmd.env_remove(var);
         }
-        cmd.current_dir(self.dir.path())
-            .env("DATABASE_URL", &self.url)
-            .env("TABLES_DIR", self.tables())
-            .env("CSV_FILE", "followers.csv")
-            .env("LOG_LEVEL", "warn")
-            .env("HTTP_ADDR", "off")
-            // Files written by a test are fresh: every run waits this long for
-            // them to settle (docs/operations.md#files-still-being-written).
-            .env("WATCH_DEBOUNCE", "100ms");
+        cmd.current_dir(self.dir.path()).envs(self.base_env());
         cmd
     }
 
@@ -233,7 +248,7 @@ impl TestEnv {
     /// `sync --json` with extra args and environment (in this process for an
     /// env made by `in_process`, where the process allows it).
     pub(crate) fn sync_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        if self.in_process && in_process_possible() {
+        if self.in_process && in_process_possible(args, env) {
             return self.sync_in_process(args, env);
         }
         let mut all = vec!["sync", "--json"];
@@ -263,17 +278,11 @@ impl TestEnv {
                 }
             }
         };
-        let mut vars: std::collections::BTreeMap<String, String> = [
-            ("DATABASE_URL", self.url.clone()),
-            ("TABLES_DIR", self.tables().display().to_string()),
-            ("CSV_FILE", "followers.csv".into()),
-            ("LOG_LEVEL", "warn".into()),
-            ("HTTP_ADDR", "off".into()),
-            ("WATCH_DEBOUNCE", "100ms".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let mut vars: std::collections::BTreeMap<String, String> = self
+            .base_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         for (k, v) in env {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
@@ -312,14 +321,9 @@ impl TestEnv {
             let runtime = tokio::runtime::Runtime::new().expect("a runtime");
             let mut stdout = String::new();
             let mut print = |summary: &followers_etl::pipeline::Summary, recorded: bool| {
-                // As `cli::print_summary` writes it for --json.
+                // As `sync --json` prints it.
                 assert!(json, "in-process syncs print --json summaries only");
-                let mut text = serde_json::to_string(summary).unwrap();
-                if !recorded {
-                    let quoted = format!("\"{}\"", summary.load_id);
-                    text = text.replacen(&quoted, "null", 1);
-                }
-                stdout.push_str(&text);
+                stdout.push_str(&followers_etl::cli::summary_json(summary, recorded));
                 stdout.push('\n');
                 std::process::ExitCode::SUCCESS
             };
@@ -551,17 +555,30 @@ async fn migrated_template() -> String {
     name
 }
 
-/// Whether a sync in this process sees the settings the binary would: nothing
-/// the binary's environment removes (`command()`) is set here, and there is no
-/// `.env` in the working directory (both rank above the TOML layer). Otherwise
+/// The variables whose values the library keeps in a process-wide once-cell
+/// (`src/db.rs`'s `CONNECT_TIMEOUT`, `src/telemetry.rs`'s `FORMAT`): the first
+/// sync in this process would fix (or, for `FORMAT`, never set) them for the
+/// whole test binary, so a sync given one of them starts the binary.
+/// `process_wide_settings_are_known` keeps this list complete.
+pub(crate) const PROCESS_WIDE: &[&str] = &["DB_CONNECT_TIMEOUT", "LOG_FORMAT"];
+
+/// Whether a sync in this process with `args` and `env` sees the settings the
+/// binary would: nothing the binary's environment removes (`command()`) is set
+/// here, there is no `.env` in the working directory (both rank above the TOML
+/// layer), and neither `env` nor a flag (`--log-format`, or a `--config` file in
+/// place of the TOML layer) sets a `PROCESS_WIDE` variable. Otherwise
 /// `TestEnv::in_process` envs start the binary as `new` ones do.
-fn in_process_possible() -> bool {
+fn in_process_possible(args: &[&str], env: &[(&str, &str)]) -> bool {
     let set = VARIABLES
         .iter()
         .chain(LIBPQ_VARIABLES)
         .chain(&["CONFIG_FILE"])
         .any(|var| std::env::var_os(var).is_some());
-    !set && !std::path::Path::new(".env").exists()
+    let process_wide = env.iter().any(|(k, _)| PROCESS_WIDE.contains(k))
+        || args
+            .iter()
+            .any(|a| a.starts_with("--log-format") || a.starts_with("--config"));
+    !set && !process_wide && !std::path::Path::new(".env").exists()
 }
 
 /// Runs `statements` at `url`, ignoring errors. Drop cannot await, and the
