@@ -2,8 +2,7 @@
 //! help texts and the recording. `http.rs` only exports them.
 
 use crate::convert::approx_signed;
-use crate::domain::{Counts, Outcome};
-use crate::pipeline::timings::Stage;
+use crate::domain::{Counts, Outcome, Stage};
 use metrics::Unit;
 use std::time::Duration;
 

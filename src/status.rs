@@ -6,8 +6,8 @@
 
 use crate::config::Settings;
 use crate::domain::Counts;
+use crate::domain::Stage;
 use crate::pipeline::drift::{self, Drift};
-use crate::pipeline::timings::Stage;
 use crate::runs::{self, RunRecord};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use entity::table_status;

@@ -1,5 +1,5 @@
 //! `etl_info_schema.table_status` (the old service's table, plus the hash and load of
-//! the last successful sync) and `etl_info_schema.sync_runs` (the run history).
+//! the last successful sync) and `etl_info_schema.sync_runs` (the run records).
 
 use sea_orm_migration::prelude::*;
 

@@ -1,7 +1,7 @@
 //! `sync_runs.stages`: every run's per-stage durations in seconds, as a JSON object
 //! (`{"hash": 0.01, "read_and_stage": 2.5, ...}`; docs/sync.md#runs-and-their-retention), and a
 //! partial index of the runs that synced, were refused or failed, so `status` finds
-//! the newest of them without walking a history of skipped runs.
+//! the newest of them without walking past every skipped run.
 
 use sea_orm_migration::prelude::*;
 

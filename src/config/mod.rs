@@ -84,7 +84,9 @@ macro_rules! variables {
         impl Settings {
             /// Every variable (`VARIABLES`, in its order) with its effective value,
             /// `NAME=value` separated by spaces, for logs. Secrets are redacted
-            /// (`DatabaseUrl`'s `Display`); a value with spaces is quoted.
+            /// (`DatabaseUrl`'s `Display`); `CRON_SCHEDULE` and `CSV_DELIMITER` are
+            /// quoted (a schedule has spaces, a delimiter may be one), every other
+            /// value is shown as it is, also one with spaces (a path).
             pub fn describe(&self) -> String {
                 [$((var::$name, { let $s = self; String::from($shown) })),*]
                     .map(|(name, value)| format!("{name}={value}"))

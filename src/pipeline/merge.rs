@@ -37,8 +37,8 @@
 //! it was.
 
 use super::journal;
-use super::timings::Stage;
 use crate::convert::approx;
+use crate::domain::Stage;
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome};
 use crate::runs;

@@ -25,7 +25,7 @@ use crate::config::{CsvFormat, Settings};
 use crate::convert;
 use crate::db::{AdvisoryLock, DbError};
 use crate::domain::{ContentHash, LoadId};
-use crate::domain::{Counts, Outcome, Trigger};
+use crate::domain::{Counts, Outcome, Stage, Trigger};
 use crate::errors::error_chain;
 use crate::runs;
 use merge::{Guard, Load, MergeError};
@@ -33,12 +33,12 @@ use progress::Progress;
 use read::{CsvRecords, ReadError};
 use sea_orm::{DatabaseConnection, DbErr};
 use serde::Serialize;
-use staging::{Batch, StageError};
+use staging::{Batch, StagingError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use timings::{Stage, StageTimes};
+use timings::StageTimes;
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 use validate::{validate, Reject, RejectReason};
@@ -199,7 +199,7 @@ pub enum SyncError {
         waited: Duration,
     },
     #[error(transparent)]
-    Stage(#[from] StageError),
+    Staging(#[from] StagingError),
     #[error(transparent)]
     Merge(#[from] MergeError),
     /// The sync of an unchanged file into a table edited outside the agent
@@ -261,7 +261,7 @@ impl SyncError {
             Self::Merge(MergeError::Lost(_) | MergeError::Busy { .. }) => true,
             Self::Merge(MergeError::Step { source, .. }) => transient_db(source),
             Self::Bookkeeping(e) => transient_db(e),
-            Self::Stage(e) => transient_cause(e),
+            Self::Staging(e) => transient_cause(e),
             _ => false,
         }
     }
@@ -272,15 +272,14 @@ impl SyncError {
     }
 
     /// The stage that failed, for logs, where the error itself says; `None` for a
-    /// failure any stage may meet (the database, the run record, staging, a lost
-    /// lock, a shutdown): the run's timings then tell where it was.
+    /// failure more than one stage may meet (the database, the run record, staging,
+    /// a lost lock, a shutdown, and a read error or failed task, which the hash step
+    /// meets as well as the read): the run's timings then tell where it was.
     pub fn stage(&self) -> Option<Stage> {
         match self {
-            Self::Read(_)
-            | Self::TooManyRejects { .. }
+            Self::TooManyRejects { .. }
             | Self::BrokenQuote { .. }
             | Self::FileChanged { .. }
-            | Self::Join(_)
             | Self::ReaderStuck => Some(Stage::ReadAndStage),
             Self::NotReady { .. } => Some(Stage::Ready),
             Self::StillWriting { .. } => Some(Stage::Settle),
@@ -288,7 +287,12 @@ impl SyncError {
             Self::Outside(_) | Self::OtherFile { .. } => Some(Stage::Hash),
             Self::Merge(e) => merge_stage(e),
             Self::Drift { source, .. } => merge_stage(source),
-            Self::Stage(_) | Self::Db(_) | Self::Bookkeeping(_) | Self::Cancelled => None,
+            Self::Read(_)
+            | Self::Join(_)
+            | Self::Staging(_)
+            | Self::Db(_)
+            | Self::Bookkeeping(_)
+            | Self::Cancelled => None,
         }
     }
 
@@ -1325,4 +1329,116 @@ fn produce(
     report.hash = records.finish();
     report.candidates = filter.finish();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `JoinError` of a task cancelled before it ran.
+    async fn join_error() -> tokio::task::JoinError {
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        task.await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn the_failed_stage_is_the_errors_or_none_when_more_than_one_stage_meets_it() {
+        let path = PathBuf::from("followers.csv");
+        let merge = |step| MergeError::Mismatch {
+            step,
+            expected: 1,
+            actual: 2,
+        };
+        let mass_delete = || MergeError::MassDelete {
+            counts: Counts::default(),
+            current: 10,
+            ratio: 0.2,
+        };
+        let outside = crate::config::confine(
+            "CSV_FILE",
+            Path::new("/nonexistent/tables_dir"),
+            Path::new("/nonexistent/tables_dir/followers.csv"),
+        )
+        .unwrap_err();
+        let cases: Vec<(SyncError, Option<Stage>)> = vec![
+            (
+                SyncError::NotReady {
+                    path: path.clone(),
+                    reason: ready::NotReady::Missing(path.clone()),
+                    waited: Duration::ZERO,
+                },
+                Some(Stage::Ready),
+            ),
+            (
+                SyncError::StillWriting {
+                    path: path.clone(),
+                    why: "it grew".to_owned(),
+                    waited: Duration::ZERO,
+                },
+                Some(Stage::Settle),
+            ),
+            (
+                SyncError::LockBusy {
+                    waited: Duration::ZERO,
+                },
+                Some(Stage::Lock),
+            ),
+            (SyncError::Outside(outside), Some(Stage::Hash)),
+            (
+                SyncError::OtherFile {
+                    last: "a.csv".to_owned(),
+                    this: "b.csv".to_owned(),
+                },
+                Some(Stage::Hash),
+            ),
+            (
+                SyncError::FileChanged { path: path.clone() },
+                Some(Stage::ReadAndStage),
+            ),
+            (SyncError::ReaderStuck, Some(Stage::ReadAndStage)),
+            (
+                SyncError::Merge(merge(merge::Step::Update)),
+                Some(Stage::MergeUpdate),
+            ),
+            (SyncError::Merge(mass_delete()), Some(Stage::MergeGuard)),
+            (
+                SyncError::Drift {
+                    drift: "edited outside the agent".to_owned(),
+                    source: Box::new(mass_delete()),
+                },
+                Some(Stage::MergeGuard),
+            ),
+            (
+                SyncError::Merge(MergeError::CommitUnknown {
+                    source: DbErr::Custom("connection lost".to_owned()),
+                    check: "no answer".to_owned(),
+                }),
+                Some(Stage::MergeCommit),
+            ),
+            (SyncError::Merge(MergeError::Lost("gone".to_owned())), None),
+            // The hash step reads the file too: the timings tell which stage it was.
+            (
+                SyncError::Read(ReadError::RecordTooLong {
+                    path: path.clone(),
+                    line: 2,
+                }),
+                None,
+            ),
+            (SyncError::Join(join_error().await), None),
+            (SyncError::Staging(StagingError::Cancelled), None),
+            (
+                SyncError::Db(DbError::Stalled(Duration::from_secs(30))),
+                None,
+            ),
+            (
+                SyncError::Bookkeeping(DbErr::Custom("no answer".to_owned())),
+                None,
+            ),
+            (SyncError::Cancelled, None),
+        ];
+        for (error, stage) in cases {
+            assert_eq!(error.stage(), stage, "{error:?}");
+        }
+    }
 }

@@ -2,8 +2,8 @@
 //! staged and rows/s, and, for `sync` on a terminal, a progress bar over the
 //! bytes read.
 
-use super::timings::Stage;
 use crate::domain::LoadId;
+use crate::domain::Stage;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! Stage: batches of followers → `COPY` into `staging_followers` under the run's
+//! Staging: batches of followers → `COPY` into `staging_followers` under the run's
 //! `load_id`, by a pool of worker tasks fed through a bounded channel (so memory
 //! stays at a few batches whatever the file size). Afterwards duplicates are
 //! reported and resolved in SQL: the last occurrence in the file wins.
@@ -20,7 +20,7 @@ use tracing::Instrument;
 pub type Batch = Vec<Follower>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StageError {
+pub enum StagingError {
     #[error("COPY into staging_followers failed")]
     Copy(#[source] sqlx::Error),
     #[error("cancelled")]
@@ -75,7 +75,7 @@ pub async fn copy_batches(
     batches: async_channel::Receiver<Batch>,
     staged: Arc<AtomicU64>,
     cancel: CancellationToken,
-) -> Result<u64, StageError> {
+) -> Result<u64, StagingError> {
     let mut tasks = JoinSet::new();
     for _ in 0..workers {
         let (pool, batches, staged, cancel) = (
@@ -92,7 +92,7 @@ pub async fn copy_batches(
                 let mut copied = 0u64;
                 loop {
                     let batch = tokio::select! {
-                        _ = cancel.cancelled() => return Err(StageError::Cancelled),
+                        _ = cancel.cancelled() => return Err(StagingError::Cancelled),
                         batch = batches.recv() => match batch {
                             Ok(batch) => batch,
                             Err(_) => return Ok(copied),
@@ -100,15 +100,15 @@ pub async fn copy_batches(
                     };
                     let conn = match &mut conn {
                         Some(conn) => conn,
-                        None => conn.insert(pool.acquire().await.map_err(StageError::Copy)?),
+                        None => conn.insert(pool.acquire().await.map_err(StagingError::Copy)?),
                     };
                     encode(&batch, &load_id, &mut buf)?;
-                    let mut copy = conn.copy_in_raw(COPY).await.map_err(StageError::Copy)?;
+                    let mut copy = conn.copy_in_raw(COPY).await.map_err(StagingError::Copy)?;
                     if let Err(e) = copy.send(buf.as_slice()).await {
                         let _ = copy.abort("followers-etl: send failed").await;
-                        return Err(StageError::Copy(e));
+                        return Err(StagingError::Copy(e));
                     }
-                    let n = copy.finish().await.map_err(StageError::Copy)?;
+                    let n = copy.finish().await.map_err(StagingError::Copy)?;
                     copied += n;
                     staged.fetch_add(n, Ordering::Relaxed);
                 }
@@ -120,12 +120,12 @@ pub async fn copy_batches(
     let mut total = 0;
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
-        match joined.map_err(StageError::Worker).and_then(|r| r) {
+        match joined.map_err(StagingError::Worker).and_then(|r| r) {
             Ok(n) => total += n,
             Err(e) => {
                 cancel.cancel();
                 // A real failure explains the cancellations it causes in the others.
-                if first_error.is_none() || matches!(first_error, Some(StageError::Cancelled)) {
+                if first_error.is_none() || matches!(first_error, Some(StagingError::Cancelled)) {
                     first_error = Some(e);
                 }
             }
@@ -182,7 +182,7 @@ pub async fn resolve_duplicates(
     load_id: LoadId,
     limit: u64,
     candidates: &Candidates,
-) -> Result<Duplicates, StageError> {
+) -> Result<Duplicates, StagingError> {
     if candidates == &Candidates::Only(vec![]) {
         return Ok(Duplicates {
             extra_rows: 0,
@@ -197,9 +197,9 @@ pub async fn resolve_duplicates(
             vec![id.into()],
         ))
         .await
-        .map_err(StageError::Dedupe)?;
+        .map_err(StagingError::Dedupe)?;
     let extra: i64 = match row {
-        Some(row) => row.try_get("", "extra").map_err(StageError::Dedupe)?,
+        Some(row) => row.try_get("", "extra").map_err(StagingError::Dedupe)?,
         None => 0,
     };
     let mut examples = Vec::new();
@@ -213,25 +213,25 @@ pub async fn resolve_duplicates(
                 vec![
                     id.into(),
                     convert::bigint("duplicate report limit", limit)
-                        .map_err(|e| StageError::Dedupe(e.into()))?
+                        .map_err(|e| StagingError::Dedupe(e.into()))?
                         .into(),
                 ],
             ))
             .await
-            .map_err(StageError::Dedupe)?
+            .map_err(StagingError::Dedupe)?
         {
             examples.push((
-                row.try_get("", "email").map_err(StageError::Dedupe)?,
-                row.try_get("", "lines").map_err(StageError::Dedupe)?,
+                row.try_get("", "email").map_err(StagingError::Dedupe)?,
+                row.try_get("", "lines").map_err(StagingError::Dedupe)?,
             ));
         }
         db.execute(only(DROP_EARLIER_COPIES, candidates, vec![id.into()]))
             .await
-            .map_err(StageError::Dedupe)?;
+            .map_err(StagingError::Dedupe)?;
     }
     Ok(Duplicates {
         extra_rows: convert::count("duplicate rows", extra)
-            .map_err(|e| StageError::Dedupe(e.into()))?,
+            .map_err(|e| StagingError::Dedupe(e.into()))?,
         examples,
     })
 }
@@ -244,7 +244,7 @@ pub async fn drop_superseded(
     db: &DatabaseConnection,
     load_id: LoadId,
     protected: &[(String, u64)],
-) -> Result<u64, StageError> {
+) -> Result<u64, StagingError> {
     if protected.is_empty() {
         return Ok(0);
     }
@@ -253,7 +253,7 @@ pub async fn drop_superseded(
         .iter()
         .map(|(_, l)| convert::bigint("line_no", *l))
         .collect::<Result<Vec<i64>, _>>()
-        .map_err(|e| StageError::Dedupe(e.into()))?;
+        .map_err(|e| StagingError::Dedupe(e.into()))?;
     let result = db
         .execute(stmt(
             "DELETE FROM public.staging_followers s
@@ -262,7 +262,7 @@ pub async fn drop_superseded(
             vec![load_id.uuid().into(), emails.into(), lines.into()],
         ))
         .await
-        .map_err(StageError::Dedupe)?;
+        .map_err(StagingError::Dedupe)?;
     Ok(result.rows_affected())
 }
 

@@ -5,7 +5,7 @@
 use crate::helpers::*;
 use crate::serve::{free_port, http_get, wait_for_followers};
 use followers_etl::db::RUN_LOCK;
-use followers_etl::pipeline::timings::Stage;
+use followers_etl::domain::Stage;
 use sqlx::{Connection, PgConnection};
 use strum::IntoEnumIterator;
 

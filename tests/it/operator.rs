@@ -97,7 +97,7 @@ async fn a_reader_that_goes_away_early_ends_the_output_quietly() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(!run.stderr.contains("panicked"), "{run:?}");
     assert_eq!(env.followers().await, pairs(ABC));
-    // Far more than a pipe's buffer of history.
+    // Far more than a pipe's buffer of runs.
     env.exec(
         "INSERT INTO etl_info_schema.sync_runs (load_id, trigger, file, started_at, finished_at, outcome)
          SELECT gen_random_uuid(), 'cron', 'followers.csv', now(), now(), 'skipped' FROM generate_series(1, 1000)",
@@ -422,7 +422,7 @@ async fn a_runtime_role_with_the_documented_grants_syncs_and_waits_for_pending_m
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert_eq!(agent.terminate().await, 0, "{}", agent.log_text());
     assert_eq!(env.followers().await, pairs(ABC));
-    // sync and status as the role: a change, a crash recovered, the history.
+    // sync and status as the role: a change, a crash recovered, the runs.
     let next = [
         ("ann@example.com", "Ann"),
         ("bob@example.com", "Robert"),
