@@ -49,7 +49,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: migrations, recovery, then cron, file watch and HTTP until SIGINT/SIGTERM; SIGHUP is logged and ignored (the default).
     Serve,
-    /// Sync once now, then exit (0 synced/skipped/dry run, 1 refused/failed, 2 bad configuration).
+    /// Sync once now, then exit (0 synced/skipped/dry run; 1 refused/failed, or skipped because the same content was refused earlier; 2 bad configuration or usage).
     ///
     /// A file still being written is waited for (at most 10 × WATCH_DEBOUNCE), then refused.
     Sync(SyncArgs),

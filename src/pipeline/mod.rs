@@ -443,6 +443,11 @@ pub async fn run_sync(
             e.is_transient(),
         ),
     };
+    // What a refused or failed run would have changed stays in its counts, but
+    // it rolled back: the journal holds nothing for it (docs/operations.md#the-sync-summary).
+    if matches!(outcome, Outcome::Refused | Outcome::Failed) {
+        counts.journaled = 0;
+    }
     let refused_earlier = outcome == Outcome::Skipped
         && reason
             .as_deref()

@@ -58,6 +58,8 @@ async fn a_refused_file_is_skipped_without_reading_until_it_is_approved() {
     env.write_csv(csv_owned(&ten()[..4]));
     let refused = env.refused(&[]);
     assert_eq!(refused.n("deleted"), 6, "{refused:?}");
+    // It rolled back: the journal holds nothing for it, as its record says.
+    assert_eq!(refused.n("journaled"), 0, "{refused:?}");
     let (staged, journaled) = settled_inserts(&env).await;
     assert!(
         staged >= 14 && journaled >= 6,
