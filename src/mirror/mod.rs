@@ -7,6 +7,7 @@
 
 mod names;
 mod parse;
+pub mod store;
 mod types;
 pub mod value;
 
