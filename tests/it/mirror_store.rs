@@ -141,30 +141,33 @@ fn expected(rows: &[Fields]) -> Vec<Vec<Option<String>>> {
     out
 }
 
-/// The configured columns of every row, as text, by key (and `modified_at`
-/// where `modified` is set).
+/// The configured columns of every row, as text, by key (and the
+/// `modified_column` where `modified` is set).
 async fn table_rows(env: &TestEnv, spec: &MirrorSpec, modified: bool) -> Vec<Vec<Option<String>>> {
     let mut list: Vec<String> = spec
         .columns
         .iter()
         .map(|c| match c.ty {
             followers_etl::mirror::ColumnType::Timestamptz => {
-                format!("({} AT TIME ZONE 'UTC')::text", c.name.sql())
+                format!("(t.{} AT TIME ZONE 'UTC')::text", c.name.sql())
             }
-            _ => format!("{}::text", c.name.sql()),
+            _ => format!("t.{}::text", c.name.sql()),
         })
         .collect();
-    if modified {
-        list.push("modified_at::text".into());
+    if let Some(m) = spec.modified_column.as_ref().filter(|_| modified) {
+        list.push(format!("t.{}::text", m.sql()));
     }
+    let order: Vec<String> = spec.key.iter().map(|k| format!("t.{}", k.sql())).collect();
     let sql = format!(
-        "SELECT {} FROM {TABLE} t ORDER BY t.account_id, t.email",
-        list.join(", ")
+        "SELECT {} FROM {} t ORDER BY {}",
+        list.join(", "),
+        spec.table.sql(),
+        order.join(", ")
     );
     sqlx::query(&sql)
         .fetch_all(&env.pool)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .iter()
         .map(|row| {
             (0..list.len())
@@ -527,4 +530,75 @@ async fn an_incompatible_existing_table_is_refused_by_name() {
     )
     .await;
     assert_eq!(prepare(&env, &spec).await, Ok(TableState::Compatible));
+}
+
+/// Names that would break generated SQL if any were not quoted, or collided with
+/// the columns the agent adds: a table name holding SQL, columns named like the
+/// staging's, the diff's and the journal's own (`load_id`, `op`, `before`), `r`
+/// (the alias of a `jsonb` row) and `x$1` (a parameter's spelling).
+#[tokio::test]
+async fn any_name_works() {
+    let env = TestEnv::migrated().await;
+    let spec = spec(
+        r#"
+[[mirror]]
+name = "odd_names"
+file = "odd.csv"
+table = 'public."x""; DROP TABLE y; --"'
+key = ["load_id", "op"]
+modified_column = "before"
+columns = [
+  { name = "load_id", type = "integer" },
+  { name = "op",      type = "text" },
+  { name = "r",       type = "text", nullable = true },
+  { name = "x$1",     type = "boolean" },
+  { name = "line_no", type = "bigint" },
+]
+"#,
+    );
+    assert_eq!(prepare(&env, &spec).await, Ok(TableState::Absent));
+    let row = |id: &str, r: &str, flag: &str| -> Fields {
+        vec![id.into(), "op".into(), r.into(), flag.into(), "7".into()]
+    };
+    let a = uuid::Uuid::now_v7();
+    let file_a = vec![
+        row("1", "one", "yes"),
+        row("2", "", "no"),
+        row("3", "three", "no"),
+    ];
+    stage(&env, &spec, a, &file_a).await;
+    assert_eq!(merge(&env, &spec, a).await, [3, 0, 0, 0]);
+    let snapshot_a = table_rows(&env, &spec, true).await;
+    let b = uuid::Uuid::now_v7();
+    let file_b = vec![
+        row("1", "one", "no"),
+        row("2", "two", "no"),
+        row("4", "", "yes"),
+    ];
+    stage(&env, &spec, b, &file_b).await;
+    assert_eq!(merge(&env, &spec, b).await, [1, 2, 1, 3]);
+    let cells = |r: &[&str]| -> Vec<Option<String>> {
+        r.iter()
+            .map(|v| (!v.is_empty()).then(|| (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        table_rows(&env, &spec, false).await,
+        vec![
+            cells(&["1", "op", "one", "false", "7"]),
+            cells(&["2", "op", "two", "false", "7"]),
+            cells(&["4", "op", "", "true", "7"]),
+        ]
+    );
+    let sql = MirrorSql::new(&spec);
+    let key = history_key(&spec, &["2", "op"]).unwrap();
+    let ops: Vec<String> = sqlx::query_scalar(&format!("SELECT h.op FROM ({}) h", sql.history()))
+        .bind(spec.name.as_str())
+        .bind(key.to_string())
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(ops, ["i", "u"]);
+    assert_eq!(revert(&env, &spec, b).await, 4);
+    assert_eq!(table_rows(&env, &spec, true).await, snapshot_a);
 }

@@ -111,14 +111,15 @@ const MODIFIED: &str = "cm";
 
 /// A `jsonb` object of `fields` (an expression and the configured name it is
 /// stored under): the object's keys come from the column aliases, so no name is
-/// ever written as a string literal.
+/// ever written as a string literal. `r.*`, not `r`: a column named `r` would
+/// be read instead of the row.
 fn json_object<'n>(fields: impl IntoIterator<Item = (String, &'n str)>) -> String {
     let list = fields
         .into_iter()
         .map(|(expr, name)| format!("{expr} AS {}", quote_identifier(name)))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("(SELECT to_jsonb(r) FROM (SELECT {list}) r)")
+    format!("(SELECT to_jsonb(r.*) FROM (SELECT {list}) r)")
 }
 
 #[cfg(test)]

@@ -247,10 +247,11 @@ impl MirrorSql<'_> {
         self.spec.key[0].sql()
     }
 
-    /// The load `$1` in staging, full-joined with the table on the key.
-    fn diff_from(&self) -> String {
+    /// The load `load` (an expression) in staging, full-joined with the table
+    /// on the key.
+    fn diff_from(&self, load: &str) -> String {
         format!(
-            "(SELECT * FROM {staging} WHERE load_id = $1) s
+            "(SELECT * FROM {staging} WHERE load_id = {load}) s
    FULL JOIN {table} t ON {on}",
             staging = self.staging_table(),
             table = self.table(),
@@ -271,7 +272,7 @@ impl MirrorSql<'_> {
    FROM {from}
  WITH NO DATA",
             select = self.diff_select(),
-            from = self.diff_from().replace("$1", "NULL"),
+            from = self.diff_from("NULL"),
         )
     }
 
@@ -293,7 +294,7 @@ impl MirrorSql<'_> {
    FROM {from}
   WHERE {differs}",
             select = self.diff_select(),
-            from = self.diff_from(),
+            from = self.diff_from("$1"),
             differs = differs.join("\n     OR "),
         )
     }
