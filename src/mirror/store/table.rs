@@ -282,7 +282,7 @@ impl MirrorSql<'_> {
     /// rows are not in it, so nothing writes them.
     pub fn diff(&self) -> String {
         let k0 = self.first_key();
-        let mut differs = vec![format!("s.line_no IS NULL"), format!("t.{k0} IS NULL")];
+        let mut differs = vec!["s.line_no IS NULL".to_owned(), format!("t.{k0} IS NULL")];
         differs.extend(
             self.values()
                 .into_iter()
