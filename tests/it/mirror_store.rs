@@ -6,7 +6,7 @@
 //! refused with the named error.
 
 use crate::helpers::TestEnv;
-use followers_etl::mirror::store::{copy_line, history_key, CatalogColumn, MirrorSql, TableState};
+use followers_etl::mirror::store::{copy_line, key_json, CatalogColumn, MirrorSql, TableState};
 use followers_etl::mirror::value::parse_field;
 use followers_etl::mirror::{from_toml_str, MirrorSpec};
 use sqlx::Row;
@@ -62,12 +62,13 @@ fn base(id: u32) -> Fields {
 }
 
 fn file_a() -> Vec<Fields> {
-    (1..=13).map(base).collect()
+    (1..=13).chain([15]).map(base).collect()
 }
 
 /// 1 to 9: one column of each non-key type changed; 10: NULL → value;
 /// 11: value → NULL; 12: unchanged (spelled differently: the same values);
-/// 13: deleted; 14: new. Subscriber 1 appears twice: the last line wins.
+/// 13: deleted; 14: new; 15: absent but protected (as if its line were
+/// rejected), so kept. Subscriber 1 appears twice: the last line wins.
 fn file_b() -> Vec<Fields> {
     let mut rows = vec![base(1)];
     for id in 1..=12 {
@@ -282,10 +283,16 @@ async fn stage(
     (extra, examples)
 }
 
-/// The merge of `load` in one transaction: diff, counts, the three journaled
-/// writes (each writing exactly what the diff found); returns the counts
-/// (inserted, updated, deleted, rows before).
-async fn merge(env: &TestEnv, spec: &MirrorSpec, load: uuid::Uuid) -> [i64; 4] {
+/// The merge of `load` in one transaction: diff (never deleting the
+/// `protected` keys), counts, the three journaled writes (each writing exactly
+/// what the diff found); returns the counts (inserted, updated, deleted, rows
+/// before).
+async fn merge(
+    env: &TestEnv,
+    spec: &MirrorSpec,
+    load: uuid::Uuid,
+    protected: serde_json::Value,
+) -> [i64; 4] {
     let sql = MirrorSql::new(spec);
     let mut tx = env.pool.begin().await.unwrap();
     sqlx::query(&sql.diff_table())
@@ -294,6 +301,7 @@ async fn merge(env: &TestEnv, spec: &MirrorSpec, load: uuid::Uuid) -> [i64; 4] {
         .unwrap();
     sqlx::query(&sql.diff())
         .bind(load)
+        .bind(protected.to_string())
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -379,7 +387,10 @@ async fn a_generic_mirror_merges_every_change_journals_it_and_reverts() {
     // A: the first fill.
     let a = uuid::Uuid::now_v7();
     assert_eq!(stage(&env, &spec, a, &file_a()).await, (0, vec![]));
-    assert_eq!(merge(&env, &spec, a).await, [13, 0, 0, 0]);
+    assert_eq!(
+        merge(&env, &spec, a, serde_json::json!([])).await,
+        [14, 0, 0, 0]
+    );
     assert_eq!(table_rows(&env, &spec, false).await, expected(&file_a()));
     let snapshot_a = table_rows(&env, &spec, true).await;
     exec(
@@ -400,8 +411,10 @@ async fn a_generic_mirror_merges_every_change_journals_it_and_reverts() {
             vec![2, 3]
         )]
     );
-    assert_eq!(merge(&env, &spec, b).await, [1, 11, 1, 13]);
-    assert_eq!(table_rows(&env, &spec, false).await, expected(&file_b()));
+    let protected = serde_json::json!([key_json(&spec, &["15", "User15@x.io"]).unwrap()]);
+    assert_eq!(merge(&env, &spec, b, protected).await, [1, 11, 1, 14]);
+    let kept = [file_b(), vec![base(15)]].concat();
+    assert_eq!(table_rows(&env, &spec, false).await, expected(&kept));
     assert_eq!(
         xmin(&env, 12).await,
         unchanged_xmin,
@@ -434,7 +447,7 @@ async fn a_generic_mirror_merges_every_change_journals_it_and_reverts() {
             .iter()
             .find(|r| r[0] == row[0])
             .map(|r| r[11].clone());
-        if id == 12 {
+        if id == 12 || id == 15 {
             assert_eq!(before, Some(row[11].clone()));
         } else {
             assert_ne!(before, Some(row[11].clone()), "subscriber {id}");
@@ -444,7 +457,7 @@ async fn a_generic_mirror_merges_every_change_journals_it_and_reverts() {
 
     // History of one key, typed as an operator would.
     let sql = MirrorSql::new(&spec);
-    let key = history_key(&spec, &["1", "USER1@X.IO"]).unwrap();
+    let key = key_json(&spec, &["1", "USER1@X.IO"]).unwrap();
     let history: Vec<(String, Option<String>, Option<String>)> = sqlx::query(&format!(
         "SELECT h.op, h.before::text, h.after::text FROM ({}) h",
         sql.history()
@@ -567,7 +580,10 @@ columns = [
         row("3", "three", "no"),
     ];
     stage(&env, &spec, a, &file_a).await;
-    assert_eq!(merge(&env, &spec, a).await, [3, 0, 0, 0]);
+    assert_eq!(
+        merge(&env, &spec, a, serde_json::json!([])).await,
+        [3, 0, 0, 0]
+    );
     let snapshot_a = table_rows(&env, &spec, true).await;
     let b = uuid::Uuid::now_v7();
     let file_b = vec![
@@ -576,7 +592,10 @@ columns = [
         row("4", "", "yes"),
     ];
     stage(&env, &spec, b, &file_b).await;
-    assert_eq!(merge(&env, &spec, b).await, [1, 2, 1, 3]);
+    assert_eq!(
+        merge(&env, &spec, b, serde_json::json!([])).await,
+        [1, 2, 1, 3]
+    );
     let cells = |r: &[&str]| -> Vec<Option<String>> {
         r.iter()
             .map(|v| (!v.is_empty()).then(|| (*v).to_owned()))
@@ -591,7 +610,7 @@ columns = [
         ]
     );
     let sql = MirrorSql::new(&spec);
-    let key = history_key(&spec, &["2", "op"]).unwrap();
+    let key = key_json(&spec, &["2", "op"]).unwrap();
     let ops: Vec<String> = sqlx::query_scalar(&format!("SELECT h.op FROM ({}) h", sql.history()))
         .bind(spec.name.as_str())
         .bind(key.to_string())

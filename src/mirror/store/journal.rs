@@ -160,7 +160,7 @@ impl MirrorSql<'_> {
 
     /// What the journal holds of one key of mirror `$1`, oldest load first:
     /// `load_id`, `op`, `before`, `after`. `$2` is the key as `jsonb` of text
-    /// values (`history_key`), read through the table's row type as the
+    /// values (`key_json`), read through the table's row type as the
     /// journal's keys are, so `1` and `"1"` are the same `bigint`.
     pub fn history(&self) -> String {
         format!(
@@ -176,10 +176,11 @@ impl MirrorSql<'_> {
     }
 }
 
-/// The key `values` (one per key column, in the key's order, as an operator
-/// types them) as `history`'s `$2`: each validated and made canonical by its
-/// column's type (an address lower-cased, `+007` as `7`).
-pub fn history_key(spec: &MirrorSpec, values: &[&str]) -> Result<serde_json::Value, String> {
+/// A key as `jsonb` (`history`'s `$2`, an element of `diff`'s protected keys)
+/// from its `values`, one per key column in the key's order, as a file or an
+/// operator spells them: each validated and made canonical by its column's type
+/// (an address lower-cased, `+007` as `7`).
+pub fn key_json(spec: &MirrorSpec, values: &[&str]) -> Result<serde_json::Value, String> {
     if values.len() != spec.key.len() {
         return Err(format!(
             "mirror {} has a key of {} column(s) ({}), {} value(s) given",

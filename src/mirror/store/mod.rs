@@ -20,7 +20,7 @@ mod journal;
 mod staging;
 mod table;
 
-pub use journal::{history_key, Write, JOURNAL};
+pub use journal::{key_json, Write, JOURNAL};
 pub use staging::{copy_line, escape_copy_text, STAGING_SCHEMA};
 pub use table::{CatalogColumn, IncompatibleTable, TableState};
 

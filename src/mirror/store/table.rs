@@ -277,25 +277,45 @@ impl MirrorSql<'_> {
     }
 
     /// Fills the diff in one pass (a full join of the load `$1` and the table):
-    /// new keys (`i`), keys absent from the load (`d`), and keys whose non-key
-    /// configured columns differ in any way (`IS DISTINCT FROM`, `u`). Unchanged
-    /// rows are not in it, so nothing writes them.
+    /// new keys (`i`), keys absent from the load (`d`) unless protected, and
+    /// keys whose non-key configured columns differ in any way (`IS DISTINCT
+    /// FROM`, `u`). Unchanged rows are not in it, so nothing writes them. `$2`:
+    /// the protected keys, a `jsonb` array of `key_json` objects (`[]`: none),
+    /// the keys of rejected lines, which the file may still hold: a rejected
+    /// line leaves its row as it is, as in the followers mirror.
     pub fn diff(&self) -> String {
         let k0 = self.first_key();
-        let mut differs = vec!["s.line_no IS NULL".to_owned(), format!("t.{k0} IS NULL")];
-        differs.extend(
-            self.values()
-                .into_iter()
-                .map(|(i, c)| format!("t.{} IS DISTINCT FROM s.{}", c.name.sql(), pos(i))),
+        let protected = format!(
+            "(s.line_no IS NULL AND NOT EXISTS (
+          SELECT 1 FROM jsonb_populate_recordset(NULL::{table}, $2::jsonb) p WHERE {on}))",
+            table = self.table(),
+            on = self.key_match(
+                |_, c| format!("p.{}", c.name.sql()),
+                |_, c| format!("t.{}", c.name.sql())
+            ),
         );
+        // Compared only where both sides have the key: an absent row's columns
+        // are all NULL, and would "differ" from a protected key's.
+        let changed: Vec<String> = self
+            .values()
+            .into_iter()
+            .map(|(i, c)| format!("t.{} IS DISTINCT FROM s.{}", c.name.sql(), pos(i)))
+            .collect();
+        let changed = if changed.is_empty() {
+            "false".to_owned()
+        } else {
+            changed.join("\n            OR ")
+        };
         format!(
             "INSERT INTO {DIFF}
  SELECT {select}
    FROM {from}
-  WHERE {differs}",
+  WHERE {protected}
+     OR t.{k0} IS NULL
+     OR (s.line_no IS NOT NULL AND (
+            {changed}))",
             select = self.diff_select(),
             from = self.diff_from("$1"),
-            differs = differs.join("\n     OR "),
         )
     }
 

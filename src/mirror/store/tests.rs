@@ -98,6 +98,10 @@ fn identifiers_are_quoted_everywhere() {
         diff.contains("ON t.\"account_id\" = s.c0 AND t.\"email\" = s.c1"),
         "{diff}"
     );
+    assert!(
+        diff.contains("jsonb_populate_recordset(NULL::\"crm\".\"Sub Scribers\", $2::jsonb)"),
+        "protected keys: {diff}"
+    );
 }
 
 #[test]
@@ -137,6 +141,9 @@ fn a_mirror_of_key_columns_only_has_no_update() {
     assert!(sql.update().is_none());
     assert!(sql.revert_updates().is_none());
     assert!(sql.diff().contains("OR t.\"account_id\" IS NULL"));
+    assert!(sql
+        .diff()
+        .contains("(s.line_no IS NOT NULL AND (\n            false))"));
 }
 
 fn column(name: &str, ty: &str, not_null: bool) -> CatalogColumn {
@@ -216,16 +223,16 @@ fn an_existing_table_is_checked() {
 }
 
 #[test]
-fn history_keys_are_canonical_text() {
+fn key_jsons_are_canonical_text() {
     let spec = subscribers();
     assert_eq!(
-        history_key(&spec, &["+007", " Ann@X.io "]).unwrap(),
+        key_json(&spec, &["+007", " Ann@X.io "]).unwrap(),
         serde_json::json!({"account_id": "7", "email": "ann@x.io"})
     );
-    assert!(history_key(&spec, &["7"])
+    assert!(key_json(&spec, &["7"])
         .unwrap_err()
         .contains("key of 2 column(s)"));
-    assert!(history_key(&spec, &["x", "a@x.io"])
+    assert!(key_json(&spec, &["x", "a@x.io"])
         .unwrap_err()
         .starts_with("account_id "));
 }
