@@ -20,6 +20,7 @@ mod m20261201_000011_canonical_followers_again;
 mod m20261201_000020_followers_write_counter;
 mod m20261201_000030_sync_runs_refusal_key;
 mod m20261201_000040_exact_runs;
+mod m20261202_000050_mirror_journal;
 
 pub struct Migrator;
 
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000020_followers_write_counter::Migration),
             Box::new(m20261201_000030_sync_runs_refusal_key::Migration),
             Box::new(m20261201_000040_exact_runs::Migration),
+            Box::new(m20261202_000050_mirror_journal::Migration),
         ]
     }
 }

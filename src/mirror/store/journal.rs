@@ -1,0 +1,210 @@
+//! `etl_info_schema.mirror_journal`: what every sync of a generic mirror changed,
+//! one row per changed row (`op` `i`, `u` or `d`; the `key`, and the `before`
+//! and `after` states of the configured columns and the `modified_column`, as
+//! `jsonb`), written by the same statement that makes the change (a
+//! data-modifying CTE), so the journal commits or rolls back with the merge and
+//! unchanged rows cost nothing. From it: `revert` of one load, `history` of one
+//! key. The states are read back through the table's own row type
+//! (`jsonb_populate_record`), so every value keeps its column's type.
+
+use super::{json_object, pos, MirrorSql, Op, MODIFIED};
+use crate::mirror::value::parse_value;
+use crate::mirror::MirrorSpec;
+
+/// The journal of every generic mirror (created by the migration).
+pub const JOURNAL: &str = "etl_info_schema.mirror_journal";
+
+/// One of the merge's writes (insert, update, delete), as a plain statement and
+/// as its journaled form, both derived here from the same text.
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub op: Op,
+    statement: String,
+    /// What the journaled form returns from the write (`... AS c{i}`, `cm`,
+    /// `before`), for `key`, `before` and `after`.
+    returning: Vec<String>,
+    key: String,
+    before: String,
+    after: String,
+}
+
+impl Write {
+    pub(super) fn new(
+        sql: &MirrorSql<'_>,
+        op: Op,
+        statement: String,
+        returning: Vec<String>,
+    ) -> Self {
+        let key = json_object(
+            sql.key()
+                .into_iter()
+                .map(|(i, c)| (format!("c.{}", pos(i)), c.name.as_str())),
+        );
+        let mut state: Vec<(String, &str)> = sql
+            .columns()
+            .map(|(i, c)| (format!("c.{}", pos(i)), c.name.as_str()))
+            .collect();
+        if let Some(m) = &sql.spec.modified_column {
+            state.push((format!("c.{MODIFIED}"), m.as_str()));
+        }
+        let (before, after) = match op {
+            Op::Insert => ("NULL::jsonb".to_owned(), json_object(state)),
+            Op::Update => ("c.before".to_owned(), json_object(state)),
+            Op::Delete => ("c.before".to_owned(), "NULL::jsonb".to_owned()),
+        };
+        Self {
+            op,
+            statement,
+            returning,
+            key,
+            before,
+            after,
+        }
+    }
+
+    /// The write alone (no parameters): for a run that does not journal.
+    pub fn plain(&self) -> &str {
+        &self.statement
+    }
+
+    /// The write and its journal rows in one statement: `$1` the load, `$2` the
+    /// mirror's name.
+    pub fn journaled(&self) -> String {
+        format!(
+            "WITH changed AS (
+{statement}
+ RETURNING {returning})
+INSERT INTO {JOURNAL} (load_id, mirror, op, key, before, after)
+SELECT $1, $2, '{op}', {key}, {before}, {after} FROM changed c",
+            statement = self.statement,
+            returning = self.returning.join(", "),
+            op = self.op.code(),
+            key = self.key,
+            before = self.before,
+            after = self.after,
+        )
+    }
+}
+
+impl MirrorSql<'_> {
+    /// The journal rows of the load `$1` of mirror `$2` with operation `op`,
+    /// each with its `state` (`key`, `before`) as the table's row `b`.
+    fn journal_rows(&self, op: Op, state: &str) -> String {
+        format!(
+            "{JOURNAL} j, LATERAL jsonb_populate_record(NULL::{table}, j.{state}) b
+  WHERE j.load_id = $1 AND j.mirror = $2 AND j.op = '{op}'",
+            table = self.table(),
+            op = op.code()
+        )
+    }
+
+    fn key_is_b(&self) -> String {
+        self.key_match(
+            |_, c| format!("t.{}", c.name.sql()),
+            |_, c| format!("b.{}", c.name.sql()),
+        )
+    }
+
+    /// Undoes the load `$1`'s inserts (mirror `$2`): deletes the rows it added.
+    /// Reverts go newest load first, so each row is as the load left it.
+    pub fn revert_inserts(&self) -> String {
+        format!(
+            "DELETE FROM {table} t USING {rows}\n    AND {on}",
+            table = self.table(),
+            rows = self.journal_rows(Op::Insert, "key"),
+            on = self.key_is_b()
+        )
+    }
+
+    /// Undoes the load `$1`'s updates (mirror `$2`): every non-key column and
+    /// the `modified_column` back to its `before` state. `None` when no row
+    /// can be updated (every column is a key column).
+    pub fn revert_updates(&self) -> Option<String> {
+        let mut set: Vec<String> = self
+            .values()
+            .into_iter()
+            .map(|(_, c)| format!("{n} = b.{n}", n = c.name.sql()))
+            .collect();
+        if set.is_empty() {
+            return None;
+        }
+        if let Some(m) = &self.spec.modified_column {
+            set.push(format!("{n} = b.{n}", n = m.sql()));
+        }
+        Some(format!(
+            "UPDATE {table} t SET {set}\n  FROM {rows}\n    AND {on}",
+            table = self.table(),
+            set = set.join(", "),
+            rows = self.journal_rows(Op::Update, "before"),
+            on = self.key_is_b()
+        ))
+    }
+
+    /// Undoes the load `$1`'s deletes (mirror `$2`): puts the rows back as they
+    /// were (the configured columns and the `modified_column`; the table's
+    /// further columns get their defaults).
+    pub fn revert_deletes(&self) -> String {
+        let mut names: Vec<String> = self.columns().map(|(_, c)| c.name.sql()).collect();
+        if let Some(m) = &self.spec.modified_column {
+            names.push(m.sql());
+        }
+        let values: Vec<String> = names.iter().map(|n| format!("b.{n}")).collect();
+        format!(
+            "INSERT INTO {table} ({names})\n SELECT {values}\n   FROM {rows}",
+            table = self.table(),
+            names = names.join(", "),
+            values = values.join(", "),
+            rows = self.journal_rows(Op::Delete, "before")
+        )
+    }
+
+    /// What the journal holds of one key of mirror `$1`, oldest load first:
+    /// `load_id`, `op`, `before`, `after`. `$2` is the key as `jsonb` of text
+    /// values (`key_json`), read through the table's row type as the
+    /// journal's keys are, so `1` and `"1"` are the same `bigint`.
+    pub fn history(&self) -> String {
+        format!(
+            "SELECT j.load_id, j.op::text, j.before, j.after
+   FROM {JOURNAL} j,
+        LATERAL jsonb_populate_record(NULL::{table}, j.key) b,
+        jsonb_populate_record(NULL::{table}, $2::jsonb) t
+  WHERE j.mirror = $1 AND {on}
+  ORDER BY j.load_id",
+            table = self.table(),
+            on = self.key_is_b()
+        )
+    }
+}
+
+/// A key as `jsonb` (`history`'s `$2`, an element of `diff`'s protected keys)
+/// from its `values`, one per key column in the key's order, as a file or an
+/// operator spells them: each validated and made canonical by its column's type
+/// (an address lower-cased, `+007` as `7`).
+pub fn key_json(spec: &MirrorSpec, values: &[&str]) -> Result<serde_json::Value, String> {
+    if values.len() != spec.key.len() {
+        return Err(format!(
+            "mirror {} has a key of {} column(s) ({}), {} value(s) given",
+            spec.name,
+            spec.key.len(),
+            spec.key
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            values.len()
+        ));
+    }
+    let mut object = serde_json::Map::new();
+    for (name, raw) in spec.key.iter().zip(values) {
+        let column = spec
+            .column(name)
+            .ok_or_else(|| format!("{name} is not a column"))?;
+        let value =
+            parse_value(column.ty, raw.trim()).map_err(|reason| format!("{name} {reason}"))?;
+        object.insert(
+            name.to_string(),
+            serde_json::Value::String(value.into_owned()),
+        );
+    }
+    Ok(serde_json::Value::Object(object))
+}

@@ -1,0 +1,126 @@
+//! The storage layer of a generic mirror (docs/mirrors.md#storage): every SQL
+//! statement a mirror's sync needs, generated from its `MirrorSpec` in one place,
+//! one module per table the statements touch:
+//!
+//! | module    | table                                   | statements                          |
+//! |-----------|-----------------------------------------|-------------------------------------|
+//! | `table`   | the mirror's own table                  | create, compatibility, diff, writes |
+//! | `staging` | `etl_mirror_staging.<mirror>` (UNLOGGED)| create, COPY, duplicates, discard   |
+//! | `journal` | `etl_info_schema.mirror_journal`        | journaled writes, revert, history   |
+//!
+//! Every configured identifier is quoted (`names.rs`, `.sql()`); every value is a
+//! bound parameter, never formatted into the text. Internal tables (staging and
+//! the merge's diff) name the configured columns by position (`c0`, `c1`, ... in
+//! the configured order), so no configured name can collide with the columns
+//! the agent adds (`load_id`, `line_no`, `op`, ...). Nothing here runs a
+//! statement: callers bind the documented parameters and execute the text.
+//! Not wired into `sync` yet.
+
+mod journal;
+mod staging;
+mod table;
+
+pub use journal::{key_json, Write, JOURNAL};
+pub use staging::{copy_line, escape_copy_text, STAGING_SCHEMA};
+pub use table::{CatalogColumn, IncompatibleTable, TableState};
+
+use super::{quote_identifier, ColumnSpec, MirrorSpec};
+
+/// One of a journal row's operations (`mirror_journal.op`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    /// The one-character code stored in `op` and in the diff.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Insert => "i",
+            Self::Update => "u",
+            Self::Delete => "d",
+        }
+    }
+}
+
+/// The statements of one mirror. Cheap: it borrows the definition.
+#[derive(Clone, Copy, Debug)]
+pub struct MirrorSql<'a> {
+    spec: &'a MirrorSpec,
+}
+
+impl<'a> MirrorSql<'a> {
+    pub fn new(spec: &'a MirrorSpec) -> Self {
+        Self { spec }
+    }
+
+    pub fn spec(&self) -> &'a MirrorSpec {
+        self.spec
+    }
+
+    /// The mirror's table, quoted.
+    fn table(&self) -> String {
+        self.spec.table.sql()
+    }
+
+    /// The configured columns with their position (their internal name `c{i}`).
+    fn columns(&self) -> impl Iterator<Item = (usize, &'a ColumnSpec)> {
+        self.spec.columns.iter().enumerate()
+    }
+
+    /// The key's columns, in the key's order, with their positions.
+    fn key(&self) -> Vec<(usize, &'a ColumnSpec)> {
+        self.spec
+            .key
+            .iter()
+            .filter_map(|k| self.columns().find(|(_, c)| &c.name == k))
+            .collect()
+    }
+
+    /// The columns outside the key, with their positions.
+    fn values(&self) -> Vec<(usize, &'a ColumnSpec)> {
+        self.columns()
+            .filter(|(_, c)| !self.spec.is_key(&c.name))
+            .collect()
+    }
+
+    /// `a.x = b.y AND ...` over the key: `left(i, column)` and `right(i, column)`
+    /// render each side.
+    fn key_match(
+        &self,
+        left: impl Fn(usize, &ColumnSpec) -> String,
+        right: impl Fn(usize, &ColumnSpec) -> String,
+    ) -> String {
+        self.key()
+            .into_iter()
+            .map(|(i, c)| format!("{} = {}", left(i, c), right(i, c)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+}
+
+/// A configured column's internal (positional) name in staging and the diff.
+fn pos(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// The internal name of the `modified_column` in the diff and in RETURNING lists.
+const MODIFIED: &str = "cm";
+
+/// A `jsonb` object of `fields` (an expression and the configured name it is
+/// stored under): the object's keys come from the column aliases, so no name is
+/// ever written as a string literal. `r.*`, not `r`: a column named `r` would
+/// be read instead of the row.
+fn json_object<'n>(fields: impl IntoIterator<Item = (String, &'n str)>) -> String {
+    let list = fields
+        .into_iter()
+        .map(|(expr, name)| format!("{expr} AS {}", quote_identifier(name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("(SELECT to_jsonb(r.*) FROM (SELECT {list}) r)")
+}
+
+#[cfg(test)]
+mod tests;
