@@ -23,10 +23,6 @@ fn now() -> NaiveDateTime {
 /// A limit (`HISTORY_KEEP_RUNS`, a batch size) as a `bigint` parameter,
 /// saturating: a limit beyond `bigint` is no limit. Counts go through
 /// `crate::convert::bigint` instead.
-fn i(n: u64) -> i64 {
-    crate::convert::saturating_bigint(n)
-}
-
 /// Removes staging rows of crashed runs and marks their run records failed. Only
 /// call it while holding the run lock: then no other run is in flight.
 #[tracing::instrument(skip_all, err(level = "debug"))]
@@ -258,7 +254,7 @@ pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Res
                 DbBackend::Postgres,
                 "SELECT started_at, load_id FROM etl_info_schema.sync_runs
                  ORDER BY started_at DESC, load_id DESC OFFSET $1 LIMIT 1",
-                [i(keep).into()],
+                [crate::convert::saturating_bigint(keep).into()],
             ))
             .await?
             .map(|row| {
@@ -304,7 +300,7 @@ pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Res
                     older_than.into(),
                     beyond_count.map(|(t, _)| t).into(),
                     beyond_count.map(|(_, id)| id).into(),
-                    i(PRUNE_BATCH).into(),
+                    crate::convert::saturating_bigint(PRUNE_BATCH).into(),
                 ],
             ))
             .await?
@@ -384,7 +380,7 @@ async fn runs_where(
     param: Option<Value>,
     limit: u64,
 ) -> Result<Vec<RunRecord>, DbErr> {
-    let mut values = vec![Value::from(i(limit))];
+    let mut values = vec![Value::from(crate::convert::saturating_bigint(limit))];
     values.extend(param);
     RunRecord::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,

@@ -9,7 +9,7 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 /// Invalid stored emails shown in the error or the warning (all are counted).
-const SHOWN: usize = 20;
+const SHOWN: i64 = 20;
 /// Stored values per round trip through a rule.
 const BATCH: usize = 10_000;
 
@@ -181,11 +181,7 @@ async fn invalid_emails(db: &impl ConnectionTrait, invalid: Invalid) -> Result<(
                 })
             })
             .collect::<Result<_, DbErr>>()?;
-        let more = if total > <i64 as TryFrom<usize>>::try_from(SHOWN).unwrap_or(i64::MAX) {
-            ", …"
-        } else {
-            ""
-        };
+        let more = if total > SHOWN { ", …" } else { "" };
         match invalid {
             Invalid::Stop => {
                 return Err(DbErr::Migration(format!(

@@ -2,7 +2,7 @@
 //! (docs/sync.md#runs-and-their-retention, `HISTORY_KEEP_*`) and how long the journal keeps
 //! what a run changed (docs/operations.md#journal-retention, `JOURNAL_KEEP_*`).
 
-use super::parse::{int_or, parse_int};
+use super::parse::int_or;
 use super::sources::Raw;
 use super::{var, ConfigError};
 
@@ -74,10 +74,6 @@ fn run_retention_bound<T>(
 where
     T: TryFrom<u64> + PartialEq + Default,
 {
-    let n = raw
-        .get(var)
-        .map(|v| parse_int(var, v, 0))
-        .transpose()?
-        .unwrap_or(default);
+    let n = int_or(raw, var, 0, default)?;
     Ok((n != T::default()).then_some(n))
 }

@@ -614,17 +614,7 @@ async fn synced_exactly(
 #[tokio::test]
 async fn concurrent_writers_never_make_a_synced_run_inexact() {
     let rounds = env_number("CONCURRENCY_ROUNDS", 4);
-    let seed = env_number(
-        "CONCURRENCY_SEED",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-            .to_le_bytes()[..8]
-            .try_into()
-            .map(u64::from_le_bytes)
-            .unwrap(),
-    );
+    let seed = seed_from_env("CONCURRENCY_SEED");
     println!("concurrency harness: CONCURRENCY_SEED={seed} CONCURRENCY_ROUNDS={rounds}");
     let mut rng = Rng(seed);
     let env = TestEnv::migrated().await;

@@ -25,19 +25,7 @@ struct Rng(u64);
 
 impl Rng {
     fn from_env() -> Self {
-        let seed = std::env::var("CRASH_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-                    .to_le_bytes()[..8]
-                    .try_into()
-                    .map(u64::from_le_bytes)
-                    .unwrap()
-            });
+        let seed = seed_from_env("CRASH_SEED");
         println!("crash harness: CRASH_SEED={seed}");
         Self(seed)
     }

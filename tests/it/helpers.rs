@@ -888,3 +888,18 @@ pub(crate) mod fixtures {
         ("eve@example.com", "Eve"),
     ];
 }
+
+/// A harness's seed: `var` when set (to replay a failing run), else one drawn
+/// from the clock.
+pub(crate) fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            u64::try_from(nanos % (1u128 << 64)).unwrap()
+        })
+}

@@ -77,13 +77,15 @@ impl<R: BufRead> Read for Decoded<R> {
             self.inner.consume(read);
             self.out.truncate(written);
             self.out_pos = 0;
-            self.lines += self.out.iter().filter(|b| **b == b'\n').count() as u64;
+            self.lines += crate::convert::len(self.out.iter().filter(|b| **b == b'\n').count());
             match result {
                 DecoderResult::Malformed(bad, extra) => {
                     // `line` counts LF; `LineTracker` corrects it for a bare-CR file.
                     self.failed = Some(Malformed {
                         line: 1 + self.lines,
-                        offset: self.offset + read as u64 - u64::from(bad) - u64::from(extra),
+                        offset: self.offset + crate::convert::len(read)
+                            - u64::from(bad)
+                            - u64::from(extra),
                         encoding: self.decoder.encoding().name(),
                     });
                     continue;
@@ -91,7 +93,7 @@ impl<R: BufRead> Read for Decoded<R> {
                 DecoderResult::InputEmpty => self.done = last,
                 DecoderResult::OutputFull => {}
             }
-            self.offset += read as u64;
+            self.offset += crate::convert::len(read);
         }
     }
 }

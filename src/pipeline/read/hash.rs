@@ -46,7 +46,9 @@ impl Read for RawBytes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .update(&buf[..n]);
-        self.tap.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.tap
+            .bytes
+            .fetch_add(crate::convert::len(n), Ordering::Relaxed);
         Ok(n)
     }
 }

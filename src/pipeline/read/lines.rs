@@ -38,7 +38,7 @@ impl<R> LineTracker<R> {
     }
 
     fn count_lines(&self, bytes: &[u8]) -> u64 {
-        bytes.iter().filter(|b| **b == self.eol).count() as u64
+        crate::convert::len(bytes.iter().filter(|b| **b == self.eol).count())
     }
 
     /// How many of the bytes not yet attributed (`pending[head..]`) lie before byte
@@ -59,12 +59,14 @@ impl<R> LineTracker<R> {
         let upto = self.live_before(start);
         self.lines += self.count_lines(&live[..upto]);
         self.head += upto;
-        self.pending_start += upto as u64;
-        let leading = self.pending[self.head..]
-            .iter()
-            .take_while(|b| matches!(b, b'\r' | b'\n'))
-            .filter(|b| **b == self.eol)
-            .count() as u64;
+        self.pending_start += crate::convert::len(upto);
+        let leading = crate::convert::len(
+            self.pending[self.head..]
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .filter(|b| **b == self.eol)
+                .count(),
+        );
         1 + self.lines + leading
     }
 
@@ -99,7 +101,10 @@ impl<R> LineTracker<R> {
             text = rest;
         }
         let text = &text[..text.len().min(RAW_LINE_LIMIT)];
-        (self.pending_start + lead as u64, text.to_vec())
+        (
+            self.pending_start + crate::convert::len(lead),
+            text.to_vec(),
+        )
     }
 }
 
@@ -116,7 +121,7 @@ impl<R: Read> Read for LineTracker<R> {
                 .count();
             self.lines += self.count_lines(&self.pending[..blank]);
             self.pending.drain(..blank);
-            self.pending_start += blank as u64;
+            self.pending_start += crate::convert::len(blank);
         }
         if self.pending.len() > MAX_RECORD_BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidData, RecordTooLong));
