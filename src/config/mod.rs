@@ -40,6 +40,7 @@ pub use database_url::DatabaseUrl;
 use database_url::*;
 pub use guard::GuardSettings;
 pub use logging::{LogFormat, LoggingSettings};
+pub use mirrors::EffectiveSetting;
 pub use retention::{
     JournalRetention, Retention, RunRetention, DEFAULT_HISTORY_KEEP_DAYS,
     DEFAULT_HISTORY_KEEP_RUNS, DEFAULT_JOURNAL_KEEP_DAYS, DEFAULT_JOURNAL_KEEP_RUNS,
