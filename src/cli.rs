@@ -22,6 +22,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
+mod mirrors;
+
 /// Keeps the PostgreSQL table `followers` an exact, safe mirror of a CSV file.
 ///
 /// Settings come from (lowest first) built-in defaults, a TOML file (--config or
@@ -29,7 +31,7 @@ use tracing::Level;
 #[derive(Debug, Parser)]
 #[command(name = "followers-etl", version, propagate_version = true)]
 pub struct Cli {
-    /// TOML file with settings (lower-case variable names, e.g. batch_size = 5000).
+    /// TOML file with settings (lower-case variable names, e.g. batch_size = 5000) and [[mirror]] tables (docs/mirrors.md).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// PostgreSQL connection string (URL or libpq keywords); overrides DATABASE_URL, DSN and PGHOST/PGPORT/PGUSER/PGDATABASE.
@@ -60,6 +62,9 @@ pub enum Command {
         /// Print the report as one JSON object, with every invalid line (line, reason, raw) as `rejects --json` lists them.
         #[arg(long)]
         json: bool,
+        /// The mirror: followers (the built-in one, the default) until configured mirrors are synced (docs/mirrors.md#status).
+        #[arg(long, value_name = "NAME")]
+        mirror: Option<String>,
     },
     /// Print the next activation times of a cron expression (0, or 2 for an invalid expression).
     Schedule {
@@ -80,6 +85,9 @@ pub enum Command {
         /// How many runs to show.
         #[arg(long, default_value_t = 10, value_name = "N")]
         limit: u64,
+        /// The mirror: followers (the built-in one, the default) until configured mirrors are synced (docs/mirrors.md#status).
+        #[arg(long, value_name = "NAME")]
+        mirror: Option<String>,
     },
     /// Print the rejected lines of a run: line number, reason, the line's text (1 if the database is unreachable or there is no such run).
     Rejects {
@@ -92,6 +100,9 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// The mirror: followers (the built-in one, the default) until configured mirrors are synced (docs/mirrors.md#status).
+        #[arg(long, value_name = "NAME")]
+        mirror: Option<String>,
     },
     /// Apply pending migrations (once, the takeover of the old service's followers table) and check the shape of followers, then exit (1 on failure).
     Migrate,
@@ -116,12 +127,24 @@ pub enum Command {
         /// Print the summary as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// The mirror: followers (the built-in one, the default) until configured mirrors are synced (docs/mirrors.md#status).
+        #[arg(long, value_name = "NAME")]
+        mirror: Option<String>,
     },
     /// Every run whose journal shows it inserted, renamed or deleted EMAIL, oldest first (0; 1 database unreachable; 2 invalid email or usage).
     History {
         /// The follower's email (normalised as the CSV's emails are).
         email: String,
         /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// The mirror: followers (the built-in one, the default) until configured mirrors are synced (docs/mirrors.md#status).
+        #[arg(long, value_name = "NAME")]
+        mirror: Option<String>,
+    },
+    /// Print the resolved mirrors (docs/mirrors.md): source, table, key, columns, and each setting with its effective value; reads no file and no database (0; 2 bad configuration).
+    Mirrors {
+        /// Print one JSON object with a "mirrors" array.
         #[arg(long)]
         json: bool,
     },
@@ -151,6 +174,9 @@ pub struct SyncArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The mirror to sync: followers (the built-in one); without it, every mirror. Configured mirrors are not synced by this version yet (docs/mirrors.md#status).
+    #[arg(long, value_name = "NAME")]
+    pub mirror: Vec<String>,
 }
 
 impl Cli {
@@ -233,12 +259,16 @@ fn print_line(text: fmt::Arguments<'_>) -> ExitCode {
 /// Runs the command; the returned code is the process's exit status.
 pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
     let settings = Arc::new(settings);
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Err(code) = select_mirror(&settings, &command) {
+        return code;
+    }
+    match command {
         Command::Serve => crate::agent::serve(settings).await,
         Command::Sync(args) => sync(settings, args).await,
-        Command::Check { path, json } => check(&settings, path, json),
+        Command::Check { path, json, .. } => check(&settings, path, json),
         Command::Schedule { expr, from, count } => schedule(&settings, expr, from, count),
-        Command::Status { json, limit } => status(&settings, json, limit).await,
+        Command::Status { json, limit, .. } => status(&settings, json, limit).await,
         Command::Rejects { load_id, json, .. } => rejects(&settings, load_id, json).await,
         Command::Revert {
             load_id,
@@ -246,15 +276,36 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
             dry_run,
             allow_mass_delete,
             json,
+            mirror: _,
         } => {
             let target = load_id.map_or(Target::Last, Target::Run);
             revert(settings, target, dry_run, allow_mass_delete, json).await
         }
-        Command::History { email, json } => history(&settings, &email, json).await,
+        Command::History { email, json, .. } => history(&settings, &email, json).await,
+        Command::Mirrors { json } => mirrors::mirrors(&settings, json),
         Command::Migrate => match connect_and_migrate(&settings).await {
             Ok(_) => print_line(format_args!("migrations applied")),
             Err(code) => code,
         },
+    }
+}
+
+/// The mirror a command acts on (`--mirror`, docs/mirrors.md#status): `serve`
+/// runs every mirror, so it is refused while configured mirrors exist; the
+/// others act on the built-in `followers` mirror, and `--mirror` with another
+/// name is refused (exit 2). `sync` checks its own flags (`sync_with`).
+fn select_mirror(settings: &Settings, command: &Command) -> Result<(), ExitCode> {
+    match command {
+        Command::Serve => mirrors::all(settings, &[]),
+        Command::Check { mirror, .. }
+        | Command::Status { mirror, .. }
+        | Command::Rejects { mirror, .. }
+        | Command::Revert { mirror, .. }
+        | Command::History { mirror, .. } => mirrors::select(settings, mirror.as_slice()),
+        Command::Sync(_)
+        | Command::Schedule { .. }
+        | Command::Migrate
+        | Command::Mirrors { .. } => Ok(()),
     }
 }
 
@@ -311,6 +362,9 @@ pub async fn sync_with(
     signals: impl FnOnce(CancellationToken),
     print: &mut dyn FnMut(&Summary, bool) -> ExitCode,
 ) -> ExitCode {
+    if let Err(code) = mirrors::all(&settings, &args.mirror) {
+        return code;
+    }
     let file = match settings.resolve_csv_file(args.file.as_deref()) {
         Ok(file) => file,
         Err(e) => return config_failure(&e),

@@ -21,6 +21,7 @@ mod database;
 mod database_url;
 mod guard;
 mod logging;
+mod mirrors;
 mod parse;
 mod retention;
 mod service;
@@ -39,6 +40,7 @@ pub use database_url::DatabaseUrl;
 use database_url::*;
 pub use guard::GuardSettings;
 pub use logging::{LogFormat, LoggingSettings};
+pub use mirrors::EffectiveSetting;
 pub use retention::{
     JournalRetention, Retention, RunRetention, DEFAULT_HISTORY_KEEP_DAYS,
     DEFAULT_HISTORY_KEEP_RUNS, DEFAULT_JOURNAL_KEEP_DAYS, DEFAULT_JOURNAL_KEEP_RUNS,
@@ -176,6 +178,9 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
     #[error(transparent)]
     Confine(#[from] ConfineError),
+    /// A `[[mirror]]` table breaks a rule: names the mirror, the key and the rule.
+    #[error(transparent)]
+    Mirror(#[from] crate::mirror::MirrorError),
 }
 
 fn invalid(var: &'static str, value: &str, rule: impl Into<String>) -> ConfigError {
@@ -205,14 +210,19 @@ pub struct Settings {
     pub retention: Retention,
     pub service: ServiceSettings,
     pub logging: LoggingSettings,
+    /// Every mirror (docs/mirrors.md): the built-in `followers` first (whenever
+    /// `CSV_FILE` is set), then the config file's `[[mirror]]` tables in order.
+    pub mirrors: Vec<crate::mirror::MirrorSpec>,
 }
 
 impl Settings {
-    /// Gathers every source (`sources.rs`), then reads and validates every variable.
+    /// Gathers every source (`sources.rs`), then reads and validates every
+    /// variable; the config file's mirrors follow the built-in one.
     pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
-        let (raw, libpq) = sources::gather(overrides)?;
+        let (raw, libpq, configured) = sources::gather(overrides)?;
         let mut settings = Self::from_raw(&raw)?;
         settings.database.url = settings.database.url.with_libpq_defaults(&libpq);
+        settings.mirrors.extend(configured);
         Ok(settings)
     }
 
@@ -220,8 +230,10 @@ impl Settings {
     /// count is bounded by the database pool.
     fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
         let database = DatabaseSettings::from_raw(raw)?;
+        let csv = CsvSettings::from_raw(raw, &database)?;
         Ok(Self {
-            csv: CsvSettings::from_raw(raw, &database)?,
+            mirrors: mirrors::builtin(&csv),
+            csv,
             triggers: TriggerSettings::from_raw(raw)?,
             guard: GuardSettings::from_raw(raw)?,
             retention: Retention::from_raw(raw)?,

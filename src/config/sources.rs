@@ -208,7 +208,11 @@ pub(super) fn value_to_string(value: &Value) -> Option<String> {
 /// variable the process has), the process environment, the command-line flags.
 /// Also returns the libpq variables `.env` sets (and the process does not), for
 /// `DatabaseUrl::with_libpq_defaults`: the driver reads only the process's.
-pub(super) fn gather(overrides: &Overrides) -> Result<(Raw, LibpqDefaults), ConfigError> {
+/// The mirrors of the file's `[[mirror]]` tables come back apart, parsed and
+/// validated (`mirrors::configured`); the variables' layer never sees that key.
+pub(super) fn gather(
+    overrides: &Overrides,
+) -> Result<(Raw, LibpqDefaults, Vec<crate::mirror::MirrorSpec>), ConfigError> {
     let (dotenv, error) = dotenv_layer();
     if let Some(error) = error {
         return Err(error);
@@ -220,6 +224,7 @@ pub(super) fn gather(overrides: &Overrides) -> Result<(Raw, LibpqDefaults), Conf
             .map(PathBuf::from)
     });
     let mut figment = Figment::new();
+    let mut mirrors = Vec::new();
     if let Some(path) = &config_file {
         if !path.is_file() {
             return Err(ConfigError::File {
@@ -231,10 +236,11 @@ pub(super) fn gather(overrides: &Overrides) -> Result<(Raw, LibpqDefaults), Conf
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
+        let table = toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
             path: path.clone(),
             reason: toml_error(&text, &e),
         })?;
+        mirrors = super::mirrors::configured(&table)?;
         figment = figment.merge(Toml::string(&text));
     }
     let file_error = |reason: String| ConfigError::File {
@@ -252,6 +258,9 @@ pub(super) fn gather(overrides: &Overrides) -> Result<(Raw, LibpqDefaults), Conf
     let mut by_name = BTreeMap::new();
     let mut written: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in dict {
+        if key == super::mirrors::MIRROR_KEY {
+            continue;
+        }
         if value_to_string(&value).is_none() {
             return Err(unknown(&key));
         }
@@ -306,7 +315,7 @@ pub(super) fn gather(overrides: &Overrides) -> Result<(Raw, LibpqDefaults), Conf
             }
         }
     }
-    Ok((raw, LibpqDefaults(libpq)))
+    Ok((raw, LibpqDefaults(libpq), mirrors))
 }
 
 /// `LOG_FORMAT` before the settings are known (a configuration error): from the

@@ -544,3 +544,34 @@ fn a_described_delimiter_reads_back_as_itself() {
         assert_eq!(parse_delimiter(&shown).unwrap(), delimiter, "{shown}");
     }
 }
+
+#[test]
+fn the_config_files_mirrors_follow_the_builtin_one_and_keep_its_table() {
+    let table = |text: &str| text.parse::<toml::Table>().unwrap();
+    assert!(mirrors::configured(&table("batch_size = 5\n"))
+        .unwrap()
+        .is_empty());
+    let one = "[[mirror]]\nname = \"subs\"\nfile = \"s.csv\"\ntable = \"crm.subs\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", type = \"bigint\" }]\n";
+    let specs = mirrors::configured(&table(one)).unwrap();
+    assert_eq!(specs.len(), 1);
+    assert_eq!(specs[0].name.as_str(), "subs");
+    // public.followers is the built-in mirror's, also with CSV_FILE unset.
+    let clash = one.replace("crm.subs", "public.followers");
+    let e = mirrors::configured(&table(&clash)).unwrap_err().to_string();
+    assert!(
+        e.contains("subs")
+            && e.contains("table")
+            && e.contains("mirror followers already writes public.followers"),
+        "{e}"
+    );
+    // The built-in mirror exactly when CSV_FILE is set, first.
+    let s = Settings::from_raw(&raw(&[])).unwrap();
+    assert!(s.mirrors.is_empty());
+    let s = Settings::from_raw(&raw(&[("CSV_FILE", "f.csv")])).unwrap();
+    assert_eq!(s.mirrors.len(), 1);
+    assert_eq!(s.mirrors[0].name.as_str(), "followers");
+    let effective = s.effective(&specs[0]);
+    assert!(effective.iter().all(|e| !e.from_mirror));
+    assert_eq!(effective[0].key, "schedule");
+    assert_eq!(effective[0].value, "@every 24h");
+}

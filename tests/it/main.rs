@@ -20,6 +20,7 @@ mod line_endings;
 mod messages;
 mod mirror_store;
 mod mirror_values;
+mod mirrors_config;
 mod operations;
 mod operator;
 mod private_pg;

@@ -1,0 +1,167 @@
+//! `followers-etl mirrors` (docs/mirrors.md): the resolved definitions, so an
+//! operator sees what the agent understood; and `--mirror NAME`, which until the
+//! run is wired for configured mirrors (docs/mirrors.md#status) selects the
+//! built-in `followers` mirror only.
+
+use super::{Out, Settings};
+use crate::exit;
+use crate::mirror::{MirrorName, MirrorSource, MirrorSpec, ValueRule};
+use crate::telemetry::report;
+use std::process::ExitCode;
+use tracing::Level;
+
+/// Prints every mirror: its source, table, key, columns (type, nullable,
+/// source), `modified_column`, and each setting it may override with its
+/// effective value and where that comes from; `--json`: one object with a
+/// `mirrors` array (`MirrorSpec::to_json` plus `builtin` and `effective`).
+pub(super) fn mirrors(settings: &Settings, json: bool) -> ExitCode {
+    let mut out = Out::new();
+    if json {
+        let list: Vec<_> = settings
+            .mirrors
+            .iter()
+            .map(|spec| {
+                let mut value = spec.to_json();
+                value["builtin"] = is_builtin(spec).into();
+                value["effective"] = settings
+                    .effective(spec)
+                    .into_iter()
+                    .map(|s| (s.key.to_owned(), s.value))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+                value
+            })
+            .collect();
+        out.line(format_args!("{}", serde_json::json!({ "mirrors": list })));
+        return out.finish(ExitCode::SUCCESS);
+    }
+    if settings.mirrors.is_empty() {
+        out.line(format_args!(
+            "no mirrors: set CSV_FILE (the built-in mirror followers) or add [[mirror]] tables to the config file (docs/mirrors.md)"
+        ));
+    }
+    for (i, spec) in settings.mirrors.iter().enumerate() {
+        if i > 0 {
+            out.line(format_args!(""));
+        }
+        describe(&mut out, settings, spec);
+    }
+    out.finish(ExitCode::SUCCESS)
+}
+
+fn describe(out: &mut Out, settings: &Settings, spec: &MirrorSpec) {
+    let source = match &spec.source {
+        MirrorSource::File(path) if is_builtin(spec) => {
+            format!("file {} (CSV_FILE)", path.display())
+        }
+        source => source.to_string(),
+    };
+    let builtin = if is_builtin(spec) { " (built-in)" } else { "" };
+    out.line(format_args!("mirror {}{builtin}", spec.name));
+    out.line(format_args!("  source: {source}, relative to TABLES_DIR"));
+    out.line(format_args!("  table: {}", spec.table));
+    let key: Vec<&str> = spec.key.iter().map(|k| k.as_str()).collect();
+    out.line(format_args!("  key: {}", key.join(", ")));
+    out.line(format_args!("  columns:"));
+    for c in &spec.columns {
+        let ty = match c.max_length() {
+            Some(n) => format!("{}(max_length {n})", c.ty.name()),
+            None => c.ty.name().to_owned(),
+        };
+        let rule = match c.rule {
+            ValueRule::Standard => "",
+            ValueRule::FollowersFullName => {
+                ", the followers rule (an empty field is the empty name)"
+            }
+        };
+        out.line(format_args!(
+            "    {} {ty}, {}, source {:?}{rule}",
+            c.name,
+            if c.nullable {
+                "nullable"
+            } else {
+                "not nullable"
+            },
+            c.source
+        ));
+    }
+    match &spec.modified_column {
+        Some(column) => out.line(format_args!("  modified_column: {column}")),
+        None => out.line(format_args!("  modified_column: none")),
+    }
+    for s in settings.effective(spec) {
+        let from = if s.from_mirror {
+            "the mirror's own"
+        } else {
+            s.var
+        };
+        let value = if s.value.is_null() {
+            "none".to_owned()
+        } else {
+            s.value.to_string()
+        };
+        out.line(format_args!("  {}: {value} ({from})", s.key));
+    }
+}
+
+fn is_builtin(spec: &MirrorSpec) -> bool {
+    spec.name.as_str() == MirrorName::FOLLOWERS
+}
+
+/// Every mirror's name, the built-in one first (it is always a valid
+/// `--mirror`, also with `CSV_FILE` unset: the command then says so as today).
+fn names(settings: &Settings) -> Vec<&str> {
+    let mut names = vec![MirrorName::FOLLOWERS];
+    names.extend(
+        settings
+            .mirrors
+            .iter()
+            .map(|m| m.name.as_str())
+            .filter(|n| *n != MirrorName::FOLLOWERS),
+    );
+    names
+}
+
+fn not_synced_yet(name: &str) -> ExitCode {
+    report(
+        Level::ERROR,
+        &format!("mirror {name}: configured mirrors are defined but not synced by this version yet (docs/mirrors.md#status)"),
+    );
+    exit::usage()
+}
+
+/// The `--mirror` flags of a command: `followers` (or none) goes on as the
+/// command always has; a configured mirror's name is refused until the run is
+/// wired for it, and an unknown name is refused listing the mirrors (exit 2).
+pub(super) fn select(settings: &Settings, selected: &[String]) -> Result<(), ExitCode> {
+    let known = names(settings);
+    for name in selected {
+        if name == MirrorName::FOLLOWERS {
+            continue;
+        }
+        if known.contains(&name.as_str()) {
+            return Err(not_synced_yet(name));
+        }
+        report(
+            Level::ERROR,
+            &format!(
+                "no mirror named {name:?}; the mirrors are: {} (followers-etl mirrors shows them)",
+                known.join(", ")
+            ),
+        );
+        return Err(exit::usage());
+    }
+    Ok(())
+}
+
+/// `sync` without `--mirror` and `serve` run every mirror: refused (exit 2)
+/// while a configured one exists, rather than running only some of them.
+pub(super) fn all(settings: &Settings, selected: &[String]) -> Result<(), ExitCode> {
+    if !selected.is_empty() {
+        return select(settings, selected);
+    }
+    match names(settings).get(1) {
+        Some(name) => Err(not_synced_yet(name)),
+        None => Ok(()),
+    }
+}
