@@ -1,11 +1,12 @@
-//! Mirrors (issue 18, docs/mirrors.md): one file (or one glob of files) mirrored
+//! Mirrors (docs/mirrors.md): one file (or one glob of files) mirrored
 //! into one table with its own key and columns. This module is the definition
 //! layer: the typed model of a mirror (`MirrorSpec`), its `[[mirror]]` TOML
 //! shape and every rule a definition must meet (`parse`), the column types
 //! (`types`) and the validation of one CSV field for each of them (`value`); and
 //! the storage layer, every SQL statement a mirror's sync needs, generated from
 //! its definition (`store`, docs/mirrors.md#storage).
-//! Nothing reads `[[mirror]]` yet: `sync` still runs the built-in mirror only.
+//! The configuration reads `[[mirror]]` (`config::mirrors`) and `mirrors` prints
+//! it, but only the built-in mirror is synced yet (docs/mirrors.md#status).
 
 mod names;
 mod parse;
