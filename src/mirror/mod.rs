@@ -4,11 +4,13 @@
 //! shape and every rule a definition must meet (`parse`), the column types
 //! (`types`) and the validation of one CSV field for each of them (`value`); and
 //! the storage layer, every SQL statement a mirror's sync needs, generated from
-//! its definition (`store`, docs/mirrors.md#storage).
+//! its definition (`store`, docs/mirrors.md#storage); and the run of one mirror
+//! (`run`: lock, hash, read, stage, merge, record, revert; docs/mirrors.md#runs).
 //! Nothing reads `[[mirror]]` yet: `sync` still runs the built-in mirror only.
 
 mod names;
 mod parse;
+pub mod run;
 pub mod store;
 mod types;
 pub mod value;
