@@ -152,13 +152,16 @@ fn layout(
     })
 }
 
+/// Why a line is rejected: the column (none for the line itself) and the reason.
+type LineReject = (Option<String>, String);
+
 /// The line's values, canonical, in the configured order; or its reject (the
 /// first column that fails).
 fn parse_line<'r>(
     spec: &MirrorSpec,
     layout: &Layout,
     record: &'r ByteRecord,
-) -> Result<Vec<Option<std::borrow::Cow<'r, str>>>, (Option<String>, String)> {
+) -> Result<Vec<Option<std::borrow::Cow<'r, str>>>, LineReject> {
     match layout.width {
         Some(width) if record.len() != width => {
             return Err((
