@@ -330,10 +330,16 @@ async fn rejects_name_the_line_and_column_and_max_rejects_refuses_the_file() {
     env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
 
     // Line 3 (subscriber 2): seats is not a number; line 5 (4): a bad date.
+    // Subscriber 1 changed on line 2, then rejected on line 9: its last line is
+    // the rejected one, so its row stays as it is.
     let mut rows = file_a();
+    rows[0][3] = "changed".into();
     rows[1][7] = "12x".into();
     rows[3][4] = "2024-02-30".into();
     rows.push(base(7));
+    let mut one = base(1);
+    one[10] = "not-a-uuid".into();
+    rows.push(one);
     write(&env, &rows);
     let e = env
         .sync(&spec, MirrorRunOptions::default())
@@ -341,7 +347,14 @@ async fn rejects_name_the_line_and_column_and_max_rejects_refuses_the_file() {
         .unwrap_err();
     let text = e.to_string();
     assert!(
-        matches!(e, MirrorRunError::TooManyRejects { max: 0, .. }),
+        matches!(
+            &e,
+            MirrorRunError::TooManyRejects { max: 0, rejected: 3, rejects, .. } if rejects.len() == 2
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("3 rejected lines, more than MAX_REJECTS=0"),
         "{text}"
     );
     assert!(
@@ -352,15 +365,26 @@ async fn rejects_name_the_line_and_column_and_max_rejects_refuses_the_file() {
 
     // The mirror's own max_rejects: the valid lines sync, the rejected lines'
     // rows stay as they were (never deleted).
-    spec.overrides.max_rejects = Some(2);
+    spec.overrides.max_rejects = Some(3);
     let s = env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
-    assert_eq!((s.rejected, s.inserted, s.deleted), (2, 1, 0), "{s:?}");
+    assert_eq!(
+        (s.rejected, s.inserted, s.updated, s.deleted),
+        (3, 1, 0, 0),
+        "{s:?}"
+    );
     let lines: Vec<(u64, Option<&str>)> = s
         .rejects
         .iter()
         .map(|r| (r.line, r.column.as_deref()))
         .collect();
-    assert_eq!(lines, [(3, Some("seats")), (5, Some("signed_up"))]);
+    assert_eq!(
+        lines,
+        [
+            (3, Some("seats")),
+            (5, Some("signed_up")),
+            (9, Some("token"))
+        ]
+    );
     assert!(s.rejects[0].file.ends_with("subscribers.csv"));
     assert!(
         s.rejects[1].reason.contains("signed_up"),

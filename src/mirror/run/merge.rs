@@ -100,17 +100,58 @@ pub(super) async fn last_hash(
     }
 }
 
+/// The run's load, as the merge needs it.
+pub(super) struct Load<'a> {
+    pub load_id: LoadId,
+    /// Backend pid of the session holding the mirror's run lock.
+    pub lock_pid: i32,
+    pub path: &'a Path,
+}
+
+/// Whether the session `pid` still holds the mirror's run lock: checked inside
+/// the merge, so a run whose lock session ended (and which another run may have
+/// overtaken) never commits.
+async fn holds_lock(
+    txn: &DatabaseTransaction,
+    spec: &MirrorSpec,
+    pid: i32,
+) -> Result<(), MirrorRunError> {
+    let row = txn
+        .query_one(stmt(
+            "SELECT count(*) FROM pg_locks
+              WHERE locktype = 'advisory' AND granted AND pid = $1
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND classid = $2::int4::oid AND objid = $3::int4::oid AND objsubid = 2",
+            vec![
+                Value::from(pid),
+                Value::from(crate::db::MIRROR_LOCK_CLASS),
+                Value::from(super::mirror_lock_key(spec)),
+            ],
+        ))
+        .await
+        .map_err(|e| db_error(spec, "lock", e))?;
+    let held: i64 = row
+        .map_or(Ok(0), |r| r.try_get_by_index(0))
+        .map_err(|e| db_error(spec, "lock", e))?;
+    if held == 0 {
+        return Err(MirrorRunError::Lost {
+            mirror: spec.name.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Resolves repeated keys (the last line wins), then merges.
 pub(super) async fn dedupe_and_merge(
     db: &DatabaseConnection,
     sql: &MirrorSql<'_>,
     options: &MirrorRunOptions,
     guard: Guard,
-    load_id: LoadId,
-    path: &Path,
+    run: &Load<'_>,
     read: ReadOutcome,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let spec = sql.spec();
+    let load_id = run.load_id;
     let at = |source| db_error(spec, "dedupe", source);
     let load = || vec![Value::from(load_id.uuid())];
     let extra: i64 = db
@@ -142,6 +183,32 @@ pub(super) async fn dedupe_and_merge(
             .await
             .map_err(at)?;
     }
+    if !read.protected.is_empty() {
+        let rejected: Vec<serde_json::Value> = read
+            .protected
+            .iter()
+            .map(|(key, line)| serde_json::json!({"key": key, "line": line}))
+            .collect();
+        let values = vec![
+            Value::from(load_id.uuid()),
+            Value::from(serde_json::Value::Array(rejected).to_string()),
+        ];
+        db.execute(stmt(&sql.drop_rejected_keys(), values))
+            .await
+            .map_err(at)?;
+    }
+    let staged: i64 = db
+        .query_one(stmt(
+            &format!(
+                "SELECT count(*) FROM {} WHERE load_id = $1",
+                sql.staging_table()
+            ),
+            load(),
+        ))
+        .await
+        .map_err(at)?
+        .map_or(Ok(0), |r| r.try_get_by_index(0))
+        .map_err(at)?;
     let mut summary = MirrorSummary {
         mirror: spec.name.to_string(),
         load_id: Some(load_id.uuid()),
@@ -151,13 +218,21 @@ pub(super) async fn dedupe_and_merge(
         duplicates: count(extra),
         rejects: read.rejects,
         duplicate_examples,
+        // Until the merge: the rows left to compare.
+        unchanged: count(staged),
         ..MirrorSummary::default()
     };
+    let protected: Vec<serde_json::Value> = read.protected.into_iter().map(|(k, _)| k).collect();
     let txn = db.begin().await.map_err(|e| db_error(spec, "begin", e))?;
-    let merged = merge_in(&txn, sql, options, guard, &read.protected, &mut summary).await;
+    let merged = async {
+        lock_table(&txn, spec, options.lock_wait).await?;
+        holds_lock(&txn, spec, run.lock_pid).await?;
+        merge_in(&txn, sql, options, guard, &protected, &mut summary).await?;
+        record(&txn, sql, options, run.path, &summary).await
+    }
+    .await;
     match merged {
         Ok(()) => {
-            record(&txn, sql, options, path, &summary).await?;
             txn.commit()
                 .await
                 .map_err(|e| db_error(spec, "commit", e))?;
@@ -237,7 +312,6 @@ async fn merge_in(
 ) -> Result<(), MirrorRunError> {
     let spec = sql.spec();
     let at = |step| move |source| db_error(spec, step, source);
-    lock_table(txn, spec, options.lock_wait).await?;
     let load_id = summary.load_id.unwrap_or_default();
     txn.execute_unprepared(&sql.diff_table())
         .await
@@ -309,8 +383,7 @@ async fn merge_in(
     summary.inserted = inserted;
     summary.updated = updated;
     summary.deleted = deleted;
-    let staged = summary.rows_read - summary.rejected - summary.duplicates;
-    summary.unchanged = staged.saturating_sub(inserted + updated);
+    summary.unchanged = summary.unchanged.saturating_sub(inserted + updated);
     Ok(())
 }
 

@@ -167,11 +167,15 @@ pub enum MirrorRunError {
         line: u64,
         column: String,
     },
-    #[error("mirror {mirror}: more than MAX_REJECTS={max} rejected lines; nothing was loaded (first: {first})")]
+    #[error("mirror {mirror}: {rejected} rejected lines, more than MAX_REJECTS={max}; nothing was loaded (first: {first})")]
     TooManyRejects {
         mirror: String,
         max: u64,
+        /// Every reject of the file, counted.
+        rejected: u64,
         first: Box<MirrorReject>,
+        /// The others, up to 10,000 in all with `first`, in file order.
+        rejects: Vec<MirrorReject>,
     },
     #[error("mirror {mirror}: the file would delete {deleted} of {current} rows ({:.1}%), more than max_delete_ratio={ratio}; rolled back (use --allow-mass-delete if intended)", crate::convert::percent(*.deleted, *.current))]
     MassDelete {
@@ -202,6 +206,10 @@ pub enum MirrorRunError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "mirror {mirror}: the run lost its lock (its session ended); rolled back, nothing changed"
+    )]
+    Lost { mirror: String },
     #[error("mirror {mirror}: step {step} failed; rolled back, the table is unchanged")]
     Db {
         mirror: String,
@@ -265,7 +273,7 @@ pub async fn sync_mirror(
     options: MirrorRunOptions,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let lock = run_lock(url, spec).await?;
-    let result = locked_sync(db, spec, tables_dir, &options).await;
+    let result = locked_sync(db, spec, tables_dir, &options, lock.pid()).await;
     lock.release().await;
     result
 }
@@ -275,6 +283,7 @@ async fn locked_sync(
     spec: &MirrorSpec,
     tables_dir: &Path,
     options: &MirrorRunOptions,
+    lock_pid: i32,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let mirror = spec.name.to_string();
     let path = match spec.source.confined_file(tables_dir) {
@@ -322,7 +331,12 @@ async fn locked_sync(
             allow_mass_update: options.allow_mass_update,
             empty_file: crate::pipeline::read::emptiness(&path),
         };
-        merge::dedupe_and_merge(db, &sql, options, guard, load_id, &path, read).await
+        let load = merge::Load {
+            load_id,
+            lock_pid,
+            path: &path,
+        };
+        merge::dedupe_and_merge(db, &sql, options, guard, &load, read).await
     }
     .await;
     // Under the run lock: no other run of the mirror uses the staging table.

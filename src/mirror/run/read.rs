@@ -18,6 +18,10 @@ use sea_orm::DatabaseConnection;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
+/// Rejects kept with their details (all are counted), as the followers run's
+/// stored rejects (docs/sync.md#rejects-report).
+const KEPT_REJECTS: usize = 10_000;
+
 /// Lines per COPY batch handed from the reader to the stager.
 const BATCH_LINES: usize = 4096;
 
@@ -26,9 +30,10 @@ pub(super) struct ReadOutcome {
     pub rows_read: u64,
     pub staged: u64,
     pub rejects: Vec<MirrorReject>,
-    /// The keys of rejected lines whose key fields are valid (`key_json`): the
-    /// file may still hold these rows, so the merge never deletes them.
-    pub protected: Vec<serde_json::Value>,
+    /// The keys of rejected lines whose key fields are valid (`key_json`), with
+    /// their lines: the file may still hold these rows, so the merge never
+    /// deletes them, and an earlier valid line of the key does not change them.
+    pub protected: Vec<(serde_json::Value, u64)>,
     pub hash: ContentHash,
 }
 
@@ -225,6 +230,7 @@ fn read_file(
     let sources = spec.columns.iter().map(|c| c.source.clone()).collect();
     let mut records = CsvRecords::open_named(path, &format, sources).map_err(read_error)?;
     let (mut layout_found, mut rows_read, mut batch_lines) = (None, 0u64, 0usize);
+    let mut rejected = 0u64;
     let (mut rejects, mut protected, mut batch) = (Vec::new(), Vec::new(), String::new());
     let file: PathBuf = path.to_owned();
     while let Some(row) = records.next_row().map_err(read_error)? {
@@ -241,21 +247,23 @@ fn read_file(
                 batch_lines += 1;
             }
             Err((column, reason)) => {
-                protected.extend(protected_key(spec, layout, &row.record));
-                rejects.push(MirrorReject {
-                    file: file.clone(),
-                    line: row.line,
-                    column,
-                    reason,
-                });
-                if u64::try_from(rejects.len()).unwrap_or(u64::MAX) > max_rejects {
-                    return Err(MirrorRunError::TooManyRejects {
-                        mirror,
-                        max: max_rejects,
-                        first: Box::new(rejects.swap_remove(0)),
+                protected.extend(protected_key(spec, layout, &row.record).map(|k| (k, row.line)));
+                rejected += 1;
+                if rejects.len() < KEPT_REJECTS {
+                    rejects.push(MirrorReject {
+                        file: file.clone(),
+                        line: row.line,
+                        column,
+                        reason,
                     });
                 }
             }
+        }
+        if rejected > max_rejects {
+            // Refused: read on only to count (and report) every reject.
+            batch.clear();
+            batch_lines = 0;
+            continue;
         }
         if batch_lines >= BATCH_LINES {
             batch_lines = 0;
@@ -269,6 +277,15 @@ fn read_file(
         // A header without data rows still has to name every column.
         let header = records.header().map(|h| (h, header_line(h)));
         layout(spec, path, header)?;
+    }
+    if rejected > max_rejects {
+        return Err(MirrorRunError::TooManyRejects {
+            mirror,
+            max: max_rejects,
+            rejected,
+            first: Box::new(rejects.remove(0)),
+            rejects,
+        });
     }
     if !batch.is_empty() {
         let _ = tx.blocking_send(batch);
