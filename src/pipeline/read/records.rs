@@ -306,6 +306,110 @@ mod tests {
         assert_eq!(rows.len(), 1);
     }
 
+    /// A mirror's file read to the end: its header (as text) and rows.
+    fn read_mirror(
+        bytes: &[u8],
+        format: CsvFormat,
+        sources: &[&str],
+    ) -> Result<(Option<Vec<String>>, Vec<(u64, Vec<String>)>), ReadError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        let sources = sources.iter().map(|s| (*s).to_owned()).collect();
+        let mut records = CsvRecords::open_named(file.path(), &format, sources)?;
+        let text = |r: &ByteRecord| -> Vec<String> {
+            r.iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect()
+        };
+        let mut rows = Vec::new();
+        while let Some(row) = records.next_row()? {
+            rows.push((row.line, text(&row.record)));
+        }
+        Ok((records.header().map(text), rows))
+    }
+
+    #[test]
+    fn a_mirror_header_is_found_by_any_of_its_names_and_handed_out() {
+        let (header, rows) = read_mirror(
+            b"Region, ID ,Full Name
+eu,1,Ann
+",
+            auto(),
+            &["id", "full name"],
+        )
+        .unwrap();
+        assert_eq!(header.unwrap(), ["Region", " ID ", "Full Name"]);
+        assert_eq!(rows, vec![(2, vec!["eu".into(), "1".into(), "Ann".into()])]);
+        // No field names a column: data. An address among them: data.
+        let (header, rows) = read_mirror(
+            b"1,Ann
+",
+            auto(),
+            &["id", "name"],
+        )
+        .unwrap();
+        assert_eq!((header, rows.len()), (None, 1));
+        let (header, _) = read_mirror(
+            b"id,a@x.io
+",
+            auto(),
+            &["id", "email"],
+        )
+        .unwrap();
+        assert_eq!(header, None);
+        let absent = CsvFormat {
+            header: HeaderMode::Absent,
+            ..auto()
+        };
+        let (header, rows) = read_mirror(
+            b"id,name
+",
+            absent,
+            &["id", "name"],
+        )
+        .unwrap();
+        assert_eq!((header, rows.len()), (None, 1));
+    }
+
+    #[test]
+    fn a_mirror_keeps_line_breaks_in_quoted_fields_but_refuses_a_quote_open_at_the_end() {
+        let (_, rows) = read_mirror(
+            b"id,note
+1,\"two\nlines\"
+2,x
+",
+            auto(),
+            &["id", "note"],
+        )
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (2, vec!["1".into(), "two\nlines".into()]),
+                (4, vec!["2".into(), "x".into()])
+            ]
+        );
+        let e = read_mirror(
+            b"id,note
+1,\"open
+2,x
+",
+            auto(),
+            &["id", "note"],
+        )
+        .unwrap_err();
+        assert!(matches!(e, ReadError::UnclosedQuote { line: 2, .. }), "{e}");
+        // The followers file leaves that to validate's line-break reject.
+        assert!(read_all(
+            b"email,full_name
+a@x.io,\"open
+b@x.io,x
+",
+            auto()
+        )
+        .is_ok());
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_the_reader(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
