@@ -311,7 +311,13 @@ mod tests {
         bytes: &[u8],
         format: CsvFormat,
         sources: &[&str],
-    ) -> Result<(Option<Vec<String>>, Vec<(u64, Vec<String>)>), ReadError> {
+    ) -> Result<
+        (
+            Option<Vec<String>>,
+            crate::pipeline::read::test_support::Rows,
+        ),
+        ReadError,
+    > {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut file, bytes).unwrap();
         let sources = sources.iter().map(|s| (*s).to_owned()).collect();
