@@ -14,6 +14,19 @@ use std::time::Duration;
 const MIGRATE_LOCK: i64 = 0x6665_746c_0000_0001;
 pub const RUN_LOCK: i64 = 0x6665_746c_0000_0002;
 
+/// The class of a mirror's run lock (docs/mirrors.md#runs): the first key of the
+/// two-key form `pg_try_advisory_lock(int4, int4)`, whose locks PostgreSQL keeps
+/// apart from the one-key (`bigint`) form of `RUN_LOCK` and `MIGRATE_LOCK`, so a
+/// mirror's lock never is (or waits for) either. "mirr".
+pub const MIRROR_LOCK_CLASS: i32 = 0x6d69_7272;
+
+/// An advisory lock's key: the one-key form, or the two-key form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LockKey {
+    Single(i64),
+    Pair(i32, i32),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot connect to {url}")]
@@ -150,7 +163,7 @@ pub fn http_pool(settings: &Settings) -> Result<DatabaseConnection, DbError> {
 /// closes the connection and releases the lock.
 pub struct AdvisoryLock {
     conn: PgConnection,
-    key: i64,
+    key: LockKey,
     /// Backend pid of the lock's session: the merge checks it still holds the lock.
     pid: i32,
     /// A ping went unanswered (`stalled`): the session is not used again.
@@ -190,7 +203,26 @@ impl AdvisoryLock {
                 .map_err(DbError::Lock)?;
         Ok(got.then_some(Self {
             conn,
-            key: RUN_LOCK,
+            key: LockKey::Single(RUN_LOCK),
+            pid,
+            stalled: false,
+        }))
+    }
+
+    /// Takes the run lock of one mirror (`MIRROR_LOCK_CLASS`, `key`) if it is
+    /// free; `None` when another run of the mirror holds it.
+    pub async fn try_mirror_lock(url: &DatabaseUrl, key: i32) -> Result<Option<Self>, DbError> {
+        let mut conn = Self::dedicated_connection(url).await?;
+        let (got, pid): (bool, i32) =
+            sqlx::query_as("SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()")
+                .bind(MIRROR_LOCK_CLASS)
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(DbError::Lock)?;
+        Ok(got.then_some(Self {
+            conn,
+            key: LockKey::Pair(MIRROR_LOCK_CLASS, key),
             pid,
             stalled: false,
         }))
@@ -206,7 +238,7 @@ impl AdvisoryLock {
             .map_err(DbError::Lock)?;
         Ok(Self {
             conn,
-            key: MIGRATE_LOCK,
+            key: LockKey::Single(MIGRATE_LOCK),
             pid: 0,
             stalled: false,
         })
@@ -243,10 +275,21 @@ impl AdvisoryLock {
             return;
         }
         let unlock = async {
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut self.conn)
-                .await;
+            let _ = match self.key {
+                LockKey::Single(key) => {
+                    sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(key)
+                        .execute(&mut self.conn)
+                        .await
+                }
+                LockKey::Pair(class, key) => {
+                    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                        .bind(class)
+                        .bind(key)
+                        .execute(&mut self.conn)
+                        .await
+                }
+            };
             let _ = self.conn.close().await;
         };
         let _ = tokio::time::timeout(connect_timeout(), unlock).await;

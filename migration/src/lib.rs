@@ -21,6 +21,7 @@ mod m20261201_000020_followers_write_counter;
 mod m20261201_000030_sync_runs_refusal_key;
 mod m20261201_000040_exact_runs;
 mod m20261202_000050_mirror_journal;
+mod m20261202_000060_mirror_status;
 
 pub struct Migrator;
 
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000030_sync_runs_refusal_key::Migration),
             Box::new(m20261201_000040_exact_runs::Migration),
             Box::new(m20261202_000050_mirror_journal::Migration),
+            Box::new(m20261202_000060_mirror_status::Migration),
         ]
     }
 }

@@ -368,7 +368,7 @@ const BLOCKERS: &str = "SELECT a.pid, coalesce(nullif(a.application_name, ''), '
   ORDER BY a.xact_start NULLS LAST, a.pid LIMIT 3";
 
 /// Whether `e` is PostgreSQL's `lock_not_available` (a `lock_timeout` expired).
-pub(super) fn is_lock_timeout(e: &DbErr) -> bool {
+pub(crate) fn is_lock_timeout(e: &DbErr) -> bool {
     use sea_orm::RuntimeErr;
     let (DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(db)))
     | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(db)))) = e

@@ -112,6 +112,26 @@ impl MirrorSql<'_> {
         )
     }
 
+    /// Removes the load `$1`'s rows whose key a later rejected line repeats: `$2`
+    /// is a `jsonb` array of `{"key": key_json, "line": n}`, one per rejected
+    /// line with a valid key. As in the followers mirror, a rejected line that
+    /// is its key's last leaves the row as it is (the diff's protected keys then
+    /// keep it from being deleted); a valid line after it still wins.
+    pub fn drop_rejected_keys(&self) -> String {
+        format!(
+            "DELETE FROM {staging} s
+  USING jsonb_array_elements($2::jsonb) e,
+        LATERAL jsonb_populate_record(NULL::{table}, e -> 'key') p
+  WHERE s.load_id = $1 AND s.line_no < (e ->> 'line')::bigint AND {on}",
+            staging = self.staging_table(),
+            table = self.table(),
+            on = self.key_match(
+                |i, _| format!("s.{}", pos(i)),
+                |_, c| format!("p.{}", c.name.sql())
+            ),
+        )
+    }
+
     /// Removes the load `$1`'s rows (the compensation of staging).
     pub fn discard_staging(&self) -> String {
         format!("DELETE FROM {} WHERE load_id = $1", self.staging_table())

@@ -17,8 +17,24 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// How the first record is told to be a header, and what it must name.
+#[derive(Clone, Debug)]
+enum HeaderRule {
+    /// The followers file: `email` and `full_name` (`Columns`).
+    Followers,
+    /// A generic mirror's file: the configured columns' `source`s
+    /// (docs/mirrors.md#reading); the header itself is handed out
+    /// (`CsvRecords::header`) for the mirror to find its columns in.
+    Named(Vec<String>),
+}
+
 pub(crate) struct CsvRecords {
     path: PathBuf,
+    rule: HeaderRule,
+    /// The first non-blank record was seen (header or not).
+    decided: bool,
+    /// A `Named` file's header, once read.
+    header: Option<ByteRecord>,
     format: CsvFormat,
     reader: csv::Reader<LineTracker<Box<dyn BufRead + Send>>>,
     tap: Arc<Tap>,
@@ -29,6 +45,30 @@ pub(crate) struct CsvRecords {
 
 impl CsvRecords {
     pub(crate) fn open(path: &Path, format: &CsvFormat) -> Result<Self, ReadError> {
+        Self::open_with(path, format, HeaderRule::Followers)
+    }
+
+    /// A generic mirror's file, whose columns are named `sources` (trimmed,
+    /// without regard to case). With `CSV_HEADER=auto` the first record is a
+    /// header when one of its fields names a column and none is a valid email
+    /// address, as for the followers file. A quoted field still open at the end
+    /// of the file refuses it even where it swallowed line breaks (a mirror's
+    /// text may hold line breaks, so no later check would catch it).
+    pub(crate) fn open_named(
+        path: &Path,
+        format: &CsvFormat,
+        sources: Vec<String>,
+    ) -> Result<Self, ReadError> {
+        Self::open_with(path, format, HeaderRule::Named(sources))
+    }
+
+    /// The header of a file opened by `open_named`, once the first record was
+    /// read; `None` before or without one.
+    pub(crate) fn header(&self) -> Option<&ByteRecord> {
+        self.header.as_ref()
+    }
+
+    fn open_with(path: &Path, format: &CsvFormat, rule: HeaderRule) -> Result<Self, ReadError> {
         let tap = Tap::new(format);
         let mut text = open_text(path, format, tap.clone())?;
         // The first buffer (nothing consumed).
@@ -41,6 +81,9 @@ impl CsvRecords {
             .from_reader(LineTracker::new(text, eol));
         Ok(Self {
             path: path.to_owned(),
+            rule,
+            decided: false,
+            header: None,
             format: *format,
             reader,
             tap,
@@ -91,7 +134,8 @@ impl CsvRecords {
                 // A quote that swallowed line breaks is the unbalanced-quote rule
                 // (`validate`'s line-break reject); one open on the last line
                 // swallowed nothing and would load a cut value.
-                if quoting.open && !bytes.contains(&self.eol) {
+                let named = matches!(self.rule, HeaderRule::Named(_));
+                if quoting.open && (named || !bytes.contains(&self.eol)) {
                     return Err(ReadError::UnclosedQuote {
                         path: self.path.clone(),
                         line,
@@ -106,21 +150,32 @@ impl CsvRecords {
             if is_blank(&self.record) {
                 continue;
             }
-            if self.columns.is_none() {
+            if !self.decided {
+                self.decided = true;
+                let names = |f: &[u8]| match &self.rule {
+                    HeaderRule::Followers => is_named(f, "email"),
+                    HeaderRule::Named(sources) => sources.iter().any(|s| is_named(f, s.trim())),
+                };
                 let header = match self.format.header {
                     HeaderMode::Present => true,
                     HeaderMode::Absent => false,
                     // A first line naming a follower "Email" is data.
                     HeaderMode::Auto => {
-                        self.record.iter().any(|f| is_named(f, "email"))
-                            && !self.record.iter().any(is_email)
+                        self.record.iter().any(names) && !self.record.iter().any(is_email)
                     }
                 };
-                if header {
-                    self.columns = Some(self.header_columns(line)?);
-                    continue;
+                match (&self.rule, header) {
+                    (HeaderRule::Followers, true) => {
+                        self.columns = Some(self.header_columns(line)?);
+                        continue;
+                    }
+                    (HeaderRule::Followers, false) => self.columns = Some(Columns::POSITIONAL),
+                    (HeaderRule::Named(_), true) => {
+                        self.header = Some(self.record.clone());
+                        continue;
+                    }
+                    (HeaderRule::Named(_), false) => {}
                 }
-                self.columns = Some(Columns::POSITIONAL);
             }
             let (offset, raw) = self.reader.get_ref().record_text(end);
             return Ok(Some(RawRow {
@@ -249,6 +304,116 @@ mod tests {
         // A header is still a header.
         let (_, rows) = read_all(b"Email,full_name\ninfo@x.io,Email\n", auto()).unwrap();
         assert_eq!(rows.len(), 1);
+    }
+
+    /// A mirror's file read to the end: its header (as text) and rows.
+    fn read_mirror(
+        bytes: &[u8],
+        format: CsvFormat,
+        sources: &[&str],
+    ) -> Result<
+        (
+            Option<Vec<String>>,
+            crate::pipeline::read::test_support::Rows,
+        ),
+        ReadError,
+    > {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        let sources = sources.iter().map(|s| (*s).to_owned()).collect();
+        let mut records = CsvRecords::open_named(file.path(), &format, sources)?;
+        let text = |r: &ByteRecord| -> Vec<String> {
+            r.iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect()
+        };
+        let mut rows = Vec::new();
+        while let Some(row) = records.next_row()? {
+            rows.push((row.line, text(&row.record)));
+        }
+        Ok((records.header().map(text), rows))
+    }
+
+    #[test]
+    fn a_mirror_header_is_found_by_any_of_its_names_and_handed_out() {
+        let (header, rows) = read_mirror(
+            b"Region, ID ,Full Name
+eu,1,Ann
+",
+            auto(),
+            &["id", "full name"],
+        )
+        .unwrap();
+        assert_eq!(header.unwrap(), ["Region", " ID ", "Full Name"]);
+        assert_eq!(rows, vec![(2, vec!["eu".into(), "1".into(), "Ann".into()])]);
+        // No field names a column: data. An address among them: data.
+        let (header, rows) = read_mirror(
+            b"1,Ann
+",
+            auto(),
+            &["id", "name"],
+        )
+        .unwrap();
+        assert_eq!((header, rows.len()), (None, 1));
+        let (header, _) = read_mirror(
+            b"id,a@x.io
+",
+            auto(),
+            &["id", "email"],
+        )
+        .unwrap();
+        assert_eq!(header, None);
+        let absent = CsvFormat {
+            header: HeaderMode::Absent,
+            ..auto()
+        };
+        let (header, rows) = read_mirror(
+            b"id,name
+",
+            absent,
+            &["id", "name"],
+        )
+        .unwrap();
+        assert_eq!((header, rows.len()), (None, 1));
+    }
+
+    #[test]
+    fn a_mirror_keeps_line_breaks_in_quoted_fields_but_refuses_a_quote_open_at_the_end() {
+        let (_, rows) = read_mirror(
+            b"id,note
+1,\"two\nlines\"
+2,x
+",
+            auto(),
+            &["id", "note"],
+        )
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (2, vec!["1".into(), "two\nlines".into()]),
+                (4, vec!["2".into(), "x".into()])
+            ]
+        );
+        let e = read_mirror(
+            b"id,note
+1,\"open
+2,x
+",
+            auto(),
+            &["id", "note"],
+        )
+        .unwrap_err();
+        assert!(matches!(e, ReadError::UnclosedQuote { line: 2, .. }), "{e}");
+        // The followers file leaves that to validate's line-break reject.
+        assert!(read_all(
+            b"email,full_name
+a@x.io,\"open
+b@x.io,x
+",
+            auto()
+        )
+        .is_ok());
     }
 
     proptest::proptest! {

@@ -1,0 +1,345 @@
+//! The run of one generic mirror (docs/mirrors.md#runs), not wired to the CLI
+//! yet: `sync_mirror` and `revert_mirror_last`. A sync is, in order:
+//!
+//! | step   | what                                                                 | module  |
+//! |--------|----------------------------------------------------------------------|---------|
+//! | lock   | the mirror's own run lock (busy: `MirrorRunError::Busy`)             | here    |
+//! | table  | the table checked, or created when absent                            | `merge` |
+//! | hash   | the file's hash; equal to the last sync's: skipped (unless `force`)  | here    |
+//! | read   | every field validated for its column (rejects, `MAX_REJECTS`)        | `read`  |
+//! | stage  | COPY into `etl_mirror_staging.<mirror>`, streaming as the file reads | `read`  |
+//! | dedupe | a repeated key: the last line wins, reported                         | `merge` |
+//! | merge  | one transaction: writer lock, diff, guard, journaled writes, record  | `merge` |
+//!
+//! Any failure rolls the merge back (the table as it was) and the staging
+//! table is dropped whatever happens, under the run lock.
+
+mod merge;
+mod read;
+
+pub use merge::revert_mirror_last;
+
+use super::store::{IncompatibleTable, MirrorSql};
+use super::MirrorSpec;
+use crate::config::{CsvFormat, DatabaseUrl};
+use crate::db::{AdvisoryLock, DbError};
+use crate::domain::LoadId;
+use crate::pipeline::merge::{Emptiness, Guard};
+use crate::pipeline::read::ReadError;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The settings a mirror takes from the variables where its definition has no
+/// value of its own (`SettingOverrides`), and the run's approvals.
+#[derive(Clone, Copy, Debug)]
+pub struct MirrorRunOptions {
+    /// `CSV_DELIMITER`, `CSV_HEADER`, `CSV_ENCODING`.
+    pub csv: CsvFormat,
+    /// `MAX_REJECTS`.
+    pub max_rejects: u64,
+    /// `MAX_DELETE_RATIO`.
+    pub max_delete_ratio: f64,
+    /// `MAX_UPDATE_RATIO`.
+    pub max_update_ratio: f64,
+    pub allow_mass_delete: bool,
+    pub allow_mass_update: bool,
+    /// `JOURNAL_KEEP_RUNS` (0: no journal, so no revert).
+    pub journal_keep_runs: u64,
+    /// `LOCK_WAIT_TIMEOUT`: the longest wait for another writer of the table.
+    pub lock_wait: Duration,
+    /// Sync even when the file's hash equals the last sync's.
+    pub force: bool,
+}
+
+impl Default for MirrorRunOptions {
+    fn default() -> Self {
+        Self {
+            csv: CsvFormat::default(),
+            max_rejects: 0,
+            max_delete_ratio: 0.5,
+            max_update_ratio: 1.0,
+            allow_mass_delete: false,
+            allow_mass_update: false,
+            journal_keep_runs: 10,
+            lock_wait: Duration::from_secs(10),
+            force: false,
+        }
+    }
+}
+
+/// One rejected line: the file, its line, the column (none when the line
+/// itself is wrong, e.g. its number of fields) and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorReject {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for MirrorReject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: line {}: ", self.file.display(), self.line)?;
+        match &self.column {
+            Some(column) => write!(f, "column {column}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+/// What one sync of a mirror did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MirrorSummary {
+    pub mirror: String,
+    /// `None`: skipped, the file unchanged since the last sync.
+    pub load_id: Option<uuid::Uuid>,
+    pub content_hash: String,
+    pub rows_read: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub journaled: u64,
+    pub rejects: Vec<MirrorReject>,
+    /// Up to 10 repeated keys (as `jsonb` text) with the lines they are on.
+    pub duplicate_examples: Vec<(String, Vec<i64>)>,
+}
+
+impl MirrorSummary {
+    pub fn skipped(&self) -> bool {
+        self.load_id.is_none()
+    }
+}
+
+/// What `revert_mirror_last` undid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorRevert {
+    pub mirror: String,
+    /// The run undone.
+    pub load_id: uuid::Uuid,
+    /// Rows written back (deleted, restored, re-inserted).
+    pub changed: u64,
+}
+
+/// Why a mirror's run did not complete; each names the mirror. After any of
+/// them the table is as it was before the run.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorRunError {
+    #[error("mirror {mirror}: another run of this mirror holds its lock; nothing done (the next run tries again)")]
+    Busy { mirror: String },
+    #[error("mirror {mirror}: {source}")]
+    Lock {
+        mirror: String,
+        #[source]
+        source: DbError,
+    },
+    #[error(transparent)]
+    Incompatible(#[from] IncompatibleTable),
+    #[error("mirror {mirror}: {source}")]
+    Source {
+        mirror: String,
+        #[source]
+        source: crate::config::ConfineError,
+    },
+    #[error("mirror {mirror}: files (a glob) is not supported by the run yet; use file")]
+    Glob { mirror: String },
+    #[error("mirror {mirror}: {source}")]
+    Read {
+        mirror: String,
+        #[source]
+        source: ReadError,
+    },
+    #[error("mirror {mirror}: {file}: line {line}: the header has no {column:?} column (it has: {found}); nothing was loaded")]
+    MissingColumn {
+        mirror: String,
+        file: PathBuf,
+        line: u64,
+        column: String,
+        found: String,
+    },
+    #[error("mirror {mirror}: {file}: line {line}: the header names {column:?} twice; nothing was loaded")]
+    DuplicateColumn {
+        mirror: String,
+        file: PathBuf,
+        line: u64,
+        column: String,
+    },
+    #[error("mirror {mirror}: {rejected} rejected lines, more than MAX_REJECTS={max}; nothing was loaded (first: {first})")]
+    TooManyRejects {
+        mirror: String,
+        max: u64,
+        /// Every reject of the file, counted.
+        rejected: u64,
+        first: Box<MirrorReject>,
+        /// The others, up to 10,000 in all with `first`, in file order.
+        rejects: Vec<MirrorReject>,
+    },
+    #[error("mirror {mirror}: the file would delete {deleted} of {current} rows ({:.1}%), more than max_delete_ratio={ratio}; rolled back (use --allow-mass-delete if intended)", crate::convert::percent(*.deleted, *.current))]
+    MassDelete {
+        mirror: String,
+        deleted: u64,
+        current: u64,
+        ratio: f64,
+    },
+    #[error("mirror {mirror}: the file would change {updated} of {current} rows ({:.1}%), more than MAX_UPDATE_RATIO={ratio}; rolled back (use --allow-mass-update if intended)", crate::convert::percent(*.updated, *.current))]
+    MassUpdate {
+        mirror: String,
+        updated: u64,
+        current: u64,
+        ratio: f64,
+    },
+    #[error("mirror {mirror}: the file is empty ({what}) and would delete all {current} rows; an empty file is refused whatever max_delete_ratio says (use --allow-mass-delete if intended)")]
+    EmptyFile {
+        mirror: String,
+        current: u64,
+        what: Emptiness,
+    },
+    #[error("mirror {mirror}: waited LOCK_WAIT_TIMEOUT={} for another session writing the table; rolled back, nothing changed (the next run tries again)", robfig_cron::go_duration::format_go_duration(*.waited))]
+    WritersBusy { mirror: String, waited: Duration },
+    #[error("mirror {mirror}: the {op} changed {actual} row(s), the diff found {expected} (a trigger, rule or another writer changed the table during the run); rolled back, nothing changed")]
+    Mismatch {
+        mirror: String,
+        op: &'static str,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "mirror {mirror}: the run lost its lock (its session ended); rolled back, nothing changed"
+    )]
+    Lost { mirror: String },
+    #[error("mirror {mirror}: step {step} failed; rolled back, the table is unchanged")]
+    Db {
+        mirror: String,
+        step: &'static str,
+        #[source]
+        source: DbErr,
+    },
+    #[error("mirror {mirror}: staging failed; nothing was loaded")]
+    Copy {
+        mirror: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "mirror {mirror}: no run to revert (none changed the table, or every one is reverted)"
+    )]
+    NothingToRevert { mirror: String },
+    #[error("mirror {mirror}: the run {load_id} has no journal (journal_keep_runs was 0, or its journal was pruned); cannot revert it")]
+    NoJournal { mirror: String, load_id: uuid::Uuid },
+}
+
+/// The key of a mirror's run lock, under `db::MIRROR_LOCK_CLASS`: the first four
+/// bytes of the blake3 hash of its quoted table name (one table has one mirror).
+pub fn mirror_lock_key(spec: &MirrorSpec) -> i32 {
+    let hash = blake3::hash(spec.table.sql().as_bytes());
+    let bytes = hash.as_bytes();
+    i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// Takes the mirror's run lock, or `Busy`.
+async fn run_lock(url: &DatabaseUrl, spec: &MirrorSpec) -> Result<AdvisoryLock, MirrorRunError> {
+    let mirror = spec.name.to_string();
+    match AdvisoryLock::try_mirror_lock(url, mirror_lock_key(spec)).await {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(MirrorRunError::Busy { mirror }),
+        Err(source) => Err(MirrorRunError::Lock { mirror, source }),
+    }
+}
+
+/// The mirror's CSV format: its own settings, else the variables'.
+fn csv_format(spec: &MirrorSpec, options: &MirrorRunOptions) -> CsvFormat {
+    let o = &spec.overrides;
+    CsvFormat {
+        delimiter: o.csv_delimiter.unwrap_or(options.csv.delimiter),
+        header: o.csv_header.unwrap_or(options.csv.header),
+        encoding: o.csv_encoding.unwrap_or(options.csv.encoding),
+    }
+}
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// Syncs one mirror: its file into its table (the steps above). Returns what it
+/// did, or why not; the table is then unchanged.
+pub async fn sync_mirror(
+    db: &DatabaseConnection,
+    url: &DatabaseUrl,
+    spec: &MirrorSpec,
+    tables_dir: &Path,
+    options: MirrorRunOptions,
+) -> Result<MirrorSummary, MirrorRunError> {
+    let lock = run_lock(url, spec).await?;
+    let result = locked_sync(db, spec, tables_dir, &options, lock.pid()).await;
+    lock.release().await;
+    result
+}
+
+async fn locked_sync(
+    db: &DatabaseConnection,
+    spec: &MirrorSpec,
+    tables_dir: &Path,
+    options: &MirrorRunOptions,
+    lock_pid: i32,
+) -> Result<MirrorSummary, MirrorRunError> {
+    let mirror = spec.name.to_string();
+    let path = match spec.source.confined_file(tables_dir) {
+        None => return Err(MirrorRunError::Glob { mirror }),
+        Some(Err(source)) => return Err(MirrorRunError::Source { mirror, source }),
+        Some(Ok(path)) => path,
+    };
+    let sql = MirrorSql::new(spec);
+    merge::prepare_table(db, &sql).await?;
+    let format = csv_format(spec, options);
+    let hash = {
+        let (path, format) = (path.clone(), format);
+        tokio::task::spawn_blocking(move || crate::pipeline::read::hash_file(&path, &format))
+            .await
+            .expect("the hash task does not panic")
+            .map_err(|source| MirrorRunError::Read {
+                mirror: mirror.clone(),
+                source,
+            })?
+    };
+    if !options.force && merge::last_hash(db, spec).await?.as_deref() == Some(hash.as_str()) {
+        return Ok(MirrorSummary {
+            mirror,
+            content_hash: hash.as_str().to_owned(),
+            ..MirrorSummary::default()
+        });
+    }
+    let load_id = LoadId::new();
+    let at = |step| move |source| merge::db_error(spec, step, source);
+    db.execute_unprepared(&sql.drop_staging())
+        .await
+        .map_err(at("stage"))?;
+    db.execute_unprepared(&sql.create_staging())
+        .await
+        .map_err(at("stage"))?;
+    let result = async {
+        let read = read::read_and_stage(db, spec, &path, format, options, load_id).await?;
+        let guard = Guard {
+            max_delete_ratio: spec
+                .overrides
+                .max_delete_ratio
+                .unwrap_or(options.max_delete_ratio),
+            allow_mass_delete: options.allow_mass_delete,
+            max_update_ratio: options.max_update_ratio,
+            allow_mass_update: options.allow_mass_update,
+            empty_file: crate::pipeline::read::emptiness(&path),
+        };
+        let load = merge::Load {
+            load_id,
+            lock_pid,
+            path: &path,
+        };
+        merge::dedupe_and_merge(db, &sql, options, guard, &load, read).await
+    }
+    .await;
+    // Under the run lock: no other run of the mirror uses the staging table.
+    let _ = db.execute_unprepared(&sql.drop_staging()).await;
+    result
+}

@@ -1,0 +1,305 @@
+//! Read and stage (docs/mirrors.md#reading): the file through the followers'
+//! reader (`CsvRecords`, every layer: compression, encoding, line endings,
+//! quoting), each configured column found by its header name (or by position
+//! without a header), every field validated for its column (`value`), the
+//! valid lines streamed to the staging table by one COPY while the file is
+//! still being read (a blocking reader thread feeding batches over a bounded
+//! channel), the rejects kept with their file, line, column and reason.
+
+use super::{MirrorReject, MirrorRunError, MirrorRunOptions};
+use crate::config::CsvFormat;
+use crate::domain::{ContentHash, LoadId};
+use crate::mirror::store::{copy_line, key_json, MirrorSql};
+use crate::mirror::value::parse_field;
+use crate::mirror::MirrorSpec;
+use crate::pipeline::read::CsvRecords;
+use csv::ByteRecord;
+use sea_orm::DatabaseConnection;
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+/// Rejects kept with their details (all are counted), as the followers run's
+/// stored rejects (docs/sync.md#rejects-report).
+const KEPT_REJECTS: usize = 10_000;
+
+/// Lines per COPY batch handed from the reader to the stager.
+const BATCH_LINES: usize = 4096;
+
+/// What reading found (the staged rows are in the staging table).
+pub(super) struct ReadOutcome {
+    pub rows_read: u64,
+    pub staged: u64,
+    pub rejects: Vec<MirrorReject>,
+    /// The keys of rejected lines whose key fields are valid (`key_json`), with
+    /// their lines: the file may still hold these rows, so the merge never
+    /// deletes them, and an earlier valid line of the key does not change them.
+    pub protected: Vec<(serde_json::Value, u64)>,
+    pub hash: ContentHash,
+}
+
+/// Reads the file and COPYs its valid lines into the (fresh) staging table
+/// under `load_id`.
+pub(super) async fn read_and_stage(
+    db: &DatabaseConnection,
+    spec: &MirrorSpec,
+    path: &Path,
+    format: CsvFormat,
+    options: &MirrorRunOptions,
+    load_id: LoadId,
+) -> Result<ReadOutcome, MirrorRunError> {
+    let mirror = spec.name.to_string();
+    let max_rejects = spec.overrides.max_rejects.unwrap_or(options.max_rejects);
+    let copy_error = |source| MirrorRunError::Copy {
+        mirror: mirror.clone(),
+        source,
+    };
+    let mut conn = db
+        .get_postgres_connection_pool()
+        .acquire()
+        .await
+        .map_err(copy_error)?;
+    let (tx, mut rx) = mpsc::channel::<String>(4);
+    let reader = {
+        let (spec, path) = (spec.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || {
+            read_file(&spec, &path, format, max_rejects, load_id, &tx)
+        })
+    };
+    let copy_sql = MirrorSql::new(spec).copy_in();
+    let staged = stream(&mut conn, &copy_sql, &mut rx)
+        .await
+        .map_err(copy_error);
+    drop(rx);
+    let read = reader.await.expect("the reader task does not panic");
+    let outcome = match (read, staged) {
+        (Err(e), Ok(copy)) => {
+            let _ = copy.abort("followers-etl: the file was refused").await;
+            Err(e)
+        }
+        (Err(e), Err(_)) | (Ok(_), Err(e)) => Err(e),
+        (Ok(mut outcome), Ok(copy)) => {
+            outcome.staged = copy.finish().await.map_err(copy_error)?;
+            Ok(outcome)
+        }
+    };
+    outcome
+}
+
+/// One COPY of every batch the reader sends, until it closes the channel.
+async fn stream<'c>(
+    conn: &'c mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+    sql: &str,
+    rx: &mut mpsc::Receiver<String>,
+) -> Result<sqlx::postgres::PgCopyIn<&'c mut sqlx::PgConnection>, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(sql).await?;
+    while let Some(batch) = rx.recv().await {
+        if let Err(e) = copy.send(batch.as_bytes()).await {
+            let _ = copy.abort("followers-etl: send failed").await;
+            return Err(e);
+        }
+    }
+    Ok(copy)
+}
+
+/// Where each configured column sits in a record, and how many fields a record
+/// has (`None`: at least one per column, no header to say).
+struct Layout {
+    positions: Vec<usize>,
+    width: Option<usize>,
+}
+
+fn layout(
+    spec: &MirrorSpec,
+    path: &Path,
+    header: Option<(&ByteRecord, u64)>,
+) -> Result<Layout, MirrorRunError> {
+    let Some((header, line)) = header else {
+        return Ok(Layout {
+            positions: (0..spec.columns.len()).collect(),
+            width: None,
+        });
+    };
+    let text = |f: &[u8]| String::from_utf8_lossy(f).into_owned();
+    let mut positions = Vec::with_capacity(spec.columns.len());
+    for column in &spec.columns {
+        let mut hits = header
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| column.matches_header(&text(f)));
+        match (hits.next(), hits.next()) {
+            (Some((i, _)), None) => positions.push(i),
+            (Some(_), Some(_)) => {
+                return Err(MirrorRunError::DuplicateColumn {
+                    mirror: spec.name.to_string(),
+                    file: path.to_owned(),
+                    line,
+                    column: column.source.clone(),
+                })
+            }
+            (None, _) => {
+                return Err(MirrorRunError::MissingColumn {
+                    mirror: spec.name.to_string(),
+                    file: path.to_owned(),
+                    line,
+                    column: column.source.clone(),
+                    found: header
+                        .iter()
+                        .map(|f| format!("{:?}", text(f).trim()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+        }
+    }
+    Ok(Layout {
+        positions,
+        width: Some(header.len()),
+    })
+}
+
+/// Why a line is rejected: the column (none for the line itself) and the reason.
+type LineReject = (Option<String>, String);
+
+/// The line's values, canonical, in the configured order; or its reject (the
+/// first column that fails).
+fn parse_line<'r>(
+    spec: &MirrorSpec,
+    layout: &Layout,
+    record: &'r ByteRecord,
+) -> Result<Vec<Option<std::borrow::Cow<'r, str>>>, LineReject> {
+    match layout.width {
+        Some(width) if record.len() != width => {
+            return Err((
+                None,
+                format!("the line has {} fields, the header {width}", record.len()),
+            ))
+        }
+        None if record.len() < spec.columns.len() => {
+            return Err((
+                None,
+                format!(
+                    "the line has {} fields, the mirror reads {}",
+                    record.len(),
+                    spec.columns.len()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let mut values = Vec::with_capacity(spec.columns.len());
+    for (column, &at) in spec.columns.iter().zip(&layout.positions) {
+        let name = || Some(column.name.to_string());
+        let raw = std::str::from_utf8(record.get(at).unwrap_or_default())
+            .map_err(|_| (name(), "is not valid text".to_owned()))?;
+        values.push(parse_field(column, raw).map_err(|reason| (name(), reason))?);
+    }
+    Ok(values)
+}
+
+/// The key fields of a rejected line, as a protected key, when they are valid.
+fn protected_key(
+    spec: &MirrorSpec,
+    layout: &Layout,
+    record: &ByteRecord,
+) -> Option<serde_json::Value> {
+    let fields: Option<Vec<&str>> = spec
+        .key
+        .iter()
+        .map(|k| {
+            let i = spec.columns.iter().position(|c| &c.name == k)?;
+            std::str::from_utf8(record.get(layout.positions[i])?).ok()
+        })
+        .collect();
+    key_json(spec, &fields?).ok()
+}
+
+/// The blocking side: reads every line, sends COPY batches to `tx`.
+fn read_file(
+    spec: &MirrorSpec,
+    path: &Path,
+    format: CsvFormat,
+    max_rejects: u64,
+    load_id: LoadId,
+    tx: &mpsc::Sender<String>,
+) -> Result<ReadOutcome, MirrorRunError> {
+    let mirror = spec.name.to_string();
+    let read_error = |source| MirrorRunError::Read {
+        mirror: mirror.clone(),
+        source,
+    };
+    let sources = spec.columns.iter().map(|c| c.source.clone()).collect();
+    let mut records = CsvRecords::open_named(path, &format, sources).map_err(read_error)?;
+    let (mut layout_found, mut rows_read, mut batch_lines) = (None, 0u64, 0usize);
+    let mut rejected = 0u64;
+    let (mut rejects, mut protected, mut batch) = (Vec::new(), Vec::new(), String::new());
+    let file: PathBuf = path.to_owned();
+    while let Some(row) = records.next_row().map_err(read_error)? {
+        if layout_found.is_none() {
+            let header = records.header().map(|h| (h, header_line(h)));
+            layout_found = Some(layout(spec, path, header)?);
+        }
+        let layout = layout_found.as_ref().expect("set above");
+        rows_read += 1;
+        match parse_line(spec, layout, &row.record) {
+            Ok(values) => {
+                let values: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+                copy_line(&mut batch, load_id.uuid(), row.line, &values);
+                batch_lines += 1;
+            }
+            Err((column, reason)) => {
+                protected.extend(protected_key(spec, layout, &row.record).map(|k| (k, row.line)));
+                rejected += 1;
+                if rejects.len() < KEPT_REJECTS {
+                    rejects.push(MirrorReject {
+                        file: file.clone(),
+                        line: row.line,
+                        column,
+                        reason,
+                    });
+                }
+            }
+        }
+        if rejected > max_rejects {
+            // Refused: read on only to count (and report) every reject.
+            batch.clear();
+            batch_lines = 0;
+            continue;
+        }
+        if batch_lines >= BATCH_LINES {
+            batch_lines = 0;
+            if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                // The stager failed: it reports why.
+                break;
+            }
+        }
+    }
+    if layout_found.is_none() {
+        // A header without data rows still has to name every column.
+        let header = records.header().map(|h| (h, header_line(h)));
+        layout(spec, path, header)?;
+    }
+    if rejected > max_rejects {
+        return Err(MirrorRunError::TooManyRejects {
+            mirror,
+            max: max_rejects,
+            rejected,
+            first: Box::new(rejects.remove(0)),
+            rejects,
+        });
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(batch);
+    }
+    Ok(ReadOutcome {
+        rows_read,
+        staged: 0,
+        rejects,
+        protected,
+        hash: records.finish(),
+    })
+}
+
+/// The header's line in the file (the `csv` crate's position of the record).
+fn header_line(header: &ByteRecord) -> u64 {
+    header.position().map_or(1, csv::Position::line)
+}
