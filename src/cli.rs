@@ -31,7 +31,7 @@ mod mirrors;
 #[derive(Debug, Parser)]
 #[command(name = "followers-etl", version, propagate_version = true)]
 pub struct Cli {
-    /// TOML file with settings (lower-case variable names, e.g. batch_size = 5000) and [[mirror]] tables (docs/mirrors.md).
+    /// TOML file with settings (lower-case variable names, e.g. batch_size = 5000) and `[[mirror]]` tables (docs/mirrors.md).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// PostgreSQL connection string (URL or libpq keywords); overrides DATABASE_URL, DSN and PGHOST/PGPORT/PGUSER/PGDATABASE.

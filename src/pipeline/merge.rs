@@ -369,13 +369,18 @@ const BLOCKERS: &str = "SELECT a.pid, coalesce(nullif(a.application_name, ''), '
 
 /// Whether `e` is PostgreSQL's `lock_not_available` (a `lock_timeout` expired).
 pub(crate) fn is_lock_timeout(e: &DbErr) -> bool {
+    sqlstate(e).as_deref() == Some("55P03")
+}
+
+/// The SQLSTATE of a statement's error from the server, if it is one.
+pub(crate) fn sqlstate(e: &DbErr) -> Option<String> {
     use sea_orm::RuntimeErr;
     let (DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(db)))
     | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(db)))) = e
     else {
-        return false;
+        return None;
     };
-    db.code().as_deref() == Some("55P03")
+    db.code().map(|code| code.into_owned())
 }
 
 /// Describes the sessions a lock wait may have waited for (`BLOCKERS`).

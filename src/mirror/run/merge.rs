@@ -70,9 +70,16 @@ pub(super) async fn prepare_table(
         .collect::<Result<Vec<_>, DbErr>>()
         .map_err(at)?;
     if sql.check_table(&columns, &keys)? == TableState::Absent {
-        db.execute_unprepared(&sql.create_schema())
-            .await
-            .map_err(at)?;
+        // `CREATE SCHEMA IF NOT EXISTS` is not atomic: two first runs creating one
+        // schema at once, the loser fails with a duplicate, and the schema exists.
+        if let Err(e) = db.execute_unprepared(&sql.create_schema()).await {
+            if !matches!(
+                crate::pipeline::merge::sqlstate(&e).as_deref(),
+                Some("23505" | "42P06")
+            ) {
+                return Err(at(e));
+            }
+        }
         db.execute_unprepared(&sql.create_table())
             .await
             .map_err(at)?;
