@@ -569,3 +569,22 @@ async fn two_mirrors_sync_at_once_and_one_mirror_runs_once_at_a_time() {
         .unwrap();
     assert!(followers_lock);
 }
+
+/// Every reject is counted, beyond the 10,000 kept with their details.
+#[tokio::test]
+async fn more_rejects_than_are_kept_are_all_counted() {
+    let env = env().await;
+    let mut accounts = spec(ACCOUNTS);
+    accounts.overrides.max_rejects = Some(20_000);
+    let mut file = accounts_csv(3, "");
+    for i in 0..10_005 {
+        file += &format!("not-a-number-{i},Bad\n");
+    }
+    env.env.write_file("accounts.csv", file);
+    let done = env
+        .sync(&accounts, MirrorRunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((done.inserted, done.rejected), (3, 10_005), "{done:?}");
+    assert_eq!(account_rows(&env).await, 3);
+}

@@ -221,7 +221,7 @@ pub(super) async fn dedupe_and_merge(
         load_id: Some(load_id.uuid()),
         content_hash: read.hash.as_str().to_owned(),
         rows_read: read.rows_read,
-        rejected: u64::try_from(read.rejects.len()).unwrap_or(u64::MAX),
+        rejected: read.rejected,
         duplicates: count(extra),
         rejects: read.rejects,
         duplicate_examples,

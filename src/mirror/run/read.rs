@@ -29,6 +29,8 @@ const BATCH_LINES: usize = 4096;
 pub(super) struct ReadOutcome {
     pub rows_read: u64,
     pub staged: u64,
+    /// Every rejected line, counted (only the first `KEPT_REJECTS` are kept).
+    pub rejected: u64,
     pub rejects: Vec<MirrorReject>,
     /// The keys of rejected lines whose key fields are valid (`key_json`), with
     /// their lines: the file may still hold these rows, so the merge never
@@ -293,6 +295,7 @@ fn read_file(
     Ok(ReadOutcome {
         rows_read,
         staged: 0,
+        rejected,
         rejects,
         protected,
         hash: records.finish(),

@@ -145,6 +145,20 @@ impl MirrorSql<'_> {
                     ),
                 ));
             }
+            // citext compares without regard to case in its unique index but
+            // as text in the diff's join (staging holds text): a key differing
+            // only in case would be an insert beside its old row, and fail.
+            if self.spec.is_key(&c.name) && found.ty == "citext" {
+                return Err(error(
+                    format!("column {}", c.name),
+                    "is part of the key and citext, which the mirror's key match cannot honour".into(),
+                    format!(
+                        "ALTER TABLE {} ALTER COLUMN {} TYPE text (an email key is lower-cased by the email type already)",
+                        self.table(),
+                        c.name.sql()
+                    ),
+                ));
+            }
             if self.spec.is_key(&c.name) && !found.not_null {
                 return Err(error(
                     format!("column {}", c.name),

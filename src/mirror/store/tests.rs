@@ -206,6 +206,13 @@ fn an_existing_table_is_checked() {
     let e = sql.check_table(&cols, &key).unwrap_err();
     assert!(e.fix.contains("ALTER COLUMN \"email\" SET NOT NULL"), "{e}");
 
+    // A citext key column cannot be matched as the unique index compares.
+    let mut cols = good_columns();
+    cols[1].ty = "citext".to_owned();
+    let e = sql.check_table(&cols, &key).unwrap_err();
+    assert_eq!(e.column, "column email");
+    assert!(e.fix.contains("ALTER COLUMN \"email\" TYPE text"), "{e}");
+
     let mut cols = good_columns();
     cols[5] = column("modified_at", "date", false);
     let e = sql.check_table(&cols, &key).unwrap_err();
