@@ -211,6 +211,7 @@ async fn check(env: &TestEnv, spec: &MirrorSpec) -> Result<TableState, String> {
             name: r.get(0),
             ty: r.get(1),
             not_null: r.get(2),
+            fills_itself: r.get(3),
         })
         .collect();
     let keys: Vec<Vec<String>> = sqlx::query_scalar(MirrorSql::CATALOG_UNIQUE_KEYS)
@@ -543,6 +544,21 @@ async fn an_incompatible_existing_table_is_refused_by_name() {
     )
     .await;
     assert_eq!(prepare(&env, &spec).await, Ok(TableState::Compatible));
+    // An application's own NOT NULL column: refused unless it fills itself.
+    exec(&env, "ALTER TABLE crm.bad ADD COLUMN app_id bigint").await;
+    exec(&env, "ALTER TABLE crm.bad ALTER COLUMN app_id SET NOT NULL").await;
+    let e = prepare(&env, &spec).await.unwrap_err();
+    assert!(
+        e.contains("column app_id is NOT NULL without a default"),
+        "{e}"
+    );
+    for fills in [
+        "ALTER TABLE crm.bad ALTER COLUMN app_id SET DEFAULT 0",
+        "ALTER TABLE crm.bad ALTER COLUMN app_id DROP DEFAULT, ALTER COLUMN app_id ADD GENERATED ALWAYS AS IDENTITY",
+    ] {
+        exec(&env, fills).await;
+        assert_eq!(prepare(&env, &spec).await, Ok(TableState::Compatible), "{fills}");
+    }
 }
 
 /// Names that would break generated SQL if any were not quoted, or collided with

@@ -57,6 +57,7 @@ pub(super) async fn prepare_table(
                 name: r.try_get_by_index(0)?,
                 ty: r.try_get_by_index(1)?,
                 not_null: r.try_get_by_index(2)?,
+                fills_itself: r.try_get_by_index(3)?,
             })
         })
         .collect::<Result<Vec<_>, DbErr>>()

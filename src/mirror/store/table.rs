@@ -21,6 +21,9 @@ pub struct CatalogColumn {
     /// `format_type` of the column (`character varying(255)`, `numeric(12,2)`).
     pub ty: String,
     pub not_null: bool,
+    /// The column fills itself on insert: a default, an identity or a
+    /// generated column.
+    pub fills_itself: bool,
 }
 
 /// What the check of a table found.
@@ -80,7 +83,8 @@ impl MirrorSql<'_> {
     /// An existing table's columns: `$1` the schema, `$2` the table (as the
     /// catalog holds them, `TableName::schema`/`table`); no rows: no such table.
     pub const CATALOG_COLUMNS: &'static str =
-        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+        a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
    FROM pg_attribute a
    JOIN pg_class c ON c.oid = a.attrelid
    JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -187,6 +191,29 @@ impl MirrorSql<'_> {
                     ),
                 ));
             }
+        }
+        // The application's own columns are left alone, but every insert (and a
+        // revert's re-insert) must be able to leave them out.
+        let configured = |name: &str| {
+            self.columns().any(|(_, c)| c.name.as_str() == name)
+                || self.spec.modified_column.as_ref().map(ColumnName::as_str) == Some(name)
+        };
+        if let Some(own) = columns
+            .iter()
+            .find(|c| c.not_null && !c.fills_itself && !configured(&c.name))
+        {
+            return Err(error(
+                format!("column {}", own.name),
+                format!(
+                    "is NOT NULL without a default and not among [[mirror]] {}'s columns, so no row could be inserted",
+                    self.spec.name
+                ),
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT …, or DROP NOT NULL, or configure the column",
+                    self.table(),
+                    quote_identifier(&own.name)
+                ),
+            ));
         }
         let mut key: Vec<&str> = self.spec.key.iter().map(ColumnName::as_str).collect();
         key.sort_unstable();

@@ -151,6 +151,7 @@ fn column(name: &str, ty: &str, not_null: bool) -> CatalogColumn {
         name: name.into(),
         ty: ty.into(),
         not_null,
+        fills_itself: false,
     }
 }
 
@@ -205,6 +206,18 @@ fn an_existing_table_is_checked() {
     cols[1].not_null = false;
     let e = sql.check_table(&cols, &key).unwrap_err();
     assert!(e.fix.contains("ALTER COLUMN \"email\" SET NOT NULL"), "{e}");
+
+    // An application's own NOT NULL column must fill itself.
+    let mut cols = good_columns();
+    cols[6].not_null = true;
+    let e = sql.check_table(&cols, &key).unwrap_err();
+    assert_eq!(e.column, "column app_note");
+    assert!(
+        e.fix.contains("ALTER COLUMN \"app_note\" SET DEFAULT"),
+        "{e}"
+    );
+    cols[6].fills_itself = true;
+    assert_eq!(sql.check_table(&cols, &key), Ok(TableState::Compatible));
 
     // A citext key column cannot be matched as the unique index compares.
     let mut cols = good_columns();
