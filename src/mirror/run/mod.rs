@@ -210,6 +210,12 @@ pub enum MirrorRunError {
         "mirror {mirror}: the run lost its lock (its session ended); rolled back, nothing changed"
     )]
     Lost { mirror: String },
+    #[error("mirror {mirror}: COPY stored {staged} rows of the {accepted} valid lines read; nothing was merged")]
+    StagedCount {
+        mirror: String,
+        staged: u64,
+        accepted: u64,
+    },
     #[error("mirror {mirror}: step {step} failed; rolled back, the table is unchanged")]
     Db {
         mirror: String,

@@ -81,7 +81,17 @@ pub(super) async fn read_and_stage(
         (Err(e), Err(_)) | (Ok(_), Err(e)) => Err(e),
         (Ok(mut outcome), Ok(copy)) => {
             outcome.staged = copy.finish().await.map_err(copy_error)?;
-            Ok(outcome)
+            // Every valid line reached staging, or nothing is merged.
+            let accepted = outcome.rows_read.saturating_sub(outcome.rejected);
+            if outcome.staged == accepted {
+                Ok(outcome)
+            } else {
+                Err(MirrorRunError::StagedCount {
+                    mirror: mirror.clone(),
+                    staged: outcome.staged,
+                    accepted,
+                })
+            }
         }
     };
     outcome

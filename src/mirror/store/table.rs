@@ -12,7 +12,7 @@ use crate::mirror::{modified_column_compatible, quote_identifier, ColumnName, Co
 /// new values (`c{i}`, the key's from either side), the operation, the `xmin`
 /// of the table's row and its configured columns as `jsonb` (`before`). It lives
 /// in the session's temporary schema and is dropped with the transaction.
-const DIFF: &str = "mirror_diff";
+const DIFF: &str = "pg_temp.mirror_diff";
 
 /// One column of an existing table, as `CATALOG_COLUMNS` returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
