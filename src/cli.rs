@@ -107,6 +107,7 @@ pub enum Command {
     /// Apply pending migrations (once, the takeover of the old service's followers table) and check the shape of followers, then exit (1 on failure).
     Migrate,
     /// Undo synced runs from their journal, newest first, back to and including LOAD_ID (or only the newest with --last), in one transaction (0 reverted or dry run, 1 refused/failed or the journal off, 2 usage).
+    #[command(override_usage = "followers-etl revert <LOAD_ID | --last> [OPTIONS]")]
     Revert {
         /// The oldest run to undo (its load_id, as `status` shows it).
         #[arg(
