@@ -872,6 +872,34 @@ impl Drop for TestRole {
 
 /// Two versions of a small file shared by the journal and table-shape tests.
 pub(crate) mod fixtures {
+    /// The `subscribers` mirror of docs/mirrors.md (a composite key, every
+    /// column type, nullable columns, a header name unlike the column's) into
+    /// `table`, written as its TOML value (`'crm."Sub Scribers"'`).
+    pub(crate) fn subscribers_toml(table: &str) -> String {
+        format!(
+            r#"[[mirror]]
+name = "subscribers"
+file = "subscribers.csv"
+table = {table}
+key = ["account_id", "email"]
+modified_column = "modified_at"
+columns = [
+  {{ name = "account_id", type = "bigint" }},
+  {{ name = "email",      type = "email" }},
+  {{ name = "full_name",  type = "text", max_length = 255, source = "Full Name" }},
+  {{ name = "plan",       type = "text", nullable = true }},
+  {{ name = "signed_up",  type = "date" }},
+  {{ name = "opted_in",   type = "boolean" }},
+  {{ name = "balance",    type = "numeric", nullable = true }},
+  {{ name = "seats",      type = "integer" }},
+  {{ name = "last_seen",  type = "timestamp", nullable = true }},
+  {{ name = "confirmed",  type = "timestamptz", nullable = true }},
+  {{ name = "token",      type = "uuid" }},
+]
+"#
+        )
+    }
+
     /// Four followers.
     pub(crate) const A: &[(&str, &str)] = &[
         ("ann@example.com", "Ann"),

@@ -6,6 +6,7 @@
 //! `MAX_REJECTS`, a missing column refused by name, the guards refusing, a
 //! failure mid-merge, revert, and concurrent runs.
 
+use crate::helpers::fixtures::subscribers_toml;
 use crate::helpers::TestEnv;
 use followers_etl::config::DatabaseUrl;
 use followers_etl::mirror::run::{
@@ -16,28 +17,6 @@ use followers_etl::mirror::{from_toml_str, ColumnType, MirrorSpec};
 use sea_orm::{Database, DatabaseConnection};
 use sqlx::Row;
 use std::time::Duration;
-
-const SUBSCRIBERS: &str = r#"
-[[mirror]]
-name = "subscribers"
-file = "subscribers.csv"
-table = "crm.subscribers"
-key = ["account_id", "email"]
-modified_column = "modified_at"
-columns = [
-  { name = "account_id", type = "bigint" },
-  { name = "email",      type = "email" },
-  { name = "full_name",  type = "text", max_length = 255, source = "Full Name" },
-  { name = "plan",       type = "text", nullable = true },
-  { name = "signed_up",  type = "date" },
-  { name = "opted_in",   type = "boolean" },
-  { name = "balance",    type = "numeric", nullable = true },
-  { name = "seats",      type = "integer" },
-  { name = "last_seen",  type = "timestamp", nullable = true },
-  { name = "confirmed",  type = "timestamptz", nullable = true },
-  { name = "token",      type = "uuid" },
-]
-"#;
 
 const ACCOUNTS: &str = r#"
 [[mirror]]
@@ -133,7 +112,7 @@ fn quoted(field: &str) -> String {
 
 /// The file: `HEADER`, then each row with its fields in the header's order.
 fn csv(rows: &[Fields]) -> String {
-    let s = spec(SUBSCRIBERS);
+    let s = spec(&subscribers_toml(r#""crm.subscribers""#));
     let mut out = HEADER.join(",") + "\n";
     for row in rows {
         let line: Vec<String> = HEADER
@@ -247,7 +226,7 @@ async fn staging_exists(env: &Env) -> bool {
 #[tokio::test]
 async fn a_mirror_syncs_every_change_skips_an_unchanged_file_and_reverts() {
     let env = env().await;
-    let spec = spec(SUBSCRIBERS);
+    let spec = spec(&subscribers_toml(r#""crm.subscribers""#));
     let options = MirrorRunOptions::default();
 
     write(&env, &file_a());
@@ -325,7 +304,7 @@ async fn a_mirror_syncs_every_change_skips_an_unchanged_file_and_reverts() {
 #[tokio::test]
 async fn rejects_name_the_line_and_column_and_max_rejects_refuses_the_file() {
     let env = env().await;
-    let mut spec = spec(SUBSCRIBERS);
+    let mut spec = spec(&subscribers_toml(r#""crm.subscribers""#));
     write(&env, &file_a());
     env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
 
@@ -398,7 +377,7 @@ async fn rejects_name_the_line_and_column_and_max_rejects_refuses_the_file() {
 #[tokio::test]
 async fn a_missing_column_is_refused_by_name() {
     let env = env().await;
-    let spec = spec(SUBSCRIBERS);
+    let spec = spec(&subscribers_toml(r#""crm.subscribers""#));
     let text = csv(&file_a()).replacen("Full Name", "Name", 1);
     env.env.write_file("subscribers.csv", text);
     let e = env
@@ -417,7 +396,7 @@ async fn a_missing_column_is_refused_by_name() {
 #[tokio::test]
 async fn the_guards_refuse_and_leave_the_table_unchanged() {
     let env = env().await;
-    let spec = spec(SUBSCRIBERS);
+    let spec = spec(&subscribers_toml(r#""crm.subscribers""#));
     write(&env, &file_a());
     env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
 
@@ -464,7 +443,7 @@ async fn the_guards_refuse_and_leave_the_table_unchanged() {
 #[tokio::test]
 async fn a_failure_mid_merge_leaves_the_table_unchanged() {
     let env = env().await;
-    let spec = spec(SUBSCRIBERS);
+    let spec = spec(&subscribers_toml(r#""crm.subscribers""#));
     write(&env, &file_a());
     let first = env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
     // The application's own constraint: the new row's token repeats row 1's,
@@ -517,7 +496,10 @@ async fn account_rows(env: &Env) -> i64 {
 #[tokio::test]
 async fn two_mirrors_sync_at_once_and_one_mirror_runs_once_at_a_time() {
     let env = env().await;
-    let (subscribers, accounts) = (spec(SUBSCRIBERS), spec(ACCOUNTS));
+    let (subscribers, accounts) = (
+        spec(&subscribers_toml(r#""crm.subscribers""#)),
+        spec(ACCOUNTS),
+    );
     write(&env, &file_a());
     env.env.write_file("accounts.csv", accounts_csv(20_000, ""));
     let options = MirrorRunOptions::default();

@@ -5,33 +5,12 @@
 //! of every kind), reverted, and its history read; and an incompatible table
 //! refused with the named error.
 
+use crate::helpers::fixtures::subscribers_toml;
 use crate::helpers::TestEnv;
 use followers_etl::mirror::store::{copy_line, key_json, CatalogColumn, MirrorSql, TableState};
 use followers_etl::mirror::value::parse_field;
 use followers_etl::mirror::{from_toml_str, MirrorSpec};
 use sqlx::Row;
-
-const SUBSCRIBERS: &str = r#"
-[[mirror]]
-name = "subscribers"
-file = "subscribers.csv"
-table = 'crm."Sub Scribers"'
-key = ["account_id", "email"]
-modified_column = "modified_at"
-columns = [
-  { name = "account_id", type = "bigint" },
-  { name = "email",      type = "email" },
-  { name = "full_name",  type = "text", max_length = 255, source = "Full Name" },
-  { name = "plan",       type = "text", nullable = true },
-  { name = "signed_up",  type = "date" },
-  { name = "opted_in",   type = "boolean" },
-  { name = "balance",    type = "numeric", nullable = true },
-  { name = "seats",      type = "integer" },
-  { name = "last_seen",  type = "timestamp", nullable = true },
-  { name = "confirmed",  type = "timestamptz", nullable = true },
-  { name = "token",      type = "uuid" },
-]
-"#;
 
 const TABLE: &str = r#""crm"."Sub Scribers""#;
 
@@ -375,7 +354,7 @@ async fn note(env: &TestEnv, id: i64) -> Option<String> {
 #[tokio::test]
 async fn a_generic_mirror_merges_every_change_journals_it_and_reverts() {
     let env = TestEnv::migrated().await;
-    let spec = spec(SUBSCRIBERS);
+    let spec = spec(&subscribers_toml(r#"'crm."Sub Scribers"'"#));
     assert_eq!(prepare(&env, &spec).await, Ok(TableState::Absent));
     // The application's own column: never read or written by the mirror.
     exec(
@@ -502,7 +481,7 @@ async fn a_generic_mirror_merges_every_change_journals_it_and_reverts() {
 #[tokio::test]
 async fn an_incompatible_existing_table_is_refused_by_name() {
     let env = TestEnv::migrated().await;
-    let toml = SUBSCRIBERS.replace(r#"'crm."Sub Scribers"'"#, r#""crm.bad""#);
+    let toml = subscribers_toml(r#""crm.bad""#);
     let spec = spec(&toml);
     exec(&env, "CREATE SCHEMA crm").await;
     exec(
