@@ -799,7 +799,13 @@ async fn rejects(settings: &Settings, load_id: Option<uuid::Uuid>, json: bool) -
         Ok(db) => db,
         Err(e) => return failure("database", &e),
     };
-    let run = match crate::rejects::of_run(db.get_postgres_connection_pool(), load_id).await {
+    let run = match crate::rejects::of_run(
+        db.get_postgres_connection_pool(),
+        runs::BUILTIN_MIRROR,
+        load_id,
+    )
+    .await
+    {
         Ok(Some(run)) => run,
         Ok(None) => {
             report(

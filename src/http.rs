@@ -102,7 +102,7 @@ async fn metrics_text(State(state): State<AppState>) -> (StatusCode, String) {
     };
     let count = crate::runs::follower_count(&state.db);
     if let Ok(Ok(n)) = tokio::time::timeout(crate::db::HTTP_DB_TIMEOUT, count).await {
-        crate::metrics::record_followers(n);
+        crate::metrics::record_followers(crate::runs::BUILTIN_MIRROR, n);
     }
     (StatusCode::OK, handle.render())
 }

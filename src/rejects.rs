@@ -70,17 +70,19 @@ pub(crate) struct RunRejects {
 /// as a run whose file is not settled is); `None` when there is no such run.
 pub(crate) async fn of_run(
     pool: &PgPool,
+    mirror: &str,
     load_id: Option<Uuid>,
 ) -> Result<Option<RunRejects>, sqlx::Error> {
     let run: Option<(Uuid, String, String, i64)> = sqlx::query_as(
         "SELECT load_id, outcome, file, rejected FROM etl_info_schema.sync_runs
-         WHERE CASE WHEN $1::uuid IS NULL
+         WHERE mirror = $2 AND CASE WHEN $1::uuid IS NULL
                     THEN outcome NOT IN ('skipped', 'running') AND trigger <> 'revert'
                          AND (stages IS NULL OR stages ? 'read_and_stage')
                     ELSE load_id = $1 END
          ORDER BY started_at DESC, load_id DESC LIMIT 1",
     )
     .bind(load_id)
+    .bind(mirror)
     .fetch_optional(pool)
     .await?;
     let Some((load_id, outcome, file, rejected)) = run else {

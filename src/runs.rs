@@ -16,6 +16,10 @@ use sea_orm::{
 /// The table this agent mirrors, as named in `table_status`.
 pub(crate) const TARGET_TABLE: &str = "followers";
 
+/// The built-in mirror's name in `sync_runs.mirror` (docs/mirrors.md#runs): every
+/// query of the followers path reads only its own runs.
+pub(crate) const BUILTIN_MIRROR: &str = "followers";
+
 fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
 }
@@ -38,6 +42,7 @@ pub(crate) async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
             "interrupted: the agent stopped during this run; its staged rows were removed".into(),
         )
         .filter(sync_runs::Column::Outcome.eq("running"))
+        .filter(sync_runs::Column::Mirror.eq(BUILTIN_MIRROR))
         .exec(db)
         .await?;
     if orphans.rows_affected() > 0 || interrupted.rows_affected > 0 {
@@ -53,6 +58,18 @@ pub(crate) async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
 /// Records a run as `running`.
 pub(crate) async fn start(
     db: &impl ConnectionTrait,
+    load_id: LoadId,
+    trigger: Trigger,
+    file: &str,
+    hash: Option<&ContentHash>,
+) -> Result<(), DbErr> {
+    start_of(db, BUILTIN_MIRROR, load_id, trigger, file, hash).await
+}
+
+/// Records a run of `mirror` as `running`.
+pub(crate) async fn start_of(
+    db: &impl ConnectionTrait,
+    mirror: &str,
     load_id: LoadId,
     trigger: Trigger,
     file: &str,
@@ -77,6 +94,7 @@ pub(crate) async fn start(
         journaled: Set(None),
         filled: Set(false),
         reverted_by: Set(None),
+        mirror: Set(mirror.into()),
     }
     .insert(db)
     .await?;
@@ -145,9 +163,10 @@ pub(crate) async fn standing_refusal(
         .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT load_id, error, outcome = 'refused' AND refusal_key IS NOT DISTINCT FROM $1 AS stands
-               FROM etl_info_schema.sync_runs WHERE outcome IN ('synced', 'refused', 'failed')
+               FROM etl_info_schema.sync_runs
+              WHERE outcome IN ('synced', 'refused', 'failed') AND mirror = $2
               ORDER BY started_at DESC, load_id DESC LIMIT 1",
-            [key.into()],
+            [key.into(), BUILTIN_MIRROR.into()],
         ))
         .await?
     else {
@@ -241,8 +260,19 @@ const PRUNE_BATCH: u64 = 500;
 /// a `running` run, nor the last successful sync (the newest `synced` run and the run
 /// `table_status` names), nor the newest decisive run (a refusal it holds is what
 /// later runs skip: docs/sync.md#refusals-and-approvals). Returns how many runs it deleted.
-#[tracing::instrument(skip_all, err(level = "debug"))]
 pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Result<u64, DbErr> {
+    prune_of(db, BUILTIN_MIRROR, bound).await
+}
+
+/// `prune` for the runs of one mirror (each mirror keeps its own newest runs,
+/// docs/mirrors.md#runs); the run `mirror_status` names is kept as
+/// `table_status`'s is.
+#[tracing::instrument(skip(db, bound), err(level = "debug"))]
+pub(crate) async fn prune_of(
+    db: &impl ConnectionTrait,
+    mirror: &str,
+    bound: RunRetention,
+) -> Result<u64, DbErr> {
     let older_than: Option<NaiveDateTime> = bound
         .keep_days
         .and_then(|days| now().checked_sub_signed(chrono::TimeDelta::try_days(days.into())?));
@@ -252,9 +282,12 @@ pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Res
         Some(keep) => db
             .query_one(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT started_at, load_id FROM etl_info_schema.sync_runs
+                "SELECT started_at, load_id FROM etl_info_schema.sync_runs WHERE mirror = $2
                  ORDER BY started_at DESC, load_id DESC OFFSET $1 LIMIT 1",
-                [crate::convert::saturating_bigint(keep).into()],
+                [
+                    crate::convert::saturating_bigint(keep).into(),
+                    mirror.into(),
+                ],
             ))
             .await?
             .map(|row| {
@@ -279,16 +312,20 @@ pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Res
                 "WITH gone AS (
                   DELETE FROM etl_info_schema.sync_runs WHERE load_id IN (
                     SELECT r.load_id FROM etl_info_schema.sync_runs r
-                    WHERE (r.started_at < $1 OR (r.started_at, r.load_id) <= ($2, $3))
+                    WHERE r.mirror = $5
+                      AND (r.started_at < $1 OR (r.started_at, r.load_id) <= ($2, $3))
                       AND r.outcome <> 'running'
                       AND r.load_id NOT IN (SELECT t.load_id FROM etl_info_schema.table_status t
                                             WHERE t.load_id IS NOT NULL)
+                      AND r.load_id NOT IN (SELECT m.last_load_id FROM etl_info_schema.mirror_status m
+                                            WHERE m.last_load_id IS NOT NULL)
                       AND r.load_id IS DISTINCT FROM (
                           SELECT s.load_id FROM etl_info_schema.sync_runs s
-                          WHERE s.outcome = 'synced' ORDER BY s.started_at DESC LIMIT 1)
+                          WHERE s.outcome = 'synced' AND s.mirror = $5
+                          ORDER BY s.started_at DESC LIMIT 1)
                       AND r.load_id IS DISTINCT FROM (
                           SELECT d.load_id FROM etl_info_schema.sync_runs d
-                          WHERE d.outcome IN ('synced', 'refused', 'failed')
+                          WHERE d.outcome IN ('synced', 'refused', 'failed') AND d.mirror = $5
                           ORDER BY d.started_at DESC LIMIT 1)
                     ORDER BY r.started_at LIMIT $4)
                   RETURNING load_id, journaled),
@@ -301,6 +338,7 @@ pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Res
                     beyond_count.map(|(t, _)| t).into(),
                     beyond_count.map(|(_, id)| id).into(),
                     crate::convert::saturating_bigint(PRUNE_BATCH).into(),
+                    mirror.into(),
                 ],
             ))
             .await?
@@ -315,6 +353,7 @@ pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Res
     if pruned > 0 {
         tracing::info!(
             pruned,
+            mirror,
             "old runs pruned (HISTORY_KEEP_DAYS, HISTORY_KEEP_RUNS)"
         );
     }
@@ -327,7 +366,8 @@ pub(crate) async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbE
     let row = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT count(*) AS n FROM etl_info_schema.sync_runs WHERE journaled IS NOT NULL",
+            "SELECT count(*) AS n FROM etl_info_schema.sync_runs
+              WHERE journaled IS NOT NULL AND mirror = 'followers'",
         ))
         .await?;
     Ok(row
@@ -371,24 +411,28 @@ impl RunRecord {
     }
 }
 
-/// Runs matching `condition` (which may use `$2`, bound to `param`), newest first.
+/// Runs of `mirror` matching `condition` (which may use `$3`, bound to `param`), newest first.
 /// Every query here walks an index on `started_at` (or the partial index of decisive
 /// runs) from its newest end, so it stays fast however many runs there are.
 async fn runs_where(
     db: &impl ConnectionTrait,
+    mirror: &str,
     condition: &str,
     param: Option<Value>,
     limit: u64,
 ) -> Result<Vec<RunRecord>, DbErr> {
-    let mut values = vec![Value::from(crate::convert::saturating_bigint(limit))];
+    let mut values = vec![
+        Value::from(crate::convert::saturating_bigint(limit)),
+        Value::from(mirror),
+    ];
     values.extend(param);
     RunRecord::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,
         format!(
             "SELECT load_id, trigger, file, content_hash, started_at, finished_at, outcome,
                     rows_read, inserted, updated, deleted, unchanged, rejected, duplicates,
-                    error, journaled, filled, reverted_by, stages::text AS stages
-             FROM etl_info_schema.sync_runs WHERE {condition}
+                    error, journaled, filled, reverted_by, mirror, stages::text AS stages
+             FROM etl_info_schema.sync_runs WHERE mirror = $2 AND ({condition})
              ORDER BY started_at DESC, load_id DESC LIMIT $1"
         ),
         values,
@@ -398,15 +442,20 @@ async fn runs_where(
 }
 
 /// The newest runs, newest first.
-pub(crate) async fn recent(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<RunRecord>, DbErr> {
-    runs_where(db, "true", None, limit).await
+pub(crate) async fn recent(
+    db: &impl ConnectionTrait,
+    mirror: &str,
+    limit: u64,
+) -> Result<Vec<RunRecord>, DbErr> {
+    runs_where(db, mirror, "true", None, limit).await
 }
 
 /// The newest successful sync.
 pub(crate) async fn last_synced(
     db: &impl ConnectionTrait,
+    mirror: &str,
 ) -> Result<Option<sync_runs::Model>, DbErr> {
-    Ok(runs_where(db, "outcome = 'synced'", None, 1)
+    Ok(runs_where(db, mirror, "outcome = 'synced'", None, 1)
         .await?
         .pop()
         .map(|r| r.run))
@@ -416,23 +465,30 @@ pub(crate) async fn last_synced(
 /// was refused or failed, that needs an operator.
 pub(crate) async fn last_decisive(
     db: &impl ConnectionTrait,
+    mirror: &str,
 ) -> Result<Option<sync_runs::Model>, DbErr> {
-    Ok(
-        runs_where(db, "outcome IN ('synced', 'refused', 'failed')", None, 1)
-            .await?
-            .pop()
-            .map(|r| r.run),
+    Ok(runs_where(
+        db,
+        mirror,
+        "outcome IN ('synced', 'refused', 'failed')",
+        None,
+        1,
     )
+    .await?
+    .pop()
+    .map(|r| r.run))
 }
 
 /// When the newest cron-triggered run since `since` started.
 pub(crate) async fn last_cron_start(
     db: &impl ConnectionTrait,
+    mirror: &str,
     since: NaiveDateTime,
 ) -> Result<Option<NaiveDateTime>, DbErr> {
     Ok(runs_where(
         db,
-        "trigger = 'cron' AND started_at > $2",
+        mirror,
+        "trigger = 'cron' AND started_at > $3",
         Some(since.into()),
         1,
     )

@@ -174,11 +174,11 @@ pub(crate) async fn report(
     let beat_since = now - from_now.map_or(chrono::TimeDelta::zero(), |next| next - now);
     let (followers, synced, decisive, recent, tables, last_cron, reverted) = tokio::try_join!(
         runs::follower_count(db),
-        runs::last_synced(db),
-        runs::last_decisive(db),
-        runs::recent(db, limit.max(1)),
+        runs::last_synced(db, runs::BUILTIN_MIRROR),
+        runs::last_decisive(db, runs::BUILTIN_MIRROR),
+        runs::recent(db, runs::BUILTIN_MIRROR, limit.max(1)),
         runs::table_status(db),
-        runs::last_cron_start(db, beat_since.naive_utc()),
+        runs::last_cron_start(db, runs::BUILTIN_MIRROR, beat_since.naive_utc()),
         runs::reverted_state(db),
     )?;
     let drift = drift::check(db, settings.triggers.verify_every).await.ok();

@@ -31,6 +31,9 @@ pub struct Model {
     pub filled: bool,
     /// The revert run that undid this run.
     pub reverted_by: Option<Uuid>,
+    /// The mirror the run synced (docs/mirrors.md#runs): `followers`, the
+    /// built-in mirror, or a configured mirror's name.
+    pub mirror: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -409,7 +409,7 @@ pub async fn run_sync(
     cancel: CancellationToken,
 ) -> Summary {
     let started = Instant::now();
-    crate::metrics::record_run_started();
+    crate::metrics::record_run_started(crate::runs::BUILTIN_MIRROR);
     let mut counts = Counts::default();
     let mut stages = StageTimes::default();
     let result = locked_run(ctx, request, load_id, &mut counts, &mut stages, cancel).await;
@@ -472,9 +472,14 @@ pub async fn run_sync(
         transient,
         refused_earlier,
     };
-    crate::metrics::record_run(summary.outcome, &summary.counts, summary.duration);
+    crate::metrics::record_run(
+        crate::runs::BUILTIN_MIRROR,
+        summary.outcome,
+        &summary.counts,
+        summary.duration,
+    );
     if summary.outcome == Outcome::Refused || summary.refused_earlier {
-        crate::metrics::record_refused();
+        crate::metrics::record_refused(crate::runs::BUILTIN_MIRROR);
     }
     // The one event of a run's end, with its reason (a refusal is said once).
     macro_rules! finished {
@@ -1058,7 +1063,7 @@ async fn hash_step(
             record_skip(db, load_id, counts, &reason, &hash).await?;
             // Only a skip that vouches for the table refreshes the last success.
             if reverted.is_none() && drift.confirmed() {
-                crate::metrics::record_in_sync();
+                crate::metrics::record_in_sync(crate::runs::BUILTIN_MIRROR);
             }
             return Ok(HashStep::Skip(reason));
         }

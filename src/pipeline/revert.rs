@@ -367,7 +367,7 @@ async fn undo(
             let row = txn
                 .query_one(stmt(
                     "SELECT load_id FROM etl_info_schema.sync_runs
-                      WHERE outcome = 'synced' AND reverted_by IS NULL
+                      WHERE outcome = 'synced' AND reverted_by IS NULL AND mirror = 'followers'
                       ORDER BY commit_seq DESC NULLS LAST, started_at DESC, load_id DESC LIMIT 1",
                     vec![],
                 ))
@@ -378,7 +378,8 @@ async fn undo(
     };
     let row = txn
         .query_one(stmt(
-            "SELECT outcome, reverted_by, commit_seq FROM etl_info_schema.sync_runs WHERE load_id = $1",
+            "SELECT outcome, reverted_by, commit_seq FROM etl_info_schema.sync_runs
+              WHERE load_id = $1 AND mirror = 'followers'",
             vec![target.into()],
         ))
         .await?
@@ -408,6 +409,7 @@ async fn undo(
                     (SELECT count(*) FROM etl_info_schema.sync_journal j WHERE j.load_id = r.load_id)::bigint AS found
                FROM etl_info_schema.sync_runs r
               WHERE r.outcome = 'synced' AND r.reverted_by IS NULL AND r.commit_seq >= $1
+                AND r.mirror = 'followers'
               ORDER BY r.commit_seq DESC
                 FOR UPDATE OF r",
             vec![since.into()],

@@ -15,9 +15,19 @@ pub struct StageTimes {
     done: Vec<(Stage, f64)>,
     /// The stage, or step, begun last: where the run was when it stopped.
     last: Option<Stage>,
+    /// The mirror the run syncs (its metrics' label); `None`: the built-in one.
+    mirror: Option<String>,
 }
 
 impl StageTimes {
+    /// The stage times of a run of `mirror`.
+    pub fn of_mirror(mirror: &str) -> Self {
+        Self {
+            mirror: Some(mirror.to_owned()),
+            ..Self::default()
+        }
+    }
+
     /// Ends the current stage (if any) and starts `stage`.
     pub fn begin(&mut self, stage: Stage) {
         self.end();
@@ -49,7 +59,13 @@ impl StageTimes {
         self.end_step();
         if let Some((name, started)) = self.current.take() {
             let seconds = started.elapsed().as_secs_f64();
-            crate::metrics::record_stage(name, seconds);
+            crate::metrics::record_stage(
+                self.mirror
+                    .as_deref()
+                    .unwrap_or(crate::runs::BUILTIN_MIRROR),
+                name,
+                seconds,
+            );
             self.done.push((name, seconds));
         }
     }
