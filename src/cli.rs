@@ -6,6 +6,7 @@ use crate::domain::LoadId;
 use crate::domain::{Outcome, Trigger};
 use crate::errors::error_chain;
 use crate::exit;
+use crate::mirror::MirrorSpec;
 use crate::pipeline::revert::{RevertSummary, Target};
 use crate::pipeline::{self, ProgressStyle, Summary, SyncContext, SyncRequest};
 use crate::runs;
@@ -363,9 +364,23 @@ pub async fn sync_with(
     signals: impl FnOnce(CancellationToken),
     print: &mut dyn FnMut(&Summary, bool) -> ExitCode,
 ) -> ExitCode {
-    if let Err(code) = mirrors::all(&settings, &args.mirror) {
-        return code;
+    let chosen: Vec<Option<MirrorSpec>> = match mirrors::to_sync(&settings, &args.mirror) {
+        Ok(chosen) => chosen.into_iter().map(|m| m.cloned()).collect(),
+        Err(code) => return code,
+    };
+    if mirrors::configured(&settings) {
+        return sync_mirrors(settings, args, chosen, signals, print).await;
     }
+    sync_builtin(settings, args, signals, print).await
+}
+
+/// `sync` of the built-in mirror alone, as it has always been (no `[[mirror]]`).
+async fn sync_builtin(
+    settings: Arc<Settings>,
+    args: SyncArgs,
+    signals: impl FnOnce(CancellationToken),
+    print: &mut dyn FnMut(&Summary, bool) -> ExitCode,
+) -> ExitCode {
     let file = match settings.resolve_csv_file(args.file.as_deref()) {
         Ok(file) => file,
         Err(e) => return config_failure(&e),
@@ -440,6 +455,159 @@ pub async fn sync_with(
     }
 }
 
+/// `sync` once `[[mirror]]` tables are configured (docs/mirrors.md#commands):
+/// the chosen mirrors (`None`: the built-in one), at most `MAX_PARALLEL_MIRRORS`
+/// at once, one summary per mirror in their order, each naming its mirror; the
+/// exit code is the worst of them.
+async fn sync_mirrors(
+    settings: Arc<Settings>,
+    args: SyncArgs,
+    chosen: Vec<Option<MirrorSpec>>,
+    signals: impl FnOnce(CancellationToken),
+    print: &mut dyn FnMut(&Summary, bool) -> ExitCode,
+) -> ExitCode {
+    let generic = chosen.iter().flatten().map(|m| m.name.to_string()).next();
+    if let Some(name) = &generic {
+        let refused = if args.dry_run {
+            Some("sync --dry-run is not available for configured mirrors yet (docs/mirrors.md#status); pass --mirror followers")
+        } else if args.file.is_some() {
+            Some("--file names the built-in mirror's file; a configured mirror reads its own (pass --mirror followers with --file)")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            report(Level::ERROR, &format!("mirror {name}: {why}"));
+            return exit::usage();
+        }
+    }
+    let file = match chosen.iter().any(Option::is_none) {
+        true => match settings.resolve_csv_file(args.file.as_deref()) {
+            Ok(file) => Some(file),
+            Err(e) => return config_failure(&e),
+        },
+        false => None,
+    };
+    let name_of = |spec: &Option<MirrorSpec>| {
+        spec.as_ref()
+            .map_or(runs::BUILTIN_MIRROR.to_owned(), |m| m.name.to_string())
+    };
+    let cancel = CancellationToken::new();
+    signals(cancel.clone());
+    let connected = if args.dry_run {
+        connect_for_dry_run(&settings, "sync --dry-run").await
+    } else {
+        connect_and_migrate(&settings)
+            .await
+            .map_err(|code| (code, Outcome::Failed))
+    };
+    let db = match connected {
+        Ok(db) => db,
+        Err((code, outcome)) => {
+            for spec in &chosen {
+                let summary = Summary {
+                    mirror: Some(name_of(spec)),
+                    outcome,
+                    ..Summary::not_started(LoadId::new())
+                };
+                print(&summary, false);
+            }
+            return code;
+        }
+    };
+    let ctx = SyncContext {
+        db,
+        settings: settings.clone(),
+        progress: ProgressStyle::Log,
+        writes: Default::default(),
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        settings.service.max_parallel_mirrors,
+    ));
+    let mut runs = Vec::with_capacity(chosen.len());
+    for spec in chosen.iter().cloned() {
+        let (ctx, slots, cancel) = (ctx.clone(), slots.clone(), cancel.clone());
+        let request = file.clone().map(|file| SyncRequest {
+            file,
+            trigger: Trigger::Manual,
+            force: args.force,
+            dry_run: args.dry_run,
+            allow_mass_delete: args.allow_mass_delete,
+            allow_mass_update: args.allow_mass_update,
+            allow_file_change: args.force || settings.guard.allow_file_change,
+        });
+        let mirror_request = pipeline::mirror::MirrorRequest {
+            trigger: Trigger::Manual,
+            force: args.force,
+            allow_mass_delete: args.allow_mass_delete,
+            allow_mass_update: args.allow_mass_update,
+        };
+        runs.push(async move {
+            // Never closed: a slot always comes.
+            let _slot = slots.acquire_owned().await;
+            let summary = match (&spec, &request) {
+                (Some(spec), _) => {
+                    pipeline::mirror::run_mirror_sync(
+                        &ctx,
+                        spec,
+                        &mirror_request,
+                        LoadId::new(),
+                        cancel,
+                    )
+                    .await
+                }
+                (None, Some(request)) => {
+                    let mut summary =
+                        pipeline::run_sync(&ctx, request, LoadId::new(), cancel).await;
+                    summary.mirror = Some(runs::BUILTIN_MIRROR.to_owned());
+                    summary
+                }
+                (None, None) => unreachable!("the built-in mirror's file was resolved above"),
+            };
+            summary
+        });
+    }
+    // In this task, concurrently: a run's future borrows its progress callbacks.
+    let summaries = futures::future::join_all(runs).await;
+    let mut worst = ExitCode::SUCCESS;
+    for summary in &summaries {
+        let printed = print(summary, true);
+        if let Some(reason) = &summary.reason {
+            if !summary.event_shown() {
+                report(
+                    summary.level(),
+                    &format!(
+                        "mirror {}: {}: {reason}",
+                        summary.mirror.as_deref().unwrap_or(runs::BUILTIN_MIRROR),
+                        summary.outcome
+                    ),
+                );
+            }
+        }
+        let code = if printed != ExitCode::SUCCESS {
+            printed
+        } else if summary.refused_earlier {
+            exit::failure()
+        } else {
+            exit::for_outcome(summary.outcome)
+        };
+        if code != ExitCode::SUCCESS {
+            worst = code;
+        }
+    }
+    if file.is_some() {
+        let pruned = tokio::time::timeout(
+            settings.database.timeout,
+            runs::prune_or_warn(&ctx.db, settings.retention.runs),
+        );
+        if pruned.await.is_err() {
+            tracing::warn!(
+                "pruning old runs got no answer within DB_TIMEOUT; the next run retries"
+            );
+        }
+    }
+    worst
+}
+
 /// The summary line; `recorded` false for a run that never reached the database,
 /// whose load_id is then shown as null (`none`), being recorded nowhere.
 fn print_summary(summary: &Summary, json: bool, recorded: bool) -> ExitCode {
@@ -458,8 +626,13 @@ fn print_summary(summary: &Summary, json: bool, recorded: bool) -> ExitCode {
             .as_ref()
             .map(|v| format!(" would_refuse={}", v.would_refuse))
             .unwrap_or_default();
+        let mirror = summary
+            .mirror
+            .as_deref()
+            .map(|m| format!(" mirror={m}"))
+            .unwrap_or_default();
         out.line(format_args!(
-            "{} load_id={} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={} journaled={} duration={:.3}s{verdict}",
+            "{}{mirror} load_id={} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={} journaled={} duration={:.3}s{verdict}",
             summary.outcome, load_id, c.rows_read, c.inserted, c.updated, c.deleted, c.unchanged, c.rejected, c.duplicates, c.journaled,
             summary.duration.as_secs_f64()
         ));

@@ -55,6 +55,30 @@ pub(crate) async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     Ok(())
 }
 
+/// Marks the interrupted runs of a configured mirror failed (a run of it
+/// recorded `running` whose agent stopped). Only call it while holding the
+/// mirror's run lock; its staging table is dropped and made anew by each run.
+pub(crate) async fn recover_mirror(db: &impl ConnectionTrait, mirror: &str) -> Result<(), DbErr> {
+    let interrupted = sync_runs::Entity::update_many()
+        .col_expr(sync_runs::Column::Outcome, Outcome::Failed.as_str().into())
+        .col_expr(sync_runs::Column::FinishedAt, now().into())
+        .col_expr(
+            sync_runs::Column::Error,
+            "interrupted: the agent stopped during this run; nothing of it was merged".into(),
+        )
+        .filter(sync_runs::Column::Outcome.eq("running"))
+        .filter(sync_runs::Column::Mirror.eq(mirror))
+        .exec(db)
+        .await?;
+    if interrupted.rows_affected > 0 {
+        tracing::warn!(
+            interrupted_runs = interrupted.rows_affected,
+            "recovered from an interrupted run"
+        );
+    }
+    Ok(())
+}
+
 /// Records a run as `running`.
 pub(crate) async fn start(
     db: &impl ConnectionTrait,
@@ -259,14 +283,9 @@ const PRUNE_BATCH: u64 = 500;
 /// newest `keep_runs`), oldest first, `PRUNE_BATCH` rows per statement. Never deletes
 /// a `running` run, nor the last successful sync (the newest `synced` run and the run
 /// `table_status` names), nor the newest decisive run (a refusal it holds is what
-/// later runs skip: docs/sync.md#refusals-and-approvals). Returns how many runs it deleted.
-pub(crate) async fn prune(db: &impl ConnectionTrait, bound: RunRetention) -> Result<u64, DbErr> {
-    prune_of(db, BUILTIN_MIRROR, bound).await
-}
-
-/// `prune` for the runs of one mirror (each mirror keeps its own newest runs,
-/// docs/mirrors.md#runs); the run `mirror_status` names is kept as
-/// `table_status`'s is.
+/// later runs skip: docs/sync.md#refusals-and-approvals), nor the run `mirror_status`
+/// names. Each mirror keeps its own newest runs (docs/mirrors.md#runs). Returns how
+/// many runs it deleted.
 #[tracing::instrument(skip(db, bound), err(level = "debug"))]
 pub(crate) async fn prune_of(
     db: &impl ConnectionTrait,
@@ -376,9 +395,14 @@ pub(crate) async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbE
         .map_or(Ok(0), |n| crate::convert::count("journaled runs", n))?)
 }
 
-/// `prune`, logging a failure instead of returning it (the next run retries).
+/// `prune_of` the built-in mirror, logging a failure instead of returning it (the next run retries).
 pub(crate) async fn prune_or_warn(db: &impl ConnectionTrait, bound: RunRetention) {
-    if let Err(e) = prune(db, bound).await {
+    prune_of_or_warn(db, BUILTIN_MIRROR, bound).await;
+}
+
+/// `prune_of`, logging a failure instead of returning it (the next run retries).
+pub(crate) async fn prune_of_or_warn(db: &impl ConnectionTrait, mirror: &str, bound: RunRetention) {
+    if let Err(e) = prune_of(db, mirror, bound).await {
         tracing::warn!(error = %e, "pruning old runs failed; the next run retries");
     }
 }

@@ -154,6 +154,61 @@ pub(super) fn select(settings: &Settings, selected: &[String]) -> Result<(), Exi
     Ok(())
 }
 
+/// Whether `[[mirror]]` tables are configured (then every summary, event and
+/// metric names its mirror; docs/mirrors.md#commands).
+pub(super) fn configured(settings: &Settings) -> bool {
+    settings.has_configured_mirrors()
+}
+
+/// The mirrors `sync` runs, in their order: those `--mirror` names (each
+/// once), or every mirror without it; an unknown name is refused listing the
+/// mirrors (exit 2). `None` for `followers`, the built-in mirror, also when
+/// `CSV_FILE` is unset (its run then says so, as it always has).
+pub(super) fn to_sync<'a>(
+    settings: &'a Settings,
+    selected: &[String],
+) -> Result<Vec<Option<&'a MirrorSpec>>, ExitCode> {
+    let find = |name: &str| settings.mirrors.iter().find(|m| m.name.as_str() == name);
+    if selected.is_empty() {
+        if settings.mirrors.is_empty() {
+            return Ok(vec![None]);
+        }
+        return Ok(settings
+            .mirrors
+            .iter()
+            .map(|m| (!is_builtin(m)).then_some(m))
+            .collect());
+    }
+    let mut chosen: Vec<Option<&MirrorSpec>> = Vec::new();
+    for name in selected {
+        let spec = if name == MirrorName::FOLLOWERS {
+            None
+        } else {
+            match find(name) {
+                Some(spec) => Some(spec),
+                None => return Err(unknown(settings, name)),
+            }
+        };
+        let same =
+            |c: &Option<&MirrorSpec>| c.map(|m| m.name.as_str()) == spec.map(|m| m.name.as_str());
+        if !chosen.iter().any(same) {
+            chosen.push(spec);
+        }
+    }
+    Ok(chosen)
+}
+
+fn unknown(settings: &Settings, name: &str) -> ExitCode {
+    report(
+        Level::ERROR,
+        &format!(
+            "no mirror named {name:?}; the mirrors are: {} (followers-etl mirrors shows them)",
+            names(settings).join(", ")
+        ),
+    );
+    exit::usage()
+}
+
 /// `sync` without `--mirror` and `serve` run every mirror: refused (exit 2)
 /// while a configured one exists, rather than running only some of them.
 pub(super) fn all(settings: &Settings, selected: &[String]) -> Result<(), ExitCode> {

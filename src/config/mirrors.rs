@@ -47,6 +47,14 @@ pub struct EffectiveSetting {
 }
 
 impl Settings {
+    /// Whether the config file has `[[mirror]]` tables (then summaries, events
+    /// and metrics name their mirror: docs/mirrors.md#metrics-and-logs).
+    pub fn has_configured_mirrors(&self) -> bool {
+        self.mirrors
+            .iter()
+            .any(|m| m.name.as_str() != crate::mirror::MirrorName::FOLLOWERS)
+    }
+
     /// Every setting a mirror may override, with its effective value, in the
     /// order of docs/mirrors.md#keys-of-a-mirror.
     pub fn effective(&self, spec: &MirrorSpec) -> Vec<EffectiveSetting> {

@@ -145,6 +145,7 @@ variables!(
     SHUTDOWN_TIMEOUT => |s| duration(s.service.shutdown_timeout),
     RETRY_MAX_ATTEMPTS => |s| s.service.retry.max_attempts.to_string(),
     RETRY_BACKOFF => |s| duration(s.service.retry.backoff),
+    MAX_PARALLEL_MIRRORS => |s| s.service.max_parallel_mirrors.to_string(),
     // logging.rs
     LOG_FORMAT => |s| s.logging.format.as_str(),
     LOG_LEVEL => |s| s.logging.level.clone(),

@@ -1,6 +1,7 @@
-//! The settings only `serve` reads: the HTTP listener (`HTTP_ADDR`), how long
-//! shutting down may take, and the retries of a run that failed for a transient
-//! reason (docs/sync.md#refusals-and-approvals).
+//! The settings of the agent's service: the HTTP listener (`HTTP_ADDR`), how long
+//! shutting down may take, the retries of a run that failed for a transient
+//! reason (docs/sync.md#refusals-and-approvals), and how many mirrors sync at
+//! once (docs/mirrors.md#runs).
 
 use super::parse::{duration_or, int_or};
 use super::sources::Raw;
@@ -15,6 +16,9 @@ pub struct ServiceSettings {
     pub shutdown_timeout: Duration,
     /// `serve`'s retries of a run that failed for a transient reason.
     pub retry: RetryPolicy,
+    /// How many mirrors sync at once (`MAX_PARALLEL_MIRRORS`, ≥ 1;
+    /// docs/mirrors.md#runs): `sync` of every mirror and `serve`'s triggers.
+    pub max_parallel_mirrors: usize,
 }
 
 impl ServiceSettings {
@@ -26,6 +30,7 @@ impl ServiceSettings {
                 max_attempts: int_or(raw, var::RETRY_MAX_ATTEMPTS, 0, 5)?,
                 backoff: duration_or(raw, var::RETRY_BACKOFF, Duration::from_secs(5))?,
             },
+            max_parallel_mirrors: int_or(raw, var::MAX_PARALLEL_MIRRORS, 1, 2)?,
         })
     }
 }

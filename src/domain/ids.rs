@@ -41,6 +41,12 @@ impl ContentHash {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A hash already in its hex form (a configured mirror's run, which
+    /// combines its files' hashes itself).
+    pub fn from_hex(hex: &str) -> Self {
+        Self(hex.to_owned())
+    }
 }
 
 impl fmt::Display for ContentHash {

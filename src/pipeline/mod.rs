@@ -12,6 +12,7 @@ pub(crate) mod drift;
 pub mod dupes;
 pub(crate) mod journal;
 pub(crate) mod merge;
+pub mod mirror;
 mod progress;
 pub(crate) mod read;
 pub(crate) mod ready;
@@ -99,6 +100,10 @@ pub struct SyncContext {
 /// The one summary a run produces (docs/operations.md#the-sync-summary).
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// The mirror, once `[[mirror]]` tables are configured (docs/mirrors.md#commands):
+    /// `mirror=NAME` in the line, `"mirror"` in the JSON object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
     pub outcome: Outcome,
     pub load_id: LoadId,
     #[serde(flatten)]
@@ -134,6 +139,7 @@ impl Summary {
     /// The summary of a run that could not start (the database is unreachable).
     pub fn not_started(load_id: LoadId) -> Self {
         Self {
+            mirror: None,
             outcome: Outcome::Failed,
             load_id,
             counts: Counts::default(),
@@ -401,13 +407,17 @@ fn merge_stage(e: &MergeError) -> Option<Stage> {
 
 /// Runs one sync and returns its summary; never panics, never leaves staging rows
 /// behind, and changes `followers` only when the outcome is `synced`.
-#[tracing::instrument(name = "sync", skip_all, fields(load_id = %load_id, trigger = request.trigger.as_str(), file = %request.file.display()))]
+#[tracing::instrument(name = "sync", skip_all, fields(mirror = tracing::field::Empty, load_id = %load_id, trigger = request.trigger.as_str(), file = %request.file.display()))]
 pub async fn run_sync(
     ctx: &SyncContext,
     request: &SyncRequest,
     load_id: LoadId,
     cancel: CancellationToken,
 ) -> Summary {
+    // Named once mirrors are configured (docs/mirrors.md#metrics-and-logs).
+    if ctx.settings.has_configured_mirrors() {
+        tracing::Span::current().record("mirror", crate::runs::BUILTIN_MIRROR);
+    }
     let started = Instant::now();
     crate::metrics::record_run_started(crate::runs::BUILTIN_MIRROR);
     let mut counts = Counts::default();
@@ -463,6 +473,7 @@ pub async fn run_sync(
             .map(|r| r.strip_prefix(WOULD_REFUSE).unwrap_or(r).to_owned()),
     });
     let summary = Summary {
+        mirror: None,
         outcome,
         load_id,
         counts,
@@ -481,7 +492,13 @@ pub async fn run_sync(
     if summary.outcome == Outcome::Refused || summary.refused_earlier {
         crate::metrics::record_refused(crate::runs::BUILTIN_MIRROR);
     }
-    // The one event of a run's end, with its reason (a refusal is said once).
+    finished_event(&summary, stage);
+    summary
+}
+
+/// The one event of a run's end, with its reason (a refusal is said once).
+fn finished_event(summary: &Summary, stage: Option<&str>) {
+    let counts = &summary.counts;
     macro_rules! finished {
         ($level:expr) => {
             tracing::event!(
@@ -507,7 +524,6 @@ pub async fn run_sync(
         Level::WARN => finished!(Level::WARN),
         _ => finished!(Level::INFO),
     }
-    summary
 }
 
 /// The level of a run's `sync finished` event: error when it failed, warn when

@@ -23,9 +23,10 @@ use super::store::{IncompatibleTable, MirrorSql};
 use super::MirrorSpec;
 use crate::config::{CsvFormat, DatabaseUrl};
 use crate::db::{AdvisoryLock, DbError};
-use crate::domain::LoadId;
+use crate::domain::{LoadId, Stage};
 use crate::pipeline::merge::{Emptiness, Guard};
 use crate::pipeline::read::ReadError;
+use crate::pipeline::timings::StageTimes;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -246,7 +247,10 @@ pub fn mirror_lock_key(spec: &MirrorSpec) -> i32 {
 }
 
 /// Takes the mirror's run lock, or `Busy`.
-async fn run_lock(url: &DatabaseUrl, spec: &MirrorSpec) -> Result<AdvisoryLock, MirrorRunError> {
+pub(crate) async fn run_lock(
+    url: &DatabaseUrl,
+    spec: &MirrorSpec,
+) -> Result<AdvisoryLock, MirrorRunError> {
     let mirror = spec.name.to_string();
     match AdvisoryLock::try_mirror_lock(url, mirror_lock_key(spec)).await {
         Ok(Some(lock)) => Ok(lock),
@@ -279,18 +283,34 @@ pub async fn sync_mirror(
     options: MirrorRunOptions,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let lock = run_lock(url, spec).await?;
-    let result = locked_sync(db, spec, tables_dir, &options, lock.pid()).await;
+    let mut stages = StageTimes::of_mirror(spec.name.as_str());
+    let run = LockedRun {
+        load_id: LoadId::new(),
+        lock_pid: lock.pid(),
+    };
+    let result = locked_sync(db, spec, tables_dir, &options, run, &mut stages).await;
     lock.release().await;
     result
 }
 
-async fn locked_sync(
+/// A run that holds its mirror's run lock (`run_lock`): its load and the lock's
+/// session.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LockedRun {
+    pub load_id: LoadId,
+    pub lock_pid: i32,
+}
+
+/// The steps after the lock (the table above), timed in `stages`.
+pub(crate) async fn locked_sync(
     db: &DatabaseConnection,
     spec: &MirrorSpec,
     tables_dir: &Path,
     options: &MirrorRunOptions,
-    lock_pid: i32,
+    run: LockedRun,
+    stages: &mut StageTimes,
 ) -> Result<MirrorSummary, MirrorRunError> {
+    let LockedRun { load_id, lock_pid } = run;
     let mirror = spec.name.to_string();
     let path = match spec.source.confined_file(tables_dir) {
         None => return Err(MirrorRunError::Glob { mirror }),
@@ -299,6 +319,7 @@ async fn locked_sync(
     };
     let sql = MirrorSql::new(spec);
     merge::prepare_table(db, &sql).await?;
+    stages.begin(Stage::Hash);
     let format = csv_format(spec, options);
     let hash = {
         let (path, format) = (path.clone(), format);
@@ -317,7 +338,7 @@ async fn locked_sync(
             ..MirrorSummary::default()
         });
     }
-    let load_id = LoadId::new();
+    stages.begin(Stage::ReadAndStage);
     let at = |step| move |source| merge::db_error(spec, step, source);
     db.execute_unprepared(&sql.drop_staging())
         .await
@@ -342,6 +363,7 @@ async fn locked_sync(
             lock_pid,
             path: &path,
         };
+        stages.begin(Stage::Dedupe);
         merge::dedupe_and_merge(db, &sql, options, guard, &load, read).await
     }
     .await;

@@ -1,0 +1,429 @@
+//! The run of a configured mirror (docs/mirrors.md#runs), as `sync` and `serve`
+//! start it: ready → settle → lock → recover → record → the mirror's own steps
+//! (`mirror::run`: table, hash, read, stage, dedupe, merge) → record. Its
+//! record is a `sync_runs` row with the mirror's name, its rejects are stored
+//! as the built-in mirror's are, and every event carries `mirror=`.
+
+use super::{ready, settle, timings::StageTimes, Summary, SyncContext};
+use crate::config::Settings;
+use crate::db::AdvisoryLock;
+use crate::domain::{Counts, LoadId, Outcome, Stage, Trigger};
+use crate::errors::error_chain;
+use crate::mirror::run::{locked_sync, run_lock, LockedRun, MirrorRunError, MirrorRunOptions};
+use crate::mirror::run::{MirrorReject, MirrorSummary};
+use crate::mirror::MirrorSpec;
+use crate::rejects::{self, StoredReject};
+use crate::runs;
+use sea_orm::DatabaseConnection;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What to sync of a configured mirror, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct MirrorRequest {
+    pub trigger: Trigger,
+    pub force: bool,
+    pub allow_mass_delete: bool,
+    pub allow_mass_update: bool,
+}
+
+/// Why a configured mirror's run stopped before its own steps.
+#[derive(Debug, thiserror::Error)]
+enum BeforeRun {
+    #[error("mirror {mirror}: {path}: {reason} (waited {}s for its ready marker); nothing was read", .waited.as_secs())]
+    NotReady {
+        mirror: String,
+        path: PathBuf,
+        reason: ready::NotReady,
+        waited: Duration,
+    },
+    #[error("mirror {mirror}: {path}: still being written: {why} (waited {:.1}s); nothing was read (the next trigger tries again)", .waited.as_secs_f64())]
+    StillWriting {
+        mirror: String,
+        path: PathBuf,
+        why: String,
+        waited: Duration,
+    },
+    #[error("mirror {mirror}: cancelled before it read the file; nothing changed")]
+    Cancelled { mirror: String },
+}
+
+/// The settings of a run of `spec`: the mirror's own where it has them (the
+/// rest of its overrides are read where they apply), else the variables'.
+pub(crate) fn run_options(
+    settings: &Settings,
+    spec: &MirrorSpec,
+    request: &MirrorRequest,
+) -> MirrorRunOptions {
+    MirrorRunOptions {
+        csv: settings.csv.format,
+        max_rejects: spec
+            .overrides
+            .max_rejects
+            .unwrap_or(settings.guard.max_rejects),
+        max_delete_ratio: settings.guard.max_delete_ratio,
+        max_update_ratio: settings.guard.max_update_ratio,
+        allow_mass_delete: request.allow_mass_delete,
+        allow_mass_update: request.allow_mass_update,
+        journal_keep_runs: settings.retention.journal.keep_runs,
+        lock_wait: settings.database.lock_wait_timeout,
+        force: request.force,
+    }
+}
+
+/// The files the mirror reads now (the one `file`, or a glob's matches).
+fn source_files(spec: &MirrorSpec, tables_dir: &Path) -> Result<Vec<PathBuf>, MirrorRunError> {
+    let mirror = spec.name.to_string();
+    match spec.source.confined_file(tables_dir) {
+        None => Err(MirrorRunError::Glob { mirror }),
+        Some(Err(source)) => Err(MirrorRunError::Source { mirror, source }),
+        Some(Ok(path)) => Ok(vec![path]),
+    }
+}
+
+/// The run's record's `file`: the mirror's file, or its glob, under `TABLES_DIR`.
+fn record_file(spec: &MirrorSpec, tables_dir: &Path) -> String {
+    match &spec.source {
+        crate::mirror::MirrorSource::File(file) => tables_dir.join(file),
+        crate::mirror::MirrorSource::Glob(glob) => tables_dir.join(glob),
+    }
+    .display()
+    .to_string()
+}
+
+/// Runs one sync of a configured mirror and returns its summary; never panics,
+/// and changes the mirror's table only when the outcome is `synced`.
+#[tracing::instrument(name = "sync", skip_all, fields(mirror = %spec.name, load_id = %load_id, trigger = request.trigger.as_str()))]
+pub async fn run_mirror_sync(
+    ctx: &SyncContext,
+    spec: &MirrorSpec,
+    request: &MirrorRequest,
+    load_id: LoadId,
+    cancel: CancellationToken,
+) -> Summary {
+    let started = Instant::now();
+    let mirror = spec.name.as_str();
+    crate::metrics::record_run_started(mirror);
+    let mut stages = StageTimes::of_mirror(mirror);
+    let result = run(ctx, spec, request, load_id, &mut stages, &cancel).await;
+    stages.end();
+    let stage = result
+        .is_err()
+        .then(|| stages.last().map(Stage::as_str))
+        .flatten();
+    let (outcome, counts, reason) = match result {
+        Ok(Ran::Synced(s)) if s.skipped() => (
+            Outcome::Skipped,
+            Counts::default(),
+            Some("unchanged since the last sync".to_owned()),
+        ),
+        Ok(Ran::Synced(s)) => (Outcome::Synced, counts_of(&s), None),
+        Ok(Ran::Skipped(reason)) => (Outcome::Skipped, Counts::default(), Some(reason)),
+        Err((outcome, counts, reason)) => (outcome, counts, Some(reason)),
+    };
+    if let Err(e) = runs::record_stages(&ctx.db, load_id, &stages.to_json()).await {
+        tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+    }
+    let summary = Summary {
+        mirror: Some(mirror.to_owned()),
+        outcome,
+        load_id,
+        counts,
+        duration: started.elapsed(),
+        dry_run: None,
+        reason,
+        transient: false,
+        refused_earlier: false,
+    };
+    crate::metrics::record_run(mirror, outcome, &summary.counts, summary.duration);
+    if outcome == Outcome::Refused {
+        crate::metrics::record_refused(mirror);
+    } else if outcome == Outcome::Skipped
+        && summary.reason.as_deref() == Some("unchanged since the last sync")
+    {
+        crate::metrics::record_in_sync(mirror);
+    }
+    super::finished_event(&summary, stage);
+    summary
+}
+
+/// How far a run got.
+enum Ran {
+    /// Its own steps ran: synced, or skipped for an unchanged file.
+    Synced(MirrorSummary),
+    /// Skipped before them, with the reason (recorded).
+    Skipped(String),
+}
+
+type Failure = (Outcome, Counts, String);
+
+fn counts_of(s: &MirrorSummary) -> Counts {
+    Counts {
+        rows_read: s.rows_read,
+        inserted: s.inserted,
+        updated: s.updated,
+        deleted: s.deleted,
+        unchanged: s.unchanged,
+        rejected: s.rejected,
+        duplicates: s.duplicates,
+        journaled: s.journaled,
+    }
+}
+
+/// A run error's outcome: refused when the file or a guard stopped it (an
+/// operator's matter), failed otherwise.
+fn outcome_of(e: &MirrorRunError) -> Outcome {
+    use MirrorRunError as E;
+    match e {
+        E::MissingColumn { .. }
+        | E::DuplicateColumn { .. }
+        | E::TooManyRejects { .. }
+        | E::MassDelete { .. }
+        | E::MassUpdate { .. }
+        | E::EmptyFile { .. }
+        | E::Incompatible(_)
+        | E::Source { .. }
+        | E::Glob { .. }
+        | E::Read { .. } => Outcome::Refused,
+        _ => Outcome::Failed,
+    }
+}
+
+async fn run(
+    ctx: &SyncContext,
+    spec: &MirrorSpec,
+    request: &MirrorRequest,
+    load_id: LoadId,
+    stages: &mut StageTimes,
+    cancel: &CancellationToken,
+) -> Result<Ran, Failure> {
+    let db = &ctx.db;
+    let mirror = spec.name.to_string();
+    let file = record_file(spec, &ctx.settings.csv.tables_dir);
+    let unlocked = |outcome: Outcome, reason: String| {
+        let file = file.clone();
+        async move {
+            record_unlocked(db, spec, load_id, request.trigger, &file, outcome, &reason).await;
+            (outcome, Counts::default(), reason)
+        }
+    };
+    let files = match source_files(spec, &ctx.settings.csv.tables_dir) {
+        Ok(files) => files,
+        Err(e) => return Err(unlocked(outcome_of(&e), error_chain(&e)).await),
+    };
+    let marker = spec.overrides.ready_marker.as_deref().or(ctx
+        .settings
+        .csv
+        .ready_marker
+        .as_deref());
+    if let Some(suffix) = marker {
+        stages.begin(Stage::Ready);
+        let manual = request.trigger == Trigger::Manual;
+        let waited = if manual {
+            ctx.settings.csv.ready_timeout
+        } else {
+            Duration::ZERO
+        };
+        for path in &files {
+            if let Err(reason) = ready::wait(path, suffix, waited, cancel).await {
+                if !manual {
+                    let reason = format!("not read yet: {reason}");
+                    tracing::info!("{reason}; skipping");
+                    record_unlocked(
+                        db,
+                        spec,
+                        load_id,
+                        request.trigger,
+                        &file,
+                        Outcome::Skipped,
+                        &reason,
+                    )
+                    .await;
+                    return Ok(Ran::Skipped(reason));
+                }
+                let e = BeforeRun::NotReady {
+                    mirror,
+                    path: path.clone(),
+                    reason,
+                    waited,
+                };
+                return Err(unlocked(Outcome::Refused, e.to_string()).await);
+            }
+        }
+    }
+    stages.begin(Stage::Settle);
+    let rules = settle::Rules::from_debounce(ctx.settings.triggers.watch_debounce);
+    for path in &files {
+        if let Err(unsettled) = settle::wait(path, rules, &ctx.writes, cancel).await {
+            let e = match unsettled {
+                Some(settle::Unsettled { why, waited }) => BeforeRun::StillWriting {
+                    mirror,
+                    path: path.clone(),
+                    why,
+                    waited,
+                },
+                None => BeforeRun::Cancelled { mirror },
+            };
+            return Err(unlocked(Outcome::Refused, e.to_string()).await);
+        }
+    }
+    stages.begin(Stage::Lock);
+    let lock = match run_lock(&ctx.settings.database.url, spec).await {
+        Ok(lock) => lock,
+        Err(MirrorRunError::Busy { .. }) => {
+            let reason = "another sync of this mirror is in progress (its run lock is held)";
+            tracing::warn!("{reason}; skipping");
+            record_unlocked(
+                db,
+                spec,
+                load_id,
+                request.trigger,
+                &file,
+                Outcome::Skipped,
+                reason,
+            )
+            .await;
+            return Ok(Ran::Skipped(reason.to_owned()));
+        }
+        Err(e) => return Err(unlocked(Outcome::Failed, error_chain(&e)).await),
+    };
+    let result = locked(ctx, spec, request, load_id, lock, stages, &file).await;
+    result
+}
+
+/// Under the run lock: recovery of this mirror's interrupted runs, the run
+/// record, the mirror's own steps (bounded by `DB_TIMEOUT`), the record's end
+/// and the rejects.
+async fn locked(
+    ctx: &SyncContext,
+    spec: &MirrorSpec,
+    request: &MirrorRequest,
+    load_id: LoadId,
+    mut lock: AdvisoryLock,
+    stages: &mut StageTimes,
+    file: &str,
+) -> Result<Ran, Failure> {
+    let db = &ctx.db;
+    let mirror = spec.name.as_str();
+    let bookkeeping = |e: sea_orm::DbErr| {
+        (
+            Outcome::Failed,
+            Counts::default(),
+            format!(
+                "mirror {mirror}: recording the run failed: {}",
+                error_chain(&e)
+            ),
+        )
+    };
+    let begun = async {
+        runs::recover_mirror(db, mirror).await?;
+        runs::start_of(db, mirror, load_id, request.trigger, file, None).await
+    }
+    .await;
+    if let Err(e) = begun {
+        lock.release().await;
+        return Err(bookkeeping(e));
+    }
+    let options = run_options(&ctx.settings, spec, request);
+    let run = LockedRun {
+        load_id,
+        lock_pid: lock.pid(),
+    };
+    let stalled = lock.stalled(ctx.settings.database.timeout);
+    let tables_dir = ctx.settings.csv.tables_dir.clone();
+    let outcome = tokio::select! {
+        outcome = locked_sync(db, spec, &tables_dir, &options, run, stages) => outcome,
+        e = stalled => Err(MirrorRunError::Lock { mirror: mirror.to_owned(), source: e }),
+    };
+    lock.release().await;
+    let (result, rejects) = match outcome {
+        Ok(summary) => {
+            let rejects = summary.rejects.clone();
+            let counts = counts_of(&summary);
+            let (outcome, reason) = if summary.skipped() {
+                (Outcome::Skipped, Some("unchanged since the last sync"))
+            } else {
+                (Outcome::Synced, None)
+            };
+            let hash = crate::domain::ContentHash::from_hex(&summary.content_hash);
+            if let Err(e) = runs::finish(db, load_id, outcome, &counts, reason, Some(&hash)).await {
+                return Err(bookkeeping(e));
+            }
+            (Ok(Ran::Synced(summary)), rejects)
+        }
+        Err(e) => {
+            let outcome = outcome_of(&e);
+            let reason = error_chain(&e);
+            let rejects = match &e {
+                MirrorRunError::TooManyRejects { first, rejects, .. } => {
+                    std::iter::once((**first).clone())
+                        .chain(rejects.iter().cloned())
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            let counts = match &e {
+                MirrorRunError::TooManyRejects { rejected, .. } => Counts {
+                    rejected: *rejected,
+                    ..Counts::default()
+                },
+                _ => Counts::default(),
+            };
+            if let Err(e) = runs::finish(db, load_id, outcome, &counts, Some(&reason), None).await {
+                tracing::warn!(error = %error_chain(&e), "could not finish the run's record");
+            }
+            (Err((outcome, counts, reason)), rejects)
+        }
+    };
+    store_rejects(db, load_id, &rejects).await;
+    if result.is_ok() {
+        runs::prune_of_or_warn(db, mirror, ctx.settings.retention.runs).await;
+    }
+    result
+}
+
+/// Records a run that ends before it takes the run lock (a failure to record
+/// is only logged: the summary still tells).
+async fn record_unlocked(
+    db: &DatabaseConnection,
+    spec: &MirrorSpec,
+    load_id: LoadId,
+    trigger: Trigger,
+    file: &str,
+    outcome: Outcome,
+    reason: &str,
+) {
+    let mirror = spec.name.as_str();
+    let recorded = async {
+        runs::start_of(db, mirror, load_id, trigger, file, None).await?;
+        runs::finish(db, load_id, outcome, &Counts::default(), Some(reason), None).await
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %error_chain(&e), "could not record the run");
+    }
+}
+
+/// Stores the run's rejects (`rejects --mirror NAME` reads them), the column
+/// named in the reason.
+async fn store_rejects(db: &DatabaseConnection, load_id: LoadId, rejects: &[MirrorReject]) {
+    if rejects.is_empty() {
+        return;
+    }
+    let stored: Vec<StoredReject> = rejects
+        .iter()
+        .take(rejects::STORED_PER_RUN)
+        .map(|r| StoredReject {
+            line: r.line,
+            reason: match &r.column {
+                Some(column) => format!("column {column}: {}", r.reason),
+                None => r.reason.clone(),
+            },
+            raw: String::new(),
+        })
+        .collect();
+    if let Err(e) = rejects::store(db.get_postgres_connection_pool(), load_id, &stored).await {
+        tracing::warn!(error = %error_chain(&e), "could not store the rejects report");
+    }
+}
