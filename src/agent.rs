@@ -9,7 +9,7 @@ use crate::errors::error_chain;
 use crate::exit;
 use crate::pipeline::settle::WriteTracker;
 use crate::pipeline::{ProgressStyle, SyncContext};
-use crate::runner::{PipelineSync, Runner};
+use crate::runner::{MirrorSync, PipelineSync, RunRequests, Runner, Slotted};
 use crate::runs;
 use crate::signals::{stop_on_signals, Hangup};
 use crate::telemetry::report;
@@ -72,13 +72,17 @@ async fn connect_with_retry(
 }
 
 pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
+    // The built-in mirror runs when CSV_FILE is set, and is required without
+    // `[[mirror]]` tables (docs/mirrors.md#serve).
     let file = match settings.resolve_csv_file(None) {
-        Ok(file) => file,
+        Ok(file) => Some(file),
+        Err(_) if settings.has_configured_mirrors() && settings.csv.file.is_none() => None,
         Err(e) => {
             report(Level::ERROR, &format!("configuration error: {e}"));
             return exit::usage();
         }
     };
+    crate::metrics::label_mirrors(settings.has_configured_mirrors());
     tracing::info!(settings = %settings.describe(), "starting");
     for warning in settings.triggers.cron_schedule.warnings() {
         tracing::warn!(schedule = %settings.triggers.cron_schedule, "{warning}");
@@ -139,43 +143,128 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
         Err(e) => return fatal("database", &e),
     }
 
-    let writes = WriteTracker::default();
-    let ctx = SyncContext {
-        db,
+    // One runner per mirror, each with its own triggers; at most
+    // MAX_PARALLEL_MIRRORS of them sync at once.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        settings.service.max_parallel_mirrors,
+    ));
+    let mut runners: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = Vec::new();
+    let context = |writes: &WriteTracker| SyncContext {
+        db: db.clone(),
         settings: settings.clone(),
         progress: ProgressStyle::Log,
         writes: writes.clone(),
     };
-    let (runner, requests) = Runner::new(
-        PipelineSync::new(ctx, file.clone()),
-        settings.service.shutdown_timeout,
-        settings.service.retry,
-    );
-    if settings.triggers.watch {
-        match FileWatch::start(
-            &file,
-            settings.csv.ready_marker.as_deref(),
-            settings.triggers.watch_debounce,
-            settings.triggers.watch_poll,
-            writes,
-        ) {
-            Ok(watch) => {
-                tasks.spawn(watch.run(requests.clone(), stop.clone()));
-            }
-            Err(e) => return fatal("file watch", &e),
+    if let Some(file) = file {
+        let writes = WriteTracker::default();
+        let sync = Slotted::new(
+            PipelineSync::new(context(&writes), file.clone()),
+            slots.clone(),
+        );
+        let (runner, requests) = Runner::new(
+            sync,
+            settings.service.shutdown_timeout,
+            settings.service.retry,
+        );
+        let triggers = Triggers {
+            watched: Some(&file),
+            marker: settings.csv.ready_marker.as_deref(),
+            schedule: &settings.triggers.cron_schedule,
+        };
+        if let Err(code) = triggers.start(&settings, writes, &requests, &mut tasks, &stop) {
+            return code;
         }
+        runners.push(Box::pin(runner.run(stop.clone())));
     }
-    tasks.spawn(ticker::run(
-        settings.triggers.cron_schedule.clone(),
-        requests.clone(),
-        stop.clone(),
-    ));
-    if settings.triggers.run_on_start {
-        requests.send(Trigger::Start);
+    for spec in settings
+        .mirrors
+        .iter()
+        .filter(|m| m.name.as_str() != runs::BUILTIN_MIRROR)
+    {
+        let writes = WriteTracker::default();
+        let watched = match &spec.source {
+            crate::mirror::MirrorSource::File(_) => {
+                match spec.source.confined_file(&settings.csv.tables_dir) {
+                    Some(Ok(path)) => Some(path),
+                    // The run says why, naming the mirror.
+                    _ => None,
+                }
+            }
+            // A glob's files are found by each run; its triggers are the schedule and start.
+            crate::mirror::MirrorSource::Glob(_) => None,
+        };
+        let sync = Slotted::new(
+            MirrorSync::new(context(&writes), spec.clone()),
+            slots.clone(),
+        );
+        let (runner, requests) = Runner::new(
+            sync,
+            settings.service.shutdown_timeout,
+            settings.service.retry,
+        );
+        let triggers = Triggers {
+            watched: watched.as_deref(),
+            marker: spec
+                .overrides
+                .ready_marker
+                .as_deref()
+                .or(settings.csv.ready_marker.as_deref()),
+            schedule: spec
+                .schedule
+                .as_ref()
+                .unwrap_or(&settings.triggers.cron_schedule),
+        };
+        if let Err(code) = triggers.start(&settings, writes, &requests, &mut tasks, &stop) {
+            return code;
+        }
+        runners.push(Box::pin(runner.run(stop.clone())));
     }
-    runner.run(stop.clone()).await;
+    futures::future::join_all(runners).await;
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// One mirror's triggers: the watch of its file (when it has one), its schedule
+/// and the start.
+struct Triggers<'a> {
+    watched: Option<&'a std::path::Path>,
+    marker: Option<&'a str>,
+    schedule: &'a robfig_cron::Schedule,
+}
+
+impl Triggers<'_> {
+    fn start(
+        &self,
+        settings: &Settings,
+        writes: WriteTracker,
+        requests: &RunRequests,
+        tasks: &mut tokio::task::JoinSet<()>,
+        stop: &CancellationToken,
+    ) -> Result<(), ExitCode> {
+        if let (true, Some(file)) = (settings.triggers.watch, self.watched) {
+            match FileWatch::start(
+                file,
+                self.marker,
+                settings.triggers.watch_debounce,
+                settings.triggers.watch_poll,
+                writes,
+            ) {
+                Ok(watch) => {
+                    tasks.spawn(watch.run(requests.clone(), stop.clone()));
+                }
+                Err(e) => return Err(fatal("file watch", &e)),
+            }
+        }
+        tasks.spawn(ticker::run(
+            self.schedule.clone(),
+            requests.clone(),
+            stop.clone(),
+        ));
+        if settings.triggers.run_on_start {
+            requests.send(Trigger::Start);
+        }
+        Ok(())
+    }
 }

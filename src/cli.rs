@@ -298,13 +298,13 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
 /// name is refused (exit 2). `sync` checks its own flags (`sync_with`).
 fn select_mirror(settings: &Settings, command: &Command) -> Result<(), ExitCode> {
     match command {
-        Command::Serve => mirrors::all(settings, &[]),
         Command::Check { mirror, .. }
         | Command::Status { mirror, .. }
         | Command::Rejects { mirror, .. }
         | Command::Revert { mirror, .. }
         | Command::History { mirror, .. } => mirrors::select(settings, mirror.as_slice()),
-        Command::Sync(_)
+        Command::Serve
+        | Command::Sync(_)
         | Command::Schedule { .. }
         | Command::Migrate
         | Command::Mirrors { .. } => Ok(()),

@@ -135,6 +135,74 @@ impl RunSync for PipelineSync {
     }
 }
 
+/// A configured mirror's sync (docs/mirrors.md#runs); its run records are
+/// pruned by the run itself.
+pub(crate) struct MirrorSync {
+    ctx: SyncContext,
+    spec: crate::mirror::MirrorSpec,
+}
+
+impl MirrorSync {
+    pub(crate) fn new(ctx: SyncContext, spec: crate::mirror::MirrorSpec) -> Self {
+        Self { ctx, spec }
+    }
+}
+
+impl RunSync for MirrorSync {
+    async fn run_sync(
+        &self,
+        trigger: Trigger,
+        load_id: LoadId,
+        cancel: CancellationToken,
+    ) -> RunEnd {
+        let request = crate::pipeline::mirror::MirrorRequest {
+            trigger,
+            force: false,
+            allow_mass_delete: false,
+            allow_mass_update: false,
+        };
+        let summary = crate::pipeline::mirror::run_mirror_sync(
+            &self.ctx, &self.spec, &request, load_id, cancel,
+        )
+        .await;
+        if summary.transient {
+            RunEnd::Transient
+        } else {
+            RunEnd::Done
+        }
+    }
+}
+
+/// A sync that first takes one of the agent's `MAX_PARALLEL_MIRRORS` slots
+/// (docs/mirrors.md#runs): mirrors wait for a slot, never for each other's locks.
+pub(crate) struct Slotted<S> {
+    sync: S,
+    slots: Arc<Semaphore>,
+}
+
+impl<S> Slotted<S> {
+    pub(crate) fn new(sync: S, slots: Arc<Semaphore>) -> Self {
+        Self { sync, slots }
+    }
+}
+
+impl<S: RunSync> RunSync for Slotted<S> {
+    async fn run_sync(
+        &self,
+        trigger: Trigger,
+        load_id: LoadId,
+        cancel: CancellationToken,
+    ) -> RunEnd {
+        let slot = tokio::select! {
+            slot = self.slots.acquire() => slot,
+            _ = cancel.cancelled() => return RunEnd::Done,
+        };
+        let end = self.sync.run_sync(trigger, load_id, cancel).await;
+        drop(slot);
+        end
+    }
+}
+
 pub(crate) struct Runner<S> {
     sync: S,
     shutdown_timeout: Duration,

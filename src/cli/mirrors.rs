@@ -208,15 +208,3 @@ fn unknown(settings: &Settings, name: &str) -> ExitCode {
     );
     exit::usage()
 }
-
-/// `sync` without `--mirror` and `serve` run every mirror: refused (exit 2)
-/// while a configured one exists, rather than running only some of them.
-pub(super) fn all(settings: &Settings, selected: &[String]) -> Result<(), ExitCode> {
-    if !selected.is_empty() {
-        return select(settings, selected);
-    }
-    match names(settings).get(1) {
-        Some(name) => Err(not_synced_yet(name)),
-        None => Ok(()),
-    }
-}

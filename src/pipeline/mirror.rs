@@ -133,7 +133,8 @@ pub async fn run_mirror_sync(
         duration: started.elapsed(),
         dry_run: None,
         reason,
-        transient: false,
+        // Each run is one transaction: a failed one is retried (bounded) by serve.
+        transient: outcome == Outcome::Failed,
         refused_earlier: false,
     };
     crate::metrics::record_run(mirror, outcome, &summary.counts, summary.duration);
