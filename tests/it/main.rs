@@ -22,6 +22,7 @@ mod mirror_run;
 mod mirror_store;
 mod mirror_values;
 mod mirrors_config;
+mod mirrors_sync;
 mod operations;
 mod operator;
 mod private_pg;

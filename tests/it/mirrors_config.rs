@@ -246,18 +246,12 @@ async fn sync_mirror_followers_syncs_as_today_and_other_names_exit_2() {
 }
 
 #[tokio::test]
-async fn sync_and_serve_with_a_configured_mirror_exit_2_until_it_is_synced() {
+async fn the_other_commands_refuse_a_configured_mirror_until_they_serve_it() {
     let env = TestEnv::new().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     let path = config(&env, SUBSCRIBERS);
     let message = "mirror subscribers: configured mirrors are defined but not synced by this version yet (docs/mirrors.md#status)";
     for args in [
-        &["sync"][..],
-        &["sync", "--json"][..],
-        &["sync", "--mirror", "subscribers"][..],
-        &["sync", "--mirror", "followers", "--mirror", "subscribers"][..],
-        &["serve"][..],
-        &[][..],
         &["check", "--mirror", "subscribers"][..],
         &["status", "--mirror", "subscribers"][..],
         &["rejects", "--mirror", "subscribers"][..],

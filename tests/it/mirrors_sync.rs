@@ -1,0 +1,289 @@
+//! `sync` and `serve` with configured mirrors (docs/mirrors.md#commands,
+//! docs/mirrors.md#serve): every mirror synced, one summary per mirror naming
+//! it, the exit code the worst of them, the run records with the mirror's
+//! name; in `serve`, one mirror's file change starts only that mirror.
+
+use crate::helpers::*;
+use crate::serve::{free_port, http_get};
+
+/// The built-in mirror next to a configured one (a header in another order,
+/// an extra column, a nullable one), quick to settle.
+const CONFIG: &str = r#"
+[[mirror]]
+name = "subscribers"
+file = "subscribers.csv"
+table = "crm.subscribers"
+key = ["account_id", "email"]
+max_delete_ratio = 0.5
+columns = [
+  { name = "account_id", type = "bigint" },
+  { name = "email",      type = "email" },
+  { name = "full_name",  type = "text", source = "Full Name" },
+  { name = "plan",       type = "text", nullable = true },
+]
+"#;
+
+fn config(env: &TestEnv) -> String {
+    let path = env.dir.path().join("mirrors.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+const SUBSCRIBERS: &str = "plan,Full Name,email,account_id,extra\n\
+                           pro,Ann,ANN@example.com,1,x\n\
+                           ,Bob,bob@example.com,1,x\n\
+                           free,Ann Two,ann@example.com,2,x\n";
+
+async fn subscribers(env: &TestEnv) -> Vec<(i64, String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT account_id, email, full_name, plan FROM crm.subscribers ORDER BY account_id, email",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+}
+
+fn lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn sync_runs_every_mirror_and_prints_one_summary_naming_each() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[
+        ("ann@example.com", "Ann"),
+        ("bob@example.com", "Bob"),
+    ]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+
+    let run = env.run(&["--config", &path, "sync"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let text: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(text.len(), 2, "{run:?}");
+    assert!(
+        text[0].starts_with("synced mirror=followers load_id="),
+        "{run:?}"
+    );
+    assert!(
+        text[1].starts_with("synced mirror=subscribers load_id="),
+        "{run:?}"
+    );
+    assert!(text[1].contains(" inserted=3 "), "{run:?}");
+    assert_eq!(
+        subscribers(&env).await,
+        vec![
+            (
+                1,
+                "ann@example.com".into(),
+                "Ann".into(),
+                Some("pro".into())
+            ),
+            (1, "bob@example.com".into(), "Bob".into(), None),
+            (
+                2,
+                "ann@example.com".into(),
+                "Ann Two".into(),
+                Some("free".into())
+            ),
+        ]
+    );
+    assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 2);
+    let recorded: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT mirror, outcome, inserted FROM etl_info_schema.sync_runs ORDER BY mirror",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            ("followers".into(), "synced".into(), 2),
+            ("subscribers".into(), "synced".into(), 3),
+        ]
+    );
+
+    // Unchanged files: both skipped; JSON objects name their mirror.
+    let run = env.run(&["--config", &path, "sync", "--json"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let json = lines(&run.stdout);
+    assert_eq!(json.len(), 2, "{run:?}");
+    assert_eq!(json[0]["mirror"], "followers");
+    assert_eq!(json[1]["mirror"], "subscribers");
+    assert!(json.iter().all(|j| j["outcome"] == "skipped"), "{run:?}");
+
+    // --mirror narrows the run to that mirror.
+    let run = env.run(
+        &[
+            "--config",
+            &path,
+            "sync",
+            "--json",
+            "--mirror",
+            "subscribers",
+            "--force",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let json = lines(&run.stdout);
+    assert_eq!(json.len(), 1, "{run:?}");
+    assert_eq!(json[0]["mirror"], "subscribers");
+    assert_eq!(json[0]["outcome"], "synced");
+    assert_eq!(json[0]["unchanged"], 3, "{run:?}");
+}
+
+#[tokio::test]
+async fn a_refused_mirror_fails_the_command_while_the_others_sync() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    assert_eq!(env.run(&["--config", &path, "sync"], &[]).code, 0);
+
+    // Subscribers loses 2 of 3 rows (over its own max_delete_ratio = 0.5);
+    // followers gains one.
+    env.write_file(
+        "subscribers.csv",
+        "account_id,email,Full Name,plan\n1,ann@example.com,Ann,pro\n",
+    );
+    env.write_csv(csv(&[("ann@example.com", "Ann"), ("cy@example.com", "Cy")]));
+    let run = env.run(&["--config", &path, "sync", "--json"], &[]);
+    assert_eq!(run.code, 1, "the worst of the mirrors: {run:?}");
+    let json = lines(&run.stdout);
+    assert_eq!(json[0]["mirror"], "followers");
+    assert_eq!(json[0]["outcome"], "synced", "{run:?}");
+    assert_eq!(json[1]["mirror"], "subscribers");
+    assert_eq!(json[1]["outcome"], "refused", "{run:?}");
+    assert!(run.stderr.contains("max_delete_ratio=0.5"), "{run:?}");
+    assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 2);
+    assert_eq!(
+        subscribers(&env).await.len(),
+        3,
+        "the refused mirror is unchanged"
+    );
+    let reason: String = sqlx::query_scalar(
+        "SELECT error FROM etl_info_schema.sync_runs WHERE mirror = 'subscribers' AND outcome = 'refused'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        reason.contains("mirror subscribers: the file would delete 2 of 3 rows"),
+        "{reason}"
+    );
+
+    // Approved, it syncs.
+    let run = env.run(
+        &[
+            "--config",
+            &path,
+            "sync",
+            "--mirror",
+            "subscribers",
+            "--allow-mass-delete",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(subscribers(&env).await.len(), 1);
+}
+
+#[tokio::test]
+async fn rejects_of_a_mirror_are_recorded_with_the_column_named() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file(
+        "subscribers.csv",
+        "account_id,email,Full Name,plan\n1,ann@example.com,Ann,\nnot-a-number,bob@example.com,Bob,\n",
+    );
+    let path = config(&env);
+    let run = env.run(
+        &[
+            "--config",
+            &path,
+            "sync",
+            "--json",
+            "--mirror",
+            "subscribers",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 1, "MAX_REJECTS=0: refused: {run:?}");
+    assert!(run.stderr.contains("line 3"), "{run:?}");
+    assert!(run.stderr.contains("account_id"), "{run:?}");
+    let (line, reason): (i64, String) = sqlx::query_as(
+        "SELECT r.line_no, r.reason FROM etl_info_schema.sync_rejects r
+           JOIN etl_info_schema.sync_runs s USING (load_id) WHERE s.mirror = 'subscribers'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(line, 3);
+    assert!(reason.starts_with("column account_id: "), "{reason}");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM crm.subscribers").await,
+        0,
+        "a refused file changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn serve_starts_only_the_mirror_whose_file_changed() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = env.spawn_agent(&[("CONFIG_FILE", path.as_str()), ("HTTP_ADDR", addr.as_str())]);
+    eventually_logged(&agent, 30, "both mirrors' start-up syncs", || async {
+        let synced: Option<i64> = sqlx::query_scalar(
+            "SELECT count(*) FROM etl_info_schema.sync_runs WHERE trigger = 'start' AND outcome = 'synced'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .ok();
+        (synced == Some(2)).then_some(())
+    })
+    .await;
+
+    env.write_file(
+        "subscribers.csv",
+        "account_id,email,Full Name,plan\n1,ann@example.com,Ann,pro\n1,bob@example.com,Bob,\n2,ann@example.com,Ann Two,free\n3,cy@example.com,Cy,\n",
+    );
+    eventually_logged(&agent, 30, "the subscribers' watch sync", || async {
+        (env.scalar("SELECT count(*) FROM crm.subscribers").await == 4).then_some(())
+    })
+    .await;
+    let watch: Vec<(String, String)> = sqlx::query_as(
+        "SELECT mirror, outcome FROM etl_info_schema.sync_runs WHERE trigger = 'watch'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        watch,
+        vec![("subscribers".into(), "synced".into())],
+        "{}",
+        agent.log_text()
+    );
+    let metrics = eventually_logged(&agent, 10, "the metrics", || async {
+        http_get(port, "/metrics")
+    })
+    .await;
+    for series in [
+        "followers_etl_runs_total{outcome=\"synced\",mirror=\"subscribers\"} 2",
+        "followers_etl_runs_total{outcome=\"synced\",mirror=\"followers\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series}: {metrics}");
+    }
+    assert!(
+        agent.log_text().contains("sync{mirror=subscribers"),
+        "every event of a mirror's run names it: {}",
+        agent.log_text()
+    );
+}
