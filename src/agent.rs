@@ -82,14 +82,15 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
             return exit::usage();
         }
     };
-    crate::metrics::label_mirrors(settings.has_configured_mirrors());
     tracing::info!(settings = %settings.describe(), "starting");
     for warning in settings.triggers.cron_schedule.warnings() {
         tracing::warn!(schedule = %settings.triggers.cron_schedule, "{warning}");
     }
     let stop = CancellationToken::new();
     stop_on_signals(stop.clone(), Hangup::Ignore);
-    let metrics = crate::http::install_recorder();
+    // Series name their mirror once mirrors are configured (docs/mirrors.md#metrics-and-logs).
+    let label = settings.builtin_label();
+    let metrics = crate::http::install_recorder(label);
 
     // The endpoints answer from the start (their pool connects on first use):
     // /healthz 200, /readyz 503 until the database is reachable and migrated.
@@ -105,7 +106,7 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
         };
         let stop = stop.clone();
         tasks.spawn(async move {
-            if let Err(e) = crate::http::serve(listener, db, metrics, stop).await {
+            if let Err(e) = crate::http::serve(listener, db, metrics, label, stop).await {
                 tracing::error!(error = %e, "HTTP endpoints stopped");
             }
         });

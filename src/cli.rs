@@ -86,7 +86,7 @@ pub enum Command {
         /// How many runs to show.
         #[arg(long, default_value_t = 10, value_name = "N")]
         limit: u64,
-        /// The mirror: followers (the built-in one, the default) until configured mirrors are synced (docs/mirrors.md#status).
+        /// Only this mirror's block (docs/mirrors.md#commands); without it, every mirror's, one block each.
         #[arg(long, value_name = "NAME")]
         mirror: Option<String>,
     },
@@ -176,7 +176,7 @@ pub struct SyncArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// The mirror to sync: followers (the built-in one); without it, every mirror. Configured mirrors are not synced by this version yet (docs/mirrors.md#status).
+    /// A mirror to sync (repeatable; docs/mirrors.md#commands); without it, every mirror, at most MAX_PARALLEL_MIRRORS at once, one summary per mirror naming it; the exit code is the worst of them.
     #[arg(long, value_name = "NAME")]
     pub mirror: Vec<String>,
 }
@@ -270,7 +270,11 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
         Command::Sync(args) => sync(settings, args).await,
         Command::Check { path, json, .. } => check(&settings, path, json),
         Command::Schedule { expr, from, count } => schedule(&settings, expr, from, count),
-        Command::Status { json, limit, .. } => status(&settings, json, limit).await,
+        Command::Status {
+            json,
+            limit,
+            mirror,
+        } => status(&settings, json, limit, mirror.as_deref()).await,
         Command::Rejects { load_id, json, .. } => rejects(&settings, load_id, json).await,
         Command::Revert {
             load_id,
@@ -293,17 +297,17 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
 }
 
 /// The mirror a command acts on (`--mirror`, docs/mirrors.md#status): `serve`
-/// runs every mirror, so it is refused while configured mirrors exist; the
-/// others act on the built-in `followers` mirror, and `--mirror` with another
-/// name is refused (exit 2). `sync` checks its own flags (`sync_with`).
+/// runs every mirror and `sync` checks its own flags (`sync_with`); the others
+/// act on the built-in `followers` mirror, and `--mirror` with another name is
+/// refused (exit 2).
 fn select_mirror(settings: &Settings, command: &Command) -> Result<(), ExitCode> {
     match command {
         Command::Check { mirror, .. }
-        | Command::Status { mirror, .. }
         | Command::Rejects { mirror, .. }
         | Command::Revert { mirror, .. }
         | Command::History { mirror, .. } => mirrors::select(settings, mirror.as_slice()),
         Command::Serve
+        | Command::Status { .. }
         | Command::Sync(_)
         | Command::Schedule { .. }
         | Command::Migrate
@@ -946,11 +950,18 @@ fn schedule(
     out.finish(ExitCode::SUCCESS)
 }
 
-async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
+async fn status(settings: &Settings, json: bool, limit: u64, mirror: Option<&str>) -> ExitCode {
+    let chosen = match mirrors::to_sync(settings, mirror.map(str::to_owned).as_slice()) {
+        Ok(chosen) => chosen,
+        Err(code) => return code,
+    };
     let db = match crate::db::connect(settings).await {
         Ok(db) => db,
         Err(e) => return failure("database", &e),
     };
+    if mirrors::configured(settings) {
+        return status_of_mirrors(settings, &db, &chosen, json, limit).await;
+    }
     let report = match crate::status::report(&db, settings, limit).await {
         Ok(report) => report,
         Err(e) => return failure("cannot read the runs (run `followers-etl migrate`?)", &e),
@@ -963,6 +974,60 @@ async fn status(settings: &Settings, json: bool, limit: u64) -> ExitCode {
         ));
     } else {
         out.line(format_args!("{}", report.to_text().trim_end()));
+    }
+    out.finish(ExitCode::SUCCESS)
+}
+
+/// `status` once `[[mirror]]` tables are configured (docs/mirrors.md#commands):
+/// one block per mirror (`--mirror` narrows to one), the built-in mirror's as
+/// without mirrors under a heading; `--json`: `{"mirrors": [...]}`, each with
+/// its `"mirror"`.
+async fn status_of_mirrors(
+    settings: &Settings,
+    db: &sea_orm::DatabaseConnection,
+    chosen: &[Option<&MirrorSpec>],
+    json: bool,
+    limit: u64,
+) -> ExitCode {
+    let mut texts = Vec::with_capacity(chosen.len());
+    let mut objects = Vec::with_capacity(chosen.len());
+    for spec in chosen {
+        let (text, object) = match spec {
+            None => match crate::status::report(db, settings, limit).await {
+                Ok(report) => {
+                    let mut object =
+                        serde_json::to_value(&report).expect("a status report always serialises");
+                    object["mirror"] = runs::BUILTIN_MIRROR.into();
+                    (
+                        format!("mirror followers (public.followers)\n{}", report.to_text()),
+                        object,
+                    )
+                }
+                Err(e) => {
+                    return failure("cannot read the runs (run `followers-etl migrate`?)", &e)
+                }
+            },
+            Some(spec) => match crate::status::mirror_report(db, settings, spec, limit).await {
+                Ok(report) => (
+                    report.to_text(),
+                    serde_json::to_value(&report).expect("a status report always serialises"),
+                ),
+                Err(e) => {
+                    return failure("cannot read the runs (run `followers-etl migrate`?)", &e)
+                }
+            },
+        };
+        texts.push(text.trim_end().to_owned());
+        objects.push(object);
+    }
+    let mut out = Out::new();
+    if json {
+        out.line(format_args!(
+            "{}",
+            serde_json::json!({ "mirrors": objects })
+        ));
+    } else {
+        out.line(format_args!("{}", texts.join("\n\n")));
     }
     out.finish(ExitCode::SUCCESS)
 }

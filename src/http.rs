@@ -16,7 +16,7 @@ pub(crate) type Exporter = Result<PrometheusHandle, String>;
 
 /// Installs the Prometheus recorder (histograms with `metrics::DURATION_BUCKETS`)
 /// and describes every metric, so each has its HELP and TYPE lines.
-pub(crate) fn install_recorder() -> Exporter {
+pub(crate) fn install_recorder(mirror: Option<&str>) -> Exporter {
     let handle = PrometheusBuilder::new()
         .set_buckets(crate::metrics::DURATION_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)
@@ -24,7 +24,7 @@ pub(crate) fn install_recorder() -> Exporter {
             tracing::warn!(error = %e, "metrics disabled");
             e.to_string()
         })?;
-    crate::metrics::describe();
+    crate::metrics::describe(mirror);
     Ok(handle)
 }
 
@@ -32,6 +32,8 @@ pub(crate) fn install_recorder() -> Exporter {
 struct AppState {
     db: DatabaseConnection,
     metrics: Exporter,
+    /// The built-in mirror's label, once mirrors are configured.
+    mirror: Option<&'static str>,
 }
 
 async fn healthz() -> &'static str {
@@ -102,7 +104,7 @@ async fn metrics_text(State(state): State<AppState>) -> (StatusCode, String) {
     };
     let count = crate::runs::follower_count(&state.db);
     if let Ok(Ok(n)) = tokio::time::timeout(crate::db::HTTP_DB_TIMEOUT, count).await {
-        crate::metrics::record_followers(crate::runs::BUILTIN_MIRROR, n);
+        crate::metrics::record_followers(state.mirror, n);
     }
     (StatusCode::OK, handle.render())
 }
@@ -112,13 +114,18 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     db: DatabaseConnection,
     metrics: Exporter,
+    mirror: Option<&'static str>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { db, metrics });
+        .with_state(AppState {
+            db,
+            metrics,
+            mirror,
+        });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP endpoints listening");
     }

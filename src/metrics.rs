@@ -24,7 +24,8 @@ pub(crate) const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Gives every metric its HELP and TYPE lines; call once the recorder is installed.
-pub(crate) fn describe() {
+/// `mirror`: the label of the built-in mirror's series (`None` without mirrors).
+pub(crate) fn describe(mirror: Option<&str>) {
     metrics::describe_counter!(
         RUNS_TOTAL,
         Unit::Count,
@@ -55,27 +56,19 @@ pub(crate) fn describe() {
         REFUSED,
         "1 after a refused run (or one skipped because its content was refused earlier) until a run confirms followers mirror the file, else 0."
     );
-    metrics::gauge!(RUN_IN_PROGRESS, labels(crate::runs::BUILTIN_MIRROR, &[])).set(0.0);
-    metrics::gauge!(REFUSED, labels(crate::runs::BUILTIN_MIRROR, &[])).set(0.0);
+    metrics::gauge!(RUN_IN_PROGRESS, labels(mirror, &[])).set(0.0);
+    metrics::gauge!(REFUSED, labels(mirror, &[])).set(0.0);
 }
 
-/// Whether every series carries a `mirror` label: only once `[[mirror]]` tables
-/// are configured, so an agent without them exports exactly the series it always
-/// has (docs/mirrors.md#metrics-and-logs).
-static MIRROR_LABEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Labels every series with its mirror from now on (set once at start-up).
-pub(crate) fn label_mirrors(on: bool) {
-    MIRROR_LABEL.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The labels of one series: `pairs`, then `mirror` when mirrors are labelled.
-fn labels(mirror: &str, pairs: &[(&'static str, &str)]) -> Vec<metrics::Label> {
+/// The labels of one series: `pairs`, then `mirror` when given. A run's mirror
+/// is given only once `[[mirror]]` tables are configured, so an agent without
+/// them exports exactly the series it always has (docs/mirrors.md#metrics-and-logs).
+fn labels(mirror: Option<&str>, pairs: &[(&'static str, &str)]) -> Vec<metrics::Label> {
     let mut labels: Vec<metrics::Label> = pairs
         .iter()
         .map(|(k, v)| metrics::Label::new(*k, v.to_string()))
         .collect();
-    if MIRROR_LABEL.load(std::sync::atomic::Ordering::Relaxed) {
+    if let Some(mirror) = mirror {
         labels.push(metrics::Label::new("mirror", mirror.to_owned()));
     }
     labels
@@ -83,17 +76,22 @@ fn labels(mirror: &str, pairs: &[(&'static str, &str)]) -> Vec<metrics::Label> {
 
 /// The file stands refused (docs/sync.md#remembered-refusals): refused now, or
 /// skipped because its content was refused earlier.
-pub(crate) fn record_refused(mirror: &str) {
+pub(crate) fn record_refused(mirror: Option<&str>) {
     metrics::gauge!(REFUSED, labels(mirror, &[])).set(1.0);
 }
 
 /// A run started: the in-progress gauge goes to 1 until `record_run`.
-pub(crate) fn record_run_started(mirror: &str) {
+pub(crate) fn record_run_started(mirror: Option<&str>) {
     metrics::gauge!(RUN_IN_PROGRESS, labels(mirror, &[])).set(1.0);
 }
 
 /// Records what a run did; a no-op while no recorder is installed.
-pub(crate) fn record_run(mirror: &str, outcome: Outcome, counts: &Counts, duration: Duration) {
+pub(crate) fn record_run(
+    mirror: Option<&str>,
+    outcome: Outcome,
+    counts: &Counts,
+    duration: Duration,
+) {
     let outcome_label = [("outcome", outcome.as_str())];
     metrics::gauge!(RUN_IN_PROGRESS, labels(mirror, &[])).set(0.0);
     metrics::counter!(RUNS_TOTAL, labels(mirror, &outcome_label)).increment(1);
@@ -118,7 +116,7 @@ pub(crate) fn record_run(mirror: &str, outcome: Outcome, counts: &Counts, durati
 
 /// The table was just confirmed a mirror of the file: synced, or skipped because the
 /// file is unchanged since the last successful sync.
-pub(crate) fn record_in_sync(mirror: &str) {
+pub(crate) fn record_in_sync(mirror: Option<&str>) {
     metrics::gauge!(LAST_SUCCESS, labels(mirror, &[]))
         .set(approx_signed(chrono::Utc::now().timestamp()));
     metrics::gauge!(REFUSED, labels(mirror, &[])).set(0.0);
@@ -131,7 +129,7 @@ fn stage_help() -> String {
 }
 
 /// Records how long one stage of a run took.
-pub(crate) fn record_stage(mirror: &str, stage: Stage, seconds: f64) {
+pub(crate) fn record_stage(mirror: Option<&str>, stage: Stage, seconds: f64) {
     metrics::histogram!(STAGE_DURATION, labels(mirror, &[("stage", stage.as_str())]))
         .record(seconds);
 }
@@ -139,7 +137,7 @@ pub(crate) fn record_stage(mirror: &str, stage: Stage, seconds: f64) {
 /// The rows of a mirror's table counted at a scrape (`followers_etl_followers`
 /// for the built-in mirror's `public.followers`, and for every mirror's table,
 /// labelled, once mirrors are configured).
-pub(crate) fn record_followers(mirror: &str, count: i64) {
+pub(crate) fn record_followers(mirror: Option<&str>, count: i64) {
     metrics::gauge!(FOLLOWERS, labels(mirror, &[])).set(approx_signed(count));
 }
 

@@ -235,6 +235,120 @@ pub(crate) async fn report(
     })
 }
 
+/// The status of a configured mirror (docs/mirrors.md#commands): its table's
+/// rows, last success, next run, last run, a refusal or failure to attend to,
+/// and its newest runs, as the built-in mirror's report shows them.
+#[derive(Debug, Serialize)]
+pub(crate) struct MirrorStatus {
+    pub mirror: String,
+    pub table: String,
+    /// Rows in the table; null before its first run created it.
+    pub rows: Option<i64>,
+    pub last_success: Option<LastSuccess>,
+    /// The mirror's `schedule`, else `CRON_SCHEDULE`.
+    pub schedule: String,
+    pub next_run: Option<Utc3339>,
+    pub last_run: Option<RunView>,
+    pub attention: Option<String>,
+    pub runs: Vec<RunView>,
+}
+
+/// Reads a configured mirror's status (a handful of indexed queries).
+pub(crate) async fn mirror_report(
+    db: &impl ConnectionTrait,
+    settings: &Settings,
+    spec: &crate::mirror::MirrorSpec,
+    limit: u64,
+) -> Result<MirrorStatus, DbErr> {
+    let now = Utc::now();
+    let mirror = spec.name.as_str();
+    let schedule = spec
+        .schedule
+        .as_ref()
+        .unwrap_or(&settings.triggers.cron_schedule);
+    let (synced, decisive, recent) = tokio::try_join!(
+        runs::last_synced(db, mirror),
+        runs::last_decisive(db, mirror),
+        runs::recent(db, mirror, limit.max(1)),
+    )?;
+    let count = crate::mirror::store::MirrorSql::new(spec).row_count();
+    let rows = match db
+        .query_one(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            count,
+        ))
+        .await
+    {
+        Ok(row) => row.map(|r| r.try_get_by_index::<i64>(0)).transpose()?,
+        // Not created yet (its first run creates it).
+        Err(e) if crate::pipeline::merge::sqlstate(&e).as_deref() == Some("42P01") => None,
+        Err(e) => return Err(e),
+    };
+    let last_success = synced.map(|r| {
+        let at = r.finished_at.unwrap_or(r.started_at).and_utc();
+        LastSuccess {
+            load_id: Some(r.load_id),
+            at: Utc3339(at),
+            ago_seconds: (now - at).num_seconds().max(0),
+            file: Some(r.file),
+            reverted_by: r.reverted_by,
+        }
+    });
+    let shown = usize::try_from(limit).unwrap_or(usize::MAX);
+    Ok(MirrorStatus {
+        mirror: mirror.to_owned(),
+        table: spec.table.to_string(),
+        rows,
+        last_success,
+        schedule: schedule.to_string(),
+        next_run: schedule.next_after(now).map(Utc3339),
+        last_run: recent.first().map(RunView::from),
+        attention: attention(decisive),
+        runs: recent.iter().take(shown).map(RunView::from).collect(),
+    })
+}
+
+/// "refused: <reason>" when the newest decisive run was refused or failed.
+fn attention(decisive: Option<entity::sync_runs::Model>) -> Option<String> {
+    decisive
+        .filter(|r| matches!(r.outcome.as_str(), "refused" | "failed"))
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.outcome,
+                r.error.as_deref().unwrap_or("no reason recorded")
+            )
+        })
+}
+
+impl MirrorStatus {
+    /// The status as text: a heading naming the mirror and its table, then the
+    /// lines of the built-in mirror's report that apply.
+    pub(crate) fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = self.write_text(&mut out);
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "mirror {} ({})", self.mirror, self.table)?;
+        match self.rows {
+            Some(n) => writeln!(out, "rows:          {n}")?,
+            None => writeln!(
+                out,
+                "rows:          none (the table is created by the first run)"
+            )?,
+        }
+        write_last_success(out, self.last_success.as_ref())?;
+        write_next_run(out, self.next_run.as_ref(), &self.schedule, Utc::now())?;
+        write_last_run(out, self.last_run.as_ref())?;
+        if let Some(attention) = &self.attention {
+            writeln!(out, "!! ATTENTION:  last decisive run {attention}")?;
+        }
+        write_runs(out, &self.runs)
+    }
+}
+
 /// "3d 4h", "2h 5m", "4m 10s", "12s".
 fn human(seconds: i64) -> String {
     let (d, h, m, s) = (
@@ -270,35 +384,8 @@ impl StatusReport {
 
     fn write_text(&self, out: &mut String) -> std::fmt::Result {
         writeln!(out, "followers:     {}", self.followers)?;
-        match &self.last_success {
-            Some(s) => writeln!(
-                out,
-                "last success:  {} ({} ago){}{}",
-                s.at,
-                human(s.ago_seconds),
-                s.load_id
-                    .map(|l| format!(" load_id={l}"))
-                    .unwrap_or_default(),
-                s.reverted_by
-                    .map(|r| format!(", reverted by {r}"))
-                    .unwrap_or_default()
-            )?,
-            None => writeln!(out, "last success:  never")?,
-        }
-        match &self.next_run {
-            Some(t) => writeln!(
-                out,
-                "next run:      {} (in {}; CRON_SCHEDULE={:?})",
-                t,
-                human((t.0 - self.now.0).num_seconds().max(0)),
-                self.schedule
-            )?,
-            None => writeln!(
-                out,
-                "next run:      never (CRON_SCHEDULE={:?} never fires)",
-                self.schedule
-            )?,
-        }
+        write_last_success(out, self.last_success.as_ref())?;
+        write_next_run(out, self.next_run.as_ref(), &self.schedule, self.now.0)?;
         if let Some(r) = &self.reverted {
             writeln!(
                 out,
@@ -308,28 +395,7 @@ impl StatusReport {
                 r["held_back_file"].as_str().unwrap_or_default()
             )?;
         }
-        match &self.last_run {
-            Some(r) => {
-                let flagged = matches!(r.outcome.as_str(), "refused" | "failed");
-                writeln!(
-                    out,
-                    "last run:      {}{} {} trigger={} load_id={}",
-                    if flagged { "!! " } else { "" },
-                    if flagged {
-                        r.outcome.to_uppercase()
-                    } else {
-                        r.outcome.clone()
-                    },
-                    r.started_at,
-                    r.trigger,
-                    r.load_id
-                )?;
-                if !r.stages.0.is_empty() {
-                    writeln!(out, "  stages:      {}", stages_text(&r.stages))?;
-                }
-            }
-            None => writeln!(out, "last run:      none")?,
-        }
+        write_last_run(out, self.last_run.as_ref())?;
         if let Some(d) = self.drift.and_then(Drift::describe) {
             let flag = if self.drift.is_some_and(Drift::needs_sync) {
                 "!! "
@@ -354,28 +420,100 @@ impl StatusReport {
                 t.load_id.map(|l| l.to_string()).unwrap_or_default()
             )?;
         }
-        writeln!(out, "runs (newest first):")?;
-        for r in &self.runs {
-            let c = &r.counts;
+        write_runs(out, &self.runs)
+    }
+}
+
+fn write_last_success(out: &mut String, last_success: Option<&LastSuccess>) -> std::fmt::Result {
+    match last_success {
+        Some(s) => writeln!(
+            out,
+            "last success:  {} ({} ago){}{}",
+            s.at,
+            human(s.ago_seconds),
+            s.load_id
+                .map(|l| format!(" load_id={l}"))
+                .unwrap_or_default(),
+            s.reverted_by
+                .map(|r| format!(", reverted by {r}"))
+                .unwrap_or_default()
+        )?,
+        None => writeln!(out, "last success:  never")?,
+    }
+    Ok(())
+}
+
+fn write_next_run(
+    out: &mut String,
+    next_run: Option<&Utc3339>,
+    schedule: &str,
+    now: DateTime<Utc>,
+) -> std::fmt::Result {
+    match next_run {
+        Some(t) => writeln!(
+            out,
+            "next run:      {} (in {}; CRON_SCHEDULE={:?})",
+            t,
+            human((t.0 - now).num_seconds().max(0)),
+            schedule
+        )?,
+        None => writeln!(
+            out,
+            "next run:      never (CRON_SCHEDULE={:?} never fires)",
+            schedule
+        )?,
+    }
+    Ok(())
+}
+
+fn write_last_run(out: &mut String, last_run: Option<&RunView>) -> std::fmt::Result {
+    match last_run {
+        Some(r) => {
+            let flagged = matches!(r.outcome.as_str(), "refused" | "failed");
             writeln!(
                 out,
-                "  {} {} {:<8} {:<7} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={}{}",
+                "last run:      {}{} {} trigger={} load_id={}",
+                if flagged { "!! " } else { "" },
+                if flagged {
+                    r.outcome.to_uppercase()
+                } else {
+                    r.outcome.clone()
+                },
                 r.started_at,
-                r.load_id,
-                r.outcome,
                 r.trigger,
-                c.rows_read,
-                c.inserted,
-                c.updated,
-                c.deleted,
-                c.unchanged,
-                c.rejected,
-                c.duplicates,
-                r.reason.as_deref().map(|e| format!(" reason={e:?}")).unwrap_or_default()
+                r.load_id
             )?;
+            if !r.stages.0.is_empty() {
+                writeln!(out, "  stages:      {}", stages_text(&r.stages))?;
+            }
         }
-        Ok(())
+        None => writeln!(out, "last run:      none")?,
     }
+    Ok(())
+}
+
+fn write_runs(out: &mut String, runs: &[RunView]) -> std::fmt::Result {
+    writeln!(out, "runs (newest first):")?;
+    for r in runs {
+        let c = &r.counts;
+        writeln!(
+            out,
+            "  {} {} {:<8} {:<7} rows_read={} inserted={} updated={} deleted={} unchanged={} rejected={} duplicates={}{}",
+            r.started_at,
+            r.load_id,
+            r.outcome,
+            r.trigger,
+            c.rows_read,
+            c.inserted,
+            c.updated,
+            c.deleted,
+            c.unchanged,
+            c.rejected,
+            c.duplicates,
+            r.reason.as_deref().map(|e| format!(" reason={e:?}")).unwrap_or_default()
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,13 @@ impl Settings {
             .any(|m| m.name.as_str() != crate::mirror::MirrorName::FOLLOWERS)
     }
 
+    /// The built-in mirror's name in its metrics' `mirror` label and its log
+    /// events, once mirrors are configured; `None` without them.
+    pub fn builtin_label(&self) -> Option<&'static str> {
+        self.has_configured_mirrors()
+            .then_some(crate::mirror::MirrorName::FOLLOWERS)
+    }
+
     /// Every setting a mirror may override, with its effective value, in the
     /// order of docs/mirrors.md#keys-of-a-mirror.
     pub fn effective(&self, spec: &MirrorSpec) -> Vec<EffectiveSetting> {

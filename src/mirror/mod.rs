@@ -6,8 +6,9 @@
 //! the storage layer, every SQL statement a mirror's sync needs, generated from
 //! its definition (`store`, docs/mirrors.md#storage); and the run of one mirror
 //! (`run`: lock, hash, read, stage, merge, record, revert; docs/mirrors.md#runs).
-//! The configuration reads `[[mirror]]` (`config::mirrors`) and `mirrors` prints
-//! it, but only the built-in mirror is synced yet (docs/mirrors.md#status).
+//! The configuration reads `[[mirror]]` (`config::mirrors`), `mirrors` prints
+//! it, and `sync` and `serve` run it through `pipeline::mirror`
+//! (docs/mirrors.md#status).
 
 mod names;
 mod parse;

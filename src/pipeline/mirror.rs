@@ -104,8 +104,9 @@ pub async fn run_mirror_sync(
 ) -> Summary {
     let started = Instant::now();
     let mirror = spec.name.as_str();
-    crate::metrics::record_run_started(mirror);
-    let mut stages = StageTimes::of_mirror(mirror);
+    let label = Some(mirror);
+    crate::metrics::record_run_started(label);
+    let mut stages = StageTimes::labelled(label);
     let result = run(ctx, spec, request, load_id, &mut stages, &cancel).await;
     stages.end();
     let stage = result
@@ -137,13 +138,13 @@ pub async fn run_mirror_sync(
         transient: outcome == Outcome::Failed,
         refused_earlier: false,
     };
-    crate::metrics::record_run(mirror, outcome, &summary.counts, summary.duration);
+    crate::metrics::record_run(label, outcome, &summary.counts, summary.duration);
     if outcome == Outcome::Refused {
-        crate::metrics::record_refused(mirror);
+        crate::metrics::record_refused(label);
     } else if outcome == Outcome::Skipped
         && summary.reason.as_deref() == Some("unchanged since the last sync")
     {
-        crate::metrics::record_in_sync(mirror);
+        crate::metrics::record_in_sync(label);
     }
     super::finished_event(&summary, stage);
     summary

@@ -415,13 +415,14 @@ pub async fn run_sync(
     cancel: CancellationToken,
 ) -> Summary {
     // Named once mirrors are configured (docs/mirrors.md#metrics-and-logs).
-    if ctx.settings.has_configured_mirrors() {
-        tracing::Span::current().record("mirror", crate::runs::BUILTIN_MIRROR);
+    let label = ctx.settings.builtin_label();
+    if let Some(mirror) = label {
+        tracing::Span::current().record("mirror", mirror);
     }
     let started = Instant::now();
-    crate::metrics::record_run_started(crate::runs::BUILTIN_MIRROR);
+    crate::metrics::record_run_started(label);
     let mut counts = Counts::default();
-    let mut stages = StageTimes::default();
+    let mut stages = StageTimes::labelled(label);
     let result = locked_run(ctx, request, load_id, &mut counts, &mut stages, cancel).await;
     stages.end();
     // Bounded like compensation: an unreachable database must not hold the run.
@@ -483,14 +484,9 @@ pub async fn run_sync(
         transient,
         refused_earlier,
     };
-    crate::metrics::record_run(
-        crate::runs::BUILTIN_MIRROR,
-        summary.outcome,
-        &summary.counts,
-        summary.duration,
-    );
+    crate::metrics::record_run(label, summary.outcome, &summary.counts, summary.duration);
     if summary.outcome == Outcome::Refused || summary.refused_earlier {
-        crate::metrics::record_refused(crate::runs::BUILTIN_MIRROR);
+        crate::metrics::record_refused(label);
     }
     finished_event(&summary, stage);
     summary
@@ -1079,7 +1075,7 @@ async fn hash_step(
             record_skip(db, load_id, counts, &reason, &hash).await?;
             // Only a skip that vouches for the table refreshes the last success.
             if reverted.is_none() && drift.confirmed() {
-                crate::metrics::record_in_sync(crate::runs::BUILTIN_MIRROR);
+                crate::metrics::record_in_sync(ctx.settings.builtin_label());
             }
             return Ok(HashStep::Skip(reason));
         }

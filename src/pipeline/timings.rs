@@ -15,15 +15,15 @@ pub struct StageTimes {
     done: Vec<(Stage, f64)>,
     /// The stage, or step, begun last: where the run was when it stopped.
     last: Option<Stage>,
-    /// The mirror the run syncs (its metrics' label); `None`: the built-in one.
+    /// The mirror the run syncs, as its metrics' label (`None`: no label).
     mirror: Option<String>,
 }
 
 impl StageTimes {
-    /// The stage times of a run of `mirror`.
-    pub fn of_mirror(mirror: &str) -> Self {
+    /// The stage times of a run whose metrics carry the label `mirror`.
+    pub fn labelled(mirror: Option<&str>) -> Self {
         Self {
-            mirror: Some(mirror.to_owned()),
+            mirror: mirror.map(str::to_owned),
             ..Self::default()
         }
     }
@@ -59,13 +59,7 @@ impl StageTimes {
         self.end_step();
         if let Some((name, started)) = self.current.take() {
             let seconds = started.elapsed().as_secs_f64();
-            crate::metrics::record_stage(
-                self.mirror
-                    .as_deref()
-                    .unwrap_or(crate::runs::BUILTIN_MIRROR),
-                name,
-                seconds,
-            );
+            crate::metrics::record_stage(self.mirror.as_deref(), name, seconds);
             self.done.push((name, seconds));
         }
     }

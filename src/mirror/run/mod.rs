@@ -283,7 +283,7 @@ pub async fn sync_mirror(
     options: MirrorRunOptions,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let lock = run_lock(url, spec).await?;
-    let mut stages = StageTimes::of_mirror(spec.name.as_str());
+    let mut stages = StageTimes::labelled(Some(spec.name.as_str()));
     let run = LockedRun {
         load_id: LoadId::new(),
         lock_pid: lock.pid(),

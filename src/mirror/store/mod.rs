@@ -65,6 +65,11 @@ impl<'a> MirrorSql<'a> {
         self.spec.table.sql()
     }
 
+    /// How many rows the mirror's table holds (`status`).
+    pub fn row_count(&self) -> String {
+        format!("SELECT count(*) FROM {}", self.table())
+    }
+
     /// The configured columns with their position (their internal name `c{i}`).
     fn columns(&self) -> impl Iterator<Item = (usize, &'a ColumnSpec)> {
         self.spec.columns.iter().enumerate()
