@@ -10,7 +10,7 @@
 use crate::helpers::TestEnv;
 use followers_etl::config::DatabaseUrl;
 use followers_etl::mirror::run::{sync_mirror, MirrorRunError, MirrorRunOptions, MirrorSummary};
-use followers_etl::mirror::{from_toml_str, MirrorSpec};
+use followers_etl::mirror::{from_toml_str, MirrorSource, MirrorSpec};
 use sea_orm::{Database, DatabaseConnection};
 use sqlx::Row;
 use std::io::Write;
@@ -357,6 +357,30 @@ async fn a_symlink_escaping_tables_dir_is_refused() {
     std::os::unix::fs::symlink(env.path("..inside.csv"), env.path("part-2b.csv")).unwrap();
     let s = env.sync(options()).await.unwrap();
     assert_eq!((s.rows_read, s.inserted), (13, 1), "{s:?}");
+
+    // A zstd part reads as a gzip one does.
+    let zst = zstd::encode_all(part(14..=14, "").as_bytes(), 3).unwrap();
+    env.write("part-4.csv.zst", zst);
+    let s = env.sync(options()).await.unwrap();
+    assert_eq!((s.rows_read, s.inserted), (14, 1), "{s:?}");
+
+    // The glob's directory itself may not lead out of TABLES_DIR.
+    let outside_dir = tempfile::tempdir().unwrap();
+    std::fs::write(outside_dir.path().join("part-1.csv"), part(1..=1, "")).unwrap();
+    std::os::unix::fs::symlink(outside_dir.path(), env.env.tables().join("elsewhere")).unwrap();
+    let mut elsewhere = env.spec.clone();
+    elsewhere.source = MirrorSource::Glob("elsewhere/part-*".into());
+    let e = sync_mirror(&env.db, &env.url, &elsewhere, &env.env.tables(), options())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MirrorRunError::GlobDir { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("mirror parts: files elsewhere/part-*: its directory resolves to"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("outside TABLES_DIR"), "{e}");
+    assert_eq!(env.rows().await.len(), 14, "unchanged");
 }
 
 #[tokio::test]

@@ -108,12 +108,13 @@ fn glob_files(
     names
         .into_iter()
         .map(|file_name| {
-            crate::config::confine("files", tables_dir, &Path::new(dir).join(file_name)).map_err(
-                |source| MirrorRunError::Source {
+            // Absolute: confined as listed, never looked up in the working directory.
+            crate::config::confine("files", tables_dir, &in_dir.join(file_name)).map_err(|source| {
+                MirrorRunError::Source {
                     mirror: spec.name.to_string(),
                     source,
-                },
-            )
+                }
+            })
         })
         .collect()
 }
