@@ -1,17 +1,17 @@
 //! The run of one generic mirror (docs/mirrors.md#runs), not wired to the CLI
 //! yet: `sync_mirror` and `revert_mirror_last`. A sync is, in order:
 //!
-//! | step   | what                                                                 | module  |
-//! |--------|----------------------------------------------------------------------|---------|
-//! | lock   | the mirror's own run lock (busy: `MirrorRunError::Busy`)             | here    |
-//! | table  | the table checked, or created when absent                            | `merge` |
-//! | source | the file, or the files a glob matches, confined to `TABLES_DIR`  | `source`|
-//! | hash   | the source's hash; equal to the last sync's: skipped (unless `force`)| `source`|
-//! | read   | every field validated for its column (rejects, `MAX_REJECTS`)        | `read`  |
-//! | stage  | COPY into `etl_mirror_staging.<mirror>`, streaming as the file reads | `read`  |
-//! | check  | the bytes read hash as the bytes hashed, else `FileChanged`          | here    |
-//! | dedupe | a repeated key: the last line wins, reported                         | `merge` |
-//! | merge  | one transaction: writer lock, diff, guard, journaled writes, record  | `merge` |
+//! | step   | what                                                                   | module   |
+//! |--------|------------------------------------------------------------------------|----------|
+//! | lock   | the mirror's own run lock (busy: `MirrorRunError::Busy`)               | here     |
+//! | source | the file, or the files its glob matches, each confined to `TABLES_DIR` | `source` |
+//! | table  | the table checked, or created when absent                              | `merge`  |
+//! | hash   | the source's hash; equal to the last sync's: skipped (unless `force`)  | `source` |
+//! | read   | every field validated for its column (rejects, `MAX_REJECTS`)          | `read`   |
+//! | stage  | COPY into `etl_mirror_staging.<mirror>`, streaming as the file reads   | `read`   |
+//! | check  | the bytes read hash as the bytes hashed did, else `FileChanged`        | here     |
+//! | dedupe | a repeated key: the last line wins, reported                           | `merge`  |
+//! | merge  | one transaction: writer lock, diff, guard, journaled writes, record    | `merge`  |
 //!
 //! Any failure rolls the merge back (the table as it was) and the staging
 //! table is dropped whatever happens, under the run lock.
@@ -445,5 +445,25 @@ fn source_line(files: &[PathBuf], starts: &[u64], ordinal: i64) -> SourceLine {
     SourceLine {
         file: files.get(i).cloned().unwrap_or_default(),
         line: ordinal.saturating_sub(starts.get(i).copied().unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ordinal_names_its_file_and_line_past_files_without_rows() {
+        let files: Vec<PathBuf> = ["a.csv", "b.csv", "c.csv"].map(PathBuf::from).into();
+        // a.csv: lines 1 to 5; b.csv: no rows; c.csv: from ordinal 6.
+        let starts = [0, 5, 5];
+        let at = |n| {
+            let s = source_line(&files, &starts, n);
+            (s.file.display().to_string(), s.line)
+        };
+        assert_eq!(at(2), ("a.csv".to_owned(), 2));
+        assert_eq!(at(5), ("a.csv".to_owned(), 5));
+        assert_eq!(at(6), ("c.csv".to_owned(), 1));
+        assert_eq!(at(9), ("c.csv".to_owned(), 4));
     }
 }

@@ -210,4 +210,37 @@ mod tests {
             .unwrap()
             .matches_with("PART-1.csv", MATCH));
     }
+
+    #[test]
+    fn a_glob_hash_covers_the_names_and_a_file_hash_is_the_file_s() {
+        let glob = crate::mirror::from_toml_str(
+            "[[mirror]]\nname = \"p\"\nfiles = \"p-*.csv\"\ntable = \"s.p\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", type = \"integer\" }]\n",
+        )
+        .unwrap()
+        .remove(0);
+        let mut file = glob.clone();
+        file.source = MirrorSource::File("p.csv".into());
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("p-1.csv"), dir.path().join("p-2.csv"));
+        std::fs::write(&a, "id\n1\n").unwrap();
+        std::fs::write(&b, "id\n2\n").unwrap();
+        let format = CsvFormat::default();
+        let one = hash_source(&file, std::slice::from_ref(&a), &format).unwrap();
+        assert_eq!(
+            one.combined,
+            crate::pipeline::read::hash_file(&a, &format).unwrap()
+        );
+        let both = hash_source(&glob, &[a.clone(), b.clone()], &format).unwrap();
+        let renamed = dir.path().join("p-3.csv");
+        std::fs::rename(&b, &renamed).unwrap();
+        let moved = hash_source(&glob, &[a.clone(), renamed], &format).unwrap();
+        assert_eq!(both.parts, moved.parts, "the same bytes");
+        assert_ne!(both.combined, moved.combined, "another name");
+        let fewer = hash_source(&glob, &[a], &format).unwrap();
+        assert_ne!(fewer.combined, both.combined);
+        assert_ne!(
+            hash_source(&glob, &[], &format).unwrap().combined,
+            fewer.combined
+        );
+    }
 }
