@@ -438,3 +438,17 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
     let s = env.sync(options()).await.unwrap();
     assert_eq!(s.updated, 4, "{s:?}");
 }
+
+#[tokio::test]
+async fn a_glob_whose_directory_is_missing_is_refused_naming_it() {
+    let env = env().await;
+    std::fs::remove_dir(env.env.tables().join("exports")).unwrap();
+    let e = env.sync(options()).await.unwrap_err();
+    assert!(matches!(e, MirrorRunError::GlobDir { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("mirror parts: files exports/part-*: its directory"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("cannot be listed"), "{e}");
+}

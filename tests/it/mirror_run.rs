@@ -623,3 +623,17 @@ async fn a_file_rewritten_between_the_hash_and_the_read_fails_the_run() {
         .unwrap();
     assert_eq!(done.updated, 10);
 }
+
+#[tokio::test]
+async fn a_missing_file_is_a_read_error_naming_it() {
+    let env = env().await;
+    let e = env
+        .sync(&spec(ACCOUNTS), MirrorRunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MirrorRunError::Read { .. }), "{e}");
+    assert!(
+        e.to_string().contains("accounts.csv: cannot read the file"),
+        "{e}"
+    );
+}
