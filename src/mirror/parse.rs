@@ -571,6 +571,17 @@ fn glob_pattern(ctx: &Ctx, raw: &str) -> Result<String, MirrorError> {
     if name.matches('[').count() != name.matches(']').count() {
         return Err(ctx.err("files", "opens a [ set it does not close"));
     }
+    // The run matches with the `glob` crate (docs/mirrors.md#source-files).
+    if let Err(e) = glob::Pattern::new(name) {
+        return Err(ctx.err(
+            "files",
+            format!(
+                "is not a valid pattern: {} (at character {})",
+                e.msg,
+                e.pos + 1
+            ),
+        ));
+    }
     Ok(raw.to_owned())
 }
 

@@ -167,6 +167,11 @@ const RULE_CASES: &[(&str, &str, &str)] = &[
         "only in the file name",
     ),
     (
+        "file = \"subscribers.csv\"",
+        "files = \"b-**x.csv\"",
+        "files: is not a valid pattern: recursive wildcards must form a single path component",
+    ),
+    (
         "crm.subscribers",
         "subscribers",
         "table: must be schema-qualified",

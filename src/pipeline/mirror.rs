@@ -9,7 +9,9 @@ use crate::config::Settings;
 use crate::db::AdvisoryLock;
 use crate::domain::{Counts, LoadId, Outcome, Stage, Trigger};
 use crate::errors::error_chain;
-use crate::mirror::run::{locked_sync, run_lock, LockedRun, MirrorRunError, MirrorRunOptions};
+use crate::mirror::run::{
+    locked_sync, run_lock, source_files, LockedRun, MirrorRunError, MirrorRunOptions,
+};
 use crate::mirror::run::{MirrorReject, MirrorSummary};
 use crate::mirror::MirrorSpec;
 use crate::rejects::{self, StoredReject};
@@ -72,14 +74,14 @@ pub(crate) fn run_options(
     }
 }
 
-/// The files the mirror reads now (the one `file`, or a glob's matches).
-fn source_files(spec: &MirrorSpec, tables_dir: &Path) -> Result<Vec<PathBuf>, MirrorRunError> {
-    let mirror = spec.name.to_string();
-    match spec.source.confined_file(tables_dir) {
-        None => Err(MirrorRunError::Glob { mirror }),
-        Some(Err(source)) => Err(MirrorRunError::Source { mirror, source }),
-        Some(Ok(path)) => Ok(vec![path]),
+/// `spec` with its effective ready marker (its own, else `READY_MARKER`), so
+/// that a glob never matches a marker (docs/mirrors.md#source-files).
+fn with_ready_marker(settings: &Settings, spec: &MirrorSpec) -> MirrorSpec {
+    let mut spec = spec.clone();
+    if spec.overrides.ready_marker.is_none() {
+        spec.overrides.ready_marker = settings.csv.ready_marker.clone();
     }
+    spec
 }
 
 /// The run's record's `file`: the mirror's file, or its glob, under `TABLES_DIR`.
@@ -103,6 +105,7 @@ pub async fn run_mirror_sync(
     cancel: CancellationToken,
 ) -> Summary {
     let started = Instant::now();
+    let spec = &with_ready_marker(&ctx.settings, spec);
     let mirror = spec.name.as_str();
     let label = Some(mirror);
     crate::metrics::record_run_started(label);
@@ -119,7 +122,7 @@ pub async fn run_mirror_sync(
             Counts::default(),
             Some("unchanged since the last sync".to_owned()),
         ),
-        Ok(Ran::Synced(s)) => (Outcome::Synced, counts_of(&s), None),
+        Ok(Ran::Synced(s)) => (Outcome::Synced, s.counts(), None),
         Ok(Ran::Skipped(reason)) => (Outcome::Skipped, Counts::default(), Some(reason)),
         Err((outcome, counts, reason)) => (outcome, counts, Some(reason)),
     };
@@ -160,19 +163,6 @@ enum Ran {
 
 type Failure = (Outcome, Counts, String);
 
-fn counts_of(s: &MirrorSummary) -> Counts {
-    Counts {
-        rows_read: s.rows_read,
-        inserted: s.inserted,
-        updated: s.updated,
-        deleted: s.deleted,
-        unchanged: s.unchanged,
-        rejected: s.rejected,
-        duplicates: s.duplicates,
-        journaled: s.journaled,
-    }
-}
-
 /// A run error's outcome: refused when the file or a guard stopped it (an
 /// operator's matter), failed otherwise.
 fn outcome_of(e: &MirrorRunError) -> Outcome {
@@ -186,7 +176,8 @@ fn outcome_of(e: &MirrorRunError) -> Outcome {
         | E::EmptyFile { .. }
         | E::Incompatible(_)
         | E::Source { .. }
-        | E::Glob { .. }
+        | E::GlobDir { .. }
+        | E::EmptySource { .. }
         | E::Read { .. } => Outcome::Refused,
         _ => Outcome::Failed,
     }
@@ -342,7 +333,7 @@ async fn locked(
     let (result, rejects) = match outcome {
         Ok(summary) => {
             let rejects = summary.rejects.clone();
-            let counts = counts_of(&summary);
+            let counts = summary.counts();
             let (outcome, reason) = if summary.skipped() {
                 (Outcome::Skipped, Some("unchanged since the last sync"))
             } else {

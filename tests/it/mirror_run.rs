@@ -570,3 +570,70 @@ async fn more_rejects_than_are_kept_are_all_counted() {
     assert_eq!((done.inserted, done.rejected), (3, 10_005), "{done:?}");
     assert_eq!(account_rows(&env).await, 3);
 }
+
+/// The bytes read are the bytes hashed: a file rewritten after the hash (the
+/// run held at its staging table by another session's lock) fails the run
+/// before anything is merged.
+#[tokio::test]
+async fn a_file_rewritten_between_the_hash_and_the_read_fails_the_run() {
+    let env = env().await;
+    let accounts = spec(ACCOUNTS);
+    env.env.write_file("accounts.csv", accounts_csv(10, ""));
+    env.sync(&accounts, MirrorRunOptions::default())
+        .await
+        .unwrap();
+    env.env.write_file("accounts.csv", accounts_csv(10, " v2"));
+    env.env
+        .exec("CREATE TABLE etl_mirror_staging.accounts (x int)")
+        .await;
+    let mut holder = env.env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE etl_mirror_staging.accounts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let rewrite = async {
+        crate::helpers::eventually(30, "the run waiting for the staging table", || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                  WHERE c.relname = 'accounts' AND NOT l.granted",
+            )
+            .fetch_one(&env.env.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        })
+        .await;
+        env.env.write_file("accounts.csv", accounts_csv(10, " v3"));
+        holder.commit().await.unwrap();
+    };
+    let (result, ()) = tokio::join!(env.sync(&accounts, MirrorRunOptions::default()), rewrite);
+    let e = result.unwrap_err();
+    assert!(
+        matches!(&e, MirrorRunError::FileChanged { file, .. } if file.ends_with("accounts.csv")),
+        "{e}"
+    );
+    let renamed = env
+        .env
+        .scalar(r#"SELECT count(*) FROM crm."Accounts" WHERE name LIKE '% v%'"#)
+        .await;
+    assert_eq!(renamed, 0, "nothing merged");
+    let done = env
+        .sync(&accounts, MirrorRunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(done.updated, 10);
+}
+
+#[tokio::test]
+async fn a_missing_file_is_a_read_error_naming_it() {
+    let env = env().await;
+    let e = env
+        .sync(&spec(ACCOUNTS), MirrorRunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MirrorRunError::Read { .. }), "{e}");
+    assert!(
+        e.to_string().contains("accounts.csv: cannot read the file"),
+        "{e}"
+    );
+}

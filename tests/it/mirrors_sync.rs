@@ -265,10 +265,15 @@ async fn serve_starts_only_the_mirror_whose_file_changed() {
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    assert_eq!(
-        watch,
-        vec![("subscribers".into(), "synced".into())],
-        "{}",
+    // A write may end in more than one event: later runs find it unchanged.
+    assert!(
+        watch.iter().all(|(mirror, _)| mirror == "subscribers")
+            && watch
+                .iter()
+                .filter(|(_, outcome)| outcome == "synced")
+                .count()
+                == 1,
+        "only the changed mirror ran: {watch:?}; log:\n{}",
         agent.log_text()
     );
     let metrics = eventually_logged(&agent, 10, "the metrics", || async {

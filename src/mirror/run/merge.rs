@@ -236,7 +236,9 @@ pub(super) async fn dedupe_and_merge(
         lock_table(&txn, spec, options.lock_wait).await?;
         holds_lock(&txn, spec, run.lock_pid).await?;
         merge_in(&txn, sql, options, guard, &protected, &mut summary).await?;
-        record(&txn, sql, options, run.path, &summary).await
+        record(&txn, sql, options, run.path, &summary).await?;
+        // The run's record says synced in the transaction that synced it.
+        finish_record(&txn, spec, load_id, &summary).await
     }
     .await;
     match merged {
@@ -393,6 +395,28 @@ async fn merge_in(
     summary.deleted = deleted;
     summary.unchanged = summary.unchanged.saturating_sub(inserted + updated);
     Ok(())
+}
+
+/// Finishes the run's `sync_runs` record as synced, with its counts and hash
+/// (a run recorded by `sync` and `serve`; nothing when there is none).
+async fn finish_record(
+    txn: &DatabaseTransaction,
+    spec: &MirrorSpec,
+    load_id: LoadId,
+    s: &MirrorSummary,
+) -> Result<(), MirrorRunError> {
+    let counts = s.counts();
+    let hash = crate::domain::ContentHash::from_hex(&s.content_hash);
+    crate::runs::finish(
+        txn,
+        load_id,
+        crate::domain::Outcome::Synced,
+        &counts,
+        None,
+        Some(&hash),
+    )
+    .await
+    .map_err(|e| db_error(spec, "record", e))
 }
 
 /// The run's record (`mirror_runs`), the mirror's status (`mirror_status`) and

@@ -1,26 +1,30 @@
 //! The run of one generic mirror (docs/mirrors.md#runs), not wired to the CLI
 //! yet: `sync_mirror` and `revert_mirror_last`. A sync is, in order:
 //!
-//! | step   | what                                                                 | module  |
-//! |--------|----------------------------------------------------------------------|---------|
-//! | lock   | the mirror's own run lock (busy: `MirrorRunError::Busy`)             | here    |
-//! | table  | the table checked, or created when absent                            | `merge` |
-//! | hash   | the file's hash; equal to the last sync's: skipped (unless `force`)  | here    |
-//! | read   | every field validated for its column (rejects, `MAX_REJECTS`)        | `read`  |
-//! | stage  | COPY into `etl_mirror_staging.<mirror>`, streaming as the file reads | `read`  |
-//! | dedupe | a repeated key: the last line wins, reported                         | `merge` |
-//! | merge  | one transaction: writer lock, diff, guard, journaled writes, record  | `merge` |
+//! | step   | what                                                                   | module   |
+//! |--------|------------------------------------------------------------------------|----------|
+//! | lock   | the mirror's own run lock (busy: `MirrorRunError::Busy`)               | here     |
+//! | source | the file, or the files its glob matches, each confined to `TABLES_DIR` | `source` |
+//! | table  | the table checked, or created when absent                              | `merge`  |
+//! | hash   | the source's hash; equal to the last sync's: skipped (unless `force`)  | `source` |
+//! | read   | every field validated for its column (rejects, `MAX_REJECTS`)          | `read`   |
+//! | stage  | COPY into `etl_mirror_staging.<mirror>`, streaming as the file reads   | `read`   |
+//! | check  | the bytes read hash as the bytes hashed did, else `FileChanged`        | here     |
+//! | dedupe | a repeated key: the last line wins, reported                           | `merge`  |
+//! | merge  | one transaction: writer lock, diff, guard, journaled writes, record    | `merge`  |
 //!
 //! Any failure rolls the merge back (the table as it was) and the staging
 //! table is dropped whatever happens, under the run lock.
 
 mod merge;
 mod read;
+mod source;
 
 pub use merge::revert_mirror_last;
+pub(crate) use source::source_files;
 
 use super::store::{IncompatibleTable, MirrorSql};
-use super::MirrorSpec;
+use super::{MirrorSource, MirrorSpec};
 use crate::config::{CsvFormat, DatabaseUrl};
 use crate::db::{AdvisoryLock, DbError};
 use crate::domain::{LoadId, Stage};
@@ -79,6 +83,19 @@ pub struct MirrorReject {
     pub reason: String,
 }
 
+/// A line of the source: its file and the file's line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLine {
+    pub file: PathBuf,
+    pub line: u64,
+}
+
+impl std::fmt::Display for SourceLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: line {}", self.file.display(), self.line)
+    }
+}
+
 impl std::fmt::Display for MirrorReject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: line {}: ", self.file.display(), self.line)?;
@@ -105,13 +122,34 @@ pub struct MirrorSummary {
     pub duplicates: u64,
     pub journaled: u64,
     pub rejects: Vec<MirrorReject>,
-    /// Up to 10 repeated keys (as `jsonb` text) with the lines they are on.
+    /// Up to 10 repeated keys (as `jsonb` text) with their ordinals in the
+    /// source as staged (`line_no`): for `file`, the file's lines; for
+    /// `files`, see `duplicate_lines`.
     pub duplicate_examples: Vec<(String, Vec<i64>)>,
+    /// The same keys with the file and line of each occurrence, in source
+    /// order (the last wins).
+    pub duplicate_lines: Vec<(String, Vec<SourceLine>)>,
+    /// The files read, in order (empty when skipped, or no file matched).
+    pub files: Vec<PathBuf>,
 }
 
 impl MirrorSummary {
     pub fn skipped(&self) -> bool {
         self.load_id.is_none()
+    }
+
+    /// The counts as a run record and a summary line hold them.
+    pub fn counts(&self) -> crate::domain::Counts {
+        crate::domain::Counts {
+            rows_read: self.rows_read,
+            inserted: self.inserted,
+            updated: self.updated,
+            deleted: self.deleted,
+            unchanged: self.unchanged,
+            rejected: self.rejected,
+            duplicates: self.duplicates,
+            journaled: self.journaled,
+        }
     }
 }
 
@@ -145,8 +183,14 @@ pub enum MirrorRunError {
         #[source]
         source: crate::config::ConfineError,
     },
-    #[error("mirror {mirror}: files (a glob) is not supported by the run yet; use file")]
-    Glob { mirror: String },
+    #[error("mirror {mirror}: files {pattern}: {reason}; nothing was read")]
+    GlobDir {
+        mirror: String,
+        pattern: String,
+        reason: String,
+    },
+    #[error("mirror {mirror}: {file}: the file changed while it was being read; nothing applied (a later run syncs the new content)")]
+    FileChanged { mirror: String, file: PathBuf },
     #[error("mirror {mirror}: {source}")]
     Read {
         mirror: String,
@@ -197,6 +241,14 @@ pub enum MirrorRunError {
         mirror: String,
         current: u64,
         what: Emptiness,
+    },
+    #[error("mirror {mirror}: files {pattern}: {what}, and the empty source would delete all {current} rows; an empty source is refused whatever max_delete_ratio says (use --allow-mass-delete if intended)")]
+    EmptySource {
+        mirror: String,
+        pattern: String,
+        /// `no file matches`, or how many files, every one empty.
+        what: String,
+        current: u64,
     },
     #[error("mirror {mirror}: waited LOCK_WAIT_TIMEOUT={} for another session writing the table; rolled back, nothing changed (the next run tries again)", robfig_cron::go_duration::format_go_duration(*.waited))]
     WritersBusy { mirror: String, waited: Duration },
@@ -312,29 +364,23 @@ pub(crate) async fn locked_sync(
 ) -> Result<MirrorSummary, MirrorRunError> {
     let LockedRun { load_id, lock_pid } = run;
     let mirror = spec.name.to_string();
-    let path = match spec.source.confined_file(tables_dir) {
-        None => return Err(MirrorRunError::Glob { mirror }),
-        Some(Err(source)) => return Err(MirrorRunError::Source { mirror, source }),
-        Some(Ok(path)) => path,
-    };
+    let files = source_files(spec, tables_dir)?;
     let sql = MirrorSql::new(spec);
     merge::prepare_table(db, &sql).await?;
     stages.begin(Stage::Hash);
     let format = csv_format(spec, options);
     let hash = {
-        let (path, format) = (path.clone(), format);
-        tokio::task::spawn_blocking(move || crate::pipeline::read::hash_file(&path, &format))
+        let (spec, files) = (spec.clone(), files.clone());
+        tokio::task::spawn_blocking(move || source::hash_source(&spec, &files, &format))
             .await
-            .expect("the hash task does not panic")
-            .map_err(|source| MirrorRunError::Read {
-                mirror: mirror.clone(),
-                source,
-            })?
+            .expect("the hash task does not panic")?
     };
-    if !options.force && merge::last_hash(db, spec).await?.as_deref() == Some(hash.as_str()) {
+    if !options.force
+        && merge::last_hash(db, spec).await?.as_deref() == Some(hash.combined.as_str())
+    {
         return Ok(MirrorSummary {
             mirror,
-            content_hash: hash.as_str().to_owned(),
+            content_hash: hash.combined.as_str().to_owned(),
             ..MirrorSummary::default()
         });
     }
@@ -346,8 +392,24 @@ pub(crate) async fn locked_sync(
     db.execute_unprepared(&sql.create_staging())
         .await
         .map_err(at("stage"))?;
+    // What the run records as its file: the file, or the glob.
+    let recorded = match &spec.source {
+        MirrorSource::File(_) => files.first().cloned().unwrap_or_default(),
+        MirrorSource::Glob(pattern) => tables_dir.join(pattern),
+    };
     let result = async {
-        let read = read::read_and_stage(db, spec, &path, format, options, load_id).await?;
+        let read = read::read_and_stage(db, spec, &files, format, options, load_id).await?;
+        // The bytes read are the bytes hashed (docs/mirrors.md#runs).
+        let changed = files
+            .iter()
+            .zip(hash.parts.iter().zip(&read.parts))
+            .find(|(_, (hashed, read))| hashed != read);
+        if let Some((file, _)) = changed {
+            return Err(MirrorRunError::FileChanged {
+                mirror: mirror.clone(),
+                file: file.clone(),
+            });
+        }
         let guard = Guard {
             max_delete_ratio: spec
                 .overrides
@@ -356,18 +418,88 @@ pub(crate) async fn locked_sync(
             allow_mass_delete: options.allow_mass_delete,
             max_update_ratio: options.max_update_ratio,
             allow_mass_update: options.allow_mass_update,
-            empty_file: crate::pipeline::read::emptiness(&path),
+            empty_file: source::emptiness(&files),
         };
         let load = merge::Load {
             load_id,
             lock_pid,
-            path: &path,
+            path: &recorded,
         };
         stages.begin(Stage::Dedupe);
-        merge::dedupe_and_merge(db, &sql, options, guard, &load, read).await
+        let starts = read.starts.clone();
+        let mut summary = merge::dedupe_and_merge(db, &sql, options, guard, &load, read)
+            .await
+            .map_err(|e| empty_source(spec, &files, e))?;
+        summary.duplicate_lines = summary
+            .duplicate_examples
+            .iter()
+            .map(|(key, ordinals)| {
+                let lines = ordinals
+                    .iter()
+                    .map(|&n| source_line(&files, &starts, n))
+                    .collect();
+                (key.clone(), lines)
+            })
+            .collect();
+        summary.files = files.clone();
+        Ok(summary)
     }
     .await;
     // Under the run lock: no other run of the mirror uses the staging table.
     let _ = db.execute_unprepared(&sql.drop_staging()).await;
     result
+}
+
+/// A glob's empty source refused, in the glob's words.
+fn empty_source(spec: &MirrorSpec, files: &[PathBuf], e: MirrorRunError) -> MirrorRunError {
+    match (&spec.source, e) {
+        (
+            MirrorSource::Glob(pattern),
+            MirrorRunError::EmptyFile {
+                mirror, current, ..
+            },
+        ) => MirrorRunError::EmptySource {
+            mirror,
+            pattern: pattern.clone(),
+            what: match files.len() {
+                0 => "no file matches".to_owned(),
+                1 => "its one file is empty".to_owned(),
+                n => format!("its {n} files are all empty"),
+            },
+            current,
+        },
+        (_, e) => e,
+    }
+}
+
+/// The file and line of a staged ordinal (`read::ReadOutcome::starts`).
+fn source_line(files: &[PathBuf], starts: &[u64], ordinal: i64) -> SourceLine {
+    let ordinal = u64::try_from(ordinal).unwrap_or(0);
+    let i = starts
+        .partition_point(|&start| start < ordinal)
+        .saturating_sub(1);
+    SourceLine {
+        file: files.get(i).cloned().unwrap_or_default(),
+        line: ordinal.saturating_sub(starts.get(i).copied().unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ordinal_names_its_file_and_line_past_files_without_rows() {
+        let files: Vec<PathBuf> = ["a.csv", "b.csv", "c.csv"].map(PathBuf::from).into();
+        // a.csv: lines 1 to 5; b.csv: no rows; c.csv: from ordinal 6.
+        let starts = [0, 5, 5];
+        let at = |n| {
+            let s = source_line(&files, &starts, n);
+            (s.file.display().to_string(), s.line)
+        };
+        assert_eq!(at(2), ("a.csv".to_owned(), 2));
+        assert_eq!(at(5), ("a.csv".to_owned(), 5));
+        assert_eq!(at(6), ("c.csv".to_owned(), 1));
+        assert_eq!(at(9), ("c.csv".to_owned(), 4));
+    }
 }

@@ -1,10 +1,12 @@
-//! Read and stage (docs/mirrors.md#reading): the file through the followers'
-//! reader (`CsvRecords`, every layer: compression, encoding, line endings,
+//! Read and stage (docs/mirrors.md#reading): each file of the source, in
+//! order, through the followers' reader (`CsvRecords`, every layer: compression, encoding, line endings,
 //! quoting), each configured column found by its header name (or by position
 //! without a header), every field validated for its column (`value`), the
 //! valid lines streamed to the staging table by one COPY while the file is
 //! still being read (a blocking reader thread feeding batches over a bounded
-//! channel), the rejects kept with their file, line, column and reason.
+//! channel), the rejects kept with their file, line, column and reason, and
+//! each file's hash of the bytes read (the run compares it with the hash it
+//! took first).
 
 use super::{MirrorReject, MirrorRunError, MirrorRunOptions};
 use crate::config::CsvFormat;
@@ -12,7 +14,7 @@ use crate::domain::{ContentHash, LoadId};
 use crate::mirror::store::{copy_line, key_json, MirrorSql};
 use crate::mirror::value::parse_field;
 use crate::mirror::MirrorSpec;
-use crate::pipeline::read::CsvRecords;
+use crate::pipeline::read::{CsvRecords, ReadError};
 use csv::ByteRecord;
 use sea_orm::DatabaseConnection;
 use std::path::{Path, PathBuf};
@@ -36,15 +38,22 @@ pub(super) struct ReadOutcome {
     /// their lines: the file may still hold these rows, so the merge never
     /// deletes them, and an earlier valid line of the key does not change them.
     pub protected: Vec<(serde_json::Value, u64)>,
+    /// The source's hash of the bytes read (`source::combine`).
     pub hash: ContentHash,
+    /// Each file's hash of the bytes read, in order.
+    pub parts: Vec<ContentHash>,
+    /// Each file's first ordinal minus one: its line `n` is staged as
+    /// `starts[i] + n` (`line_no`).
+    pub starts: Vec<u64>,
 }
 
-/// Reads the file and COPYs its valid lines into the (fresh) staging table
-/// under `load_id`.
+/// Reads the source's files, in order, and COPYs their valid lines into the
+/// (fresh) staging table under `load_id`, by one COPY.
+#[tracing::instrument(skip_all, fields(mirror = %spec.name, files = files.len()))]
 pub(super) async fn read_and_stage(
     db: &DatabaseConnection,
     spec: &MirrorSpec,
-    path: &Path,
+    files: &[PathBuf],
     format: CsvFormat,
     options: &MirrorRunOptions,
     load_id: LoadId,
@@ -62,9 +71,9 @@ pub(super) async fn read_and_stage(
         .map_err(copy_error)?;
     let (tx, mut rx) = mpsc::channel::<String>(4);
     let reader = {
-        let (spec, path) = (spec.clone(), path.to_owned());
+        let (spec, files) = (spec.clone(), files.to_owned());
         tokio::task::spawn_blocking(move || {
-            read_file(&spec, &path, format, max_rejects, load_id, &tx)
+            read_files(&spec, &files, format, max_rejects, load_id, &tx)
         })
     };
     let copy_sql = MirrorSql::new(spec).copy_in();
@@ -225,74 +234,147 @@ fn protected_key(
     key_json(spec, &fields?).ok()
 }
 
-/// The blocking side: reads every line, sends COPY batches to `tx`.
-fn read_file(
+/// Where the reader is across the source's files.
+struct Reading<'s> {
+    spec: &'s MirrorSpec,
+    format: CsvFormat,
+    max_rejects: u64,
+    load_id: LoadId,
+    tx: &'s mpsc::Sender<String>,
+    rows_read: u64,
+    rejected: u64,
+    rejects: Vec<MirrorReject>,
+    protected: Vec<(serde_json::Value, u64)>,
+    batch: String,
+    batch_lines: usize,
+    /// The ordinals of the file being read start after this one.
+    offset: u64,
+    /// The stager stopped taking batches (it reports why).
+    stopped: bool,
+}
+
+impl Reading<'_> {
+    fn read_error(&self, source: ReadError) -> MirrorRunError {
+        MirrorRunError::Read {
+            mirror: self.spec.name.to_string(),
+            source,
+        }
+    }
+
+    /// Reads one file of the source, every line, sending COPY batches; returns
+    /// the hash of the bytes it read.
+    fn file(&mut self, path: &Path) -> Result<ContentHash, MirrorRunError> {
+        let spec = self.spec;
+        let sources = spec.columns.iter().map(|c| c.source.clone()).collect();
+        let mut records =
+            CsvRecords::open_named(path, &self.format, sources).map_err(|e| self.read_error(e))?;
+        let mut layout_found = None;
+        let mut last_line = 0u64;
+        let file: PathBuf = path.to_owned();
+        while let Some(row) = records.next_row().map_err(|e| self.read_error(e))? {
+            if layout_found.is_none() {
+                let header = records.header().map(|h| (h, header_line(h)));
+                layout_found = Some(layout(spec, path, header)?);
+            }
+            let layout = layout_found.as_ref().expect("set above");
+            self.rows_read += 1;
+            last_line = row.line;
+            let ordinal = self.offset.saturating_add(row.line);
+            match parse_line(spec, layout, &row.record) {
+                Ok(values) => {
+                    let values: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+                    copy_line(&mut self.batch, self.load_id.uuid(), ordinal, &values);
+                    self.batch_lines += 1;
+                }
+                Err((column, reason)) => {
+                    self.protected
+                        .extend(protected_key(spec, layout, &row.record).map(|k| (k, ordinal)));
+                    self.rejected += 1;
+                    if self.rejects.len() < KEPT_REJECTS {
+                        self.rejects.push(MirrorReject {
+                            file: file.clone(),
+                            line: row.line,
+                            column,
+                            reason,
+                        });
+                    }
+                }
+            }
+            if self.rejected > self.max_rejects {
+                // Refused: read on only to count (and report) every reject.
+                self.batch.clear();
+                self.batch_lines = 0;
+                continue;
+            }
+            if self.batch_lines >= BATCH_LINES {
+                self.batch_lines = 0;
+                if self
+                    .tx
+                    .blocking_send(std::mem::take(&mut self.batch))
+                    .is_err()
+                {
+                    self.stopped = true;
+                    break;
+                }
+            }
+        }
+        if layout_found.is_none() {
+            // A header without data rows still has to name every column.
+            let header = records.header().map(|h| (h, header_line(h)));
+            layout(spec, path, header)?;
+        }
+        self.offset = self.offset.saturating_add(last_line);
+        Ok(records.finish())
+    }
+}
+
+/// The blocking side: reads every line of every file, in order, sends COPY
+/// batches to `tx`. Each line is staged with its ordinal in the source (the
+/// file's line after the lines of the files before it), so "the last line of
+/// a key" is the last in name order, then line order.
+fn read_files(
     spec: &MirrorSpec,
-    path: &Path,
+    files: &[PathBuf],
     format: CsvFormat,
     max_rejects: u64,
     load_id: LoadId,
     tx: &mpsc::Sender<String>,
 ) -> Result<ReadOutcome, MirrorRunError> {
-    let mirror = spec.name.to_string();
-    let read_error = |source| MirrorRunError::Read {
-        mirror: mirror.clone(),
-        source,
+    let mut reading = Reading {
+        spec,
+        format,
+        max_rejects,
+        load_id,
+        tx,
+        rows_read: 0,
+        rejected: 0,
+        rejects: Vec::new(),
+        protected: Vec::new(),
+        batch: String::new(),
+        batch_lines: 0,
+        offset: 0,
+        stopped: false,
     };
-    let sources = spec.columns.iter().map(|c| c.source.clone()).collect();
-    let mut records = CsvRecords::open_named(path, &format, sources).map_err(read_error)?;
-    let (mut layout_found, mut rows_read, mut batch_lines) = (None, 0u64, 0usize);
-    let mut rejected = 0u64;
-    let (mut rejects, mut protected, mut batch) = (Vec::new(), Vec::new(), String::new());
-    let file: PathBuf = path.to_owned();
-    while let Some(row) = records.next_row().map_err(read_error)? {
-        if layout_found.is_none() {
-            let header = records.header().map(|h| (h, header_line(h)));
-            layout_found = Some(layout(spec, path, header)?);
-        }
-        let layout = layout_found.as_ref().expect("set above");
-        rows_read += 1;
-        match parse_line(spec, layout, &row.record) {
-            Ok(values) => {
-                let values: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
-                copy_line(&mut batch, load_id.uuid(), row.line, &values);
-                batch_lines += 1;
-            }
-            Err((column, reason)) => {
-                protected.extend(protected_key(spec, layout, &row.record).map(|k| (k, row.line)));
-                rejected += 1;
-                if rejects.len() < KEPT_REJECTS {
-                    rejects.push(MirrorReject {
-                        file: file.clone(),
-                        line: row.line,
-                        column,
-                        reason,
-                    });
-                }
-            }
-        }
-        if rejected > max_rejects {
-            // Refused: read on only to count (and report) every reject.
-            batch.clear();
-            batch_lines = 0;
-            continue;
-        }
-        if batch_lines >= BATCH_LINES {
-            batch_lines = 0;
-            if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
-                // The stager failed: it reports why.
-                break;
-            }
+    let mut parts = Vec::with_capacity(files.len());
+    let mut starts = Vec::with_capacity(files.len());
+    for path in files {
+        starts.push(reading.offset);
+        parts.push(reading.file(path)?);
+        if reading.stopped {
+            break;
         }
     }
-    if layout_found.is_none() {
-        // A header without data rows still has to name every column.
-        let header = records.header().map(|h| (h, header_line(h)));
-        layout(spec, path, header)?;
-    }
+    let Reading {
+        rows_read,
+        rejected,
+        mut rejects,
+        protected,
+        batch,
+        ..
+    } = reading;
     if rejected > max_rejects {
         return Err(MirrorRunError::TooManyRejects {
-            mirror,
+            mirror: spec.name.to_string(),
             max: max_rejects,
             rejected,
             first: Box::new(rejects.remove(0)),
@@ -308,7 +390,9 @@ fn read_file(
         rejected,
         rejects,
         protected,
-        hash: records.finish(),
+        hash: super::source::combine(spec, files, &parts),
+        parts,
+        starts,
     })
 }
 
