@@ -154,6 +154,68 @@ pub(super) fn select(settings: &Settings, selected: &[String]) -> Result<(), Exi
     Ok(())
 }
 
+/// The mirror a command acts on (`choose`).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Chosen<'a> {
+    /// The built-in mirror `followers`: the command as it has always been
+    /// (also with `CSV_FILE` unset: the command then says so as today).
+    Followers,
+    /// A configured (`[[mirror]]`) mirror.
+    Configured(&'a MirrorSpec),
+}
+
+/// The `--mirror` rule of `check`, `rejects`, `revert` and `history`
+/// (docs/mirrors.md#the---mirror-rule): `--mirror followers`, or no flag with no
+/// `[[mirror]]` configured, is the built-in mirror; `--mirror NAME` a configured
+/// one; no flag while there is more than one mirror is refused (exit 2) listing
+/// them, and so is an unknown name. With `CSV_FILE` unset and exactly one
+/// `[[mirror]]`, that one is the only mirror and needs no flag.
+pub(super) fn choose<'a>(
+    settings: &'a Settings,
+    flag: Option<&str>,
+) -> Result<Chosen<'a>, ExitCode> {
+    let configured: Vec<&MirrorSpec> = settings.mirrors.iter().filter(|m| !is_builtin(m)).collect();
+    match flag {
+        Some(MirrorName::FOLLOWERS) => Ok(Chosen::Followers),
+        Some(name) => match configured.iter().find(|m| m.name.as_str() == name) {
+            Some(spec) => Ok(Chosen::Configured(spec)),
+            None => Err(unknown(settings, name)),
+        },
+        None if configured.is_empty() => Ok(Chosen::Followers),
+        None if settings.mirrors.len() == 1 => Ok(Chosen::Configured(configured[0])),
+        None => {
+            report(
+                Level::ERROR,
+                &format!(
+                    "more than one mirror is configured: pass --mirror NAME (the mirrors are: {})",
+                    names(settings).join(", ")
+                ),
+            );
+            Err(exit::usage())
+        }
+    }
+}
+
+fn unknown(settings: &Settings, name: &str) -> ExitCode {
+    report(
+        Level::ERROR,
+        &format!(
+            "no mirror named {name:?}; the mirrors are: {} (followers-etl mirrors shows them)",
+            names(settings).join(", ")
+        ),
+    );
+    exit::usage()
+}
+
+/// `choose` for a command not wired for configured mirrors yet (`rejects`):
+/// a configured mirror is refused as `select` refuses it.
+pub(super) fn choose_followers(settings: &Settings, flag: Option<&str>) -> Result<(), ExitCode> {
+    match choose(settings, flag)? {
+        Chosen::Followers => Ok(()),
+        Chosen::Configured(spec) => Err(not_synced_yet(spec.name.as_str())),
+    }
+}
+
 /// `sync` without `--mirror` and `serve` run every mirror: refused (exit 2)
 /// while a configured one exists, rather than running only some of them.
 pub(super) fn all(settings: &Settings, selected: &[String]) -> Result<(), ExitCode> {
