@@ -165,7 +165,7 @@ pub(super) enum Chosen<'a> {
 }
 
 /// The `--mirror` rule of `check`, `rejects`, `revert` and `history`
-/// (docs/mirrors.md#the---mirror-rule): `--mirror followers`, or no flag with no
+/// (docs/mirrors.md#commands): `--mirror followers`, or no flag with no
 /// `[[mirror]]` configured, is the built-in mirror; `--mirror NAME` a configured
 /// one; no flag while there is more than one mirror is refused (exit 2) listing
 /// them, and so is an unknown name. With `CSV_FILE` unset and exactly one

@@ -5,6 +5,7 @@
 
 use super::{stmt, MirrorRunError};
 use crate::mirror::store::{key_json, MirrorSql};
+use crate::mirror::value::parse_field;
 use crate::mirror::MirrorSpec;
 use sea_orm::{ConnectionTrait, DbErr, Value};
 
@@ -96,6 +97,19 @@ pub fn key_from_args(spec: &MirrorSpec, args: &[String]) -> Result<serde_json::V
         }
         values
     };
+    if values.len() == spec.key.len() {
+        // Each value by its column's rule first, for the reason in the words of
+        // a reject (`account_id is empty`, `email "x" has no '@'`).
+        for (name, raw) in spec.key.iter().zip(&values) {
+            if let Some(column) = spec.column(name) {
+                match parse_field(column, raw) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(format!("{name} is empty")),
+                    Err(reason) => return Err(reason),
+                }
+            }
+        }
+    }
     key_json(spec, &values)
 }
 
@@ -219,7 +233,11 @@ columns = [
                 "account_id is given twice",
             ),
             (&["account_id=1", "ann@x.io"][..], "not both"),
-            (&["account_id=1", "email=nope"][..], "email"),
+            (
+                &["account_id=1", "email=nope"][..],
+                "email \"nope\" has no '@'",
+            ),
+            (&["", "ann@x.io"][..], "account_id is empty"),
         ] {
             let e = key_from_args(&spec, &args(given)).unwrap_err();
             assert!(e.contains(part), "{given:?}: {e}");
