@@ -235,7 +235,7 @@ async fn check_reads_a_mirrors_file_with_its_columns_naming_line_and_column() {
 }
 
 #[tokio::test]
-async fn history_of_a_composite_key_by_values_or_pairs_and_revert_last() {
+async fn history_of_a_composite_key_by_values_or_pairs_after_two_syncs() {
     let env = TestEnv::migrated().await;
     let path = config(&env);
     let a = sync(&env, &file_a()).await;
@@ -336,7 +336,18 @@ async fn history_of_a_composite_key_by_values_or_pairs_and_revert_last() {
     let run = history(&["9", "nobody@x.io"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("no journaled change"), "{run:?}");
+}
 
+#[tokio::test]
+async fn revert_last_of_a_configured_mirror_undoes_its_newest_runs() {
+    let env = TestEnv::migrated().await;
+    let path = config(&env);
+    let a = sync(&env, &file_a()).await;
+    let b = sync(&env, &file_b()).await;
+    let (a_id, b_id) = (
+        a.load_id.unwrap().to_string(),
+        b.load_id.unwrap().to_string(),
+    );
     // revert --last undoes B: 1 renamed back, 2 back, 4 gone.
     let revert = |args: &[&str]| {
         let mut all = vec!["revert"];
@@ -360,7 +371,13 @@ async fn history_of_a_composite_key_by_values_or_pairs_and_revert_last() {
             (3, "User 3".to_owned()),
         ]
     );
-    let run = history(&["1", "user1@x.io"]);
+    let run = env.run(
+        &with_config(
+            &path,
+            &["history", "1", "user1@x.io", "--mirror", "subscribers"],
+        ),
+        &[],
+    );
     assert!(
         run.stdout
             .lines()
