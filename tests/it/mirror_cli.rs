@@ -139,9 +139,16 @@ async fn with_two_mirrors_every_command_needs_mirror_and_the_error_lists_them() 
         stdout.contains("subscribers.csv: 3 rows, 3 valid, 0 invalid, 0 duplicates"),
         "{stdout}"
     );
-    // No [[mirror]]: --mirror stays optional.
+    // No [[mirror]]: --mirror stays optional; the followers' key is one email.
     let run = env.run(&["check"], &[]);
     assert_eq!(run.code, 0, "{run:?}");
+    let run = env.run(&["history", "ann@example.com", "bob@example.com"], &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the followers mirror's key is one email, 2 values given"),
+        "{run:?}"
+    );
     assert!(
         env.scalar(
             "SELECT count(*) FROM pg_tables WHERE tablename IN ('followers', 'subscribers')"
@@ -232,6 +239,28 @@ async fn check_reads_a_mirrors_file_with_its_columns_naming_line_and_column() {
     // A file that is not there: usage.
     let run = check(&["missing.csv"]);
     assert_eq!(run.code, 2, "{run:?}");
+
+    // A mirror of a glob: its files are checked one PATH at a time.
+    let glob = env.dir.path().join("glob.toml");
+    std::fs::write(
+        &glob,
+        "[[mirror]]\nname = \"parts\"\nfiles = \"parts-*.csv\"\ntable = \"crm.parts\"\nkey = [\"id\"]\ncolumns = [{ name = \"id\", type = \"bigint\" }]\n",
+    )
+    .unwrap();
+    env.write_file("parts-1.csv", "id\n1\n2\n");
+    let glob = glob.to_str().unwrap();
+    let run = env.run(&with_config(glob, &["check", "--mirror", "parts"]), &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("pass the PATH of one file"), "{run:?}");
+    let run = env.run(
+        &with_config(glob, &["check", "--mirror", "parts", "parts-1.csv"]),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("parts-1.csv: 2 rows, 2 valid"),
+        "{run:?}"
+    );
 }
 
 #[tokio::test]
