@@ -240,7 +240,7 @@ pub enum MirrorRunError {
     NoJournal { mirror: String, load_id: uuid::Uuid },
     /// `check_mirror_file`: the two reads of the file differ.
     #[error("mirror {mirror}: {}: the file changed while it was being checked (read twice to find repeated keys); check it again once it is complete", file.display())]
-    FileChanged { mirror: String, file: PathBuf },
+    CheckedFileChanged { mirror: String, file: PathBuf },
 }
 
 /// The key of a mirror's run lock, under `db::MIRROR_LOCK_CLASS`: the first four

@@ -339,7 +339,7 @@ pub struct MirrorCheck {
 /// counts in `report` are those read so far when an error ends the check.
 /// Repeated keys are found in flat memory as the followers `check` finds
 /// emails (a Bloom filter, then a second read for the candidates alone); a
-/// file that changes between the two reads is `FileChanged`.
+/// file that changes between the two reads is `CheckedFileChanged`.
 #[tracing::instrument(skip_all, fields(mirror = %spec.name, path = %path.display()))]
 pub fn check_mirror_file(
     spec: &MirrorSpec,
@@ -388,7 +388,7 @@ pub fn check_mirror_file(
         }
     })?;
     if again != hash {
-        return Err(MirrorRunError::FileChanged {
+        return Err(MirrorRunError::CheckedFileChanged {
             mirror: spec.name.to_string(),
             file: path.to_owned(),
         });
