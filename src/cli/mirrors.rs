@@ -1,7 +1,7 @@
 //! `followers-etl mirrors` (docs/mirrors.md): the resolved definitions, so an
-//! operator sees what the agent understood; and `--mirror NAME`, which until the
-//! run is wired for configured mirrors (docs/mirrors.md#status) selects the
-//! built-in `followers` mirror only.
+//! operator sees what the agent understood; and `--mirror NAME`: the mirrors
+//! `sync` and `status` run over (`to_sync`), and the one mirror of `check`,
+//! `rejects`, `revert` and `history` (`choose`; docs/mirrors.md#commands).
 
 use super::{Out, Settings};
 use crate::exit;
@@ -122,38 +122,6 @@ fn names(settings: &Settings) -> Vec<&str> {
     names
 }
 
-fn not_synced_yet(name: &str) -> ExitCode {
-    report(
-        Level::ERROR,
-        &format!("mirror {name}: configured mirrors are defined but not synced by this version yet (docs/mirrors.md#status)"),
-    );
-    exit::usage()
-}
-
-/// The `--mirror` flags of a command: `followers` (or none) goes on as the
-/// command always has; a configured mirror's name is refused until the run is
-/// wired for it, and an unknown name is refused listing the mirrors (exit 2).
-pub(super) fn select(settings: &Settings, selected: &[String]) -> Result<(), ExitCode> {
-    let known = names(settings);
-    for name in selected {
-        if name == MirrorName::FOLLOWERS {
-            continue;
-        }
-        if known.contains(&name.as_str()) {
-            return Err(not_synced_yet(name));
-        }
-        report(
-            Level::ERROR,
-            &format!(
-                "no mirror named {name:?}; the mirrors are: {} (followers-etl mirrors shows them)",
-                known.join(", ")
-            ),
-        );
-        return Err(exit::usage());
-    }
-    Ok(())
-}
-
 /// Whether `[[mirror]]` tables are configured (then every summary, event and
 /// metric names its mirror; docs/mirrors.md#commands).
 pub(super) fn configured(settings: &Settings) -> bool {
@@ -196,6 +164,48 @@ pub(super) fn to_sync<'a>(
         }
     }
     Ok(chosen)
+}
+
+/// The mirror a command acts on (`choose`).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Chosen<'a> {
+    /// The built-in mirror `followers`: the command as it has always been
+    /// (also with `CSV_FILE` unset: the command then says so as today).
+    Followers,
+    /// A configured (`[[mirror]]`) mirror.
+    Configured(&'a MirrorSpec),
+}
+
+/// The `--mirror` rule of `check`, `rejects`, `revert` and `history`
+/// (docs/mirrors.md#commands): `--mirror followers`, or no flag with no
+/// `[[mirror]]` configured, is the built-in mirror; `--mirror NAME` a configured
+/// one; no flag while there is more than one mirror is refused (exit 2) listing
+/// them, and so is an unknown name. With `CSV_FILE` unset and exactly one
+/// `[[mirror]]`, that one is the only mirror and needs no flag.
+pub(super) fn choose<'a>(
+    settings: &'a Settings,
+    flag: Option<&str>,
+) -> Result<Chosen<'a>, ExitCode> {
+    let configured: Vec<&MirrorSpec> = settings.mirrors.iter().filter(|m| !is_builtin(m)).collect();
+    match flag {
+        Some(MirrorName::FOLLOWERS) => Ok(Chosen::Followers),
+        Some(name) => match configured.iter().find(|m| m.name.as_str() == name) {
+            Some(spec) => Ok(Chosen::Configured(spec)),
+            None => Err(unknown(settings, name)),
+        },
+        None if configured.is_empty() => Ok(Chosen::Followers),
+        None if settings.mirrors.len() == 1 => Ok(Chosen::Configured(configured[0])),
+        None => {
+            report(
+                Level::ERROR,
+                &format!(
+                    "more than one mirror is configured: pass --mirror NAME (the mirrors are: {})",
+                    names(settings).join(", ")
+                ),
+            );
+            Err(exit::usage())
+        }
+    }
 }
 
 fn unknown(settings: &Settings, name: &str) -> ExitCode {

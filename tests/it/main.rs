@@ -18,6 +18,7 @@ mod helpers;
 mod journal;
 mod line_endings;
 mod messages;
+mod mirror_cli;
 mod mirror_glob;
 mod mirror_run;
 mod mirror_store;

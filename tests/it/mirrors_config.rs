@@ -244,28 +244,3 @@ async fn sync_mirror_followers_syncs_as_today_and_other_names_exit_2() {
     );
     assert_eq!(run.code, 0, "{run:?}");
 }
-
-#[tokio::test]
-async fn the_other_commands_refuse_a_configured_mirror_until_they_serve_it() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    let path = config(&env, SUBSCRIBERS);
-    let message = "mirror subscribers: configured mirrors are defined but not synced by this version yet (docs/mirrors.md#status)";
-    for args in [
-        &["check", "--mirror", "subscribers"][..],
-        &["rejects", "--mirror", "subscribers"][..],
-        &["revert", "--last", "--mirror", "subscribers"][..],
-        &["history", "ann@example.com", "--mirror", "subscribers"][..],
-    ] {
-        let mut all = vec!["--config", path.as_str()];
-        all.extend_from_slice(args);
-        let run = env.run(&all, &[]);
-        assert_eq!(run.code, 2, "{args:?}: {run:?}");
-        assert!(run.stderr.contains(message), "{args:?}: {run:?}");
-        assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
-    }
-    assert!(
-        followers_is_missing(&env).await,
-        "a refused command must not touch the database"
-    );
-}

@@ -229,6 +229,29 @@ async fn rejects_of_a_mirror_are_recorded_with_the_column_named() {
         0,
         "a refused file changes nothing"
     );
+    // `rejects --mirror` reports them; the mirror is required next to another.
+    let run = env.run(
+        &[
+            "--config",
+            &path,
+            "rejects",
+            "--json",
+            "--mirror",
+            "subscribers",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json();
+    assert_eq!(report["rejected"], 1, "{report}");
+    assert_eq!(report["rejects"][0]["line"], 3, "{report}");
+    let run = env.run(&["--config", &path, "rejects"], &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("pass --mirror NAME (the mirrors are: followers, subscribers)"),
+        "{run:?}"
+    );
 }
 
 #[tokio::test]

@@ -16,11 +16,14 @@
 //! Any failure rolls the merge back (the table as it was) and the staging
 //! table is dropped whatever happens, under the run lock.
 
+mod history;
 mod merge;
 mod read;
 mod source;
 
+pub use history::{key_from_args, mirror_history, MirrorEvent};
 pub use merge::revert_mirror_last;
+pub use read::{check_mirror_file, MirrorCheck};
 pub(crate) use source::source_files;
 
 use super::store::{IncompatibleTable, MirrorSql};
@@ -288,6 +291,9 @@ pub enum MirrorRunError {
     NothingToRevert { mirror: String },
     #[error("mirror {mirror}: the run {load_id} has no journal (journal_keep_runs was 0, or its journal was pruned); cannot revert it")]
     NoJournal { mirror: String, load_id: uuid::Uuid },
+    /// `check_mirror_file`: the two reads of the file differ.
+    #[error("mirror {mirror}: {}: the file changed while it was being checked (read twice to find repeated keys); check it again once it is complete", file.display())]
+    CheckedFileChanged { mirror: String, file: PathBuf },
 }
 
 /// The key of a mirror's run lock, under `db::MIRROR_LOCK_CLASS`: the first four

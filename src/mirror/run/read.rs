@@ -400,3 +400,157 @@ fn read_files(
 fn header_line(header: &ByteRecord) -> u64 {
     header.position().map_or(1, csv::Position::line)
 }
+
+/// What `check_mirror_file` found: the totals, and each repeated key with every
+/// line it is on (as a sync would report them, the last line winning).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MirrorCheck {
+    pub rows: u64,
+    pub valid: u64,
+    pub invalid: u64,
+    /// The lines beyond the first of each repeated key (a sync's `duplicates`).
+    pub duplicates: u64,
+    /// Each repeated key (`key_json`'s object, canonical values) with every
+    /// line it is on, by first line.
+    pub duplicate_lines: Vec<(serde_json::Value, Vec<u64>)>,
+}
+
+/// `check --mirror NAME` (docs/mirrors.md#check): reads `path` as a sync of
+/// the mirror reads it (its columns by header or position, every field
+/// validated for its column) without staging anything or touching a database.
+/// `format` is the variables' CSV format; the mirror's own `csv_*` settings win.
+/// Each invalid line is handed to `on_reject` with its text, in file order; the
+/// counts in `report` are those read so far when an error ends the check.
+/// Repeated keys are found in flat memory as the followers `check` finds
+/// emails (a Bloom filter, then a second read for the candidates alone); a
+/// file that changes between the two reads is `CheckedFileChanged`.
+#[tracing::instrument(skip_all, fields(mirror = %spec.name, path = %path.display()))]
+pub fn check_mirror_file(
+    spec: &MirrorSpec,
+    path: &Path,
+    format: &CsvFormat,
+    report: &mut MirrorCheck,
+    mut on_reject: impl FnMut(&MirrorReject, &[u8]),
+) -> Result<(), MirrorRunError> {
+    let options = MirrorRunOptions {
+        csv: *format,
+        ..MirrorRunOptions::default()
+    };
+    let format = super::csv_format(spec, &options);
+    let mut filter = crate::pipeline::dupes::DuplicateFilter::default();
+    let hash = check_pass(spec, path, &format, |row, values| match values {
+        Ok(values) => {
+            report.rows += 1;
+            report.valid += 1;
+            filter.insert(&key_text(spec, &values));
+        }
+        Err((column, reason)) => {
+            report.rows += 1;
+            report.invalid += 1;
+            let reject = MirrorReject {
+                file: path.to_owned(),
+                line: row.line,
+                column,
+                reason,
+            };
+            on_reject(&reject, &row.raw);
+        }
+    })?;
+    let wanted: Option<std::collections::HashSet<String>> = match filter.finish() {
+        crate::pipeline::dupes::Candidates::Only(c) if c.is_empty() => return Ok(()),
+        crate::pipeline::dupes::Candidates::Only(c) => Some(c.into_iter().collect()),
+        // More candidates than the filter lists: every key is collected.
+        crate::pipeline::dupes::Candidates::All => None,
+    };
+    let mut lines: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    let again = check_pass(spec, path, &format, |row, values| {
+        if let Ok(values) = values {
+            let key = key_text(spec, &values);
+            if wanted.as_ref().is_none_or(|w| w.contains(&key)) {
+                lines.entry(key).or_default().push(row.line);
+            }
+        }
+    })?;
+    if again != hash {
+        return Err(MirrorRunError::CheckedFileChanged {
+            mirror: spec.name.to_string(),
+            file: path.to_owned(),
+        });
+    }
+    let mut repeated: Vec<(String, Vec<u64>)> =
+        lines.into_iter().filter(|(_, l)| l.len() > 1).collect();
+    repeated.sort_by_key(|(_, l)| l[0]);
+    report.duplicates = repeated
+        .iter()
+        .map(|(_, l)| crate::convert::len(l.len()) - 1)
+        .sum();
+    report.duplicate_lines = repeated
+        .into_iter()
+        .map(|(key, l)| (key_object(spec, &key), l))
+        .collect();
+    Ok(())
+}
+
+/// A line's parsed values, or why it is rejected (`parse_line`).
+type Parsed<'r> = Result<Vec<Option<std::borrow::Cow<'r, str>>>, LineReject>;
+
+/// One read of the file for `check_mirror_file`: every data row with its
+/// parse, the columns found from the header (a missing or repeated column
+/// refuses the file); returns the content hash.
+fn check_pass(
+    spec: &MirrorSpec,
+    path: &Path,
+    format: &CsvFormat,
+    mut each: impl FnMut(&crate::pipeline::read::RawRow, Parsed<'_>),
+) -> Result<ContentHash, MirrorRunError> {
+    let read_error = |source| MirrorRunError::Read {
+        mirror: spec.name.to_string(),
+        source,
+    };
+    let sources = spec.columns.iter().map(|c| c.source.clone()).collect();
+    let mut records = CsvRecords::open_named(path, format, sources).map_err(read_error)?;
+    let mut layout_found = None;
+    while let Some(row) = records.next_row().map_err(read_error)? {
+        if layout_found.is_none() {
+            let header = records.header().map(|h| (h, header_line(h)));
+            layout_found = Some(layout(spec, path, header)?);
+        }
+        let layout = layout_found.as_ref().expect("set above");
+        each(&row, parse_line(spec, layout, &row.record));
+    }
+    if layout_found.is_none() {
+        // A header without data rows still has to name every column.
+        let header = records.header().map(|h| (h, header_line(h)));
+        layout(spec, path, header)?;
+    }
+    Ok(records.finish())
+}
+
+/// A valid line's key, canonical, as one string (a JSON array of the key's
+/// values in the key's order): what the duplicate filter and the second read
+/// compare.
+fn key_text(spec: &MirrorSpec, values: &[Option<std::borrow::Cow<'_, str>>]) -> String {
+    let key: Vec<Option<&str>> = spec
+        .key
+        .iter()
+        .map(|k| {
+            spec.columns
+                .iter()
+                .position(|c| &c.name == k)
+                .and_then(|i| values.get(i))
+                .and_then(|v| v.as_deref())
+        })
+        .collect();
+    serde_json::to_string(&key).expect("strings serialise")
+}
+
+/// `key_text` back as an object of the key's columns (`key_json`'s shape).
+fn key_object(spec: &MirrorSpec, text: &str) -> serde_json::Value {
+    let values: Vec<Option<String>> = serde_json::from_str(text).unwrap_or_default();
+    spec.key
+        .iter()
+        .zip(values)
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}

@@ -159,19 +159,29 @@ impl MirrorSql<'_> {
     }
 
     /// What the journal holds of one key of mirror `$1`, oldest load first:
-    /// `load_id`, `op`, `before`, `after`. `$2` is the key as `jsonb` of text
-    /// values (`key_json`), read through the table's row type as the
-    /// journal's keys are, so `1` and `"1"` are the same `bigint`.
+    /// `load_id`, `op`, `before`, `after` (as the text of a `jsonb` object of
+    /// text values, each PostgreSQL's own text of the value, so a `numeric`
+    /// keeps every digit), and from the run's record (`mirror_runs`, null
+    /// without one) `finished_at`, `file` and `reverted_at`. `$2` is the key as
+    /// `jsonb` of text values (`key_json`), read through the table's row type
+    /// as the journal's keys are, so `1` and `"1"` are the same `bigint`.
     pub fn history(&self) -> String {
+        let text = |state: &str| {
+            format!("(SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each_text(j.{state}) e)::text AS {state}")
+        };
         format!(
-            "SELECT j.load_id, j.op::text, j.before, j.after
-   FROM {JOURNAL} j,
+            "SELECT j.load_id, j.op::text AS op, {before}, {after},
+        r.finished_at, r.file, r.reverted_at
+   FROM {JOURNAL} j
+        LEFT JOIN etl_info_schema.mirror_runs r ON r.load_id = j.load_id,
         LATERAL jsonb_populate_record(NULL::{table}, j.key) b,
         jsonb_populate_record(NULL::{table}, $2::jsonb) t
   WHERE j.mirror = $1 AND {on}
   ORDER BY j.load_id",
             table = self.table(),
-            on = self.key_is_b()
+            on = self.key_is_b(),
+            before = text("before"),
+            after = text("after"),
         )
     }
 }
