@@ -390,3 +390,132 @@ async fn first_sync_killed_at_a_random_moment_leaves_an_empty_or_full_table_with
         empty + filled
     );
 }
+
+/// Two `serve` agents with the same three mirrors (followers from the old
+/// variables, a configured file mirror, a glob mirror of three parts) on one
+/// database; the first is SIGKILLed while it runs a sync. The other takes the
+/// mirrors over on its schedule: every table ends equal to its file, the killed
+/// run's record is recovered as interrupted, and no two runs of one mirror
+/// that held its lock overlap (docs/mirrors.md#serve).
+#[tokio::test]
+#[ignore = "slow group: crash (docs/development.md#slow-test-groups)"]
+async fn two_agents_share_three_mirrors_and_one_killed_mid_run_loses_nothing() {
+    const N: usize = 60_000;
+    let env = TestEnv::new().await;
+    env.write_csv(csv_owned(&many(N)));
+    let subscribers: String = std::iter::once("id,name\n".to_owned())
+        .chain((0..N).map(|i| format!("{i},Sub {i}\n")))
+        .collect();
+    env.write_file("subscribers.csv", subscribers);
+    std::fs::create_dir(env.tables().join("parts")).unwrap();
+    for part in 0..3 {
+        let rows: String = std::iter::once("id,name\n".to_owned())
+            .chain((part * N / 3..(part + 1) * N / 3).map(|i| format!("{i},Part {i}\n")))
+            .collect();
+        env.write_file(&format!("parts/part-{part}.csv"), rows);
+    }
+    let config = env.dir.path().join("mirrors.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[mirror]]
+name = "subscribers"
+file = "subscribers.csv"
+table = "crm.subscribers"
+key = ["id"]
+columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
+
+[[mirror]]
+name = "parts"
+files = "parts/part-*.csv"
+table = "crm.parts"
+key = ["id"]
+columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
+"#,
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let settings = [
+        ("CONFIG_FILE", config.as_str()),
+        ("CRON_SCHEDULE", "@every 2s"),
+        ("WATCH", "false"),
+        ("BATCH_SIZE", "500"),
+        ("WORKER_POOL_GOROUTINES", "1"),
+    ];
+    let mut first = env.spawn_agent(&settings);
+    // The first agent's runs in flight: it is killed in the middle of them.
+    let running: Vec<(uuid::Uuid, String)> =
+        eventually_logged(&first, 60, "a run in flight", || async {
+            let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+                "SELECT load_id, mirror FROM etl_info_schema.sync_runs WHERE outcome = 'running'",
+            )
+            .fetch_all(&env.pool)
+            .await
+            .unwrap_or_default();
+            (!rows.is_empty()).then_some(rows)
+        })
+        .await;
+    let second = env.spawn_agent(&settings);
+    first.kill();
+
+    let tables = [
+        ("followers", "SELECT count(*) FROM followers WHERE full_name = 'User ' || substring(email FROM 'user([0-9]+)@')"),
+        ("subscribers", "SELECT count(*) FROM crm.subscribers WHERE name = 'Sub ' || id"),
+        ("parts", "SELECT count(*) FROM crm.parts WHERE name = 'Part ' || id"),
+    ];
+    let n = i64::try_from(N).unwrap();
+    for (mirror, exact) in tables {
+        let what = format!("{mirror} equal to its file");
+        eventually_logged(&second, 180, &what, || async {
+            let rows: Option<i64> = sqlx::query_scalar(exact).fetch_one(&env.pool).await.ok();
+            (rows == Some(n)).then_some(())
+        })
+        .await;
+    }
+    for (mirror, table) in [
+        ("followers", "followers"),
+        ("subscribers", "crm.subscribers"),
+        ("parts", "crm.parts"),
+    ] {
+        assert_eq!(
+            env.scalar(&format!("SELECT count(*) FROM {table}")).await,
+            n,
+            "{mirror}: no row beyond the file's"
+        );
+    }
+    for (load_id, mirror) in &running {
+        let what = format!("the killed run {load_id} of {mirror} recovered");
+        eventually_logged(&second, 60, &what, || async {
+            let (outcome, error): (String, Option<String>) = sqlx::query_as(
+                "SELECT outcome, error FROM etl_info_schema.sync_runs WHERE load_id = $1",
+            )
+            .bind(load_id)
+            .fetch_one(&env.pool)
+            .await
+            .ok()?;
+            (outcome == "failed" && error.is_some_and(|e| e.starts_with("interrupted")))
+                .then_some(())
+        })
+        .await;
+    }
+    let overlapping: Vec<(String, uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        "SELECT a.mirror, a.load_id, b.load_id FROM etl_info_schema.sync_runs a
+           JOIN etl_info_schema.sync_runs b ON a.mirror = b.mirror AND a.load_id < b.load_id
+          WHERE a.outcome NOT IN ('skipped', 'running') AND b.outcome NOT IN ('skipped', 'running')
+            AND a.started_at < b.finished_at AND b.started_at < a.finished_at",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        overlapping.is_empty(),
+        "runs of one mirror overlapped: {overlapping:?}; log:\n{}",
+        second.log_text()
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM public.staging_followers")
+            .await,
+        0,
+        "no staging rows left"
+    );
+}
