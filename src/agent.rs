@@ -13,7 +13,10 @@ use crate::runner::{MirrorSync, PipelineSync, RunRequests, Runner, Slotted};
 use crate::runs;
 use crate::signals::{stop_on_signals, Hangup};
 use crate::telemetry::report;
-use crate::triggers::{ticker, watch::FileWatch};
+use crate::triggers::{
+    ticker,
+    watch::{FileWatch, Watched},
+};
 use sea_orm::DatabaseConnection;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -168,7 +171,7 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
             settings.service.retry,
         );
         let triggers = Triggers {
-            watched: Some(&file),
+            watched: Some(Watched::File(file.clone())),
             marker: settings.csv.ready_marker.as_deref(),
             schedule: &settings.triggers.cron_schedule,
         };
@@ -186,13 +189,23 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
         let watched = match &spec.source {
             crate::mirror::MirrorSource::File(_) => {
                 match spec.source.confined_file(&settings.csv.tables_dir) {
-                    Some(Ok(path)) => Some(path),
+                    Some(Ok(path)) => Some(Watched::File(path)),
                     // The run says why, naming the mirror.
                     _ => None,
                 }
             }
-            // A glob's files are found by each run; its triggers are the schedule and start.
-            crate::mirror::MirrorSource::Glob(_) => None,
+            crate::mirror::MirrorSource::Glob(pattern) => {
+                let dir = pattern.rsplit_once('/').map_or("", |(dir, _)| dir);
+                let mut spec = spec.clone();
+                if spec.overrides.ready_marker.is_none() {
+                    spec.overrides.ready_marker = settings.csv.ready_marker.clone();
+                }
+                Some(Watched::Glob {
+                    spec: Box::new(spec),
+                    tables_dir: settings.csv.tables_dir.clone(),
+                    dir: settings.csv.tables_dir.join(dir),
+                })
+            }
         };
         let sync = Slotted::new(
             MirrorSync::new(context(&writes), spec.clone()),
@@ -204,7 +217,7 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
             settings.service.retry,
         );
         let triggers = Triggers {
-            watched: watched.as_deref(),
+            watched,
             marker: spec
                 .overrides
                 .ready_marker
@@ -230,23 +243,23 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
 /// One mirror's triggers: the watch of its file (when it has one), its schedule
 /// and the start.
 struct Triggers<'a> {
-    watched: Option<&'a std::path::Path>,
+    watched: Option<Watched>,
     marker: Option<&'a str>,
     schedule: &'a robfig_cron::Schedule,
 }
 
 impl Triggers<'_> {
     fn start(
-        &self,
+        self,
         settings: &Settings,
         writes: WriteTracker,
         requests: &RunRequests,
         tasks: &mut tokio::task::JoinSet<()>,
         stop: &CancellationToken,
     ) -> Result<(), ExitCode> {
-        if let (true, Some(file)) = (settings.triggers.watch, self.watched) {
+        if let (true, Some(watched)) = (settings.triggers.watch, self.watched) {
             match FileWatch::start(
-                file,
+                watched,
                 self.marker,
                 settings.triggers.watch_debounce,
                 settings.triggers.watch_poll,

@@ -2,7 +2,9 @@
 //! for a run once the file has settled: no event for `WATCH_DEBOUNCE`, and its
 //! size, mtime and inode unchanged over that same period. Only events naming the
 //! CSV file count, so temporary files (`.x.tmp`, `*.swp`, `*~`) are ignored until
-//! they are renamed into place. A deleted file is logged and ignored: it never
+//! they are renamed into place. A glob mirror's watch (docs/mirrors.md#serve)
+//! follows every file its glob matches in the glob's directory, their state
+//! taken together. A deleted file is logged and ignored: it never
 //! starts a run, so it never purges anything. With `READY_MARKER`, events naming
 //! the marker count too, so its arrival starts the run the file was waiting for.
 //!
@@ -13,7 +15,7 @@
 //! seconds only (notify 8.2) and so misses a second write within the same second.
 
 use crate::domain::Trigger;
-use crate::pipeline::settle::{file_state, WriteTracker};
+use crate::pipeline::settle::{file_state, FileState, WriteTracker};
 use crate::runner::RunRequests;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RemoveKind};
 use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -32,10 +34,59 @@ pub(crate) struct WatchError {
     source: notify::Error,
 }
 
+/// What a watch follows: one file (and its ready marker), or a configured
+/// mirror's glob (every file it matches, and their markers; docs/mirrors.md#serve).
+#[derive(Clone, Debug)]
+pub(crate) enum Watched {
+    File(PathBuf),
+    Glob {
+        spec: Box<crate::mirror::MirrorSpec>,
+        tables_dir: PathBuf,
+        /// The glob's directory under `tables_dir`.
+        dir: PathBuf,
+    },
+}
+
+/// The state of what a watch follows: each file with its state, in order.
+type WatchedState = Vec<(PathBuf, FileState)>;
+
+impl Watched {
+    fn dir(&self) -> PathBuf {
+        match self {
+            Self::File(file) => file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            Self::Glob { dir, .. } => dir.clone(),
+        }
+    }
+
+    /// The state now; `None` when there is nothing (the file is missing, or
+    /// the glob matches none).
+    fn state(&self) -> Option<WatchedState> {
+        let files = match self {
+            Self::File(file) => vec![file.clone()],
+            Self::Glob {
+                spec, tables_dir, ..
+            } => crate::mirror::run::source_files(spec, tables_dir).ok()?,
+        };
+        let states: WatchedState = files
+            .into_iter()
+            .filter_map(|f| file_state(&f).map(|s| (f, s)))
+            .collect();
+        (!states.is_empty()).then_some(states)
+    }
+
+    /// What to say in the log of it.
+    fn describe(&self) -> String {
+        match self {
+            Self::File(file) => file.display().to_string(),
+            Self::Glob { spec, dir, .. } => format!("{} ({})", dir.display(), spec.source),
+        }
+    }
+}
+
 /// Whether an event may have changed the content of a file named in `names`.
 /// Reads (including the agent's own) are not changes; a queue overflow (events
 /// lost) may hide one.
-fn is_change(event: &Event, names: &[OsString]) -> bool {
+fn is_change(event: &Event, names: &Names) -> bool {
     if event.need_rescan() {
         return true;
     }
@@ -48,7 +99,42 @@ fn is_change(event: &Event, names: &[OsString]) -> bool {
         && event
             .paths
             .iter()
-            .any(|p| p.file_name().is_some_and(|n| names.iter().any(|x| x == n)))
+            .any(|p| p.file_name().is_some_and(|n| names.concerns(n, true)))
+}
+
+/// The names a watch's events must carry: a file's name and its marker's, or
+/// a glob's (a name the glob matches, or such a name with the marker).
+#[derive(Clone, Debug)]
+enum Names {
+    Files(Vec<OsString>),
+    Glob {
+        pattern: glob::Pattern,
+        marker: Option<String>,
+    },
+}
+
+impl Names {
+    /// Whether `name` is one of them; `markers`: a ready marker counts too.
+    fn concerns(&self, name: &std::ffi::OsStr, markers: bool) -> bool {
+        match self {
+            Self::Files(names) if markers => names.iter().any(|x| x == name),
+            Self::Files(names) => names.first().is_some_and(|x| x == name),
+            Self::Glob { pattern, marker } => {
+                let name = name.to_string_lossy();
+                let base = match marker.as_deref().and_then(|m| name.strip_suffix(m)) {
+                    Some(base) if markers => base,
+                    Some(_) => return false,
+                    None => &name,
+                };
+                // As the glob's files are listed: a leading dot only where the pattern has one.
+                let options = glob::MatchOptions {
+                    require_literal_leading_dot: true,
+                    ..glob::MatchOptions::new()
+                };
+                pattern.matches_with(base, options)
+            }
+        }
+    }
 }
 
 /// What produces the events: notify's watcher, or our own stat poller.
@@ -65,18 +151,35 @@ impl Drop for Source {
     }
 }
 
-/// Stats `files` every `interval` and reports each change of a file's state as
-/// an event.
+/// Stats `files` every `interval` (a glob's: the files it matches now) and
+/// reports each change of a file's state as an event.
 async fn poll_files(
     files: Vec<PathBuf>,
+    glob: Option<Watched>,
     interval: Duration,
     tx: mpsc::UnboundedSender<notify::Result<Event>>,
 ) {
-    let mut last: Vec<_> = files.iter().map(|f| file_state(f)).collect();
+    let listed = |files: &[PathBuf]| -> Vec<PathBuf> {
+        let mut all = files.to_vec();
+        if let Some(state) = glob.as_ref().and_then(Watched::state) {
+            all.extend(state.into_iter().map(|(f, _)| f));
+        }
+        all
+    };
+    let mut known: std::collections::BTreeMap<PathBuf, Option<FileState>> = listed(&files)
+        .into_iter()
+        .map(|f| {
+            let state = file_state(&f);
+            (f, state)
+        })
+        .collect();
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
-        for (file, last) in files.iter().zip(last.iter_mut()) {
+        for file in listed(&files) {
+            known.entry(file).or_insert(None);
+        }
+        for (file, last) in known.iter_mut() {
             let now = file_state(file);
             if now != *last {
                 let kind = match now {
@@ -84,7 +187,7 @@ async fn poll_files(
                     None => EventKind::Remove(RemoveKind::File),
                 };
                 if tx
-                    .send(Ok(Event::new(kind).add_path(file.clone())))
+                    .send(Ok(Event::new(kind).add_path(file.to_path_buf())))
                     .is_err()
                 {
                     return;
@@ -99,9 +202,9 @@ async fn poll_files(
 pub(crate) struct FileWatch {
     _source: Source,
     events: mpsc::UnboundedReceiver<notify::Result<Event>>,
-    file: PathBuf,
-    /// The file's name, and its ready marker's.
-    names: Vec<OsString>,
+    watched: Watched,
+    /// The file's name and its ready marker's, or the glob's.
+    names: Names,
     debounce: Duration,
     writes: WriteTracker,
 }
@@ -111,19 +214,36 @@ impl FileWatch {
     /// `marker` is set); `writes` learns from its events which writes are still
     /// open (inotify only).
     pub(crate) fn start(
-        file: &Path,
+        watched: Watched,
         marker: Option<&str>,
         debounce: Duration,
         poll: bool,
         writes: WriteTracker,
     ) -> Result<Self, WatchError> {
-        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let mut watched = vec![file.to_path_buf()];
-        watched.extend(marker.map(|m| crate::pipeline::ready::marker_path(file, m)));
-        let names: Vec<OsString> = watched
-            .iter()
-            .map(|f| f.file_name().map(OsString::from).unwrap_or_default())
-            .collect();
+        let dir = watched.dir();
+        let (polled, names) = match &watched {
+            Watched::File(file) => {
+                let mut polled = vec![file.to_path_buf()];
+                polled.extend(marker.map(|m| crate::pipeline::ready::marker_path(file, m)));
+                let names = polled
+                    .iter()
+                    .map(|f| f.file_name().map(OsString::from).unwrap_or_default())
+                    .collect();
+                (polled, Names::Files(names))
+            }
+            Watched::Glob { spec, .. } => {
+                let pattern = match &spec.source {
+                    crate::mirror::MirrorSource::Glob(p) => p.rsplit('/').next().unwrap_or(p),
+                    crate::mirror::MirrorSource::File(_) => "",
+                };
+                let pattern = glob::Pattern::new(pattern).map_err(|e| WatchError {
+                    dir: dir.clone(),
+                    source: notify::Error::generic(&e.to_string()),
+                })?;
+                let marker = marker.map(str::to_owned);
+                (Vec::new(), Names::Glob { pattern, marker })
+            }
+        };
         let (tx, events) = mpsc::unbounded_channel();
         let handler = {
             let tx = tx.clone();
@@ -137,7 +257,8 @@ impl FileWatch {
         };
         let source = if poll {
             let interval = (debounce / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
-            Source::Poll(tokio::spawn(poll_files(watched, interval, tx)))
+            let glob = matches!(watched, Watched::Glob { .. }).then(|| watched.clone());
+            Source::Poll(tokio::spawn(poll_files(polled, glob, interval, tx)))
         } else {
             let mut watcher = RecommendedWatcher::new(handler, Config::default()).map_err(err)?;
             watcher
@@ -149,7 +270,7 @@ impl FileWatch {
         Ok(Self {
             _source: source,
             events,
-            file: file.to_path_buf(),
+            watched,
             names,
             debounce,
             writes,
@@ -179,27 +300,31 @@ impl FileWatch {
                             tracing::debug!(kind = ?event.kind, "file event");
                         }
                         // Open writes are the CSV file's own (not the marker's).
-                        if is_change(&event, &self.names[..1]) {
+                        let own = event.paths.iter().any(|p| {
+                            p.file_name().is_some_and(|n| self.names.concerns(n, false))
+                        });
+                        if own || event.need_rescan() {
                             self.writes.observe(&event);
                         }
-                        debounce.event(Instant::now(), file_state(&self.file));
+                        debounce.event(Instant::now(), self.watched.state());
                     }
                     Some(Ok(_)) => {}
                 },
                 _ = settle => {
                     let writing = self.writes.writing_since();
-                    match debounce.expired(Instant::now(), file_state(&self.file), writing.is_some()) {
+                    let file = self.watched.describe();
+                    match debounce.expired(Instant::now(), self.watched.state(), writing.is_some()) {
                         Verdict::Removed => {
-                            tracing::warn!(file = %self.file.display(), "the CSV file was removed; ignored (nothing is purged)");
+                            tracing::warn!(file, "the CSV file was removed; ignored (nothing is purged)");
                         }
                         Verdict::Writing => {
                             // Its IN_CLOSE_WRITE re-arms the debounce.
                             let open_s = writing.map(|since| since.elapsed().as_secs_f64());
-                            tracing::info!(file = %self.file.display(), open_s, "the CSV file is still open for writing; waiting for it to be closed");
+                            tracing::info!(file, open_s, "the CSV file is still open for writing; waiting for it to be closed");
                         }
                         Verdict::Changing => {}
                         Verdict::Settled => {
-                            tracing::info!(file = %self.file.display(), "the CSV file changed and settled");
+                            tracing::info!(file, "the CSV file changed and settled");
                             requests.send(Trigger::Watch);
                         }
                     }
@@ -289,8 +414,8 @@ mod tests {
         let watch = FileWatch {
             _source: Source::Poll(tokio::spawn(std::future::pending())),
             events,
-            file: file.to_path_buf(),
-            names: vec![file.file_name().unwrap().into()],
+            watched: Watched::File(file.to_path_buf()),
+            names: Names::Files(vec![file.file_name().unwrap().into()]),
             debounce: Duration::from_millis(50),
             writes: WriteTracker::default(),
         };

@@ -315,3 +315,62 @@ async fn serve_starts_only_the_mirror_whose_file_changed() {
         agent.log_text()
     );
 }
+
+#[tokio::test]
+async fn serve_watches_a_glob_mirror_s_directory() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    std::fs::create_dir(env.tables().join("parts")).unwrap();
+    env.write_file("parts/part-1.csv", "id,name\n1,One\n");
+    env.write_file("parts/part-2.csv", "id,name\n2,Two\n");
+    let path = env.dir.path().join("parts.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[mirror]]
+name = "parts"
+files = "parts/part-*.csv"
+table = "crm.parts"
+key = ["id"]
+max_delete_ratio = 1.0
+columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
+"#,
+    )
+    .unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let agent = env.spawn_agent(&[("CONFIG_FILE", path.as_str())]);
+    let rows = |n: i64| {
+        let pool = env.pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                let count: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM crm.parts")
+                    .fetch_one(&pool)
+                    .await
+                    .ok();
+                (count == Some(n)).then_some(())
+            }
+        }
+    };
+    eventually_logged(&agent, 30, "the start-up sync of two parts", rows(2)).await;
+    // A temporary name beside them is no change; a third part renamed into place is.
+    env.write_file("parts/.part-3.csv.tmp", "id,name\n3,Three\n");
+    std::fs::rename(
+        env.tables().join("parts/.part-3.csv.tmp"),
+        env.tables().join("parts/part-3.csv"),
+    )
+    .unwrap();
+    eventually_logged(&agent, 30, "the third part synced by the watch", rows(3)).await;
+    std::fs::remove_file(env.tables().join("parts/part-1.csv")).unwrap();
+    eventually_logged(&agent, 30, "a removed part is a change", rows(2)).await;
+    let watch = env.runs_by("watch").await;
+    assert!(
+        watch
+            .iter()
+            .filter(|(outcome, _)| outcome == "synced")
+            .count()
+            >= 2,
+        "{watch:?}; log:\n{}",
+        agent.log_text()
+    );
+}
