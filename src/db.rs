@@ -14,12 +14,6 @@ use std::time::Duration;
 const MIGRATE_LOCK: i64 = 0x6665_746c_0000_0001;
 pub const RUN_LOCK: i64 = 0x6665_746c_0000_0002;
 
-/// The class of a mirror's run lock (docs/mirrors.md#runs): the first key of the
-/// two-key form `pg_try_advisory_lock(int4, int4)`, whose locks PostgreSQL keeps
-/// apart from the one-key (`bigint`) form of `RUN_LOCK` and `MIGRATE_LOCK`, so a
-/// mirror's lock never is (or waits for) either. "mirr".
-pub const MIRROR_LOCK_CLASS: i32 = 0x6d69_7272;
-
 /// An advisory lock's key: the one-key form, or the two-key form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LockKey {
@@ -209,23 +203,40 @@ impl AdvisoryLock {
         }))
     }
 
-    /// Takes the run lock of one mirror (`MIRROR_LOCK_CLASS`, `key`) if it is
-    /// free; `None` when another run of the mirror holds it.
-    pub async fn try_mirror_lock(url: &DatabaseUrl, key: i32) -> Result<Option<Self>, DbError> {
+    /// Takes the run lock of one mirror if it is free; `None` when another run
+    /// of the mirror holds it. `key`: both keys of the two-key form
+    /// `pg_try_advisory_lock(int4, int4)` (`MirrorSql::lock_key`, 64 bits of the
+    /// hash of the mirror's table, docs/mirrors.md#runs), which PostgreSQL keeps
+    /// apart from the one-key (`bigint`) form of `RUN_LOCK` and `MIGRATE_LOCK`.
+    pub async fn try_mirror_lock(
+        url: &DatabaseUrl,
+        key: (i32, i32),
+    ) -> Result<Option<Self>, DbError> {
         let mut conn = Self::dedicated_connection(url).await?;
         let (got, pid): (bool, i32) =
             sqlx::query_as("SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()")
-                .bind(MIRROR_LOCK_CLASS)
-                .bind(key)
+                .bind(key.0)
+                .bind(key.1)
                 .fetch_one(&mut conn)
                 .await
                 .map_err(DbError::Lock)?;
         Ok(got.then_some(Self {
             conn,
-            key: LockKey::Pair(MIRROR_LOCK_CLASS, key),
+            key: LockKey::Pair(key.0, key.1),
             pid,
             stalled: false,
         }))
+    }
+
+    /// Runs `sql` (no parameters) on the lock's own session: it runs only while
+    /// the lock is held (a session that ended took its lock with it, and the
+    /// statement fails), e.g. dropping what only the lock's holder may drop.
+    pub async fn execute_holding(&mut self, sql: &str) -> Result<(), DbError> {
+        sqlx::raw_sql(sql)
+            .execute(&mut self.conn)
+            .await
+            .map_err(DbError::Lock)?;
+        Ok(())
     }
 
     /// Waits for the migration lock.

@@ -22,6 +22,7 @@ mod m20261201_000030_sync_runs_refusal_key;
 mod m20261201_000040_exact_runs;
 mod m20261202_000050_mirror_journal;
 mod m20261202_000060_mirror_status;
+mod m20261202_000070_exact_mirror_runs;
 
 pub struct Migrator;
 
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000040_exact_runs::Migration),
             Box::new(m20261202_000050_mirror_journal::Migration),
             Box::new(m20261202_000060_mirror_status::Migration),
+            Box::new(m20261202_000070_exact_mirror_runs::Migration),
         ]
     }
 }

@@ -3,30 +3,33 @@
 //!
 //! | step   | what                                                                 | module  |
 //! |--------|----------------------------------------------------------------------|---------|
-//! | lock   | the mirror's own run lock (busy: `MirrorRunError::Busy`)             | here    |
-//! | table  | the table checked, or created when absent                            | `merge` |
-//! | hash   | the file's hash; equal to the last sync's: skipped (unless `force`)  | here    |
+//! | lock   | the run lock of the mirror's table (busy: `MirrorRunError::Busy`)    | here    |
+//! | table  | the table checked, or created when absent; its write counter         | `merge` |
+//! | hash   | the file's hash; skipped only when it, the definition's fingerprint  | `merge` |
+//! |        | and the table (identity, write counter) are as last left (`trust`)   |         |
 //! | read   | every field validated for its column (rejects, `MAX_REJECTS`)        | `read`  |
-//! | stage  | COPY into `etl_mirror_staging.<mirror>`, streaming as the file reads | `read`  |
+//! | stage  | COPY into the table's staging table, streaming as the file reads     | `read`  |
 //! | dedupe | a repeated key: the last line wins, reported                         | `merge` |
 //! | merge  | one transaction: writer lock, diff, guard, journaled writes, record  | `merge` |
+//! | retain | after the commit: the journal's and the run records' retention       | `merge` |
 //!
-//! Any failure rolls the merge back (the table as it was) and the staging
-//! table is dropped whatever happens, under the run lock.
+//! Any failure rolls the merge back (the table as it was); the staging table is
+//! dropped on the run lock's own session, so only while the lock is held.
 
 mod merge;
 mod read;
+mod revert;
 
-pub use merge::revert_mirror_last;
+pub use revert::revert_mirror_last;
 
 use super::store::{IncompatibleTable, MirrorSql};
 use super::MirrorSpec;
-use crate::config::{CsvFormat, DatabaseUrl};
+use crate::config::{CsvFormat, DatabaseUrl, RunRetention};
 use crate::db::{AdvisoryLock, DbError};
 use crate::domain::LoadId;
 use crate::pipeline::merge::{Emptiness, Guard};
 use crate::pipeline::read::ReadError;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,8 +47,17 @@ pub struct MirrorRunOptions {
     pub max_update_ratio: f64,
     pub allow_mass_delete: bool,
     pub allow_mass_update: bool,
-    /// `JOURNAL_KEEP_RUNS` (0: no journal, so no revert).
+    /// `JOURNAL_KEEP_RUNS` (0: no journal, so no revert): the newest runs that
+    /// changed the table keep their journal (runs that changed nothing hold none).
     pub journal_keep_runs: u64,
+    /// `JOURNAL_KEEP_DAYS`: and no run finished longer ago than this keeps it.
+    pub journal_keep_days: u64,
+    /// `HISTORY_KEEP_RUNS`, `HISTORY_KEEP_DAYS`: how many run records
+    /// (`mirror_runs`) a mirror keeps, as `sync_runs`.
+    pub history: RunRetention,
+    /// `VERIFY_EVERY`: where the table has no write counter, how long an
+    /// unchanged file may be skipped before it is compared again.
+    pub verify_every: Duration,
     /// `LOCK_WAIT_TIMEOUT`: the longest wait for another writer of the table.
     pub lock_wait: Duration,
     /// Sync even when the file's hash equals the last sync's.
@@ -62,6 +74,12 @@ impl Default for MirrorRunOptions {
             allow_mass_delete: false,
             allow_mass_update: false,
             journal_keep_runs: 10,
+            journal_keep_days: crate::config::DEFAULT_JOURNAL_KEEP_DAYS,
+            history: RunRetention {
+                keep_days: Some(crate::config::DEFAULT_HISTORY_KEEP_DAYS),
+                keep_runs: Some(crate::config::DEFAULT_HISTORY_KEEP_RUNS),
+            },
+            verify_every: crate::config::DEFAULT_VERIFY_EVERY,
             lock_wait: Duration::from_secs(10),
             force: false,
         }
@@ -92,8 +110,15 @@ impl std::fmt::Display for MirrorReject {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MirrorSummary {
     pub mirror: String,
-    /// `None`: skipped, the file unchanged since the last sync.
+    /// `None`: skipped, the file, the definition and the table unchanged since
+    /// the last sync or revert (docs/mirrors.md#skip).
     pub load_id: Option<uuid::Uuid>,
+    /// Skipped because a revert holds this content back (until the file
+    /// changes, or a forced sync).
+    pub held_back: bool,
+    /// Why an unchanged file was synced instead of skipped (the definition
+    /// changed, the table was replaced or written outside the agent, ...).
+    pub sync_reason: Option<String>,
     pub content_hash: String,
     pub rows_read: u64,
     pub inserted: u64,
@@ -235,14 +260,35 @@ pub enum MirrorRunError {
     NothingToRevert { mirror: String },
     #[error("mirror {mirror}: the run {load_id} has no journal (journal_keep_runs was 0, or its journal was pruned); cannot revert it")]
     NoJournal { mirror: String, load_id: uuid::Uuid },
+    #[error("mirror {mirror}: the journal of run {load_id} holds {found} rows, {expected} recorded; a revert could not be exact, nothing changed")]
+    JournalIncomplete {
+        mirror: String,
+        load_id: uuid::Uuid,
+        found: u64,
+        expected: u64,
+    },
+    #[error("mirror {mirror}: {count} row(s) changed outside the agent since run {load_id} (e.g. {}); a revert would not be exact, nothing changed (sync a corrected file instead)", .examples.join("; "))]
+    RevertDrift {
+        mirror: String,
+        load_id: uuid::Uuid,
+        count: u64,
+        /// Up to three, each its key (`jsonb`) and what differs.
+        examples: Vec<String>,
+    },
+    #[error("mirror {mirror}: the {op} wrote back {actual} row(s), the journal holds {expected}; rolled back, nothing changed")]
+    RevertMismatch {
+        mirror: String,
+        op: &'static str,
+        expected: u64,
+        actual: u64,
+    },
 }
 
-/// The key of a mirror's run lock, under `db::MIRROR_LOCK_CLASS`: the first four
-/// bytes of the blake3 hash of its quoted table name (one table has one mirror).
-pub fn mirror_lock_key(spec: &MirrorSpec) -> i32 {
-    let hash = blake3::hash(spec.table.sql().as_bytes());
-    let bytes = hash.as_bytes();
-    i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+/// The two keys of a mirror's run lock (`pg_try_advisory_lock(int4, int4)`):
+/// 64 bits of the blake3 hash of its quoted table name (one table has one
+/// mirror), `MirrorSql::lock_key`.
+pub fn mirror_lock_key(spec: &MirrorSpec) -> (i32, i32) {
+    MirrorSql::new(spec).lock_key()
 }
 
 /// Takes the mirror's run lock, or `Busy`.
@@ -271,6 +317,7 @@ fn stmt(sql: &str, values: Vec<Value>) -> Statement {
 
 /// Syncs one mirror: its file into its table (the steps above). Returns what it
 /// did, or why not; the table is then unchanged.
+#[tracing::instrument(skip_all, fields(mirror = %spec.name))]
 pub async fn sync_mirror(
     db: &DatabaseConnection,
     url: &DatabaseUrl,
@@ -278,8 +325,8 @@ pub async fn sync_mirror(
     tables_dir: &Path,
     options: MirrorRunOptions,
 ) -> Result<MirrorSummary, MirrorRunError> {
-    let lock = run_lock(url, spec).await?;
-    let result = locked_sync(db, spec, tables_dir, &options, lock.pid()).await;
+    let mut lock = run_lock(url, spec).await?;
+    let result = locked_sync(db, spec, tables_dir, &options, &mut lock).await;
     lock.release().await;
     result
 }
@@ -289,7 +336,7 @@ async fn locked_sync(
     spec: &MirrorSpec,
     tables_dir: &Path,
     options: &MirrorRunOptions,
-    lock_pid: i32,
+    lock: &mut AdvisoryLock,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let mirror = spec.name.to_string();
     let path = match spec.source.confined_file(tables_dir) {
@@ -298,7 +345,7 @@ async fn locked_sync(
         Some(Ok(path)) => path,
     };
     let sql = MirrorSql::new(spec);
-    merge::prepare_table(db, &sql).await?;
+    merge::prepare_table(db, &sql, options.lock_wait).await?;
     let format = csv_format(spec, options);
     let hash = {
         let (path, format) = (path.clone(), format);
@@ -310,21 +357,34 @@ async fn locked_sync(
                 source,
             })?
     };
-    if !options.force && merge::last_hash(db, spec).await?.as_deref() == Some(hash.as_str()) {
-        return Ok(MirrorSummary {
-            mirror,
-            content_hash: hash.as_str().to_owned(),
-            ..MirrorSummary::default()
-        });
+    let sync_reason = if options.force {
+        None
+    } else {
+        match merge::trust(db, &sql, hash.as_str(), options.verify_every).await? {
+            merge::Trust::Skip { held_back } => {
+                return Ok(MirrorSummary {
+                    mirror,
+                    content_hash: hash.as_str().to_owned(),
+                    held_back,
+                    ..MirrorSummary::default()
+                })
+            }
+            merge::Trust::Sync(reason) => reason,
+        }
+    };
+    if let Some(reason) = &sync_reason {
+        tracing::info!(mirror = %spec.name, reason = %reason, "the file is unchanged but synced");
     }
     let load_id = LoadId::new();
-    let at = |step| move |source| merge::db_error(spec, step, source);
-    db.execute_unprepared(&sql.drop_staging())
+    // On the lock's session: a staging table is made and dropped only by the
+    // run that holds the table's lock.
+    let staging = format!("{}; {}", sql.drop_staging(), sql.create_staging());
+    lock.execute_holding(&staging)
         .await
-        .map_err(at("stage"))?;
-    db.execute_unprepared(&sql.create_staging())
-        .await
-        .map_err(at("stage"))?;
+        .map_err(|source| MirrorRunError::Lock {
+            mirror: mirror.clone(),
+            source,
+        })?;
     let result = async {
         let read = read::read_and_stage(db, spec, &path, format, options, load_id).await?;
         let guard = Guard {
@@ -339,13 +399,17 @@ async fn locked_sync(
         };
         let load = merge::Load {
             load_id,
-            lock_pid,
+            lock_pid: lock.pid(),
             path: &path,
         };
         merge::dedupe_and_merge(db, &sql, options, guard, &load, read).await
     }
     .await;
-    // Under the run lock: no other run of the mirror uses the staging table.
-    let _ = db.execute_unprepared(&sql.drop_staging()).await;
-    result
+    // Only while the lock is held: a run that lost it leaves the table to the
+    // run that took it over (which drops it before its own COPY).
+    let _ = lock.execute_holding(&sql.drop_staging()).await;
+    let mut summary = result?;
+    summary.sync_reason = sync_reason;
+    merge::retain(db, &sql, options).await;
+    Ok(summary)
 }

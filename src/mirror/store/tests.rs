@@ -77,13 +77,15 @@ fn identifiers_are_quoted_everywhere() {
         "{create}"
     );
     assert_eq!(sql.create_schema(), "CREATE SCHEMA IF NOT EXISTS \"crm\"");
-    assert_eq!(
-        sql.staging_table(),
-        "\"etl_mirror_staging\".\"subscribers\""
+    // Staging is named by the table (as the run lock is keyed), not the mirror.
+    let staging = sql.staging_table();
+    assert!(
+        staging.starts_with("\"etl_mirror_staging\".\"t_") && staging.len() == 49,
+        "{staging}"
     );
     assert_eq!(
         sql.copy_in(),
-        "COPY \"etl_mirror_staging\".\"subscribers\" (load_id, line_no, c0, c1, c2, c3, c4) FROM STDIN (FORMAT text)"
+        format!("COPY {staging} (load_id, line_no, c0, c1, c2, c3, c4) FROM STDIN (FORMAT text)")
     );
     let diff = sql.diff();
     assert!(
@@ -99,7 +101,9 @@ fn identifiers_are_quoted_everywhere() {
         "{diff}"
     );
     assert!(
-        diff.contains("jsonb_populate_recordset(NULL::\"crm\".\"Sub Scribers\", $2::jsonb)"),
+        diff.contains(
+            "jsonb_to_recordset($2::jsonb) AS p(\"account_id\" bigint, \"email\" varchar(255))"
+        ),
         "protected keys: {diff}"
     );
 }
