@@ -1,5 +1,5 @@
-//! The table, the duplicates and the merge of a mirror's run, and its revert
-//! (docs/mirrors.md#runs). The merge is one transaction: every lock wait bounded
+//! The table, the duplicates and the merge of a mirror's run (its revert is in
+//! `revert`; docs/mirrors.md#runs). The merge is one transaction: every lock wait bounded
 //! by `LOCK_WAIT_TIMEOUT`, the table locked against writers (`SHARE ROW
 //! EXCLUSIVE`, as the followers merge: readers go on), the diff, the guard, the
 //! journaled writes (each checked against the diff's count) and the run's
@@ -249,6 +249,7 @@ pub(super) async fn holds_lock(
 }
 
 /// Resolves repeated keys (the last line wins), then merges.
+#[tracing::instrument(skip_all, fields(mirror = %sql.spec().name, load_id = %run.load_id.uuid()))]
 pub(super) async fn dedupe_and_merge(
     db: &DatabaseConnection,
     sql: &MirrorSql<'_>,

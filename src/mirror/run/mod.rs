@@ -378,13 +378,14 @@ async fn locked_sync(
     let load_id = LoadId::new();
     // On the lock's session: a staging table is made and dropped only by the
     // run that holds the table's lock.
-    let staging = format!("{}; {}", sql.drop_staging(), sql.create_staging());
-    lock.execute_holding(&staging)
-        .await
-        .map_err(|source| MirrorRunError::Lock {
-            mirror: mirror.clone(),
-            source,
-        })?;
+    for statement in [sql.drop_staging(), sql.create_staging()] {
+        lock.execute_holding(&statement)
+            .await
+            .map_err(|source| MirrorRunError::Lock {
+                mirror: mirror.clone(),
+                source,
+            })?;
+    }
     let result = async {
         let read = read::read_and_stage(db, spec, &path, format, options, load_id).await?;
         let guard = Guard {
