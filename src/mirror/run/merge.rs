@@ -553,38 +553,40 @@ pub(super) async fn retain(
         .journal_keep_runs
         .unwrap_or(options.journal_keep_runs);
     let batch = || Value::from(crate::convert::saturating_bigint(PRUNE_BATCH));
-    let journal = || {
-        vec![
-            Value::from(spec.name.to_string()),
-            Value::from(crate::convert::saturating_bigint(keep_runs)),
-            Value::from(crate::convert::saturating_int4(options.journal_keep_days)),
-            batch(),
-        ]
-    };
-    let runs = || {
-        vec![
-            Value::from(spec.name.to_string()),
-            Value::from(
-                options
-                    .history
-                    .keep_runs
-                    .map(crate::convert::saturating_bigint),
-            ),
-            Value::from(
-                options
-                    .history
-                    .keep_days
-                    .map(|d| crate::convert::saturating_int4(u64::from(d))),
-            ),
-            batch(),
-        ]
-    };
+    let journal = vec![
+        Value::from(spec.name.to_string()),
+        Value::from(crate::convert::saturating_bigint(keep_runs)),
+        Value::from(crate::convert::saturating_int4(options.journal_keep_days)),
+        batch(),
+    ];
+    let runs = vec![
+        Value::from(spec.name.to_string()),
+        Value::from(
+            options
+                .history
+                .keep_runs
+                .map(crate::convert::saturating_bigint),
+        ),
+        Value::from(
+            options
+                .history
+                .keep_days
+                .map(|d| crate::convert::saturating_int4(u64::from(d))),
+        ),
+        batch(),
+    ];
     for (what, result) in [
-        ("journal", prune(db, &sql.prune_journal(), journal()).await),
-        ("runs", prune(db, &sql.prune_runs(), runs()).await),
+        ("journal", prune(db, &sql.prune_journal(), journal).await),
+        ("runs", prune(db, &sql.prune_runs(), runs).await),
     ] {
         match result {
             Ok(0) => {}
+            // As the followers run: JOURNAL_KEEP_RUNS=0 drops what could be reverted.
+            Ok(pruned) if what == "journal" && keep_runs == 0 => tracing::warn!(
+                mirror = %spec.name,
+                runs = pruned,
+                "journal_keep_runs=0: the mirror's journal kept so far was dropped; those runs can no longer be reverted"
+            ),
             Ok(pruned) => tracing::info!(mirror = %spec.name, pruned, "mirror {what} pruned"),
             Err(e) => tracing::warn!(
                 mirror = %spec.name,
