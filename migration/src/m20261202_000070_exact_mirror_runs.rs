@@ -15,6 +15,8 @@
 //! - `mirror_runs.commit_seq` from `etl_info_schema.mirror_commit_seq`, taken in
 //!   the merge's transaction under the table's writer lock: the runs of one
 //!   table in commit order (earlier runs are numbered by `finished_at`).
+//! - `mirror_runs.fingerprint`: the definition a run merged with; a revert
+//!   with another definition could not be exact.
 //! - `mirror_runs.journaled` NULL once the run's journal is pruned, and the
 //!   indexes the retention and the revert read.
 
@@ -37,6 +39,7 @@ impl MigrationTrait for Migration {
                  CREATE SEQUENCE IF NOT EXISTS etl_info_schema.mirror_commit_seq;
                  ALTER TABLE etl_info_schema.mirror_runs
                     ADD COLUMN IF NOT EXISTS commit_seq bigint,
+                    ADD COLUMN IF NOT EXISTS fingerprint text,
                     ALTER COLUMN journaled DROP NOT NULL;
                  WITH o AS (
                    SELECT load_id, row_number() OVER (ORDER BY finished_at, load_id) AS n
@@ -73,7 +76,8 @@ impl MigrationTrait for Migration {
                  DROP INDEX IF EXISTS etl_info_schema.mirror_runs_commit_seq;
                  UPDATE etl_info_schema.mirror_runs SET journaled = 0 WHERE journaled IS NULL;
                  ALTER TABLE etl_info_schema.mirror_runs
-                    ALTER COLUMN journaled SET NOT NULL, DROP COLUMN IF EXISTS commit_seq;
+                    ALTER COLUMN journaled SET NOT NULL, DROP COLUMN IF EXISTS commit_seq,
+                    DROP COLUMN IF EXISTS fingerprint;
                  DROP SEQUENCE IF EXISTS etl_info_schema.mirror_commit_seq;
                  ALTER TABLE etl_info_schema.mirror_status
                     DROP COLUMN IF EXISTS fingerprint, DROP COLUMN IF EXISTS table_oid,

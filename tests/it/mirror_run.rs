@@ -770,6 +770,20 @@ async fn a_changed_definition_syncs_an_unchanged_file() {
     let titled: Vec<(i32, String)> = (1..=20).map(|i| (i, format!("Title {i}"))).collect();
     assert_eq!(accounts(&env).await, titled);
     assert!(env.sync(&by_title, options).await.unwrap().skipped());
+
+    // A run is reverted only with the definition it merged with.
+    let e = revert_mirror_last(&env.db, &env.url, &spec(ACCOUNTS), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, MirrorRunError::DefinitionChanged { load_id, .. } if Some(load_id) == s.load_id),
+        "{e}"
+    );
+    assert_eq!(accounts(&env).await, titled);
+    revert_mirror_last(&env.db, &env.url, &by_title, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(accounts(&env).await, numbered(20, ""));
 }
 
 #[tokio::test]

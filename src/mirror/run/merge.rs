@@ -513,6 +513,7 @@ async fn record(
             Value::from(signed(s.rejected)),
             Value::from(signed(s.duplicates)),
             Value::from(signed(s.journaled)),
+            Value::from(definition_fingerprint(spec)),
         ],
     ))
     .await

@@ -260,6 +260,8 @@ pub enum MirrorRunError {
     NothingToRevert { mirror: String },
     #[error("mirror {mirror}: the run {load_id} has no journal (journal_keep_runs was 0, or its journal was pruned); cannot revert it")]
     NoJournal { mirror: String, load_id: uuid::Uuid },
+    #[error("mirror {mirror}: run {load_id} merged with another definition of the mirror (table, key, columns or modified_column) than the current one; a revert could not be exact, nothing changed")]
+    DefinitionChanged { mirror: String, load_id: uuid::Uuid },
     #[error("mirror {mirror}: the journal of run {load_id} holds {found} rows, {expected} recorded; a revert could not be exact, nothing changed")]
     JournalIncomplete {
         mirror: String,

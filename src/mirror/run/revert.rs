@@ -3,8 +3,8 @@
 //! run lock, in one transaction holding the table's writer lock (its writes
 //! the agent's own, `OWN_WRITE`): the newest run in commit order that changed
 //! the table and is not reverted, refused unless its whole journal is kept and
-//! the table is still exactly what it left for every row it changed (else the
-//! result would not be exact); each undo statement checked against the
+//! the table is still exactly what it left for every row it changed and the
+//! definition is the one it merged with (else the result would not be exact); each undo statement checked against the
 //! journal's count of its operation; the run marked reverted and the mirror put
 //! on a reverted state, which holds the content in place back until the file
 //! changes (or a forced sync); the run lock checked just before the commit.
@@ -12,7 +12,7 @@
 use super::merge::{count, db_error, holds_lock, lock_table};
 use super::{run_lock, stmt, MirrorRevert, MirrorRunError};
 use crate::config::DatabaseUrl;
-use crate::mirror::store::MirrorSql;
+use crate::mirror::store::{definition_fingerprint, MirrorSql};
 use crate::mirror::MirrorSpec;
 use crate::pipeline::drift::OWN_WRITE;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
@@ -73,6 +73,11 @@ async fn revert_in(
     let load_id: uuid::Uuid = run.try_get_by_index(0).map_err(at)?;
     let journaled: Option<i64> = run.try_get_by_index(1).map_err(at)?;
     let kept: i64 = run.try_get_by_index(2).map_err(at)?;
+    let fingerprint: Option<String> = run.try_get_by_index(3).map_err(at)?;
+    // The journal's states are of the definition the run merged with.
+    if fingerprint.as_deref() != Some(definition_fingerprint(spec).as_str()) {
+        return Err(MirrorRunError::DefinitionChanged { mirror, load_id });
+    }
     match journaled {
         None | Some(0) => return Err(MirrorRunError::NoJournal { mirror, load_id }),
         Some(expected) if expected != kept => {

@@ -153,12 +153,13 @@ CREATE TRIGGER {COUNTER_TRIGGER}
     /// The run's record, in the merge's transaction (after the table's writer
     /// lock: `commit_seq` then orders the table's runs by commit). `$1` load,
     /// `$2` mirror, `$3` table, `$4` file, `$5` hash, `$6`..`$12` rows read,
-    /// inserted, updated, deleted, rejected, duplicates, journaled.
+    /// inserted, updated, deleted, rejected, duplicates, journaled, `$13` the
+    /// definition's fingerprint.
     pub fn record_run(&self) -> String {
         format!(
             "INSERT INTO {RUNS} (load_id, mirror, table_name, file, content_hash,
-    rows_read, inserted, updated, deleted, rejected, duplicates, journaled, commit_seq)
- VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+    rows_read, inserted, updated, deleted, rejected, duplicates, journaled, fingerprint, commit_seq)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
          nextval('etl_info_schema.mirror_commit_seq'))"
         )
     }
@@ -183,11 +184,13 @@ CREATE TRIGGER {COUNTER_TRIGGER}
     /// The newest run of mirror `$1` (in commit order) that changed the table
     /// and is not reverted, locked (a concurrent prune of its journal waits, or
     /// has committed and `journaled` reads NULL): `load_id`, `journaled`
-    /// (`bigint`, NULL once pruned) and the journal rows kept of it (`bigint`).
+    /// (`bigint`, NULL once pruned), the journal rows kept of it (`bigint`) and
+    /// the fingerprint of the definition it merged with (text).
     pub fn newest_revertible(&self) -> String {
         format!(
             "SELECT r.load_id, r.journaled,
-       (SELECT count(*) FROM {JOURNAL} j WHERE j.load_id = r.load_id AND j.mirror = r.mirror)::bigint
+       (SELECT count(*) FROM {JOURNAL} j WHERE j.load_id = r.load_id AND j.mirror = r.mirror)::bigint,
+       r.fingerprint
   FROM {RUNS} r
  WHERE r.mirror = $1 AND r.reverted_at IS NULL AND r.inserted + r.updated + r.deleted > 0
  ORDER BY r.commit_seq DESC LIMIT 1
