@@ -231,11 +231,8 @@ impl AdvisoryLock {
     /// Runs `sql` (no parameters) on the lock's own session: it runs only while
     /// the lock is held (a session that ended took its lock with it, and the
     /// statement fails), e.g. dropping what only the lock's holder may drop.
-    pub async fn execute_holding(&mut self, sql: &str) -> Result<(), DbError> {
-        sqlx::raw_sql(sql)
-            .execute(&mut self.conn)
-            .await
-            .map_err(DbError::Lock)?;
+    pub async fn execute_holding(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sql).execute(&mut self.conn).await?;
         Ok(())
     }
 

@@ -383,7 +383,7 @@ async fn locked_sync(
     for statement in [sql.drop_staging(), sql.create_staging()] {
         lock.execute_holding(&statement)
             .await
-            .map_err(|source| MirrorRunError::Lock {
+            .map_err(|source| MirrorRunError::Copy {
                 mirror: mirror.clone(),
                 source,
             })?;
