@@ -14,12 +14,6 @@ use std::time::Duration;
 const MIGRATE_LOCK: i64 = 0x6665_746c_0000_0001;
 pub const RUN_LOCK: i64 = 0x6665_746c_0000_0002;
 
-/// The class of a mirror's run lock (docs/mirrors.md#runs): the first key of the
-/// two-key form `pg_try_advisory_lock(int4, int4)`, whose locks PostgreSQL keeps
-/// apart from the one-key (`bigint`) form of `RUN_LOCK` and `MIGRATE_LOCK`, so a
-/// mirror's lock never is (or waits for) either. "mirr".
-pub const MIRROR_LOCK_CLASS: i32 = 0x6d69_7272;
-
 /// An advisory lock's key: the one-key form, or the two-key form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LockKey {
@@ -162,12 +156,14 @@ pub fn http_pool(settings: &Settings) -> Result<DatabaseConnection, DbError> {
 /// pool of one connection cannot deadlock on it). Dropping it, or the process dying,
 /// closes the connection and releases the lock.
 pub struct AdvisoryLock {
-    conn: PgConnection,
+    /// Shared by the run's statements on the lock's session (`execute_holding`)
+    /// and the pings of `stalled`, which run beside them.
+    conn: tokio::sync::Mutex<PgConnection>,
     key: LockKey,
     /// Backend pid of the lock's session: the merge checks it still holds the lock.
     pid: i32,
     /// A ping went unanswered (`stalled`): the session is not used again.
-    stalled: bool,
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl AdvisoryLock {
@@ -202,30 +198,46 @@ impl AdvisoryLock {
                 .await
                 .map_err(DbError::Lock)?;
         Ok(got.then_some(Self {
-            conn,
+            conn: tokio::sync::Mutex::new(conn),
             key: LockKey::Single(RUN_LOCK),
             pid,
-            stalled: false,
+            stalled: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
-    /// Takes the run lock of one mirror (`MIRROR_LOCK_CLASS`, `key`) if it is
-    /// free; `None` when another run of the mirror holds it.
-    pub async fn try_mirror_lock(url: &DatabaseUrl, key: i32) -> Result<Option<Self>, DbError> {
+    /// Takes the run lock of one mirror if it is free; `None` when another run
+    /// of the mirror holds it. `key`: both keys of the two-key form
+    /// `pg_try_advisory_lock(int4, int4)` (`MirrorSql::lock_key`, 64 bits of the
+    /// hash of the mirror's table, docs/mirrors.md#runs), which PostgreSQL keeps
+    /// apart from the one-key (`bigint`) form of `RUN_LOCK` and `MIGRATE_LOCK`.
+    pub async fn try_mirror_lock(
+        url: &DatabaseUrl,
+        key: (i32, i32),
+    ) -> Result<Option<Self>, DbError> {
         let mut conn = Self::dedicated_connection(url).await?;
         let (got, pid): (bool, i32) =
             sqlx::query_as("SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()")
-                .bind(MIRROR_LOCK_CLASS)
-                .bind(key)
+                .bind(key.0)
+                .bind(key.1)
                 .fetch_one(&mut conn)
                 .await
                 .map_err(DbError::Lock)?;
         Ok(got.then_some(Self {
-            conn,
-            key: LockKey::Pair(MIRROR_LOCK_CLASS, key),
+            conn: tokio::sync::Mutex::new(conn),
+            key: LockKey::Pair(key.0, key.1),
             pid,
-            stalled: false,
+            stalled: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Runs `sql` (no parameters) on the lock's own session: it runs only while
+    /// the lock is held (a session that ended took its lock with it, and the
+    /// statement fails), e.g. dropping what only the lock's holder may drop.
+    pub async fn execute_holding(&self, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(sql)
+            .execute(&mut *self.conn.lock().await)
+            .await?;
+        Ok(())
     }
 
     /// Waits for the migration lock.
@@ -237,10 +249,10 @@ impl AdvisoryLock {
             .await
             .map_err(DbError::Lock)?;
         Ok(Self {
-            conn,
+            conn: tokio::sync::Mutex::new(conn),
             key: LockKey::Single(MIGRATE_LOCK),
             pid: 0,
-            stalled: false,
+            stalled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -252,16 +264,23 @@ impl AdvisoryLock {
     /// goes unanswered that long (a server or network that hangs without
     /// refusing: docs/guarantees.md#database-faults). A session that fails outright is left to the
     /// run's own statements to report: this then never returns.
-    pub async fn stalled(&mut self, timeout: Duration) -> DbError {
+    pub async fn stalled(&self, timeout: Duration) -> DbError {
         let every = (timeout / 3).max(Duration::from_millis(50));
         loop {
             tokio::time::sleep(every).await;
-            let ping = sqlx::query("SELECT 1").execute(&mut self.conn);
+            let ping = async {
+                let mut conn = self.conn.lock().await;
+                sqlx::query("SELECT 1")
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ())
+            };
             match tokio::time::timeout(timeout, ping).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(())) => {}
                 Ok(Err(_)) => std::future::pending::<()>().await,
                 Err(_) => {
-                    self.stalled = true;
+                    self.stalled
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     return DbError::Stalled(timeout);
                 }
             }
@@ -270,27 +289,28 @@ impl AdvisoryLock {
 
     /// Unlocks and closes; a stalled session is only dropped (the server ends
     /// it, and its lock, when the connection breaks).
-    pub async fn release(mut self) {
-        if self.stalled {
+    pub async fn release(self) {
+        if self.stalled.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
+        let mut conn = self.conn.into_inner();
         let unlock = async {
             let _ = match self.key {
                 LockKey::Single(key) => {
                     sqlx::query("SELECT pg_advisory_unlock($1)")
                         .bind(key)
-                        .execute(&mut self.conn)
+                        .execute(&mut conn)
                         .await
                 }
                 LockKey::Pair(class, key) => {
                     sqlx::query("SELECT pg_advisory_unlock($1, $2)")
                         .bind(class)
                         .bind(key)
-                        .execute(&mut self.conn)
+                        .execute(&mut conn)
                         .await
                 }
             };
-            let _ = self.conn.close().await;
+            let _ = conn.close().await;
         };
         let _ = tokio::time::timeout(connect_timeout(), unlock).await;
     }

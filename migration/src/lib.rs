@@ -23,6 +23,7 @@ mod m20261201_000040_exact_runs;
 mod m20261202_000050_mirror_journal;
 mod m20261202_000060_mirror_status;
 mod m20261202_000065_sync_runs_mirror;
+mod m20261202_000070_exact_mirror_runs;
 
 pub struct Migrator;
 
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000050_mirror_journal::Migration),
             Box::new(m20261202_000060_mirror_status::Migration),
             Box::new(m20261202_000065_sync_runs_mirror::Migration),
+            Box::new(m20261202_000070_exact_mirror_runs::Migration),
         ]
     }
 }

@@ -9,9 +9,7 @@ use crate::config::Settings;
 use crate::db::AdvisoryLock;
 use crate::domain::{Counts, LoadId, Outcome, Stage, Trigger};
 use crate::errors::error_chain;
-use crate::mirror::run::{
-    locked_sync, run_lock, source_files, LockedRun, MirrorRunError, MirrorRunOptions,
-};
+use crate::mirror::run::{locked_sync, run_lock, source_files, MirrorRunError, MirrorRunOptions};
 use crate::mirror::run::{MirrorReject, MirrorSummary};
 use crate::mirror::MirrorSpec;
 use crate::rejects::{self, StoredReject};
@@ -20,6 +18,13 @@ use sea_orm::DatabaseConnection;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// Why a run of an unchanged file was skipped.
+const UNCHANGED: &str = "unchanged since the last sync";
+
+/// Why a run of the content a revert undid was skipped (docs/mirrors.md#revert).
+const HELD_BACK: &str =
+    "the content in place was undone by a revert: held back until the file changes (sync --force applies it)";
 
 /// What to sync of a configured mirror, and how.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +74,9 @@ pub(crate) fn run_options(
         allow_mass_delete: request.allow_mass_delete,
         allow_mass_update: request.allow_mass_update,
         journal_keep_runs: settings.retention.journal.keep_runs,
+        journal_keep_days: settings.retention.journal.keep_days.into(),
+        history: settings.retention.runs,
+        verify_every: settings.triggers.verify_every,
         lock_wait: settings.database.lock_wait_timeout,
         force: request.force,
     }
@@ -120,7 +128,7 @@ pub async fn run_mirror_sync(
         Ok(Ran::Synced(s)) if s.skipped() => (
             Outcome::Skipped,
             Counts::default(),
-            Some("unchanged since the last sync".to_owned()),
+            Some(if s.held_back { HELD_BACK } else { UNCHANGED }.to_owned()),
         ),
         Ok(Ran::Synced(s)) => (Outcome::Synced, s.counts(), None),
         Ok(Ran::Skipped(reason)) => (Outcome::Skipped, Counts::default(), Some(reason)),
@@ -144,9 +152,7 @@ pub async fn run_mirror_sync(
     crate::metrics::record_run(label, outcome, &summary.counts, summary.duration);
     if outcome == Outcome::Refused {
         crate::metrics::record_refused(label);
-    } else if outcome == Outcome::Skipped
-        && summary.reason.as_deref() == Some("unchanged since the last sync")
-    {
+    } else if outcome == Outcome::Skipped && summary.reason.as_deref() == Some(UNCHANGED) {
         crate::metrics::record_in_sync(label);
     }
     super::finished_event(&summary, stage);
@@ -293,7 +299,7 @@ async fn locked(
     spec: &MirrorSpec,
     request: &MirrorRequest,
     load_id: LoadId,
-    mut lock: AdvisoryLock,
+    lock: AdvisoryLock,
     stages: &mut StageTimes,
     file: &str,
 ) -> Result<Ran, Failure> {
@@ -319,23 +325,21 @@ async fn locked(
         return Err(bookkeeping(e));
     }
     let options = run_options(&ctx.settings, spec, request);
-    let run = LockedRun {
-        load_id,
-        lock_pid: lock.pid(),
-    };
-    let stalled = lock.stalled(ctx.settings.database.timeout);
     let tables_dir = ctx.settings.csv.tables_dir.clone();
+    // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
     let outcome = tokio::select! {
-        outcome = locked_sync(db, spec, &tables_dir, &options, run, stages) => outcome,
-        e = stalled => Err(MirrorRunError::Lock { mirror: mirror.to_owned(), source: e }),
+        outcome = locked_sync(db, spec, &tables_dir, &options, &lock, load_id, stages) => outcome,
+        e = lock.stalled(ctx.settings.database.timeout) => Err(MirrorRunError::Lock { mirror: mirror.to_owned(), source: e }),
     };
     lock.release().await;
     let (result, rejects) = match outcome {
         Ok(summary) => {
             let rejects = summary.rejects.clone();
             let counts = summary.counts();
-            let (outcome, reason) = if summary.skipped() {
-                (Outcome::Skipped, Some("unchanged since the last sync"))
+            let (outcome, reason) = if summary.held_back {
+                (Outcome::Skipped, Some(HELD_BACK))
+            } else if summary.skipped() {
+                (Outcome::Skipped, Some(UNCHANGED))
             } else {
                 (Outcome::Synced, None)
             };

@@ -605,7 +605,7 @@ async fn locked_run(
     };
     stages.begin(Stage::Lock);
     let lock = take_run_lock(ctx, request, load_id, &file, &cancel).await?;
-    let Some(mut lock) = lock else {
+    let Some(lock) = lock else {
         let reason = "another sync of this database is in progress (advisory lock held)";
         tracing::warn!("{reason}; skipping");
         record_unlocked(

@@ -392,11 +392,18 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
 
     // The run drops its staging table after hashing: a session holding a lock
     // on it holds the run there, deterministically, while part 2 is rewritten.
+    let staging = followers_etl::mirror::store::MirrorSql::new(&env.spec).staging_table();
+    let relname = staging
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
     env.env
-        .exec("CREATE TABLE etl_mirror_staging.parts (x int)")
+        .exec(&format!("CREATE TABLE IF NOT EXISTS {staging} (x int)"))
         .await;
     let mut holder = env.env.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE etl_mirror_staging.parts IN ACCESS EXCLUSIVE MODE")
+    sqlx::query(&format!("LOCK TABLE {staging} IN ACCESS EXCLUSIVE MODE"))
         .execute(&mut *holder)
         .await
         .unwrap();
@@ -404,8 +411,9 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
         crate::helpers::eventually(30, "the run waiting for the staging table", || async {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                  WHERE c.relname = 'parts' AND NOT l.granted",
+                  WHERE c.relname = $1 AND NOT l.granted",
             )
+            .bind(&relname)
             .fetch_one(&env.env.pool)
             .await
             .unwrap();
@@ -427,11 +435,11 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
         "{e}"
     );
     assert_eq!(env.rows().await, named(1..=12), "nothing merged");
-    let staging: bool =
-        sqlx::query_scalar("SELECT to_regclass('etl_mirror_staging.parts') IS NOT NULL")
-            .fetch_one(&env.env.pool)
-            .await
-            .unwrap();
+    let staging: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&staging)
+        .fetch_one(&env.env.pool)
+        .await
+        .unwrap();
     assert!(!staging, "staging is dropped");
 
     // The next run syncs the new content.

@@ -214,9 +214,10 @@ fn write(env: &Env, rows: &[Fields]) {
     env.env.write_file("subscribers.csv", csv(rows));
 }
 
+/// Whether a staging table is left (they are named by the table, not the mirror).
 async fn staging_exists(env: &Env) -> bool {
     sqlx::query_scalar::<_, bool>(
-        "SELECT to_regclass('etl_mirror_staging.subscribers') IS NOT NULL",
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'etl_mirror_staging')",
     )
     .fetch_one(&env.env.pool)
     .await
@@ -292,13 +293,28 @@ async fn a_mirror_syncs_every_change_skips_an_unchanged_file_and_reverts() {
     assert_eq!(reverted.load_id, b.load_id.unwrap());
     assert_eq!(reverted.changed, 5);
     assert_eq!(table_rows(&env, &spec).await, expected(&file_a()));
-    // The next sync applies the file again, though it is unchanged.
-    let reapplied = env.sync(&spec, options).await.unwrap();
+    // As the followers revert: the content it undid is held back until the
+    // file changes (docs/mirrors.md#revert); a forced sync applies it again.
+    let held = env.sync(&spec, options).await.unwrap();
+    assert!(held.skipped() && held.held_back, "{held:?}");
+    assert_eq!(table_rows(&env, &spec).await, expected(&file_a()));
+    let reapplied = env
+        .sync(
+            &spec,
+            MirrorRunOptions {
+                force: true,
+                ..options
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (reapplied.inserted, reapplied.updated, reapplied.deleted),
         (1, 3, 1)
     );
     assert_eq!(table_rows(&env, &spec).await, expected(&file_b()));
+    let after = env.sync(&spec, options).await.unwrap();
+    assert!(after.skipped() && !after.held_back, "{after:?}");
 }
 
 #[tokio::test]
@@ -531,9 +547,10 @@ async fn two_mirrors_sync_at_once_and_one_mirror_runs_once_at_a_time() {
 
     // Held by another session: busy, whatever the followers' run lock does.
     let mut holder = env.env.pool.acquire().await.unwrap();
+    let (k1, k2) = mirror_lock_key(&accounts);
     sqlx::query("SELECT pg_advisory_lock($1, $2)")
-        .bind(followers_etl::db::MIRROR_LOCK_CLASS)
-        .bind(mirror_lock_key(&accounts))
+        .bind(k1)
+        .bind(k2)
         .execute(&mut *holder)
         .await
         .unwrap();
@@ -583,11 +600,19 @@ async fn a_file_rewritten_between_the_hash_and_the_read_fails_the_run() {
         .await
         .unwrap();
     env.env.write_file("accounts.csv", accounts_csv(10, " v2"));
+    // The run's staging table, named by its table (docs/mirrors.md#tables).
+    let staging = followers_etl::mirror::store::MirrorSql::new(&accounts).staging_table();
+    let relname = staging
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
     env.env
-        .exec("CREATE TABLE etl_mirror_staging.accounts (x int)")
+        .exec(&format!("CREATE TABLE IF NOT EXISTS {staging} (x int)"))
         .await;
     let mut holder = env.env.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE etl_mirror_staging.accounts IN ACCESS EXCLUSIVE MODE")
+    sqlx::query(&format!("LOCK TABLE {staging} IN ACCESS EXCLUSIVE MODE"))
         .execute(&mut *holder)
         .await
         .unwrap();
@@ -595,8 +620,9 @@ async fn a_file_rewritten_between_the_hash_and_the_read_fails_the_run() {
         crate::helpers::eventually(30, "the run waiting for the staging table", || async {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                  WHERE c.relname = 'accounts' AND NOT l.granted",
+                  WHERE c.relname = $1 AND NOT l.granted",
             )
+            .bind(&relname)
             .fetch_one(&env.env.pool)
             .await
             .unwrap();
@@ -636,4 +662,576 @@ async fn a_missing_file_is_a_read_error_naming_it() {
         e.to_string().contains("accounts.csv: cannot read the file"),
         "{e}"
     );
+}
+
+// Exactness (docs/mirrors.md#skip, #revert, #retention): the skip trusts the
+// table only as far as its write counter, identity and definition vouch for
+// it; runs are in commit order; a revert is exact or refused; retention counts
+// the runs that hold a journal.
+
+/// `accounts` with `name` read from another header column (`title`).
+const ACCOUNTS_BY_TITLE: &str = r#"
+[[mirror]]
+name = "accounts"
+file = "accounts.csv"
+table = 'crm."Accounts"'
+key = ["id"]
+columns = [
+  { name = "id",   type = "integer" },
+  { name = "name", type = "text", source = "title" },
+]
+"#;
+
+/// `id,name` and the accounts' names, by id.
+async fn accounts(env: &Env) -> Vec<(i32, String)> {
+    sqlx::query_as(r#"SELECT id, name FROM crm."Accounts" ORDER BY id"#)
+        .fetch_all(&env.env.pool)
+        .await
+        .unwrap()
+}
+
+fn numbered(n: u32, suffix: &str) -> Vec<(i32, String)> {
+    (1..=n)
+        .map(|i| (i32::try_from(i).unwrap(), format!("Account {i}{suffix}")))
+        .collect()
+}
+
+/// Version 2 of 20 accounts: 1 to 5 renamed, 20 deleted, 21 new.
+fn accounts_v2() -> String {
+    let mut out = String::from("id,name\n");
+    for i in 1..=19 {
+        let suffix = if i <= 5 { " v2" } else { "" };
+        out += &format!("{i},Account {i}{suffix}\n");
+    }
+    out + "21,Account 21\n"
+}
+
+fn accounts_v2_rows() -> Vec<(i32, String)> {
+    let mut rows: Vec<(i32, String)> = accounts_v2()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (id, name) = l.split_once(',').unwrap();
+            (id.parse().unwrap(), name.to_owned())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn a_dropped_and_recreated_table_is_filled_again_by_an_unchanged_file() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    let options = MirrorRunOptions::default();
+    env.sync(&spec, options).await.unwrap();
+    assert!(env.sync(&spec, options).await.unwrap().skipped());
+
+    env.env.exec(r#"DROP TABLE crm."Accounts""#).await;
+    let again = env.sync(&spec, options).await.unwrap();
+    assert!(!again.skipped(), "the table was replaced: {again:?}");
+    assert_eq!(again.inserted, 20);
+    assert!(
+        again
+            .sync_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("dropped, replaced or renamed")),
+        "{again:?}"
+    );
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+    assert!(env.sync(&spec, options).await.unwrap().skipped());
+}
+
+#[tokio::test]
+async fn edits_outside_the_agent_are_undone_by_an_unchanged_file() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    let options = MirrorRunOptions::default();
+    env.sync(&spec, options).await.unwrap();
+    // The agent's own merge is not counted as an edit.
+    assert!(env.sync(&spec, options).await.unwrap().skipped());
+    assert!(
+        env.env
+            .scalar(
+                r#"SELECT count(*) FROM pg_trigger
+                    WHERE tgrelid = 'crm."Accounts"'::regclass AND tgname = 'followers_etl_mirror_writes'"#
+            )
+            .await
+            == 1,
+        "the write counter is installed when the table is prepared"
+    );
+
+    env.env
+        .exec(r#"UPDATE crm."Accounts" SET name = 'edited' WHERE id = 3"#)
+        .await;
+    env.env
+        .exec(r#"DELETE FROM crm."Accounts" WHERE id = 4"#)
+        .await;
+    env.env
+        .exec(r#"INSERT INTO crm."Accounts" (id, name) VALUES (99, 'stray')"#)
+        .await;
+    let s = env.sync(&spec, options).await.unwrap();
+    assert_eq!((s.inserted, s.updated, s.deleted), (1, 1, 1), "{s:?}");
+    assert!(
+        s.sync_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("changed outside the agent") && r.contains("3 writing")),
+        "{s:?}"
+    );
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+    assert!(env.sync(&spec, options).await.unwrap().skipped());
+
+    env.env.exec(r#"TRUNCATE crm."Accounts""#).await;
+    let s = env
+        .sync(
+            &spec,
+            MirrorRunOptions {
+                max_delete_ratio: 1.0,
+                ..options
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.inserted, 20, "{s:?}");
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+
+    // A disabled counter vouches for nothing: compared once VERIFY_EVERY passed.
+    env.env
+        .exec(r#"ALTER TABLE crm."Accounts" DISABLE TRIGGER followers_etl_mirror_writes"#)
+        .await;
+    env.env
+        .exec(r#"UPDATE crm."Accounts" SET name = 'unseen' WHERE id = 5"#)
+        .await;
+    let no_counter = MirrorRunOptions {
+        verify_every: Duration::ZERO,
+        ..options
+    };
+    let s = env.sync(&spec, no_counter).await.unwrap();
+    assert_eq!(s.updated, 1, "{s:?}");
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+}
+
+#[tokio::test]
+async fn a_changed_definition_syncs_an_unchanged_file() {
+    let env = env().await;
+    let mut file = String::from("id,name,title\n");
+    for i in 1..=20 {
+        file += &format!("{i},Account {i},Title {i}\n");
+    }
+    env.env.write_file("accounts.csv", file);
+    let options = MirrorRunOptions::default();
+    env.sync(&spec(ACCOUNTS), options).await.unwrap();
+    assert!(env.sync(&spec(ACCOUNTS), options).await.unwrap().skipped());
+
+    let by_title = spec(ACCOUNTS_BY_TITLE);
+    let s = env
+        .sync(
+            &by_title,
+            MirrorRunOptions {
+                max_update_ratio: 1.0,
+                ..options
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.updated, 20, "{s:?}");
+    assert!(
+        s.sync_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("definition")),
+        "{s:?}"
+    );
+    let titled: Vec<(i32, String)> = (1..=20).map(|i| (i, format!("Title {i}"))).collect();
+    assert_eq!(accounts(&env).await, titled);
+    assert!(env.sync(&by_title, options).await.unwrap().skipped());
+
+    // A run is reverted only with the definition it merged with.
+    let e = revert_mirror_last(&env.db, &env.url, &spec(ACCOUNTS), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, MirrorRunError::DefinitionChanged { load_id, .. } if Some(load_id) == s.load_id),
+        "{e}"
+    );
+    assert_eq!(accounts(&env).await, titled);
+    revert_mirror_last(&env.db, &env.url, &by_title, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+}
+
+#[tokio::test]
+async fn runs_are_reverted_in_commit_order_not_load_id_order() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    let options = MirrorRunOptions::default();
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, options).await.unwrap();
+    env.env.write_file("accounts.csv", accounts_v2());
+    let b = env.sync(&spec, options).await.unwrap();
+    // The second run's agent had its clock behind: its UUID v7 sorts first.
+    let early = uuid::Uuid::parse_str("00000000-0000-7000-8000-000000000001").unwrap();
+    for table in ["mirror_journal", "mirror_runs"] {
+        sqlx::query(&format!(
+            "UPDATE etl_info_schema.{table} SET load_id = $1 WHERE load_id = $2"
+        ))
+        .bind(early)
+        .bind(b.load_id.unwrap())
+        .execute(&env.env.pool)
+        .await
+        .unwrap();
+    }
+    let reverted = revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reverted.load_id, early, "the run committed last is undone");
+    assert_eq!(reverted.changed, 7);
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+}
+
+#[tokio::test]
+async fn a_revert_refuses_rows_changed_since_the_run_and_checks_its_counts() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    let options = MirrorRunOptions::default();
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, options).await.unwrap();
+    env.env.write_file("accounts.csv", accounts_v2());
+    let b = env.sync(&spec, options).await.unwrap();
+    let revert = || revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5));
+
+    // A renamed row edited again, and the deleted row back: not exact.
+    env.env
+        .exec(r#"UPDATE crm."Accounts" SET name = 'by hand' WHERE id = 2"#)
+        .await;
+    env.env
+        .exec(r#"INSERT INTO crm."Accounts" (id, name) VALUES (20, 'back')"#)
+        .await;
+    let e = revert().await.unwrap_err();
+    assert!(
+        matches!(&e, MirrorRunError::RevertDrift { count: 2, load_id, .. } if Some(*load_id) == b.load_id),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(r#"{"id": 2}: changed by the run, changed again now"#)
+            && text.contains(r#"{"id": 20}: deleted by the run, present now"#),
+        "{text}"
+    );
+    let mut edited = accounts_v2_rows();
+    edited[1].1 = "by hand".into();
+    edited.insert(19, (20, "back".into()));
+    assert_eq!(accounts(&env).await, edited, "nothing changed");
+
+    // Put back as the run left it, but a trigger keeps one row from being
+    // written back: the counts differ from the journal's, so it rolls back.
+    env.env
+        .exec(r#"UPDATE crm."Accounts" SET name = 'Account 2 v2' WHERE id = 2"#)
+        .await;
+    env.env
+        .exec(r#"DELETE FROM crm."Accounts" WHERE id = 20"#)
+        .await;
+    env.env
+        .exec(
+            r#"CREATE FUNCTION crm.keep_three() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN IF OLD.id = 3 THEN RETURN NULL; END IF; RETURN NEW; END $$;
+               CREATE TRIGGER keep_three BEFORE UPDATE ON crm."Accounts"
+                  FOR EACH ROW EXECUTE FUNCTION crm.keep_three()"#,
+        )
+        .await;
+    let e = revert().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MirrorRunError::RevertMismatch {
+                expected: 5,
+                actual: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(accounts(&env).await, accounts_v2_rows(), "rolled back");
+
+    env.env
+        .exec(r#"DROP TRIGGER keep_three ON crm."Accounts""#)
+        .await;
+    let done = revert().await.unwrap();
+    assert_eq!(done.changed, 7);
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+}
+
+#[tokio::test]
+async fn a_revert_holds_its_content_back_until_the_file_changes() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    let options = MirrorRunOptions::default();
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, options).await.unwrap();
+    env.env.write_file("accounts.csv", accounts_v2());
+    env.sync(&spec, options).await.unwrap();
+    // A run that changes nothing after it: the file in place is still held back.
+    assert!(!env
+        .sync(
+            &spec,
+            MirrorRunOptions {
+                force: true,
+                ..options
+            }
+        )
+        .await
+        .unwrap()
+        .skipped());
+    revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let held = env.sync(&spec, options).await.unwrap();
+        assert!(held.skipped() && held.held_back, "{held:?}");
+        assert_eq!(accounts(&env).await, numbered(20, ""));
+    }
+    // A new file is applied.
+    env.env.write_file("accounts.csv", accounts_csv(20, " v3"));
+    let s = env.sync(&spec, options).await.unwrap();
+    assert_eq!(s.updated, 20);
+    assert_eq!(accounts(&env).await, numbered(20, " v3"));
+}
+
+async fn journal_rows(env: &Env) -> i64 {
+    env.env
+        .scalar("SELECT count(*) FROM etl_info_schema.mirror_journal")
+        .await
+}
+
+#[tokio::test]
+async fn retention_counts_the_runs_that_hold_a_journal_and_honours_days() {
+    let env = env().await;
+    let mut spec = spec(ACCOUNTS);
+    spec.overrides.journal_keep_runs = Some(2);
+    let options = MirrorRunOptions {
+        history: followers_etl::config::RunRetention {
+            keep_days: None,
+            keep_runs: None,
+        },
+        ..MirrorRunOptions::default()
+    };
+    let forced = MirrorRunOptions {
+        force: true,
+        ..options
+    };
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    let a = env.sync(&spec, options).await.unwrap();
+    env.env.write_file("accounts.csv", accounts_v2());
+    env.sync(&spec, options).await.unwrap();
+    for _ in 0..3 {
+        let s = env.sync(&spec, forced).await.unwrap();
+        assert_eq!(s.journaled, 0);
+    }
+    // Runs that changed nothing hold no journal and do not count.
+    assert_eq!(journal_rows(&env).await, 27);
+
+    // JOURNAL_KEEP_DAYS: the first run's journal is too old.
+    sqlx::query(
+        "UPDATE etl_info_schema.mirror_runs SET finished_at = now() - interval '40 days' WHERE load_id = $1",
+    )
+    .bind(a.load_id.unwrap())
+    .execute(&env.env.pool)
+    .await
+    .unwrap();
+    env.sync(
+        &spec,
+        MirrorRunOptions {
+            journal_keep_days: 30,
+            ..forced
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(journal_rows(&env).await, 7);
+    let journaled: Option<i64> =
+        sqlx::query_scalar("SELECT journaled FROM etl_info_schema.mirror_runs WHERE load_id = $1")
+            .bind(a.load_id.unwrap())
+            .fetch_one(&env.env.pool)
+            .await
+            .unwrap();
+    assert_eq!(journaled, None, "a pruned journal is marked so");
+
+    // HISTORY_KEEP_RUNS: the run records too, each with its journal.
+    let last = env
+        .sync(
+            &spec,
+            MirrorRunOptions {
+                history: followers_etl::config::RunRetention {
+                    keep_days: None,
+                    keep_runs: Some(3),
+                },
+                ..forced
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        env.env
+            .scalar("SELECT count(*) FROM etl_info_schema.mirror_runs")
+            .await,
+        3
+    );
+    let newest: uuid::Uuid = sqlx::query_scalar(
+        "SELECT load_id FROM etl_info_schema.mirror_runs ORDER BY commit_seq DESC LIMIT 1",
+    )
+    .fetch_one(&env.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(Some(newest), last.load_id);
+    assert_eq!(journal_rows(&env).await, 0);
+}
+
+#[tokio::test]
+async fn an_application_column_of_a_not_null_domain_does_not_break_revert_or_rejects() {
+    let env = env().await;
+    let mut spec = spec(ACCOUNTS);
+    spec.overrides.max_rejects = Some(1);
+    let options = MirrorRunOptions::default();
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, options).await.unwrap();
+    env.env
+        .exec(
+            r#"CREATE DOMAIN crm.level AS int NOT NULL;
+               ALTER TABLE crm."Accounts" ADD COLUMN app_level crm.level DEFAULT 1"#,
+        )
+        .await;
+    // A rejected line (its key valid) protects its key: read back as the
+    // key's type, not through the table's row type.
+    env.env.write_file("accounts.csv", accounts_v2() + "7\n");
+    let s = env.sync(&spec, options).await.unwrap();
+    assert_eq!((s.inserted, s.updated, s.deleted, s.rejected), (1, 5, 1, 1));
+    let done = revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(done.changed, 7);
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+    assert_eq!(
+        env.env
+            .scalar(r#"SELECT count(*) FROM crm."Accounts" WHERE app_level = 1"#)
+            .await,
+        20
+    );
+}
+
+/// The pid of the session holding the mirror's run lock, if any.
+async fn lock_holder(env: &Env, spec: &MirrorSpec) -> Option<i32> {
+    let (k1, k2) = mirror_lock_key(spec);
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+            AND classid = $1::int4::oid AND objid = $2::int4::oid AND objsubid = 2",
+    )
+    .bind(k1)
+    .bind(k2)
+    .fetch_optional(&env.env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_that_lost_its_lock_leaves_staging_to_the_run_that_took_it() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    env.env.write_file("accounts.csv", accounts_v2());
+    let options = MirrorRunOptions {
+        lock_wait: Duration::from_secs(60),
+        ..MirrorRunOptions::default()
+    };
+    // Another session holds a writer's lock on the table: the merge waits.
+    let mut writer = env.env.pool.begin().await.unwrap();
+    sqlx::query(r#"LOCK TABLE crm."Accounts" IN ROW EXCLUSIVE MODE"#)
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let mut taker = env.env.pool.acquire().await.unwrap();
+    let control = async {
+        crate::helpers::eventually(30, "the merge waiting for the table", || async {
+            let waiting = env
+                .env
+                .scalar(
+                    r#"SELECT count(*) FROM pg_locks WHERE NOT granted
+                        AND relation = 'crm."Accounts"'::regclass"#,
+                )
+                .await;
+            (waiting > 0).then_some(())
+        })
+        .await;
+        // The run's lock session ends; another run takes the lock over.
+        let pid = lock_holder(&env, &spec).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&env.env.pool)
+            .await
+            .unwrap();
+        let (k1, k2) = mirror_lock_key(&spec);
+        sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            .bind(k1)
+            .bind(k2)
+            .execute(&mut *taker)
+            .await
+            .unwrap();
+        writer.commit().await.unwrap();
+    };
+    let (result, ()) = tokio::join!(env.sync(&spec, options), control);
+    let e = result.unwrap_err();
+    assert!(matches!(e, MirrorRunError::Lost { .. }), "{e}");
+    assert_eq!(accounts(&env).await, numbered(20, ""), "nothing committed");
+    assert!(
+        staging_exists(&env).await,
+        "the staging table is the new holder's: not dropped without the lock"
+    );
+}
+
+#[tokio::test]
+async fn tables_whose_32_bit_lock_keys_collide_have_their_own_locks() {
+    let env = env().await;
+    let base = spec(ACCOUNTS);
+    // Two tables whose keys share their first 32 bits (the old key).
+    let mut seen = std::collections::HashMap::new();
+    let with_table = |i: u32| {
+        let mut s = base.clone();
+        s.table = followers_etl::mirror::TableName::new("crm", &format!("t{i}")).unwrap();
+        s
+    };
+    let (one, two) = (0u32..)
+        .find_map(|i| {
+            let k = mirror_lock_key(&with_table(i));
+            seen.insert(k.0, i).map(|j| (j, i))
+        })
+        .unwrap();
+    let (one, two) = (with_table(one), with_table(two));
+    assert_eq!(mirror_lock_key(&one).0, mirror_lock_key(&two).0);
+    assert_ne!(mirror_lock_key(&one), mirror_lock_key(&two));
+    // Staging is keyed as the lock: by the table, whatever the mirror's name.
+    let mut renamed = one.clone();
+    renamed.name = followers_etl::mirror::MirrorName::parse("other").unwrap();
+    assert_eq!(
+        followers_etl::mirror::store::MirrorSql::new(&renamed).staging_table(),
+        followers_etl::mirror::store::MirrorSql::new(&one).staging_table()
+    );
+
+    let mut holder = env.env.pool.acquire().await.unwrap();
+    let (k1, k2) = mirror_lock_key(&one);
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(k1)
+        .bind(k2)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    env.env.write_file("accounts.csv", accounts_csv(3, ""));
+    let options = MirrorRunOptions::default();
+    assert!(matches!(
+        env.sync(&one, options).await,
+        Err(MirrorRunError::Busy { .. })
+    ));
+    let s = env.sync(&two, options).await.unwrap();
+    assert_eq!(s.inserted, 3);
 }

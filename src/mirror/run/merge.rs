@@ -1,16 +1,20 @@
-//! The table, the duplicates and the merge of a mirror's run, and its revert
-//! (docs/mirrors.md#runs). The merge is one transaction: every lock wait bounded
+//! The table, the duplicates and the merge of a mirror's run (its revert is in
+//! `revert`; docs/mirrors.md#runs). The merge is one transaction: every lock wait bounded
 //! by `LOCK_WAIT_TIMEOUT`, the table locked against writers (`SHARE ROW
 //! EXCLUSIVE`, as the followers merge: readers go on), the diff, the guard, the
-//! journaled writes (each checked against the diff's count), the run's record
-//! and the journal's retention; any error rolls it all back.
+//! journaled writes (each checked against the diff's count) and the run's
+//! record; any error rolls it all back. Its writes are the agent's own
+//! (`OWN_WRITE`: the table's write counter does not count them). After the
+//! commit, under the run lock, the retention of the journal and of the runs
+//! (`retain`). The skip check (`trust`) and the table's preparation too.
 
 use super::read::ReadOutcome;
-use super::{run_lock, stmt, MirrorRevert, MirrorRunError, MirrorRunOptions, MirrorSummary};
-use crate::config::DatabaseUrl;
+use super::{stmt, MirrorRunError, MirrorRunOptions, MirrorSummary};
 use crate::domain::LoadId;
-use crate::mirror::store::{CatalogColumn, MirrorSql, TableState, Write};
+use crate::errors::error_chain;
+use crate::mirror::store::{definition_fingerprint, CatalogColumn, MirrorSql, TableState, Write};
 use crate::mirror::MirrorSpec;
+use crate::pipeline::drift::OWN_WRITE;
 use crate::pipeline::merge::{is_lock_timeout, Guard, MergeError};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait, Value,
@@ -25,7 +29,7 @@ pub(super) fn db_error(spec: &MirrorSpec, step: &'static str, source: DbErr) -> 
     }
 }
 
-fn count(n: i64) -> u64 {
+pub(super) fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
@@ -34,10 +38,12 @@ fn signed(n: u64) -> i64 {
 }
 
 /// Checks the mirror's table against its definition; creates it (and its
-/// schema) when absent.
+/// schema) when absent; installs its write counter when missing.
+#[tracing::instrument(skip_all, fields(mirror = %sql.spec().name))]
 pub(super) async fn prepare_table(
     db: &DatabaseConnection,
     sql: &MirrorSql<'_>,
+    lock_wait: std::time::Duration,
 ) -> Result<(), MirrorRunError> {
     let spec = sql.spec();
     let at = |source| db_error(spec, "table", source);
@@ -85,27 +91,130 @@ pub(super) async fn prepare_table(
             .await
             .map_err(at)?;
     }
+    ensure_counter(db, sql, lock_wait).await
+}
+
+/// Installs the table's write counter when it is missing (a new table, the
+/// first run after the migration, a table replaced): then the count the last
+/// sync saw is forgotten, so an unchanged file is compared once. Where it
+/// cannot be installed (a role without TRIGGER on the table), says so: edits
+/// outside the agent are then found by a comparison every `VERIFY_EVERY`.
+async fn ensure_counter(
+    db: &DatabaseConnection,
+    sql: &MirrorSql<'_>,
+    lock_wait: std::time::Duration,
+) -> Result<(), MirrorRunError> {
+    let spec = sql.spec();
+    let at = |source| db_error(spec, "table", source);
+    let installed: bool = db
+        .query_one(stmt(
+            &sql.counter_installed(),
+            vec![Value::from(spec.table.sql())],
+        ))
+        .await
+        .map_err(at)?
+        .map_or(Ok(false), |r| r.try_get_by_index(0))
+        .map_err(at)?;
+    if installed {
+        return Ok(());
+    }
+    let install = async {
+        let txn = db.begin().await?;
+        txn.execute_unprepared(&sql.lock_writers(crate::convert::millis_int4(lock_wait)))
+            .await?;
+        txn.execute_unprepared(&sql.install_counter()).await?;
+        txn.execute(stmt(
+            &sql.forget_counter(),
+            vec![Value::from(spec.name.to_string())],
+        ))
+        .await?;
+        txn.commit().await
+    };
+    if let Err(e) = install.await {
+        tracing::warn!(
+            mirror = %spec.name,
+            error = %error_chain(&e),
+            "cannot install the write counter on {} (it needs TRIGGER on the table): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY (docs/mirrors.md#skip)",
+            spec.table
+        );
+    }
     Ok(())
 }
 
-/// The content hash of the mirror's last sync, if any.
-pub(super) async fn last_hash(
+/// Whether an unchanged file may be skipped (docs/mirrors.md#skip).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Trust {
+    /// The file, the definition and the table are what the last sync or revert
+    /// left; `held_back`: a revert holds this content back.
+    Skip { held_back: bool },
+    /// Run; with why, when the file itself is unchanged.
+    Sync(Option<String>),
+}
+
+/// Compares the file's hash, the definition's fingerprint, the table's identity
+/// and its write counter with what the last sync or revert recorded.
+#[tracing::instrument(skip_all, fields(mirror = %sql.spec().name))]
+pub(super) async fn trust(
     db: &DatabaseConnection,
-    spec: &MirrorSpec,
-) -> Result<Option<String>, MirrorRunError> {
+    sql: &MirrorSql<'_>,
+    hash: &str,
+    verify_every: std::time::Duration,
+) -> Result<Trust, MirrorRunError> {
+    let spec = sql.spec();
+    let at = |source| db_error(spec, "status", source);
     let row = db
         .query_one(stmt(
-            "SELECT last_hash FROM etl_info_schema.mirror_status WHERE mirror = $1",
-            vec![Value::from(spec.name.to_string())],
+            &sql.skip_check(),
+            vec![
+                Value::from(spec.name.to_string()),
+                Value::from(spec.table.sql()),
+                Value::from(verify_every.as_secs_f64()),
+            ],
         ))
         .await
-        .map_err(|e| db_error(spec, "status", e))?;
-    match row {
-        None => Ok(None),
-        Some(row) => row
-            .try_get_by_index::<Option<String>>(0)
-            .map_err(|e| db_error(spec, "status", e)),
+        .map_err(at)?
+        .ok_or_else(|| at(DbErr::RecordNotFound("the skip check".into())))?;
+    let last_hash: Option<String> = row.try_get_by_index(0).map_err(at)?;
+    let fingerprint: Option<String> = row.try_get_by_index(1).map_err(at)?;
+    let same_table: bool = row.try_get_by_index(2).map_err(at)?;
+    let counting: bool = row.try_get_by_index(3).map_err(at)?;
+    let now: i64 = row.try_get_by_index(4).map_err(at)?;
+    let seen: Option<i64> = row.try_get_by_index(5).map_err(at)?;
+    let due: bool = row.try_get_by_index(6).map_err(at)?;
+    let reverted: Option<uuid::Uuid> = row.try_get_by_index(7).map_err(at)?;
+    if last_hash.as_deref() != Some(hash) {
+        return Ok(Trust::Sync(None));
     }
+    let table = &spec.table;
+    let why = if fingerprint.as_deref() != Some(definition_fingerprint(spec).as_str()) {
+        "the mirror's definition (table, key, columns or modified_column) changed since the last sync".to_owned()
+    } else if !same_table {
+        format!("{table} was dropped, replaced or renamed since the last sync")
+    } else {
+        match (counting, seen) {
+            (true, Some(seen)) if seen == now => {
+                return Ok(Trust::Skip {
+                    held_back: reverted.is_some(),
+                })
+            }
+            (true, Some(seen)) => format!(
+                "{table} was changed outside the agent since the last sync ({} writing statement(s) counted)",
+                now.saturating_sub(seen)
+            ),
+            (true, None) => format!(
+                "{table}'s write counter was installed after the last sync: the table is compared with the file"
+            ),
+            (false, _) if due => format!(
+                "{table} has no write counter and was last compared with the file VERIFY_EVERY ago or longer"
+            ),
+            (false, _) => {
+                return Ok(Trust::Skip {
+                    held_back: reverted.is_some(),
+                })
+            }
+        }
+    };
+    Ok(Trust::Sync(Some(why)))
 }
 
 /// The run's load, as the merge needs it.
@@ -117,28 +226,18 @@ pub(super) struct Load<'a> {
 }
 
 /// Whether the session `pid` still holds the mirror's run lock: checked inside
-/// the merge, so a run whose lock session ended (and which another run may have
-/// overtaken) never commits.
-async fn holds_lock(
+/// the merge and the revert, so a run whose lock session ended (and which
+/// another run may have overtaken) never commits.
+pub(super) async fn holds_lock(
     txn: &DatabaseTransaction,
-    spec: &MirrorSpec,
+    sql: &MirrorSql<'_>,
     pid: i32,
 ) -> Result<(), MirrorRunError> {
-    let row = txn
-        .query_one(stmt(
-            "SELECT count(*) FROM pg_locks
-              WHERE locktype = 'advisory' AND granted AND pid = $1
-                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                AND classid = $2::int4::oid AND objid = $3::int4::oid AND objsubid = 2",
-            vec![
-                Value::from(pid),
-                Value::from(crate::db::MIRROR_LOCK_CLASS),
-                Value::from(super::mirror_lock_key(spec)),
-            ],
-        ))
+    let spec = sql.spec();
+    let held: i64 = txn
+        .query_one(stmt(&sql.holds_lock(), vec![Value::from(pid)]))
         .await
-        .map_err(|e| db_error(spec, "lock", e))?;
-    let held: i64 = row
+        .map_err(|e| db_error(spec, "lock", e))?
         .map_or(Ok(0), |r| r.try_get_by_index(0))
         .map_err(|e| db_error(spec, "lock", e))?;
     if held == 0 {
@@ -150,6 +249,7 @@ async fn holds_lock(
 }
 
 /// Resolves repeated keys (the last line wins), then merges.
+#[tracing::instrument(skip_all, fields(mirror = %sql.spec().name, load_id = %run.load_id.uuid()))]
 pub(super) async fn dedupe_and_merge(
     db: &DatabaseConnection,
     sql: &MirrorSql<'_>,
@@ -170,13 +270,9 @@ pub(super) async fn dedupe_and_merge(
         .map_err(at)?;
     let mut duplicate_examples = Vec::new();
     if extra > 0 {
-        let examples = format!(
-            "SELECT d.key::text, array_to_string(d.lines, ',') FROM ({}) d",
-            sql.duplicate_examples()
-        );
         for row in db
             .query_all(stmt(
-                &examples,
+                &sql.duplicate_examples_text(),
                 vec![Value::from(load_id.uuid()), Value::from(10i64)],
             ))
             .await
@@ -206,13 +302,7 @@ pub(super) async fn dedupe_and_merge(
             .map_err(at)?;
     }
     let staged: i64 = db
-        .query_one(stmt(
-            &format!(
-                "SELECT count(*) FROM {} WHERE load_id = $1",
-                sql.staging_table()
-            ),
-            load(),
-        ))
+        .query_one(stmt(&sql.staged_count(), load()))
         .await
         .map_err(at)?
         .map_or(Ok(0), |r| r.try_get_by_index(0))
@@ -233,10 +323,13 @@ pub(super) async fn dedupe_and_merge(
     let protected: Vec<serde_json::Value> = read.protected.into_iter().map(|(k, _)| k).collect();
     let txn = db.begin().await.map_err(|e| db_error(spec, "begin", e))?;
     let merged = async {
-        lock_table(&txn, spec, options.lock_wait).await?;
-        holds_lock(&txn, spec, run.lock_pid).await?;
+        txn.execute_unprepared(OWN_WRITE)
+            .await
+            .map_err(|e| db_error(spec, "begin", e))?;
+        lock_table(&txn, sql, options.lock_wait).await?;
+        holds_lock(&txn, sql, run.lock_pid).await?;
         merge_in(&txn, sql, options, guard, &protected, &mut summary).await?;
-        record(&txn, sql, options, run.path, &summary).await?;
+        record(&txn, sql, run.path, &summary).await?;
         // The run's record says synced in the transaction that synced it.
         finish_record(&txn, spec, load_id, &summary).await
     }
@@ -256,16 +349,13 @@ pub(super) async fn dedupe_and_merge(
 }
 
 /// Bounds lock waits, then locks the table against other writers.
-async fn lock_table(
+pub(super) async fn lock_table(
     txn: &DatabaseTransaction,
-    spec: &MirrorSpec,
+    sql: &MirrorSql<'_>,
     wait: std::time::Duration,
 ) -> Result<(), MirrorRunError> {
-    let ms = crate::convert::millis_int4(wait);
-    let lock = format!(
-        "SET LOCAL lock_timeout = '{ms}ms'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
-        spec.table.sql()
-    );
+    let spec = sql.spec();
+    let lock = sql.lock_writers(crate::convert::millis_int4(wait));
     txn.execute_unprepared(&lock).await.map_err(|e| {
         if is_lock_timeout(&e) {
             MirrorRunError::WritersBusy {
@@ -419,12 +509,12 @@ async fn finish_record(
     .map_err(|e| db_error(spec, "record", e))
 }
 
-/// The run's record (`mirror_runs`), the mirror's status (`mirror_status`) and
-/// the journal's retention: the newest `journal_keep_runs` runs keep theirs.
+/// The run's record (`mirror_runs`, its place in the commit order) and the
+/// mirror's status (`mirror_status`: the hash, the definition's fingerprint,
+/// the table's identity and its write counter now), in the merge's transaction.
 async fn record(
     txn: &DatabaseTransaction,
     sql: &MirrorSql<'_>,
-    options: &MirrorRunOptions,
     path: &Path,
     s: &MirrorSummary,
 ) -> Result<(), MirrorRunError> {
@@ -433,9 +523,7 @@ async fn record(
     let load_id = s.load_id.unwrap_or_default();
     let (mirror, table) = (spec.name.to_string(), spec.table.to_string());
     txn.execute(stmt(
-        "INSERT INTO etl_info_schema.mirror_runs (load_id, mirror, table_name, file, content_hash,
-             rows_read, inserted, updated, deleted, rejected, duplicates, journaled)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &sql.record_run(),
         vec![
             Value::from(load_id),
             Value::from(mirror.clone()),
@@ -449,131 +537,103 @@ async fn record(
             Value::from(signed(s.rejected)),
             Value::from(signed(s.duplicates)),
             Value::from(signed(s.journaled)),
+            Value::from(definition_fingerprint(spec)),
         ],
     ))
     .await
     .map_err(at)?;
     txn.execute(stmt(
-        "INSERT INTO etl_info_schema.mirror_status (mirror, table_name, last_hash, last_load_id, synced_at)
-         VALUES ($1, $2, $3, $4, now())
-         ON CONFLICT (mirror) DO UPDATE SET table_name = EXCLUDED.table_name,
-             last_hash = EXCLUDED.last_hash, last_load_id = EXCLUDED.last_load_id,
-             synced_at = EXCLUDED.synced_at",
+        &sql.record_status(),
         vec![
-            Value::from(mirror.clone()),
+            Value::from(mirror),
             Value::from(table),
             Value::from(s.content_hash.clone()),
             Value::from(load_id),
+            Value::from(definition_fingerprint(spec)),
+            Value::from(spec.table.sql()),
         ],
-    ))
-    .await
-    .map_err(at)?;
-    let keep = spec
-        .overrides
-        .journal_keep_runs
-        .unwrap_or(options.journal_keep_runs);
-    txn.execute(stmt(
-        "DELETE FROM etl_info_schema.mirror_journal j
-          WHERE j.mirror = $1 AND j.load_id NOT IN (
-                SELECT r.load_id FROM etl_info_schema.mirror_runs r
-                 WHERE r.mirror = $1 ORDER BY r.load_id DESC LIMIT $2)",
-        vec![Value::from(mirror), Value::from(signed(keep))],
     ))
     .await
     .map_err(at)?;
     Ok(())
 }
 
-/// Undoes the mirror's newest run that changed its table and is not reverted
-/// yet, from its journal, in one transaction under the mirror's run lock and
-/// the table's writer lock; the run is marked reverted and the mirror's last
-/// hash forgotten, so the next sync applies the file again.
-pub async fn revert_mirror_last(
+/// Runs one retention statement pruning at most this many runs.
+const PRUNE_BATCH: u64 = 100;
+
+/// After a committed sync, under the run lock, each statement its own
+/// transaction (never under the table's writer lock): the journal's retention
+/// (the newest `journal_keep_runs` runs that hold a journal keep theirs, none
+/// older than `journal_keep_days`) and the run records' (`history`), batch by
+/// batch. A failure is logged; the next run tries again.
+#[tracing::instrument(skip_all, fields(mirror = %sql.spec().name))]
+pub(super) async fn retain(
     db: &DatabaseConnection,
-    url: &DatabaseUrl,
-    spec: &MirrorSpec,
-    lock_wait: std::time::Duration,
-) -> Result<MirrorRevert, MirrorRunError> {
-    let lock = run_lock(url, spec).await?;
-    let result = async {
-        let txn = db.begin().await.map_err(|e| db_error(spec, "begin", e))?;
-        match revert_in(&txn, spec, lock_wait).await {
-            Ok(done) => {
-                txn.commit()
-                    .await
-                    .map_err(|e| db_error(spec, "commit", e))?;
-                Ok(done)
-            }
-            Err(e) => {
-                let _ = txn.rollback().await;
-                Err(e)
-            }
+    sql: &MirrorSql<'_>,
+    options: &MirrorRunOptions,
+) {
+    let spec = sql.spec();
+    let keep_runs = spec
+        .overrides
+        .journal_keep_runs
+        .unwrap_or(options.journal_keep_runs);
+    let batch = || Value::from(crate::convert::saturating_bigint(PRUNE_BATCH));
+    let journal = vec![
+        Value::from(spec.name.to_string()),
+        Value::from(crate::convert::saturating_bigint(keep_runs)),
+        Value::from(crate::convert::saturating_int4(options.journal_keep_days)),
+        batch(),
+    ];
+    let runs = vec![
+        Value::from(spec.name.to_string()),
+        Value::from(
+            options
+                .history
+                .keep_runs
+                .map(crate::convert::saturating_bigint),
+        ),
+        Value::from(
+            options
+                .history
+                .keep_days
+                .map(|d| crate::convert::saturating_int4(u64::from(d))),
+        ),
+        batch(),
+    ];
+    for (what, result) in [
+        ("journal", prune(db, &sql.prune_journal(), journal).await),
+        ("runs", prune(db, &sql.prune_runs(), runs).await),
+    ] {
+        match result {
+            Ok(0) => {}
+            // As the followers run: JOURNAL_KEEP_RUNS=0 drops what could be reverted.
+            Ok(pruned) if what == "journal" && keep_runs == 0 => tracing::warn!(
+                mirror = %spec.name,
+                runs = pruned,
+                "journal_keep_runs=0: the mirror's journal kept so far was dropped; those runs can no longer be reverted"
+            ),
+            Ok(pruned) => tracing::info!(mirror = %spec.name, pruned, "mirror {what} pruned"),
+            Err(e) => tracing::warn!(
+                mirror = %spec.name,
+                error = %error_chain(&e),
+                "could not prune the mirror's {what}; the next run tries again"
+            ),
         }
     }
-    .await;
-    lock.release().await;
-    result
 }
 
-async fn revert_in(
-    txn: &DatabaseTransaction,
-    spec: &MirrorSpec,
-    lock_wait: std::time::Duration,
-) -> Result<MirrorRevert, MirrorRunError> {
-    let at = |source| db_error(spec, "revert", source);
-    let mirror = spec.name.to_string();
-    lock_table(txn, spec, lock_wait).await?;
-    let run = txn
-        .query_one(stmt(
-            "SELECT r.load_id, r.journaled,
-                    (SELECT count(*) FROM etl_info_schema.mirror_journal j
-                      WHERE j.load_id = r.load_id AND j.mirror = r.mirror)
-               FROM etl_info_schema.mirror_runs r
-              WHERE r.mirror = $1 AND r.reverted_at IS NULL
-                AND r.inserted + r.updated + r.deleted > 0
-              ORDER BY r.load_id DESC LIMIT 1 FOR UPDATE",
-            vec![Value::from(mirror.clone())],
-        ))
-        .await
-        .map_err(at)?
-        .ok_or_else(|| MirrorRunError::NothingToRevert {
-            mirror: mirror.clone(),
-        })?;
-    let load_id: uuid::Uuid = run.try_get_by_index(0).map_err(at)?;
-    let journaled: i64 = run.try_get_by_index(1).map_err(at)?;
-    let kept: i64 = run.try_get_by_index(2).map_err(at)?;
-    if journaled == 0 || kept != journaled {
-        return Err(MirrorRunError::NoJournal { mirror, load_id });
+/// Runs a retention statement (returning how many runs it pruned) until a batch
+/// prunes fewer than `PRUNE_BATCH`.
+async fn prune(db: &DatabaseConnection, statement: &str, values: Vec<Value>) -> Result<u64, DbErr> {
+    let mut pruned = 0;
+    loop {
+        let n: i64 = db
+            .query_one(stmt(statement, values.clone()))
+            .await?
+            .map_or(Ok(0), |r| r.try_get_by_index(0))?;
+        pruned += count(n);
+        if count(n) < PRUNE_BATCH {
+            return Ok(pruned);
+        }
     }
-    let sql = MirrorSql::new(spec);
-    let mut changed = 0;
-    let statements = sql
-        .revert_updates()
-        .into_iter()
-        .chain([sql.revert_inserts(), sql.revert_deletes()]);
-    for statement in statements {
-        let values = vec![Value::from(load_id), Value::from(mirror.clone())];
-        changed += txn
-            .execute(stmt(&statement, values))
-            .await
-            .map_err(at)?
-            .rows_affected();
-    }
-    txn.execute(stmt(
-        "UPDATE etl_info_schema.mirror_runs SET reverted_at = now() WHERE load_id = $1;",
-        vec![Value::from(load_id)],
-    ))
-    .await
-    .map_err(at)?;
-    txn.execute(stmt(
-        "UPDATE etl_info_schema.mirror_status SET last_hash = NULL WHERE mirror = $1",
-        vec![Value::from(mirror.clone())],
-    ))
-    .await
-    .map_err(at)?;
-    Ok(MirrorRevert {
-        mirror,
-        load_id,
-        changed,
-    })
 }

@@ -3,38 +3,41 @@
 //!
 //! | step   | what                                                                   | module   |
 //! |--------|------------------------------------------------------------------------|----------|
-//! | lock   | the mirror's own run lock (busy: `MirrorRunError::Busy`)               | here     |
+//! | lock   | the run lock of the mirror's table (busy: `MirrorRunError::Busy`)      | here     |
 //! | source | the file, or the files its glob matches, each confined to `TABLES_DIR` | `source` |
-//! | table  | the table checked, or created when absent                              | `merge`  |
-//! | hash   | the source's hash; equal to the last sync's: skipped (unless `force`)  | `source` |
+//! | table  | the table checked, or created when absent; its write counter           | `merge`  |
+//! | hash   | the source's hash; skipped only when it, the definition's fingerprint  | `merge`  |
+//! |        | and the table (identity, write counter) are as last left (`trust`)     |          |
 //! | read   | every field validated for its column (rejects, `MAX_REJECTS`)          | `read`   |
-//! | stage  | COPY into `etl_mirror_staging.<mirror>`, streaming as the file reads   | `read`   |
+//! | stage  | COPY into the table's staging table, streaming as the file reads       | `read`   |
 //! | check  | the bytes read hash as the bytes hashed did, else `FileChanged`        | here     |
 //! | dedupe | a repeated key: the last line wins, reported                           | `merge`  |
 //! | merge  | one transaction: writer lock, diff, guard, journaled writes, record    | `merge`  |
+//! | retain | after the commit: the journal's and the run records' retention         | `merge`  |
 //!
-//! Any failure rolls the merge back (the table as it was) and the staging
-//! table is dropped whatever happens, under the run lock.
+//! Any failure rolls the merge back (the table as it was); the staging table is
+//! dropped on the run lock's own session, so only while the lock is held.
 
 mod history;
 mod merge;
 mod read;
+mod revert;
 mod source;
 
 pub use history::{key_from_args, mirror_history, MirrorEvent};
-pub use merge::revert_mirror_last;
 pub use read::{check_mirror_file, MirrorCheck};
+pub use revert::revert_mirror_last;
 pub(crate) use source::source_files;
 
 use super::store::{IncompatibleTable, MirrorSql};
 use super::{MirrorSource, MirrorSpec};
-use crate::config::{CsvFormat, DatabaseUrl};
+use crate::config::{CsvFormat, DatabaseUrl, RunRetention};
 use crate::db::{AdvisoryLock, DbError};
 use crate::domain::{LoadId, Stage};
 use crate::pipeline::merge::{Emptiness, Guard};
 use crate::pipeline::read::ReadError;
 use crate::pipeline::timings::StageTimes;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -52,8 +55,17 @@ pub struct MirrorRunOptions {
     pub max_update_ratio: f64,
     pub allow_mass_delete: bool,
     pub allow_mass_update: bool,
-    /// `JOURNAL_KEEP_RUNS` (0: no journal, so no revert).
+    /// `JOURNAL_KEEP_RUNS` (0: no journal, so no revert): the newest runs that
+    /// changed the table keep their journal (runs that changed nothing hold none).
     pub journal_keep_runs: u64,
+    /// `JOURNAL_KEEP_DAYS`: and no run finished longer ago than this keeps it.
+    pub journal_keep_days: u64,
+    /// `HISTORY_KEEP_RUNS`, `HISTORY_KEEP_DAYS`: how many run records
+    /// (`mirror_runs`) a mirror keeps, as `sync_runs`.
+    pub history: RunRetention,
+    /// `VERIFY_EVERY`: where the table has no write counter, how long an
+    /// unchanged file may be skipped before it is compared again.
+    pub verify_every: Duration,
     /// `LOCK_WAIT_TIMEOUT`: the longest wait for another writer of the table.
     pub lock_wait: Duration,
     /// Sync even when the file's hash equals the last sync's.
@@ -70,6 +82,12 @@ impl Default for MirrorRunOptions {
             allow_mass_delete: false,
             allow_mass_update: false,
             journal_keep_runs: 10,
+            journal_keep_days: crate::config::DEFAULT_JOURNAL_KEEP_DAYS,
+            history: RunRetention {
+                keep_days: Some(crate::config::DEFAULT_HISTORY_KEEP_DAYS),
+                keep_runs: Some(crate::config::DEFAULT_HISTORY_KEEP_RUNS),
+            },
+            verify_every: crate::config::DEFAULT_VERIFY_EVERY,
             lock_wait: Duration::from_secs(10),
             force: false,
         }
@@ -113,8 +131,15 @@ impl std::fmt::Display for MirrorReject {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MirrorSummary {
     pub mirror: String,
-    /// `None`: skipped, the file unchanged since the last sync.
+    /// `None`: skipped, the file, the definition and the table unchanged since
+    /// the last sync or revert (docs/mirrors.md#skip).
     pub load_id: Option<uuid::Uuid>,
+    /// Skipped because a revert holds this content back (until the file
+    /// changes, or a forced sync).
+    pub held_back: bool,
+    /// Why an unchanged file was synced instead of skipped (the definition
+    /// changed, the table was replaced or written outside the agent, ...).
+    pub sync_reason: Option<String>,
     pub content_hash: String,
     pub rows_read: u64,
     pub inserted: u64,
@@ -294,14 +319,37 @@ pub enum MirrorRunError {
     /// `check_mirror_file`: the two reads of the file differ.
     #[error("mirror {mirror}: {}: the file changed while it was being checked (read twice to find repeated keys); check it again once it is complete", file.display())]
     CheckedFileChanged { mirror: String, file: PathBuf },
+    #[error("mirror {mirror}: run {load_id} merged with another definition of the mirror (table, key, columns or modified_column) than the current one; a revert could not be exact, nothing changed")]
+    DefinitionChanged { mirror: String, load_id: uuid::Uuid },
+    #[error("mirror {mirror}: the journal of run {load_id} holds {found} rows, {expected} recorded; a revert could not be exact, nothing changed")]
+    JournalIncomplete {
+        mirror: String,
+        load_id: uuid::Uuid,
+        found: u64,
+        expected: u64,
+    },
+    #[error("mirror {mirror}: {count} row(s) changed outside the agent since run {load_id} (e.g. {}); a revert would not be exact, nothing changed (sync a corrected file instead)", .examples.join("; "))]
+    RevertDrift {
+        mirror: String,
+        load_id: uuid::Uuid,
+        count: u64,
+        /// Up to three, each its key (`jsonb`) and what differs.
+        examples: Vec<String>,
+    },
+    #[error("mirror {mirror}: the {op} wrote back {actual} row(s), the journal holds {expected}; rolled back, nothing changed")]
+    RevertMismatch {
+        mirror: String,
+        op: &'static str,
+        expected: u64,
+        actual: u64,
+    },
 }
 
-/// The key of a mirror's run lock, under `db::MIRROR_LOCK_CLASS`: the first four
-/// bytes of the blake3 hash of its quoted table name (one table has one mirror).
-pub fn mirror_lock_key(spec: &MirrorSpec) -> i32 {
-    let hash = blake3::hash(spec.table.sql().as_bytes());
-    let bytes = hash.as_bytes();
-    i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+/// The two keys of a mirror's run lock (`pg_try_advisory_lock(int4, int4)`):
+/// 64 bits of the blake3 hash of its quoted table name (one table has one
+/// mirror), `MirrorSql::lock_key`.
+pub fn mirror_lock_key(spec: &MirrorSpec) -> (i32, i32) {
+    MirrorSql::new(spec).lock_key()
 }
 
 /// Takes the mirror's run lock, or `Busy`.
@@ -333,6 +381,7 @@ fn stmt(sql: &str, values: Vec<Value>) -> Statement {
 
 /// Syncs one mirror: its file into its table (the steps above). Returns what it
 /// did, or why not; the table is then unchanged.
+#[tracing::instrument(skip_all, fields(mirror = %spec.name))]
 pub async fn sync_mirror(
     db: &DatabaseConnection,
     url: &DatabaseUrl,
@@ -342,21 +391,18 @@ pub async fn sync_mirror(
 ) -> Result<MirrorSummary, MirrorRunError> {
     let lock = run_lock(url, spec).await?;
     let mut stages = StageTimes::labelled(Some(spec.name.as_str()));
-    let run = LockedRun {
-        load_id: LoadId::new(),
-        lock_pid: lock.pid(),
-    };
-    let result = locked_sync(db, spec, tables_dir, &options, run, &mut stages).await;
+    let result = locked_sync(
+        db,
+        spec,
+        tables_dir,
+        &options,
+        &lock,
+        LoadId::new(),
+        &mut stages,
+    )
+    .await;
     lock.release().await;
     result
-}
-
-/// A run that holds its mirror's run lock (`run_lock`): its load and the lock's
-/// session.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LockedRun {
-    pub load_id: LoadId,
-    pub lock_pid: i32,
 }
 
 /// The steps after the lock (the table above), timed in `stages`.
@@ -365,14 +411,14 @@ pub(crate) async fn locked_sync(
     spec: &MirrorSpec,
     tables_dir: &Path,
     options: &MirrorRunOptions,
-    run: LockedRun,
+    lock: &AdvisoryLock,
+    load_id: LoadId,
     stages: &mut StageTimes,
 ) -> Result<MirrorSummary, MirrorRunError> {
-    let LockedRun { load_id, lock_pid } = run;
     let mirror = spec.name.to_string();
     let files = source_files(spec, tables_dir)?;
     let sql = MirrorSql::new(spec);
-    merge::prepare_table(db, &sql).await?;
+    merge::prepare_table(db, &sql, options.lock_wait).await?;
     stages.begin(Stage::Hash);
     let format = csv_format(spec, options);
     let hash = {
@@ -381,23 +427,35 @@ pub(crate) async fn locked_sync(
             .await
             .expect("the hash task does not panic")?
     };
-    if !options.force
-        && merge::last_hash(db, spec).await?.as_deref() == Some(hash.combined.as_str())
-    {
-        return Ok(MirrorSummary {
-            mirror,
-            content_hash: hash.combined.as_str().to_owned(),
-            ..MirrorSummary::default()
-        });
+    let sync_reason = if options.force {
+        None
+    } else {
+        match merge::trust(db, &sql, hash.combined.as_str(), options.verify_every).await? {
+            merge::Trust::Skip { held_back } => {
+                return Ok(MirrorSummary {
+                    mirror,
+                    content_hash: hash.combined.as_str().to_owned(),
+                    held_back,
+                    ..MirrorSummary::default()
+                })
+            }
+            merge::Trust::Sync(reason) => reason,
+        }
+    };
+    if let Some(reason) = &sync_reason {
+        tracing::info!(mirror = %spec.name, reason = %reason, "the file is unchanged but synced");
     }
     stages.begin(Stage::ReadAndStage);
-    let at = |step| move |source| merge::db_error(spec, step, source);
-    db.execute_unprepared(&sql.drop_staging())
-        .await
-        .map_err(at("stage"))?;
-    db.execute_unprepared(&sql.create_staging())
-        .await
-        .map_err(at("stage"))?;
+    // On the lock's session: a staging table is made and dropped only by the
+    // run that holds the table's lock.
+    for statement in [sql.drop_staging(), sql.create_staging()] {
+        lock.execute_holding(&statement)
+            .await
+            .map_err(|source| MirrorRunError::Copy {
+                mirror: mirror.clone(),
+                source,
+            })?;
+    }
     // What the run records as its file: the file, or the glob.
     let recorded = match &spec.source {
         MirrorSource::File(_) => files.first().cloned().unwrap_or_default(),
@@ -428,7 +486,7 @@ pub(crate) async fn locked_sync(
         };
         let load = merge::Load {
             load_id,
-            lock_pid,
+            lock_pid: lock.pid(),
             path: &recorded,
         };
         stages.begin(Stage::Dedupe);
@@ -451,9 +509,13 @@ pub(crate) async fn locked_sync(
         Ok(summary)
     }
     .await;
-    // Under the run lock: no other run of the mirror uses the staging table.
-    let _ = db.execute_unprepared(&sql.drop_staging()).await;
-    result
+    // Only while the lock is held: a run that lost it leaves the table to the
+    // run that took it over (which drops it before its own COPY).
+    let _ = lock.execute_holding(&sql.drop_staging()).await;
+    let mut summary = result?;
+    summary.sync_reason = sync_reason;
+    merge::retain(db, &sql, options).await;
+    Ok(summary)
 }
 
 /// A glob's empty source refused, in the glob's words.

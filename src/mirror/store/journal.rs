@@ -4,10 +4,15 @@
 //! `jsonb`), written by the same statement that makes the change (a
 //! data-modifying CTE), so the journal commits or rolls back with the merge and
 //! unchanged rows cost nothing. From it: `revert` of one load, `history` of one
-//! key. The states are read back through the table's own row type
-//! (`jsonb_populate_record`), so every value keeps its column's type.
+//! key. The states are read back as the configured columns' types
+//! (`jsonb_to_record` with a column definition list generated from the
+//! definition), so every value keeps its column's type and the table's further
+//! columns (an application's own, maybe of a domain refusing NULL) are never
+//! read. Before a revert, `revert_drift` checks that the table is still what the
+//! run left for every row it changed, and `revert_counts` gives the rows each
+//! revert statement must write back.
 
-use super::{json_object, pos, MirrorSql, Op, MODIFIED};
+use super::{json_object, pos, MirrorSql, Op, MODIFIED, RUNS};
 use crate::mirror::value::parse_value;
 use crate::mirror::MirrorSpec;
 
@@ -88,13 +93,67 @@ SELECT $1, $2, '{op}', {key}, {before}, {after} FROM changed c",
 
 impl MirrorSql<'_> {
     /// The journal rows of the load `$1` of mirror `$2` with operation `op`,
-    /// each with its `state` (`key`, `before`) as the table's row `b`.
+    /// each with its `state` (`key`, `before`) as the record `b` of the
+    /// configured columns.
     fn journal_rows(&self, op: Op, state: &str) -> String {
+        let def = if state == "key" {
+            self.key_def()
+        } else {
+            self.state_def()
+        };
         format!(
-            "{JOURNAL} j, LATERAL jsonb_populate_record(NULL::{table}, j.{state}) b
+            "{JOURNAL} j, LATERAL jsonb_to_record(j.{state}) AS b({def})
   WHERE j.load_id = $1 AND j.mirror = $2 AND j.op = '{op}'",
-            table = self.table(),
             op = op.code()
+        )
+    }
+
+    /// The rows of the load `$1` (mirror `$2`) whose state in the table is not
+    /// what the load left: an insert or update whose row is absent now or whose
+    /// configured columns (or `modified_column`) differ from its `after`, a
+    /// delete whose key is present again. Up to three, each with the key (`jsonb`
+    /// as text), the op and whether the row is present now, and how many in all
+    /// (`bigint`). A revert refuses unless this is empty: it would not be exact.
+    pub fn revert_drift(&self) -> String {
+        let mut fields: Vec<String> = self.columns().map(|(_, c)| c.name.sql()).collect();
+        if let Some(m) = &self.spec.modified_column {
+            fields.push(m.sql());
+        }
+        let row = |alias: &str| {
+            let list: Vec<String> = fields.iter().map(|f| format!("{alias}.{f}")).collect();
+            format!("ROW({})", list.join(", "))
+        };
+        let k0 = self.spec.key[0].sql();
+        format!(
+            "SELECT j.key::text, j.op::text, t.{k0} IS NOT NULL, count(*) OVER ()::bigint
+   FROM {JOURNAL} j
+   CROSS JOIN LATERAL jsonb_to_record(j.key) AS k({key_def})
+   LEFT JOIN {table} t ON {on}
+   LEFT JOIN LATERAL jsonb_to_record(j.after) AS a({state_def}) ON true
+  WHERE j.load_id = $1 AND j.mirror = $2
+    AND CASE j.op WHEN 'd' THEN t.{k0} IS NOT NULL
+                  ELSE t.{k0} IS NULL OR {now} IS DISTINCT FROM {after} END
+  ORDER BY j.key::text LIMIT 3",
+            key_def = self.key_def(),
+            state_def = self.state_def(),
+            table = self.table(),
+            on = self.key_match(
+                |_, c| format!("t.{}", c.name.sql()),
+                |_, c| format!("k.{}", c.name.sql())
+            ),
+            now = row("t"),
+            after = row("a"),
+        )
+    }
+
+    /// The journal rows of the load `$1` (mirror `$2`) by operation: inserts,
+    /// updates, deletes (`bigint` each), what `revert_inserts`, `revert_updates`
+    /// and `revert_deletes` must write back.
+    pub fn revert_counts(&self) -> String {
+        format!(
+            "SELECT count(*) FILTER (WHERE op = 'i')::bigint, count(*) FILTER (WHERE op = 'u')::bigint,
+        count(*) FILTER (WHERE op = 'd')::bigint
+   FROM {JOURNAL} WHERE load_id = $1 AND mirror = $2"
         )
     }
 
@@ -158,13 +217,14 @@ impl MirrorSql<'_> {
         )
     }
 
-    /// What the journal holds of one key of mirror `$1`, oldest load first:
-    /// `load_id`, `op`, `before`, `after` (as the text of a `jsonb` object of
-    /// text values, each PostgreSQL's own text of the value, so a `numeric`
-    /// keeps every digit), and from the run's record (`mirror_runs`, null
-    /// without one) `finished_at`, `file` and `reverted_at`. `$2` is the key as
-    /// `jsonb` of text values (`key_json`), read through the table's row type
-    /// as the journal's keys are, so `1` and `"1"` are the same `bigint`.
+    /// What the journal holds of one key of mirror `$1`, oldest run first (in
+    /// commit order, `mirror_runs.commit_seq`): `load_id`, `op`, `before`,
+    /// `after` (as the text of a `jsonb` object of text values, each
+    /// PostgreSQL's own text of the value, so a `numeric` keeps every digit),
+    /// and from the run's record (`mirror_runs`, null without one)
+    /// `finished_at`, `file` and `reverted_at`. `$2` is the key as `jsonb` of
+    /// text values (`key_json`), read as the key columns' types as the
+    /// journal's keys are, so `1` and `"1"` are the same `bigint`.
     pub fn history(&self) -> String {
         let text = |state: &str| {
             format!("(SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each_text(j.{state}) e)::text AS {state}")
@@ -173,12 +233,12 @@ impl MirrorSql<'_> {
             "SELECT j.load_id, j.op::text AS op, {before}, {after},
         r.finished_at, r.file, r.reverted_at
    FROM {JOURNAL} j
-        LEFT JOIN etl_info_schema.mirror_runs r ON r.load_id = j.load_id,
-        LATERAL jsonb_populate_record(NULL::{table}, j.key) b,
-        jsonb_populate_record(NULL::{table}, $2::jsonb) t
+        CROSS JOIN LATERAL jsonb_to_record(j.key) AS b({def})
+        CROSS JOIN jsonb_to_record($2::jsonb) AS t({def})
+        LEFT JOIN {RUNS} r ON r.load_id = j.load_id
   WHERE j.mirror = $1 AND {on}
-  ORDER BY j.load_id",
-            table = self.table(),
+  ORDER BY r.commit_seq NULLS FIRST, j.load_id",
+            def = self.key_def(),
             on = self.key_is_b(),
             before = text("before"),
             after = text("after"),

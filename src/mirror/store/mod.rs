@@ -7,6 +7,7 @@
 //! | `table`   | the mirror's own table                  | create, compatibility, diff, writes |
 //! | `staging` | `etl_mirror_staging.<mirror>` (UNLOGGED)| create, COPY, duplicates, discard   |
 //! | `journal` | `etl_info_schema.mirror_journal`        | journaled writes, revert, history   |
+//! | `status`  | `mirror_status`, `mirror_runs`, the lock | skip check, records, retention      |
 //!
 //! Every configured identifier is quoted (`names.rs`, `.sql()`); every value is a
 //! bound parameter, never formatted into the text. Internal tables (staging and
@@ -18,10 +19,12 @@
 
 mod journal;
 mod staging;
+mod status;
 mod table;
 
 pub use journal::{key_json, Write, JOURNAL};
 pub use staging::{copy_line, escape_copy_text, STAGING_SCHEMA};
+pub use status::{definition_fingerprint, COUNTER_TRIGGER, RUNS, STATUS};
 pub use table::{CatalogColumn, IncompatibleTable, TableState};
 
 use super::{quote_identifier, ColumnSpec, MirrorSpec};
@@ -89,6 +92,31 @@ impl<'a> MirrorSql<'a> {
         self.columns()
             .filter(|(_, c)| !self.spec.is_key(&c.name))
             .collect()
+    }
+
+    /// A column definition list of the key's columns (`"a" bigint, "b" text`),
+    /// for `jsonb_to_record(...) AS x(...)`: only the mirror's own columns are
+    /// read back from a `jsonb` key, never the table's whole row type (whose
+    /// further columns may be of a domain that refuses NULL).
+    fn key_def(&self) -> String {
+        self.key()
+            .into_iter()
+            .map(|(_, c)| format!("{} {}", c.name.sql(), c.ty.create_sql()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A column definition list of a journal state: every configured column
+    /// and the `modified_column` (as `timestamptz`).
+    fn state_def(&self) -> String {
+        let mut list: Vec<String> = self
+            .columns()
+            .map(|(_, c)| format!("{} {}", c.name.sql(), c.ty.create_sql()))
+            .collect();
+        if let Some(m) = &self.spec.modified_column {
+            list.push(format!("{} timestamptz", m.sql()));
+        }
+        list.join(", ")
     }
 
     /// `a.x = b.y AND ...` over the key: `left(i, column)` and `right(i, column)`

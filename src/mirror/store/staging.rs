@@ -1,4 +1,4 @@
-//! A mirror's staging table, `etl_mirror_staging.<mirror>` (UNLOGGED, as
+//! A mirror's staging table, `etl_mirror_staging.t_<hash of the table>` (UNLOGGED, as
 //! `public.staging_followers`: its rows live only while a run is in flight):
 //! `load_id`, `line_no` and the configured columns by position (`c0`, `c1`,
 //! ...) as their types, so the diff compares values, not their spellings. The
@@ -14,13 +14,22 @@ use std::fmt::Write as _;
 pub const STAGING_SCHEMA: &str = "etl_mirror_staging";
 
 impl MirrorSql<'_> {
-    /// The staging table, quoted: named by the mirror (mirror names are unique
-    /// and plain).
+    /// The staging table, quoted: named by the mirror's table (`t_` and 24
+    /// hex digits of `table_hash`), as the run lock is keyed, so the run that
+    /// holds the table's lock is the only one using it.
     pub fn staging_table(&self) -> String {
         format!(
             "{}.{}",
             quote_identifier(STAGING_SCHEMA),
-            quote_identifier(self.spec.name.as_str())
+            quote_identifier(&format!("t_{}", &self.table_hash().to_hex()[..24]))
+        )
+    }
+
+    /// The load `$1`'s rows in staging (`bigint`): what the diff compares.
+    pub fn staged_count(&self) -> String {
+        format!(
+            "SELECT count(*)::bigint FROM {} WHERE load_id = $1",
+            self.staging_table()
         )
     }
 
@@ -98,6 +107,15 @@ impl MirrorSql<'_> {
         )
     }
 
+    /// `duplicate_examples` as text: the key (`jsonb` as text) and its lines
+    /// joined by commas; `$1` the load, `$2` the limit.
+    pub fn duplicate_examples_text(&self) -> String {
+        format!(
+            "SELECT d.key::text, array_to_string(d.lines, ',') FROM ({}) d",
+            self.duplicate_examples()
+        )
+    }
+
     /// Keeps one row per key of the load `$1`, the last line's (one sort of the
     /// load, as the followers' `DROP_EARLIER_COPIES`; `ctid` breaks ties).
     pub fn drop_earlier_copies(&self) -> String {
@@ -121,10 +139,10 @@ impl MirrorSql<'_> {
         format!(
             "DELETE FROM {staging} s
   USING jsonb_array_elements($2::jsonb) e,
-        LATERAL jsonb_populate_record(NULL::{table}, e -> 'key') p
+        LATERAL jsonb_to_record(e -> 'key') AS p({def})
   WHERE s.load_id = $1 AND s.line_no < (e ->> 'line')::bigint AND {on}",
             staging = self.staging_table(),
-            table = self.table(),
+            def = self.key_def(),
             on = self.key_match(
                 |i, _| format!("s.{}", pos(i)),
                 |_, c| format!("p.{}", c.name.sql())

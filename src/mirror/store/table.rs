@@ -328,8 +328,8 @@ impl MirrorSql<'_> {
         let k0 = self.first_key();
         let protected = format!(
             "(s.line_no IS NULL AND NOT EXISTS (
-          SELECT 1 FROM jsonb_populate_recordset(NULL::{table}, $2::jsonb) p WHERE {on}))",
-            table = self.table(),
+          SELECT 1 FROM jsonb_to_recordset($2::jsonb) AS p({def}) WHERE {on}))",
+            def = self.key_def(),
             on = self.key_match(
                 |_, c| format!("p.{}", c.name.sql()),
                 |_, c| format!("t.{}", c.name.sql())
@@ -357,6 +357,17 @@ impl MirrorSql<'_> {
             {changed}))",
             select = self.diff_select(),
             from = self.diff_from("$1"),
+        )
+    }
+
+    /// Bounds every lock wait of the transaction by `ms` milliseconds
+    /// (`LOCK_WAIT_TIMEOUT`), then locks the table against other writers
+    /// (`SHARE ROW EXCLUSIVE`, as the followers merge: readers go on; it
+    /// conflicts with itself, so one merge or revert of the table at a time).
+    pub fn lock_writers(&self, ms: i32) -> String {
+        format!(
+            "SET LOCAL lock_timeout = '{ms}ms'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            self.table()
         )
     }
 

@@ -77,13 +77,15 @@ fn identifiers_are_quoted_everywhere() {
         "{create}"
     );
     assert_eq!(sql.create_schema(), "CREATE SCHEMA IF NOT EXISTS \"crm\"");
-    assert_eq!(
-        sql.staging_table(),
-        "\"etl_mirror_staging\".\"subscribers\""
+    // Staging is named by the table (as the run lock is keyed), not the mirror.
+    let staging = sql.staging_table();
+    assert!(
+        staging.starts_with("\"etl_mirror_staging\".\"t_") && staging.len() == 49,
+        "{staging}"
     );
     assert_eq!(
         sql.copy_in(),
-        "COPY \"etl_mirror_staging\".\"subscribers\" (load_id, line_no, c0, c1, c2, c3, c4) FROM STDIN (FORMAT text)"
+        format!("COPY {staging} (load_id, line_no, c0, c1, c2, c3, c4) FROM STDIN (FORMAT text)")
     );
     let diff = sql.diff();
     assert!(
@@ -99,7 +101,9 @@ fn identifiers_are_quoted_everywhere() {
         "{diff}"
     );
     assert!(
-        diff.contains("jsonb_populate_recordset(NULL::\"crm\".\"Sub Scribers\", $2::jsonb)"),
+        diff.contains(
+            "jsonb_to_recordset($2::jsonb) AS p(\"account_id\" bigint, \"email\" varchar(255))"
+        ),
         "protected keys: {diff}"
     );
 }
@@ -255,4 +259,60 @@ fn key_jsons_are_canonical_text() {
     assert!(key_json(&spec, &["x", "a@x.io"])
         .unwrap_err()
         .starts_with("account_id "));
+}
+
+#[test]
+fn the_lock_staging_and_counter_are_keyed_by_the_table_not_the_mirror() {
+    let one = subscribers();
+    let mut renamed = one.clone();
+    renamed.name = crate::mirror::MirrorName::parse("other").unwrap();
+    let mut moved = one.clone();
+    moved.table = crate::mirror::TableName::new("crm", "elsewhere").unwrap();
+    let (a, b, c) = (
+        MirrorSql::new(&one),
+        MirrorSql::new(&renamed),
+        MirrorSql::new(&moved),
+    );
+    assert_eq!(a.lock_key(), b.lock_key());
+    assert_eq!(a.staging_table(), b.staging_table());
+    assert_eq!(a.counter_sequence(), b.counter_sequence());
+    assert_ne!(a.lock_key(), c.lock_key());
+    assert_ne!(a.staging_table(), c.staging_table());
+    assert_ne!(a.counter_sequence(), c.counter_sequence());
+    // The fingerprint follows the definition, not the mirror's name.
+    assert_eq!(
+        definition_fingerprint(&one),
+        definition_fingerprint(&renamed)
+    );
+    assert_ne!(definition_fingerprint(&one), definition_fingerprint(&moved));
+    let mut nullable = one.clone();
+    nullable.columns[2].nullable = true;
+    assert_ne!(
+        definition_fingerprint(&one),
+        definition_fingerprint(&nullable)
+    );
+}
+
+#[test]
+fn journal_states_are_read_as_the_configured_columns_only() {
+    let spec = subscribers();
+    let sql = MirrorSql::new(&spec);
+    for statement in [
+        sql.revert_inserts(),
+        sql.revert_updates().unwrap(),
+        sql.revert_deletes(),
+        sql.revert_drift(),
+        sql.history(),
+        sql.drop_rejected_keys(),
+        sql.diff(),
+    ] {
+        assert!(!statement.contains("populate_record"), "{statement}");
+    }
+    assert!(
+        sql.revert_deletes().contains(
+            "jsonb_to_record(j.before) AS b(\"account_id\" bigint, \"email\" varchar(255), \"Full Name\" varchar(255), \"plan\" text, \"balance\" numeric, \"modified_at\" timestamptz)"
+        ),
+        "{}",
+        sql.revert_deletes()
+    );
 }
