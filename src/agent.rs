@@ -147,12 +147,36 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
         Err(e) => return fatal("database", &e),
     }
 
+    let runners = match runners(&settings, &db, file, &mut tasks, &stop) {
+        Ok(runners) => runners,
+        Err(code) => return code,
+    };
+    futures::future::join_all(runners).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// A running mirror's runner, as `serve` awaits it.
+type RunnerTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// One runner per mirror (the built-in one when `CSV_FILE` is set, then each
+/// configured one), each with its own triggers started on `tasks`; at most
+/// `MAX_PARALLEL_MIRRORS` of them sync at once (docs/mirrors.md#serve).
+fn runners(
+    settings: &Arc<Settings>,
+    db: &DatabaseConnection,
+    file: Option<std::path::PathBuf>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: &CancellationToken,
+) -> Result<Vec<RunnerTask>, ExitCode> {
     // One runner per mirror, each with its own triggers; at most
     // MAX_PARALLEL_MIRRORS of them sync at once.
     let slots = Arc::new(tokio::sync::Semaphore::new(
         settings.service.max_parallel_mirrors,
     ));
-    let mut runners: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = Vec::new();
+    let mut runners: Vec<RunnerTask> = Vec::new();
     let context = |writes: &WriteTracker| SyncContext {
         db: db.clone(),
         settings: settings.clone(),
@@ -175,9 +199,7 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
             marker: settings.csv.ready_marker.as_deref(),
             schedule: &settings.triggers.cron_schedule,
         };
-        if let Err(code) = triggers.start(&settings, writes, &requests, &mut tasks, &stop) {
-            return code;
-        }
+        triggers.start(settings, writes, &requests, tasks, stop)?;
         runners.push(Box::pin(runner.run(stop.clone())));
     }
     for spec in settings
@@ -186,27 +208,7 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
         .filter(|m| m.name.as_str() != runs::BUILTIN_MIRROR)
     {
         let writes = WriteTracker::default();
-        let watched = match &spec.source {
-            crate::mirror::MirrorSource::File(_) => {
-                match spec.source.confined_file(&settings.csv.tables_dir) {
-                    Some(Ok(path)) => Some(Watched::File(path)),
-                    // The run says why, naming the mirror.
-                    _ => None,
-                }
-            }
-            crate::mirror::MirrorSource::Glob(pattern) => {
-                let dir = pattern.rsplit_once('/').map_or("", |(dir, _)| dir);
-                let mut spec = spec.clone();
-                if spec.overrides.ready_marker.is_none() {
-                    spec.overrides.ready_marker = settings.csv.ready_marker.clone();
-                }
-                Some(Watched::Glob {
-                    spec: Box::new(spec),
-                    tables_dir: settings.csv.tables_dir.clone(),
-                    dir: settings.csv.tables_dir.join(dir),
-                })
-            }
-        };
+        let watched = watched(settings, spec);
         let sync = Slotted::new(
             MirrorSync::new(context(&writes), spec.clone()),
             slots.clone(),
@@ -228,16 +230,36 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
                 .as_ref()
                 .unwrap_or(&settings.triggers.cron_schedule),
         };
-        if let Err(code) = triggers.start(&settings, writes, &requests, &mut tasks, &stop) {
-            return code;
-        }
+        triggers.start(settings, writes, &requests, tasks, stop)?;
         runners.push(Box::pin(runner.run(stop.clone())));
     }
-    futures::future::join_all(runners).await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
+    Ok(runners)
+}
+
+/// What a configured mirror's watch follows: its file, or its glob (with the
+/// effective ready marker, which the glob never matches); `None` for a file
+/// outside `TABLES_DIR` (each run says why, naming the mirror).
+fn watched(settings: &Settings, spec: &crate::mirror::MirrorSpec) -> Option<Watched> {
+    match &spec.source {
+        crate::mirror::MirrorSource::File(_) => {
+            match spec.source.confined_file(&settings.csv.tables_dir) {
+                Some(Ok(path)) => Some(Watched::File(path)),
+                _ => None,
+            }
+        }
+        crate::mirror::MirrorSource::Glob(pattern) => {
+            let dir = pattern.rsplit_once('/').map_or("", |(dir, _)| dir);
+            let mut spec = spec.clone();
+            if spec.overrides.ready_marker.is_none() {
+                spec.overrides.ready_marker = settings.csv.ready_marker.clone();
+            }
+            Some(Watched::Glob {
+                spec: Box::new(spec),
+                tables_dir: settings.csv.tables_dir.clone(),
+                dir: settings.csv.tables_dir.join(dir),
+            })
+        }
+    }
 }
 
 /// One mirror's triggers: the watch of its file (when it has one), its schedule

@@ -497,19 +497,8 @@ async fn sync_mirrors(
     signals: impl FnOnce(CancellationToken),
     print: &mut dyn FnMut(&Summary, bool) -> ExitCode,
 ) -> ExitCode {
-    let generic = chosen.iter().flatten().map(|m| m.name.to_string()).next();
-    if let Some(name) = &generic {
-        let refused = if args.dry_run {
-            Some("sync --dry-run is not available for configured mirrors yet (docs/mirrors.md#status); pass --mirror followers")
-        } else if args.file.is_some() {
-            Some("--file names the built-in mirror's file; a configured mirror reads its own (pass --mirror followers with --file)")
-        } else {
-            None
-        };
-        if let Some(why) = refused {
-            report(Level::ERROR, &format!("mirror {name}: {why}"));
-            return exit::usage();
-        }
+    if let Err(code) = refuse_for_configured(&args, &chosen) {
+        return code;
     }
     let file = match chosen.iter().any(Option::is_none) {
         true => match settings.resolve_csv_file(args.file.as_deref()) {
@@ -555,7 +544,7 @@ async fn sync_mirrors(
         settings.service.max_parallel_mirrors,
     ));
     let mut runs = Vec::with_capacity(chosen.len());
-    for spec in chosen.iter().cloned() {
+    for spec in chosen {
         let (ctx, slots, cancel) = (ctx.clone(), slots.clone(), cancel.clone());
         let request = file.clone().map(|file| SyncRequest {
             file,
@@ -599,8 +588,47 @@ async fn sync_mirrors(
     }
     // In this task, concurrently: a run's future borrows its progress callbacks.
     let summaries = futures::future::join_all(runs).await;
+    let worst = print_all(&summaries, print);
+    if file.is_some() {
+        let pruned = tokio::time::timeout(
+            settings.database.timeout,
+            runs::prune_or_warn(&ctx.db, settings.retention.runs),
+        );
+        if pruned.await.is_err() {
+            tracing::warn!(
+                "pruning old runs got no answer within DB_TIMEOUT; the next run retries"
+            );
+        }
+    }
+    worst
+}
+
+/// What `sync` refuses (exit 2) while a configured mirror is chosen.
+fn refuse_for_configured(args: &SyncArgs, chosen: &[Option<MirrorSpec>]) -> Result<(), ExitCode> {
+    let Some(name) = chosen.iter().flatten().map(|m| m.name.to_string()).next() else {
+        return Ok(());
+    };
+    let refused = if args.dry_run {
+        Some("sync --dry-run is not available for configured mirrors yet (docs/mirrors.md#status); pass --mirror followers")
+    } else if args.file.is_some() {
+        Some("--file names the built-in mirror's file; a configured mirror reads its own (pass --mirror followers with --file)")
+    } else {
+        None
+    };
+    match refused {
+        Some(why) => {
+            report(Level::ERROR, &format!("mirror {name}: {why}"));
+            Err(exit::usage())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Prints each mirror's summary, in order, and its reason when the log hides
+/// it; returns the worst exit code.
+fn print_all(summaries: &[Summary], print: &mut dyn FnMut(&Summary, bool) -> ExitCode) -> ExitCode {
     let mut worst = ExitCode::SUCCESS;
-    for summary in &summaries {
+    for summary in summaries {
         let printed = print(summary, true);
         if let Some(reason) = &summary.reason {
             if !summary.event_shown() {
@@ -623,17 +651,6 @@ async fn sync_mirrors(
         };
         if code != ExitCode::SUCCESS {
             worst = code;
-        }
-    }
-    if file.is_some() {
-        let pruned = tokio::time::timeout(
-            settings.database.timeout,
-            runs::prune_or_warn(&ctx.db, settings.retention.runs),
-        );
-        if pruned.await.is_err() {
-            tracing::warn!(
-                "pruning old runs got no answer within DB_TIMEOUT; the next run retries"
-            );
         }
     }
     worst

@@ -74,7 +74,7 @@ pub(crate) fn run_options(
         allow_mass_delete: request.allow_mass_delete,
         allow_mass_update: request.allow_mass_update,
         journal_keep_runs: settings.retention.journal.keep_runs,
-        journal_keep_days: settings.retention.journal.keep_days.into(),
+        journal_keep_days: settings.retention.journal.keep_days,
         history: settings.retention.runs,
         verify_every: settings.triggers.verify_every,
         lock_wait: settings.database.lock_wait_timeout,
@@ -162,7 +162,7 @@ pub async fn run_mirror_sync(
 /// How far a run got.
 enum Ran {
     /// Its own steps ran: synced, or skipped for an unchanged file.
-    Synced(MirrorSummary),
+    Synced(Box<MirrorSummary>),
     /// Skipped before them, with the reason (recorded).
     Skipped(String),
 }
@@ -347,7 +347,7 @@ async fn locked(
             if let Err(e) = runs::finish(db, load_id, outcome, &counts, reason, Some(&hash)).await {
                 return Err(bookkeeping(e));
             }
-            (Ok(Ran::Synced(summary)), rejects)
+            (Ok(Ran::Synced(Box::new(summary))), rejects)
         }
         Err(e) => {
             let outcome = outcome_of(&e);
