@@ -147,6 +147,13 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
         Err(e) => return fatal("database", &e),
     }
 
+    let configured = settings
+        .mirrors
+        .iter()
+        .filter(|m| m.name.as_str() != runs::BUILTIN_MIRROR);
+    if let Err(code) = crate::cli::check_tables(&db, configured).await {
+        return code;
+    }
     let runners = match runners(&settings, &db, file, &mut tasks, &stop) {
         Ok(runners) => runners,
         Err(code) => return code,

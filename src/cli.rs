@@ -534,6 +534,9 @@ async fn sync_mirrors(
             return code;
         }
     };
+    if let Err(code) = check_tables(&db, chosen.iter().flatten()).await {
+        return code;
+    }
     let ctx = SyncContext {
         db,
         settings: settings.clone(),
@@ -601,6 +604,27 @@ async fn sync_mirrors(
         }
     }
     worst
+}
+
+/// Checks each configured mirror's existing table once, before any run
+/// (docs/mirrors.md#an-existing-table): an incompatible one is a configuration
+/// error (exit 2) naming the mirror, the column and the fix; a database error
+/// fails the command (exit 1). Shared by `sync` and `serve`.
+pub(crate) async fn check_tables<'a>(
+    db: &sea_orm::DatabaseConnection,
+    specs: impl IntoIterator<Item = &'a MirrorSpec>,
+) -> Result<(), ExitCode> {
+    for spec in specs {
+        match crate::mirror::run::check_existing_table(db, spec).await {
+            Ok(()) => {}
+            Err(e @ crate::mirror::run::MirrorRunError::Incompatible(_)) => {
+                report(Level::ERROR, &format!("configuration error: {e}"));
+                return Err(exit::usage());
+            }
+            Err(e) => return Err(failure("database", &e)),
+        }
+    }
+    Ok(())
 }
 
 /// What `sync` refuses (exit 2) while a configured mirror is chosen.

@@ -108,10 +108,16 @@ fn is_builtin(spec: &MirrorSpec) -> bool {
     spec.name.as_str() == MirrorName::FOLLOWERS
 }
 
-/// Every mirror's name, the built-in one first (it is always a valid
-/// `--mirror`, also with `CSV_FILE` unset: the command then says so as today).
+/// Every mirror's name, the built-in one first when it runs or is the only one
+/// (`--mirror followers` is always accepted: with `CSV_FILE` unset the command
+/// then says so, as it always has).
 fn names(settings: &Settings) -> Vec<&str> {
-    let mut names = vec![MirrorName::FOLLOWERS];
+    // The built-in mirror is listed when it runs (CSV_FILE set), or is the only one.
+    let builtin = settings.csv.file.is_some() || !settings.has_configured_mirrors();
+    let mut names: Vec<&str> = builtin
+        .then_some(MirrorName::FOLLOWERS)
+        .into_iter()
+        .collect();
     names.extend(
         settings
             .mirrors

@@ -35,6 +35,14 @@ pub struct MirrorRequest {
     pub allow_mass_update: bool,
 }
 
+impl MirrorRequest {
+    /// An explicit approval: it waits for a run lock held by another run
+    /// instead of skipping, as the built-in mirror's does.
+    fn approves(&self) -> bool {
+        self.force || self.allow_mass_delete || self.allow_mass_update
+    }
+}
+
 /// Why a configured mirror's run stopped before its own steps.
 #[derive(Debug, thiserror::Error)]
 enum BeforeRun {
@@ -54,6 +62,36 @@ enum BeforeRun {
     },
     #[error("mirror {mirror}: cancelled before it read the file; nothing changed")]
     Cancelled { mirror: String },
+    #[error("mirror {mirror}: another sync of this mirror held its run lock for RUN_LOCK_WAIT={}; the approved run did nothing (run it again)", robfig_cron::go_duration::format_go_duration(*.waited))]
+    LockBusy { mirror: String, waited: Duration },
+}
+
+/// How often an approved run asks again for a run lock another run holds.
+const LOCK_POLL: Duration = Duration::from_millis(250);
+
+/// The mirror's run lock; a run that approves something waits for it, at most
+/// `RUN_LOCK_WAIT` (docs/sync.md#refusals-and-approvals), then is `Busy`.
+async fn take_lock(
+    ctx: &SyncContext,
+    spec: &MirrorSpec,
+    request: &MirrorRequest,
+    cancel: &CancellationToken,
+) -> Result<AdvisoryLock, MirrorRunError> {
+    let url = &ctx.settings.database.url;
+    let deadline = tokio::time::Instant::now() + ctx.settings.database.run_lock_wait;
+    loop {
+        match run_lock(url, spec).await {
+            Err(MirrorRunError::Busy { .. })
+                if request.approves() && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(MirrorRunError::Busy { mirror: spec.name.to_string() }),
+                    _ = tokio::time::sleep(LOCK_POLL) => {}
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The settings of a run of `spec`: the mirror's own where it has them (the
@@ -130,7 +168,10 @@ pub async fn run_mirror_sync(
             Counts::default(),
             Some(if s.held_back { HELD_BACK } else { UNCHANGED }.to_owned()),
         ),
-        Ok(Ran::Synced(s)) => (Outcome::Synced, s.counts(), None),
+        Ok(Ran::Synced(s)) => {
+            report_duplicates(&s);
+            (Outcome::Synced, s.counts(), None)
+        }
         Ok(Ran::Skipped(reason)) => (Outcome::Skipped, Counts::default(), Some(reason)),
         Err((outcome, counts, reason)) => (outcome, counts, Some(reason)),
     };
@@ -157,6 +198,15 @@ pub async fn run_mirror_sync(
     }
     super::finished_event(&summary, stage);
     summary
+}
+
+/// Logs the repeated keys of a run (at most 10, with their files and lines):
+/// the last line of each won.
+fn report_duplicates(s: &MirrorSummary) {
+    for (key, lines) in &s.duplicate_lines {
+        let lines: Vec<String> = lines.iter().map(ToString::to_string).collect();
+        tracing::warn!(key = %key, lines = %lines.join(", "), "duplicate key; the last line wins");
+    }
 }
 
 /// How far a run got.
@@ -253,8 +303,17 @@ async fn run(
     }
     stages.begin(Stage::Settle);
     let rules = settle::Rules::from_debounce(ctx.settings.triggers.watch_debounce);
-    for path in &files {
-        if let Err(unsettled) = settle::wait(path, rules, &ctx.writes, cancel).await {
+    // Every file at once: a glob's parts settle together, not one after another.
+    let settling = files.iter().map(|path| {
+        let writes = if files.len() == 1 {
+            ctx.writes.clone()
+        } else {
+            settle::WriteTracker::default()
+        };
+        async move { (path, settle::wait(path, rules, &writes, cancel).await) }
+    });
+    for (path, settled) in futures::future::join_all(settling).await {
+        if let Err(unsettled) = settled {
             let e = match unsettled {
                 Some(settle::Unsettled { why, waited }) => BeforeRun::StillWriting {
                     mirror,
@@ -268,8 +327,15 @@ async fn run(
         }
     }
     stages.begin(Stage::Lock);
-    let lock = match run_lock(&ctx.settings.database.url, spec).await {
+    let lock = match take_lock(ctx, spec, request, cancel).await {
         Ok(lock) => lock,
+        Err(MirrorRunError::Busy { .. }) if request.approves() => {
+            let e = BeforeRun::LockBusy {
+                mirror,
+                waited: ctx.settings.database.run_lock_wait,
+            };
+            return Err(unlocked(Outcome::Refused, e.to_string()).await);
+        }
         Err(MirrorRunError::Busy { .. }) => {
             let reason = "another sync of this mirror is in progress (its run lock is held)";
             tracing::warn!("{reason}; skipping");
@@ -365,7 +431,7 @@ async fn locked(
                     rejected: *rejected,
                     ..Counts::default()
                 },
-                _ => Counts::default(),
+                e => e.would_have().unwrap_or_default(),
             };
             if let Err(e) = runs::finish(db, load_id, outcome, &counts, Some(&reason), None).await {
                 tracing::warn!(error = %error_chain(&e), "could not finish the run's record");
@@ -373,7 +439,7 @@ async fn locked(
             (Err((outcome, counts, reason)), rejects)
         }
     };
-    store_rejects(db, load_id, &rejects).await;
+    store_rejects(db, spec, load_id, &rejects).await;
     if result.is_ok() {
         runs::prune_of_or_warn(db, mirror, ctx.settings.retention.runs).await;
     }
@@ -403,8 +469,14 @@ async fn record_unlocked(
 }
 
 /// Stores the run's rejects (`rejects --mirror NAME` reads them), the column
-/// named in the reason.
-async fn store_rejects(db: &DatabaseConnection, load_id: LoadId, rejects: &[MirrorReject]) {
+/// named in the reason, and for a glob the file first.
+async fn store_rejects(
+    db: &DatabaseConnection,
+    spec: &MirrorSpec,
+    load_id: LoadId,
+    rejects: &[MirrorReject],
+) {
+    let glob = matches!(spec.source, crate::mirror::MirrorSource::Glob(_));
     if rejects.is_empty() {
         return;
     }
@@ -413,9 +485,15 @@ async fn store_rejects(db: &DatabaseConnection, load_id: LoadId, rejects: &[Mirr
         .take(rejects::STORED_PER_RUN)
         .map(|r| StoredReject {
             line: r.line,
-            reason: match &r.column {
-                Some(column) => format!("column {column}: {}", r.reason),
-                None => r.reason.clone(),
+            reason: {
+                let file = match (glob, r.file.file_name()) {
+                    (true, Some(name)) => format!("{}: ", name.to_string_lossy()),
+                    _ => String::new(),
+                };
+                match &r.column {
+                    Some(column) => format!("{file}column {column}: {}", r.reason),
+                    None => format!("{file}{}", r.reason),
+                }
             },
             raw: String::new(),
         })

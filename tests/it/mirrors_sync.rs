@@ -158,6 +158,16 @@ async fn a_refused_mirror_fails_the_command_while_the_others_sync() {
     assert_eq!(json[0]["outcome"], "synced", "{run:?}");
     assert_eq!(json[1]["mirror"], "subscribers");
     assert_eq!(json[1]["outcome"], "refused", "{run:?}");
+    // A refusal's counts say what the run would have done.
+    assert_eq!(
+        (
+            json[1]["rows_read"].as_u64(),
+            json[1]["deleted"].as_u64(),
+            json[1]["journaled"].as_u64()
+        ),
+        (Some(1), Some(2), Some(0)),
+        "{run:?}"
+    );
     assert!(run.stderr.contains("max_delete_ratio=0.5"), "{run:?}");
     assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 2);
     assert_eq!(
@@ -372,5 +382,146 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
             >= 2,
         "{watch:?}; log:\n{}",
         agent.log_text()
+    );
+}
+
+#[tokio::test]
+async fn an_approved_sync_waits_for_a_busy_mirror_then_is_refused_and_a_plain_one_skips() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    assert_eq!(env.run(&["--config", &path, "sync"], &[]).code, 0);
+    // Another agent's run of the mirror: its run lock, held by a session here.
+    let spec = followers_etl::mirror::from_toml_str(CONFIG)
+        .unwrap()
+        .remove(0);
+    let (class, key) = followers_etl::mirror::run::mirror_lock_key(&spec);
+    let mut holder = env.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(class)
+        .bind(key)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let plain = env.run(
+        &[
+            "--config",
+            &path,
+            "sync",
+            "--json",
+            "--mirror",
+            "subscribers",
+        ],
+        &[],
+    );
+    assert_eq!(plain.code, 0, "{plain:?}");
+    assert_eq!(lines(&plain.stdout)[0]["outcome"], "skipped", "{plain:?}");
+    let started = std::time::Instant::now();
+    let approved = env.run(
+        &[
+            "--config",
+            &path,
+            "sync",
+            "--json",
+            "--mirror",
+            "subscribers",
+            "--force",
+        ],
+        &[("RUN_LOCK_WAIT", "1s")],
+    );
+    assert_eq!(approved.code, 1, "{approved:?}");
+    assert_eq!(
+        lines(&approved.stdout)[0]["outcome"],
+        "refused",
+        "{approved:?}"
+    );
+    assert!(
+        approved
+            .stderr
+            .contains("held its run lock for RUN_LOCK_WAIT=1s"),
+        "{approved:?}"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "it waited"
+    );
+}
+
+#[tokio::test]
+async fn an_incompatible_existing_table_stops_sync_and_serve_at_start_up() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    env.exec("CREATE SCHEMA crm").await;
+    env.exec(
+        "CREATE TABLE crm.subscribers (account_id bigint, email text, full_name text, plan integer,
+                                       PRIMARY KEY (account_id, email))",
+    )
+    .await;
+    let path = config(&env);
+    for args in [&["sync"][..], &["serve"][..]] {
+        let mut all = vec!["--config", path.as_str()];
+        all.extend_from_slice(args);
+        let run = env.run(&all, &[("RUN_ON_START", "false")]);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("mirror subscribers"),
+            "{args:?}: {run:?}"
+        );
+        assert!(run.stderr.contains("plan"), "{args:?}: {run:?}");
+        assert!(
+            run.stdout.is_empty(),
+            "nothing was synced: {args:?}: {run:?}"
+        );
+    }
+    assert_eq!(env.scalar("SELECT count(*) FROM followers").await, 0);
+}
+
+#[tokio::test]
+async fn a_glob_mirror_s_rejects_name_their_part_and_repeated_keys_are_logged() {
+    let env = TestEnv::new().await;
+    std::fs::create_dir(env.tables().join("parts")).unwrap();
+    env.write_file("parts/part-1.csv", "id,name\n1,One\n2,Two\n");
+    env.write_file("parts/part-2.csv", "id,name\n2,Two again\nx,Bad\n");
+    let path = env.dir.path().join("parts.toml");
+    std::fs::write(
+        &path,
+        r#"
+max_rejects = 1
+[[mirror]]
+name = "parts"
+files = "parts/part-*.csv"
+table = "crm.parts"
+key = ["id"]
+columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
+"#,
+    )
+    .unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let run = env.run(&["--config", &path, "sync", "--json"], &[("CSV_FILE", "")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("duplicate key; the last line wins"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("part-2.csv: line 2"), "{run:?}");
+    let rejects = env.run(
+        &["--config", &path, "rejects", "--json"],
+        &[("CSV_FILE", "")],
+    );
+    assert_eq!(rejects.code, 0, "{rejects:?}");
+    let report = rejects.json();
+    assert!(
+        report["rejects"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("part-2.csv: column id: "),
+        "{report}"
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM crm.parts WHERE id = 2 AND name = 'Two again'")
+            .await,
+        1
     );
 }

@@ -47,6 +47,32 @@ pub(super) async fn prepare_table(
 ) -> Result<(), MirrorRunError> {
     let spec = sql.spec();
     let at = |source| db_error(spec, "table", source);
+    if check_table(db, sql).await? == TableState::Absent {
+        // `CREATE SCHEMA IF NOT EXISTS` is not atomic: two first runs creating one
+        // schema at once, the loser fails with a duplicate, and the schema exists.
+        if let Err(e) = db.execute_unprepared(&sql.create_schema()).await {
+            if !matches!(
+                crate::pipeline::merge::sqlstate(&e).as_deref(),
+                Some("23505" | "42P06")
+            ) {
+                return Err(at(e));
+            }
+        }
+        db.execute_unprepared(&sql.create_table())
+            .await
+            .map_err(at)?;
+    }
+    ensure_counter(db, sql, lock_wait).await
+}
+
+/// Checks the mirror's existing table against its definition, from the
+/// catalog (docs/mirrors.md#an-existing-table); `Absent` when there is none.
+pub(crate) async fn check_table(
+    db: &DatabaseConnection,
+    sql: &MirrorSql<'_>,
+) -> Result<TableState, MirrorRunError> {
+    let spec = sql.spec();
+    let at = |source| db_error(spec, "table", source);
     let names = || {
         vec![
             Value::from(spec.table.schema().to_owned()),
@@ -76,22 +102,7 @@ pub(super) async fn prepare_table(
         .map(|r| r.try_get_by_index::<Vec<String>>(0))
         .collect::<Result<Vec<_>, DbErr>>()
         .map_err(at)?;
-    if sql.check_table(&columns, &keys)? == TableState::Absent {
-        // `CREATE SCHEMA IF NOT EXISTS` is not atomic: two first runs creating one
-        // schema at once, the loser fails with a duplicate, and the schema exists.
-        if let Err(e) = db.execute_unprepared(&sql.create_schema()).await {
-            if !matches!(
-                crate::pipeline::merge::sqlstate(&e).as_deref(),
-                Some("23505" | "42P06")
-            ) {
-                return Err(at(e));
-            }
-        }
-        db.execute_unprepared(&sql.create_table())
-            .await
-            .map_err(at)?;
-    }
-    ensure_counter(db, sql, lock_wait).await
+    Ok(sql.check_table(&columns, &keys)?)
 }
 
 /// Installs the table's write counter when it is missing (a new table, the
@@ -257,6 +268,7 @@ pub(super) async fn dedupe_and_merge(
     guard: Guard,
     run: &Load<'_>,
     read: ReadOutcome,
+    stages: &mut crate::pipeline::timings::StageTimes,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let spec = sql.spec();
     let load_id = run.load_id;
@@ -321,6 +333,7 @@ pub(super) async fn dedupe_and_merge(
         ..MirrorSummary::default()
     };
     let protected: Vec<serde_json::Value> = read.protected.into_iter().map(|(k, _)| k).collect();
+    stages.begin(crate::domain::Stage::Merge);
     let txn = db.begin().await.map_err(|e| db_error(spec, "begin", e))?;
     let merged = async {
         txn.execute_unprepared(OWN_WRITE)
@@ -382,6 +395,7 @@ fn refusal(spec: &MirrorSpec, e: MergeError) -> MirrorRunError {
             deleted: counts.deleted,
             current,
             ratio,
+            counts,
         },
         MergeError::MassUpdate {
             counts,
@@ -392,11 +406,17 @@ fn refusal(spec: &MirrorSpec, e: MergeError) -> MirrorRunError {
             updated: counts.updated,
             current,
             ratio,
+            counts,
         },
-        MergeError::EmptyFile { current, what, .. } => MirrorRunError::EmptyFile {
+        MergeError::EmptyFile {
+            current,
+            what,
+            counts,
+        } => MirrorRunError::EmptyFile {
             mirror,
             current,
             what,
+            counts,
         },
         other => db_error(spec, "guard", DbErr::Custom(other.to_string())),
     }
@@ -435,12 +455,16 @@ async fn merge_in(
         get(2).map_err(at("counts"))?,
         get(3).map_err(at("counts"))?,
     );
+    // What the run would do: the guard's refusal keeps it (docs/operations.md#the-sync-summary).
     let counts = crate::domain::Counts {
         rows_read: summary.rows_read,
         inserted,
         updated,
         deleted,
-        ..crate::domain::Counts::default()
+        unchanged: summary.unchanged.saturating_sub(inserted + updated),
+        rejected: summary.rejected,
+        duplicates: summary.duplicates,
+        journaled: 0,
     };
     guard.check(counts, current).map_err(|e| refusal(spec, e))?;
     let journal = spec

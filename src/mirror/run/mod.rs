@@ -29,6 +29,19 @@ pub use read::{check_mirror_file, MirrorCheck};
 pub use revert::revert_mirror_last;
 pub(crate) use source::source_files;
 
+/// Checks a configured mirror's existing table against its definition
+/// (docs/mirrors.md#an-existing-table): `sync` and `serve` call it once at
+/// start-up, so an incompatible table stops them (exit 2) naming the mirror,
+/// the column and the fix. An absent table is fine: its first run creates it.
+pub async fn check_existing_table(
+    db: &DatabaseConnection,
+    spec: &MirrorSpec,
+) -> Result<(), MirrorRunError> {
+    merge::check_table(db, &MirrorSql::new(spec))
+        .await
+        .map(drop)
+}
+
 use super::store::{IncompatibleTable, MirrorSql};
 use super::{MirrorSource, MirrorSpec};
 use crate::config::{CsvFormat, DatabaseUrl, RunRetention};
@@ -161,6 +174,20 @@ pub struct MirrorSummary {
     pub files: Vec<PathBuf>,
 }
 
+impl MirrorRunError {
+    /// What a refused run would have done (a guard's refusal), for its summary
+    /// and record (docs/operations.md#the-sync-summary).
+    pub fn would_have(&self) -> Option<crate::domain::Counts> {
+        match self {
+            Self::MassDelete { counts, .. }
+            | Self::MassUpdate { counts, .. }
+            | Self::EmptyFile { counts, .. }
+            | Self::EmptySource { counts, .. } => Some(*counts),
+            _ => None,
+        }
+    }
+}
+
 impl MirrorSummary {
     pub fn skipped(&self) -> bool {
         self.load_id.is_none()
@@ -256,6 +283,8 @@ pub enum MirrorRunError {
         deleted: u64,
         current: u64,
         ratio: f64,
+        /// What the run would have done.
+        counts: crate::domain::Counts,
     },
     #[error("mirror {mirror}: the file would change {updated} of {current} rows ({:.1}%), more than MAX_UPDATE_RATIO={ratio}; rolled back (use --allow-mass-update if intended)", crate::convert::percent(*.updated, *.current))]
     MassUpdate {
@@ -263,12 +292,16 @@ pub enum MirrorRunError {
         updated: u64,
         current: u64,
         ratio: f64,
+        /// What the run would have done.
+        counts: crate::domain::Counts,
     },
     #[error("mirror {mirror}: the file is empty ({what}) and would delete all {current} rows; an empty file is refused whatever max_delete_ratio says (use --allow-mass-delete if intended)")]
     EmptyFile {
         mirror: String,
         current: u64,
         what: Emptiness,
+        /// What the run would have done.
+        counts: crate::domain::Counts,
     },
     #[error("mirror {mirror}: files {pattern}: {what}, and the empty source would delete all {current} rows; an empty source is refused whatever max_delete_ratio says (use --allow-mass-delete if intended)")]
     EmptySource {
@@ -277,6 +310,8 @@ pub enum MirrorRunError {
         /// `no file matches`, or how many files, every one empty.
         what: String,
         current: u64,
+        /// What the run would have done.
+        counts: crate::domain::Counts,
     },
     #[error("mirror {mirror}: waited LOCK_WAIT_TIMEOUT={} for another session writing the table; rolled back, nothing changed (the next run tries again)", robfig_cron::go_duration::format_go_duration(*.waited))]
     WritersBusy { mirror: String, waited: Duration },
@@ -491,7 +526,7 @@ pub(crate) async fn locked_sync(
         };
         stages.begin(Stage::Dedupe);
         let starts = read.starts.clone();
-        let mut summary = merge::dedupe_and_merge(db, &sql, options, guard, &load, read)
+        let mut summary = merge::dedupe_and_merge(db, &sql, options, guard, &load, read, stages)
             .await
             .map_err(|e| empty_source(spec, &files, e))?;
         summary.duplicate_lines = summary
@@ -524,7 +559,10 @@ fn empty_source(spec: &MirrorSpec, files: &[PathBuf], e: MirrorRunError) -> Mirr
         (
             MirrorSource::Glob(pattern),
             MirrorRunError::EmptyFile {
-                mirror, current, ..
+                mirror,
+                current,
+                counts,
+                ..
             },
         ) => MirrorRunError::EmptySource {
             mirror,
@@ -535,6 +573,7 @@ fn empty_source(spec: &MirrorSpec, files: &[PathBuf], e: MirrorRunError) -> Mirr
                 n => format!("its {n} files are all empty"),
             },
             current,
+            counts,
         },
         (_, e) => e,
     }
