@@ -421,9 +421,13 @@ pub async fn run_sync(
     }
     let started = Instant::now();
     crate::metrics::record_run_started(label);
-    let mut counts = Counts::default();
-    let mut stages = StageTimes::labelled(label);
-    let result = locked_run(ctx, request, load_id, &mut counts, &mut stages, cancel).await;
+    let mut run = Run::new(load_id, label);
+    let result = locked_run(ctx, request, &mut run, cancel).await;
+    let Run {
+        mut counts,
+        mut stages,
+        ..
+    } = run;
     stages.end();
     // Bounded like compensation: an unreachable database must not hold the run.
     let stalled = result.as_ref().is_err_and(SyncError::is_stalled);
@@ -571,22 +575,21 @@ pub async fn prune_journal(ctx: &SyncContext) {
 async fn locked_run(
     ctx: &SyncContext,
     request: &SyncRequest,
-    load_id: LoadId,
-    counts: &mut Counts,
-    stages: &mut StageTimes,
+    run: &mut Run,
     cancel: CancellationToken,
 ) -> Result<(Outcome, Option<String>), SyncError> {
     let db = &ctx.db;
+    let load_id = run.load_id;
     let file = crate::config::file_identity(&request.file)
         .display()
         .to_string();
     if let Some(suffix) = &ctx.settings.csv.ready_marker {
-        stages.begin(Stage::Ready);
+        run.stages.begin(Stage::Ready);
         if let Some(reason) = wait_ready(ctx, request, load_id, &file, suffix, &cancel).await? {
             return Ok((Outcome::Skipped, Some(reason)));
         }
     }
-    stages.begin(Stage::Settle);
+    run.stages.begin(Stage::Settle);
     // Settle before the lock: a file still being written holds up no other agent.
     let rules = settle::Rules::from_debounce(ctx.settings.triggers.watch_debounce);
     let settled = match settle::wait(&request.file, rules, &ctx.writes, &cancel).await {
@@ -603,7 +606,7 @@ async fn locked_run(
             return Err(refuse_unlocked(db, load_id, request, &file, e).await);
         }
     };
-    stages.begin(Stage::Lock);
+    run.stages.begin(Stage::Lock);
     let lock = take_run_lock(ctx, request, load_id, &file, &cancel).await?;
     let Some(lock) = lock else {
         let reason = "another sync of this database is in progress (advisory lock held)";
@@ -619,7 +622,6 @@ async fn locked_run(
         .await?;
         return Ok((Outcome::Skipped, Some(reason.into())));
     };
-    let mut hashed = None;
     let lock_pid = lock.pid();
     // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
     let stalled = lock.stalled(ctx.settings.database.timeout);
@@ -628,35 +630,25 @@ async fn locked_run(
         runs::start(db, load_id, request.trigger, &file, None)
             .await
             .map_err(SyncError::Bookkeeping)?;
-        let tally = Arc::new(ReadTally::default());
-        let outcome = saga(
-            ctx,
-            request,
-            &settled,
-            load_id,
-            lock_pid,
-            &mut *counts,
-            &mut *stages,
-            &tally,
-            &mut hashed,
-            &cancel,
-        )
-        .await;
-        store_rejects(ctx, load_id, &tally).await;
+        let outcome = saga(ctx, request, &settled, lock_pid, &mut *run, &cancel).await;
+        store_rejects(ctx, load_id, &run.tally).await;
         outcome
     };
     let result = tokio::select! {
         outcome = work => outcome,
         e = stalled => Err(SyncError::Db(e)),
     };
-    stages.end();
+    run.stages.end();
     if let Err(e) = &result {
-        e.partial_counts(counts);
+        e.partial_counts(&mut run.counts);
         if e.is_stalled() {
             tracing::error!("the database does not answer: the staging rows and the run record are left to the next run's recovery");
         } else {
-            let refused = hashed.as_ref().filter(|_| e.outcome() == Outcome::Refused);
-            compensate(db, load_id, counts, e, refused).await;
+            let refused = run
+                .hashed
+                .as_ref()
+                .filter(|_| e.outcome() == Outcome::Refused);
+            compensate(db, load_id, &run.counts, e, refused).await;
             // A refusal of the content is remembered: later runs skip it cheaply.
             if let Some(hash) = refused {
                 let key = refusal_key(&ctx.settings, hash);
@@ -865,21 +857,24 @@ async fn take_run_lock(
     Ok(lock)
 }
 
-/// The stages in order. Returns the outcome of a run that got this far.
-// The run's inputs, plus its out-parameters (counts, stage times, the rejects read).
-#[allow(clippy::too_many_arguments)]
+/// The stages in order, each adding to `run`. Returns the outcome of a run
+/// that got this far.
 async fn saga(
     ctx: &SyncContext,
     request: &SyncRequest,
     settled: &settle::Settled,
-    load_id: LoadId,
     lock_pid: i32,
-    counts: &mut Counts,
-    stages: &mut StageTimes,
-    tally: &Arc<ReadTally>,
-    hashed: &mut Option<ContentHash>,
+    run: &mut Run,
     cancel: &CancellationToken,
 ) -> Result<(Outcome, Option<String>), SyncError> {
+    let load_id = run.load_id;
+    let Run {
+        counts,
+        stages,
+        tally,
+        hashed,
+        ..
+    } = run;
     let settings = &ctx.settings;
     let db = &ctx.db;
     let file = &request.file;
@@ -1009,6 +1004,33 @@ async fn saga(
         .await
         .map_err(drifted)?;
     Ok((Outcome::Synced, None))
+}
+
+/// What one run accumulates as it goes (docs/ARCHITECTURE.md#one-run-the-pipeline):
+/// its counts, its stage times, the rejects read and, once hashed, the content
+/// hash. `run_sync` makes it, each stage adds to it, and the run's record and
+/// summary are written from it.
+struct Run {
+    load_id: LoadId,
+    counts: Counts,
+    stages: StageTimes,
+    /// What the reader counted and kept, shared with its thread.
+    tally: Arc<ReadTally>,
+    /// The file's content hash, once the hash step took it.
+    hashed: Option<ContentHash>,
+}
+
+impl Run {
+    /// A run of `load_id`; its metrics carry the label `mirror`.
+    fn new(load_id: LoadId, mirror: Option<&str>) -> Self {
+        Self {
+            load_id,
+            counts: Counts::default(),
+            stages: StageTimes::labelled(mirror),
+            tally: Arc::new(ReadTally::default()),
+            hashed: None,
+        }
+    }
 }
 
 /// What the hash step decided.
