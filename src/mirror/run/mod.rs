@@ -95,13 +95,18 @@ impl Default for MirrorRunOptions {
 }
 
 /// One rejected line: the file, its line, the column (none when the line
-/// itself is wrong, e.g. its number of fields) and the reason.
+/// itself is wrong, e.g. its number of fields), the reason and the line's text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirrorReject {
     pub file: PathBuf,
     pub line: u64,
     pub column: Option<String>,
     pub reason: String,
+    /// The line's text as read, as the followers' rejects keep it
+    /// (docs/sync.md#rejects-report): decoded, without its line break, cut to
+    /// the reader's limit (1000 bytes), invalid UTF-8 and NUL as U+FFFD (so
+    /// PostgreSQL text can hold it, `sync_rejects.raw_line`). Not in `Display`.
+    pub raw: String,
 }
 
 /// A line of the source: its file and the file's line.
@@ -314,6 +319,12 @@ pub enum MirrorRunError {
         "mirror {mirror}: no run to revert (none changed the table, or every one is reverted)"
     )]
     NothingToRevert { mirror: String },
+    #[error("mirror {mirror}: the table {table} does not exist (dropped since run {load_id} changed it); a revert could not be exact, nothing changed (a sync creates the table again)")]
+    TableMissing {
+        mirror: String,
+        table: String,
+        load_id: uuid::Uuid,
+    },
     #[error("mirror {mirror}: the run {load_id} has no journal (journal_keep_runs was 0, or its journal was pruned); cannot revert it")]
     NoJournal { mirror: String, load_id: uuid::Uuid },
     /// `check_mirror_file`: the two reads of the file differ.
