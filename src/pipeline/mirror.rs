@@ -495,7 +495,7 @@ async fn store_rejects(
                     None => format!("{file}{}", r.reason),
                 }
             },
-            raw: String::new(),
+            raw: r.raw.clone(),
         })
         .collect();
     if let Err(e) = rejects::store(db.get_postgres_connection_pool(), load_id, &stored).await {

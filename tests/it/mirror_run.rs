@@ -4,14 +4,18 @@
 //! columns, a header in another order with extra columns. First sync, a change
 //! of every kind, an unchanged file skipped, rejects naming line and column,
 //! `MAX_REJECTS`, a missing column refused by name, the guards refusing, a
-//! failure mid-merge, revert, and concurrent runs.
+//! failure mid-merge, revert, and concurrent runs. Then the defects a
+//! black-box test found: a `numeric`'s trailing zeros and a case-only change
+//! under a case-insensitive collation are changes, a `nullable` column over a
+//! NOT NULL one is refused at the table check, a mirror never synced has
+//! nothing to revert and no history, and rejects keep their line's text.
 
 use crate::helpers::fixtures::subscribers_toml;
 use crate::helpers::TestEnv;
 use followers_etl::config::DatabaseUrl;
 use followers_etl::mirror::run::{
-    mirror_lock_key, revert_mirror_last, sync_mirror, MirrorRunError, MirrorRunOptions,
-    MirrorSummary,
+    check_mirror_file, key_from_args, mirror_history, mirror_lock_key, revert_mirror_last,
+    sync_mirror, MirrorCheck, MirrorRunError, MirrorRunOptions, MirrorSummary,
 };
 use followers_etl::mirror::{from_toml_str, ColumnType, MirrorSpec};
 use sea_orm::{Database, DatabaseConnection};
@@ -1234,4 +1238,271 @@ async fn tables_whose_32_bit_lock_keys_collide_have_their_own_locks() {
     ));
     let s = env.sync(&two, options).await.unwrap();
     assert_eq!(s.inserted, 3);
+}
+
+const BALANCES: &str = r#"
+[[mirror]]
+name = "balances"
+file = "balances.csv"
+table = "crm.balances"
+key = ["id"]
+columns = [
+  { name = "id",     type = "integer" },
+  { name = "amount", type = "numeric" },
+  { name = "label",  type = "text" },
+]
+"#;
+
+/// `crm.balances` by id, each value as PostgreSQL's text of it.
+async fn balances(env: &Env) -> Vec<(i32, String, String)> {
+    sqlx::query_as("SELECT id, amount::text, label FROM crm.balances ORDER BY id")
+        .fetch_all(&env.env.pool)
+        .await
+        .unwrap()
+}
+
+fn rows(list: &[(i32, &str, &str)]) -> Vec<(i32, String, String)> {
+    list.iter()
+        .map(|(id, a, l)| (*id, (*a).to_owned(), (*l).to_owned()))
+        .collect()
+}
+
+/// docs/mirrors.md#types: a `numeric` is loaded with its trailing zeros, so
+/// `2` becoming `2.00` is a change (the numbers are equal, the file's text is
+/// not), in the diff and in a revert's check of the table alike.
+#[tokio::test]
+async fn a_numeric_spelled_with_other_trailing_zeros_is_a_change() {
+    let env = env().await;
+    let spec = spec(BALANCES);
+    let options = MirrorRunOptions::default();
+    env.env
+        .write_file("balances.csv", "id,amount,label\n1,2,a\n2,1.5,b\n3,7,c\n");
+    env.sync(&spec, options).await.unwrap();
+    env.env.write_file(
+        "balances.csv",
+        "id,amount,label\n1,2.00,a\n2,1.50,b\n3,7,c\n",
+    );
+    let s = env.sync(&spec, options).await.unwrap();
+    assert_eq!(
+        (s.inserted, s.updated, s.deleted, s.unchanged),
+        (0, 2, 0, 1),
+        "{s:?}"
+    );
+    let synced = rows(&[(1, "2.00", "a"), (2, "1.50", "b"), (3, "7", "c")]);
+    assert_eq!(balances(&env).await, synced);
+
+    // Written back outside the agent as an equal number of another spelling:
+    // the table is no longer what the run left, so no exact revert.
+    env.env
+        .exec("UPDATE crm.balances SET amount = 2 WHERE id = 1")
+        .await;
+    let e = revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, MirrorRunError::RevertDrift { count: 1, load_id, .. } if Some(*load_id) == s.load_id),
+        "{e}"
+    );
+    // The unchanged file makes the table equal to it again.
+    let again = env.sync(&spec, options).await.unwrap();
+    assert_eq!((again.inserted, again.updated, again.deleted), (0, 1, 0));
+    assert_eq!(balances(&env).await, synced);
+    let done = revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((done.load_id, done.changed), (again.load_id.unwrap(), 1));
+    assert_eq!(
+        balances(&env).await,
+        rows(&[(1, "2", "a"), (2, "1.50", "b"), (3, "7", "c")])
+    );
+}
+
+/// A text column of a case-insensitive (nondeterministic) collation holds
+/// `a` equal to `A`; the mirror compares text byte by byte, so a case-only
+/// change is synced.
+#[tokio::test]
+async fn a_case_only_change_is_a_change_whatever_the_column_collation() {
+    let env = env().await;
+    let spec = spec(BALANCES);
+    let options = MirrorRunOptions::default();
+    env.env
+        .exec(
+            "CREATE SCHEMA crm;
+             CREATE COLLATION crm.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE crm.balances (id integer PRIMARY KEY, amount numeric NOT NULL,
+                                        label text COLLATE crm.ci NOT NULL)",
+        )
+        .await;
+    env.env
+        .write_file("balances.csv", "id,amount,label\n1,1,ann\n2,2,bob\n");
+    env.sync(&spec, options).await.unwrap();
+    env.env
+        .write_file("balances.csv", "id,amount,label\n1,1,Ann\n2,2,bob\n");
+    let s = env.sync(&spec, options).await.unwrap();
+    assert_eq!((s.inserted, s.updated, s.deleted), (0, 1, 0), "{s:?}");
+    assert_eq!(
+        balances(&env).await,
+        rows(&[(1, "1", "Ann"), (2, "2", "bob")])
+    );
+    // The revert's check compares as the diff does: a case-only edit since
+    // the run is a change.
+    env.env
+        .exec("UPDATE crm.balances SET label = 'ANN' WHERE id = 1")
+        .await;
+    let e = revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, MirrorRunError::RevertDrift { count: 1, .. }),
+        "{e}"
+    );
+}
+
+/// docs/mirrors.md#an-existing-table: a `nullable` column's empty field is
+/// NULL, which a NOT NULL column refuses; refused at the table check, naming
+/// the mirror, the column and the fix, before anything is read.
+#[tokio::test]
+async fn a_nullable_column_over_a_not_null_one_is_refused_at_the_table_check() {
+    let env = env().await;
+    let spec = spec(&BALANCES.replace(
+        r#"{ name = "label",  type = "text" }"#,
+        r#"{ name = "label",  type = "text", nullable = true }"#,
+    ));
+    assert!(spec.columns[2].nullable);
+    env.env
+        .exec(
+            "CREATE SCHEMA crm;
+             CREATE TABLE crm.balances (id integer PRIMARY KEY, amount numeric NOT NULL, label text NOT NULL)",
+        )
+        .await;
+    env.env
+        .write_file("balances.csv", "id,amount,label\n1,1,\n2,2,bob\n");
+    let e = env
+        .sync(&spec, MirrorRunOptions::default())
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(&e, MirrorRunError::Incompatible(i) if i.column == "column label"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(
+            "mirror balances: the existing table crm.balances: column label is NOT NULL"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"fix: ALTER TABLE "crm"."balances" ALTER COLUMN "label" DROP NOT NULL, or set nullable = false"#),
+        "{text}"
+    );
+    assert!(balances(&env).await.is_empty());
+
+    env.env
+        .exec("ALTER TABLE crm.balances ALTER COLUMN label DROP NOT NULL")
+        .await;
+    let s = env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    assert_eq!(s.inserted, 2);
+    let nulls = env
+        .env
+        .scalar("SELECT count(*) FROM crm.balances WHERE label IS NULL")
+        .await;
+    assert_eq!(nulls, 1);
+}
+
+/// docs/mirrors.md#revert: a mirror whose table does not exist yet has no run
+/// to revert (not a raw "relation does not exist"), and its history is empty;
+/// one whose table was dropped after a sync cannot be written back.
+#[tokio::test]
+async fn a_mirror_never_synced_has_nothing_to_revert_and_no_history() {
+    let env = env().await;
+    let spec = spec(
+        &ACCOUNTS
+            .replace(r#"'crm."Accounts"'"#, r#""e.never""#)
+            .replace("accounts.csv", "never.csv"),
+    );
+    let revert = || revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5));
+    let e = revert().await.unwrap_err();
+    assert!(
+        matches!(&e, MirrorRunError::NothingToRevert { mirror } if mirror == "accounts"),
+        "{e}"
+    );
+    let key = key_from_args(&spec, &["1".to_owned()]).unwrap();
+    let events = mirror_history(&env.db, &spec, &key).await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
+
+    env.env.write_file("never.csv", accounts_csv(2, ""));
+    let s = env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    assert_eq!(mirror_history(&env.db, &spec, &key).await.unwrap().len(), 1);
+    env.env.exec("DROP TABLE e.never").await;
+    let e = revert().await.unwrap_err();
+    assert!(
+        matches!(&e, MirrorRunError::TableMissing { load_id, .. } if Some(*load_id) == s.load_id),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("the table e.never does not exist"),
+        "{e}"
+    );
+    assert_eq!(mirror_history(&env.db, &spec, &key).await.unwrap().len(), 1);
+}
+
+/// docs/mirrors.md#reading: every reject keeps its line's text as read, as the
+/// followers' rejects do (without the line break, line breaks inside quotes
+/// kept, cut to 1000 bytes), for `sync_rejects.raw_line`; `check` hands the
+/// same text; the reject's own text (`Display`) is unchanged.
+#[tokio::test]
+async fn rejects_keep_the_text_of_their_line() {
+    let env = env().await;
+    let mut spec = spec(ACCOUNTS);
+    let long = format!("y4,{}", "n".repeat(1500));
+    let file = format!(
+        "id,name\r\n1,Account 1\r\nx2,Account 2\r\n3,\"Account\n3\",extra\r\n{long}\r\n5,Account 5\r\n"
+    );
+    let path = env.env.write_file("accounts.csv", &file);
+    let expected = vec![
+        (3, "x2,Account 2".to_owned()),
+        (4, "3,\"Account\n3\",extra".to_owned()),
+        (6, long[..1000].to_owned()),
+    ];
+    let raws = |rejects: &[followers_etl::mirror::run::MirrorReject]| -> Vec<(u64, String)> {
+        rejects.iter().map(|r| (r.line, r.raw.clone())).collect()
+    };
+
+    let e = env
+        .sync(&spec, MirrorRunOptions::default())
+        .await
+        .unwrap_err();
+    match &e {
+        MirrorRunError::TooManyRejects { first, rejects, .. } => {
+            let all = [vec![(**first).clone()], rejects.clone()].concat();
+            assert_eq!(raws(&all), expected);
+        }
+        other => panic!("{other}"),
+    }
+
+    spec.overrides.max_rejects = Some(3);
+    let s = env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    assert_eq!((s.inserted, s.rejected), (2, 3));
+    assert_eq!(raws(&s.rejects), expected);
+    let shown = s.rejects[0].to_string();
+    assert!(
+        shown.ends_with("accounts.csv: line 3: column id: id \"x2\" is not a whole number"),
+        "{shown}"
+    );
+
+    let mut report = MirrorCheck::default();
+    let mut checked = Vec::new();
+    check_mirror_file(
+        &spec,
+        &path,
+        &followers_etl::config::CsvFormat::default(),
+        &mut report,
+        |r, bytes| {
+            assert_eq!(r.raw, String::from_utf8_lossy(bytes));
+            checked.push((r.line, r.raw.clone()));
+        },
+    )
+    .unwrap();
+    assert_eq!(checked, expected);
 }

@@ -395,7 +395,7 @@ fn refusal(spec: &MirrorSpec, e: MergeError) -> MirrorRunError {
             deleted: counts.deleted,
             current,
             ratio,
-            counts,
+            counts: Box::new(counts),
         },
         MergeError::MassUpdate {
             counts,
@@ -406,7 +406,7 @@ fn refusal(spec: &MirrorSpec, e: MergeError) -> MirrorRunError {
             updated: counts.updated,
             current,
             ratio,
-            counts,
+            counts: Box::new(counts),
         },
         MergeError::EmptyFile {
             current,
@@ -416,7 +416,7 @@ fn refusal(spec: &MirrorSpec, e: MergeError) -> MirrorRunError {
             mirror,
             current,
             what,
-            counts,
+            counts: Box::new(counts),
         },
         other => db_error(spec, "guard", DbErr::Custom(other.to_string())),
     }

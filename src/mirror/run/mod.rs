@@ -108,13 +108,18 @@ impl Default for MirrorRunOptions {
 }
 
 /// One rejected line: the file, its line, the column (none when the line
-/// itself is wrong, e.g. its number of fields) and the reason.
+/// itself is wrong, e.g. its number of fields), the reason and the line's text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirrorReject {
     pub file: PathBuf,
     pub line: u64,
     pub column: Option<String>,
     pub reason: String,
+    /// The line's text as read, as the followers' rejects keep it
+    /// (docs/sync.md#rejects-report): decoded, without its line break, cut to
+    /// the reader's limit (1000 bytes), invalid UTF-8 and NUL as U+FFFD (so
+    /// PostgreSQL text can hold it, `sync_rejects.raw_line`). Not in `Display`.
+    pub raw: String,
 }
 
 /// A line of the source: its file and the file's line.
@@ -182,7 +187,7 @@ impl MirrorRunError {
             Self::MassDelete { counts, .. }
             | Self::MassUpdate { counts, .. }
             | Self::EmptyFile { counts, .. }
-            | Self::EmptySource { counts, .. } => Some(*counts),
+            | Self::EmptySource { counts, .. } => Some(**counts),
             _ => None,
         }
     }
@@ -284,7 +289,7 @@ pub enum MirrorRunError {
         current: u64,
         ratio: f64,
         /// What the run would have done.
-        counts: crate::domain::Counts,
+        counts: Box<crate::domain::Counts>,
     },
     #[error("mirror {mirror}: the file would change {updated} of {current} rows ({:.1}%), more than MAX_UPDATE_RATIO={ratio}; rolled back (use --allow-mass-update if intended)", crate::convert::percent(*.updated, *.current))]
     MassUpdate {
@@ -293,7 +298,7 @@ pub enum MirrorRunError {
         current: u64,
         ratio: f64,
         /// What the run would have done.
-        counts: crate::domain::Counts,
+        counts: Box<crate::domain::Counts>,
     },
     #[error("mirror {mirror}: the file is empty ({what}) and would delete all {current} rows; an empty file is refused whatever max_delete_ratio says (use --allow-mass-delete if intended)")]
     EmptyFile {
@@ -301,7 +306,7 @@ pub enum MirrorRunError {
         current: u64,
         what: Emptiness,
         /// What the run would have done.
-        counts: crate::domain::Counts,
+        counts: Box<crate::domain::Counts>,
     },
     #[error("mirror {mirror}: files {pattern}: {what}, and the empty source would delete all {current} rows; an empty source is refused whatever max_delete_ratio says (use --allow-mass-delete if intended)")]
     EmptySource {
@@ -311,7 +316,7 @@ pub enum MirrorRunError {
         what: String,
         current: u64,
         /// What the run would have done.
-        counts: crate::domain::Counts,
+        counts: Box<crate::domain::Counts>,
     },
     #[error("mirror {mirror}: waited LOCK_WAIT_TIMEOUT={} for another session writing the table; rolled back, nothing changed (the next run tries again)", robfig_cron::go_duration::format_go_duration(*.waited))]
     WritersBusy { mirror: String, waited: Duration },
@@ -349,6 +354,12 @@ pub enum MirrorRunError {
         "mirror {mirror}: no run to revert (none changed the table, or every one is reverted)"
     )]
     NothingToRevert { mirror: String },
+    #[error("mirror {mirror}: the table {table} does not exist (dropped since run {load_id} changed it); a revert could not be exact, nothing changed (a sync creates the table again)")]
+    TableMissing {
+        mirror: String,
+        table: String,
+        load_id: uuid::Uuid,
+    },
     #[error("mirror {mirror}: the run {load_id} has no journal (journal_keep_runs was 0, or its journal was pruned); cannot revert it")]
     NoJournal { mirror: String, load_id: uuid::Uuid },
     /// `check_mirror_file`: the two reads of the file differ.

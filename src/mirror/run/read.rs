@@ -296,6 +296,7 @@ impl Reading<'_> {
                             line: row.line,
                             column,
                             reason,
+                            raw: raw_text(&row.raw),
                         });
                     }
                 }
@@ -396,6 +397,13 @@ fn read_files(
     })
 }
 
+/// A rejected line's text (`MirrorReject::raw`) from the reader's `RawRow::raw`
+/// (already cut to `RAW_LINE_LIMIT` bytes): as the followers' rejects keep it,
+/// invalid UTF-8 and NUL (which PostgreSQL text cannot hold) as U+FFFD.
+fn raw_text(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).replace('\0', "\u{FFFD}")
+}
+
 /// The header's line in the file (the `csv` crate's position of the record).
 fn header_line(header: &ByteRecord) -> u64 {
     header.position().map_or(1, csv::Position::line)
@@ -452,6 +460,7 @@ pub fn check_mirror_file(
                 line: row.line,
                 column,
                 reason,
+                raw: raw_text(&row.raw),
             };
             on_reject(&reject, &row.raw);
         }

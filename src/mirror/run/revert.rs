@@ -1,7 +1,8 @@
 //! The revert of a generic mirror's newest run (docs/mirrors.md#revert), as the
 //! followers' revert (docs/sync.md, "Journal, revert and history"): under the
 //! run lock, in one transaction holding the table's writer lock (its writes
-//! the agent's own, `OWN_WRITE`): the newest run in commit order that changed
+//! the agent's own, `OWN_WRITE`; a table that does not exist is refused
+//! before its lock, `table_present`): the newest run in commit order that changed
 //! the table and is not reverted, refused unless its whole journal is kept and
 //! the table is still exactly what it left for every row it changed and the
 //! definition is the one it merged with (else the result would not be exact); each undo statement checked against the
@@ -15,7 +16,9 @@ use crate::config::DatabaseUrl;
 use crate::mirror::store::{definition_fingerprint, MirrorSql};
 use crate::mirror::MirrorSpec;
 use crate::pipeline::drift::OWN_WRITE;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, QueryResult, TransactionTrait, Value,
+};
 
 /// Undoes the mirror's newest run that changed its table and is not reverted
 /// yet, from its journal (the steps above). The table is unchanged after any
@@ -48,6 +51,52 @@ pub async fn revert_mirror_last(
     result
 }
 
+/// The mirror's newest run that changed its table and is not reverted
+/// (`newest_revertible`), or `NothingToRevert`.
+async fn newest_run(
+    txn: &DatabaseTransaction,
+    sql: &MirrorSql<'_>,
+) -> Result<QueryResult, MirrorRunError> {
+    let spec = sql.spec();
+    let mirror = spec.name.to_string();
+    txn.query_one(stmt(
+        &sql.newest_revertible(),
+        vec![Value::from(mirror.clone())],
+    ))
+    .await
+    .map_err(|e| db_error(spec, "revert", e))?
+    .ok_or(MirrorRunError::NothingToRevert { mirror })
+}
+
+/// Refuses, before the table's lock, a revert of a mirror whose table does
+/// not exist: never synced (`NothingToRevert`: no run changed it), or dropped
+/// since its newest run (`TableMissing`: nothing to write back to).
+async fn table_present(
+    txn: &DatabaseTransaction,
+    sql: &MirrorSql<'_>,
+) -> Result<(), MirrorRunError> {
+    let spec = sql.spec();
+    let at = |source| db_error(spec, "revert", source);
+    let exists: bool = txn
+        .query_one(stmt(
+            MirrorSql::TABLE_EXISTS,
+            vec![Value::from(spec.table.sql())],
+        ))
+        .await
+        .map_err(at)?
+        .map_or(Ok(false), |r| r.try_get_by_index(0))
+        .map_err(at)?;
+    if exists {
+        return Ok(());
+    }
+    let run = newest_run(txn, sql).await?;
+    Err(MirrorRunError::TableMissing {
+        mirror: spec.name.to_string(),
+        table: spec.table.to_string(),
+        load_id: run.try_get_by_index(0).map_err(at)?,
+    })
+}
+
 #[tracing::instrument(skip_all, fields(mirror = %spec.name))]
 async fn revert_in(
     txn: &DatabaseTransaction,
@@ -59,17 +108,9 @@ async fn revert_in(
     let mirror = spec.name.to_string();
     let sql = MirrorSql::new(spec);
     txn.execute_unprepared(OWN_WRITE).await.map_err(at)?;
+    table_present(txn, &sql).await?;
     lock_table(txn, &sql, lock_wait).await?;
-    let run = txn
-        .query_one(stmt(
-            &sql.newest_revertible(),
-            vec![Value::from(mirror.clone())],
-        ))
-        .await
-        .map_err(at)?
-        .ok_or_else(|| MirrorRunError::NothingToRevert {
-            mirror: mirror.clone(),
-        })?;
+    let run = newest_run(txn, &sql).await?;
     let load_id: uuid::Uuid = run.try_get_by_index(0).map_err(at)?;
     let journaled: Option<i64> = run.try_get_by_index(1).map_err(at)?;
     let kept: i64 = run.try_get_by_index(2).map_err(at)?;

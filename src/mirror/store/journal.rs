@@ -12,7 +12,7 @@
 //! run left for every row it changed, and `revert_counts` gives the rows each
 //! revert statement must write back.
 
-use super::{json_object, pos, MirrorSql, Op, MODIFIED, RUNS};
+use super::{exact, json_object, pos, MirrorSql, Op, MODIFIED, RUNS};
 use crate::mirror::value::parse_value;
 use crate::mirror::MirrorSpec;
 
@@ -110,19 +110,26 @@ impl MirrorSql<'_> {
 
     /// The rows of the load `$1` (mirror `$2`) whose state in the table is not
     /// what the load left: an insert or update whose row is absent now or whose
-    /// configured columns (or `modified_column`) differ from its `after`, a
+    /// configured columns (or `modified_column`) differ from its `after` (each
+    /// compared as the diff compares it, `exact`), a
     /// delete whose key is present again. Up to three, each with the key (`jsonb`
     /// as text), the op and whether the row is present now, and how many in all
     /// (`bigint`). A revert refuses unless this is empty: it would not be exact.
     pub fn revert_drift(&self) -> String {
-        let mut fields: Vec<String> = self.columns().map(|(_, c)| c.name.sql()).collect();
+        // Each column compared as the diff compares it (`exact`): a `numeric`
+        // 2.00 written back as 2 outside the agent is a change.
+        let (mut now, mut after): (Vec<String>, Vec<String>) = self
+            .columns()
+            .map(|(_, c)| {
+                let n = c.name.sql();
+                exact(c.ty, &format!("t.{n}"), &format!("a.{n}"))
+            })
+            .unzip();
         if let Some(m) = &self.spec.modified_column {
-            fields.push(m.sql());
+            now.push(format!("t.{}", m.sql()));
+            after.push(format!("a.{}", m.sql()));
         }
-        let row = |alias: &str| {
-            let list: Vec<String> = fields.iter().map(|f| format!("{alias}.{f}")).collect();
-            format!("ROW({})", list.join(", "))
-        };
+        let row = |list: Vec<String>| format!("ROW({})", list.join(", "));
         let k0 = self.spec.key[0].sql();
         format!(
             "SELECT j.key::text, j.op::text, t.{k0} IS NOT NULL, count(*) OVER ()::bigint
@@ -141,8 +148,8 @@ impl MirrorSql<'_> {
                 |_, c| format!("t.{}", c.name.sql()),
                 |_, c| format!("k.{}", c.name.sql())
             ),
-            now = row("t"),
-            after = row("a"),
+            now = row(now),
+            after = row(after),
         )
     }
 

@@ -27,7 +27,7 @@ pub use staging::{copy_line, escape_copy_text, STAGING_SCHEMA};
 pub use status::{definition_fingerprint, COUNTER_TRIGGER, RUNS, STATUS};
 pub use table::{CatalogColumn, IncompatibleTable, TableState};
 
-use super::{quote_identifier, ColumnSpec, MirrorSpec};
+use super::{quote_identifier, ColumnSpec, ColumnType, MirrorSpec};
 
 /// One of a journal row's operations (`mirror_journal.op`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +131,31 @@ impl<'a> MirrorSql<'a> {
             .map(|(i, c)| format!("{} = {}", left(i, c), right(i, c)))
             .collect::<Vec<_>>()
             .join(" AND ")
+    }
+}
+
+/// `left IS DISTINCT FROM right` as the mirror compares a column of type `ty`
+/// (docs/mirrors.md#storage, "diff"): equal only where the file's value and the
+/// table's are the same value *as loaded*, so the mirror equals the file.
+/// `numeric` by its text (`2` and `2.00` are equal numbers, but the file
+/// changed: trailing zeros are kept); `text` and `email` byte by byte
+/// (`COLLATE "C"`: a column of a case-insensitive, nondeterministic collation
+/// would hold `Ann` equal to `ann`); every other type by its value (a
+/// `timestamptz` compares instants, as its canonical text is one spelling of
+/// each).
+fn distinct(ty: ColumnType, left: &str, right: &str) -> String {
+    let (left, right) = exact(ty, left, right);
+    format!("{left} IS DISTINCT FROM {right}")
+}
+
+/// Both sides of `distinct`'s comparison, as it compares them.
+fn exact(ty: ColumnType, left: &str, right: &str) -> (String, String) {
+    match ty {
+        ColumnType::Numeric => (format!("{left}::text"), format!("{right}::text")),
+        ColumnType::Text { .. } | ColumnType::Email => {
+            (left.to_owned(), format!("{right} COLLATE \"C\""))
+        }
+        _ => (left.to_owned(), right.to_owned()),
     }
 }
 

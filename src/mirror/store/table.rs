@@ -5,7 +5,7 @@
 //! the application's and survive every sync.
 
 use super::journal::Write;
-use super::{json_object, pos, MirrorSql, Op, MODIFIED};
+use super::{distinct, json_object, pos, MirrorSql, Op, MODIFIED};
 use crate::mirror::{modified_column_compatible, quote_identifier, ColumnName, ColumnSpec};
 
 /// The merge's diff: the keys of the load and of the table that differ, with the
@@ -80,6 +80,11 @@ impl MirrorSql<'_> {
         )
     }
 
+    /// Whether the table exists (`boolean`): `$1` the table quoted
+    /// (`TableName::sql`). A revert of a mirror whose table is absent (never
+    /// synced, or dropped) has nothing to write back to.
+    pub const TABLE_EXISTS: &'static str = "SELECT to_regclass($1) IS NOT NULL";
+
     /// An existing table's columns: `$1` the schema, `$2` the table (as the
     /// catalog holds them, `TableName::schema`/`table`); no rows: no such table.
     pub const CATALOG_COLUMNS: &'static str =
@@ -109,6 +114,7 @@ impl MirrorSql<'_> {
     /// Checks an existing table (`columns` from `CATALOG_COLUMNS`, `unique_keys`
     /// from `CATALOG_UNIQUE_KEYS`): every configured column present with a
     /// compatible type (`ColumnType::compatible`), the key's columns NOT NULL,
+    /// a `nullable` column not NOT NULL,
     /// the `modified_column` a timestamp, and a primary key or unique index on
     /// exactly the key's columns (in any order).
     pub fn check_table(
@@ -160,6 +166,23 @@ impl MirrorSql<'_> {
                         "ALTER TABLE {} ALTER COLUMN {} TYPE text (an email key is lower-cased by the email type already)",
                         self.table(),
                         c.name.sql()
+                    ),
+                ));
+            }
+            // An empty field of a nullable column is NULL: a NOT NULL column
+            // would refuse it mid-merge, after the whole file was read.
+            if c.nullable && found.not_null {
+                return Err(error(
+                    format!("column {}", c.name),
+                    format!(
+                        "is NOT NULL, but [[mirror]] {} has it nullable = true, so an empty field would fail the merge",
+                        self.spec.name
+                    ),
+                    format!(
+                        "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL, or set nullable = false on the column in [[mirror]] {}",
+                        self.table(),
+                        c.name.sql(),
+                        self.spec.name
                     ),
                 ));
             }
@@ -320,7 +343,7 @@ impl MirrorSql<'_> {
     /// Fills the diff in one pass (a full join of the load `$1` and the table):
     /// new keys (`i`), keys absent from the load (`d`) unless protected, and
     /// keys whose non-key configured columns differ in any way (`IS DISTINCT
-    /// FROM`, `u`). Unchanged rows are not in it, so nothing writes them. `$2`:
+    /// FROM`, as `distinct` compares each type: `2` and `2.00` differ, `u`). Unchanged rows are not in it, so nothing writes them. `$2`:
     /// the protected keys, a `jsonb` array of `key_json` objects (`[]`: none),
     /// the keys of rejected lines, which the file may still hold: a rejected
     /// line leaves its row as it is, as in the followers mirror.
@@ -340,7 +363,13 @@ impl MirrorSql<'_> {
         let changed: Vec<String> = self
             .values()
             .into_iter()
-            .map(|(i, c)| format!("t.{} IS DISTINCT FROM s.{}", c.name.sql(), pos(i)))
+            .map(|(i, c)| {
+                distinct(
+                    c.ty,
+                    &format!("t.{}", c.name.sql()),
+                    &format!("s.{}", pos(i)),
+                )
+            })
             .collect();
         let changed = if changed.is_empty() {
             "false".to_owned()

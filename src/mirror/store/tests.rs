@@ -247,6 +247,50 @@ fn an_existing_table_is_checked() {
 }
 
 #[test]
+fn a_nullable_column_must_allow_null_in_the_table() {
+    let spec = subscribers();
+    let sql = MirrorSql::new(&spec);
+    let key = vec![vec!["email".to_owned(), "account_id".to_owned()]];
+    let mut cols = good_columns();
+    cols[3].not_null = true;
+    let e = sql.check_table(&cols, &key).unwrap_err();
+    assert_eq!(e.column, "column plan");
+    assert!(e.problem.contains("nullable = true"), "{e}");
+    assert_eq!(
+        e.fix,
+        "ALTER TABLE \"crm\".\"Sub Scribers\" ALTER COLUMN \"plan\" DROP NOT NULL, or set nullable = false on the column in [[mirror]] subscribers"
+    );
+    // Not nullable: a NOT NULL column, or one that allows NULL, both hold it.
+    let mut cols = good_columns();
+    cols[2].not_null = false;
+    assert_eq!(sql.check_table(&cols, &key), Ok(TableState::Compatible));
+}
+
+#[test]
+fn the_diff_and_the_revert_check_compare_numeric_by_text_and_text_by_bytes() {
+    let spec = subscribers();
+    let sql = MirrorSql::new(&spec);
+    let diff = sql.diff();
+    assert!(
+        diff.contains("t.\"balance\"::text IS DISTINCT FROM s.c4::text"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("t.\"plan\" IS DISTINCT FROM s.c3 COLLATE \"C\""),
+        "{diff}"
+    );
+    let drift = sql.revert_drift();
+    assert!(
+        drift.contains("ROW(t.\"account_id\", t.\"email\", t.\"Full Name\", t.\"plan\", t.\"balance\"::text, t.\"modified_at\")"),
+        "{drift}"
+    );
+    assert!(
+        drift.contains("ROW(a.\"account_id\", a.\"email\" COLLATE \"C\", a.\"Full Name\" COLLATE \"C\", a.\"plan\" COLLATE \"C\", a.\"balance\"::text, a.\"modified_at\")"),
+        "{drift}"
+    );
+}
+
+#[test]
 fn key_jsons_are_canonical_text() {
     let spec = subscribers();
     assert_eq!(
