@@ -561,6 +561,7 @@ async fn sync_mirrors(
         let mirror_request = pipeline::mirror::MirrorRequest {
             trigger: Trigger::Manual,
             force: args.force,
+            dry_run: args.dry_run,
             allow_mass_delete: args.allow_mass_delete,
             allow_mass_update: args.allow_mass_update,
         };
@@ -632,20 +633,14 @@ fn refuse_for_configured(args: &SyncArgs, chosen: &[Option<MirrorSpec>]) -> Resu
     let Some(name) = chosen.iter().flatten().map(|m| m.name.to_string()).next() else {
         return Ok(());
     };
-    let refused = if args.dry_run {
-        Some("sync --dry-run is not available for configured mirrors yet (docs/mirrors.md#status); pass --mirror followers")
-    } else if args.file.is_some() {
-        Some("--file names the built-in mirror's file; a configured mirror reads its own (pass --mirror followers with --file)")
-    } else {
-        None
-    };
-    match refused {
-        Some(why) => {
-            report(Level::ERROR, &format!("mirror {name}: {why}"));
-            Err(exit::usage())
-        }
-        None => Ok(()),
+    if args.file.is_some() {
+        report(
+            Level::ERROR,
+            &format!("mirror {name}: --file names the built-in mirror's file; a configured mirror reads its own (pass --mirror followers with --file)"),
+        );
+        return Err(exit::usage());
     }
+    Ok(())
 }
 
 /// Prints each mirror's summary, in order, and its reason when the log hides

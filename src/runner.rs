@@ -158,6 +158,7 @@ impl RunSync for MirrorSync {
         let request = crate::pipeline::mirror::MirrorRequest {
             trigger,
             force: false,
+            dry_run: false,
             allow_mass_delete: false,
             allow_mass_update: false,
         };

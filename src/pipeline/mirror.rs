@@ -4,7 +4,7 @@
 //! record is a `sync_runs` row with the mirror's name, its rejects are stored
 //! as the built-in mirror's are, and every event carries `mirror=`.
 
-use super::{ready, settle, timings::StageTimes, Summary, SyncContext};
+use super::{ready, settle, timings::StageTimes, Summary, SyncContext, WOULD_REFUSE};
 use crate::config::Settings;
 use crate::db::AdvisoryLock;
 use crate::domain::{Counts, LoadId, Outcome, Stage, Trigger};
@@ -31,6 +31,8 @@ const HELD_BACK: &str =
 pub struct MirrorRequest {
     pub trigger: Trigger,
     pub force: bool,
+    /// Plan only (docs/mirrors.md#dry-run).
+    pub dry_run: bool,
     pub allow_mass_delete: bool,
     pub allow_mass_update: bool,
 }
@@ -117,6 +119,7 @@ pub(crate) fn run_options(
         verify_every: settings.triggers.verify_every,
         lock_wait: settings.database.lock_wait_timeout,
         force: request.force,
+        dry_run: request.dry_run,
     }
 }
 
@@ -168,6 +171,14 @@ pub async fn run_mirror_sync(
             Counts::default(),
             Some(if s.held_back { HELD_BACK } else { UNCHANGED }.to_owned()),
         ),
+        Ok(Ran::Synced(s)) if s.dry_run => {
+            report_duplicates(&s);
+            let note = s
+                .would_refuse
+                .as_ref()
+                .map(|r| format!("{WOULD_REFUSE}{r}"));
+            (Outcome::DryRun, s.counts(), note)
+        }
         Ok(Ran::Synced(s)) => {
             report_duplicates(&s);
             (Outcome::Synced, s.counts(), None)
@@ -184,7 +195,12 @@ pub async fn run_mirror_sync(
         load_id,
         counts,
         duration: started.elapsed(),
-        dry_run: None,
+        dry_run: (outcome == Outcome::DryRun).then(|| super::DryRunVerdict {
+            would_refuse: reason.is_some(),
+            would_refuse_reason: reason
+                .as_deref()
+                .map(|r| r.strip_prefix(WOULD_REFUSE).unwrap_or(r).to_owned()),
+        }),
         reason,
         // Each run is one transaction: a failed one is retried (bounded) by serve.
         transient: outcome == Outcome::Failed,
@@ -402,7 +418,13 @@ async fn locked(
         Ok(summary) => {
             let rejects = summary.rejects.clone();
             let counts = summary.counts();
-            let (outcome, reason) = if summary.held_back {
+            let note = summary
+                .would_refuse
+                .as_ref()
+                .map(|r| format!("{WOULD_REFUSE}{r}"));
+            let (outcome, reason) = if summary.dry_run {
+                (Outcome::DryRun, note.as_deref())
+            } else if summary.held_back {
                 (Outcome::Skipped, Some(HELD_BACK))
             } else if summary.skipped() {
                 (Outcome::Skipped, Some(UNCHANGED))

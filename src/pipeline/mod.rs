@@ -56,7 +56,7 @@ const REFUSED_EARLIER: &str = "refused earlier: ";
 const LOCK_POLL: Duration = Duration::from_millis(250);
 
 /// How a dry run's note starts when a real run would be refused.
-const WOULD_REFUSE: &str = "a real run would be refused: ";
+pub(crate) const WOULD_REFUSE: &str = "a real run would be refused: ";
 
 /// How long a cancelled run waits for its file reader to notice.
 const READER_GRACE: Duration = Duration::from_secs(5);

@@ -525,3 +525,87 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
         1
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    assert_eq!(env.run(&["migrate"], &[]).code, 0);
+    let table = "SELECT to_regclass('crm.subscribers') IS NOT NULL";
+    // No table yet: every row would be inserted, and the table is not created.
+    let run = env.run(
+        &[
+            "--config",
+            &path,
+            "sync",
+            "--dry-run",
+            "--json",
+            "--mirror",
+            "subscribers",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let plan = &lines(&run.stdout)[0];
+    assert_eq!(plan["outcome"], "dry_run", "{run:?}");
+    assert_eq!(plan["inserted"], 3, "{run:?}");
+    assert_eq!(plan["would_refuse"], false, "{run:?}");
+    let created: bool = sqlx::query_scalar(table)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(!created, "a dry run creates no table");
+
+    assert_eq!(env.run(&["--config", &path, "sync"], &[]).code, 0);
+    let state = "SELECT (SELECT count(*) FROM crm.subscribers)
+                      + (SELECT count(*) FROM etl_info_schema.mirror_journal)
+                      + (SELECT count(*) FROM etl_info_schema.mirror_runs)";
+    let before = env.scalar(state).await;
+    let status: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT last_load_id FROM etl_info_schema.mirror_status WHERE mirror = 'subscribers'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    // Two of three rows gone and one renamed: the guard would refuse.
+    env.write_file(
+        "subscribers.csv",
+        "account_id,email,Full Name,plan\n1,ann@example.com,Ann Renamed,pro\n",
+    );
+    let run = env.run(&["--config", &path, "sync", "--dry-run", "--json"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let plans = lines(&run.stdout);
+    assert_eq!(plans[1]["mirror"], "subscribers");
+    assert_eq!(plans[1]["outcome"], "dry_run", "{run:?}");
+    assert_eq!(
+        (plans[1]["updated"].as_u64(), plans[1]["deleted"].as_u64()),
+        (Some(1), Some(2)),
+        "{run:?}"
+    );
+    assert_eq!(plans[1]["would_refuse"], true, "{run:?}");
+    assert!(
+        plans[1]["would_refuse_reason"]
+            .as_str()
+            .unwrap()
+            .contains("would delete 2 of 3 rows"),
+        "{run:?}"
+    );
+    assert_eq!(env.scalar(state).await, before, "nothing changed");
+    let after: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT last_load_id FROM etl_info_schema.mirror_status WHERE mirror = 'subscribers'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        after, status,
+        "the mirror's status is as the last sync left it"
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM crm.subscribers WHERE full_name = 'Ann Renamed'")
+            .await,
+        0
+    );
+}

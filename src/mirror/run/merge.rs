@@ -269,6 +269,7 @@ pub(super) async fn dedupe_and_merge(
     run: &Load<'_>,
     read: ReadOutcome,
     stages: &mut crate::pipeline::timings::StageTimes,
+    absent: bool,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let spec = sql.spec();
     let load_id = run.load_id;
@@ -333,7 +334,19 @@ pub(super) async fn dedupe_and_merge(
         ..MirrorSummary::default()
     };
     let protected: Vec<serde_json::Value> = read.protected.into_iter().map(|(k, _)| k).collect();
-    stages.begin(crate::domain::Stage::Merge);
+    if options.dry_run && absent {
+        // No table yet: its first run would insert every row staged.
+        stages.begin(crate::domain::Stage::Plan);
+        summary.inserted = summary.unchanged;
+        summary.unchanged = 0;
+        summary.dry_run = true;
+        return Ok(summary);
+    }
+    stages.begin(if options.dry_run {
+        crate::domain::Stage::Plan
+    } else {
+        crate::domain::Stage::Merge
+    });
     let txn = db.begin().await.map_err(|e| db_error(spec, "begin", e))?;
     let merged = async {
         txn.execute_unprepared(OWN_WRITE)
@@ -342,12 +355,21 @@ pub(super) async fn dedupe_and_merge(
         lock_table(&txn, sql, options.lock_wait).await?;
         holds_lock(&txn, sql, run.lock_pid).await?;
         merge_in(&txn, sql, options, guard, &protected, &mut summary).await?;
+        if options.dry_run {
+            // The real diff and guard, nothing written: rolled back below.
+            return Ok(());
+        }
         record(&txn, sql, run.path, &summary).await?;
         // The run's record says synced in the transaction that synced it.
         finish_record(&txn, spec, load_id, &summary).await
     }
     .await;
     match merged {
+        Ok(()) if options.dry_run => {
+            let _ = txn.rollback().await;
+            summary.dry_run = true;
+            Ok(summary)
+        }
         Ok(()) => {
             txn.commit()
                 .await
@@ -466,6 +488,18 @@ async fn merge_in(
         duplicates: summary.duplicates,
         journaled: 0,
     };
+    if options.dry_run {
+        // The plan, and the guard's verdict on it.
+        summary.would_refuse = guard
+            .check(counts, current)
+            .err()
+            .map(|e| refusal(spec, e).to_string());
+        summary.inserted = inserted;
+        summary.updated = updated;
+        summary.deleted = deleted;
+        summary.unchanged = counts.unchanged;
+        return Ok(());
+    }
     guard.check(counts, current).map_err(|e| refusal(spec, e))?;
     let journal = spec
         .overrides

@@ -42,7 +42,7 @@ pub async fn check_existing_table(
         .map(drop)
 }
 
-use super::store::{IncompatibleTable, MirrorSql};
+use super::store::{IncompatibleTable, MirrorSql, TableState};
 use super::{MirrorSource, MirrorSpec};
 use crate::config::{CsvFormat, DatabaseUrl, RunRetention};
 use crate::db::{AdvisoryLock, DbError};
@@ -83,6 +83,10 @@ pub struct MirrorRunOptions {
     pub lock_wait: Duration,
     /// Sync even when the file's hash equals the last sync's.
     pub force: bool,
+    /// Plan only (docs/mirrors.md#dry-run): the real diff and guard in a
+    /// transaction that is rolled back; the table is neither created nor
+    /// changed, and no status or journal is written.
+    pub dry_run: bool,
 }
 
 impl Default for MirrorRunOptions {
@@ -103,6 +107,7 @@ impl Default for MirrorRunOptions {
             verify_every: crate::config::DEFAULT_VERIFY_EVERY,
             lock_wait: Duration::from_secs(10),
             force: false,
+            dry_run: false,
         }
     }
 }
@@ -155,6 +160,10 @@ pub struct MirrorSummary {
     /// Skipped because a revert holds this content back (until the file
     /// changes, or a forced sync).
     pub held_back: bool,
+    /// A dry run's plan: the counts are what a real run would do.
+    pub dry_run: bool,
+    /// A dry run only: why a real run would be refused (a guard).
+    pub would_refuse: Option<String>,
     /// Why an unchanged file was synced instead of skipped (the definition
     /// changed, the table was replaced or written outside the agent, ...).
     pub sync_reason: Option<String>,
@@ -464,7 +473,13 @@ pub(crate) async fn locked_sync(
     let mirror = spec.name.to_string();
     let files = source_files(spec, tables_dir)?;
     let sql = MirrorSql::new(spec);
-    merge::prepare_table(db, &sql, options.lock_wait).await?;
+    // A dry run creates nothing: an absent table is planned as all inserts.
+    let absent = if options.dry_run {
+        merge::check_table(db, &sql).await? == TableState::Absent
+    } else {
+        merge::prepare_table(db, &sql, options.lock_wait).await?;
+        false
+    };
     stages.begin(Stage::Hash);
     let format = csv_format(spec, options);
     let hash = {
@@ -473,7 +488,7 @@ pub(crate) async fn locked_sync(
             .await
             .expect("the hash task does not panic")?
     };
-    let sync_reason = if options.force {
+    let sync_reason = if options.force || options.dry_run {
         None
     } else {
         match merge::trust(db, &sql, hash.combined.as_str(), options.verify_every).await? {
@@ -537,9 +552,10 @@ pub(crate) async fn locked_sync(
         };
         stages.begin(Stage::Dedupe);
         let starts = read.starts.clone();
-        let mut summary = merge::dedupe_and_merge(db, &sql, options, guard, &load, read, stages)
-            .await
-            .map_err(|e| empty_source(spec, &files, e))?;
+        let mut summary =
+            merge::dedupe_and_merge(db, &sql, options, guard, &load, read, stages, absent)
+                .await
+                .map_err(|e| empty_source(spec, &files, e))?;
         summary.duplicate_lines = summary
             .duplicate_examples
             .iter()
@@ -560,7 +576,9 @@ pub(crate) async fn locked_sync(
     let _ = lock.execute_holding(&sql.drop_staging()).await;
     let mut summary = result?;
     summary.sync_reason = sync_reason;
-    merge::retain(db, &sql, options).await;
+    if !options.dry_run {
+        merge::retain(db, &sql, options).await;
+    }
     Ok(summary)
 }
 
