@@ -385,7 +385,13 @@ pub(crate) fn sqlstate(e: &DbErr) -> Option<String> {
 
 /// Describes the sessions a lock wait may have waited for (`BLOCKERS`).
 pub(super) async fn blockers(db: &impl ConnectionTrait) -> String {
-    let rows = match db.query_all(stmt(BLOCKERS, vec![])).await {
+    blockers_by(db, BLOCKERS).await
+}
+
+/// Describes the sessions `query` finds (the columns of `BLOCKERS`): those a
+/// lock wait on a table may have waited for.
+pub(crate) async fn blockers_by(db: &impl ConnectionTrait, query: &str) -> String {
+    let rows = match db.query_all(stmt(query, vec![])).await {
         Ok(rows) => rows,
         Err(e) => return format!("the blocking session could not be looked up ({e})"),
     };

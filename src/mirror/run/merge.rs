@@ -378,8 +378,25 @@ pub(super) async fn dedupe_and_merge(
         }
         Err(e) => {
             let _ = txn.rollback().await;
-            Err(e)
+            Err(name_blockers(db, sql, e).await)
         }
+    }
+}
+
+/// A lock wait that timed out names the sessions holding the table, read
+/// after the rollback (the aborted transaction can read nothing).
+pub(super) async fn name_blockers(
+    db: &DatabaseConnection,
+    sql: &MirrorSql<'_>,
+    e: MirrorRunError,
+) -> MirrorRunError {
+    match e {
+        MirrorRunError::WritersBusy { mirror, waited, .. } => MirrorRunError::WritersBusy {
+            mirror,
+            waited,
+            blockers: crate::pipeline::merge::blockers_by(db, &sql.blockers()).await,
+        },
+        e => e,
     }
 }
 
@@ -396,6 +413,8 @@ pub(super) async fn lock_table(
             MirrorRunError::WritersBusy {
                 mirror: spec.name.to_string(),
                 waited: wait,
+                // Named once the transaction is rolled back (`name_blockers`).
+                blockers: String::new(),
             }
         } else {
             db_error(spec, "lock", e)

@@ -327,8 +327,13 @@ pub enum MirrorRunError {
         /// What the run would have done.
         counts: Box<crate::domain::Counts>,
     },
-    #[error("mirror {mirror}: waited LOCK_WAIT_TIMEOUT={} for another session writing the table; rolled back, nothing changed (the next run tries again)", robfig_cron::go_duration::format_go_duration(*.waited))]
-    WritersBusy { mirror: String, waited: Duration },
+    #[error("mirror {mirror}: waited LOCK_WAIT_TIMEOUT={} for another session writing the table: {blockers}; rolled back, nothing changed (the next run tries again)", robfig_cron::go_duration::format_go_duration(*.waited))]
+    WritersBusy {
+        mirror: String,
+        waited: Duration,
+        /// The sessions holding the table then (application, user, state, since when).
+        blockers: String,
+    },
     #[error("mirror {mirror}: the {op} changed {actual} row(s), the diff found {expected} (a trigger, rule or another writer changed the table during the run); rolled back, nothing changed")]
     Mismatch {
         mirror: String,

@@ -393,6 +393,27 @@ impl MirrorSql<'_> {
     /// (`LOCK_WAIT_TIMEOUT`), then locks the table against other writers
     /// (`SHARE ROW EXCLUSIVE`, as the followers merge: readers go on; it
     /// conflicts with itself, so one merge or revert of the table at a time).
+    /// The sessions holding a lock on the table that keeps its writer lock
+    /// waiting (the columns `pipeline::merge::blockers_by` reads), oldest
+    /// transaction first, at most 3.
+    pub fn blockers(&self) -> String {
+        format!(
+            "SELECT a.pid, coalesce(nullif(a.application_name, ''), '(none)') AS app,
+        coalesce(a.usename::text, '?') AS usr, coalesce(a.state, '?') AS state,
+        coalesce(to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', '?') AS xact_start,
+        coalesce(to_char(a.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', '?') AS query_start
+   FROM pg_stat_activity a
+  WHERE a.pid <> pg_backend_pid() AND a.pid IN (
+        SELECT l.pid FROM pg_locks l
+         WHERE l.granted AND l.locktype = 'relation' AND l.mode <> 'AccessShareLock'
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND (l.relation = to_regclass({name})
+                OR l.relation IN (SELECT relid FROM pg_partition_tree(to_regclass({name})))))
+  ORDER BY a.xact_start NULLS LAST, a.pid LIMIT 3",
+            name = format!("'{}'", self.table().replace('\'', "''"))
+        )
+    }
+
     pub fn lock_writers(&self, ms: i32) -> String {
         format!(
             "SET LOCAL lock_timeout = '{ms}ms'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
