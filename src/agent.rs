@@ -287,6 +287,7 @@ impl Triggers<'_> {
         stop: &CancellationToken,
     ) -> Result<(), ExitCode> {
         if let (true, Some(watched)) = (settings.triggers.watch, self.watched) {
+            let glob = matches!(watched, Watched::Glob { .. });
             match FileWatch::start(
                 watched,
                 self.marker,
@@ -296,6 +297,11 @@ impl Triggers<'_> {
             ) {
                 Ok(watch) => {
                     tasks.spawn(watch.run(requests.clone(), stop.clone()));
+                }
+                // A glob's directory may come later: the mirror runs on its schedule
+                // (each run refuses it while the directory is missing), the others go on.
+                Err(e) if glob => {
+                    tracing::warn!(error = %error_chain(&e), "the glob's directory cannot be watched; the mirror runs on its schedule only")
                 }
                 Err(e) => return Err(fatal("file watch", &e)),
             }

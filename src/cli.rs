@@ -104,7 +104,7 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
-        /// The mirror: followers (the built-in one); required when more than one mirror is configured. Configured mirrors' rejects are not shown by this version yet (docs/mirrors.md#commands).
+        /// The mirror (docs/mirrors.md#commands): required when more than one mirror is configured.
         #[arg(long, value_name = "NAME")]
         mirror: Option<String>,
     },

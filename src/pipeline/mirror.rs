@@ -10,11 +10,11 @@ use crate::db::AdvisoryLock;
 use crate::domain::{Counts, LoadId, Outcome, Stage, Trigger};
 use crate::errors::error_chain;
 use crate::mirror::run::{locked_sync, run_lock, source_files, MirrorRunError, MirrorRunOptions};
-use crate::mirror::run::{MirrorReject, MirrorSummary};
+use crate::mirror::run::{Held, MirrorReject, MirrorSummary};
 use crate::mirror::MirrorSpec;
 use crate::rejects::{self, StoredReject};
 use crate::runs;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -328,7 +328,13 @@ async fn run(
         };
         async move { (path, settle::wait(path, rules, &writes, cancel).await) }
     });
+    let mut found = Vec::with_capacity(files.len());
     for (path, settled) in futures::future::join_all(settling).await {
+        match &settled {
+            Ok(settle::Settled::File(state)) => found.push((path.clone(), Some(state.clone()))),
+            Ok(settle::Settled::Missing) => found.push((path.clone(), None)),
+            Err(_) => {}
+        }
         if let Err(unsettled) = settled {
             let e = match unsettled {
                 Some(settle::Unsettled { why, waited }) => BeforeRun::StillWriting {
@@ -346,9 +352,13 @@ async fn run(
     let lock = match take_lock(ctx, spec, request, cancel).await {
         Ok(lock) => lock,
         Err(MirrorRunError::Busy { .. }) if request.approves() => {
-            let e = BeforeRun::LockBusy {
-                mirror,
-                waited: ctx.settings.database.run_lock_wait,
+            let e = if cancel.is_cancelled() {
+                BeforeRun::Cancelled { mirror }
+            } else {
+                BeforeRun::LockBusy {
+                    mirror,
+                    waited: ctx.settings.database.run_lock_wait,
+                }
             };
             return Err(unlocked(Outcome::Refused, e.to_string()).await);
         }
@@ -369,8 +379,22 @@ async fn run(
         }
         Err(e) => return Err(unlocked(Outcome::Failed, error_chain(&e)).await),
     };
-    let result = locked(ctx, spec, request, load_id, lock, stages, &file).await;
-    result
+    let run = Locked {
+        request,
+        load_id,
+        file: &file,
+        settled: &found,
+    };
+    locked(ctx, spec, &run, lock, stages).await
+}
+
+/// A run that holds its mirror's run lock: what it was asked, its load, its
+/// record's file, and its source as it settled.
+struct Locked<'a> {
+    request: &'a MirrorRequest,
+    load_id: LoadId,
+    file: &'a str,
+    settled: &'a [crate::mirror::run::Settled],
 }
 
 /// Under the run lock: recovery of this mirror's interrupted runs, the run
@@ -379,12 +403,16 @@ async fn run(
 async fn locked(
     ctx: &SyncContext,
     spec: &MirrorSpec,
-    request: &MirrorRequest,
-    load_id: LoadId,
+    run: &Locked<'_>,
     lock: AdvisoryLock,
     stages: &mut StageTimes,
-    file: &str,
 ) -> Result<Ran, Failure> {
+    let Locked {
+        request,
+        load_id,
+        file,
+        settled,
+    } = *run;
     let db = &ctx.db;
     let mirror = spec.name.as_str();
     let bookkeeping = |e: sea_orm::DbErr| {
@@ -410,10 +438,38 @@ async fn locked(
     let tables_dir = ctx.settings.csv.tables_dir.clone();
     // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
     let outcome = tokio::select! {
-        outcome = locked_sync(db, spec, &tables_dir, &options, &lock, load_id, stages) => outcome,
+        outcome = locked_sync(db, spec, &tables_dir, &options, Held { lock: &lock, load_id, settled: Some(settled) }, stages) => outcome,
         e = lock.stalled(ctx.settings.database.timeout) => Err(MirrorRunError::Lock { mirror: mirror.to_owned(), source: e }),
     };
+    // The record is finished under the lock: no other run's recovery can
+    // take it for an interrupted one meanwhile.
+    let ended = end_record(db, spec, load_id, outcome).await;
     lock.release().await;
+    if ended.is_ok() {
+        runs::prune_of_or_warn(db, mirror, ctx.settings.retention.runs).await;
+    }
+    ended
+}
+
+/// Finishes the run's record with its outcome (a synced run's was finished in
+/// its merge transaction) and stores its rejects.
+async fn end_record(
+    db: &DatabaseConnection,
+    spec: &MirrorSpec,
+    load_id: LoadId,
+    outcome: Result<MirrorSummary, MirrorRunError>,
+) -> Result<Ran, Failure> {
+    let mirror = spec.name.as_str();
+    let bookkeeping = |e: sea_orm::DbErr| {
+        (
+            Outcome::Failed,
+            Counts::default(),
+            format!(
+                "mirror {mirror}: recording the run failed: {}",
+                error_chain(&e)
+            ),
+        )
+    };
     let (result, rejects) = match outcome {
         Ok(summary) => {
             let rejects = summary.rejects.clone();
@@ -432,8 +488,12 @@ async fn locked(
                 (Outcome::Synced, None)
             };
             let hash = crate::domain::ContentHash::from_hex(&summary.content_hash);
-            if let Err(e) = runs::finish(db, load_id, outcome, &counts, reason, Some(&hash)).await {
-                return Err(bookkeeping(e));
+            if outcome != Outcome::Synced {
+                if let Err(e) =
+                    runs::finish(db, load_id, outcome, &counts, reason, Some(&hash)).await
+                {
+                    return Err(bookkeeping(e));
+                }
             }
             (Ok(Ran::Synced(Box::new(summary))), rejects)
         }
@@ -462,9 +522,6 @@ async fn locked(
         }
     };
     store_rejects(db, spec, load_id, &rejects).await;
-    if result.is_ok() {
-        runs::prune_of_or_warn(db, mirror, ctx.settings.retention.runs).await;
-    }
     result
 }
 
@@ -480,9 +537,20 @@ async fn record_unlocked(
     reason: &str,
 ) {
     let mirror = spec.name.as_str();
+    // One transaction: no other run's recovery ever sees it `running`.
     let recorded = async {
-        runs::start_of(db, mirror, load_id, trigger, file, None).await?;
-        runs::finish(db, load_id, outcome, &Counts::default(), Some(reason), None).await
+        let txn = db.begin().await?;
+        runs::start_of(&txn, mirror, load_id, trigger, file, None).await?;
+        runs::finish(
+            &txn,
+            load_id,
+            outcome,
+            &Counts::default(),
+            Some(reason),
+            None,
+        )
+        .await?;
+        txn.commit().await
     }
     .await;
     if let Err(e) = recorded {

@@ -266,7 +266,14 @@ impl FileWatch {
                 .map_err(err)?;
             Source::Notify(watcher)
         };
-        tracing::info!(dir = %dir.display(), files = ?names, poll, "watching for changes");
+        match &names {
+            Names::Files(files) => {
+                tracing::info!(dir = %dir.display(), files = ?files, poll, "watching for changes");
+            }
+            Names::Glob { pattern, .. } => {
+                tracing::info!(dir = %dir.display(), files = %pattern, poll, "watching for changes");
+            }
+        }
         Ok(Self {
             _source: source,
             events,

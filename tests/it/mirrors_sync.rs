@@ -609,3 +609,109 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
         0
     );
 }
+
+/// A glob's files are listed again under the run lock: a part added while the
+/// others settled (its writer not done: no ready marker yet) is not read.
+#[tokio::test]
+async fn a_part_added_while_the_others_settle_is_not_read() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    std::fs::create_dir(env.tables().join("parts")).unwrap();
+    for p in [1, 2] {
+        env.write_file(
+            &format!("parts/part-{p}.csv"),
+            format!("id,name\n{p},P{p}\n"),
+        );
+        env.write_file(&format!("parts/part-{p}.csv.ready"), "");
+    }
+    let path = env.dir.path().join("parts.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[mirror]]
+name = "parts"
+files = "parts/part-*.csv"
+table = "crm.parts"
+key = ["id"]
+columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
+"#,
+    )
+    .unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let mut cmd = env.command();
+    cmd.args(["--config", &path, "sync", "--json", "--mirror", "parts"])
+        .env("READY_MARKER", ".ready")
+        .env("WATCH_DEBOUNCE", "2s");
+    let child = std::thread::spawn(move || cmd.output().unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    env.write_file("parts/part-3.csv", "id,name\n3,P3\n");
+    let out: Run = child.join().unwrap().into();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("the source changed after it settled"),
+        "{out:?}"
+    );
+    let created: bool = sqlx::query_scalar("SELECT to_regclass('crm.parts') IS NOT NULL")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    if created {
+        assert_eq!(
+            env.scalar("SELECT count(*) FROM crm.parts").await,
+            0,
+            "nothing read"
+        );
+    }
+    // Once its marker is there, the next run reads the three.
+    env.write_file("parts/part-3.csv.ready", "");
+    let run = env.run(
+        &["--config", &path, "sync", "--json", "--mirror", "parts"],
+        &[("READY_MARKER", ".ready")],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.scalar("SELECT count(*) FROM crm.parts").await, 3);
+}
+
+/// A glob whose directory does not exist yet is not watched; `serve` goes on
+/// with the other mirrors.
+#[tokio::test]
+async fn serve_goes_on_when_a_glob_s_directory_is_missing() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = env.dir.path().join("both.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{CONFIG}
+[[mirror]]
+name = "parts"
+files = "exports/part-*.csv"
+table = "crm.parts"
+key = ["id"]
+columns = [{{ name = "id", type = "bigint" }}, {{ name = "name", type = "text" }}]
+"#
+        ),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let mut agent = env.spawn_agent(&[("CONFIG_FILE", path.as_str())]);
+    eventually_logged(&agent, 30, "the other mirrors' start-up syncs", || async {
+        let synced: Option<i64> = sqlx::query_scalar(
+            "SELECT count(*) FROM etl_info_schema.sync_runs WHERE trigger = 'start' AND outcome = 'synced'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .ok();
+        (synced == Some(2)).then_some(())
+    })
+    .await;
+    assert!(agent.alive(), "{}", agent.log_text());
+    assert!(
+        agent
+            .log_text()
+            .contains("the glob's directory cannot be watched"),
+        "{}",
+        agent.log_text()
+    );
+}

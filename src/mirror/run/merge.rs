@@ -234,6 +234,8 @@ pub(super) struct Load<'a> {
     /// Backend pid of the session holding the mirror's run lock.
     pub lock_pid: i32,
     pub path: &'a Path,
+    /// A dry run of a mirror whose table does not exist yet.
+    pub absent: bool,
 }
 
 /// Whether the session `pid` still holds the mirror's run lock: checked inside
@@ -269,8 +271,8 @@ pub(super) async fn dedupe_and_merge(
     run: &Load<'_>,
     read: ReadOutcome,
     stages: &mut crate::pipeline::timings::StageTimes,
-    absent: bool,
 ) -> Result<MirrorSummary, MirrorRunError> {
+    let absent = run.absent;
     let spec = sql.spec();
     let load_id = run.load_id;
     let at = |source| db_error(spec, "dedupe", source);

@@ -260,6 +260,8 @@ pub enum MirrorRunError {
     },
     #[error("mirror {mirror}: {file}: the file changed while it was being read; nothing applied (a later run syncs the new content)")]
     FileChanged { mirror: String, file: PathBuf },
+    #[error("mirror {mirror}: the source changed after it settled ({what}); nothing read (the next run reads it once it settles again)")]
+    SourceMoved { mirror: String, what: String },
     #[error("mirror {mirror}: {source}")]
     Read {
         mirror: String,
@@ -456,8 +458,11 @@ pub async fn sync_mirror(
         spec,
         tables_dir,
         &options,
-        &lock,
-        LoadId::new(),
+        Held {
+            lock: &lock,
+            load_id: LoadId::new(),
+            settled: None,
+        },
         &mut stages,
     )
     .await;
@@ -471,12 +476,19 @@ pub(crate) async fn locked_sync(
     spec: &MirrorSpec,
     tables_dir: &Path,
     options: &MirrorRunOptions,
-    lock: &AdvisoryLock,
-    load_id: LoadId,
+    held: Held<'_>,
     stages: &mut StageTimes,
 ) -> Result<MirrorSummary, MirrorRunError> {
+    let Held {
+        lock,
+        load_id,
+        settled,
+    } = held;
     let mirror = spec.name.to_string();
     let files = source_files(spec, tables_dir)?;
+    if let Some(settled) = settled {
+        unmoved(spec, &files, settled)?;
+    }
     let sql = MirrorSql::new(spec);
     // A dry run creates nothing: an absent table is planned as all inserts.
     let absent = if options.dry_run {
@@ -554,13 +566,13 @@ pub(crate) async fn locked_sync(
             load_id,
             lock_pid: lock.pid(),
             path: &recorded,
+            absent,
         };
         stages.begin(Stage::Dedupe);
         let starts = read.starts.clone();
-        let mut summary =
-            merge::dedupe_and_merge(db, &sql, options, guard, &load, read, stages, absent)
-                .await
-                .map_err(|e| empty_source(spec, &files, e))?;
+        let mut summary = merge::dedupe_and_merge(db, &sql, options, guard, &load, read, stages)
+            .await
+            .map_err(|e| empty_source(spec, &files, e))?;
         summary.duplicate_lines = summary
             .duplicate_examples
             .iter()
@@ -585,6 +597,47 @@ pub(crate) async fn locked_sync(
         merge::retain(db, &sql, options).await;
     }
     Ok(summary)
+}
+
+/// A run holding its mirror's run lock: the lock, the run's load, and its
+/// source as it settled before the lock (`None`: not checked, a library call).
+#[derive(Clone, Copy)]
+pub(crate) struct Held<'a> {
+    pub lock: &'a AdvisoryLock,
+    pub load_id: LoadId,
+    pub settled: Option<&'a [Settled]>,
+}
+
+/// A source file as it was found settled (and ready) before the lock; `None`:
+/// missing then.
+pub(crate) type Settled = (PathBuf, Option<crate::pipeline::settle::FileState>);
+
+/// The source under the lock is the one that settled before it: the same
+/// files, each in the same state; a file added, removed or written since has
+/// passed neither the ready marker nor the settle rules (docs/mirrors.md#runs).
+fn unmoved(
+    spec: &MirrorSpec,
+    files: &[PathBuf],
+    settled: &[Settled],
+) -> Result<(), MirrorRunError> {
+    let moved = |what: String| MirrorRunError::SourceMoved {
+        mirror: spec.name.to_string(),
+        what,
+    };
+    let before: Vec<&PathBuf> = settled.iter().map(|(f, _)| f).collect();
+    if files.iter().collect::<Vec<_>>() != before {
+        return Err(moved(format!(
+            "{} file(s) now, {} when it settled",
+            files.len(),
+            settled.len()
+        )));
+    }
+    for (file, state) in settled {
+        if crate::pipeline::settle::file_state(file) != *state {
+            return Err(moved(format!("{} was written", file.display())));
+        }
+    }
+    Ok(())
 }
 
 /// A glob's empty source refused, in the glob's words.
