@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/anchor.sh: `followers-etl sync` against the fixed hand-written anchor of
 # issue 8 (`psql \copy` into an UNLOGGED staging table + INSERT … ON CONFLICT +
-# DELETE … NOT EXISTS + TRUNCATE), in the same run, alternating which side goes
+# DELETE … NOT EXISTS + TRUNCATE), in the same run, rotating which side goes
 # first, each repetition in fresh databases. Prints a table and prepends it,
 # with the machine's description, to bench/RESULTS.md (OUT=- prints only).
 #
@@ -395,9 +395,9 @@ for rows in $ROWS; do
     [[ $ANCHOR_LARGE == 1 ]] && sides="anchor $sides"
   fi
   for rep in $(seq 1 "$reps"); do
-    # Alternate which side goes first.
-    order=$sides
-    ((rep % 2)) || order=$(echo "$sides" | awk '{ for (i = NF; i > 0; i--) printf "%s ", $i }')
+    # Rotate which side goes first (two sides: alternate; three: each side takes
+    # each place once in three repetitions).
+    order=$(echo "$sides" | awk -v r="$rep" '{ for (i = 0; i < NF; i++) printf "%s ", $((i + r - 1) % NF + 1) }')
     for side in $order; do run_side "$side" "$rows" "$rep"; done
   done
   rm -f "$V1" "$V2" "$TMP/$CSV"
