@@ -125,8 +125,8 @@ db_url() {
 # file is copied into to compute the expected checksum: the file's columns in its
 # order, typed as the table's); PROBE (a WHERE clause naming a row the change
 # updates, for its transaction's WAL); anchor_setup URL; anchor_sql FILE (the
-# anchor's script); agent_args (the agent's command line before `sync`, and its
-# `sync` arguments).
+# anchor's script); agent_env (the agent's own variables), agent_args (its options
+# before the command), sync_args and status_args (after `sync` and `status`), one a line.
 if [[ $SHAPE == followers ]]; then
   TABLE=public.followers CSV=followers.csv PROBE="email = 'user1@example.com'"
   gen() { # rows variant(1|2) file
