@@ -92,6 +92,9 @@ if [[ -z ${BIN:-} ]]; then
 fi
 [[ -x $BIN ]] || die "BIN=$BIN is not an executable"
 [[ -z $BASE_BIN || -x $BASE_BIN ]] || die "BASE_BIN=$BASE_BIN is not an executable"
+# The agent runs in the data's directory: a relative path is the caller's.
+BIN=$(realpath "$BIN")
+[[ -z $BASE_BIN ]] || BASE_BIN=$(realpath "$BASE_BIN")
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/fetl_anchor.XXXXXX")
 DB_PREFIX=fetl_anchor_$$_
