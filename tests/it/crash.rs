@@ -442,21 +442,40 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
         ("BATCH_SIZE", "500"),
         ("WORKER_POOL_GOROUTINES", "1"),
     ];
-    let mut first = env.spawn_agent(&settings);
-    // The first agent's runs in flight: it is killed in the middle of them.
-    let running: Vec<(uuid::Uuid, String)> =
+    // The first agent is killed in the middle of a run: once a run of it is
+    // recorded `running`, it is killed, and the runs still `running` then are
+    // the ones it was in (only it runs; they stay so until recovered). A run
+    // that finished in between is no kill mid-run: then the first agent starts
+    // again (the next one has less left to do, so this ends).
+    let mut running: Vec<(uuid::Uuid, String)> = Vec::new();
+    for _ in 0..5 {
+        let mut first = env.spawn_agent(&settings);
         eventually_logged(&first, 60, "a run in flight", || async {
-            let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-                "SELECT load_id, mirror FROM etl_info_schema.sync_runs WHERE outcome = 'running'",
+            let n: Option<i64> = sqlx::query_scalar(
+                "SELECT count(*) FROM etl_info_schema.sync_runs WHERE outcome = 'running'",
             )
-            .fetch_all(&env.pool)
+            .fetch_one(&env.pool)
             .await
-            .unwrap_or_default();
-            (!rows.is_empty()).then_some(rows)
+            .ok();
+            (n.unwrap_or(0) > 0).then_some(())
         })
         .await;
+        first.kill();
+        running = sqlx::query_as(
+            "SELECT load_id, mirror FROM etl_info_schema.sync_runs WHERE outcome = 'running'",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+        if !running.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !running.is_empty(),
+        "no run was in flight at any of the kills"
+    );
     let second = env.spawn_agent(&settings);
-    first.kill();
 
     let tables = [
         ("followers", "SELECT count(*) FROM followers WHERE full_name = 'User ' || substring(email FROM 'user([0-9]+)@')"),

@@ -411,7 +411,8 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
         crate::helpers::eventually(30, "the run waiting for the staging table", || async {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                  WHERE c.relname = $1 AND NOT l.granted",
+                  WHERE c.relname = $1 AND NOT l.granted
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .bind(&relname)
             .fetch_one(&env.env.pool)

@@ -624,7 +624,8 @@ async fn a_file_rewritten_between_the_hash_and_the_read_fails_the_run() {
         crate::helpers::eventually(30, "the run waiting for the staging table", || async {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                  WHERE c.relname = $1 AND NOT l.granted",
+                  WHERE c.relname = $1 AND NOT l.granted
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             )
             .bind(&relname)
             .fetch_one(&env.env.pool)
@@ -1129,6 +1130,7 @@ async fn lock_holder(env: &Env, spec: &MirrorSpec) -> Option<i32> {
     let (k1, k2) = mirror_lock_key(spec);
     sqlx::query_scalar(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND classid = $1::int4::oid AND objid = $2::int4::oid AND objsubid = 2",
     )
     .bind(k1)
@@ -1162,6 +1164,7 @@ async fn a_run_that_lost_its_lock_leaves_staging_to_the_run_that_took_it() {
                 .env
                 .scalar(
                     r#"SELECT count(*) FROM pg_locks WHERE NOT granted
+                        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                         AND relation = 'crm."Accounts"'::regclass"#,
                 )
                 .await;
