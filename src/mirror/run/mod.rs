@@ -554,13 +554,13 @@ pub(crate) async fn locked_sync(
             load_id,
             lock_pid: lock.pid(),
             path: &recorded,
+            absent,
         };
         stages.begin(Stage::Dedupe);
         let starts = read.starts.clone();
-        let mut summary =
-            merge::dedupe_and_merge(db, &sql, options, guard, &load, read, stages, absent)
-                .await
-                .map_err(|e| empty_source(spec, &files, e))?;
+        let mut summary = merge::dedupe_and_merge(db, &sql, options, guard, &load, read, stages)
+            .await
+            .map_err(|e| empty_source(spec, &files, e))?;
         summary.duplicate_lines = summary
             .duplicate_examples
             .iter()
