@@ -8,7 +8,11 @@
 //! black-box test found: a `numeric`'s trailing zeros and a case-only change
 //! under a case-insensitive collation are changes, a `nullable` column over a
 //! NOT NULL one is refused at the table check, a mirror never synced has
-//! nothing to revert and no history, and rejects keep their line's text.
+//! nothing to revert and no history, and rejects keep their line's text. Then
+//! a review's: held-back content stays held back after an outside edit or
+//! `VERIFY_EVERY`; a write into a partition or an inheritance child, or under
+//! `session_replication_role = replica`, is found; a run whose lock was taken
+//! over, or whose record was marked interrupted, during its merge never commits.
 
 use crate::helpers::fixtures::subscribers_toml;
 use crate::helpers::TestEnv;
@@ -1125,7 +1129,8 @@ async fn an_application_column_of_a_not_null_domain_does_not_break_revert_or_rej
     );
 }
 
-/// The pid of the session holding the mirror's run lock, if any.
+/// The pid of the session holding the mirror's run lock in this test's
+/// database, if any (other tests' databases have tables of the same name).
 async fn lock_holder(env: &Env, spec: &MirrorSpec) -> Option<i32> {
     let (k1, k2) = mirror_lock_key(spec);
     sqlx::query_scalar(
@@ -1508,4 +1513,272 @@ async fn rejects_keep_the_text_of_their_line() {
     )
     .unwrap();
     assert_eq!(checked, expected);
+}
+
+/// The state of the write counter's trigger on `crm."Accounts"` (`tgenabled`).
+async fn counter_state(env: &Env) -> String {
+    sqlx::query_scalar(
+        r#"SELECT tgenabled::text FROM pg_trigger
+            WHERE tgrelid = 'crm."Accounts"'::regclass AND tgname = 'followers_etl_mirror_writes'"#,
+    )
+    .fetch_one(&env.env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn held_back_content_stays_held_back_after_an_outside_edit_or_verify_every() {
+    let env = env().await;
+    let spec = spec(&subscribers_toml(r#""crm.subscribers""#));
+    let options = MirrorRunOptions::default();
+    write(&env, &file_a());
+    env.sync(&spec, options).await.unwrap();
+    write(&env, &file_b());
+    assert!(!env.sync(&spec, options).await.unwrap().skipped());
+    revert_mirror_last(&env.db, &env.url, &spec, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(table_rows(&env, &spec).await, expected(&file_a()));
+
+    // An application touches one row after the revert: the write counter
+    // moves, but the content in place stays held back.
+    env.env
+        .exec("UPDATE crm.subscribers SET seats = seats WHERE account_id = 1")
+        .await;
+    let next = env.sync(&spec, options).await.unwrap();
+    assert!(next.skipped() && next.held_back, "{next:?}");
+    assert_eq!(
+        table_rows(&env, &spec).await,
+        expected(&file_a()),
+        "the reverted content was applied again"
+    );
+
+    // Without a counting trigger, a comparison due after VERIFY_EVERY does not
+    // apply it either.
+    env.env
+        .exec("ALTER TABLE crm.subscribers DISABLE TRIGGER followers_etl_mirror_writes")
+        .await;
+    let due = MirrorRunOptions {
+        verify_every: Duration::ZERO,
+        ..options
+    };
+    let next = env.sync(&spec, due).await.unwrap();
+    assert!(next.skipped() && next.held_back, "{next:?}");
+    assert_eq!(table_rows(&env, &spec).await, expected(&file_a()));
+
+    // A forced run applies it.
+    let forced = env
+        .sync(
+            &spec,
+            MirrorRunOptions {
+                force: true,
+                ..options
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!forced.skipped() && !forced.held_back, "{forced:?}");
+    assert_eq!(table_rows(&env, &spec).await, expected(&file_b()));
+}
+
+#[tokio::test]
+async fn a_write_into_a_partition_is_found_by_the_verify_every_comparison() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    env.env.exec("CREATE SCHEMA crm").await;
+    env.env
+        .exec(r#"CREATE TABLE crm."Accounts" (id integer PRIMARY KEY, name text) PARTITION BY RANGE (id)"#)
+        .await;
+    env.env
+        .exec(r#"CREATE TABLE crm.accounts_all PARTITION OF crm."Accounts" FOR VALUES FROM (MINVALUE) TO (MAXVALUE)"#)
+        .await;
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    let options = MirrorRunOptions {
+        verify_every: Duration::ZERO,
+        ..MirrorRunOptions::default()
+    };
+    env.sync(&spec, options).await.unwrap();
+    // The trigger on the parent never sees a statement on the partition.
+    env.env
+        .exec("DELETE FROM crm.accounts_all WHERE id = 1")
+        .await;
+    let again = env.sync(&spec, options).await.unwrap();
+    assert!(!again.skipped(), "the skip trusted the counter: {again:?}");
+    assert_eq!(again.inserted, 1, "{again:?}");
+    assert!(
+        again
+            .sync_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("partitions or inheritance children")),
+        "{again:?}"
+    );
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+    // Until VERIFY_EVERY has passed, an unchanged file is skipped.
+    let later = env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    assert!(later.skipped(), "{later:?}");
+}
+
+#[tokio::test]
+async fn a_write_into_an_inheritance_child_is_found_by_the_verify_every_comparison() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    env.env.exec("CREATE SCHEMA crm").await;
+    env.env
+        .exec(r#"CREATE TABLE crm."Accounts" (id integer PRIMARY KEY, name text)"#)
+        .await;
+    env.env
+        .exec(r#"CREATE TABLE crm.archived () INHERITS (crm."Accounts")"#)
+        .await;
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    let options = MirrorRunOptions {
+        verify_every: Duration::ZERO,
+        ..MirrorRunOptions::default()
+    };
+    env.sync(&spec, options).await.unwrap();
+    // A row written into the child is a row of the parent's scan.
+    env.env
+        .exec("INSERT INTO crm.archived VALUES (99, 'Account 99')")
+        .await;
+    let again = env.sync(&spec, options).await.unwrap();
+    assert!(!again.skipped(), "the skip trusted the counter: {again:?}");
+    assert_eq!(again.deleted, 1, "{again:?}");
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+}
+
+#[tokio::test]
+async fn the_write_counter_counts_writes_under_replica_role_and_an_origin_one_is_made_always() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    let options = MirrorRunOptions::default();
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, options).await.unwrap();
+    assert_eq!(counter_state(&env).await, "A", "installed ALWAYS");
+
+    // A write as logical replication's apply or a restore makes it.
+    let replica = r#"BEGIN; SET LOCAL session_replication_role = replica;
+        DELETE FROM crm."Accounts" WHERE id = 1; COMMIT"#;
+    env.env.exec(replica).await;
+    let again = env.sync(&spec, options).await.unwrap();
+    assert!(
+        !again.skipped(),
+        "the replica-role write was not counted: {again:?}"
+    );
+    assert_eq!(again.inserted, 1, "{again:?}");
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+
+    // A trigger enabled ORIGIN only (as earlier versions installed it) is made
+    // ALWAYS, and the table compared once.
+    env.env
+        .exec(r#"ALTER TABLE crm."Accounts" ENABLE TRIGGER followers_etl_mirror_writes"#)
+        .await;
+    assert_eq!(counter_state(&env).await, "O");
+    let again = env.sync(&spec, options).await.unwrap();
+    assert!(!again.skipped(), "{again:?}");
+    assert_eq!(counter_state(&env).await, "A");
+    assert!(env.sync(&spec, options).await.unwrap().skipped());
+    env.env.exec(replica).await;
+    let again = env.sync(&spec, options).await.unwrap();
+    assert_eq!(again.inserted, 1, "{again:?}");
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+}
+
+/// The application's trigger on `crm."Accounts"`: slow (3 s), changes nothing;
+/// then waits until the merge's update is in it.
+async fn slow_update_trigger(env: &Env) {
+    env.env
+        .exec(
+            r#"CREATE FUNCTION crm.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;
+               CREATE TRIGGER slow AFTER UPDATE ON crm."Accounts"
+                 FOR EACH STATEMENT EXECUTE FUNCTION crm.slow()"#,
+        )
+        .await;
+}
+
+async fn in_the_slow_update(env: &Env) {
+    crate::helpers::eventually(30, "the merge in its slow update", || async {
+        let n = env
+            .env
+            .scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()")
+            .await;
+        (n > 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_whose_lock_is_taken_over_during_its_writes_does_not_commit() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    env.env.write_file("accounts.csv", accounts_v2());
+    slow_update_trigger(&env).await;
+    let mut taker = env.env.pool.acquire().await.unwrap();
+    let control = async {
+        in_the_slow_update(&env).await;
+        // The run's lock session ends mid-merge; another run takes the lock.
+        let pid = lock_holder(&env, &spec).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&env.env.pool)
+            .await
+            .unwrap();
+        let (k1, k2) = mirror_lock_key(&spec);
+        sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            .bind(k1)
+            .bind(k2)
+            .execute(&mut *taker)
+            .await
+            .unwrap();
+    };
+    let (result, ()) = tokio::join!(env.sync(&spec, MirrorRunOptions::default()), control);
+    assert!(
+        matches!(result, Err(MirrorRunError::Lost { .. })),
+        "committed after its lock was taken over: {result:?}"
+    );
+    assert_eq!(accounts(&env).await, numbered(20, ""), "nothing committed");
+}
+
+#[tokio::test]
+async fn a_run_whose_record_was_marked_interrupted_does_not_commit() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    env.env.write_file("accounts.csv", accounts_v2());
+    slow_update_trigger(&env).await;
+    let config = env.env.dir.path().join("accounts.toml");
+    std::fs::write(&config, ACCOUNTS).unwrap();
+    let mut cmd = env.env.command();
+    cmd.args([
+        "--config",
+        config.to_str().unwrap(),
+        "sync",
+        "--mirror",
+        "accounts",
+    ]);
+    let sync = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+    in_the_slow_update(&env).await;
+    // Another agent's recovery marks the run interrupted while it merges.
+    env.env
+        .exec(
+            "UPDATE etl_info_schema.sync_runs SET outcome = 'failed', finished_at = now(),
+                    error = 'interrupted: the agent stopped during this run; nothing of it was merged'
+              WHERE mirror = 'accounts' AND outcome = 'running'",
+        )
+        .await;
+    let out = sync.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lost its lock"), "{stderr}");
+    assert_eq!(accounts(&env).await, numbered(20, ""), "nothing committed");
+    let (outcome, error): (String, Option<String>) = sqlx::query_as(
+        "SELECT outcome, error FROM etl_info_schema.sync_runs WHERE mirror = 'accounts'",
+    )
+    .fetch_one(&env.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcome, "failed");
+    assert!(error.unwrap().starts_with("interrupted"));
 }

@@ -106,10 +106,14 @@ pub(crate) async fn check_table(
 }
 
 /// Installs the table's write counter when it is missing (a new table, the
-/// first run after the migration, a table replaced): then the count the last
-/// sync saw is forgotten, so an unchanged file is compared once. Where it
-/// cannot be installed (a role without TRIGGER on the table), says so: edits
-/// outside the agent are then found by a comparison every `VERIFY_EVERY`.
+/// first run after the migration, a table replaced), enabled ALWAYS; an
+/// ORIGIN one (as earlier versions installed it, blind under
+/// `session_replication_role = replica`) is enabled ALWAYS. Either way the
+/// count the last sync saw is forgotten, so an unchanged file is compared
+/// once. Where that cannot be done (a role that does not own the table), says
+/// so: only a trigger enabled ALWAYS counts, and edits outside the agent are
+/// then found by a comparison every `VERIFY_EVERY` (docs/mirrors.md#skip). A
+/// trigger someone disabled (`D`) or set to replica only (`R`) is left so.
 async fn ensure_counter(
     db: &DatabaseConnection,
     sql: &MirrorSql<'_>,
@@ -117,23 +121,25 @@ async fn ensure_counter(
 ) -> Result<(), MirrorRunError> {
     let spec = sql.spec();
     let at = |source| db_error(spec, "table", source);
-    let installed: bool = db
+    let state: Option<String> = db
         .query_one(stmt(
-            &sql.counter_installed(),
+            &sql.counter_state(),
             vec![Value::from(spec.table.sql())],
         ))
         .await
         .map_err(at)?
-        .map_or(Ok(false), |r| r.try_get_by_index(0))
+        .map_or(Ok(None), |r| r.try_get_by_index(0))
         .map_err(at)?;
-    if installed {
-        return Ok(());
-    }
+    let (change, what) = match state.as_deref() {
+        None => (sql.install_counter(), "install the write counter on"),
+        Some("O") => (sql.counter_always(), "enable the write counter ALWAYS on"),
+        Some(_) => return Ok(()),
+    };
     let install = async {
         let txn = db.begin().await?;
         txn.execute_unprepared(&sql.lock_writers(crate::convert::millis_int4(lock_wait)))
             .await?;
-        txn.execute_unprepared(&sql.install_counter()).await?;
+        txn.execute_unprepared(&change).await?;
         txn.execute(stmt(
             &sql.forget_counter(),
             vec![Value::from(spec.name.to_string())],
@@ -145,7 +151,7 @@ async fn ensure_counter(
         tracing::warn!(
             mirror = %spec.name,
             error = %error_chain(&e),
-            "cannot install the write counter on {} (it needs TRIGGER on the table): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY (docs/mirrors.md#skip)",
+            "cannot {what} {} (it needs the table's ownership): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY (docs/mirrors.md#skip)",
             spec.table
         );
     }
@@ -198,34 +204,44 @@ pub(super) async fn trust(
     }
     let table = &spec.table;
     let why = if fingerprint.as_deref() != Some(definition_fingerprint(spec).as_str()) {
-        "the mirror's definition (table, key, columns or modified_column) changed since the last sync".to_owned()
+        Some("the mirror's definition (table, key, columns or modified_column) changed since the last sync".to_owned())
     } else if !same_table {
-        format!("{table} was dropped, replaced or renamed since the last sync")
+        Some(format!(
+            "{table} was dropped, replaced or renamed since the last sync"
+        ))
     } else {
         match (counting, seen) {
-            (true, Some(seen)) if seen == now => {
-                return Ok(Trust::Skip {
-                    held_back: reverted.is_some(),
-                })
-            }
-            (true, Some(seen)) => format!(
+            (true, Some(seen)) if seen == now => None,
+            (true, Some(seen)) => Some(format!(
                 "{table} was changed outside the agent since the last sync ({} writing statement(s) counted)",
                 now.saturating_sub(seen)
-            ),
-            (true, None) => format!(
+            )),
+            (true, None) => Some(format!(
                 "{table}'s write counter was installed after the last sync: the table is compared with the file"
-            ),
-            (false, _) if due => format!(
-                "{table} has no write counter and was last compared with the file VERIFY_EVERY ago or longer"
-            ),
-            (false, _) => {
-                return Ok(Trust::Skip {
-                    held_back: reverted.is_some(),
-                })
-            }
+            )),
+            (false, _) if due => Some(format!(
+                "{table} has no write counter that counts every write (none, not enabled ALWAYS, or the table has partitions or inheritance children) and was last compared with the file VERIFY_EVERY ago or longer"
+            )),
+            (false, _) => None,
         }
     };
-    Ok(Trust::Sync(Some(why)))
+    // A revert holds this content back: only a changed file or a forced run
+    // applies it again, whatever else changed (as the built-in mirror's hash step).
+    if let Some(revert) = reverted {
+        if let Some(why) = &why {
+            tracing::info!(
+                mirror = %spec.name,
+                reverted_load_id = %revert,
+                reason = %why,
+                "{table} left as it is while held back: the revert of run {revert} undid this content; it is skipped until the file changes (or a forced sync)"
+            );
+        }
+        return Ok(Trust::Skip { held_back: true });
+    }
+    Ok(match why {
+        None => Trust::Skip { held_back: false },
+        Some(why) => Trust::Sync(Some(why)),
+    })
 }
 
 /// The run's load, as the merge needs it.
@@ -234,7 +250,8 @@ pub(super) struct Load<'a> {
     /// Backend pid of the session holding the mirror's run lock.
     pub lock_pid: i32,
     pub path: &'a Path,
-    /// A dry run of a mirror whose table does not exist yet.
+    /// The table does not exist yet (a dry run, which creates nothing, plans
+    /// every staged row as an insert).
     pub absent: bool,
 }
 
@@ -272,7 +289,6 @@ pub(super) async fn dedupe_and_merge(
     read: ReadOutcome,
     stages: &mut crate::pipeline::timings::StageTimes,
 ) -> Result<MirrorSummary, MirrorRunError> {
-    let absent = run.absent;
     let spec = sql.spec();
     let load_id = run.load_id;
     let at = |source| db_error(spec, "dedupe", source);
@@ -336,7 +352,7 @@ pub(super) async fn dedupe_and_merge(
         ..MirrorSummary::default()
     };
     let protected: Vec<serde_json::Value> = read.protected.into_iter().map(|(k, _)| k).collect();
-    if options.dry_run && absent {
+    if options.dry_run && run.absent {
         // No table yet: its first run would insert every row staged.
         stages.begin(crate::domain::Stage::Plan);
         summary.inserted = summary.unchanged;
@@ -355,7 +371,6 @@ pub(super) async fn dedupe_and_merge(
             .await
             .map_err(|e| db_error(spec, "begin", e))?;
         lock_table(&txn, sql, options.lock_wait).await?;
-        holds_lock(&txn, sql, run.lock_pid).await?;
         merge_in(&txn, sql, options, guard, &protected, &mut summary).await?;
         if options.dry_run {
             // The real diff and guard, nothing written: rolled back below.
@@ -363,7 +378,11 @@ pub(super) async fn dedupe_and_merge(
         }
         record(&txn, sql, run.path, &summary).await?;
         // The run's record says synced in the transaction that synced it.
-        finish_record(&txn, spec, load_id, &summary).await
+        finish_record(&txn, spec, load_id, &summary).await?;
+        // Last, just before the commit: the merge and its writes may have
+        // waited long enough for the lock's session to end and another run
+        // to take the table over.
+        holds_lock(&txn, sql, run.lock_pid).await
     }
     .await;
     match merged {
@@ -567,13 +586,39 @@ async fn merge_in(
 }
 
 /// Finishes the run's `sync_runs` record as synced, with its counts and hash
-/// (a run recorded by `sync` and `serve`; nothing when there is none).
+/// (a run recorded by `sync` and `serve`; nothing when there is none). The
+/// record is locked first (`RUN_OUTCOME`): one no longer `running` (another
+/// agent's recovery marked it interrupted, having taken the run lock) is
+/// `Lost`, and the merge rolls back.
 async fn finish_record(
     txn: &DatabaseTransaction,
     spec: &MirrorSpec,
     load_id: LoadId,
     s: &MirrorSummary,
 ) -> Result<(), MirrorRunError> {
+    let at = |e| db_error(spec, "record", e);
+    let outcome: Option<String> = txn
+        .query_one(stmt(
+            MirrorSql::RUN_OUTCOME,
+            vec![Value::from(load_id.uuid())],
+        ))
+        .await
+        .map_err(at)?
+        .map(|r| r.try_get_by_index(0))
+        .transpose()
+        .map_err(at)?;
+    if let Some(outcome) = outcome {
+        if outcome != "running" {
+            tracing::warn!(
+                mirror = %spec.name,
+                outcome = %outcome,
+                "the run's record is no longer running (another agent's recovery marked it): rolled back"
+            );
+            return Err(MirrorRunError::Lost {
+                mirror: spec.name.to_string(),
+            });
+        }
+    }
     let counts = s.counts();
     let hash = crate::domain::ContentHash::from_hex(&s.content_hash);
     crate::runs::finish(

@@ -344,7 +344,7 @@ pub enum MirrorRunError {
         actual: u64,
     },
     #[error(
-        "mirror {mirror}: the run lost its lock (its session ended); rolled back, nothing changed"
+        "mirror {mirror}: the run lost its lock (its session ended, or another agent's recovery marked the run interrupted); rolled back, nothing changed"
     )]
     Lost { mirror: String },
     #[error("mirror {mirror}: COPY stored {staged} rows of the {accepted} valid lines read; nothing was merged")]

@@ -7,10 +7,13 @@
 //! mirror's table.
 //!
 //! The write counter is the followers' model (docs/sync.md#edits-outside-the-agent):
-//! a statement-level trigger on the table bumps the table's own sequence once
-//! per statement that writes it and is not the agent's merge or revert (those
-//! run `SET LOCAL followers_etl.own_write = 'on'` first); the merge and the
-//! revert record the sequence's value in `mirror_status.foreign_writes`.
+//! a statement-level trigger on the table, enabled ALWAYS, bumps the table's own
+//! sequence once per statement that writes it and is not the agent's merge or
+//! revert (those run `SET LOCAL followers_etl.own_write = 'on'` first); the
+//! merge and the revert record the sequence's value in
+//! `mirror_status.foreign_writes`. It counts only on a table without partitions
+//! or inheritance children (a statement on a child never fires the parent's
+//! trigger).
 
 use super::{MirrorSql, JOURNAL};
 use crate::mirror::MirrorSpec;
@@ -100,25 +103,43 @@ impl MirrorSql<'_> {
         )
     }
 
-    /// Whether the counter's trigger is on the table (`boolean`).
-    pub fn counter_installed(&self) -> String {
+    /// The counter trigger's state on the table `$1` (quoted): one row, its
+    /// `tgenabled` as text (`A` always, `O` origin and local only, `R`
+    /// replica only, `D` disabled), NULL when there is no such trigger.
+    pub fn counter_state(&self) -> String {
         format!(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+            "SELECT (SELECT tgenabled::text FROM pg_catalog.pg_trigger
                   WHERE tgrelid = to_regclass($1) AND tgname = '{COUNTER_TRIGGER}')"
         )
     }
 
-    /// Installs the counter (its sequence, then its trigger) on the table, which
-    /// must not have it yet. Then `forget_counter`: the table is unverified.
+    /// Installs the counter (its sequence, then its trigger, enabled ALWAYS) on
+    /// the table, which must not have it yet. Then `forget_counter`: the table
+    /// is unverified.
     pub fn install_counter(&self) -> String {
         format!(
             "CREATE SEQUENCE IF NOT EXISTS {seq};
 CREATE TRIGGER {COUNTER_TRIGGER}
   AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table}
-  FOR EACH STATEMENT EXECUTE FUNCTION etl_info_schema.count_mirror_write('{name}')",
+  FOR EACH STATEMENT EXECUTE FUNCTION etl_info_schema.count_mirror_write('{name}');
+{always}",
             seq = self.counter_sequence(),
             table = self.table(),
-            name = self.counter_name()
+            name = self.counter_name(),
+            always = self.counter_always()
+        )
+    }
+
+    /// Enables the counter's trigger ALWAYS (`tgenabled = 'A'`), so that it
+    /// also fires under `session_replication_role = replica` (logical
+    /// replication's apply, `pg_restore --disable-triggers`, a tool that sets
+    /// it); an ORIGIN one (`O`, as `CREATE TRIGGER` makes it, and as earlier
+    /// versions left it) misses those writes. Needs the table's ownership.
+    /// Then `forget_counter`: writes it missed are unknown.
+    pub fn counter_always(&self) -> String {
+        format!(
+            "ALTER TABLE {} ENABLE ALWAYS TRIGGER {COUNTER_TRIGGER}",
+            self.table()
         )
     }
 
@@ -131,7 +152,9 @@ CREATE TRIGGER {COUNTER_TRIGGER}
     /// quoted table name, `$3` `VERIFY_EVERY` in seconds): the last hash (text,
     /// NULL without a sync), the fingerprint (text), whether the table is the
     /// one the last sync or revert wrote (`boolean`), whether the counter counts
-    /// (trigger enabled), the counter now, the count the last sync or revert saw
+    /// (its trigger enabled ALWAYS, and the table has no partitions nor
+    /// inheritance children: the statement-level trigger is on the parent only,
+    /// and a write into a child never fires it), the counter now, the count the last sync or revert saw
     /// (NULL: not known), whether that is `VERIFY_EVERY` old or older, and the
     /// run whose content a revert holds back (`uuid`, NULL when none).
     pub fn skip_check(&self) -> String {
@@ -140,7 +163,8 @@ CREATE TRIGGER {COUNTER_TRIGGER}
        coalesce(s.table_oid = to_regclass($2)::oid, false),
        EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
                 WHERE tgrelid = to_regclass($2) AND tgname = '{COUNTER_TRIGGER}'
-                  AND tgenabled IN ('O', 'A')),
+                  AND tgenabled = 'A')
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhparent = to_regclass($2)),
        {counter}::bigint,
        s.foreign_writes,
        coalesce(now() - s.synced_at >= make_interval(secs => $3), true),
@@ -197,6 +221,14 @@ CREATE TRIGGER {COUNTER_TRIGGER}
    FOR UPDATE OF r"
         )
     }
+
+    /// The outcome of the run `$1`'s `sync_runs` record (text; no row: the run
+    /// has none, a library call of `sync_mirror`), its row locked until the
+    /// merge's transaction ends: the merge finishes it as synced only while it
+    /// is still `running` (another agent's recovery may have marked it
+    /// interrupted), and that recovery then waits for the merge's end.
+    pub const RUN_OUTCOME: &'static str =
+        "SELECT outcome FROM etl_info_schema.sync_runs WHERE load_id = $1 FOR UPDATE";
 
     /// Marks the run `$1` reverted.
     pub fn mark_reverted(&self) -> String {
