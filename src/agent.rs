@@ -93,7 +93,20 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
     stop_on_signals(stop.clone(), Hangup::Ignore);
     // Series name their mirror once mirrors are configured (docs/mirrors.md#metrics-and-logs).
     let label = settings.builtin_label();
-    let metrics = crate::http::install_recorder(label);
+    // Each running mirror's gauges start at 0: the built-in one's when it runs.
+    let running: Vec<Option<&str>> = file
+        .as_ref()
+        .map(|_| label)
+        .into_iter()
+        .chain(
+            settings
+                .mirrors
+                .iter()
+                .filter(|m| m.name.as_str() != runs::BUILTIN_MIRROR)
+                .map(|m| Some(m.name.as_str())),
+        )
+        .collect();
+    let metrics = crate::http::install_recorder(&running);
 
     // The endpoints answer from the start (their pool connects on first use):
     // /healthz 200, /readyz 503 until the database is reachable and migrated.

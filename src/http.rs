@@ -16,7 +16,7 @@ pub(crate) type Exporter = Result<PrometheusHandle, String>;
 
 /// Installs the Prometheus recorder (histograms with `metrics::DURATION_BUCKETS`)
 /// and describes every metric, so each has its HELP and TYPE lines.
-pub(crate) fn install_recorder(mirror: Option<&str>) -> Exporter {
+pub(crate) fn install_recorder(mirrors: &[Option<&str>]) -> Exporter {
     let handle = PrometheusBuilder::new()
         .set_buckets(crate::metrics::DURATION_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)
@@ -24,7 +24,7 @@ pub(crate) fn install_recorder(mirror: Option<&str>) -> Exporter {
             tracing::warn!(error = %e, "metrics disabled");
             e.to_string()
         })?;
-    crate::metrics::describe(mirror);
+    crate::metrics::describe(mirrors);
     Ok(handle)
 }
 

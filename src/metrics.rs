@@ -24,8 +24,9 @@ pub(crate) const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Gives every metric its HELP and TYPE lines; call once the recorder is installed.
-/// `mirror`: the label of the built-in mirror's series (`None` without mirrors).
-pub(crate) fn describe(mirror: Option<&str>) {
+/// `mirrors`: the label of each running mirror's series (`None`: the built-in
+/// one's, without mirrors), whose gauges start at 0.
+pub(crate) fn describe(mirrors: &[Option<&str>]) {
     metrics::describe_counter!(
         RUNS_TOTAL,
         Unit::Count,
@@ -56,8 +57,10 @@ pub(crate) fn describe(mirror: Option<&str>) {
         REFUSED,
         "1 after a refused run (or one skipped because its content was refused earlier) until a run confirms followers mirror the file, else 0."
     );
-    metrics::gauge!(RUN_IN_PROGRESS, labels(mirror, &[])).set(0.0);
-    metrics::gauge!(REFUSED, labels(mirror, &[])).set(0.0);
+    for &mirror in mirrors {
+        metrics::gauge!(RUN_IN_PROGRESS, labels(mirror, &[])).set(0.0);
+        metrics::gauge!(REFUSED, labels(mirror, &[])).set(0.0);
+    }
 }
 
 /// The labels of one series: `pairs`, then `mirror` when given. A run's mirror
@@ -134,9 +137,9 @@ pub(crate) fn record_stage(mirror: Option<&str>, stage: Stage, seconds: f64) {
         .record(seconds);
 }
 
-/// The rows of a mirror's table counted at a scrape (`followers_etl_followers`
-/// for the built-in mirror's `public.followers`, and for every mirror's table,
-/// labelled, once mirrors are configured).
+/// The rows of the built-in mirror's `public.followers`, counted at a scrape
+/// (labelled `mirror="followers"` once mirrors are configured; a configured
+/// mirror's rows are in `status`, not in a gauge).
 pub(crate) fn record_followers(mirror: Option<&str>, count: i64) {
     metrics::gauge!(FOLLOWERS, labels(mirror, &[])).set(approx_signed(count));
 }
