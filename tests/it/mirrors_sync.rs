@@ -316,6 +316,8 @@ async fn serve_starts_only_the_mirror_whose_file_changed() {
     for series in [
         "followers_etl_runs_total{outcome=\"synced\",mirror=\"subscribers\"} 2",
         "followers_etl_runs_total{outcome=\"synced\",mirror=\"followers\"} 1",
+        "followers_etl_run_in_progress{mirror=\"subscribers\"} 0",
+        "followers_etl_refused{mirror=\"followers\"} 0",
     ] {
         assert!(metrics.contains(series), "{series}: {metrics}");
     }
