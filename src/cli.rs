@@ -947,39 +947,68 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
     }
     if json {
         open(&mut out, &mut opened);
-        let duplicate_lines: Vec<_> = tally
+    }
+    let end = CheckEnd {
+        rows: tally.rows,
+        valid: tally.valid,
+        invalid: tally.invalid,
+        duplicates: tally.duplicates,
+        duplicate_lines: tally
             .duplicate_lines
             .iter()
             .map(|(email, lines)| serde_json::json!({ "email": email, "lines": lines }))
-            .collect();
-        let mut tail = serde_json::json!({
-            "duplicate_lines": duplicate_lines,
-            "rows": tally.rows,
-            "valid": tally.valid,
-            "invalid": tally.invalid,
-            "duplicates": tally.duplicates,
-        });
-        if let Some(e) = &error {
-            tail["error"] = error_chain(e).into();
+            .collect(),
+        error: error.as_ref().map(|e| (error_chain(e), e.is_content())),
+    };
+    end.print(out, json, &path)
+}
+
+/// How a `check` ends, the built-in mirror's or a configured one's: the
+/// totals, the repeated keys (as JSON objects), and the error that refused the
+/// file as a whole with whether its content was at fault.
+struct CheckEnd {
+    rows: u64,
+    valid: u64,
+    invalid: u64,
+    duplicates: u64,
+    duplicate_lines: Vec<serde_json::Value>,
+    error: Option<(String, bool)>,
+}
+
+impl CheckEnd {
+    /// Prints the totals (`--json`: closes the object the rejects opened) and
+    /// returns the exit code: 0 valid, 1 invalid, 2 an unreadable file.
+    fn print(self, mut out: Out, json: bool, path: &std::path::Path) -> ExitCode {
+        if json {
+            let mut tail = serde_json::json!({
+                "duplicate_lines": self.duplicate_lines,
+                "rows": self.rows,
+                "valid": self.valid,
+                "invalid": self.invalid,
+                "duplicates": self.duplicates,
+            });
+            if let Some((e, _)) = &self.error {
+                tail["error"] = e.clone().into();
+            }
+            let tail = tail.to_string();
+            out.line(format_args!("],{}", &tail[1..]));
+        } else if self.error.is_none() {
+            out.line(format_args!(
+                "{}: {} rows, {} valid, {} invalid, {} duplicates",
+                path.display(),
+                self.rows,
+                self.valid,
+                self.invalid,
+                self.duplicates
+            ));
         }
-        let tail = tail.to_string();
-        out.line(format_args!("],{}", &tail[1..]));
-    } else if error.is_none() {
-        out.line(format_args!(
-            "{}: {} rows, {} valid, {} invalid, {} duplicates",
-            path.display(),
-            tally.rows,
-            tally.valid,
-            tally.invalid,
-            tally.duplicates
-        ));
+        out.finish(match &self.error {
+            Some((_, false)) => exit::usage(),
+            Some(_) => exit::failure(),
+            None if self.invalid > 0 => exit::failure(),
+            None => ExitCode::SUCCESS,
+        })
     }
-    out.finish(match &error {
-        Some(e) if !e.is_content() => exit::usage(),
-        Some(_) => exit::failure(),
-        None if tally.invalid > 0 => exit::failure(),
-        None => ExitCode::SUCCESS,
-    })
 }
 
 fn schedule(

@@ -147,39 +147,20 @@ pub(super) fn check(
     }
     if json {
         open(&mut out, &mut opened);
-        let duplicate_lines: Vec<_> = tally
+    }
+    let end = super::CheckEnd {
+        rows: tally.rows,
+        valid: tally.valid,
+        invalid: tally.invalid,
+        duplicates: tally.duplicates,
+        duplicate_lines: tally
             .duplicate_lines
             .iter()
             .map(|(key, lines)| serde_json::json!({ "key": key, "lines": lines }))
-            .collect();
-        let mut tail = serde_json::json!({
-            "duplicate_lines": duplicate_lines,
-            "rows": tally.rows,
-            "valid": tally.valid,
-            "invalid": tally.invalid,
-            "duplicates": tally.duplicates,
-        });
-        if let Some(e) = &error {
-            tail["error"] = error_chain(e).into();
-        }
-        let tail = tail.to_string();
-        out.line(format_args!("],{}", &tail[1..]));
-    } else if error.is_none() {
-        out.line(format_args!(
-            "{}: {} rows, {} valid, {} invalid, {} duplicates",
-            path.display(),
-            tally.rows,
-            tally.valid,
-            tally.invalid,
-            tally.duplicates
-        ));
-    }
-    out.finish(match &error {
-        Some(e) if !is_content(e) => exit::usage(),
-        Some(_) => exit::failure(),
-        None if tally.invalid > 0 => exit::failure(),
-        None => ExitCode::SUCCESS,
-    })
+            .collect(),
+        error: error.as_ref().map(|e| (error_chain(e), is_content(e))),
+    };
+    end.print(out, json, &path)
 }
 
 /// `history KEY… --mirror NAME`: every journaled change of the row with that
