@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 /// Why a run of an unchanged file was skipped.
 const UNCHANGED: &str = "unchanged since the last sync";
 
+/// Why a run of an unchanged file was skipped when its table has no counting
+/// write counter (docs/mirrors.md#skip).
+const UNVERIFIED: &str = "unchanged since the last sync; the table has no write counter that counts every write (none, not enabled ALWAYS, or a partitioned or inheritance table): it is compared with the file again once VERIFY_EVERY has passed";
+
 /// Why a run of the content a revert undid was skipped (docs/mirrors.md#revert).
 const HELD_BACK: &str =
     "the content in place was undone by a revert: held back until the file changes (sync --force applies it)";
@@ -169,7 +173,7 @@ pub async fn run_mirror_sync(
         Ok(Ran::Synced(s)) if s.skipped() => (
             Outcome::Skipped,
             Counts::default(),
-            Some(if s.held_back { HELD_BACK } else { UNCHANGED }.to_owned()),
+            Some(skip_reason(&s).to_owned()),
         ),
         Ok(Ran::Synced(s)) if s.dry_run => {
             report_duplicates(&s);
@@ -222,6 +226,17 @@ fn report_duplicates(s: &MirrorSummary) {
     for (key, lines) in &s.duplicate_lines {
         let lines: Vec<String> = lines.iter().map(ToString::to_string).collect();
         tracing::warn!(key = %key, lines = %lines.join(", "), "duplicate key; the last line wins");
+    }
+}
+
+/// Why an unchanged file was skipped.
+fn skip_reason(s: &MirrorSummary) -> &'static str {
+    if s.held_back {
+        HELD_BACK
+    } else if s.unverified {
+        UNVERIFIED
+    } else {
+        UNCHANGED
     }
 }
 
@@ -480,10 +495,8 @@ async fn end_record(
                 .map(|r| format!("{WOULD_REFUSE}{r}"));
             let (outcome, reason) = if summary.dry_run {
                 (Outcome::DryRun, note.as_deref())
-            } else if summary.held_back {
-                (Outcome::Skipped, Some(HELD_BACK))
             } else if summary.skipped() {
-                (Outcome::Skipped, Some(UNCHANGED))
+                (Outcome::Skipped, Some(skip_reason(&summary)))
             } else {
                 (Outcome::Synced, None)
             };

@@ -1786,3 +1786,67 @@ async fn a_run_whose_record_was_marked_interrupted_does_not_commit() {
     assert_eq!(outcome, "failed");
     assert!(error.unwrap().starts_with("interrupted"));
 }
+
+/// The mirror's table is itself an inheritance child (or a partition): a
+/// statement on its parent writes its rows without firing its own trigger, so
+/// its counter does not count, and an unchanged file is skipped only
+/// unverified, until VERIFY_EVERY.
+#[tokio::test]
+async fn a_table_that_is_a_child_is_compared_again_after_verify_every() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    env.env.exec("CREATE SCHEMA crm").await;
+    env.env
+        .exec("CREATE TABLE crm.parent (id integer, name text)")
+        .await;
+    env.env
+        .exec(r#"CREATE TABLE crm."Accounts" (id integer PRIMARY KEY, name text) INHERITS (crm.parent)"#)
+        .await;
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    env.env
+        .exec("UPDATE crm.parent SET name = 'EDIT' WHERE id = 2")
+        .await;
+    let trusted = env.sync(&spec, MirrorRunOptions::default()).await.unwrap();
+    assert!(trusted.skipped() && trusted.unverified, "{trusted:?}");
+    let options = MirrorRunOptions {
+        verify_every: Duration::ZERO,
+        ..MirrorRunOptions::default()
+    };
+    let compared = env.sync(&spec, options).await.unwrap();
+    assert_eq!(compared.updated, 1, "{compared:?}");
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+}
+
+/// A key column of a case-insensitive collation is refused at the table
+/// check, as a citext one is: its unique index would take `Ann` and `ann`
+/// for one key.
+#[tokio::test]
+async fn a_key_of_a_nondeterministic_collation_is_refused_at_the_table_check() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS_BY_NAME);
+    env.env
+        .exec("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+        .await;
+    env.env.exec("CREATE SCHEMA crm").await;
+    env.env
+        .exec(r#"CREATE TABLE crm."Names" (name text COLLATE ci PRIMARY KEY, note text)"#)
+        .await;
+    let e = env
+        .sync(&spec, MirrorRunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, MirrorRunError::Incompatible(_)) && e.to_string().contains("nondeterministic"),
+        "{e}"
+    );
+}
+
+const ACCOUNTS_BY_NAME: &str = r#"
+[[mirror]]
+name = "names"
+file = "names.csv"
+table = 'crm."Names"'
+key = ["name"]
+columns = [{ name = "name", type = "text" }, { name = "note", type = "text", nullable = true }]
+"#;

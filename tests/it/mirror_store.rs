@@ -191,6 +191,7 @@ async fn check(env: &TestEnv, spec: &MirrorSpec) -> Result<TableState, String> {
             ty: r.get(1),
             not_null: r.get(2),
             fills_itself: r.get(3),
+            loose_collation: r.get(4),
         })
         .collect();
     let keys: Vec<Vec<String>> = sqlx::query_scalar(MirrorSql::CATALOG_UNIQUE_KEYS)

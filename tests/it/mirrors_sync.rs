@@ -553,6 +553,10 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
     let plan = &lines(&run.stdout)[0];
     assert_eq!(plan["outcome"], "dry_run", "{run:?}");
     assert_eq!(plan["inserted"], 3, "{run:?}");
+    assert_eq!(
+        plan["journaled"], 3,
+        "what a real run would journal: {run:?}"
+    );
     assert_eq!(plan["would_refuse"], false, "{run:?}");
     let created: bool = sqlx::query_scalar(table)
         .fetch_one(&env.pool)
@@ -587,6 +591,7 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
         "{run:?}"
     );
     assert_eq!(plans[1]["would_refuse"], true, "{run:?}");
+    assert_eq!(plans[1]["journaled"], 3, "{run:?}");
     assert!(
         plans[1]["would_refuse_reason"]
             .as_str()
@@ -610,6 +615,41 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
             .await,
         0
     );
+    // Content a revert holds back: the dry run says so, as the real run would.
+    let four = "account_id,email,Full Name,plan\n1,ann@example.com,Ann,pro\n1,bob@example.com,Bob,\n2,ann@example.com,Ann Two,free\n3,cy@example.com,Cy,\n";
+    env.write_file("subscribers.csv", four);
+    assert_eq!(
+        env.run(&["--config", &path, "sync", "--mirror", "subscribers"], &[])
+            .code,
+        0
+    );
+    let reverted = env.run(
+        &[
+            "--config",
+            &path,
+            "revert",
+            "--last",
+            "--mirror",
+            "subscribers",
+        ],
+        &[],
+    );
+    assert_eq!(reverted.code, 0, "{reverted:?}");
+    let run = env.run(
+        &[
+            "--config",
+            &path,
+            "sync",
+            "--dry-run",
+            "--json",
+            "--mirror",
+            "subscribers",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lines(&run.stdout)[0]["outcome"], "skipped", "{run:?}");
+    assert!(run.stderr.contains("held back"), "{run:?}");
 }
 
 /// A glob's files are listed again under the run lock: a part added while the

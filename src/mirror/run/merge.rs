@@ -90,6 +90,7 @@ pub(crate) async fn check_table(
                 ty: r.try_get_by_index(1)?,
                 not_null: r.try_get_by_index(2)?,
                 fills_itself: r.try_get_by_index(3)?,
+                loose_collation: r.try_get_by_index(4)?,
             })
         })
         .collect::<Result<Vec<_>, DbErr>>()
@@ -162,8 +163,10 @@ async fn ensure_counter(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Trust {
     /// The file, the definition and the table are what the last sync or revert
-    /// left; `held_back`: a revert holds this content back.
-    Skip { held_back: bool },
+    /// left; `held_back`: a revert holds this content back; `unverified`: the
+    /// table has no counting write counter and was compared within
+    /// `VERIFY_EVERY`, so it is trusted unverified until then.
+    Skip { held_back: bool, unverified: bool },
     /// Run; with why, when the file itself is unchanged.
     Sync(Option<String>),
 }
@@ -236,10 +239,16 @@ pub(super) async fn trust(
                 "{table} left as it is while held back: the revert of run {revert} undid this content; it is skipped until the file changes (or a forced sync)"
             );
         }
-        return Ok(Trust::Skip { held_back: true });
+        return Ok(Trust::Skip {
+            held_back: true,
+            unverified: false,
+        });
     }
     Ok(match why {
-        None => Trust::Skip { held_back: false },
+        None => Trust::Skip {
+            held_back: false,
+            unverified: !counting,
+        },
         Some(why) => Trust::Sync(Some(why)),
     })
 }
@@ -357,6 +366,14 @@ pub(super) async fn dedupe_and_merge(
         stages.begin(crate::domain::Stage::Plan);
         summary.inserted = summary.unchanged;
         summary.unchanged = 0;
+        if spec
+            .overrides
+            .journal_keep_runs
+            .unwrap_or(options.journal_keep_runs)
+            > 0
+        {
+            summary.journaled = summary.inserted;
+        }
         summary.dry_run = true;
         return Ok(summary);
     }
@@ -528,8 +545,16 @@ async fn merge_in(
         duplicates: summary.duplicates,
         journaled: 0,
     };
+    let journal = spec
+        .overrides
+        .journal_keep_runs
+        .unwrap_or(options.journal_keep_runs)
+        > 0;
     if options.dry_run {
         // The plan, and the guard's verdict on it.
+        if journal {
+            summary.journaled = inserted + updated + deleted;
+        }
         summary.would_refuse = guard
             .check(counts, current)
             .err()
@@ -541,11 +566,6 @@ async fn merge_in(
         return Ok(());
     }
     guard.check(counts, current).map_err(|e| refusal(spec, e))?;
-    let journal = spec
-        .overrides
-        .journal_keep_runs
-        .unwrap_or(options.journal_keep_runs)
-        > 0;
     let writes: [(Option<Write>, u64); 3] = [
         (sql.update(), updated),
         (Some(sql.insert()), inserted),

@@ -160,6 +160,9 @@ pub struct MirrorSummary {
     /// Skipped because a revert holds this content back (until the file
     /// changes, or a forced sync).
     pub held_back: bool,
+    /// Skipped unverified: the table has no write counter that counts every
+    /// write, and was compared with the file less than `VERIFY_EVERY` ago.
+    pub unverified: bool,
     /// A dry run's plan: the counts are what a real run would do.
     pub dry_run: bool,
     /// A dry run only: why a real run would be refused (a guard).
@@ -505,15 +508,23 @@ pub(crate) async fn locked_sync(
             .await
             .expect("the hash task does not panic")?
     };
-    let sync_reason = if options.force || options.dry_run {
+    // A dry run plans an unchanged file too, but not content a revert holds back.
+    let sync_reason = if options.force {
         None
     } else {
         match merge::trust(db, &sql, hash.combined.as_str(), options.verify_every).await? {
-            merge::Trust::Skip { held_back } => {
+            merge::Trust::Skip {
+                held_back: false, ..
+            } if options.dry_run => None,
+            merge::Trust::Skip {
+                held_back,
+                unverified,
+            } => {
                 return Ok(MirrorSummary {
                     mirror,
                     content_hash: hash.combined.as_str().to_owned(),
                     held_back,
+                    unverified,
                     ..MirrorSummary::default()
                 })
             }

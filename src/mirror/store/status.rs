@@ -164,7 +164,8 @@ CREATE TRIGGER {COUNTER_TRIGGER}
        EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
                 WHERE tgrelid = to_regclass($2) AND tgname = '{COUNTER_TRIGGER}'
                   AND tgenabled = 'A')
-         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhparent = to_regclass($2)),
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits
+                          WHERE inhparent = to_regclass($2) OR inhrelid = to_regclass($2)),
        {counter}::bigint,
        s.foreign_writes,
        coalesce(now() - s.synced_at >= make_interval(secs => $3), true),

@@ -24,6 +24,9 @@ pub struct CatalogColumn {
     /// The column fills itself on insert: a default, an identity or a
     /// generated column.
     pub fills_itself: bool,
+    /// Its collation is nondeterministic (case- or accent-insensitive ICU):
+    /// values that differ compare equal.
+    pub loose_collation: bool,
 }
 
 /// What the check of a table found.
@@ -89,7 +92,9 @@ impl MirrorSql<'_> {
     /// catalog holds them, `TableName::schema`/`table`); no rows: no such table.
     pub const CATALOG_COLUMNS: &'static str =
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-        a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+        a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+        coalesce((SELECT NOT co.collisdeterministic FROM pg_collation co
+                   WHERE co.oid = a.attcollation), false)
    FROM pg_attribute a
    JOIN pg_class c ON c.oid = a.attrelid
    JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -158,12 +163,17 @@ impl MirrorSql<'_> {
             // citext compares without regard to case in its unique index but
             // as text in the diff's join (staging holds text): a key differing
             // only in case would be an insert beside its old row, and fail.
-            if self.spec.is_key(&c.name) && found.ty == "citext" {
+            if self.spec.is_key(&c.name) && (found.ty == "citext" || found.loose_collation) {
+                let what = if found.ty == "citext" {
+                    "citext"
+                } else {
+                    "of a nondeterministic (case- or accent-insensitive) collation"
+                };
                 return Err(error(
                     format!("column {}", c.name),
-                    "is part of the key and citext, which the mirror's key match cannot honour".into(),
+                    format!("is part of the key and {what}, which the mirror's key match cannot honour"),
                     format!(
-                        "ALTER TABLE {} ALTER COLUMN {} TYPE text (an email key is lower-cased by the email type already)",
+                        "ALTER TABLE {} ALTER COLUMN {} TYPE text COLLATE \"default\" (an email key is lower-cased by the email type already)",
                         self.table(),
                         c.name.sql()
                     ),

@@ -156,6 +156,7 @@ fn column(name: &str, ty: &str, not_null: bool) -> CatalogColumn {
         ty: ty.into(),
         not_null,
         fills_itself: false,
+        loose_collation: false,
     }
 }
 
