@@ -116,6 +116,68 @@ impl MirrorSql<'_> {
     AND k.ord <= x.indnkeyatts
   GROUP BY x.indexrelid";
 
+    /// What is wrong with the table's `found` column for the configured `c`
+    /// (its problem and the fix), if anything.
+    fn column_problem(&self, c: &ColumnSpec, found: &CatalogColumn) -> Option<(String, String)> {
+        if let Err(problem) = c.ty.compatible(&found.ty, None) {
+            return Some((
+                problem,
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} TYPE {}, or change the column's type in [[mirror]] {}",
+                    self.table(),
+                    c.name.sql(),
+                    c.ty.create_sql(),
+                    self.spec.name
+                ),
+            ));
+        }
+        // citext compares without regard to case in its unique index but
+        // as text in the diff's join (staging holds text): a key differing
+        // only in case would be an insert beside its old row, and fail.
+        if self.spec.is_key(&c.name) && (found.ty == "citext" || found.loose_collation) {
+            let what = if found.ty == "citext" {
+                "citext"
+            } else {
+                "of a nondeterministic (case- or accent-insensitive) collation"
+            };
+            return Some((
+                format!("is part of the key and {what}, which the mirror's key match cannot honour"),
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} TYPE text COLLATE \"default\" (an email key is lower-cased by the email type already)",
+                    self.table(),
+                    c.name.sql()
+                ),
+            ));
+        }
+        // An empty field of a nullable column is NULL: a NOT NULL column
+        // would refuse it mid-merge, after the whole file was read.
+        if c.nullable && found.not_null {
+            return Some((
+                format!(
+                    "is NOT NULL, but [[mirror]] {} has it nullable = true, so an empty field would fail the merge",
+                    self.spec.name
+                ),
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL, or set nullable = false on the column in [[mirror]] {}",
+                    self.table(),
+                    c.name.sql(),
+                    self.spec.name
+                ),
+            ));
+        }
+        if self.spec.is_key(&c.name) && !found.not_null {
+            return Some((
+                "is part of the key but allows NULL".into(),
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} SET NOT NULL",
+                    self.table(),
+                    c.name.sql()
+                ),
+            ));
+        }
+        None
+    }
+
     /// Checks an existing table (`columns` from `CATALOG_COLUMNS`, `unique_keys`
     /// from `CATALOG_UNIQUE_KEYS`): every configured column present with a
     /// compatible type (`ColumnType::compatible`), the key's columns NOT NULL,
@@ -147,65 +209,8 @@ impl MirrorSql<'_> {
                     self.add_column_fix(c),
                 ));
             };
-            if let Err(problem) = c.ty.compatible(&found.ty, None) {
-                return Err(error(
-                    format!("column {}", c.name),
-                    problem,
-                    format!(
-                        "ALTER TABLE {} ALTER COLUMN {} TYPE {}, or change the column's type in [[mirror]] {}",
-                        self.table(),
-                        c.name.sql(),
-                        c.ty.create_sql(),
-                        self.spec.name
-                    ),
-                ));
-            }
-            // citext compares without regard to case in its unique index but
-            // as text in the diff's join (staging holds text): a key differing
-            // only in case would be an insert beside its old row, and fail.
-            if self.spec.is_key(&c.name) && (found.ty == "citext" || found.loose_collation) {
-                let what = if found.ty == "citext" {
-                    "citext"
-                } else {
-                    "of a nondeterministic (case- or accent-insensitive) collation"
-                };
-                return Err(error(
-                    format!("column {}", c.name),
-                    format!("is part of the key and {what}, which the mirror's key match cannot honour"),
-                    format!(
-                        "ALTER TABLE {} ALTER COLUMN {} TYPE text COLLATE \"default\" (an email key is lower-cased by the email type already)",
-                        self.table(),
-                        c.name.sql()
-                    ),
-                ));
-            }
-            // An empty field of a nullable column is NULL: a NOT NULL column
-            // would refuse it mid-merge, after the whole file was read.
-            if c.nullable && found.not_null {
-                return Err(error(
-                    format!("column {}", c.name),
-                    format!(
-                        "is NOT NULL, but [[mirror]] {} has it nullable = true, so an empty field would fail the merge",
-                        self.spec.name
-                    ),
-                    format!(
-                        "ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL, or set nullable = false on the column in [[mirror]] {}",
-                        self.table(),
-                        c.name.sql(),
-                        self.spec.name
-                    ),
-                ));
-            }
-            if self.spec.is_key(&c.name) && !found.not_null {
-                return Err(error(
-                    format!("column {}", c.name),
-                    "is part of the key but allows NULL".into(),
-                    format!(
-                        "ALTER TABLE {} ALTER COLUMN {} SET NOT NULL",
-                        self.table(),
-                        c.name.sql()
-                    ),
-                ));
+            if let Some((problem, fix)) = self.column_problem(c, found) {
+                return Err(error(format!("column {}", c.name), problem, fix));
             }
         }
         if let Some(m) = &self.spec.modified_column {
