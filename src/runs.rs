@@ -177,10 +177,36 @@ pub(crate) async fn remember_refusal(
     Ok(())
 }
 
+/// Keeps the refusal key on a configured mirror's run while it is still
+/// `running` (its record is finished `refused` next): `standing_refusal_of`
+/// then finds it (docs/mirrors.md#commands).
+pub(crate) async fn mark_refusal(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    key: &str,
+) -> Result<(), DbErr> {
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE etl_info_schema.sync_runs SET refusal_key = $2 WHERE load_id = $1 AND outcome = 'running'",
+        [load_id.uuid().into(), key.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// The refusal that stands for `key`: the newest decisive run (synced, refused or
 /// failed), when it refused with this key. Its load_id and reason.
 pub(crate) async fn standing_refusal(
     db: &impl ConnectionTrait,
+    key: &str,
+) -> Result<Option<(uuid::Uuid, Option<String>)>, DbErr> {
+    standing_refusal_of(db, BUILTIN_MIRROR, key).await
+}
+
+/// `standing_refusal` among the runs of `mirror`.
+pub(crate) async fn standing_refusal_of(
+    db: &impl ConnectionTrait,
+    mirror: &str,
     key: &str,
 ) -> Result<Option<(uuid::Uuid, Option<String>)>, DbErr> {
     let Some(row) = db
@@ -190,7 +216,7 @@ pub(crate) async fn standing_refusal(
                FROM etl_info_schema.sync_runs
               WHERE outcome IN ('synced', 'refused', 'failed') AND mirror = $2
               ORDER BY started_at DESC, load_id DESC LIMIT 1",
-            [key.into(), BUILTIN_MIRROR.into()],
+            [key.into(), mirror.into()],
         ))
         .await?
     else {

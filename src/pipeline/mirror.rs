@@ -170,11 +170,9 @@ pub async fn run_mirror_sync(
         .then(|| stages.last().map(Stage::as_str))
         .flatten();
     let (outcome, counts, reason) = match result {
-        Ok(Ran::Synced(s)) if s.skipped() => (
-            Outcome::Skipped,
-            Counts::default(),
-            Some(skip_reason(&s).to_owned()),
-        ),
+        Ok(Ran::Synced(s)) if s.skipped() => {
+            (Outcome::Skipped, Counts::default(), Some(skip_reason(&s)))
+        }
         Ok(Ran::Synced(s)) if s.dry_run => {
             report_duplicates(&s);
             let note = s
@@ -210,8 +208,17 @@ pub async fn run_mirror_sync(
         transient: outcome == Outcome::Failed,
         refused_earlier: false,
     };
+    // Skipped, but the content still stands refused: it needs an operator.
+    let summary = Summary {
+        refused_earlier: outcome == Outcome::Skipped
+            && summary
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(super::REFUSED_EARLIER)),
+        ..summary
+    };
     crate::metrics::record_run(label, outcome, &summary.counts, summary.duration);
-    if outcome == Outcome::Refused {
+    if outcome == Outcome::Refused || summary.refused_earlier {
         crate::metrics::record_refused(label);
     } else if outcome == Outcome::Skipped && summary.reason.as_deref() == Some(UNCHANGED) {
         crate::metrics::record_in_sync(label);
@@ -230,13 +237,18 @@ fn report_duplicates(s: &MirrorSummary) {
 }
 
 /// Why an unchanged file was skipped.
-fn skip_reason(s: &MirrorSummary) -> &'static str {
-    if s.held_back {
-        HELD_BACK
+fn skip_reason(s: &MirrorSummary) -> String {
+    if let Some(earlier) = &s.refused_earlier {
+        format!(
+            "{}{earlier}; skipped without reading until the file or the limits change, or a run approves it (sync --allow-mass-delete, --allow-mass-update or --force)",
+            super::REFUSED_EARLIER
+        )
+    } else if s.held_back {
+        HELD_BACK.to_owned()
     } else if s.unverified {
-        UNVERIFIED
+        UNVERIFIED.to_owned()
     } else {
-        UNCHANGED
+        UNCHANGED.to_owned()
     }
 }
 
@@ -493,10 +505,12 @@ async fn end_record(
                 .would_refuse
                 .as_ref()
                 .map(|r| format!("{WOULD_REFUSE}{r}"));
+            let skipped;
             let (outcome, reason) = if summary.dry_run {
                 (Outcome::DryRun, note.as_deref())
             } else if summary.skipped() {
-                (Outcome::Skipped, Some(skip_reason(&summary)))
+                skipped = skip_reason(&summary);
+                (Outcome::Skipped, Some(skipped.as_str()))
             } else {
                 (Outcome::Synced, None)
             };

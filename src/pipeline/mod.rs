@@ -50,7 +50,7 @@ use std::sync::Mutex;
 pub use progress::ProgressStyle;
 
 /// How the reason of a run skipped for an earlier refusal starts.
-const REFUSED_EARLIER: &str = "refused earlier: ";
+pub(crate) const REFUSED_EARLIER: &str = "refused earlier: ";
 
 /// How often an approved run asks again for a run lock held by another run.
 const LOCK_POLL: Duration = Duration::from_millis(250);

@@ -186,6 +186,25 @@ async fn a_refused_mirror_fails_the_command_while_the_others_sync() {
         "{reason}"
     );
 
+    // The same content again: skipped without reading, still refused (exit 1).
+    let again = env.run(
+        &[
+            "--config",
+            &path,
+            "sync",
+            "--json",
+            "--mirror",
+            "subscribers",
+        ],
+        &[],
+    );
+    assert_eq!(again.code, 1, "{again:?}");
+    assert_eq!(lines(&again.stdout)[0]["outcome"], "skipped", "{again:?}");
+    assert_eq!(lines(&again.stdout)[0]["rows_read"], 0, "{again:?}");
+    assert!(
+        again.stderr.contains("refused earlier: mirror subscribers"),
+        "{again:?}"
+    );
     // Approved, it syncs.
     let run = env.run(
         &[

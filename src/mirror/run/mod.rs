@@ -89,6 +89,13 @@ pub struct MirrorRunOptions {
     pub dry_run: bool,
 }
 
+impl MirrorRunOptions {
+    /// An explicit approval: it reads content refused earlier again.
+    pub fn approves(&self) -> bool {
+        self.force || self.allow_mass_delete || self.allow_mass_update
+    }
+}
+
 impl Default for MirrorRunOptions {
     fn default() -> Self {
         Self {
@@ -167,6 +174,9 @@ pub struct MirrorSummary {
     pub dry_run: bool,
     /// A dry run only: why a real run would be refused (a guard).
     pub would_refuse: Option<String>,
+    /// Skipped without reading: this content was refused earlier under the
+    /// same limits and nothing approves it now (the earlier refusal's reason).
+    pub refused_earlier: Option<String>,
     /// Why an unchanged file was synced instead of skipped (the definition
     /// changed, the table was replaced or written outside the agent, ...).
     pub sync_reason: Option<String>,
@@ -508,32 +518,11 @@ pub(crate) async fn locked_sync(
             .await
             .expect("the hash task does not panic")?
     };
-    // A dry run plans an unchanged file too, but not content a revert holds back.
-    let sync_reason = if options.force {
-        None
-    } else {
-        match merge::trust(db, &sql, hash.combined.as_str(), options.verify_every).await? {
-            merge::Trust::Skip {
-                held_back: false, ..
-            } if options.dry_run => None,
-            merge::Trust::Skip {
-                held_back,
-                unverified,
-            } => {
-                return Ok(MirrorSummary {
-                    mirror,
-                    content_hash: hash.combined.as_str().to_owned(),
-                    held_back,
-                    unverified,
-                    ..MirrorSummary::default()
-                })
-            }
-            merge::Trust::Sync(reason) => reason,
-        }
+    let refusal = refusal_key(spec, options, &hash.combined);
+    let sync_reason = match decide(db, &sql, options, &hash.combined, &refusal).await? {
+        Decision::Skip(summary) => return Ok(*summary),
+        Decision::Read(reason) => reason,
     };
-    if let Some(reason) = &sync_reason {
-        tracing::info!(mirror = %spec.name, reason = %reason, "the file is unchanged but synced");
-    }
     stages.begin(Stage::ReadAndStage);
     // On the lock's session: a staging table is made and dropped only by the
     // run that holds the table's lock.
@@ -602,12 +591,119 @@ pub(crate) async fn locked_sync(
     // Only while the lock is held: a run that lost it leaves the table to the
     // run that took it over (which drops it before its own COPY).
     let _ = lock.execute_holding(&sql.drop_staging()).await;
+    if result.as_ref().is_err_and(refuses_content) {
+        // Remembered with the run's record, which its caller finishes `refused`.
+        if let Err(e) = crate::runs::mark_refusal(db, load_id, &refusal).await {
+            tracing::warn!(error = %e, "could not remember the refusal; the next run reads the file again");
+        }
+    }
     let mut summary = result?;
     summary.sync_reason = sync_reason;
     if !options.dry_run {
         merge::retain(db, &sql, options).await;
     }
     Ok(summary)
+}
+
+/// What the run does with its source.
+enum Decision {
+    /// Skipped: unchanged, held back by a revert, or refused earlier.
+    Skip(Box<MirrorSummary>),
+    /// Read it; with why, when the file itself is unchanged.
+    Read(Option<String>),
+}
+
+/// Whether the run reads its source (docs/mirrors.md#skip): the skip check,
+/// then a refusal of this content that still stands.
+async fn decide(
+    db: &DatabaseConnection,
+    sql: &MirrorSql<'_>,
+    options: &MirrorRunOptions,
+    hash: &crate::domain::ContentHash,
+    refusal: &str,
+) -> Result<Decision, MirrorRunError> {
+    let spec = sql.spec();
+    let mirror = spec.name.to_string();
+    // A dry run plans an unchanged file too, but not content a revert holds back.
+    let sync_reason = if options.force {
+        None
+    } else {
+        match merge::trust(db, sql, hash.as_str(), options.verify_every).await? {
+            merge::Trust::Skip {
+                held_back: false, ..
+            } if options.dry_run => None,
+            merge::Trust::Skip {
+                held_back,
+                unverified,
+            } => {
+                return Ok(Decision::Skip(Box::new(MirrorSummary {
+                    mirror,
+                    content_hash: hash.as_str().to_owned(),
+                    held_back,
+                    unverified,
+                    ..MirrorSummary::default()
+                })))
+            }
+            merge::Trust::Sync(reason) => reason,
+        }
+    };
+    if let Some(reason) = &sync_reason {
+        tracing::info!(mirror = %spec.name, reason = %reason, "the file is unchanged but synced");
+    }
+    // Content refused earlier under the same limits is not read again until
+    // something approves it (docs/sync.md#refusals-and-approvals).
+    if !options.dry_run && !options.approves() {
+        let refused = crate::runs::standing_refusal_of(db, spec.name.as_str(), refusal)
+            .await
+            .map_err(|e| merge::db_error(spec, "status", e))?;
+        if let Some((earlier, why)) = refused {
+            return Ok(Decision::Skip(Box::new(MirrorSummary {
+                mirror,
+                content_hash: hash.as_str().to_owned(),
+                refused_earlier: Some(format!(
+                    "{} (run {earlier})",
+                    why.as_deref().unwrap_or("refused")
+                )),
+                ..MirrorSummary::default()
+            })));
+        }
+    }
+    Ok(Decision::Read(sync_reason))
+}
+
+/// The key a refusal of this content is remembered by: the source's hash, the
+/// limits that refused it and the definition, so another file, other limits or
+/// another definition read it again.
+fn refusal_key(
+    spec: &MirrorSpec,
+    options: &MirrorRunOptions,
+    hash: &crate::domain::ContentHash,
+) -> String {
+    let o = &spec.overrides;
+    let key = format!(
+        "{hash} MAX_REJECTS={} MAX_DELETE_RATIO={} MAX_UPDATE_RATIO={} {}",
+        o.max_rejects.unwrap_or(options.max_rejects),
+        o.max_delete_ratio.unwrap_or(options.max_delete_ratio),
+        options.max_update_ratio,
+        super::store::definition_fingerprint(spec)
+    );
+    blake3::hash(key.as_bytes()).to_hex().to_string()
+}
+
+/// Whether `e` refuses the content itself (a guard, the rejects, the header):
+/// the same content is refused again until something approves it.
+fn refuses_content(e: &MirrorRunError) -> bool {
+    use MirrorRunError as E;
+    matches!(
+        e,
+        E::MassDelete { .. }
+            | E::MassUpdate { .. }
+            | E::EmptyFile { .. }
+            | E::EmptySource { .. }
+            | E::TooManyRejects { .. }
+            | E::MissingColumn { .. }
+            | E::DuplicateColumn { .. }
+    )
 }
 
 /// A run holding its mirror's run lock: the lock, the run's load, and its
