@@ -40,13 +40,18 @@ const ENSURE: &str = "DO $$ BEGIN
   END IF;
 END $$";
 
-/// Whether the trigger counts (enabled in origin or always mode), the counter
-/// now, what the last sync or revert saw, and whether the last comparison is
-/// older than `$1` seconds.
+/// Whether the trigger counts (enabled in origin or always mode, on a table
+/// with no partitions or inheritance children and that is no partition or
+/// child itself: a statement-level trigger fires only for statements on its
+/// own table), the counter now, what the last sync or revert saw, and whether
+/// the last comparison is older than `$1` seconds.
 const CHECK: &str = "SELECT
     EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
              WHERE tgrelid = to_regclass('public.followers')
-               AND tgname = 'followers_etl_foreign_writes' AND tgenabled IN ('O', 'A')),
+               AND tgname = 'followers_etl_foreign_writes' AND tgenabled IN ('O', 'A'))
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits
+                       WHERE inhparent = to_regclass('public.followers')
+                          OR inhrelid = to_regclass('public.followers')),
     etl_info_schema.foreign_writes(),
     t.foreign_writes,
     coalesce((now() AT TIME ZONE 'UTC') - t.last_activity >= make_interval(secs => $1), true)
