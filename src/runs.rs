@@ -194,6 +194,22 @@ pub(crate) async fn mark_refusal(
     Ok(())
 }
 
+/// Marks a configured mirror's run undone by the revert `by` (its own run
+/// record), as the built-in mirror's revert marks its runs.
+pub(crate) async fn mark_reverted(
+    db: &impl ConnectionTrait,
+    load_id: uuid::Uuid,
+    by: LoadId,
+) -> Result<(), DbErr> {
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE etl_info_schema.sync_runs SET reverted_by = $2 WHERE load_id = $1",
+        [load_id.into(), by.uuid().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// The refusal that stands for `key`: the newest decisive run (synced, refused or
 /// failed), when it refused with this key. Its load_id and reason.
 pub(crate) async fn standing_refusal(

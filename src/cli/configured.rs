@@ -8,8 +8,8 @@ use crate::domain::Outcome;
 use crate::errors::error_chain;
 use crate::exit;
 use crate::mirror::run::{
-    check_mirror_file, key_from_args, mirror_history, revert_mirror_last, MirrorCheck, MirrorEvent,
-    MirrorRevert, MirrorRunError,
+    check_mirror_file, key_from_args, mirror_history, revert_mirror_last_within, MirrorCheck,
+    MirrorEvent, MirrorRevert, MirrorRunError,
 };
 use crate::mirror::MirrorSpec;
 use crate::pipeline::revert::Target;
@@ -252,11 +252,12 @@ async fn undo(
 ) -> Option<Result<MirrorRevert, MirrorRunError>> {
     match (target, dry_run) {
         (Target::Last, false) => Some(
-            revert_mirror_last(
+            revert_mirror_last_within(
                 db,
                 &settings.database.url,
                 spec,
                 settings.database.lock_wait_timeout,
+                Some(settings.database.timeout),
             )
             .await,
         ),

@@ -653,6 +653,18 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
         &[],
     );
     assert_eq!(reverted.code, 0, "{reverted:?}");
+    // The revert is a run of the mirror, and the run it undid says so.
+    let (revert, undone): (uuid::Uuid, Option<uuid::Uuid>) = sqlx::query_as(
+        "SELECT r.load_id, (SELECT s.reverted_by FROM etl_info_schema.sync_runs s
+                             WHERE s.mirror = 'subscribers' AND s.outcome = 'synced'
+                             ORDER BY s.started_at DESC LIMIT 1)
+           FROM etl_info_schema.sync_runs r
+          WHERE r.mirror = 'subscribers' AND r.trigger = 'revert' AND r.outcome = 'reverted'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(undone, Some(revert));
     let run = env.run(
         &[
             "--config",

@@ -26,7 +26,7 @@ mod source;
 
 pub use history::{key_from_args, mirror_history, MirrorEvent};
 pub use read::{check_mirror_file, MirrorCheck};
-pub use revert::revert_mirror_last;
+pub use revert::{revert_mirror_last, revert_mirror_last_within};
 pub(crate) use source::source_files;
 
 /// Checks a configured mirror's existing table against its definition
@@ -241,6 +241,9 @@ pub struct MirrorRevert {
     pub mirror: String,
     /// The run undone.
     pub load_id: uuid::Uuid,
+    /// The revert's own run record in `sync_runs` (trigger `revert`, outcome
+    /// `reverted`), committed with it; the undone run's `reverted_by` names it.
+    pub revert_load_id: LoadId,
     /// Rows written back (deleted, restored, re-inserted).
     pub changed: u64,
 }

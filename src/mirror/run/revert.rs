@@ -29,11 +29,29 @@ pub async fn revert_mirror_last(
     spec: &MirrorSpec,
     lock_wait: std::time::Duration,
 ) -> Result<MirrorRevert, MirrorRunError> {
+    revert_mirror_last_within(db, url, spec, lock_wait, None).await
+}
+
+/// `revert_mirror_last`, failed within `db_timeout` (`DB_TIMEOUT`) when the
+/// database stops answering (docs/guarantees.md#database-faults); `None`: no bound.
+pub async fn revert_mirror_last_within(
+    db: &DatabaseConnection,
+    url: &DatabaseUrl,
+    spec: &MirrorSpec,
+    lock_wait: std::time::Duration,
+    db_timeout: Option<std::time::Duration>,
+) -> Result<MirrorRevert, MirrorRunError> {
     let lock = run_lock(url, spec).await?;
     let pid = lock.pid();
-    let result = async {
+    let work = async {
         let txn = db.begin().await.map_err(|e| db_error(spec, "begin", e))?;
-        match revert_in(&txn, spec, lock_wait, pid).await {
+        let done = async {
+            let done = revert_in(&txn, spec, lock_wait, pid).await?;
+            record_revert(&txn, spec, &done).await?;
+            Ok(done)
+        }
+        .await;
+        match done {
             Ok(done) => {
                 txn.commit()
                     .await
@@ -45,10 +63,58 @@ pub async fn revert_mirror_last(
                 Err(e)
             }
         }
-    }
-    .await;
+    };
+    let stalled = async {
+        match db_timeout {
+            Some(timeout) => lock.stalled(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        e = stalled => Err(MirrorRunError::Lock { mirror: spec.name.to_string(), source: e }),
+    };
     lock.release().await;
     result
+}
+
+/// The revert's own run record, in its transaction: a `sync_runs` row of the
+/// mirror (trigger `revert`, outcome `reverted`, the rows written back as
+/// `updated`), and the undone run's `reverted_by` naming it.
+async fn record_revert(
+    txn: &DatabaseTransaction,
+    spec: &MirrorSpec,
+    done: &MirrorRevert,
+) -> Result<(), MirrorRunError> {
+    let at = |e| db_error(spec, "record", e);
+    let revert = done.revert_load_id;
+    crate::runs::start_of(
+        txn,
+        spec.name.as_str(),
+        revert,
+        crate::domain::Trigger::Revert,
+        "",
+        None,
+    )
+    .await
+    .map_err(at)?;
+    let counts = crate::domain::Counts {
+        updated: done.changed,
+        ..crate::domain::Counts::default()
+    };
+    crate::runs::finish(
+        txn,
+        revert,
+        crate::domain::Outcome::Reverted,
+        &counts,
+        None,
+        None,
+    )
+    .await
+    .map_err(at)?;
+    crate::runs::mark_reverted(txn, done.load_id, revert)
+        .await
+        .map_err(at)
 }
 
 /// The mirror's newest run that changed its table and is not reverted
@@ -216,6 +282,7 @@ async fn revert_in(
     Ok(MirrorRevert {
         mirror,
         load_id,
+        revert_load_id: crate::domain::LoadId::new(),
         changed,
     })
 }
