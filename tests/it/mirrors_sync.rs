@@ -43,6 +43,13 @@ async fn subscribers(env: &TestEnv) -> Vec<(i64, String, String, Option<String>)
     .unwrap()
 }
 
+/// `followers-etl --config PATH ARGS…` with `vars`.
+fn with_config(env: &TestEnv, path: &str, args: &[&str], vars: &[(&str, &str)]) -> Run {
+    let mut all = vec!["--config", path];
+    all.extend_from_slice(args);
+    env.run(&all, vars)
+}
+
 fn lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout
         .lines()
@@ -60,7 +67,7 @@ async fn sync_runs_every_mirror_and_prints_one_summary_naming_each() {
     env.write_file("subscribers.csv", SUBSCRIBERS);
     let path = config(&env);
 
-    let run = env.run(&["--config", &path, "sync"], &[]);
+    let run = with_config(&env, &path, &["sync"], &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let text: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(text.len(), 2, "{run:?}");
@@ -107,7 +114,7 @@ async fn sync_runs_every_mirror_and_prints_one_summary_naming_each() {
     );
 
     // Unchanged files: both skipped; JSON objects name their mirror.
-    let run = env.run(&["--config", &path, "sync", "--json"], &[]);
+    let run = with_config(&env, &path, &["sync", "--json"], &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let json = lines(&run.stdout);
     assert_eq!(json.len(), 2, "{run:?}");
@@ -116,16 +123,10 @@ async fn sync_runs_every_mirror_and_prints_one_summary_naming_each() {
     assert!(json.iter().all(|j| j["outcome"] == "skipped"), "{run:?}");
 
     // --mirror narrows the run to that mirror.
-    let run = env.run(
-        &[
-            "--config",
-            &path,
-            "sync",
-            "--json",
-            "--mirror",
-            "subscribers",
-            "--force",
-        ],
+    let run = with_config(
+        &env,
+        &path,
+        &["sync", "--json", "--mirror", "subscribers", "--force"],
         &[],
     );
     assert_eq!(run.code, 0, "{run:?}");
@@ -142,7 +143,7 @@ async fn a_refused_mirror_fails_the_command_while_the_others_sync() {
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.write_file("subscribers.csv", SUBSCRIBERS);
     let path = config(&env);
-    assert_eq!(env.run(&["--config", &path, "sync"], &[]).code, 0);
+    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
 
     // Subscribers loses 2 of 3 rows (over its own max_delete_ratio = 0.5);
     // followers gains one.
@@ -151,7 +152,7 @@ async fn a_refused_mirror_fails_the_command_while_the_others_sync() {
         "account_id,email,Full Name,plan\n1,ann@example.com,Ann,pro\n",
     );
     env.write_csv(csv(&[("ann@example.com", "Ann"), ("cy@example.com", "Cy")]));
-    let run = env.run(&["--config", &path, "sync", "--json"], &[]);
+    let run = with_config(&env, &path, &["sync", "--json"], &[]);
     assert_eq!(run.code, 1, "the worst of the mirrors: {run:?}");
     let json = lines(&run.stdout);
     assert_eq!(json[0]["mirror"], "followers");
@@ -187,15 +188,10 @@ async fn a_refused_mirror_fails_the_command_while_the_others_sync() {
     );
 
     // The same content again: skipped without reading, still refused (exit 1).
-    let again = env.run(
-        &[
-            "--config",
-            &path,
-            "sync",
-            "--json",
-            "--mirror",
-            "subscribers",
-        ],
+    let again = with_config(
+        &env,
+        &path,
+        &["sync", "--json", "--mirror", "subscribers"],
         &[],
     );
     assert_eq!(again.code, 1, "{again:?}");
@@ -206,15 +202,10 @@ async fn a_refused_mirror_fails_the_command_while_the_others_sync() {
         "{again:?}"
     );
     // Approved, it syncs.
-    let run = env.run(
-        &[
-            "--config",
-            &path,
-            "sync",
-            "--mirror",
-            "subscribers",
-            "--allow-mass-delete",
-        ],
+    let run = with_config(
+        &env,
+        &path,
+        &["sync", "--mirror", "subscribers", "--allow-mass-delete"],
         &[],
     );
     assert_eq!(run.code, 0, "{run:?}");
@@ -230,15 +221,10 @@ async fn rejects_of_a_mirror_are_recorded_with_the_column_named() {
         "account_id,email,Full Name,plan\n1,ann@example.com,Ann,\nnot-a-number,bob@example.com,Bob,\n",
     );
     let path = config(&env);
-    let run = env.run(
-        &[
-            "--config",
-            &path,
-            "sync",
-            "--json",
-            "--mirror",
-            "subscribers",
-        ],
+    let run = with_config(
+        &env,
+        &path,
+        &["sync", "--json", "--mirror", "subscribers"],
         &[],
     );
     assert_eq!(run.code, 1, "MAX_REJECTS=0: refused: {run:?}");
@@ -259,22 +245,17 @@ async fn rejects_of_a_mirror_are_recorded_with_the_column_named() {
         "a refused file changes nothing"
     );
     // `rejects --mirror` reports them; the mirror is required next to another.
-    let run = env.run(
-        &[
-            "--config",
-            &path,
-            "rejects",
-            "--json",
-            "--mirror",
-            "subscribers",
-        ],
+    let run = with_config(
+        &env,
+        &path,
+        &["rejects", "--json", "--mirror", "subscribers"],
         &[],
     );
     assert_eq!(run.code, 0, "{run:?}");
     let report = run.json();
     assert_eq!(report["rejected"], 1, "{report}");
     assert_eq!(report["rejects"][0]["line"], 3, "{report}");
-    let run = env.run(&["--config", &path, "rejects"], &[]);
+    let run = with_config(&env, &path, &["rejects"], &[]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stderr
@@ -411,7 +392,7 @@ async fn an_approved_sync_waits_for_a_busy_mirror_then_is_refused_and_a_plain_on
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.write_file("subscribers.csv", SUBSCRIBERS);
     let path = config(&env);
-    assert_eq!(env.run(&["--config", &path, "sync"], &[]).code, 0);
+    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
     // Another agent's run of the mirror: its run lock, held by a session here.
     let spec = followers_etl::mirror::from_toml_str(CONFIG)
         .unwrap()
@@ -424,30 +405,19 @@ async fn an_approved_sync_waits_for_a_busy_mirror_then_is_refused_and_a_plain_on
         .execute(&mut *holder)
         .await
         .unwrap();
-    let plain = env.run(
-        &[
-            "--config",
-            &path,
-            "sync",
-            "--json",
-            "--mirror",
-            "subscribers",
-        ],
+    let plain = with_config(
+        &env,
+        &path,
+        &["sync", "--json", "--mirror", "subscribers"],
         &[],
     );
     assert_eq!(plain.code, 0, "{plain:?}");
     assert_eq!(lines(&plain.stdout)[0]["outcome"], "skipped", "{plain:?}");
     let started = std::time::Instant::now();
-    let approved = env.run(
-        &[
-            "--config",
-            &path,
-            "sync",
-            "--json",
-            "--mirror",
-            "subscribers",
-            "--force",
-        ],
+    let approved = with_config(
+        &env,
+        &path,
+        &["sync", "--json", "--mirror", "subscribers", "--force"],
         &[("RUN_LOCK_WAIT", "1s")],
     );
     assert_eq!(approved.code, 1, "{approved:?}");
@@ -519,17 +489,14 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
     )
     .unwrap();
     let path = path.to_str().unwrap().to_owned();
-    let run = env.run(&["--config", &path, "sync", "--json"], &[("CSV_FILE", "")]);
+    let run = with_config(&env, &path, &["sync", "--json"], &[("CSV_FILE", "")]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stderr.contains("duplicate key; the last line wins"),
         "{run:?}"
     );
     assert!(run.stderr.contains("part-2.csv: line 2"), "{run:?}");
-    let rejects = env.run(
-        &["--config", &path, "rejects", "--json"],
-        &[("CSV_FILE", "")],
-    );
+    let rejects = with_config(&env, &path, &["rejects", "--json"], &[("CSV_FILE", "")]);
     assert_eq!(rejects.code, 0, "{rejects:?}");
     let report = rejects.json();
     assert!(
@@ -555,16 +522,10 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
     assert_eq!(env.run(&["migrate"], &[]).code, 0);
     let table = "SELECT to_regclass('crm.subscribers') IS NOT NULL";
     // No table yet: every row would be inserted, and the table is not created.
-    let run = env.run(
-        &[
-            "--config",
-            &path,
-            "sync",
-            "--dry-run",
-            "--json",
-            "--mirror",
-            "subscribers",
-        ],
+    let run = with_config(
+        &env,
+        &path,
+        &["sync", "--dry-run", "--json", "--mirror", "subscribers"],
         &[],
     );
     assert_eq!(run.code, 0, "{run:?}");
@@ -582,7 +543,7 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
         .unwrap();
     assert!(!created, "a dry run creates no table");
 
-    assert_eq!(env.run(&["--config", &path, "sync"], &[]).code, 0);
+    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
     let state = "SELECT (SELECT count(*) FROM crm.subscribers)
                       + (SELECT count(*) FROM etl_info_schema.mirror_journal)
                       + (SELECT count(*) FROM etl_info_schema.mirror_runs)";
@@ -598,7 +559,7 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
         "subscribers.csv",
         "account_id,email,Full Name,plan\n1,ann@example.com,Ann Renamed,pro\n",
     );
-    let run = env.run(&["--config", &path, "sync", "--dry-run", "--json"], &[]);
+    let run = with_config(&env, &path, &["sync", "--dry-run", "--json"], &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let plans = lines(&run.stdout);
     assert_eq!(plans[1]["mirror"], "subscribers");
@@ -637,19 +598,13 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
     let four = "account_id,email,Full Name,plan\n1,ann@example.com,Ann,pro\n1,bob@example.com,Bob,\n2,ann@example.com,Ann Two,free\n3,cy@example.com,Cy,\n";
     env.write_file("subscribers.csv", four);
     assert_eq!(
-        env.run(&["--config", &path, "sync", "--mirror", "subscribers"], &[])
-            .code,
+        with_config(&env, &path, &["sync", "--mirror", "subscribers"], &[]).code,
         0
     );
-    let reverted = env.run(
-        &[
-            "--config",
-            &path,
-            "revert",
-            "--last",
-            "--mirror",
-            "subscribers",
-        ],
+    let reverted = with_config(
+        &env,
+        &path,
+        &["revert", "--last", "--mirror", "subscribers"],
         &[],
     );
     assert_eq!(reverted.code, 0, "{reverted:?}");
@@ -665,16 +620,10 @@ async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
     .await
     .unwrap();
     assert_eq!(undone, Some(revert));
-    let run = env.run(
-        &[
-            "--config",
-            &path,
-            "sync",
-            "--dry-run",
-            "--json",
-            "--mirror",
-            "subscribers",
-        ],
+    let run = with_config(
+        &env,
+        &path,
+        &["sync", "--dry-run", "--json", "--mirror", "subscribers"],
         &[],
     );
     assert_eq!(run.code, 0, "{run:?}");
@@ -710,18 +659,30 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
     )
     .unwrap();
     let path = path.to_str().unwrap().to_owned();
+    // The run has listed its two parts once it waits for them to settle.
+    let log = env.dir.path().join("settling.log");
     let mut cmd = env.command();
     cmd.args(["--config", &path, "sync", "--json", "--mirror", "parts"])
         .env("READY_MARKER", ".ready")
-        .env("WATCH_DEBOUNCE", "2s");
-    let child = std::thread::spawn(move || cmd.output().unwrap());
-    std::thread::sleep(std::time::Duration::from_millis(700));
+        .env("WATCH_DEBOUNCE", "2s")
+        .env("LOG_LEVEL", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    eventually(30, "the run settling its two parts", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("still being written; waiting")
+            .then_some(())
+    })
+    .await;
     env.write_file("parts/part-3.csv", "id,name\n3,P3\n");
-    let out: Run = child.join().unwrap().into();
-    assert_eq!(out.code, 1, "{out:?}");
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        out.stderr.contains("the source changed after it settled"),
-        "{out:?}"
+        stderr.contains("the source changed after it settled"),
+        "{stderr}"
     );
     let created: bool = sqlx::query_scalar("SELECT to_regclass('crm.parts') IS NOT NULL")
         .fetch_one(&env.pool)
@@ -736,8 +697,10 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
     }
     // Once its marker is there, the next run reads the three.
     env.write_file("parts/part-3.csv.ready", "");
-    let run = env.run(
-        &["--config", &path, "sync", "--json", "--mirror", "parts"],
+    let run = with_config(
+        &env,
+        &path,
+        &["sync", "--json", "--mirror", "parts"],
         &[("READY_MARKER", ".ready")],
     );
     assert_eq!(run.code, 0, "{run:?}");
