@@ -392,38 +392,9 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
 
     // The run drops its staging table after hashing: a session holding a lock
     // on it holds the run there, deterministically, while part 2 is rewritten.
-    let staging = followers_etl::mirror::store::MirrorSql::new(&env.spec).staging_table();
-    let relname = staging
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
-    env.env
-        .exec(&format!("CREATE TABLE IF NOT EXISTS {staging} (x int)"))
-        .await;
-    let mut holder = env.env.pool.begin().await.unwrap();
-    sqlx::query(&format!("LOCK TABLE {staging} IN ACCESS EXCLUSIVE MODE"))
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let rewrite = async {
-        crate::helpers::eventually(30, "the run waiting for the staging table", || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                  WHERE c.relname = $1 AND NOT l.granted
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            )
-            .bind(&relname)
-            .fetch_one(&env.env.pool)
-            .await
-            .unwrap();
-            (waiting > 0).then_some(())
-        })
-        .await;
+    let rewrite = crate::helpers::at_the_staging_table(&env.env, &env.spec, || {
         env.write("part-2.csv", part(5..=8, " v3"));
-        holder.commit().await.unwrap();
-    };
+    });
     let (result, ()) = tokio::join!(env.sync(options()), rewrite);
     let e = result.unwrap_err();
     assert!(
@@ -437,7 +408,7 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
     );
     assert_eq!(env.rows().await, named(1..=12), "nothing merged");
     let staging: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&staging)
+        .bind(followers_etl::mirror::store::MirrorSql::new(&env.spec).staging_table())
         .fetch_one(&env.env.pool)
         .await
         .unwrap();

@@ -608,39 +608,9 @@ async fn a_file_rewritten_between_the_hash_and_the_read_fails_the_run() {
         .await
         .unwrap();
     env.env.write_file("accounts.csv", accounts_csv(10, " v2"));
-    // The run's staging table, named by its table (docs/mirrors.md#tables).
-    let staging = followers_etl::mirror::store::MirrorSql::new(&accounts).staging_table();
-    let relname = staging
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
-    env.env
-        .exec(&format!("CREATE TABLE IF NOT EXISTS {staging} (x int)"))
-        .await;
-    let mut holder = env.env.pool.begin().await.unwrap();
-    sqlx::query(&format!("LOCK TABLE {staging} IN ACCESS EXCLUSIVE MODE"))
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let rewrite = async {
-        crate::helpers::eventually(30, "the run waiting for the staging table", || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                  WHERE c.relname = $1 AND NOT l.granted
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            )
-            .bind(&relname)
-            .fetch_one(&env.env.pool)
-            .await
-            .unwrap();
-            (waiting > 0).then_some(())
-        })
-        .await;
+    let rewrite = crate::helpers::at_the_staging_table(&env.env, &accounts, || {
         env.env.write_file("accounts.csv", accounts_csv(10, " v3"));
-        holder.commit().await.unwrap();
-    };
+    });
     let (result, ()) = tokio::join!(env.sync(&accounts, MirrorRunOptions::default()), rewrite);
     let e = result.unwrap_err();
     assert!(
