@@ -168,13 +168,7 @@ pub(crate) async fn remember_refusal(
     load_id: LoadId,
     key: &str,
 ) -> Result<(), DbErr> {
-    db.execute(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE etl_info_schema.sync_runs SET refusal_key = $2 WHERE load_id = $1 AND outcome = 'refused'",
-        [load_id.uuid().into(), key.into()],
-    ))
-    .await?;
-    Ok(())
+    set_refusal_key(db, load_id, key, Outcome::Refused.as_str()).await
 }
 
 /// Keeps the refusal key on a configured mirror's run while it is still
@@ -185,10 +179,20 @@ pub(crate) async fn mark_refusal(
     load_id: LoadId,
     key: &str,
 ) -> Result<(), DbErr> {
+    set_refusal_key(db, load_id, key, "running").await
+}
+
+/// Sets the run's `refusal_key` while its record's outcome is `outcome`.
+async fn set_refusal_key(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    key: &str,
+    outcome: &str,
+) -> Result<(), DbErr> {
     db.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE etl_info_schema.sync_runs SET refusal_key = $2 WHERE load_id = $1 AND outcome = 'running'",
-        [load_id.uuid().into(), key.into()],
+        "UPDATE etl_info_schema.sync_runs SET refusal_key = $2 WHERE load_id = $1 AND outcome = $3",
+        [load_id.uuid().into(), key.into(), outcome.into()],
     ))
     .await?;
     Ok(())
