@@ -222,10 +222,12 @@ async fn a_burst_of_200_writes_yields_at_most_two_runs() {
 async fn triggers_during_a_long_run_coalesce_into_one_follow_up_and_never_overlap() {
     let env = TestEnv::new().await;
     env.write_csv(csv_owned(&many(300_000)));
+    // Small batches, one worker: the first run spans several ticks even on a
+    // quick, idle machine (at 500 rows a batch it took 2.0 s once, at the limit).
     let mut agent = env.spawn_agent(&[
         ("CRON_SCHEDULE", "@every 1s"),
         ("WATCH", "false"),
-        ("BATCH_SIZE", "500"),
+        ("BATCH_SIZE", "200"),
         ("WORKER_POOL_GOROUTINES", "1"),
     ]);
     wait_ready(&env).await;
