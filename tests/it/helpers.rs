@@ -934,40 +934,53 @@ pub(crate) fn seed_from_env(var: &str) -> u64 {
 
 /// Holds a configured mirror's run at its staging table (after its hash,
 /// before its read: the run drops the table first) with another session's
-/// lock, runs `meanwhile` once the run waits there, then lets it go. Join the
-/// returned future with the run.
-pub(crate) async fn at_the_staging_table(
-    env: &TestEnv,
-    spec: &followers_etl::mirror::MirrorSpec,
-    meanwhile: impl FnOnce(),
-) {
-    let staging = followers_etl::mirror::store::MirrorSql::new(spec).staging_table();
-    let relname = staging
-        .rsplit('.')
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
-    env.exec(&format!("CREATE TABLE IF NOT EXISTS {staging} (x int)"))
+/// lock, taken here, before the run starts; `release` runs `meanwhile` once the
+/// run waits there, then lets it go (join it with the run).
+pub(crate) struct StagingHold<'a> {
+    env: &'a TestEnv,
+    relname: String,
+    holder: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl<'a> StagingHold<'a> {
+    pub(crate) async fn take(env: &'a TestEnv, spec: &followers_etl::mirror::MirrorSpec) -> Self {
+        let staging = followers_etl::mirror::store::MirrorSql::new(spec).staging_table();
+        let relname = staging
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        env.exec(&format!("CREATE TABLE IF NOT EXISTS {staging} (x int)"))
+            .await;
+        let mut holder = env.pool.begin().await.unwrap();
+        sqlx::query(&format!("LOCK TABLE {staging} IN ACCESS EXCLUSIVE MODE"))
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        Self {
+            env,
+            relname,
+            holder,
+        }
+    }
+
+    pub(crate) async fn release(self, meanwhile: impl FnOnce()) {
+        let (env, relname) = (self.env, &self.relname);
+        eventually(30, "the run waiting for its staging table", || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                  WHERE c.relname = $1 AND NOT l.granted
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .bind(relname)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        })
         .await;
-    let mut holder = env.pool.begin().await.unwrap();
-    sqlx::query(&format!("LOCK TABLE {staging} IN ACCESS EXCLUSIVE MODE"))
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    eventually(30, "the run waiting for its staging table", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-              WHERE c.relname = $1 AND NOT l.granted
-                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .bind(&relname)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        (waiting > 0).then_some(())
-    })
-    .await;
-    meanwhile();
-    holder.commit().await.unwrap();
+        meanwhile();
+        self.holder.commit().await.unwrap();
+    }
 }

@@ -392,7 +392,8 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
 
     // The run drops its staging table after hashing: a session holding a lock
     // on it holds the run there, deterministically, while part 2 is rewritten.
-    let rewrite = crate::helpers::at_the_staging_table(&env.env, &env.spec, || {
+    let hold = crate::helpers::StagingHold::take(&env.env, &env.spec).await;
+    let rewrite = hold.release(|| {
         env.write("part-2.csv", part(5..=8, " v3"));
     });
     let (result, ()) = tokio::join!(env.sync(options()), rewrite);

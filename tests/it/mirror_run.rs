@@ -608,7 +608,8 @@ async fn a_file_rewritten_between_the_hash_and_the_read_fails_the_run() {
         .await
         .unwrap();
     env.env.write_file("accounts.csv", accounts_csv(10, " v2"));
-    let rewrite = crate::helpers::at_the_staging_table(&env.env, &accounts, || {
+    let hold = crate::helpers::StagingHold::take(&env.env, &accounts).await;
+    let rewrite = hold.release(|| {
         env.env.write_file("accounts.csv", accounts_csv(10, " v3"));
     });
     let (result, ()) = tokio::join!(env.sync(&accounts, MirrorRunOptions::default()), rewrite);
