@@ -365,6 +365,21 @@ async fn connect_for_dry_run(
     Ok(db)
 }
 
+/// `sync`'s connection: a dry run's (never migrates), else migrated; the error
+/// with the outcome a summary of the run that could not start reports.
+async fn connect_for_sync(
+    settings: &Settings,
+    dry_run: bool,
+) -> Result<sea_orm::DatabaseConnection, (ExitCode, Outcome)> {
+    if dry_run {
+        connect_for_dry_run(settings, "sync --dry-run").await
+    } else {
+        connect_and_migrate(settings)
+            .await
+            .map_err(|code| (code, Outcome::Failed))
+    }
+}
+
 async fn connect_and_migrate(settings: &Settings) -> Result<sea_orm::DatabaseConnection, ExitCode> {
     let db = crate::db::connect(settings)
         .await
@@ -419,13 +434,7 @@ async fn sync_builtin(
     let load_id = LoadId::new();
     let cancel = CancellationToken::new();
     signals(cancel.clone());
-    let connected = if args.dry_run {
-        connect_for_dry_run(&settings, "sync --dry-run").await
-    } else {
-        connect_and_migrate(&settings)
-            .await
-            .map_err(|code| (code, Outcome::Failed))
-    };
+    let connected = connect_for_sync(&settings, args.dry_run).await;
     let db = match connected {
         Ok(db) => db,
         // No run was recorded: the summary names no load_id ([The sync summary](docs/operations.md#the-sync-summary)).
@@ -513,13 +522,7 @@ async fn sync_mirrors(
     };
     let cancel = CancellationToken::new();
     signals(cancel.clone());
-    let connected = if args.dry_run {
-        connect_for_dry_run(&settings, "sync --dry-run").await
-    } else {
-        connect_and_migrate(&settings)
-            .await
-            .map_err(|code| (code, Outcome::Failed))
-    };
+    let connected = connect_for_sync(&settings, args.dry_run).await;
     let db = match connected {
         Ok(db) => db,
         Err((code, outcome)) => {
@@ -922,12 +925,8 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
     let error = match result {
         Ok(()) => None,
         // The file cannot be read (missing, a directory): a usage error.
-        Err(e) if !e.is_content() => {
-            report(Level::ERROR, &error_chain(&e));
-            Some(e)
-        }
         Err(e) => {
-            report(Level::ERROR, &format!("invalid: {}", error_chain(&e)));
+            report_check_error(&error_chain(&e), e.is_content());
             Some(e)
         }
     };
@@ -961,6 +960,16 @@ fn check(settings: &Settings, path: Option<PathBuf>, json: bool) -> ExitCode {
         error: error.as_ref().map(|e| (error_chain(e), e.is_content())),
     };
     end.print(out, json, &path)
+}
+
+/// Says why `check` refused a file as a whole: `invalid: …` when its content
+/// is at fault, else (missing, a directory, unreadable) the error alone.
+fn report_check_error(error: &str, content: bool) {
+    if content {
+        report(Level::ERROR, &format!("invalid: {error}"));
+    } else {
+        report(Level::ERROR, error);
+    }
 }
 
 /// How a `check` ends, the built-in mirror's or a configured one's: the

@@ -121,12 +121,8 @@ pub(super) fn check(
     );
     let error = match result {
         Ok(()) => None,
-        Err(e) if !is_content(&e) => {
-            report(Level::ERROR, &error_chain(&e));
-            Some(e)
-        }
         Err(e) => {
-            report(Level::ERROR, &format!("invalid: {}", error_chain(&e)));
+            super::report_check_error(&error_chain(&e), is_content(&e));
             Some(e)
         }
     };
