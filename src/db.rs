@@ -2,6 +2,7 @@
 //! the per-database run lock that keeps two agents from syncing at once.
 
 use crate::config::{DatabaseUrl, Settings};
+use crate::storage::session;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
@@ -191,12 +192,11 @@ impl AdvisoryLock {
     /// Takes the run lock if it is free; `None` when another run holds it.
     pub async fn try_run_lock(url: &DatabaseUrl) -> Result<Option<Self>, DbError> {
         let mut conn = Self::dedicated_connection(url).await?;
-        let (got, pid): (bool, i32) =
-            sqlx::query_as("SELECT pg_try_advisory_lock($1), pg_backend_pid()")
-                .bind(RUN_LOCK)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(DbError::Lock)?;
+        let (got, pid): (bool, i32) = sqlx::query_as(session::TRY_LOCK)
+            .bind(RUN_LOCK)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(DbError::Lock)?;
         Ok(got.then_some(Self {
             conn: tokio::sync::Mutex::new(conn),
             key: LockKey::Single(RUN_LOCK),
@@ -215,13 +215,12 @@ impl AdvisoryLock {
         key: (i32, i32),
     ) -> Result<Option<Self>, DbError> {
         let mut conn = Self::dedicated_connection(url).await?;
-        let (got, pid): (bool, i32) =
-            sqlx::query_as("SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()")
-                .bind(key.0)
-                .bind(key.1)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(DbError::Lock)?;
+        let (got, pid): (bool, i32) = sqlx::query_as(session::TRY_LOCK_PAIR)
+            .bind(key.0)
+            .bind(key.1)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(DbError::Lock)?;
         Ok(got.then_some(Self {
             conn: tokio::sync::Mutex::new(conn),
             key: LockKey::Pair(key.0, key.1),
@@ -243,7 +242,7 @@ impl AdvisoryLock {
     /// Waits for the migration lock.
     async fn migrate_lock(url: &DatabaseUrl) -> Result<Self, DbError> {
         let mut conn = Self::dedicated_connection(url).await?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
+        sqlx::query(session::LOCK)
             .bind(MIGRATE_LOCK)
             .execute(&mut conn)
             .await
@@ -270,7 +269,7 @@ impl AdvisoryLock {
             tokio::time::sleep(every).await;
             let ping = async {
                 let mut conn = self.conn.lock().await;
-                sqlx::query("SELECT 1")
+                sqlx::query(session::PING)
                     .execute(&mut *conn)
                     .await
                     .map(|_| ())
@@ -297,13 +296,13 @@ impl AdvisoryLock {
         let unlock = async {
             let _ = match self.key {
                 LockKey::Single(key) => {
-                    sqlx::query("SELECT pg_advisory_unlock($1)")
+                    sqlx::query(session::UNLOCK)
                         .bind(key)
                         .execute(&mut conn)
                         .await
                 }
                 LockKey::Pair(class, key) => {
-                    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                    sqlx::query(session::UNLOCK_PAIR)
                         .bind(class)
                         .bind(key)
                         .execute(&mut conn)

@@ -5,6 +5,7 @@
 //! retention bounds them too (docs/sync.md#rejects-report).
 
 use crate::domain::LoadId;
+use crate::storage::sync_rejects;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -38,17 +39,13 @@ pub(crate) async fn store(
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let reasons: Vec<&str> = chunk.iter().map(|r| r.reason.as_str()).collect();
         let raws: Vec<&str> = chunk.iter().map(|r| r.raw.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO etl_info_schema.sync_rejects (load_id, line_no, reason, raw_line)
-             SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[])
-             ON CONFLICT (load_id, line_no) DO NOTHING",
-        )
-        .bind(load_id.uuid())
-        .bind(&lines)
-        .bind(&reasons)
-        .bind(&raws)
-        .execute(pool)
-        .await?;
+        sqlx::query(sync_rejects::INSERT)
+            .bind(load_id.uuid())
+            .bind(&lines)
+            .bind(&reasons)
+            .bind(&raws)
+            .execute(pool)
+            .await?;
     }
     Ok(())
 }
@@ -73,28 +70,18 @@ pub(crate) async fn of_run(
     mirror: &str,
     load_id: Option<Uuid>,
 ) -> Result<Option<RunRejects>, sqlx::Error> {
-    let run: Option<(Uuid, String, String, i64)> = sqlx::query_as(
-        "SELECT load_id, outcome, file, rejected FROM etl_info_schema.sync_runs
-         WHERE mirror = $2 AND CASE WHEN $1::uuid IS NULL
-                    THEN outcome NOT IN ('skipped', 'running') AND trigger <> 'revert'
-                         AND (stages IS NULL OR stages ? 'read_and_stage')
-                    ELSE load_id = $1 END
-         ORDER BY started_at DESC, load_id DESC LIMIT 1",
-    )
-    .bind(load_id)
-    .bind(mirror)
-    .fetch_optional(pool)
-    .await?;
+    let run: Option<(Uuid, String, String, i64)> = sqlx::query_as(sync_rejects::RUN)
+        .bind(load_id)
+        .bind(mirror)
+        .fetch_optional(pool)
+        .await?;
     let Some((load_id, outcome, file, rejected)) = run else {
         return Ok(None);
     };
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT line_no, reason, raw_line FROM etl_info_schema.sync_rejects
-         WHERE load_id = $1 ORDER BY line_no",
-    )
-    .bind(load_id)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(sync_rejects::OF_RUN)
+        .bind(load_id)
+        .fetch_all(pool)
+        .await?;
     Ok(Some(RunRejects {
         load_id,
         outcome,

@@ -5,6 +5,7 @@
 use crate::config::RunRetention;
 use crate::convert::bigint;
 use crate::domain::{ContentHash, Counts, LoadId, Outcome, Trigger};
+use crate::storage::sync_runs as sync_runs_sql;
 use chrono::{NaiveDateTime, Utc};
 use entity::{sync_runs, table_status};
 use sea_orm::sea_query::OnConflict;
@@ -32,7 +33,7 @@ fn now() -> NaiveDateTime {
 #[tracing::instrument(skip_all, err(level = "debug"))]
 pub(crate) async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     let orphans = db
-        .execute_unprepared("DELETE FROM public.staging_followers")
+        .execute_unprepared(crate::storage::staging_followers::RECOVER)
         .await?;
     let interrupted = sync_runs::Entity::update_many()
         .col_expr(sync_runs::Column::Outcome, Outcome::Failed.as_str().into())
@@ -191,7 +192,7 @@ async fn set_refusal_key(
 ) -> Result<(), DbErr> {
     db.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE etl_info_schema.sync_runs SET refusal_key = $2 WHERE load_id = $1 AND outcome = $3",
+        sync_runs_sql::SET_REFUSAL_KEY,
         [load_id.uuid().into(), key.into(), outcome.into()],
     ))
     .await?;
@@ -207,7 +208,7 @@ pub(crate) async fn mark_reverted(
 ) -> Result<(), DbErr> {
     db.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE etl_info_schema.sync_runs SET reverted_by = $2 WHERE load_id = $1",
+        sync_runs_sql::MARK_REVERTED,
         [load_id.into(), by.uuid().into()],
     ))
     .await?;
@@ -232,10 +233,7 @@ pub(crate) async fn standing_refusal_of(
     let Some(row) = db
         .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT load_id, error, outcome = 'refused' AND refusal_key IS NOT DISTINCT FROM $1 AS stands
-               FROM etl_info_schema.sync_runs
-              WHERE outcome IN ('synced', 'refused', 'failed') AND mirror = $2
-              ORDER BY started_at DESC, load_id DESC LIMIT 1",
+            sync_runs_sql::STANDING_REFUSAL,
             [key.into(), mirror.into()],
         ))
         .await?
@@ -302,7 +300,7 @@ pub(crate) async fn mark_synced(
     .exec(db)
     .await?;
     // The write counter as this sync leaves the table (docs: "Edits outside the agent").
-    db.execute_unprepared(crate::pipeline::drift::RECORD)
+    db.execute_unprepared(crate::storage::table_status::RECORD)
         .await?;
     Ok(())
 }
@@ -315,7 +313,7 @@ pub(crate) async fn record_stages(
 ) -> Result<(), DbErr> {
     db.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE etl_info_schema.sync_runs SET stages = $1::jsonb WHERE load_id = $2",
+        sync_runs_sql::RECORD_STAGES,
         [stages.to_string().into(), load_id.uuid().into()],
     ))
     .await?;
@@ -347,8 +345,7 @@ pub(crate) async fn prune_of(
         Some(keep) => db
             .query_one(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT started_at, load_id FROM etl_info_schema.sync_runs WHERE mirror = $2
-                 ORDER BY started_at DESC, load_id DESC OFFSET $1 LIMIT 1",
+                sync_runs_sql::BEYOND_COUNT,
                 [
                     crate::convert::saturating_bigint(keep).into(),
                     mirror.into(),
@@ -374,30 +371,7 @@ pub(crate) async fn prune_of(
         let deleted = db
             .query_one(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "WITH gone AS (
-                  DELETE FROM etl_info_schema.sync_runs WHERE load_id IN (
-                    SELECT r.load_id FROM etl_info_schema.sync_runs r
-                    WHERE r.mirror = $5
-                      AND (r.started_at < $1 OR (r.started_at, r.load_id) <= ($2, $3))
-                      AND r.outcome <> 'running'
-                      AND r.load_id NOT IN (SELECT t.load_id FROM etl_info_schema.table_status t
-                                            WHERE t.load_id IS NOT NULL)
-                      AND r.load_id NOT IN (SELECT m.last_load_id FROM etl_info_schema.mirror_status m
-                                            WHERE m.last_load_id IS NOT NULL)
-                      AND r.load_id IS DISTINCT FROM (
-                          SELECT s.load_id FROM etl_info_schema.sync_runs s
-                          WHERE s.outcome = 'synced' AND s.mirror = $5
-                          ORDER BY s.started_at DESC LIMIT 1)
-                      AND r.load_id IS DISTINCT FROM (
-                          SELECT d.load_id FROM etl_info_schema.sync_runs d
-                          WHERE d.outcome IN ('synced', 'refused', 'failed') AND d.mirror = $5
-                          ORDER BY d.started_at DESC LIMIT 1)
-                    ORDER BY r.started_at LIMIT $4)
-                  RETURNING load_id, journaled),
-                journal AS (
-                  DELETE FROM etl_info_schema.sync_journal j USING gone g
-                   WHERE j.load_id = g.load_id AND g.journaled IS NOT NULL)
-                SELECT count(*) AS deleted FROM gone",
+                sync_runs_sql::PRUNE,
                 [
                     older_than.into(),
                     beyond_count.map(|(t, _)| t).into(),
@@ -431,8 +405,7 @@ pub(crate) async fn journaled_runs(db: &impl ConnectionTrait) -> Result<u64, DbE
     let row = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT count(*) AS n FROM etl_info_schema.sync_runs
-              WHERE journaled IS NOT NULL AND mirror = 'followers'",
+            sync_runs_sql::JOURNALED_RUNS,
         ))
         .await?;
     Ok(row
@@ -498,13 +471,7 @@ async fn runs_where(
     values.extend(param);
     RunRecord::find_by_statement(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        format!(
-            "SELECT load_id, trigger, file, content_hash, started_at, finished_at, outcome,
-                    rows_read, inserted, updated, deleted, unchanged, rejected, duplicates,
-                    error, journaled, filled, reverted_by, mirror, stages::text AS stages
-             FROM etl_info_schema.sync_runs WHERE mirror = $2 AND ({condition})
-             ORDER BY started_at DESC, load_id DESC LIMIT $1"
-        ),
+        sync_runs_sql::runs_where(condition),
         values,
     ))
     .all(db)
@@ -581,7 +548,7 @@ pub(crate) async fn follower_count(db: &impl ConnectionTrait) -> Result<i64, DbE
     let row = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT count(*) AS n FROM public.followers",
+            crate::storage::followers::COUNT,
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("count(*)".into()))?;

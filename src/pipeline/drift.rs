@@ -5,7 +5,7 @@
 //! A statement-level trigger on `followers` bumps the sequence
 //! `etl_info_schema.followers_foreign_writes` once per statement that writes the
 //! table (INSERT, UPDATE, DELETE, TRUNCATE), except the agent's own merge and
-//! revert, which run [`OWN_WRITE`] first. The merge and the revert record the
+//! revert, which run `storage::session::OWN_WRITE` first. The merge and the revert record the
 //! counter's value in `table_status.foreign_writes` inside their transaction,
 //! under the merge's writer lock; a run whose file is unchanged compares it with
 //! the counter now: equal → the table is what the last sync left (skip);
@@ -16,47 +16,9 @@
 //! or is disabled, an unchanged file is synced again (a full comparison) once
 //! the last one is older than `VERIFY_EVERY`; start-up says so.
 
+use crate::storage::followers;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use std::time::Duration;
-
-/// The first statement of the merge and revert transactions: their writes are
-/// the agent's own, not counted.
-pub(crate) const OWN_WRITE: &str = "SET LOCAL followers_etl.own_write = 'on'";
-
-/// Records the counter's value the merge or revert saw (in its transaction).
-pub(crate) const RECORD: &str = "UPDATE etl_info_schema.table_status
-    SET foreign_writes = etl_info_schema.foreign_writes() WHERE table_name = 'followers'";
-
-/// Installs the trigger when it is missing (first start after the migration, or
-/// a replaced table); a table whose counter was missing is then unverified.
-const ENSURE: &str = "DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                  WHERE tgrelid = 'public.followers'::regclass
-                    AND tgname = 'followers_etl_foreign_writes') THEN
-    CREATE TRIGGER followers_etl_foreign_writes
-      AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.followers
-      FOR EACH STATEMENT EXECUTE FUNCTION etl_info_schema.count_foreign_write();
-    UPDATE etl_info_schema.table_status SET foreign_writes = NULL WHERE table_name = 'followers';
-  END IF;
-END $$";
-
-/// Whether the trigger counts (enabled in origin or always mode, on a table
-/// with no partitions or inheritance children and that is no partition or
-/// child itself: a statement-level trigger fires only for statements on its
-/// own table), the counter now, what the last sync or revert saw, and whether
-/// the last comparison is older than `$1` seconds.
-const CHECK: &str = "SELECT
-    EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-             WHERE tgrelid = to_regclass('public.followers')
-               AND tgname = 'followers_etl_foreign_writes' AND tgenabled IN ('O', 'A'))
-      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits
-                       WHERE inhparent = to_regclass('public.followers')
-                          OR inhrelid = to_regclass('public.followers')),
-    etl_info_schema.foreign_writes(),
-    t.foreign_writes,
-    coalesce((now() AT TIME ZONE 'UTC') - t.last_activity >= make_interval(secs => $1), true)
-  FROM (SELECT 1) one
-  LEFT JOIN etl_info_schema.table_status t ON t.table_name = 'followers'";
 
 /// What the last sync's trust in the table is worth now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -117,7 +79,7 @@ pub(crate) async fn check(
     let row = db
         .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            CHECK,
+            followers::CHECK,
             [verify_every.as_secs_f64().into()],
         ))
         .await?
@@ -137,7 +99,7 @@ pub(crate) async fn check(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn ensure_counter(db: &DatabaseConnection, verify_every: Duration) {
     let verify = robfig_cron::go_duration::format_go_duration(verify_every);
-    if let Err(e) = db.execute_unprepared(ENSURE).await {
+    if let Err(e) = db.execute_unprepared(followers::ENSURE).await {
         tracing::warn!(
             error = %crate::errors::error_chain(&e),
             "cannot install the write counter on followers (it needs TRIGGER on the table, see docs/sync.md#database-roles): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"

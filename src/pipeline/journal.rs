@@ -19,47 +19,13 @@
 use crate::config::JournalRetention;
 use crate::convert;
 use crate::domain::LoadId;
+use crate::storage::{followers, sync_journal as journal, sync_runs};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
 };
 use serde::Serialize;
 use uuid::Uuid;
-
-const JOURNAL: &str = "etl_info_schema.sync_journal";
-
-/// `merge`'s update step, journaled: the rows `diff` found renamed and still as
-/// it read them (same `xmin`), with the old name and `modified_at` it read, which
-/// are therefore the ones overwritten (`$1` the load, `$2` the zone of `modified_at`).
-pub(crate) const UPDATE: &str = "WITH changed AS (
-  UPDATE public.followers f
-     SET full_name = d.full_name, modified_at = (now() AT TIME ZONE $2::text)
-    FROM merge_diff d
-   WHERE d.action = 'update' AND f.email = d.email AND f.xmin = d.old_xmin
-  RETURNING f.email, d.old_name, d.full_name AS new_name, d.old_modified_at, d.old_xmin)
-INSERT INTO etl_info_schema.sync_journal (load_id, action, email, old_name, new_name, old_modified_at, old_xmin)
-SELECT $1, 'update', email, old_name, new_name, old_modified_at, old_xmin FROM changed";
-
-/// `merge`'s insert step, journaled (the email and the name inserted: a revert
-/// removes the row if it still has that name; `$1` the load, `$2` the zone
-/// of `modified_at`).
-pub(crate) const INSERT: &str = "WITH changed AS (
-  INSERT INTO public.followers (email, full_name, modified_at)
-  SELECT d.email, d.full_name, (now() AT TIME ZONE $2::text) FROM merge_diff d WHERE d.action = 'insert'
-  RETURNING email, full_name)
-INSERT INTO etl_info_schema.sync_journal (load_id, action, email, new_name)
-SELECT $1, 'insert', email, full_name FROM changed";
-
-/// `merge`'s delete step, journaled with what the deleted rows held (`$1` the
-/// protected emails, `$2` the load).
-pub(crate) const DELETE: &str = "WITH changed AS (
-  DELETE FROM public.followers f
-   USING merge_diff d
-   WHERE d.action = 'delete' AND f.email = d.email AND f.xmin = d.old_xmin
-     AND f.email <> ALL($1::text[])
-  RETURNING f.email, f.full_name, f.modified_at, d.old_xmin)
-INSERT INTO etl_info_schema.sync_journal (load_id, action, email, old_name, old_modified_at, old_xmin)
-SELECT $2, 'delete', email, full_name, modified_at, old_xmin FROM changed";
 
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
@@ -78,7 +44,7 @@ pub(crate) async fn seal(
     filled: bool,
 ) -> Result<(), DbErr> {
     db.execute(stmt(
-        "UPDATE etl_info_schema.sync_runs SET journaled = $2, filled = $3 WHERE load_id = $1",
+        sync_runs::SEAL,
         vec![
             load_id.uuid().into(),
             convert::bigint("journaled", rows)?.into(),
@@ -95,13 +61,8 @@ pub(crate) async fn seal(
 /// table takes it, and it conflicts with itself, so the next number is taken
 /// only after the previous holder committed or rolled back.
 pub(crate) async fn order(db: &impl ConnectionTrait, load_id: LoadId) -> Result<(), DbErr> {
-    db.execute(stmt(
-        "UPDATE etl_info_schema.sync_runs
-            SET commit_seq = (SELECT coalesce(max(commit_seq), 0) + 1 FROM etl_info_schema.sync_runs)
-          WHERE load_id = $1",
-        vec![load_id.uuid().into()],
-    ))
-    .await?;
+    db.execute(stmt(sync_runs::ORDER, vec![load_id.uuid().into()]))
+        .await?;
     Ok(())
 }
 
@@ -116,11 +77,7 @@ pub(crate) async fn mark_xid(
     filled: bool,
 ) -> Result<(), DbErr> {
     db.execute(stmt(
-        "UPDATE etl_info_schema.sync_runs SET write_xid = (
-           SELECT (top + (coalesce(x, top % 4294967296) - top % 4294967296 + 4294967296) % 4294967296)::text::xid8
-             FROM (SELECT pg_current_xact_id()::text::bigint AS top,
-                          CASE WHEN $2 THEN (SELECT xmin::text::bigint FROM public.followers LIMIT 1) END AS x) t)
-          WHERE load_id = $1",
+        sync_runs::MARK_XID,
         vec![load_id.uuid().into(), filled.into()],
     ))
     .await?;
@@ -140,16 +97,7 @@ pub(crate) async fn prune(
     let txn = db.begin().await?;
     let pruned = txn
         .execute(stmt(
-            "WITH keep AS (
-               SELECT load_id FROM etl_info_schema.sync_runs WHERE journaled IS NOT NULL
-                ORDER BY commit_seq DESC NULLS LAST, started_at DESC LIMIT $1),
-             dropped AS (
-               UPDATE etl_info_schema.sync_runs SET journaled = NULL
-                WHERE journaled IS NOT NULL
-                  AND (load_id NOT IN (SELECT load_id FROM keep)
-                       OR started_at < (now() AT TIME ZONE 'UTC') - make_interval(days => $2))
-               RETURNING load_id)
-             DELETE FROM etl_info_schema.sync_journal j USING dropped d WHERE j.load_id = d.load_id",
+            journal::PRUNE,
             vec![
                 // Limits beyond bigint and int4 keep every run's journal: saturation is the meaning.
                 convert::saturating_bigint(retention.keep_runs).into(),
@@ -161,11 +109,7 @@ pub(crate) async fn prune(
     // Runs the runs' retention deleted (oldest first; load ids are
     // UUID v7, so in start order) take their journal with them.
     let orphans = txn
-        .execute(stmt(
-            "DELETE FROM etl_info_schema.sync_journal
-              WHERE load_id < (SELECT load_id FROM etl_info_schema.sync_runs ORDER BY load_id LIMIT 1)",
-            vec![],
-        ))
+        .execute(stmt(journal::PRUNE_ORPHANS, vec![]))
         .await?
         .rows_affected();
     let pruned = pruned + orphans;
@@ -174,110 +118,6 @@ pub(crate) async fn prune(
         tracing::info!(rows = pruned, "journal pruned");
     }
     Ok(pruned)
-}
-
-/// The agent's own writes: each run that wrote `followers` (synced runs and
-/// reverts) by the transaction id that wrote its rows (`write_xid`), within the
-/// last 2^31 transactions (older ids may have wrapped around).
-const AGENT: &str = "agent AS (
-  SELECT r.load_id, xid(r.write_xid) AS x, r.outcome = 'reverted' AS is_revert,
-         r.journaled IS NOT NULL AS journaled
-    FROM etl_info_schema.sync_runs r
-   WHERE r.write_xid IS NOT NULL AND r.outcome IN ('synced', 'reverted')
-     AND pg_current_xact_id()::text::numeric - r.write_xid::text::numeric < 2147483648)";
-
-/// Whether the row version of follower `email` whose `xmin` is `x` is the
-/// agent's: written by a sync, or put back by a revert (whose journal is kept)
-/// from a version that was itself the agent's (`foreign_origin` false).
-fn agent_origin(email: &str, x: &str) -> String {
-    format!(
-        "EXISTS (SELECT 1 FROM agent a WHERE a.x = {x}
-                   AND (NOT a.is_revert OR (a.journaled AND EXISTS (
-                        SELECT 1 FROM {JOURNAL} jr
-                         WHERE jr.load_id = a.load_id AND jr.email = {email}
-                           AND jr.foreign_origin IS FALSE))))"
-    )
-}
-
-/// The runs a revert undoes, newest first, as `$2` of the statements below. The
-/// net effect per follower is its state before the OLDEST of these runs that
-/// touched it. When the runs reach back to a first sync (`$3` is true), the
-/// followers whose oldest change replaced a row the agent wrote are left out:
-/// `unfill` removes them (the table was empty before that sync).
-fn oldest() -> String {
-    format!(
-        "WITH runs AS (SELECT load_id, ord FROM unnest($2::uuid[]) WITH ORDINALITY AS r(load_id, ord)),
-  {AGENT},
-  all_oldest AS (SELECT DISTINCT ON (j.email) j.email, j.action, j.old_name, j.old_modified_at, j.old_xmin
-               FROM {JOURNAL} j JOIN runs USING (load_id)
-              ORDER BY j.email, runs.ord DESC),
-  oldest AS (SELECT o.*, NOT {origin} AS foreign_origin FROM all_oldest o
-              WHERE NOT $3::boolean OR o.action = 'insert' OR NOT {origin})",
-        origin = agent_origin("o.email", "o.old_xmin")
-    )
-}
-
-/// Followers whose current state is not what the NEWEST of the runs left: the
-/// table changed outside the agent, so a revert would not be exact.
-const DRIFT: &str =
-    "WITH runs AS (SELECT load_id, ord FROM unnest($1::uuid[]) WITH ORDINALITY AS r(load_id, ord)),
-  newest AS (SELECT DISTINCT ON (j.email) j.email, j.action, j.new_name
-               FROM etl_info_schema.sync_journal j JOIN runs USING (load_id)
-              ORDER BY j.email, runs.ord ASC)
-SELECT n.email, n.action, n.new_name, f.full_name, count(*) OVER ()::bigint AS drifted
-  FROM newest n LEFT JOIN public.followers f ON f.email = n.email
- WHERE CASE n.action WHEN 'delete' THEN f.email IS NOT NULL
-                     WHEN 'update' THEN f.email IS NULL OR f.full_name IS DISTINCT FROM n.new_name
-                     ELSE f.email IS NULL
-                          OR (n.new_name IS NOT NULL AND f.full_name IS DISTINCT FROM n.new_name) END
- ORDER BY n.email LIMIT 3";
-
-/// Undo inserts: followers whose oldest change was their insert are removed.
-fn undo_inserts() -> String {
-    format!(
-        "{}, changed AS (
-  DELETE FROM public.followers f USING oldest o
-   WHERE o.action = 'insert' AND f.email = o.email
-  RETURNING f.email, f.full_name, f.modified_at, f.xmin)
-INSERT INTO {JOURNAL} (load_id, action, email, old_name, old_modified_at, old_xmin)
-SELECT $1, 'delete', email, full_name, modified_at, xmin FROM changed",
-        oldest()
-    )
-}
-
-/// Undo renames (and deletes followed by a re-insert): the old name and
-/// `modified_at` come back on rows that exist. The journal marks a row put back
-/// from a version another session wrote (`foreign_origin`).
-fn undo_renames() -> String {
-    format!(
-        "{}, changed AS (
-  UPDATE public.followers f SET full_name = o.old_name, modified_at = o.old_modified_at
-    FROM (SELECT o.email, o.old_name, o.old_modified_at, o.foreign_origin, c.full_name AS cur_name,
-                 c.modified_at AS cur_modified_at, c.xmin AS cur_xmin
-            FROM oldest o JOIN public.followers c ON c.email = o.email
-           WHERE o.action <> 'insert') o
-   WHERE f.email = o.email AND (f.full_name, f.modified_at) IS DISTINCT FROM (o.old_name, o.old_modified_at)
-  RETURNING f.email, o.cur_name, o.old_name, o.cur_modified_at, o.cur_xmin, o.foreign_origin)
-INSERT INTO {JOURNAL} (load_id, action, email, old_name, new_name, old_modified_at, old_xmin, foreign_origin)
-SELECT $1, 'update', email, cur_name, old_name, cur_modified_at, cur_xmin, foreign_origin FROM changed",
-        oldest()
-    )
-}
-
-/// Undo deletes: followers that existed before the runs and are absent now come
-/// back with their old name and `modified_at`.
-fn undo_deletes() -> String {
-    format!(
-        "{}, changed AS (
-  INSERT INTO public.followers (email, full_name, modified_at)
-  SELECT o.email, o.old_name, o.old_modified_at FROM oldest o
-   WHERE o.action <> 'insert'
-     AND NOT EXISTS (SELECT 1 FROM public.followers f WHERE f.email = o.email)
-  RETURNING email, full_name)
-INSERT INTO {JOURNAL} (load_id, action, email, new_name, foreign_origin)
-SELECT $1, 'insert', c.email, c.full_name, o.foreign_origin FROM changed c JOIN oldest o USING (email)",
-        oldest()
-    )
 }
 
 /// A follower that is not as the journal says the runs left it.
@@ -296,7 +136,7 @@ pub(crate) async fn drift(
     runs: &[Uuid],
 ) -> Result<Option<Drift>, DbErr> {
     let rows = db
-        .query_all(stmt(DRIFT, vec![runs.to_vec().into()]))
+        .query_all(stmt(journal::DRIFT, vec![runs.to_vec().into()]))
         .await?;
     let Some(first) = rows.first() else {
         return Ok(None);
@@ -352,9 +192,9 @@ pub(crate) async fn undo(
         let statement = stmt(&sql, values());
         async move { Ok::<_, DbErr>(db.execute(statement).await?.rows_affected()) }
     };
-    let deleted = run(undo_inserts()).await?;
-    let updated = run(undo_renames()).await?;
-    let inserted = run(undo_deletes()).await?;
+    let deleted = run(journal::undo_inserts()).await?;
+    let updated = run(journal::undo_renames()).await?;
+    let inserted = run(journal::undo_deletes()).await?;
     Ok(Undone {
         inserted,
         updated,
@@ -378,18 +218,7 @@ pub(crate) async fn unfill(
 ) -> Result<u64, DbErr> {
     let deleted = db
         .execute(stmt(
-            &format!(
-                "{oldest}, changed AS (
-  DELETE FROM public.followers f
-   WHERE (NOT EXISTS (SELECT 1 FROM all_oldest o WHERE o.email = f.email) AND {current})
-      OR f.email IN (SELECT o.email FROM all_oldest o WHERE o.action = 'insert' OR {origin})
-  RETURNING f.email, f.full_name, f.modified_at, f.xmin)
-INSERT INTO {JOURNAL} (load_id, action, email, old_name, old_modified_at, old_xmin)
-SELECT $1, 'delete', email, full_name, modified_at, xmin FROM changed",
-                oldest = oldest(),
-                current = agent_origin("f.email", "f.xmin"),
-                origin = agent_origin("o.email", "o.old_xmin"),
-            ),
+            &journal::unfill(),
             vec![load_id.uuid().into(), runs.to_vec().into(), true.into()],
         ))
         .await?
@@ -402,7 +231,7 @@ SELECT $1, 'delete', email, full_name, modified_at, xmin FROM changed",
 pub(crate) async fn fill_too_old(db: &impl ConnectionTrait, fill_xid: &str) -> Result<bool, DbErr> {
     let row = db
         .query_one(stmt(
-            "SELECT pg_current_xact_id()::text::numeric - $1::xid8::text::numeric > 2147483647",
+            journal::FILL_TOO_OLD,
             vec![fill_xid.to_owned().into()],
         ))
         .await?
@@ -414,12 +243,7 @@ pub(crate) async fn fill_too_old(db: &impl ConnectionTrait, fill_xid: &str) -> R
 /// empty then): how many, and up to three of their emails.
 pub(crate) async fn left(db: &impl ConnectionTrait) -> Result<(u64, Vec<String>), DbErr> {
     let row = db
-        .query_one(stmt(
-            "SELECT count(*)::bigint,
-                    coalesce((SELECT array_agg(email) FROM (SELECT email FROM public.followers ORDER BY email LIMIT 3) e), '{}')
-               FROM public.followers",
-            vec![],
-        ))
+        .query_one(stmt(followers::LEFT, vec![]))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("followers left".into()))?;
     let n: i64 = row.try_get_by_index(0)?;
@@ -468,27 +292,10 @@ pub(crate) async fn history(
     zone: &str,
 ) -> Result<Vec<Event>, DbErr> {
     let rows = db
-        .query_all(stmt(
-            "SELECT r.load_id, r.started_at, coalesce(r.finished_at, r.started_at) AS at, r.file,
-                    r.trigger, r.reverted_by, j.action, j.old_name, j.new_name,
-                    j.old_modified_at AT TIME ZONE $2 AS old_modified_at, r.commit_seq
-               FROM etl_info_schema.sync_journal j
-               JOIN etl_info_schema.sync_runs r ON r.load_id = j.load_id
-              WHERE j.email = $1 AND r.journaled IS NOT NULL
-             UNION ALL
-             SELECT r.load_id, r.started_at, coalesce(r.finished_at, r.started_at), r.file,
-                    r.trigger, r.reverted_by, 'fill', NULL, NULL, NULL::timestamptz, r.commit_seq
-               FROM etl_info_schema.sync_runs r
-              WHERE r.filled AND r.journaled IS NOT NULL
-              ORDER BY 11 NULLS FIRST, 2, 1",
-            vec![email.into(), zone.into()],
-        ))
+        .query_all(stmt(journal::HISTORY, vec![email.into(), zone.into()]))
         .await?;
     let present = db
-        .query_one(stmt(
-            "SELECT 1 FROM public.followers WHERE email = $1",
-            vec![email.into()],
-        ))
+        .query_one(stmt(followers::PRESENT, vec![email.into()]))
         .await?
         .is_some();
     let changes = rows

@@ -42,6 +42,7 @@ use crate::domain::Stage;
 use crate::domain::{ContentHash, LoadId};
 use crate::domain::{Counts, Outcome};
 use crate::runs;
+use crate::storage::{followers, session, staging_followers, sync_journal, sync_runs};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
     TransactionTrait, Value,
@@ -252,88 +253,13 @@ impl Guard {
     }
 }
 
-/// The keys of the load and of `followers` that differ, with what to do about
-/// each (`insert`, `update`, `delete`), filled by `DIFF` in one pass; dropped
-/// with the transaction. It lives in the session's temporary schema: no WAL.
-const DIFF_TABLE: &str = "CREATE TEMPORARY TABLE merge_diff (
-    email text NOT NULL, full_name text, old_name text, old_modified_at timestamp, old_xmin xid,
-    action text NOT NULL
-  ) ON COMMIT DROP";
-
-const DIFF: &str =
-    "INSERT INTO merge_diff (email, full_name, old_name, old_modified_at, old_xmin, action)
- SELECT coalesce(s.email, f.email), s.full_name, f.full_name, f.modified_at, f.xmin,
-        CASE WHEN f.email IS NULL THEN 'insert' WHEN s.email IS NULL THEN 'delete' ELSE 'update' END
-   FROM (SELECT email, full_name FROM public.staging_followers WHERE load_id = $1) s
-   FULL JOIN public.followers f ON f.email = s.email
-  WHERE s.email IS NULL OR f.email IS NULL OR f.full_name IS DISTINCT FROM s.full_name";
-
-/// New keys, absent followers, all differing keys, and the followers the delete
-/// must remove (absent and not protected: `$1`).
-const DIFF_COUNTS: &str = "SELECT count(*) FILTER (WHERE action = 'insert')::bigint,
-        count(*) FILTER (WHERE action = 'delete')::bigint, count(*)::bigint,
-        count(*) FILTER (WHERE action = 'delete' AND email <> ALL($1::text[]))::bigint
-   FROM merge_diff";
-
-const UPDATE: &str = "UPDATE public.followers f
-    SET full_name = d.full_name, modified_at = (now() AT TIME ZONE $1::text)
-   FROM merge_diff d
-  WHERE d.action = 'update' AND f.email = d.email AND f.xmin = d.old_xmin";
-
-const INSERT: &str = "INSERT INTO public.followers (email, full_name, modified_at)
- SELECT d.email, d.full_name, (now() AT TIME ZONE $1::text) FROM merge_diff d WHERE d.action = 'insert'";
-
-const DELETE: &str = "DELETE FROM public.followers f
-  USING merge_diff d
-  WHERE d.action = 'delete' AND f.email = d.email AND f.xmin = d.old_xmin
-    AND f.email <> ALL($1::text[])";
-
-/// The first sync: `followers` is empty, every row of the load is new.
-const INSERT_ALL: &str = "INSERT INTO public.followers (email, full_name, modified_at)
- SELECT s.email, s.full_name, (now() AT TIME ZONE $2::text)
-   FROM public.staging_followers s WHERE s.load_id = $1";
-
-/// The first sync's primary key, when it can be rebuilt after the insert and
-/// the table is provably plain, so that dropping and re-adding the key loses
-/// nothing (docs/sync.md#readers-and-writers-during-a-run): the constraint's name
-/// and the definition of its index, if the table is an ordinary table (not
-/// partitioned, not a partition) the role may alter, in no publication, with the
-/// default replica identity, its index not clustered and in the default
-/// tablespace, nothing depending on the constraint or its index (a view, a
-/// foreign key), and no comment or security label on either. Otherwise the
-/// rows are inserted with the key in place.
-const FILL_KEY: &str = "SELECT c.conname::text, pg_get_indexdef(c.conindid)
-   FROM pg_constraint c
-   JOIN pg_class t ON t.oid = c.conrelid
-   JOIN pg_class i ON i.oid = c.conindid
-   JOIN pg_index x ON x.indexrelid = c.conindid
-  WHERE c.conrelid = 'public.followers'::regclass AND c.contype = 'p' AND NOT c.condeferrable
-    AND t.relkind = 'r' AND NOT t.relispartition AND t.relreplident = 'd'
-    AND NOT x.indisclustered AND i.reltablespace = 0
-    AND pg_has_role(t.relowner, 'USAGE')
-    AND NOT EXISTS (SELECT 1 FROM pg_publication p WHERE p.puballtables)
-    AND NOT EXISTS (SELECT 1 FROM pg_publication_rel p WHERE p.prrelid = t.oid)
-    AND NOT EXISTS (SELECT 1 FROM pg_publication_namespace p WHERE p.pnnspid = t.relnamespace)
-    AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                     WHERE d.refclassid IN ('pg_constraint'::regclass, 'pg_class'::regclass)
-                       AND d.refobjid IN (c.oid, c.conindid)
-                       AND NOT (d.classid = 'pg_class'::regclass AND d.objid = c.conindid)
-                       AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid = c.oid))
-    AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid IN (c.oid, c.conindid))
-    AND NOT EXISTS (SELECT 1 FROM pg_seclabel l WHERE l.objoid IN (c.oid, c.conindid))
-    AND NOT EXISTS (SELECT 1 FROM pg_constraint r WHERE r.confrelid = t.oid AND r.contype = 'f')";
-
-/// How long the first sync waits for the exclusive lock that rebuilding the
-/// primary key needs before it inserts with the key in place instead.
-const FILL_LOCK_TIMEOUT: &str = "1s";
-
 /// Every lock wait of the transaction is bounded by `wait` (`LOCK_WAIT_TIMEOUT`).
 pub(super) async fn bound_lock_waits(
     txn: &impl ConnectionTrait,
     wait: std::time::Duration,
 ) -> Result<(), DbErr> {
     let ms = crate::convert::millis_int4(wait);
-    txn.execute_unprepared(&format!("SET LOCAL lock_timeout = '{ms}ms'"))
+    txn.execute_unprepared(&session::lock_timeout(ms))
         .await
         .map(|_| ())
 }
@@ -344,28 +270,10 @@ pub(super) async fn bound_lock_waits(
 /// commit nobody else changes the table and what the transaction read stays true.
 /// Settings that every writing transaction of the agent makes go here too.
 pub(super) async fn lock_writers(txn: &impl ConnectionTrait) -> Result<(), DbErr> {
-    txn.execute_unprepared("LOCK TABLE public.followers IN SHARE ROW EXCLUSIVE MODE")
+    txn.execute_unprepared(followers::LOCK_WRITERS)
         .await
         .map(|_| ())
 }
-
-/// The sessions that hold a lock on `followers` (or one of its partitions) other
-/// than a plain read, or any lock on staging: who a lock wait of the merge was
-/// waiting for. Read after the merge rolled back, on another connection.
-const BLOCKERS: &str = "SELECT a.pid, coalesce(nullif(a.application_name, ''), '(none)') AS app,
-        coalesce(a.usename::text, '?') AS usr, coalesce(a.state, '?') AS state,
-        coalesce(to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', '?') AS xact_start,
-        coalesce(to_char(a.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC', '?') AS query_start
-   FROM pg_stat_activity a
-  WHERE a.pid <> pg_backend_pid() AND a.pid IN (
-        SELECT l.pid FROM pg_locks l
-         WHERE l.granted AND l.locktype = 'relation'
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND ((l.relation = 'public.followers'::regclass
-                 OR l.relation IN (SELECT relid FROM pg_partition_tree('public.followers'::regclass)))
-                AND l.mode <> 'AccessShareLock'
-                OR l.relation = 'public.staging_followers'::regclass))
-  ORDER BY a.xact_start NULLS LAST, a.pid LIMIT 3";
 
 /// Whether `e` is PostgreSQL's `lock_not_available` (a `lock_timeout` expired).
 pub(crate) fn is_lock_timeout(e: &DbErr) -> bool {
@@ -385,7 +293,7 @@ pub(crate) fn sqlstate(e: &DbErr) -> Option<String> {
 
 /// Describes the sessions a lock wait may have waited for (`BLOCKERS`).
 pub(super) async fn blockers(db: &impl ConnectionTrait) -> String {
-    blockers_by(db, BLOCKERS).await
+    blockers_by(db, followers::BLOCKERS).await
 }
 
 /// Describes the sessions `query` finds (the columns of `BLOCKERS`): those a
@@ -422,17 +330,6 @@ pub(crate) async fn blockers_by(db: &impl ConnectionTrait, query: &str) -> Strin
 /// the whole table to hash-join a few thousand keys (measured: docs/performance.md#one-pass-finds-what-differs).
 const PROBE_BELOW: f64 = 0.2;
 
-/// Followers absent from the load and not protected by a rejected row.
-const ABSENT: &str = "FROM public.followers f
-  WHERE NOT EXISTS (SELECT 1 FROM public.staging_followers s WHERE s.load_id = $1 AND s.email = f.email)
-    AND f.email <> ALL($2::text[])";
-
-const COUNT_CHANGED: &str = "SELECT
-    count(*) FILTER (WHERE f.email IS NULL)::bigint AS inserted,
-    count(*) FILTER (WHERE f.email IS NOT NULL AND f.full_name IS DISTINCT FROM s.full_name)::bigint AS updated
-   FROM public.staging_followers s LEFT JOIN public.followers f ON f.email = s.email
-  WHERE s.load_id = $1";
-
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
@@ -451,10 +348,7 @@ fn at(step: Step) -> impl FnOnce(DbErr) -> MergeError {
 pub(super) async fn holds_run_lock(db: &impl ConnectionTrait, pid: i32) -> Result<bool, DbErr> {
     let held = count(
         db,
-        "SELECT count(*) FROM pg_locks
-          WHERE locktype = 'advisory' AND granted AND pid = $1
-            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            AND classid = ($2 >> 32)::oid AND objid = ($2 & 4294967295)::oid AND objsubid = 1",
+        session::HOLDS_LOCK,
         vec![pid.into(), crate::db::RUN_LOCK.into()],
     )
     .await?;
@@ -469,11 +363,9 @@ async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merge
     // below stays true, and the cleanup can TRUNCATE. A concurrent writer (the
     // COPY of a run that lost its lock, another agent's recovery) is waited for.
     // jit: compiling the big statements costs more than it saves here.
-    txn.execute_unprepared(
-        "LOCK TABLE public.staging_followers IN ACCESS EXCLUSIVE MODE; SET LOCAL jit = off",
-    )
-    .await
-    .map_err(at(Step::Verify))?;
+    txn.execute_unprepared(staging_followers::LOCK)
+        .await
+        .map_err(at(Step::Verify))?;
     let locked = holds_run_lock(txn, load.lock_pid)
         .await
         .map_err(at(Step::Verify))?;
@@ -482,7 +374,7 @@ async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merge
     }
     let staged = count(
         txn,
-        "SELECT count(*) FROM public.staging_followers WHERE load_id = $1",
+        staging_followers::STAGED,
         vec![load.load_id.uuid().into()],
     )
     .await
@@ -502,16 +394,12 @@ async fn verify(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merge
 /// staging holds this load and at most rows of a run that lost its lock, which
 /// its own `verify` refuses.
 async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), MergeError> {
-    let may_truncate = count(
-        txn,
-        "SELECT count(*) WHERE has_table_privilege('public.staging_followers', 'TRUNCATE')",
-        vec![],
-    )
-    .await
-    .map_err(at(Step::Cleanup))?
+    let may_truncate = count(txn, staging_followers::MAY_TRUNCATE, vec![])
+        .await
+        .map_err(at(Step::Cleanup))?
         == 1;
     if may_truncate {
-        txn.execute_unprepared("TRUNCATE public.staging_followers")
+        txn.execute_unprepared(staging_followers::TRUNCATE)
             .await
             .map_err(at(Step::Cleanup))?;
         return Ok(());
@@ -539,12 +427,12 @@ async fn cleanup(txn: &impl ConnectionTrait, load: &Load<'_>) -> Result<(), Merg
 /// not.
 async fn fill(txn: &impl ConnectionTrait, load: &Load<'_>, id: &Value) -> Result<u64, MergeError> {
     if load.key_rebuild {
-        txn.execute_unprepared("SAVEPOINT fill")
+        txn.execute_unprepared(followers::FILL_SAVEPOINT)
             .await
             .map_err(at(Step::Insert))?;
         match rebuild(txn, id, &load.modified_at_zone).await {
             Ok(Some(inserted)) => {
-                txn.execute_unprepared("RELEASE SAVEPOINT fill")
+                txn.execute_unprepared(followers::FILL_RELEASE)
                     .await
                     .map_err(at(Step::Insert))?;
                 // The savepoint's shorter lock_timeout outlives its release.
@@ -558,12 +446,12 @@ async fn fill(txn: &impl ConnectionTrait, load: &Load<'_>, id: &Value) -> Result
                 tracing::info!(error = %e, "the first sync keeps its primary key during the insert");
             }
         }
-        txn.execute_unprepared("ROLLBACK TO SAVEPOINT fill")
+        txn.execute_unprepared(followers::FILL_ROLLBACK)
             .await
             .map_err(at(Step::Insert))?;
     }
     txn.execute(stmt(
-        INSERT_ALL,
+        followers::INSERT_ALL,
         vec![id.clone(), load.modified_at_zone.as_str().into()],
     ))
     .await
@@ -574,41 +462,19 @@ async fn fill(txn: &impl ConnectionTrait, load: &Load<'_>, id: &Value) -> Result
 /// The first sync's fast path (in the savepoint of `fill`): `None` when the
 /// table is not provably plain.
 async fn rebuild(txn: &impl ConnectionTrait, id: &Value, zone: &str) -> Result<Option<u64>, DbErr> {
-    let Some(key) = txn.query_one(stmt(FILL_KEY, vec![])).await? else {
+    let Some(key) = txn.query_one(stmt(followers::FILL_KEY, vec![])).await? else {
         return Ok(None);
     };
     let name: String = key.try_get_by_index(0)?;
     let index: String = key.try_get_by_index(1)?;
-    let name = quote_ident(&name);
-    txn.execute_unprepared(&format!(
-        "SET LOCAL lock_timeout = '{FILL_LOCK_TIMEOUT}';
-         LOCK TABLE public.followers IN ACCESS EXCLUSIVE MODE;
-         ALTER TABLE public.followers DROP CONSTRAINT {name}"
-    ))
-    .await?;
+    txn.execute_unprepared(&followers::drop_key(&name)).await?;
     let inserted = txn
-        .execute(stmt(INSERT_ALL, vec![id.clone(), zone.into()]))
+        .execute(stmt(followers::INSERT_ALL, vec![id.clone(), zone.into()]))
         .await?
         .rows_affected();
-    txn.execute_unprepared(&format!(
-        "SET LOCAL maintenance_work_mem = '{FILL_SORT_MEM}'; {index};
-         ALTER TABLE public.followers ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}"
-    ))
-    .await?;
+    txn.execute_unprepared(&followers::add_key(&name, &index))
+        .await?;
     Ok(Some(inserted))
-}
-
-/// Memory for sorting the first sync's primary key (a server setting, for this
-/// transaction only): 1M rows sort in memory.
-const FILL_SORT_MEM: &str = "128MB";
-
-/// Memory for the diff's hash join (for this transaction only): the keys and
-/// names of 1M followers fit in one batch (with PostgreSQL's default
-/// `hash_mem_multiplier` of 2); more spill to disk in batches.
-const DIFF_WORK_MEM: &str = "64MB";
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// What `diff` found: keys new to `followers`, followers absent from the load
@@ -630,16 +496,14 @@ async fn diff(
     // No ANALYZE of the load (it cost a third of the join): after the last
     // run's TRUNCATE the planner sizes staging from its pages, which is enough
     // to choose this hash join.
-    txn.execute_unprepared(&format!(
-        "SET LOCAL work_mem = '{DIFF_WORK_MEM}'; {DIFF_TABLE}"
-    ))
-    .await
-    .map_err(at(Step::Diff))?;
-    txn.execute(stmt(DIFF, vec![id.clone()]))
+    txn.execute_unprepared(&followers::diff_table())
+        .await
+        .map_err(at(Step::Diff))?;
+    txn.execute(stmt(followers::DIFF, vec![id.clone()]))
         .await
         .map_err(at(Step::Diff))?;
     let row = txn
-        .query_one(stmt(DIFF_COUNTS, vec![protected.clone()]))
+        .query_one(stmt(followers::DIFF_COUNTS, vec![protected.clone()]))
         .await
         .map_err(at(Step::Diff))?
         .ok_or_else(|| at(Step::Diff)(DbErr::RecordNotFound("diff counts".into())))?;
@@ -735,7 +599,7 @@ async fn merge_in(
         .await
         .map_err(at(Step::Begin))?;
     // Not counted as an edit outside the agent (drift.rs).
-    txn.execute_unprepared(super::drift::OWN_WRITE)
+    txn.execute_unprepared(session::OWN_WRITE)
         .await
         .map_err(at(Step::Begin))?;
     // The writer lock first: the transaction's id (taken by the exclusive lock on
@@ -747,13 +611,9 @@ async fn merge_in(
     verify(txn, load).await?;
     let session = session(txn).await.map_err(at(Step::Begin))?;
     // Under the writer lock: a row committed while the lock was awaited is seen.
-    let empty = count(
-        txn,
-        "SELECT count(*) FROM (SELECT 1 FROM public.followers LIMIT 1) t",
-        vec![],
-    )
-    .await
-    .map_err(at(Step::Lock))?
+    let empty = count(txn, followers::IS_EMPTY, vec![])
+        .await
+        .map_err(at(Step::Lock))?
         == 0;
     let (current, inserted, updated, deleted) = if empty {
         step(Step::Insert);
@@ -777,22 +637,25 @@ async fn merge_in(
         // Every follower is either matched by a row of the load or absent from it.
         let current = load.distinct.saturating_sub(new) + absent;
         if approx(changed) < PROBE_BELOW * approx(current) {
-            txn.execute_unprepared(
-                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
-            )
-            .await
-            .map_err(at(Step::Diff))?;
+            txn.execute_unprepared(followers::PROBE_KEYS)
+                .await
+                .map_err(at(Step::Diff))?;
         }
         // Journaled, each statement also writes what it changed (journal.rs).
         let (update, insert, delete, journal_id) = if load.journal {
             (
-                journal::UPDATE,
-                journal::INSERT,
-                journal::DELETE,
+                sync_journal::UPDATE,
+                sync_journal::INSERT,
+                sync_journal::DELETE,
                 vec![id.clone()],
             )
         } else {
-            (UPDATE, INSERT, DELETE, vec![])
+            (
+                followers::UPDATE,
+                followers::INSERT,
+                followers::DELETE,
+                vec![],
+            )
         };
         // The zone of `modified_at` is the last parameter of update and insert.
         let zone = || {
@@ -880,10 +743,7 @@ pub(super) struct Session {
 
 pub(super) async fn session(txn: &impl ConnectionTrait) -> Result<Session, DbErr> {
     let row = txn
-        .query_one(stmt(
-            "SELECT pg_backend_pid(), backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-            vec![],
-        ))
+        .query_one(stmt(session::SESSION, vec![]))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("own session in pg_stat_activity".into()))?;
     Ok(Session {
@@ -912,11 +772,7 @@ async fn committed(
         let check = async {
             // In the select list, so only that one session is signalled.
             let still = db
-                .query_all(stmt(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                      WHERE pid = $1 AND backend_start::text = $2",
-                    alive.clone(),
-                ))
+                .query_all(stmt(session::TERMINATE, alive.clone()))
                 .await?
                 .len();
             if still > 0 {
@@ -924,7 +780,7 @@ async fn committed(
             }
             let synced = count(
                 db,
-                "SELECT count(*) FROM etl_info_schema.sync_runs WHERE load_id = $1 AND outcome = $2",
+                sync_runs::HAS_OUTCOME,
                 vec![load_id.uuid().into(), outcome.as_str().into()],
             )
             .await?;
@@ -959,7 +815,7 @@ pub(crate) async fn plan(
     let txn = db.begin().await.map_err(at(Step::Begin))?;
     verify(&txn, load).await?;
     let row = txn
-        .query_one(stmt(COUNT_CHANGED, vec![id.clone()]))
+        .query_one(stmt(followers::COUNT_CHANGED, vec![id.clone()]))
         .await
         .map_err(at(Step::Update))?
         .ok_or_else(|| at(Step::Update)(DbErr::RecordNotFound("count".into())))?;
@@ -967,12 +823,12 @@ pub(crate) async fn plan(
     let updated: i64 = row.try_get("", "updated").map_err(at(Step::Update))?;
     let deleted = count(
         &txn,
-        &format!("SELECT count(*) {ABSENT}"),
+        &format!("SELECT count(*) {}", followers::ABSENT),
         vec![id, protected],
     )
     .await
     .map_err(at(Step::Delete))?;
-    let current = count(&txn, "SELECT count(*) FROM public.followers", vec![])
+    let current = count(&txn, followers::COUNT, vec![])
         .await
         .map_err(at(Step::Guard))?;
     txn.rollback().await.map_err(at(Step::Commit))?;

@@ -25,6 +25,7 @@ use crate::domain::LoadId;
 use crate::domain::{Counts, Outcome, Trigger};
 use crate::errors::error_chain;
 use crate::runs;
+use crate::storage::{followers, session, sync_runs, table_status};
 use chrono::NaiveDateTime;
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait, Value,
@@ -239,7 +240,7 @@ async fn locked(
         }
         let wait = ctx.settings.database.lock_wait_timeout;
         let txn = db.begin().await?;
-        txn.execute_unprepared(super::drift::OWN_WRITE).await?;
+        txn.execute_unprepared(session::OWN_WRITE).await?;
         let session = merge::session(&txn).await?;
         let undone = async {
             merge::bound_lock_waits(&txn, wait).await?;
@@ -365,23 +366,14 @@ async fn undo(
         Target::Run(id) => id,
         Target::Last => {
             let row = txn
-                .query_one(stmt(
-                    "SELECT load_id FROM etl_info_schema.sync_runs
-                      WHERE outcome = 'synced' AND reverted_by IS NULL AND mirror = 'followers'
-                      ORDER BY commit_seq DESC NULLS LAST, started_at DESC, load_id DESC LIMIT 1",
-                    vec![],
-                ))
+                .query_one(stmt(sync_runs::LAST_REVERTIBLE, vec![]))
                 .await?
                 .ok_or(RevertError::Nothing)?;
             row.try_get("", "load_id")?
         }
     };
     let row = txn
-        .query_one(stmt(
-            "SELECT outcome, reverted_by, commit_seq FROM etl_info_schema.sync_runs
-              WHERE load_id = $1 AND mirror = 'followers'",
-            vec![target.into()],
-        ))
+        .query_one(stmt(sync_runs::REVERT_TARGET, vec![target.into()]))
         .await?
         .ok_or(RevertError::Unknown(target))?;
     let outcome: String = row.try_get("", "outcome")?;
@@ -403,17 +395,7 @@ async fn undo(
     // Row locks on the runs: a concurrent prune of their journal waits, or has
     // committed and `journaled` reads NULL.
     let rows = txn
-        .query_all(stmt(
-            "SELECT r.load_id, r.started_at, r.file, r.trigger, r.content_hash, r.journaled, r.filled,
-                    r.write_xid::text AS write_xid,
-                    (SELECT count(*) FROM etl_info_schema.sync_journal j WHERE j.load_id = r.load_id)::bigint AS found
-               FROM etl_info_schema.sync_runs r
-              WHERE r.outcome = 'synced' AND r.reverted_by IS NULL AND r.commit_seq >= $1
-                AND r.mirror = 'followers'
-              ORDER BY r.commit_seq DESC
-                FOR UPDATE OF r",
-            vec![since.into()],
-        ))
+        .query_all(stmt(sync_runs::TO_UNDO, vec![since.into()]))
         .await?;
     let mut runs = Vec::with_capacity(rows.len());
     let mut filled = false;
@@ -465,7 +447,7 @@ async fn undo(
         });
     }
     let current: i64 = txn
-        .query_one(stmt("SELECT count(*) FROM public.followers", vec![]))
+        .query_one(stmt(followers::COUNT, vec![]))
         .await?
         .map(|r| r.try_get_by_index(0))
         .transpose()?
@@ -511,9 +493,7 @@ struct Held {
 async fn held_back(db: &impl ConnectionTrait, runs: &[UndoneRun]) -> Result<Option<Held>, DbErr> {
     let held = db
         .query_one(stmt(
-            "SELECT r.file, r.content_hash FROM etl_info_schema.table_status t
-               JOIN etl_info_schema.sync_runs r ON r.load_id = t.load_id
-              WHERE t.table_name = $1 AND r.outcome = $2",
+            table_status::HELD_BACK,
             vec![runs::TARGET_TABLE.into(), Outcome::Reverted.as_str().into()],
         ))
         .await?;
@@ -532,7 +512,7 @@ async fn held_back(db: &impl ConnectionTrait, runs: &[UndoneRun]) -> Result<Opti
 /// The revert's record names the file it holds back and its content hash.
 async fn describe(db: &impl ConnectionTrait, load_id: LoadId, held: &Held) -> Result<(), DbErr> {
     db.execute(stmt(
-        "UPDATE etl_info_schema.sync_runs SET file = $2, content_hash = $3 WHERE load_id = $1",
+        sync_runs::DESCRIBE,
         vec![
             load_id.uuid().into(),
             held.file.clone().into(),
@@ -553,15 +533,13 @@ async fn record(
 ) -> Result<(), DbErr> {
     let ids: Vec<Uuid> = runs.iter().map(|r| r.load_id).collect();
     db.execute(stmt(
-        "UPDATE etl_info_schema.sync_runs SET reverted_by = $1 WHERE load_id = ANY($2)",
+        sync_runs::MARK_UNDONE,
         vec![load_id.uuid().into(), ids.into()],
     ))
     .await?;
     describe(db, load_id, held).await?;
     db.execute(stmt(
-        "UPDATE etl_info_schema.table_status
-            SET last_activity = (now() AT TIME ZONE 'UTC'), content_hash = $2, load_id = $1
-          WHERE table_name = $3",
+        table_status::REVERTED,
         vec![
             load_id.uuid().into(),
             held.content_hash.clone().into(),
@@ -569,6 +547,6 @@ async fn record(
         ],
     ))
     .await?;
-    db.execute_unprepared(super::drift::RECORD).await?;
+    db.execute_unprepared(table_status::RECORD).await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use super::dupes::Candidates;
 use super::validate::Follower;
 use crate::convert::{self, OutOfRange};
 use crate::domain::LoadId;
+use crate::storage::staging_followers as table;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,9 +62,6 @@ fn push_field(buf: &mut Vec<u8>, value: &[u8]) -> Result<(), OutOfRange> {
     Ok(())
 }
 
-const COPY: &str =
-    "COPY public.staging_followers (email, full_name, load_id, line_no) FROM STDIN (FORMAT binary)";
-
 /// Runs `workers` tasks that COPY every batch from `batches` until the channel
 /// closes. On the first error the others stop (through `cancel`) and the error is
 /// returned; rows already copied stay until `discard`.
@@ -103,7 +101,10 @@ pub async fn copy_batches(
                         None => conn.insert(pool.acquire().await.map_err(StagingError::Copy)?),
                     };
                     encode(&batch, &load_id, &mut buf)?;
-                    let mut copy = conn.copy_in_raw(COPY).await.map_err(StagingError::Copy)?;
+                    let mut copy = conn
+                        .copy_in_raw(table::COPY)
+                        .await
+                        .map_err(StagingError::Copy)?;
                     if let Err(e) = copy.send(buf.as_slice()).await {
                         let _ = copy.abort("followers-etl: send failed").await;
                         return Err(StagingError::Copy(e));
@@ -148,28 +149,16 @@ fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-/// Keeps one row per email of the load: the one with the highest `line_no`. One
-/// sort of the load (a window over each email's copies), so 100k copies of one
-/// address cost what 100k different addresses cost (a self-join was quadratic in
-/// them; see bench/duplicates.sh). `ctid` breaks ties, so exactly one row per email
-/// survives whatever the line numbers are: the merge's check that staging holds
-/// one row per distinct email cannot fail on equal line numbers.
-const DROP_EARLIER_COPIES: &str = "DELETE FROM public.staging_followers s
-  USING (SELECT ctid AS tid,
-                row_number() OVER (PARTITION BY email ORDER BY line_no DESC, ctid DESC) AS rank
-           FROM public.staging_followers WHERE load_id = $1 {only}) copies
-  WHERE copies.rank > 1 AND s.ctid = copies.tid";
-
 /// A statement of `resolve_duplicates` over the load `id`, restricted to the
 /// candidates the reader found (`dupes.rs`): `{only}` in `sql` becomes the filter
 /// on parameter `$n`, the last of `values`.
 fn only(sql: &str, candidates: &Candidates, mut values: Vec<sea_orm::Value>) -> Statement {
     match candidates {
-        Candidates::All => stmt(&sql.replace("{only}", ""), values),
+        Candidates::All => stmt(&table::only(sql, None), values),
         Candidates::Only(emails) => {
             values.push(emails.clone().into());
-            let filter = format!("AND email = ANY(${}::text[])", values.len());
-            stmt(&sql.replace("{only}", &filter), values)
+            let n = values.len();
+            stmt(&table::only(sql, Some(n)), values)
         }
     }
 }
@@ -191,11 +180,7 @@ pub async fn resolve_duplicates(
     }
     let id = load_id.uuid();
     let row = db
-        .query_one(only(
-            "SELECT (count(*) - count(DISTINCT email))::bigint AS extra FROM public.staging_followers WHERE load_id = $1 {only}",
-            candidates,
-            vec![id.into()],
-        ))
+        .query_one(only(table::EXTRA, candidates, vec![id.into()]))
         .await
         .map_err(StagingError::Dedupe)?;
     let extra: i64 = match row {
@@ -206,9 +191,7 @@ pub async fn resolve_duplicates(
     if extra > 0 {
         for row in db
             .query_all(only(
-                "SELECT email, array_agg(line_no ORDER BY line_no) AS lines
-                   FROM public.staging_followers WHERE load_id = $1 {only}
-                  GROUP BY email HAVING count(*) > 1 ORDER BY min(line_no) LIMIT $2",
+                table::DUPLICATES,
                 candidates,
                 vec![
                     id.into(),
@@ -225,9 +208,13 @@ pub async fn resolve_duplicates(
                 row.try_get("", "lines").map_err(StagingError::Dedupe)?,
             ));
         }
-        db.execute(only(DROP_EARLIER_COPIES, candidates, vec![id.into()]))
-            .await
-            .map_err(StagingError::Dedupe)?;
+        db.execute(only(
+            table::DROP_EARLIER_COPIES,
+            candidates,
+            vec![id.into()],
+        ))
+        .await
+        .map_err(StagingError::Dedupe)?;
     }
     Ok(Duplicates {
         extra_rows: convert::count("duplicate rows", extra)
@@ -256,9 +243,7 @@ pub async fn drop_superseded(
         .map_err(|e| StagingError::Dedupe(e.into()))?;
     let result = db
         .execute(stmt(
-            "DELETE FROM public.staging_followers s
-              USING unnest($2::text[], $3::bigint[]) AS r(email, line_no)
-              WHERE s.load_id = $1 AND s.email = r.email AND r.line_no > s.line_no",
+            table::DROP_SUPERSEDED,
             vec![load_id.uuid().into(), emails.into(), lines.into()],
         ))
         .await
@@ -274,24 +259,14 @@ pub async fn drop_superseded(
 pub async fn purge(db: &DatabaseConnection, load_id: LoadId) -> Result<u64, DbErr> {
     use sea_orm::TransactionTrait;
     let txn = db.begin().await?;
-    txn.execute_unprepared(
-        "SET LOCAL lock_timeout = '5s';
-         LOCK TABLE public.staging_followers IN ACCESS EXCLUSIVE MODE",
-    )
-    .await?;
+    txn.execute_unprepared(table::PURGE_LOCK).await?;
     let row = txn
-        .query_one(stmt(
-            "SELECT has_table_privilege('public.staging_followers', 'TRUNCATE')
-                AND NOT EXISTS (SELECT 1 FROM public.staging_followers WHERE load_id <> $1),
-                (SELECT count(*) FROM public.staging_followers WHERE load_id = $1)",
-            vec![load_id.uuid().into()],
-        ))
+        .query_one(stmt(table::PURGE_ALONE, vec![load_id.uuid().into()]))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("staging".into()))?;
     let (alone, rows): (bool, i64) = row.try_get_many_by_index()?;
     let removed = if alone {
-        txn.execute_unprepared("TRUNCATE public.staging_followers")
-            .await?;
+        txn.execute_unprepared(table::TRUNCATE).await?;
         convert::count("staging rows", rows)?
     } else {
         discard(&txn, load_id).await?
@@ -304,10 +279,7 @@ pub async fn purge(db: &DatabaseConnection, load_id: LoadId) -> Result<u64, DbEr
 #[tracing::instrument(skip_all, fields(load_id = %load_id), err(level = "debug"))]
 pub async fn discard(db: &impl ConnectionTrait, load_id: LoadId) -> Result<u64, DbErr> {
     let result = db
-        .execute(stmt(
-            "DELETE FROM public.staging_followers WHERE load_id = $1",
-            vec![load_id.uuid().into()],
-        ))
+        .execute(stmt(table::DISCARD, vec![load_id.uuid().into()]))
         .await?;
     Ok(result.rows_affected())
 }

@@ -14,8 +14,8 @@ use crate::domain::LoadId;
 use crate::errors::error_chain;
 use crate::mirror::store::{definition_fingerprint, CatalogColumn, MirrorSql, TableState, Write};
 use crate::mirror::MirrorSpec;
-use crate::pipeline::drift::OWN_WRITE;
 use crate::pipeline::merge::{is_lock_timeout, Guard, MergeError};
+use crate::storage::session::OWN_WRITE;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait, Value,
 };

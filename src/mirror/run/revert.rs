@@ -15,7 +15,7 @@ use super::{run_lock, stmt, MirrorRevert, MirrorRunError};
 use crate::config::DatabaseUrl;
 use crate::mirror::store::{definition_fingerprint, MirrorSql};
 use crate::mirror::MirrorSpec;
-use crate::pipeline::drift::OWN_WRITE;
+use crate::storage::session::OWN_WRITE;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, QueryResult, TransactionTrait, Value,
 };

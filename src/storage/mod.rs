@@ -1,0 +1,32 @@
+//! The storage layer (docs/ARCHITECTURE.md#the-storage-layer): the SQL text of
+//! the built-in mirror `followers`, one module per table it touches. The
+//! pipeline decides what runs when and what a result means (`pipeline/`,
+//! `runs.rs`, `rejects.rs`, `db.rs`); the statements themselves live here, and
+//! nothing here runs one: callers bind the parameters each documents and
+//! execute the text on SeaORM's connection (COPY and the advisory locks, on
+//! connections of their own, go through sqlx).
+//!
+//! | module              | table                                  | statements                                   |
+//! |---------------------|----------------------------------------|----------------------------------------------|
+//! | `followers`         | `public.followers`                     | diff, writes, first-sync fill and key rebuild, counts, writer lock, blockers, write counter |
+//! | `staging_followers` | `public.staging_followers`             | COPY, duplicates, lock, count, cleanup       |
+//! | `sync_journal`      | `etl_info_schema.sync_journal`         | journaled writes, revert, drift, retention, history |
+//! | `sync_runs`         | `etl_info_schema.sync_runs`            | refusal key, seal, commit order, write xid, revert's runs, retention |
+//! | `table_status`      | `etl_info_schema.table_status`         | write counter's value, revert's status       |
+//! | `sync_rejects`      | `etl_info_schema.sync_rejects`         | store, read a run's rejects                  |
+//! | `session`           | (`pg_stat_activity`, `pg_locks`)       | own session, run lock held, advisory locks   |
+//!
+//! The built-in mirror keeps the old Go service's tables and behaviour, so its
+//! statements are written out for those tables. A configured mirror's
+//! statements are generated from its definition (`MirrorSpec`) in
+//! `mirror/store`, one module per table too (docs/mirrors.md#storage).
+//! Every identifier in a statement here is fixed; values are always bound
+//! parameters.
+
+pub(crate) mod followers;
+pub(crate) mod session;
+pub(crate) mod staging_followers;
+pub(crate) mod sync_journal;
+pub(crate) mod sync_rejects;
+pub(crate) mod sync_runs;
+pub(crate) mod table_status;
