@@ -641,38 +641,39 @@ async fn merge_in(
                 .await
                 .map_err(at(Step::Diff))?;
         }
-        // Journaled, each statement also writes what it changed (journal.rs).
+        // Journaled, each statement also writes what it changed: the plain
+        // write wrapped (storage::journaled), its parameters then the load.
         let (update, insert, delete, journal_id) = if load.journal {
             (
-                sync_journal::UPDATE,
-                sync_journal::INSERT,
-                sync_journal::DELETE,
+                sync_journal::update(),
+                sync_journal::insert(),
+                sync_journal::delete(),
                 vec![id.clone()],
             )
         } else {
             (
-                followers::UPDATE,
-                followers::INSERT,
-                followers::DELETE,
+                followers::UPDATE.to_owned(),
+                followers::INSERT.to_owned(),
+                followers::DELETE.to_owned(),
                 vec![],
             )
         };
-        // The zone of `modified_at` is the last parameter of update and insert.
+        // The zone of `modified_at` is the plain update's and insert's parameter.
         let zone = || {
             [
-                journal_id.clone(),
                 vec![load.modified_at_zone.as_str().into()],
+                journal_id.clone(),
             ]
             .concat()
         };
         step(Step::Update);
         let updates = changed - new - absent;
-        let updated = apply(txn, Step::Update, update, zone(), updates).await?;
+        let updated = apply(txn, Step::Update, &update, zone(), updates).await?;
         step(Step::Insert);
-        let inserted = apply(txn, Step::Insert, insert, zone(), new).await?;
+        let inserted = apply(txn, Step::Insert, &insert, zone(), new).await?;
         step(Step::Delete);
         let values = [vec![protected], journal_id].concat();
-        let deleted = apply(txn, Step::Delete, delete, values, deletes).await?;
+        let deleted = apply(txn, Step::Delete, &delete, values, deletes).await?;
         (current, inserted, updated, deleted)
     };
     let counts = counted(load, empty, inserted, updated, deleted);

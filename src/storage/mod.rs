@@ -30,3 +30,27 @@ pub(crate) mod sync_journal;
 pub(crate) mod sync_rejects;
 pub(crate) mod sync_runs;
 pub(crate) mod table_status;
+
+/// A write and its journal rows in one statement (a data-modifying CTE), so
+/// the journal commits or rolls back with the change and unchanged rows cost
+/// nothing: `write` (a plain UPDATE, INSERT or DELETE, without `RETURNING`)
+/// returns `returning` as the rows `c`, and `select` makes one row of
+/// `journal` (`columns`) of each. The write is kept verbatim, so its
+/// parameters keep their numbers; `select`'s come after them. The journaled
+/// writes of both the built-in mirror (`sync_journal`) and configured ones
+/// (`mirror/store/journal.rs`, `Write::journaled`) are made here.
+pub(crate) fn journaled(
+    write: &str,
+    returning: &str,
+    journal: &str,
+    columns: &str,
+    select: &str,
+) -> String {
+    format!(
+        "WITH changed AS (
+{write}
+ RETURNING {returning})
+INSERT INTO {journal} ({columns})
+SELECT {select} FROM changed c"
+    )
+}

@@ -5,40 +5,48 @@
 //! drift check, the journal's retention and one follower's history.
 //! `pipeline/journal.rs` and `pipeline/merge.rs` bind and run them.
 
+use super::followers;
+
 const JOURNAL: &str = "etl_info_schema.sync_journal";
 
-/// `merge`'s update step, journaled: the rows `diff` found renamed and still as
-/// it read them (same `xmin`), with the old name and `modified_at` it read, which
-/// are therefore the ones overwritten (`$1` the load, `$2` the zone of `modified_at`).
-pub(crate) const UPDATE: &str = "WITH changed AS (
-  UPDATE public.followers f
-     SET full_name = d.full_name, modified_at = (now() AT TIME ZONE $2::text)
-    FROM merge_diff d
-   WHERE d.action = 'update' AND f.email = d.email AND f.xmin = d.old_xmin
-  RETURNING f.email, d.old_name, d.full_name AS new_name, d.old_modified_at, d.old_xmin)
-INSERT INTO etl_info_schema.sync_journal (load_id, action, email, old_name, new_name, old_modified_at, old_xmin)
-SELECT $1, 'update', email, old_name, new_name, old_modified_at, old_xmin FROM changed";
+/// `merge`'s update step, journaled: `followers::UPDATE` (the rows `diff`
+/// found renamed and still as it read them, same `xmin`), journaling the old
+/// name and `modified_at` the diff read, which are therefore the ones
+/// overwritten. `$1` the zone of `modified_at` (the plain write's), `$2` the load.
+pub(crate) fn update() -> String {
+    super::journaled(
+        followers::UPDATE,
+        "f.email, d.old_name, d.full_name AS new_name, d.old_modified_at, d.old_xmin",
+        JOURNAL,
+        "load_id, action, email, old_name, new_name, old_modified_at, old_xmin",
+        "$2, 'update', email, old_name, new_name, old_modified_at, old_xmin",
+    )
+}
 
-/// `merge`'s insert step, journaled (the email and the name inserted: a revert
-/// removes the row if it still has that name; `$1` the load, `$2` the zone
-/// of `modified_at`).
-pub(crate) const INSERT: &str = "WITH changed AS (
-  INSERT INTO public.followers (email, full_name, modified_at)
-  SELECT d.email, d.full_name, (now() AT TIME ZONE $2::text) FROM merge_diff d WHERE d.action = 'insert'
-  RETURNING email, full_name)
-INSERT INTO etl_info_schema.sync_journal (load_id, action, email, new_name)
-SELECT $1, 'insert', email, full_name FROM changed";
+/// `merge`'s insert step, journaled: `followers::INSERT`, journaling the email
+/// and the name inserted (a revert removes the row if it still has that name).
+/// `$1` the zone of `modified_at` (the plain write's), `$2` the load.
+pub(crate) fn insert() -> String {
+    super::journaled(
+        followers::INSERT,
+        "email, full_name",
+        JOURNAL,
+        "load_id, action, email, new_name",
+        "$2, 'insert', email, full_name",
+    )
+}
 
-/// `merge`'s delete step, journaled with what the deleted rows held (`$1` the
-/// protected emails, `$2` the load).
-pub(crate) const DELETE: &str = "WITH changed AS (
-  DELETE FROM public.followers f
-   USING merge_diff d
-   WHERE d.action = 'delete' AND f.email = d.email AND f.xmin = d.old_xmin
-     AND f.email <> ALL($1::text[])
-  RETURNING f.email, f.full_name, f.modified_at, d.old_xmin)
-INSERT INTO etl_info_schema.sync_journal (load_id, action, email, old_name, old_modified_at, old_xmin)
-SELECT $2, 'delete', email, full_name, modified_at, old_xmin FROM changed";
+/// `merge`'s delete step, journaled: `followers::DELETE`, journaling what the
+/// deleted rows held. `$1` the protected emails (the plain write's), `$2` the load.
+pub(crate) fn delete() -> String {
+    super::journaled(
+        followers::DELETE,
+        "f.email, f.full_name, f.modified_at, d.old_xmin",
+        JOURNAL,
+        "load_id, action, email, old_name, old_modified_at, old_xmin",
+        "$2, 'delete', email, full_name, modified_at, old_xmin",
+    )
+}
 
 /// The agent's own writes: each run that wrote `followers` (synced runs and
 /// reverts) by the transaction id that wrote its rows (`write_xid`), within the
@@ -199,3 +207,42 @@ pub(crate) const HISTORY: &str =
                FROM etl_info_schema.sync_runs r
               WHERE r.filled AND r.journaled IS NOT NULL
               ORDER BY 11 NULLS FIRST, 2, 1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The highest `$n` in `sql`.
+    fn last_parameter(sql: &str) -> usize {
+        sql.match_indices('$')
+            .filter_map(|(i, _)| {
+                let digits: String = sql[i + 1..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn each_journaled_write_is_its_plain_write_verbatim_with_the_load_as_the_next_parameter() {
+        for (plain, journaled) in [
+            (followers::UPDATE, update()),
+            (followers::INSERT, insert()),
+            (followers::DELETE, delete()),
+        ] {
+            assert!(
+                journaled.contains(plain),
+                "{journaled}\n does not contain the plain write\n{plain}"
+            );
+            assert!(!plain.contains("RETURNING"), "{plain}");
+            // The journaled form binds the plain one's parameters, then the load.
+            assert_eq!(last_parameter(plain), 1, "{plain}");
+            assert_eq!(last_parameter(&journaled), 2, "{journaled}");
+            assert!(journaled.contains("SELECT $2, '"), "{journaled}");
+            assert!(journaled.contains("INSERT INTO etl_info_schema.sync_journal"));
+        }
+    }
+}

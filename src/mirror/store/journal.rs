@@ -72,21 +72,21 @@ impl Write {
         &self.statement
     }
 
-    /// The write and its journal rows in one statement: `$1` the load, `$2` the
-    /// mirror's name.
+    /// The write and its journal rows in one statement (`storage::journaled`,
+    /// as the built-in mirror's): `$1` the load, `$2` the mirror's name.
     pub fn journaled(&self) -> String {
-        format!(
-            "WITH changed AS (
-{statement}
- RETURNING {returning})
-INSERT INTO {JOURNAL} (load_id, mirror, op, key, before, after)
-SELECT $1, $2, '{op}', {key}, {before}, {after} FROM changed c",
-            statement = self.statement,
-            returning = self.returning.join(", "),
-            op = self.op.code(),
-            key = self.key,
-            before = self.before,
-            after = self.after,
+        crate::storage::journaled(
+            &self.statement,
+            &self.returning.join(", "),
+            JOURNAL,
+            "load_id, mirror, op, key, before, after",
+            &format!(
+                "$1, $2, '{op}', {key}, {before}, {after}",
+                op = self.op.code(),
+                key = self.key,
+                before = self.before,
+                after = self.after,
+            ),
         )
     }
 }
