@@ -1143,8 +1143,7 @@ async fn rejects(
         Ok(db) => db,
         Err(e) => return failure("database", &e),
     };
-    let run = match crate::rejects::of_run(db.get_postgres_connection_pool(), mirror, load_id).await
-    {
+    let run = match crate::rejects::of_run(&db, mirror, load_id).await {
         Ok(Some(run)) => run,
         Ok(None) => {
             report(

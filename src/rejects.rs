@@ -6,8 +6,8 @@
 
 use crate::domain::LoadId;
 use crate::storage::sync_rejects;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 use serde::Serialize;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 /// At most this many rejects are stored per run (all of them are counted).
@@ -27,27 +27,33 @@ pub(crate) struct StoredReject {
 /// Stores a run's rejects, one multi-row INSERT (arrays unnested) per batch.
 #[tracing::instrument(skip_all, fields(rejects = rejects.len()), err(level = "debug"))]
 pub(crate) async fn store(
-    pool: &PgPool,
+    db: &impl ConnectionTrait,
     load_id: LoadId,
     rejects: &[StoredReject],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbErr> {
     for chunk in rejects.chunks(INSERT_BATCH) {
         let lines: Vec<i64> = chunk
             .iter()
             .map(|r| crate::convert::bigint("line_no", r.line))
-            .collect::<Result<_, _>>()
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let reasons: Vec<&str> = chunk.iter().map(|r| r.reason.as_str()).collect();
-        let raws: Vec<&str> = chunk.iter().map(|r| r.raw.as_str()).collect();
-        sqlx::query(sync_rejects::INSERT)
-            .bind(load_id.uuid())
-            .bind(&lines)
-            .bind(&reasons)
-            .bind(&raws)
-            .execute(pool)
-            .await?;
+            .collect::<Result<_, _>>()?;
+        let reasons: Vec<String> = chunk.iter().map(|r| r.reason.clone()).collect();
+        let raws: Vec<String> = chunk.iter().map(|r| r.raw.clone()).collect();
+        db.execute(stmt(
+            sync_rejects::INSERT,
+            vec![
+                load_id.uuid().into(),
+                lines.into(),
+                reasons.into(),
+                raws.into(),
+            ],
+        ))
+        .await?;
     }
     Ok(())
+}
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
 /// The run a `rejects` command reports on.
@@ -66,37 +72,36 @@ pub(crate) struct RunRejects {
 /// `skipped`, not still `running`, not a revert, not refused before reading,
 /// as a run whose file is not settled is); `None` when there is no such run.
 pub(crate) async fn of_run(
-    pool: &PgPool,
+    db: &impl ConnectionTrait,
     mirror: &str,
     load_id: Option<Uuid>,
-) -> Result<Option<RunRejects>, sqlx::Error> {
-    let run: Option<(Uuid, String, String, i64)> = sqlx::query_as(sync_rejects::RUN)
-        .bind(load_id)
-        .bind(mirror)
-        .fetch_optional(pool)
-        .await?;
-    let Some((load_id, outcome, file, rejected)) = run else {
+) -> Result<Option<RunRejects>, DbErr> {
+    let Some(run) = db
+        .query_one(stmt(sync_rejects::RUN, vec![load_id.into(), mirror.into()]))
+        .await?
+    else {
         return Ok(None);
     };
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(sync_rejects::OF_RUN)
-        .bind(load_id)
-        .fetch_all(pool)
+    let load_id: Uuid = run.try_get("", "load_id")?;
+    let rows = db
+        .query_all(stmt(sync_rejects::OF_RUN, vec![load_id.into()]))
         .await?;
+    let rejects = rows
+        .iter()
+        .map(|row| {
+            let line: i64 = row.try_get("", "line_no")?;
+            Ok(StoredReject {
+                line: crate::convert::count("line_no", line)?,
+                reason: row.try_get("", "reason")?,
+                raw: row.try_get("", "raw_line")?,
+            })
+        })
+        .collect::<Result<_, DbErr>>()?;
     Ok(Some(RunRejects {
         load_id,
-        outcome,
-        file,
-        rejected,
-        rejects: rows
-            .into_iter()
-            .map(|(line, reason, raw)| {
-                Ok(StoredReject {
-                    line: crate::convert::count("line_no", line)?,
-                    reason,
-                    raw,
-                })
-            })
-            .collect::<Result<_, crate::convert::OutOfRange>>()
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        outcome: run.try_get("", "outcome")?,
+        file: run.try_get("", "file")?,
+        rejected: run.try_get("", "rejected")?,
+        rejects,
     }))
 }

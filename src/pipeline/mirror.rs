@@ -615,7 +615,7 @@ async fn store_rejects(
             raw: r.raw.clone(),
         })
         .collect();
-    if let Err(e) = rejects::store(db.get_postgres_connection_pool(), load_id, &stored).await {
+    if let Err(e) = rejects::store(db, load_id, &stored).await {
         tracing::warn!(error = %error_chain(&e), "could not store the rejects report");
     }
 }

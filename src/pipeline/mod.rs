@@ -740,8 +740,7 @@ async fn store_rejects(ctx: &SyncContext, load_id: LoadId, tally: &ReadTally) {
         tracing::error!("database unreachable: the run's rejects are not stored");
         return;
     }
-    let pool = ctx.db.get_postgres_connection_pool();
-    if let Err(e) = rejects::store(pool, load_id, &stored).await {
+    if let Err(e) = rejects::store(&ctx.db, load_id, &stored).await {
         tracing::error!(error = %error_chain(&e), "could not store the run's rejects");
     }
 }
