@@ -487,6 +487,19 @@ struct Diffed {
     deletes: u64,
 }
 
+impl Diffed {
+    /// The followers before the merge: every one is either matched by a row
+    /// of the load (`distinct` of them, `new` excepted) or absent from it.
+    fn current(&self, distinct: u64) -> u64 {
+        distinct.saturating_sub(self.new) + self.absent
+    }
+
+    /// The followers the update renames: the differing keys neither new nor absent.
+    fn updates(&self) -> u64 {
+        self.changed - self.new - self.absent
+    }
+}
+
 /// Fills `merge_diff` with the keys that differ.
 async fn diff(
     txn: &impl ConnectionTrait,
@@ -611,10 +624,7 @@ async fn merge_in(
     verify(txn, load).await?;
     let session = session(txn).await.map_err(at(Step::Begin))?;
     // Under the writer lock: a row committed while the lock was awaited is seen.
-    let empty = count(txn, followers::IS_EMPTY, vec![])
-        .await
-        .map_err(at(Step::Lock))?
-        == 0;
+    let empty = is_empty(txn).await?;
     let (current, inserted, updated, deleted) = if empty {
         step(Step::Insert);
         let inserted = fill(txn, load, &id).await?;
@@ -628,15 +638,10 @@ async fn merge_in(
         (0, inserted, 0, 0)
     } else {
         step(Step::Diff);
-        let Diffed {
-            new,
-            absent,
-            changed,
-            deletes,
-        } = diff(txn, &id, &protected).await?;
-        // Every follower is either matched by a row of the load or absent from it.
-        let current = load.distinct.saturating_sub(new) + absent;
-        if approx(changed) < PROBE_BELOW * approx(current) {
+        let diffed = diff(txn, &id, &protected).await?;
+        let current = diffed.current(load.distinct);
+        let (new, updates, deletes) = (diffed.new, diffed.updates(), diffed.deletes);
+        if approx(diffed.changed) < PROBE_BELOW * approx(current) {
             txn.execute_unprepared(followers::PROBE_KEYS)
                 .await
                 .map_err(at(Step::Diff))?;
@@ -667,7 +672,6 @@ async fn merge_in(
             .concat()
         };
         step(Step::Update);
-        let updates = changed - new - absent;
         let updated = apply(txn, Step::Update, &update, zone(), updates).await?;
         step(Step::Insert);
         let inserted = apply(txn, Step::Insert, &insert, zone(), new).await?;
@@ -803,42 +807,49 @@ async fn committed(
     }
 }
 
-/// What `merge` would do, computed with reads only; the second value tells that
-/// the guard would refuse.
+/// What `merge` would do, and whether the guard would refuse (the second
+/// value): the merge's own steps up to the guard (verify, the empty-table
+/// check, the diff and its counts) in a transaction that is always rolled
+/// back, so the plan's counts are the merge's by construction
+/// (docs/sync.md#dry-run). Unlike the merge it takes no writer lock on
+/// `followers` (nor any lock a writer would wait for): it reads a snapshot,
+/// and only its own staging rows are locked.
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err(level = "debug"))]
 pub(crate) async fn plan(
     db: &DatabaseConnection,
     load: &Load<'_>,
     guard: Guard,
 ) -> Result<(Counts, Option<MergeError>), MergeError> {
+    let txn = db.begin().await.map_err(at(Step::Begin))?;
+    let planned = plan_in(&txn, load).await;
+    // Whatever happened: the diff table and the lock on staging go with it.
+    let rolled_back = txn.rollback().await.map_err(at(Step::Commit));
+    let (counts, current) = planned?;
+    rolled_back?;
+    Ok((counts, guard.check(counts, current).err()))
+}
+
+/// Whether `followers` is empty: the first sync, which only inserts.
+async fn is_empty(txn: &impl ConnectionTrait) -> Result<bool, MergeError> {
+    let rows = count(txn, followers::IS_EMPTY, vec![])
+        .await
+        .map_err(at(Step::Lock))?;
+    Ok(rows == 0)
+}
+
+/// `plan`'s statements, in `txn` (rolled back by the caller): the counts and
+/// the followers before the merge.
+async fn plan_in(txn: &DatabaseTransaction, load: &Load<'_>) -> Result<(Counts, u64), MergeError> {
     let id: Value = load.load_id.uuid().into();
     let protected: Value = load.protected.clone().into();
-    let txn = db.begin().await.map_err(at(Step::Begin))?;
-    verify(&txn, load).await?;
-    let row = txn
-        .query_one(stmt(followers::COUNT_CHANGED, vec![id.clone()]))
-        .await
-        .map_err(at(Step::Update))?
-        .ok_or_else(|| at(Step::Update)(DbErr::RecordNotFound("count".into())))?;
-    let inserted: i64 = row.try_get("", "inserted").map_err(at(Step::Insert))?;
-    let updated: i64 = row.try_get("", "updated").map_err(at(Step::Update))?;
-    let deleted = count(
-        &txn,
-        &format!("SELECT count(*) {}", followers::ABSENT),
-        vec![id, protected],
-    )
-    .await
-    .map_err(at(Step::Delete))?;
-    let current = count(&txn, followers::COUNT, vec![])
-        .await
-        .map_err(at(Step::Guard))?;
-    txn.rollback().await.map_err(at(Step::Commit))?;
-    let inserted =
-        crate::convert::count("inserted", inserted).map_err(|e| at(Step::Insert)(e.into()))?;
-    let updated =
-        crate::convert::count("updated", updated).map_err(|e| at(Step::Update)(e.into()))?;
-    let counts = counted(load, current == 0, inserted, updated, deleted);
-    Ok((counts, guard.check(counts, current).err()))
+    verify(txn, load).await?;
+    if is_empty(txn).await? {
+        // The merge's fill inserts the whole load (verify counted it).
+        return Ok((counted(load, true, load.distinct, 0, 0), 0));
+    }
+    let diffed = diff(txn, &id, &protected).await?;
+    let counts = counted(load, false, diffed.new, diffed.updates(), diffed.deletes);
+    Ok((counts, diffed.current(load.distinct)))
 }
 
 /// The run's counts once the changes are known; the journal holds one row per

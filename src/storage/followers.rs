@@ -201,14 +201,3 @@ pub(crate) const CHECK: &str = "SELECT
     coalesce((now() AT TIME ZONE 'UTC') - t.last_activity >= make_interval(secs => $1), true)
   FROM (SELECT 1) one
   LEFT JOIN etl_info_schema.table_status t ON t.table_name = 'followers'";
-
-/// Followers absent from the load and not protected by a rejected row.
-pub(crate) const ABSENT: &str = "FROM public.followers f
-  WHERE NOT EXISTS (SELECT 1 FROM public.staging_followers s WHERE s.load_id = $1 AND s.email = f.email)
-    AND f.email <> ALL($2::text[])";
-
-pub(crate) const COUNT_CHANGED: &str = "SELECT
-    count(*) FILTER (WHERE f.email IS NULL)::bigint AS inserted,
-    count(*) FILTER (WHERE f.email IS NOT NULL AND f.full_name IS DISTINCT FROM s.full_name)::bigint AS updated
-   FROM public.staging_followers s LEFT JOIN public.followers f ON f.email = s.email
-  WHERE s.load_id = $1";

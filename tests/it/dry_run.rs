@@ -90,3 +90,60 @@ async fn dry_runs_and_read_commands_leave_the_old_services_database_untouched() 
     dry.expect(0, "dry_run");
     assert_eq!(snapshot(&env).await.0, migrated.0);
 }
+
+/// The dry run plans with the merge's own diff (docs/sync.md#dry-run): what it
+/// reports is what a sync of the same file then does, count for count, for the
+/// first sync into the empty table and for a later one with a rename, a new
+/// follower, a delete, a duplicated email (its last line renames) and a
+/// rejected line that protects its follower from the delete.
+#[tokio::test]
+async fn a_dry_runs_counts_are_those_of_the_sync_that_follows() {
+    let env = TestEnv::migrated_in_process().await;
+    let limits = [
+        ("MAX_REJECTS", "5"),
+        ("MAX_DELETE_RATIO", "1"),
+        ("MAX_UPDATE_RATIO", "1"),
+    ];
+    let too_long = "x".repeat(300);
+    let files = [
+        csv(&[
+            ("ann@example.com", "Ann"),
+            ("bob@example.com", "Bob"),
+            ("cat@example.com", "Cat"),
+            ("dee@example.com", "Dee"),
+            ("eve@example.com", "Eve"),
+        ]),
+        csv(&[
+            ("ann@example.com", "Ann"),
+            ("bob@example.com", "Robert"),
+            ("cat@example.com", &too_long),
+            ("eve@example.com", "Eve"),
+            ("fay@example.com", "Fay"),
+            ("eve@example.com", "Eva"),
+        ]),
+    ];
+    let mut changed = Vec::new();
+    for file in files {
+        env.write_csv(file);
+        let before = env.follower_versions().await;
+        let dry = env.sync_with(&["--dry-run"], &limits);
+        dry.expect(0, "dry_run");
+        assert_eq!(env.follower_versions().await, before, "{dry:?}");
+        assert_eq!(env.staging_rows().await, 0);
+        let real = env.sync_with(&[], &limits);
+        real.expect(0, "synced");
+        for key in [
+            "rows_read",
+            "inserted",
+            "updated",
+            "deleted",
+            "unchanged",
+            "rejected",
+            "duplicates",
+        ] {
+            assert_eq!(dry.n(key), real.n(key), "{key}: {dry:?} then {real:?}");
+        }
+        changed.push((real.n("inserted"), real.n("updated"), real.n("deleted")));
+    }
+    assert_eq!(changed, [(5, 0, 0), (1, 2, 1)], "the cases happened");
+}
