@@ -21,6 +21,6 @@ pub(crate) mod runner;
 pub(crate) mod runs;
 pub(crate) mod signals;
 pub(crate) mod status;
-pub(crate) mod storage;
+pub mod storage;
 pub mod telemetry;
 pub(crate) mod triggers;

@@ -271,7 +271,7 @@ pub(crate) async fn mirror_report(
         runs::last_decisive(db, mirror),
         runs::recent(db, mirror, limit.max(1)),
     )?;
-    let count = crate::mirror::store::MirrorSql::new(spec).row_count();
+    let count = crate::storage::mirror::MirrorSql::new(spec).row_count();
     let rows = match db
         .query_one(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,

@@ -4,7 +4,7 @@
 //! shape and every rule a definition must meet (`parse`), the column types
 //! (`types`) and the validation of one CSV field for each of them (`value`); and
 //! the storage layer, every SQL statement a mirror's sync needs, generated from
-//! its definition (`store`, docs/mirrors.md#storage); and the run of one mirror
+//! its definition (`storage::mirror`, docs/mirrors.md#storage); and the run of one mirror
 //! (`run`: lock, hash, read, stage, merge, record, revert; docs/mirrors.md#runs).
 //! The configuration reads `[[mirror]]` (`config::mirrors`), `mirrors` prints
 //! it, and `sync` and `serve` run it through `pipeline::mirror`
@@ -13,7 +13,6 @@
 mod names;
 mod parse;
 pub mod run;
-pub mod store;
 mod types;
 pub mod value;
 

@@ -1,5 +1,6 @@
-//! The storage layer (docs/ARCHITECTURE.md#the-storage-layer): the SQL text of
-//! the built-in mirror `followers`, one module per table it touches. The
+//! The storage layer (docs/ARCHITECTURE.md#the-storage-layer): every SQL
+//! statement, one module per table: the built-in mirror `followers`'s here,
+//! a configured mirror's generated in `mirror/`. The
 //! pipeline decides what runs when and what a result means (`pipeline/`,
 //! `runs.rs`, `rejects.rs`, `db.rs`); the statements themselves live here, and
 //! nothing here runs one: callers bind the parameters each documents and
@@ -15,15 +16,17 @@
 //! | `table_status`      | `etl_info_schema.table_status`         | write counter's value, revert's status       |
 //! | `sync_rejects`      | `etl_info_schema.sync_rejects`         | store, read a run's rejects                  |
 //! | `session`           | (`pg_stat_activity`, `pg_locks`)       | own session, run lock held, advisory locks   |
+//! | `mirror`            | a configured mirror's tables           | generated from its definition (its own table of modules) |
 //!
 //! The built-in mirror keeps the old Go service's tables and behaviour, so its
 //! statements are written out for those tables. A configured mirror's
 //! statements are generated from its definition (`MirrorSpec`) in
-//! `mirror/store`, one module per table too (docs/mirrors.md#storage).
+//! `mirror/` here, one module per table too (docs/mirrors.md#storage).
 //! Every identifier in a statement here is fixed; values are always bound
 //! parameters.
 
 pub(crate) mod followers;
+pub mod mirror;
 pub(crate) mod session;
 pub(crate) mod staging_followers;
 pub(crate) mod sync_journal;
@@ -38,7 +41,7 @@ pub(crate) mod table_status;
 /// `journal` (`columns`) of each. The write is kept verbatim, so its
 /// parameters keep their numbers; `select`'s come after them. The journaled
 /// writes of both the built-in mirror (`sync_journal`) and configured ones
-/// (`mirror/store/journal.rs`, `Write::journaled`) are made here.
+/// (`mirror/journal.rs`, `Write::journaled`) are made here.
 pub(crate) fn journaled(
     write: &str,
     returning: &str,

@@ -944,7 +944,7 @@ pub(crate) struct StagingHold<'a> {
 
 impl<'a> StagingHold<'a> {
     pub(crate) async fn take(env: &'a TestEnv, spec: &followers_etl::mirror::MirrorSpec) -> Self {
-        let staging = followers_etl::mirror::store::MirrorSql::new(spec).staging_table();
+        let staging = followers_etl::storage::mirror::MirrorSql::new(spec).staging_table();
         let relname = staging
             .rsplit('.')
             .next()

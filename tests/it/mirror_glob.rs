@@ -409,7 +409,7 @@ async fn a_part_rewritten_between_the_hash_and_the_read_fails_the_run() {
     );
     assert_eq!(env.rows().await, named(1..=12), "nothing merged");
     let staging: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(followers_etl::mirror::store::MirrorSql::new(&env.spec).staging_table())
+        .bind(followers_etl::storage::mirror::MirrorSql::new(&env.spec).staging_table())
         .fetch_one(&env.env.pool)
         .await
         .unwrap();

@@ -1197,8 +1197,8 @@ async fn tables_whose_32_bit_lock_keys_collide_have_their_own_locks() {
     let mut renamed = one.clone();
     renamed.name = followers_etl::mirror::MirrorName::parse("other").unwrap();
     assert_eq!(
-        followers_etl::mirror::store::MirrorSql::new(&renamed).staging_table(),
-        followers_etl::mirror::store::MirrorSql::new(&one).staging_table()
+        followers_etl::storage::mirror::MirrorSql::new(&renamed).staging_table(),
+        followers_etl::storage::mirror::MirrorSql::new(&one).staging_table()
     );
 
     let mut holder = env.env.pool.acquire().await.unwrap();

@@ -7,9 +7,9 @@
 
 use crate::helpers::fixtures::subscribers_toml;
 use crate::helpers::TestEnv;
-use followers_etl::mirror::store::{copy_line, key_json, CatalogColumn, MirrorSql, TableState};
 use followers_etl::mirror::value::parse_field;
 use followers_etl::mirror::{from_toml_str, MirrorSpec};
+use followers_etl::storage::mirror::{copy_line, key_json, CatalogColumn, MirrorSql, TableState};
 use sqlx::Row;
 
 const TABLE: &str = r#""crm"."Sub Scribers""#;

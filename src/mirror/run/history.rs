@@ -4,9 +4,9 @@
 //! that key, oldest first, from the journal's `history` statement.
 
 use super::{stmt, MirrorRunError};
-use crate::mirror::store::{key_json, MirrorSql};
 use crate::mirror::value::parse_field;
 use crate::mirror::MirrorSpec;
+use crate::storage::mirror::{key_json, MirrorSql};
 use sea_orm::{ConnectionTrait, DbErr, Value};
 
 /// One journaled change of one key.

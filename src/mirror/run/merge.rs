@@ -12,9 +12,9 @@ use super::read::ReadOutcome;
 use super::{stmt, MirrorRunError, MirrorRunOptions, MirrorSummary};
 use crate::domain::LoadId;
 use crate::errors::error_chain;
-use crate::mirror::store::{definition_fingerprint, CatalogColumn, MirrorSql, TableState, Write};
 use crate::mirror::MirrorSpec;
 use crate::pipeline::merge::{is_lock_timeout, Guard, MergeError};
+use crate::storage::mirror::{definition_fingerprint, CatalogColumn, MirrorSql, TableState, Write};
 use crate::storage::session::OWN_WRITE;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait, Value,
@@ -574,9 +574,9 @@ async fn merge_in(
     for (write, expected) in writes {
         let Some(write) = write else { continue };
         let op = match write.op {
-            crate::mirror::store::Op::Insert => "insert",
-            crate::mirror::store::Op::Update => "update",
-            crate::mirror::store::Op::Delete => "delete",
+            crate::storage::mirror::Op::Insert => "insert",
+            crate::storage::mirror::Op::Update => "update",
+            crate::storage::mirror::Op::Delete => "delete",
         };
         let done = if journal {
             let values = vec![Value::from(load_id), Value::from(spec.name.to_string())];

@@ -42,7 +42,6 @@ pub async fn check_existing_table(
         .map(drop)
 }
 
-use super::store::{IncompatibleTable, MirrorSql, TableState};
 use super::{MirrorSource, MirrorSpec};
 use crate::config::{CsvFormat, DatabaseUrl, RunRetention};
 use crate::db::{AdvisoryLock, DbError};
@@ -50,6 +49,7 @@ use crate::domain::{LoadId, Stage};
 use crate::pipeline::merge::{Emptiness, Guard};
 use crate::pipeline::read::ReadError;
 use crate::pipeline::timings::StageTimes;
+use crate::storage::mirror::{IncompatibleTable, MirrorSql, TableState};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -688,7 +688,7 @@ fn refusal_key(
         o.max_rejects.unwrap_or(options.max_rejects),
         o.max_delete_ratio.unwrap_or(options.max_delete_ratio),
         options.max_update_ratio,
-        super::store::definition_fingerprint(spec)
+        crate::storage::mirror::definition_fingerprint(spec)
     );
     blake3::hash(key.as_bytes()).to_hex().to_string()
 }

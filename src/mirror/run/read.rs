@@ -11,10 +11,10 @@
 use super::{MirrorReject, MirrorRunError, MirrorRunOptions};
 use crate::config::CsvFormat;
 use crate::domain::{ContentHash, LoadId};
-use crate::mirror::store::{copy_line, key_json, MirrorSql};
 use crate::mirror::value::parse_field;
 use crate::mirror::MirrorSpec;
 use crate::pipeline::read::{CsvRecords, ReadError};
+use crate::storage::mirror::{copy_line, key_json, MirrorSql};
 use csv::ByteRecord;
 use sea_orm::DatabaseConnection;
 use std::path::{Path, PathBuf};

@@ -13,8 +13,8 @@
 use super::merge::{count, db_error, holds_lock, lock_table};
 use super::{run_lock, stmt, MirrorRevert, MirrorRunError};
 use crate::config::DatabaseUrl;
-use crate::mirror::store::{definition_fingerprint, MirrorSql};
 use crate::mirror::MirrorSpec;
+use crate::storage::mirror::{definition_fingerprint, MirrorSql};
 use crate::storage::session::OWN_WRITE;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, QueryResult, TransactionTrait, Value,

@@ -27,7 +27,7 @@ pub use staging::{copy_line, escape_copy_text, STAGING_SCHEMA};
 pub use status::{definition_fingerprint, COUNTER_TRIGGER, RUNS, STATUS};
 pub use table::{CatalogColumn, IncompatibleTable, TableState};
 
-use super::{quote_identifier, ColumnSpec, ColumnType, MirrorSpec};
+use crate::mirror::{quote_identifier, ColumnSpec, ColumnType, MirrorSpec};
 
 /// One of a journal row's operations (`mirror_journal.op`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
