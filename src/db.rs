@@ -2,7 +2,7 @@
 //! the per-database run lock that keeps two agents from syncing at once.
 
 use crate::config::{DatabaseUrl, Settings};
-use crate::storage::session;
+use crate::storage::{seaql_migrations, session};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
@@ -403,11 +403,7 @@ async fn apply_pending(db: &DatabaseConnection) -> Result<(), DbError> {
     let (role, lacking) = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT current_user::text, concat_ws(', ',
-                CASE WHEN NOT has_schema_privilege(current_schema(), 'CREATE')
-                     THEN 'CREATE on schema ' || current_schema() END,
-                CASE WHEN NOT has_database_privilege(current_database(), 'CREATE')
-                     THEN 'CREATE on database ' || current_database() END)",
+            seaql_migrations::LACKING,
         ))
         .await
         .ok()
@@ -447,7 +443,7 @@ pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, 
     let exists = db
         .query_one(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT to_regclass('seaql_migrations') IS NOT NULL",
+            seaql_migrations::EXISTS,
         ))
         .await?
         .map(|row| row.try_get_by_index::<bool>(0))
@@ -459,7 +455,7 @@ pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, 
     let applied: std::collections::HashSet<String> = db
         .query_all(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT version FROM seaql_migrations",
+            seaql_migrations::APPLIED,
         ))
         .await?
         .iter()

@@ -15,6 +15,7 @@
 //! | `sync_runs`         | `etl_info_schema.sync_runs`            | refusal key, seal, commit order, write xid, revert's runs, retention |
 //! | `table_status`      | `etl_info_schema.table_status`         | write counter's value, revert's status       |
 //! | `sync_rejects`      | `etl_info_schema.sync_rejects`         | store, read a run's rejects                  |
+//! | `seaql_migrations`  | `seaql_migrations` (SeaORM's)          | applied migrations, missing CREATE privileges |
 //! | `session`           | (`pg_stat_activity`, `pg_locks`)       | own session, run lock held, advisory locks   |
 //! | `mirror`            | a configured mirror's tables           | generated from its definition (its own table of modules) |
 //!
@@ -22,11 +23,15 @@
 //! statements are written out for those tables. A configured mirror's
 //! statements are generated from its definition (`MirrorSpec`) in
 //! `mirror/` here, one module per table too (docs/mirrors.md#storage).
-//! Every identifier in a statement here is fixed; values are always bound
-//! parameters.
+//! The built-in mirror's identifiers are fixed (the one read from the
+//! catalog, the primary key's name in the first sync's rebuild, is quoted); a
+//! configured one is always quoted. Values are always bound parameters; only
+//! settings the agent computes (a `lock_timeout` in milliseconds) are
+//! formatted into the text.
 
 pub(crate) mod followers;
 pub mod mirror;
+pub(crate) mod seaql_migrations;
 pub(crate) mod session;
 pub(crate) mod staging_followers;
 pub(crate) mod sync_journal;
