@@ -3,6 +3,7 @@
 //! lock and count of it, and its cleanup. `pipeline/staging.rs` and
 //! `pipeline/merge.rs` bind and run them; `runs::recover` empties it.
 
+/// One batch of a load, in COPY's binary format (`pipeline/staging.rs`, `encode`).
 pub(crate) const COPY: &str =
     "COPY public.staging_followers (email, full_name, load_id, line_no) FROM STDIN (FORMAT binary)";
 
