@@ -2,7 +2,7 @@
 //! binary: the `--mirror` rule (required when more than one mirror exists, the
 //! error listing them), `check --mirror NAME [PATH]` with the mirror's columns,
 //! `history KEY… --mirror NAME` by values or `col=value` pairs, and `revert
-//! --last --mirror NAME`. The syncs run through `mirror::run::sync_mirror`
+//! (--last | LOAD_ID) --mirror NAME [--dry-run]` with the built-in revert's rules. The syncs run through `mirror::run::sync_mirror`
 //! (the library), as `sync` does not run configured mirrors in this version.
 
 use crate::helpers::fixtures::subscribers_toml;
@@ -415,15 +415,35 @@ async fn revert_last_of_a_configured_mirror_undoes_its_newest_runs() {
             .contains(" (reverted at "),
         "{run:?}"
     );
-    // Then A (as JSON), then nothing is left to revert: refused, exit 1.
-    let run = revert(&["--last", "--json"]);
+    // Then A, which deletes every row: the delete guard (MAX_DELETE_RATIO
+    // 0.5) refuses it, changing nothing, unless approved; approved (as JSON).
+    let run = revert(&["--last"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .starts_with("refused mirror=subscribers undone=0 changed=0"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("the revert would delete 3 of 3 rows (100.0%), more than max_delete_ratio=0.5; nothing changed (use --allow-mass-delete if intended)"),
+        "{run:?}"
+    );
+    assert_eq!(names(&env).await.len(), 3);
+    let run = revert(&["--last", "--json", "--allow-mass-delete"]);
     assert_eq!(run.code, 0, "{run:?}");
     let json = run.json();
     assert_eq!(json["outcome"], "reverted");
     assert_eq!(json["mirror"], "subscribers");
     assert_eq!(json["undone"][0]["load_id"], a_id.as_str());
     assert_eq!(json["changed"], 3);
+    assert_eq!(json["deleted"], 3);
+    assert_eq!(json["inserted"], 0);
+    assert!(json["held_back"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("subscribers.csv")));
     assert!(names(&env).await.is_empty());
+    // Then nothing is left to revert: refused, exit 1.
     let run = revert(&["--last"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
@@ -432,10 +452,4 @@ async fn revert_last_of_a_configured_mirror_undoes_its_newest_runs() {
         "{run:?}"
     );
     assert!(run.stderr.contains("no run to revert"), "{run:?}");
-    // A LOAD_ID or --dry-run: not for a configured mirror in this version (exit 2).
-    for args in [&[a_id.as_str()][..], &["--last", "--dry-run"][..]] {
-        let run = revert(args);
-        assert_eq!(run.code, 2, "{args:?}: {run:?}");
-        assert!(run.stderr.contains("--last only"), "{args:?}: {run:?}");
-    }
 }

@@ -321,7 +321,7 @@ async fn revert(env: &TestEnv, spec: &MirrorSpec, load: uuid::Uuid) -> u64 {
         sql.revert_deletes(),
     ] {
         changed += sqlx::query(&statement)
-            .bind(load)
+            .bind([load])
             .bind(spec.name.as_str())
             .execute(&mut *tx)
             .await
