@@ -487,17 +487,17 @@ async fn chosen(
     Ok(runs)
 }
 
-/// Refuses unless the table is what the newest of `ids` left for every row
-/// they changed (`revert_drift`).
+/// Refuses unless the table is what the runs of the plan (the newest
+/// `newest`) left for every row they changed (`revert_drift`).
 async fn no_drift(
     txn: &DatabaseTransaction,
     sql: &MirrorSql<'_>,
-    ids: &[Uuid],
+    newest: Uuid,
 ) -> Result<(), MirrorRunError> {
     let spec = sql.spec();
     let at = |source| db_error(spec, "revert", source);
     let drifted = txn
-        .query_all(stmt(&sql.revert_drift(), loads(spec, ids)))
+        .query_all(stmt(&sql.revert_drift(), vec![]))
         .await
         .map_err(at)?;
     let Some(first) = drifted.first() else {
@@ -519,13 +519,13 @@ async fn no_drift(
     }
     Err(MirrorRunError::RevertDrift {
         mirror: spec.name.to_string(),
-        load_id: ids[0],
+        load_id: newest,
         count: count(total),
         examples,
     })
 }
 
-/// The undo statements' parameters: the loads (newest first) and the mirror.
+/// The plan's parameters: the loads (newest first) and the mirror.
 fn loads(spec: &MirrorSpec, ids: &[Uuid]) -> Vec<Value> {
     vec![
         Value::from(ids.to_vec()),
@@ -551,9 +551,13 @@ async fn revert_in(
     lock_table(txn, &sql, options.lock_wait).await?;
     let undone = chosen(txn, &sql, options.target, seq).await?;
     let ids: Vec<Uuid> = undone.iter().map(|r| r.load_id).collect();
-    no_drift(txn, &sql, &ids).await?;
+    // The plan, once: per key, the newest run's state and the oldest's before.
+    txn.execute(stmt(&sql.revert_plan(), loads(spec, &ids)))
+        .await
+        .map_err(at)?;
+    no_drift(txn, &sql, ids[0]).await?;
     let planned = txn
-        .query_one(stmt(&sql.revert_counts(), loads(spec, &ids)))
+        .query_one(stmt(&sql.revert_counts(), vec![]))
         .await
         .map_err(at)?
         .ok_or_else(|| {
@@ -605,7 +609,7 @@ async fn revert_in(
     let mut changed = 0;
     for (op, statement, expected) in statements {
         let done = txn
-            .execute(stmt(&statement, loads(spec, &ids)))
+            .execute(stmt(&statement, vec![]))
             .await
             .map_err(at)?
             .rows_affected();

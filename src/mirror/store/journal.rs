@@ -20,6 +20,10 @@ use crate::mirror::MirrorSpec;
 /// The journal of every generic mirror (created by the migration).
 pub const JOURNAL: &str = "etl_info_schema.mirror_journal";
 
+/// A revert's plan (`revert_plan`): in the session's temporary schema, dropped
+/// with the transaction.
+const PLAN: &str = "pg_temp.mirror_revert_plan";
+
 /// One of the merge's writes (insert, update, delete), as a plain statement and
 /// as its journaled form, both derived here from the same text.
 #[derive(Clone, Debug)]
@@ -144,6 +148,17 @@ plan AS (
         )
     }
 
+    /// Makes the revert's plan of the loads `$1` (a `uuid[]`, newest first) of
+    /// mirror `$2` (`undo_plan`), once, for the statements below (which take
+    /// no parameters): a temporary table dropped with the transaction.
+    pub fn revert_plan(&self) -> String {
+        format!(
+            "CREATE TEMPORARY TABLE {PLAN} ON COMMIT DROP AS
+{plan}SELECT * FROM plan",
+            plan = self.undo_plan()
+        )
+    }
+
     /// `t.key = j.c{i}` over the key: the table's row of a plan's key.
     fn key_is_planned(&self) -> String {
         self.key_match(
@@ -152,8 +167,8 @@ plan AS (
         )
     }
 
-    /// The keys the loads `$1` (`uuid[]`, newest first) of mirror `$2` changed
-    /// whose state in the table is not what the newest of them left (`undo_plan`):
+    /// The keys of the revert's plan (`revert_plan`) whose state in the table
+    /// is not what the newest of its loads left:
     /// an insert or update whose row is absent now or whose configured columns
     /// (or `modified_column`) differ from its `after` (each compared as the
     /// diff compares it, `exact`), a delete whose key is present again. Up to
@@ -177,14 +192,13 @@ plan AS (
         let row = |list: Vec<String>| format!("ROW({})", list.join(", "));
         let k0 = self.spec.key[0].sql();
         format!(
-            "{plan}SELECT j.key::text, j.op::text, t.{k0} IS NOT NULL, count(*) OVER ()::bigint
-   FROM plan j
+            "SELECT j.key::text, j.op::text, t.{k0} IS NOT NULL, count(*) OVER ()::bigint
+   FROM {PLAN} j
    LEFT JOIN {table} t ON {on}
    LEFT JOIN LATERAL jsonb_to_record(j.after) AS a({state_def}) ON true
   WHERE CASE j.op WHEN 'd' THEN t.{k0} IS NOT NULL
                   ELSE t.{k0} IS NULL OR {now} IS DISTINCT FROM {after} END
   ORDER BY j.key::text LIMIT 3",
-            plan = self.undo_plan(),
             state_def = self.state_def(),
             table = self.table(),
             on = self.key_is_planned(),
@@ -193,36 +207,32 @@ plan AS (
         )
     }
 
-    /// What the revert of the loads `$1` (`uuid[]`, newest first) of mirror
-    /// `$2` must write back (`undo_plan`), `bigint` each: the rows to delete
+    /// What the revert's plan (`revert_plan`) must write back, `bigint` each: the rows to delete
     /// (absent before the oldest load, present now: `revert_inserts`), to put
     /// back (present before and now: `revert_updates`) and to insert again
     /// (present before, deleted by the newest load: `revert_deletes`).
     pub fn revert_counts(&self) -> String {
         format!(
-            "{plan}SELECT count(*) FILTER (WHERE before IS NULL AND op <> 'd')::bigint,
+            "SELECT count(*) FILTER (WHERE before IS NULL AND op <> 'd')::bigint,
         count(*) FILTER (WHERE before IS NOT NULL AND op <> 'd')::bigint,
         count(*) FILTER (WHERE before IS NOT NULL AND op = 'd')::bigint
-   FROM plan",
-            plan = self.undo_plan()
+   FROM {PLAN}"
         )
     }
 
-    /// Undoes the inserts of the loads `$1` (`uuid[]`, newest first; mirror
-    /// `$2`): deletes the rows absent before the oldest of them.
+    /// Undoes the plan's inserts (`revert_plan`): deletes the rows absent
+    /// before the oldest of its loads.
     pub fn revert_inserts(&self) -> String {
         format!(
-            "{plan}DELETE FROM {table} t USING plan j
+            "DELETE FROM {table} t USING {PLAN} j
   WHERE j.before IS NULL AND j.op <> 'd'
     AND {on}",
-            plan = self.undo_plan(),
             table = self.table(),
             on = self.key_is_planned()
         )
     }
 
-    /// Undoes the updates of the loads `$1` (`uuid[]`, newest first; mirror
-    /// `$2`): every non-key column and the `modified_column` of a row present
+    /// Undoes the plan's updates (`revert_plan`): every non-key column and the `modified_column` of a row present
     /// before the oldest of them and now back to its state then. `None` when
     /// no row can be updated (every column is a key column).
     pub fn revert_updates(&self) -> Option<String> {
@@ -238,11 +248,10 @@ plan AS (
             set.push(format!("{n} = b.{n}", n = m.sql()));
         }
         Some(format!(
-            "{plan}UPDATE {table} t SET {set}
-  FROM plan j, LATERAL jsonb_to_record(j.before) AS b({state_def})
+            "UPDATE {table} t SET {set}
+  FROM {PLAN} j, LATERAL jsonb_to_record(j.before) AS b({state_def})
   WHERE j.before IS NOT NULL AND j.op <> 'd'
     AND {on}",
-            plan = self.undo_plan(),
             table = self.table(),
             set = set.join(", "),
             state_def = self.state_def(),
@@ -250,8 +259,8 @@ plan AS (
         ))
     }
 
-    /// Undoes the deletes of the loads `$1` (`uuid[]`, newest first; mirror
-    /// `$2`): puts the rows the newest of them deleted back as they were before
+    /// Undoes the plan's deletes (`revert_plan`): puts the rows the newest of
+    /// its loads deleted back as they were before
     /// the oldest (the configured columns and the `modified_column`; the
     /// table's further columns get their defaults).
     pub fn revert_deletes(&self) -> String {
@@ -261,11 +270,10 @@ plan AS (
         }
         let values: Vec<String> = names.iter().map(|n| format!("b.{n}")).collect();
         format!(
-            "{plan}INSERT INTO {table} ({names})
+            "INSERT INTO {table} ({names})
  SELECT {values}
-   FROM plan j, LATERAL jsonb_to_record(j.before) AS b({state_def})
+   FROM {PLAN} j, LATERAL jsonb_to_record(j.before) AS b({state_def})
   WHERE j.before IS NOT NULL AND j.op = 'd'",
-            plan = self.undo_plan(),
             table = self.table(),
             names = names.join(", "),
             values = values.join(", "),
