@@ -1979,3 +1979,43 @@ async fn a_revert_back_to_a_run_undoes_every_run_since_or_refuses_as_the_followe
         .unwrap()
         .contains("another run of this mirror holds its lock"));
 }
+
+/// docs/operations.md#revert: per row, the state before the oldest run undone
+/// comes back, whatever the runs did in between: a row one run deleted and a
+/// later one inserted again is written back (not inserted twice), a row one
+/// inserted and a later one deleted stays absent.
+#[tokio::test]
+async fn a_row_deleted_then_inserted_again_is_put_back_by_a_revert_of_both_runs() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    let options = MirrorRunOptions::default();
+    env.env.write_file("accounts.csv", accounts_csv(10, ""));
+    env.sync(&spec, options).await.unwrap();
+    // B: 2 deleted, 11 new.
+    env.env.write_file(
+        "accounts.csv",
+        accounts_csv(10, "").replace("2,Account 2\n", "") + "11,Account 11\n",
+    );
+    let b = env.sync(&spec, options).await.unwrap().load_id.unwrap();
+    // C: 2 back under another name, 11 deleted.
+    env.env.write_file(
+        "accounts.csv",
+        accounts_csv(10, "").replace("2,Account 2\n", "2,Account 2 again\n"),
+    );
+    let c = env.sync(&spec, options).await.unwrap().load_id.unwrap();
+    let done = revert_mirror(
+        &env.db,
+        &env.url,
+        &spec,
+        MirrorRevertOptions {
+            target: RevertTarget::Run(b),
+            ..MirrorRevertOptions::last(Duration::from_secs(5))
+        },
+    )
+    .await
+    .unwrap();
+    let undone: Vec<uuid::Uuid> = done.undone.iter().map(|r| r.load_id).collect();
+    assert_eq!(undone, [c, b]);
+    assert_eq!((done.inserted, done.updated, done.deleted), (0, 1, 0));
+    assert_eq!(accounts(&env).await, numbered(10, ""));
+}
