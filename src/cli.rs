@@ -126,13 +126,13 @@ pub enum Command {
         /// Print what would be undone and change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Undo even when it deletes more than MAX_DELETE_RATIO of the followers.
+        /// Undo even when it deletes more than MAX_DELETE_RATIO of the followers (a configured mirror: its max_delete_ratio of its rows).
         #[arg(long)]
         allow_mass_delete: bool,
         /// Print the summary as one JSON object on stdout.
         #[arg(long)]
         json: bool,
-        /// The mirror to revert: followers (the built-in one) or a configured one (--last only); required when more than one mirror is configured (docs/mirrors.md#commands).
+        /// The mirror to revert: followers (the built-in one) or a configured one; required when more than one mirror is configured (docs/mirrors.md#commands).
         #[arg(long, value_name = "NAME")]
         mirror: Option<String>,
     },
@@ -308,7 +308,8 @@ pub async fn run(cli: Cli, settings: Settings) -> ExitCode {
                     revert(settings.clone(), target, dry_run, allow_mass_delete, json).await
                 }
                 Ok(Chosen::Configured(spec)) => {
-                    configured::revert(&settings, spec, target, dry_run, json).await
+                    configured::revert(&settings, spec, target, dry_run, allow_mass_delete, json)
+                        .await
                 }
                 Err(code) => code,
             }

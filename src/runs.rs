@@ -199,20 +199,82 @@ async fn set_refusal_key(
     Ok(())
 }
 
-/// Marks a configured mirror's run undone by the revert `by` (its own run
+/// Marks a configured mirror's runs undone by the revert `by` (its own run
 /// record), as the built-in mirror's revert marks its runs.
 pub(crate) async fn mark_reverted(
     db: &impl ConnectionTrait,
-    load_id: uuid::Uuid,
+    load_ids: &[uuid::Uuid],
     by: LoadId,
 ) -> Result<(), DbErr> {
     db.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        sync_runs_sql::MARK_REVERTED,
-        [load_id.into(), by.uuid().into()],
+        sync_runs_sql::MARK_UNDONE,
+        [by.uuid().into(), load_ids.to_vec().into()],
     ))
     .await?;
     Ok(())
+}
+
+/// Records how many journal rows a configured mirror's synced run holds
+/// (`sync_runs.journaled`, as the built-in mirror's merge seals its runs; NULL:
+/// synced with the journal off), in its merge's transaction.
+pub(crate) async fn set_journaled(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    rows: Option<u64>,
+) -> Result<(), DbErr> {
+    let rows = rows.map(|n| bigint("journaled", n)).transpose()?;
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sync_runs_sql::SET_JOURNALED,
+        [load_id.uuid().into(), rows.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A revert's record names the file whose content it holds back and that
+/// content's hash (docs/operations.md#after-a-revert).
+pub(crate) async fn describe_revert(
+    db: &impl ConnectionTrait,
+    load_id: LoadId,
+    file: &str,
+    hash: Option<&str>,
+) -> Result<(), DbErr> {
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sync_runs_sql::DESCRIBE,
+        [
+            load_id.uuid().into(),
+            file.into(),
+            hash.map(str::to_owned).into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The outcome of `mirror`'s run `load_id` as its record holds it, and the
+/// revert that undid it (none: no such run of the mirror).
+pub(crate) async fn outcome_of(
+    db: &impl ConnectionTrait,
+    mirror: &str,
+    load_id: uuid::Uuid,
+) -> Result<Option<(String, Option<uuid::Uuid>)>, DbErr> {
+    let Some(row) = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sync_runs_sql::OUTCOME_OF,
+            [load_id.into(), mirror.into()],
+        ))
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((
+        row.try_get("", "outcome")?,
+        row.try_get("", "reverted_by")?,
+    )))
 }
 
 /// The refusal that stands for `key`: the newest decisive run (synced, refused or

@@ -4,12 +4,13 @@
 //! terms (its columns, its key).
 
 use super::{config_failure, connect_and_migrate, failure, Out, Settings};
+use crate::domain::LoadId;
 use crate::domain::Outcome;
 use crate::errors::error_chain;
 use crate::exit;
 use crate::mirror::run::{
-    check_mirror_file, key_from_args, mirror_history, revert_mirror_last_within, MirrorCheck,
-    MirrorEvent, MirrorRevert, MirrorRunError,
+    check_mirror_file, key_from_args, mirror_history, revert_mirror, MirrorCheck, MirrorEvent,
+    MirrorRevert, MirrorRevertOptions, MirrorRunError, MirrorUndoneRun, RevertTarget,
 };
 use crate::mirror::MirrorSpec;
 use crate::pipeline::revert::Target;
@@ -236,82 +237,60 @@ fn event_line(e: &MirrorEvent) -> String {
     line
 }
 
-/// The revert of a configured mirror, the one call that does it: `--last`
-/// (`revert_mirror_last`); `None` for what this version cannot do yet (a
-/// `LOAD_ID`, `--dry-run`), refused as usage.
-async fn undo(
-    db: &sea_orm::DatabaseConnection,
-    settings: &Settings,
-    spec: &MirrorSpec,
-    target: Target,
-    dry_run: bool,
-) -> Option<Result<MirrorRevert, MirrorRunError>> {
-    match (target, dry_run) {
-        (Target::Last, false) => Some(
-            revert_mirror_last_within(
-                db,
-                &settings.database.url,
-                spec,
-                settings.database.lock_wait_timeout,
-                Some(settings.database.timeout),
-            )
-            .await,
-        ),
-        _ => None,
-    }
-}
-
-/// Whether `undo` can do this (checked before connecting).
-fn supported(target: Target, dry_run: bool) -> bool {
-    matches!((target, dry_run), (Target::Last, false))
-}
-
-/// The outcome of a revert that did not complete: refused where the state of
-/// the mirror said no (nothing to revert, no journal, busy, a guard), failed
-/// where the database did.
-fn outcome_of(e: &MirrorRunError) -> Outcome {
-    match e {
-        MirrorRunError::Db { .. } | MirrorRunError::Lock { .. } | MirrorRunError::Copy { .. } => {
-            Outcome::Failed
-        }
-        _ => Outcome::Refused,
-    }
-}
-
-/// `revert --mirror NAME --last`: undoes the mirror's newest run that changed
-/// its table, from its journal (docs/mirrors.md#commands). Prints
-/// `OUTCOME mirror=… undone=N changed=N duration=…s` and `  undid LOAD_ID`,
-/// or `--json` one object; 0 reverted, 1 refused or failed, 2 usage.
+/// `revert (LOAD_ID | --last) --mirror NAME [--dry-run] [--allow-mass-delete]`:
+/// undoes the mirror's runs from their journal as the built-in mirror's revert
+/// does (docs/mirrors.md#revert): `--last` its newest run that changed its
+/// table, `LOAD_ID` every run from the newest back to and including that one;
+/// `--dry-run` does it all and rolls back. Prints `OUTCOME mirror=… undone=N
+/// changed=N duration=…s`, one `  undid LOAD_ID` (`  would undo LOAD_ID`) per
+/// run and the content held back, or `--json` one object; 0 reverted or dry
+/// run, 1 refused or failed, 2 usage.
 pub(super) async fn revert(
     settings: &Settings,
     spec: &MirrorSpec,
     target: Target,
     dry_run: bool,
+    allow_mass_delete: bool,
     json: bool,
 ) -> ExitCode {
-    if !supported(target, dry_run) {
-        report(
-            Level::ERROR,
-            &format!(
-                "mirror {}: revert of a configured mirror takes --last only in this version (no LOAD_ID, no --dry-run; docs/mirrors.md#commands)",
-                spec.name
-            ),
-        );
-        return exit::usage();
-    }
     let started = Instant::now();
-    let db = match connect_and_migrate(settings).await {
+    let connected = if dry_run {
+        super::connect_for_dry_run(settings, "revert --dry-run")
+            .await
+            .map_err(|(code, _)| code)
+    } else {
+        connect_and_migrate(settings).await
+    };
+    let db = match connected {
         Ok(db) => db,
         Err(code) => return code,
     };
-    let Some(result) = undo(&db, settings, spec, target, dry_run).await else {
-        return exit::usage();
+    let options = MirrorRevertOptions {
+        target: match target {
+            Target::Last => RevertTarget::Last,
+            Target::Run(id) => RevertTarget::Run(id),
+        },
+        dry_run,
+        max_delete_ratio: settings.guard.max_delete_ratio,
+        allow_mass_delete,
+        lock_wait: settings.database.lock_wait_timeout,
+        db_timeout: Some(settings.database.timeout),
+        load_id: LoadId::new(),
     };
+    let result = revert_mirror(&db, &settings.database.url, spec, options).await;
     let (outcome, done, reason) = match result {
+        Ok(done) if done.dry_run => (Outcome::DryRun, Some(done), None),
         Ok(done) => (Outcome::Reverted, Some(done), None),
-        Err(e) => (outcome_of(&e), None, Some(error_chain(&e))),
+        Err(e) => (e.revert_outcome(), None, Some(error_chain(&e))),
     };
-    let code = print_revert(spec, outcome, done.as_ref(), started.elapsed(), json);
+    let summary = RevertLine {
+        spec,
+        outcome,
+        load_id: options.load_id,
+        done: done.as_ref(),
+        duration: started.elapsed(),
+    };
+    let code = summary.print(json);
     if let Some(reason) = &reason {
         let level = crate::pipeline::finished_level(outcome);
         report(level, &format!("revert {outcome}: {reason}"));
@@ -323,38 +302,62 @@ pub(super) async fn revert(
     }
 }
 
-fn print_revert(
-    spec: &MirrorSpec,
+/// What `revert --mirror NAME` prints.
+struct RevertLine<'a> {
+    spec: &'a MirrorSpec,
     outcome: Outcome,
-    done: Option<&MirrorRevert>,
+    /// The revert's own run record.
+    load_id: LoadId,
+    done: Option<&'a MirrorRevert>,
     duration: Duration,
-    json: bool,
-) -> ExitCode {
-    let mut out = Out::new();
-    let undone: Vec<uuid::Uuid> = done.map(|d| d.load_id).into_iter().collect();
-    let changed = done.map_or(0, |d| d.changed);
-    let seconds = (duration.as_secs_f64() * 1000.0).round() / 1000.0;
-    if json {
+}
+
+impl RevertLine<'_> {
+    fn print(&self, json: bool) -> ExitCode {
+        let mut out = Out::new();
+        let undone: &[MirrorUndoneRun] = self.done.map_or(&[], |d| d.undone.as_slice());
+        let n = |f: fn(&MirrorRevert) -> u64| self.done.map_or(0, f);
+        let held_back = self.done.and_then(|d| d.held_back.as_deref());
+        if json {
+            let seconds = (self.duration.as_secs_f64() * 1000.0).round() / 1000.0;
+            out.line(format_args!(
+                "{}",
+                serde_json::json!({
+                    "outcome": self.outcome,
+                    "mirror": self.spec.name.as_str(),
+                    "load_id": self.load_id.uuid(),
+                    "undone": undone,
+                    "changed": n(|d| d.changed),
+                    "inserted": n(|d| d.inserted),
+                    "updated": n(|d| d.updated),
+                    "deleted": n(|d| d.deleted),
+                    "held_back": held_back,
+                    "duration": seconds,
+                })
+            ));
+            return out.finish(ExitCode::SUCCESS);
+        }
         out.line(format_args!(
-            "{}",
-            serde_json::json!({
-                "outcome": outcome,
-                "mirror": spec.name.as_str(),
-                "undone": undone.iter().map(|id| serde_json::json!({ "load_id": id })).collect::<Vec<_>>(),
-                "changed": changed,
-                "duration": seconds,
-            })
+            "{} mirror={} undone={} changed={} duration={:.3}s",
+            self.outcome,
+            self.spec.name,
+            undone.len(),
+            n(|d| d.changed),
+            self.duration.as_secs_f64(),
         ));
-        return out.finish(ExitCode::SUCCESS);
+        let verb = if self.outcome == Outcome::DryRun {
+            "would undo"
+        } else {
+            "undid"
+        };
+        for r in undone {
+            out.line(format_args!("  {verb} {}", r.load_id));
+        }
+        if let Some(file) = held_back {
+            out.line(format_args!(
+                "  held back: {file} (sync skips this content until it changes, or use sync --force)"
+            ));
+        }
+        out.finish(ExitCode::SUCCESS)
     }
-    out.line(format_args!(
-        "{outcome} mirror={} undone={} changed={changed} duration={:.3}s",
-        spec.name,
-        undone.len(),
-        duration.as_secs_f64()
-    ));
-    for id in &undone {
-        out.line(format_args!("  undid {id}"));
-    }
-    out.finish(ExitCode::SUCCESS)
 }

@@ -8,10 +8,6 @@
 pub(crate) const SET_REFUSAL_KEY: &str =
     "UPDATE etl_info_schema.sync_runs SET refusal_key = $2 WHERE load_id = $1 AND outcome = $3";
 
-/// Marks the run `$1` undone by the revert `$2`.
-pub(crate) const MARK_REVERTED: &str =
-    "UPDATE etl_info_schema.sync_runs SET reverted_by = $2 WHERE load_id = $1";
-
 /// Marks the runs `$2` (an array) undone by the revert `$1`.
 pub(crate) const MARK_UNDONE: &str =
     "UPDATE etl_info_schema.sync_runs SET reverted_by = $1 WHERE load_id = ANY($2)";
@@ -125,3 +121,12 @@ pub(crate) const TO_UNDO: &str = "SELECT r.load_id, r.started_at, r.file, r.trig
 /// content hash (`$3`).
 pub(crate) const DESCRIBE: &str =
     "UPDATE etl_info_schema.sync_runs SET file = $2, content_hash = $3 WHERE load_id = $1";
+
+/// Records how many journal rows (`$2`, NULL: the journal off) the synced run
+/// `$1` of a configured mirror holds.
+pub(crate) const SET_JOURNALED: &str =
+    "UPDATE etl_info_schema.sync_runs SET journaled = $2 WHERE load_id = $1";
+
+/// The outcome of mirror `$2`'s run `$1` and the revert that undid it.
+pub(crate) const OUTCOME_OF: &str = "SELECT outcome, reverted_by FROM etl_info_schema.sync_runs
+  WHERE load_id = $1 AND mirror = $2";

@@ -2,7 +2,7 @@
 //! binary: the `--mirror` rule (required when more than one mirror exists, the
 //! error listing them), `check --mirror NAME [PATH]` with the mirror's columns,
 //! `history KEY… --mirror NAME` by values or `col=value` pairs, and `revert
-//! --last --mirror NAME`. The syncs run through `mirror::run::sync_mirror`
+//! (--last | LOAD_ID) --mirror NAME [--dry-run]` with the built-in revert's rules. The syncs run through `mirror::run::sync_mirror`
 //! (the library), as `sync` does not run configured mirrors in this version.
 
 use crate::helpers::fixtures::subscribers_toml;
@@ -415,15 +415,35 @@ async fn revert_last_of_a_configured_mirror_undoes_its_newest_runs() {
             .contains(" (reverted at "),
         "{run:?}"
     );
-    // Then A (as JSON), then nothing is left to revert: refused, exit 1.
-    let run = revert(&["--last", "--json"]);
+    // Then A, which deletes every row: the delete guard (MAX_DELETE_RATIO
+    // 0.5) refuses it, changing nothing, unless approved; approved (as JSON).
+    let run = revert(&["--last"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .starts_with("refused mirror=subscribers undone=0 changed=0"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("the revert would delete 3 of 3 rows (100.0%), more than max_delete_ratio=0.5; nothing changed (use --allow-mass-delete if intended)"),
+        "{run:?}"
+    );
+    assert_eq!(names(&env).await.len(), 3);
+    let run = revert(&["--last", "--json", "--allow-mass-delete"]);
     assert_eq!(run.code, 0, "{run:?}");
     let json = run.json();
     assert_eq!(json["outcome"], "reverted");
     assert_eq!(json["mirror"], "subscribers");
     assert_eq!(json["undone"][0]["load_id"], a_id.as_str());
     assert_eq!(json["changed"], 3);
+    assert_eq!(json["deleted"], 3);
+    assert_eq!(json["inserted"], 0);
+    assert!(json["held_back"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("subscribers.csv")));
     assert!(names(&env).await.is_empty());
+    // Then nothing is left to revert: refused, exit 1.
     let run = revert(&["--last"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
@@ -432,10 +452,180 @@ async fn revert_last_of_a_configured_mirror_undoes_its_newest_runs() {
         "{run:?}"
     );
     assert!(run.stderr.contains("no run to revert"), "{run:?}");
-    // A LOAD_ID or --dry-run: not for a configured mirror in this version (exit 2).
-    for args in [&[a_id.as_str()][..], &["--last", "--dry-run"][..]] {
-        let run = revert(args);
-        assert_eq!(run.code, 2, "{args:?}: {run:?}");
-        assert!(run.stderr.contains("--last only"), "{args:?}: {run:?}");
+}
+
+/// From B: 1 renamed again, 3 deleted, 4's seats changed, 5 new.
+fn file_c() -> String {
+    file(&[
+        line(1, "Ann C", "1"),
+        line(4, "User 4", "6"),
+        line(5, "User 5", "1"),
+    ])
+}
+
+/// Every row, every column (`modified_at` included), as JSON text.
+async fn rows(env: &TestEnv) -> Vec<String> {
+    sqlx::query_scalar("SELECT row_to_json(s)::text FROM crm.subscribers s ORDER BY account_id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// The revert's record: outcome, error, inserted, updated, deleted, journaled.
+async fn revert_record(
+    env: &TestEnv,
+    load_id: &str,
+) -> (String, Option<String>, i64, i64, i64, Option<i64>) {
+    sqlx::query_as(
+        "SELECT outcome, error, inserted, updated, deleted, journaled FROM etl_info_schema.sync_runs
+          WHERE load_id = $1::uuid AND mirror = 'subscribers' AND trigger = 'revert'",
+    )
+    .bind(load_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// docs/mirrors.md#revert, as docs/operations.md#revert: `revert LOAD_ID`
+/// undoes every run from the newest back to and including LOAD_ID, per row
+/// back to its state before the oldest of them (`modified_at` too); the delete
+/// guard applies (with `--allow-mass-delete`); `--dry-run` does it all, prints
+/// the runs it would undo and changes nothing; a refusal changes nothing and
+/// is recorded with its reason.
+#[tokio::test]
+async fn revert_load_id_of_a_configured_mirror_undoes_every_run_back_to_it() {
+    let env = TestEnv::migrated().await;
+    let path = config(&env);
+    let _a = sync(&env, &file_a()).await;
+    let after_a = rows(&env).await;
+    let b = sync(&env, &file_b()).await;
+    let c = sync(&env, &file_c()).await;
+    let after_c = rows(&env).await;
+    let (b_id, c_id) = (
+        b.load_id.unwrap().to_string(),
+        c.load_id.unwrap().to_string(),
+    );
+    let revert = |args: &[&str]| {
+        let mut all = vec!["revert"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--mirror", "subscribers"]);
+        env.run(&with_config(&path, &all), &[])
+    };
+    // Undoing C and B: 1 back to "User 1", 2 and 3 inserted again, 4 and 5
+    // removed: 2 of the 3 rows deleted, more than MAX_DELETE_RATIO=0.5.
+    for args in [&[b_id.as_str()][..], &[b_id.as_str(), "--dry-run"][..]] {
+        let run = revert(&[args, &["--json"]].concat());
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        let json = run.json();
+        assert_eq!(json["outcome"], "refused", "{run:?}");
+        assert!(
+            run.stderr.contains(
+                "mirror subscribers: the revert would delete 2 of 3 rows (66.7%), more than max_delete_ratio=0.5; nothing changed"
+            ),
+            "{args:?}: {run:?}"
+        );
+        let record = revert_record(&env, json["load_id"].as_str().unwrap()).await;
+        assert_eq!(record.0, "refused", "{record:?}");
+        assert!(
+            record
+                .1
+                .as_deref()
+                .unwrap()
+                .contains("would delete 2 of 3 rows"),
+            "{record:?}"
+        );
+        assert_eq!(rows(&env).await, after_c, "{args:?}");
+    }
+    // The dry run: what it would undo, newest first; nothing changed.
+    let run = revert(&[&b_id, "--dry-run", "--allow-mass-delete"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let text: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        text[0].starts_with("dry_run mirror=subscribers undone=2 changed=5 duration="),
+        "{run:?}"
+    );
+    assert_eq!(
+        text[1..],
+        [
+            format!("  would undo {c_id}").as_str(),
+            format!("  would undo {b_id}").as_str()
+        ],
+        "{run:?}"
+    );
+    let run = revert(&[&b_id, "--dry-run", "--allow-mass-delete", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let json = run.json();
+    assert_eq!(json["outcome"], "dry_run");
+    assert_eq!(json["undone"][0]["load_id"], c_id.as_str());
+    assert_eq!(json["undone"][1]["load_id"], b_id.as_str());
+    assert!(json["undone"][0]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("subscribers.csv"));
+    assert_eq!(
+        (&json["inserted"], &json["updated"], &json["deleted"]),
+        (&2.into(), &1.into(), &2.into())
+    );
+    assert_eq!(json["held_back"], serde_json::Value::Null);
+    let record = revert_record(&env, json["load_id"].as_str().unwrap()).await;
+    assert_eq!(record, ("dry_run".to_owned(), None, 2, 1, 2, None));
+    assert_eq!(rows(&env).await, after_c);
+    let reverted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM etl_info_schema.sync_runs WHERE reverted_by IS NOT NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(reverted, 0, "a dry run marks nothing reverted");
+    // The revert: exactly the table A left, every column.
+    let run = revert(&[&b_id, "--allow-mass-delete", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let json = run.json();
+    assert_eq!(json["outcome"], "reverted");
+    assert_eq!(json["changed"], 5);
+    let revert_id = json["load_id"].as_str().unwrap().to_owned();
+    assert_eq!(rows(&env).await, after_a);
+    let record = revert_record(&env, &revert_id).await;
+    assert_eq!(record, ("reverted".to_owned(), None, 2, 1, 2, None));
+    let by: Vec<Option<uuid::Uuid>> = sqlx::query_scalar(
+        "SELECT reverted_by FROM etl_info_schema.mirror_runs m
+           LEFT JOIN etl_info_schema.sync_runs r USING (load_id)
+          WHERE m.reverted_at IS NOT NULL ORDER BY m.commit_seq",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(by.len(), 2, "B and C are marked reverted");
+    // Refused, each recorded: B again, a run the mirror does not know, one
+    // that never synced.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    env.write_file("subscribers.csv", file(&[line(1, "User 1", "x")]));
+    let refused = env.run(
+        &with_config(&path, &["sync", "--mirror", "subscribers", "--json"]),
+        &[],
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let refused_id = refused.json()["load_id"].as_str().unwrap().to_owned();
+    for (target, reason) in [
+        (
+            b_id.clone(),
+            format!("mirror subscribers: run {b_id} was already reverted (at "),
+        ),
+        (
+            unknown.clone(),
+            format!("mirror subscribers: no run with load_id {unknown}"),
+        ),
+        (
+            refused_id.clone(),
+            format!("mirror subscribers: run {refused_id} is refused, not synced"),
+        ),
+    ] {
+        let run = revert(&[&target, "--json", "--allow-mass-delete"]);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stderr.contains(&reason), "{reason}: {run:?}");
+        let record = revert_record(&env, run.json()["load_id"].as_str().unwrap()).await;
+        assert_eq!(record.0, "refused", "{record:?}");
+        assert!(record.1.unwrap().contains(&reason), "{reason}");
+        assert_eq!(rows(&env).await, after_a);
     }
 }

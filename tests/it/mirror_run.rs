@@ -18,8 +18,9 @@ use crate::helpers::fixtures::subscribers_toml;
 use crate::helpers::TestEnv;
 use followers_etl::config::DatabaseUrl;
 use followers_etl::mirror::run::{
-    check_mirror_file, key_from_args, mirror_history, mirror_lock_key, revert_mirror_last,
-    sync_mirror, MirrorCheck, MirrorRunError, MirrorRunOptions, MirrorSummary,
+    check_mirror_file, key_from_args, mirror_history, mirror_lock_key, revert_mirror,
+    revert_mirror_last, sync_mirror, MirrorCheck, MirrorRevertOptions, MirrorRunError,
+    MirrorRunOptions, MirrorSummary, RevertTarget,
 };
 use followers_etl::mirror::{from_toml_str, ColumnType, MirrorSpec};
 use sea_orm::{Database, DatabaseConnection};
@@ -1821,3 +1822,200 @@ table = 'crm."Names"'
 key = ["name"]
 columns = [{ name = "name", type = "text" }, { name = "note", type = "text", nullable = true }]
 "#;
+
+/// Version 3, from version 2: 6 to 10 renamed, 21 deleted, 22 new.
+fn accounts_v3() -> String {
+    let mut out = String::from("id,name\n");
+    for i in 1..=19 {
+        let suffix = match i {
+            1..=5 => " v2",
+            6..=10 => " v3",
+            _ => "",
+        };
+        out += &format!("{i},Account {i}{suffix}\n");
+    }
+    out + "22,Account 22\n"
+}
+
+/// docs/mirrors.md#revert, as docs/operations.md#revert: a revert back to a
+/// run undoes every run since, newest first, and refuses (changing nothing)
+/// when a row any of them changed was changed since, when one of them has no
+/// journal, or when it would delete more than the mirror's own
+/// `max_delete_ratio` (not `MAX_DELETE_RATIO`) unless approved.
+#[tokio::test]
+async fn a_revert_back_to_a_run_undoes_every_run_since_or_refuses_as_the_followers_revert() {
+    let env = env().await;
+    let spec = spec(&format!("{ACCOUNTS}max_delete_ratio = 0.2\n"));
+    let options = MirrorRunOptions {
+        journal_keep_runs: 2,
+        ..MirrorRunOptions::default()
+    };
+    env.env.write_file("accounts.csv", accounts_csv(20, ""));
+    let a = env.sync(&spec, options).await.unwrap().load_id.unwrap();
+    env.env.write_file("accounts.csv", accounts_v2());
+    let b = env.sync(&spec, options).await.unwrap().load_id.unwrap();
+    env.env.write_file("accounts.csv", accounts_v3());
+    let c = env.sync(&spec, options).await.unwrap().load_id.unwrap();
+    let v3 = accounts(&env).await;
+    let revert = |target, max_delete_ratio, allow_mass_delete| {
+        revert_mirror(
+            &env.db,
+            &env.url,
+            &spec,
+            MirrorRevertOptions {
+                target,
+                max_delete_ratio,
+                allow_mass_delete,
+                ..MirrorRevertOptions::last(Duration::from_secs(5))
+            },
+        )
+    };
+    // Row 3, renamed by B only (not by the newest run), edited by hand.
+    env.env
+        .exec(r#"UPDATE crm."Accounts" SET name = 'by hand' WHERE id = 3"#)
+        .await;
+    let e = revert(RevertTarget::Run(b), 1.0, false).await.unwrap_err();
+    assert!(
+        matches!(&e, MirrorRunError::RevertDrift { count: 1, load_id, .. } if *load_id == c),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains(r#"{"id": 3}: changed by the run, changed again now"#),
+        "{e}"
+    );
+    env.env
+        .exec(r#"UPDATE crm."Accounts" SET name = 'Account 3 v2' WHERE id = 3"#)
+        .await;
+    // A's journal is gone (journal_keep_runs = 2): back to A is not exact.
+    let e = revert(RevertTarget::Run(a), 1.0, true).await.unwrap_err();
+    assert!(
+        matches!(&e, MirrorRunError::NoJournal { load_id, .. } if *load_id == a),
+        "{e}"
+    );
+    assert_eq!(accounts(&env).await, v3, "nothing changed");
+    // Back to B: C and B undone, newest first; 20 back, 22 gone, 1 to 10 renamed back.
+    let done = revert(RevertTarget::Run(b), 1.0, false).await.unwrap();
+    let undone: Vec<uuid::Uuid> = done.undone.iter().map(|r| r.load_id).collect();
+    assert_eq!(undone, [c, b]);
+    assert_eq!((done.inserted, done.updated, done.deleted), (1, 10, 1));
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+    // 10 new rows of 30: a revert deletes a third, above the mirror's own
+    // max_delete_ratio = 0.2 though MAX_DELETE_RATIO allows it.
+    env.env.write_file("accounts.csv", accounts_csv(30, ""));
+    let d = env.sync(&spec, options).await.unwrap().load_id.unwrap();
+    let e = revert(RevertTarget::Last, 1.0, false).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MirrorRunError::RevertMassDelete {
+                deleted: 10,
+                current: 30,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("more than max_delete_ratio=0.2"),
+        "{e}"
+    );
+    assert_eq!(accounts(&env).await, numbered(30, ""), "nothing changed");
+    let done = revert(RevertTarget::Last, 1.0, true).await.unwrap();
+    assert_eq!((done.load_id, done.deleted), (d, 10));
+    assert_eq!(accounts(&env).await, numbered(20, ""));
+    // Every revert is a run of the mirror in `sync_runs`, as the followers'
+    // are: each refusal with its reason, each revert with its counts.
+    let records: Vec<(String, Option<String>, i64, i64, i64)> = sqlx::query_as(
+        "SELECT outcome, error, inserted, updated, deleted FROM etl_info_schema.sync_runs
+          WHERE mirror = 'accounts' AND trigger = 'revert' ORDER BY started_at, load_id",
+    )
+    .fetch_all(&env.env.pool)
+    .await
+    .unwrap();
+    let outcomes: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["refused", "refused", "reverted", "refused", "reverted"]
+    );
+    assert!(records[0]
+        .1
+        .as_deref()
+        .unwrap()
+        .contains("changed outside the agent since run"));
+    assert!(records[1]
+        .1
+        .as_deref()
+        .unwrap()
+        .contains(&format!("the run {a} has no journal")));
+    assert_eq!((records[2].2, records[2].3, records[2].4), (1, 10, 1));
+    assert!(records[3]
+        .1
+        .as_deref()
+        .unwrap()
+        .contains("max_delete_ratio=0.2"));
+    // Busy: another session holds the mirror's run lock; refused, recorded.
+    let mut holder = env.env.pool.acquire().await.unwrap();
+    let (k1, k2) = mirror_lock_key(&spec);
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(k1)
+        .bind(k2)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let options = MirrorRevertOptions::last(Duration::from_secs(5));
+    let e = revert_mirror(&env.db, &env.url, &spec, options)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, MirrorRunError::Busy { .. }), "{e}");
+    let (outcome, error): (String, Option<String>) =
+        sqlx::query_as("SELECT outcome, error FROM etl_info_schema.sync_runs WHERE load_id = $1")
+            .bind(options.load_id.uuid())
+            .fetch_one(&env.env.pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "refused");
+    assert!(error
+        .unwrap()
+        .contains("another run of this mirror holds its lock"));
+}
+
+/// docs/operations.md#revert: per row, the state before the oldest run undone
+/// comes back, whatever the runs did in between: a row one run deleted and a
+/// later one inserted again is written back (not inserted twice), a row one
+/// inserted and a later one deleted stays absent.
+#[tokio::test]
+async fn a_row_deleted_then_inserted_again_is_put_back_by_a_revert_of_both_runs() {
+    let env = env().await;
+    let spec = spec(ACCOUNTS);
+    let options = MirrorRunOptions::default();
+    env.env.write_file("accounts.csv", accounts_csv(10, ""));
+    env.sync(&spec, options).await.unwrap();
+    // B: 2 deleted, 11 new.
+    env.env.write_file(
+        "accounts.csv",
+        accounts_csv(10, "").replace("2,Account 2\n", "") + "11,Account 11\n",
+    );
+    let b = env.sync(&spec, options).await.unwrap().load_id.unwrap();
+    // C: 2 back under another name, 11 deleted.
+    env.env.write_file(
+        "accounts.csv",
+        accounts_csv(10, "").replace("2,Account 2\n", "2,Account 2 again\n"),
+    );
+    let c = env.sync(&spec, options).await.unwrap().load_id.unwrap();
+    let done = revert_mirror(
+        &env.db,
+        &env.url,
+        &spec,
+        MirrorRevertOptions {
+            target: RevertTarget::Run(b),
+            ..MirrorRevertOptions::last(Duration::from_secs(5))
+        },
+    )
+    .await
+    .unwrap();
+    let undone: Vec<uuid::Uuid> = done.undone.iter().map(|r| r.load_id).collect();
+    assert_eq!(undone, [c, b]);
+    assert_eq!((done.inserted, done.updated, done.deleted), (0, 1, 0));
+    assert_eq!(accounts(&env).await, numbered(10, ""));
+}

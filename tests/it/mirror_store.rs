@@ -314,6 +314,12 @@ async fn merge(
 async fn revert(env: &TestEnv, spec: &MirrorSpec, load: uuid::Uuid) -> u64 {
     let sql = MirrorSql::new(spec);
     let mut tx = env.pool.begin().await.unwrap();
+    sqlx::query(&sql.revert_plan())
+        .bind([load])
+        .bind(spec.name.as_str())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let mut changed = 0;
     for statement in [
         sql.revert_updates().unwrap(),
@@ -321,8 +327,6 @@ async fn revert(env: &TestEnv, spec: &MirrorSpec, load: uuid::Uuid) -> u64 {
         sql.revert_deletes(),
     ] {
         changed += sqlx::query(&statement)
-            .bind(load)
-            .bind(spec.name.as_str())
             .execute(&mut *tx)
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"))

@@ -750,3 +750,69 @@ columns = [{{ name = "id", type = "bigint" }}, {{ name = "name", type = "text" }
         agent.log_text()
     );
 }
+
+/// docs/mirrors.md#commands: a configured mirror's synced run records its
+/// journal rows in `sync_runs.journaled` as the built-in mirror's does (NULL
+/// with the journal off), so `status --json` reports them as `sync` printed
+/// them.
+#[tokio::test]
+async fn a_mirror_s_synced_run_records_its_journal_rows_as_the_built_in_one_does() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    let run = with_config(&env, &path, &["sync", "--json"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let synced = &lines(&run.stdout)[1];
+    assert_eq!(synced["mirror"], "subscribers");
+    assert_eq!(synced["journaled"], 3, "{run:?}");
+    let load_id = synced["load_id"].as_str().unwrap();
+    let journaled = |load_id: String| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT journaled FROM etl_info_schema.sync_runs WHERE load_id = $1::uuid",
+            )
+            .bind(load_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(journaled(load_id.to_owned()).await, Some(3));
+    let status = with_config(
+        &env,
+        &path,
+        &["status", "--json", "--mirror", "subscribers"],
+        &[],
+    );
+    assert_eq!(status.code, 0, "{status:?}");
+    let mirror = &status.json()["mirrors"][0];
+    assert_eq!(mirror["last_run"]["load_id"], load_id, "{status:?}");
+    assert_eq!(mirror["last_run"]["journaled"], 3, "{status:?}");
+    assert_eq!(mirror["runs"][0]["journaled"], 3, "{status:?}");
+    // With the journal off: no journal, as for the built-in mirror.
+    env.write_file(
+        "subscribers.csv",
+        "account_id,email,Full Name,plan\n1,ann@example.com,Ann,pro\n",
+    );
+    let run = with_config(
+        &env,
+        &path,
+        &[
+            "sync",
+            "--json",
+            "--mirror",
+            "subscribers",
+            "--allow-mass-delete",
+        ],
+        &[("JOURNAL_KEEP_RUNS", "0")],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let synced = &lines(&run.stdout)[0];
+    assert_eq!(synced["outcome"], "synced", "{run:?}");
+    assert_eq!(
+        journaled(synced["load_id"].as_str().unwrap().to_owned()).await,
+        None
+    );
+}

@@ -395,7 +395,12 @@ pub(super) async fn dedupe_and_merge(
         }
         record(&txn, sql, run.path, &summary).await?;
         // The run's record says synced in the transaction that synced it.
-        finish_record(&txn, spec, load_id, &summary).await?;
+        let journal = spec
+            .overrides
+            .journal_keep_runs
+            .unwrap_or(options.journal_keep_runs)
+            > 0;
+        finish_record(&txn, spec, load_id, &summary, journal).await?;
         // Last, just before the commit: the merge and its writes may have
         // waited long enough for the lock's session to end and another run
         // to take the table over.
@@ -605,8 +610,9 @@ async fn merge_in(
     Ok(())
 }
 
-/// Finishes the run's `sync_runs` record as synced, with its counts and hash
-/// (a run recorded by `sync` and `serve`; nothing when there is none). The
+/// Finishes the run's `sync_runs` record as synced, with its counts, hash and
+/// journal rows (`journaled`, NULL with the journal off) (a run recorded by
+/// `sync` and `serve`; nothing when there is none). The
 /// record is locked first (`RUN_OUTCOME`): one no longer `running` (another
 /// agent's recovery marked it interrupted, having taken the run lock) is
 /// `Lost`, and the merge rolls back.
@@ -615,6 +621,7 @@ async fn finish_record(
     spec: &MirrorSpec,
     load_id: LoadId,
     s: &MirrorSummary,
+    journal: bool,
 ) -> Result<(), MirrorRunError> {
     let at = |e| db_error(spec, "record", e);
     let outcome: Option<String> = txn
@@ -650,7 +657,11 @@ async fn finish_record(
         Some(&hash),
     )
     .await
-    .map_err(|e| db_error(spec, "record", e))
+    .map_err(at)?;
+    // As the built-in mirror's: the journal's rows (NULL: the journal off).
+    crate::runs::set_journaled(txn, load_id, journal.then_some(s.journaled))
+        .await
+        .map_err(at)
 }
 
 /// The run's record (`mirror_runs`, its place in the commit order) and the

@@ -1,5 +1,5 @@
-//! The run of one generic mirror (docs/mirrors.md#runs), not wired to the CLI
-//! yet: `sync_mirror` and `revert_mirror_last`. A sync is, in order:
+//! The run of one generic mirror (docs/mirrors.md#runs): `sync_mirror` and
+//! `revert_mirror`. A sync is, in order:
 //!
 //! | step   | what                                                                   | module   |
 //! |--------|------------------------------------------------------------------------|----------|
@@ -26,7 +26,9 @@ mod source;
 
 pub use history::{key_from_args, mirror_history, MirrorEvent};
 pub use read::{check_mirror_file, MirrorCheck};
-pub use revert::{revert_mirror_last, revert_mirror_last_within};
+pub use revert::{
+    revert_mirror, revert_mirror_last, revert_mirror_last_within, MirrorRevertOptions, RevertTarget,
+};
 pub(crate) use source::source_files;
 
 /// Checks a configured mirror's existing table against its definition
@@ -235,17 +237,44 @@ impl MirrorSummary {
     }
 }
 
-/// What `revert_mirror_last` undid.
+/// What a revert of a mirror undid (or, a dry run, would undo).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirrorRevert {
     pub mirror: String,
-    /// The run undone.
+    /// The newest run undone.
     pub load_id: uuid::Uuid,
     /// The revert's own run record in `sync_runs` (trigger `revert`, outcome
-    /// `reverted`), committed with it; the undone run's `reverted_by` names it.
+    /// `reverted`, or `dry_run`); the undone runs' `reverted_by` names it.
     pub revert_load_id: LoadId,
-    /// Rows written back (deleted, restored, re-inserted).
+    /// Rows written back: `inserted` + `updated` + `deleted`.
     pub changed: u64,
+    /// Rows restored (deleted by the runs).
+    pub inserted: u64,
+    /// Rows given their state before the runs back.
+    pub updated: u64,
+    /// Rows removed (inserted by the runs).
+    pub deleted: u64,
+    /// The runs undone, newest first (in commit order).
+    pub undone: Vec<MirrorUndoneRun>,
+    /// A dry run: nothing changed.
+    pub dry_run: bool,
+    /// After a revert: the file whose content the next syncs skip until it
+    /// changes (`None` for a dry run).
+    pub held_back: Option<String>,
+}
+
+/// A run a revert undid (or would undo).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MirrorUndoneRun {
+    pub load_id: uuid::Uuid,
+    /// When it started (RFC 3339, UTC), from its `sync_runs` record (`None`
+    /// without one: a library call).
+    pub started_at: Option<String>,
+    /// When it committed (RFC 3339, UTC).
+    pub finished_at: String,
+    pub file: String,
+    /// Its trigger, from its `sync_runs` record.
+    pub trigger: Option<String>,
 }
 
 /// Why a mirror's run did not complete; each names the mirror. After any of
@@ -391,6 +420,29 @@ pub enum MirrorRunError {
         mirror: String,
         table: String,
         load_id: uuid::Uuid,
+    },
+    #[error("mirror {mirror}: no run with load_id {load_id}")]
+    UnknownRun { mirror: String, load_id: uuid::Uuid },
+    #[error("mirror {mirror}: run {load_id} is {outcome}, not synced: only synced runs changed the table")]
+    NotSynced {
+        mirror: String,
+        load_id: uuid::Uuid,
+        outcome: String,
+    },
+    #[error("mirror {mirror}: run {load_id} was already reverted (at {at}{})", .by.map(|by| format!(", by {by}")).unwrap_or_default())]
+    AlreadyReverted {
+        mirror: String,
+        load_id: uuid::Uuid,
+        /// The revert's record, when known.
+        by: Option<uuid::Uuid>,
+        at: String,
+    },
+    #[error("mirror {mirror}: the revert would delete {deleted} of {current} rows ({:.1}%), more than max_delete_ratio={ratio}; nothing changed (use --allow-mass-delete if intended)", crate::convert::percent(*.deleted, *.current))]
+    RevertMassDelete {
+        mirror: String,
+        deleted: u64,
+        current: u64,
+        ratio: f64,
     },
     #[error("mirror {mirror}: the run {load_id} has no journal (journal_keep_runs was 0, or its journal was pruned); cannot revert it")]
     NoJournal { mirror: String, load_id: uuid::Uuid },

@@ -3,14 +3,15 @@
 //! and `after` states of the configured columns and the `modified_column`, as
 //! `jsonb`), written by the same statement that makes the change (a
 //! data-modifying CTE), so the journal commits or rolls back with the merge and
-//! unchanged rows cost nothing. From it: `revert` of one load, `history` of one
+//! unchanged rows cost nothing. From it: `revert` of one or more loads
+//! (`undo_plan`: per key, back to its state before the oldest), `history` of one
 //! key. The states are read back as the configured columns' types
 //! (`jsonb_to_record` with a column definition list generated from the
 //! definition), so every value keeps its column's type and the table's further
 //! columns (an application's own, maybe of a domain refusing NULL) are never
 //! read. Before a revert, `revert_drift` checks that the table is still what the
-//! run left for every row it changed, and `revert_counts` gives the rows each
-//! revert statement must write back.
+//! newest of its runs left for every row they changed, and `revert_counts` gives
+//! the rows each revert statement must write back.
 
 use super::{exact, json_object, pos, MirrorSql, Op, MODIFIED, RUNS};
 use crate::mirror::value::parse_value;
@@ -18,6 +19,10 @@ use crate::mirror::MirrorSpec;
 
 /// The journal of every generic mirror (created by the migration).
 pub const JOURNAL: &str = "etl_info_schema.mirror_journal";
+
+/// A revert's plan (`revert_plan`): in the session's temporary schema, dropped
+/// with the transaction.
+const PLAN: &str = "pg_temp.mirror_revert_plan";
 
 /// One of the merge's writes (insert, update, delete), as a plain statement and
 /// as its journaled form, both derived here from the same text.
@@ -92,29 +97,84 @@ impl Write {
 }
 
 impl MirrorSql<'_> {
-    /// The journal rows of the load `$1` of mirror `$2` with operation `op`,
-    /// each with its `state` (`key`, `before`) as the record `b` of the
-    /// configured columns.
-    fn journal_rows(&self, op: Op, state: &str) -> String {
-        let def = if state == "key" {
-            self.key_def()
-        } else {
-            self.state_def()
-        };
+    /// The revert's plan, a `WITH` clause ending in the CTE `plan`: one row per
+    /// key that the loads `$1` (a `uuid[]`, newest first in commit order: the
+    /// runs a revert undoes) of mirror `$2` changed, with the key's columns by
+    /// position (`c{i}`, read as their types, so a key is matched by value as
+    /// the table's unique index matches it), from the newest load that changed
+    /// the key its `key` (`jsonb`), `op` and `after` (what the table must still
+    /// hold), and from the oldest its `before` (what the revert puts back; NULL:
+    /// the row was absent before). Per key, the state before the oldest of the
+    /// loads is restored, so a chain of runs is undone exactly
+    /// (docs/operations.md#revert).
+    fn undo_plan(&self) -> String {
+        let key = self.key();
+        let list = key
+            .iter()
+            .map(|(i, _)| pos(*i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let typed = key
+            .iter()
+            .map(|(i, c)| format!("k.{} AS {}", c.name.sql(), pos(*i)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let on = key
+            .iter()
+            .map(|(i, _)| format!("n.{p} = o.{p}", p = pos(*i)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         format!(
-            "{JOURNAL} j, LATERAL jsonb_to_record(j.{state}) AS b({def})
-  WHERE j.load_id = $1 AND j.mirror = $2 AND j.op = '{op}'",
-            op = op.code()
+            "WITH journaled AS (
+  SELECT {typed}, j.key, j.op, j.before, j.after,
+         array_position($1::uuid[], j.load_id) AS age
+    FROM {JOURNAL} j CROSS JOIN LATERAL jsonb_to_record(j.key) AS k({key_def})
+   WHERE j.load_id = ANY($1::uuid[]) AND j.mirror = $2),
+oldest AS (
+  SELECT DISTINCT ON ({list}) {list}, before FROM journaled ORDER BY {list}, age DESC),
+newest AS (
+  SELECT DISTINCT ON ({list}) {list}, key, op, after FROM journaled ORDER BY {list}, age),
+plan AS (
+  SELECT n.*, o.before FROM newest n JOIN oldest o ON {on})
+",
+            key_def = self.key_def(),
         )
     }
 
-    /// The rows of the load `$1` (mirror `$2`) whose state in the table is not
-    /// what the load left: an insert or update whose row is absent now or whose
-    /// configured columns (or `modified_column`) differ from its `after` (each
-    /// compared as the diff compares it, `exact`), a
-    /// delete whose key is present again. Up to three, each with the key (`jsonb`
-    /// as text), the op and whether the row is present now, and how many in all
-    /// (`bigint`). A revert refuses unless this is empty: it would not be exact.
+    fn key_is_b(&self) -> String {
+        self.key_match(
+            |_, c| format!("t.{}", c.name.sql()),
+            |_, c| format!("b.{}", c.name.sql()),
+        )
+    }
+
+    /// Makes the revert's plan of the loads `$1` (a `uuid[]`, newest first) of
+    /// mirror `$2` (`undo_plan`), once, for the statements below (which take
+    /// no parameters): a temporary table dropped with the transaction.
+    pub fn revert_plan(&self) -> String {
+        format!(
+            "CREATE TEMPORARY TABLE {PLAN} ON COMMIT DROP AS
+{plan}SELECT * FROM plan",
+            plan = self.undo_plan()
+        )
+    }
+
+    /// `t.key = j.c{i}` over the key: the table's row of a plan's key.
+    fn key_is_planned(&self) -> String {
+        self.key_match(
+            |_, c| format!("t.{}", c.name.sql()),
+            |i, _| format!("j.{}", pos(i)),
+        )
+    }
+
+    /// The keys of the revert's plan (`revert_plan`) whose state in the table
+    /// is not what the newest of its loads left:
+    /// an insert or update whose row is absent now or whose configured columns
+    /// (or `modified_column`) differ from its `after` (each compared as the
+    /// diff compares it, `exact`), a delete whose key is present again. Up to
+    /// three, each with the key (`jsonb` as text), the op and whether the row is
+    /// present now, and how many in all (`bigint`). A revert refuses unless this
+    /// is empty: it would not be exact.
     pub fn revert_drift(&self) -> String {
         // Each column compared as the diff compares it (`exact`): a `numeric`
         // 2.00 written back as 2 outside the agent is a change.
@@ -133,58 +193,48 @@ impl MirrorSql<'_> {
         let k0 = self.spec.key[0].sql();
         format!(
             "SELECT j.key::text, j.op::text, t.{k0} IS NOT NULL, count(*) OVER ()::bigint
-   FROM {JOURNAL} j
-   CROSS JOIN LATERAL jsonb_to_record(j.key) AS k({key_def})
+   FROM {PLAN} j
    LEFT JOIN {table} t ON {on}
    LEFT JOIN LATERAL jsonb_to_record(j.after) AS a({state_def}) ON true
-  WHERE j.load_id = $1 AND j.mirror = $2
-    AND CASE j.op WHEN 'd' THEN t.{k0} IS NOT NULL
+  WHERE CASE j.op WHEN 'd' THEN t.{k0} IS NOT NULL
                   ELSE t.{k0} IS NULL OR {now} IS DISTINCT FROM {after} END
   ORDER BY j.key::text LIMIT 3",
-            key_def = self.key_def(),
             state_def = self.state_def(),
             table = self.table(),
-            on = self.key_match(
-                |_, c| format!("t.{}", c.name.sql()),
-                |_, c| format!("k.{}", c.name.sql())
-            ),
+            on = self.key_is_planned(),
             now = row(now),
             after = row(after),
         )
     }
 
-    /// The journal rows of the load `$1` (mirror `$2`) by operation: inserts,
-    /// updates, deletes (`bigint` each), what `revert_inserts`, `revert_updates`
-    /// and `revert_deletes` must write back.
+    /// What the revert's plan (`revert_plan`) must write back, `bigint` each: the rows to delete
+    /// (absent before the oldest load, present now: `revert_inserts`), to put
+    /// back (present before and now: `revert_updates`) and to insert again
+    /// (present before, deleted by the newest load: `revert_deletes`).
     pub fn revert_counts(&self) -> String {
         format!(
-            "SELECT count(*) FILTER (WHERE op = 'i')::bigint, count(*) FILTER (WHERE op = 'u')::bigint,
-        count(*) FILTER (WHERE op = 'd')::bigint
-   FROM {JOURNAL} WHERE load_id = $1 AND mirror = $2"
+            "SELECT count(*) FILTER (WHERE before IS NULL AND op <> 'd')::bigint,
+        count(*) FILTER (WHERE before IS NOT NULL AND op <> 'd')::bigint,
+        count(*) FILTER (WHERE before IS NOT NULL AND op = 'd')::bigint
+   FROM {PLAN}"
         )
     }
 
-    fn key_is_b(&self) -> String {
-        self.key_match(
-            |_, c| format!("t.{}", c.name.sql()),
-            |_, c| format!("b.{}", c.name.sql()),
-        )
-    }
-
-    /// Undoes the load `$1`'s inserts (mirror `$2`): deletes the rows it added.
-    /// Reverts go newest load first, so each row is as the load left it.
+    /// Undoes the plan's inserts (`revert_plan`): deletes the rows absent
+    /// before the oldest of its loads.
     pub fn revert_inserts(&self) -> String {
         format!(
-            "DELETE FROM {table} t USING {rows}\n    AND {on}",
+            "DELETE FROM {table} t USING {PLAN} j
+  WHERE j.before IS NULL AND j.op <> 'd'
+    AND {on}",
             table = self.table(),
-            rows = self.journal_rows(Op::Insert, "key"),
-            on = self.key_is_b()
+            on = self.key_is_planned()
         )
     }
 
-    /// Undoes the load `$1`'s updates (mirror `$2`): every non-key column and
-    /// the `modified_column` back to its `before` state. `None` when no row
-    /// can be updated (every column is a key column).
+    /// Undoes the plan's updates (`revert_plan`): every non-key column and the `modified_column` of a row present
+    /// before the oldest of them and now back to its state then. `None` when
+    /// no row can be updated (every column is a key column).
     pub fn revert_updates(&self) -> Option<String> {
         let mut set: Vec<String> = self
             .values()
@@ -198,17 +248,21 @@ impl MirrorSql<'_> {
             set.push(format!("{n} = b.{n}", n = m.sql()));
         }
         Some(format!(
-            "UPDATE {table} t SET {set}\n  FROM {rows}\n    AND {on}",
+            "UPDATE {table} t SET {set}
+  FROM {PLAN} j, LATERAL jsonb_to_record(j.before) AS b({state_def})
+  WHERE j.before IS NOT NULL AND j.op <> 'd'
+    AND {on}",
             table = self.table(),
             set = set.join(", "),
-            rows = self.journal_rows(Op::Update, "before"),
-            on = self.key_is_b()
+            state_def = self.state_def(),
+            on = self.key_is_planned()
         ))
     }
 
-    /// Undoes the load `$1`'s deletes (mirror `$2`): puts the rows back as they
-    /// were (the configured columns and the `modified_column`; the table's
-    /// further columns get their defaults).
+    /// Undoes the plan's deletes (`revert_plan`): puts the rows the newest of
+    /// its loads deleted back as they were before
+    /// the oldest (the configured columns and the `modified_column`; the
+    /// table's further columns get their defaults).
     pub fn revert_deletes(&self) -> String {
         let mut names: Vec<String> = self.columns().map(|(_, c)| c.name.sql()).collect();
         if let Some(m) = &self.spec.modified_column {
@@ -216,11 +270,14 @@ impl MirrorSql<'_> {
         }
         let values: Vec<String> = names.iter().map(|n| format!("b.{n}")).collect();
         format!(
-            "INSERT INTO {table} ({names})\n SELECT {values}\n   FROM {rows}",
+            "INSERT INTO {table} ({names})
+ SELECT {values}
+   FROM {PLAN} j, LATERAL jsonb_to_record(j.before) AS b({state_def})
+  WHERE j.before IS NOT NULL AND j.op = 'd'",
             table = self.table(),
             names = names.join(", "),
             values = values.join(", "),
-            rows = self.journal_rows(Op::Delete, "before")
+            state_def = self.state_def()
         )
     }
 

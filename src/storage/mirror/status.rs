@@ -206,20 +206,57 @@ CREATE TRIGGER {COUNTER_TRIGGER}
         )
     }
 
-    /// The newest run of mirror `$1` (in commit order) that changed the table
-    /// and is not reverted, locked (a concurrent prune of its journal waits, or
-    /// has committed and `journaled` reads NULL): `load_id`, `journaled`
-    /// (`bigint`, NULL once pruned), the journal rows kept of it (`bigint`) and
-    /// the fingerprint of the definition it merged with (text).
-    pub fn newest_revertible(&self) -> String {
+    /// A revertible run's row, newest first in commit order, each locked (a
+    /// concurrent prune of its journal waits, or has committed and `journaled`
+    /// reads NULL): `load_id`, `journaled` (`bigint`, NULL once pruned), the
+    /// journal rows kept of it (`bigint`), the fingerprint of the definition it
+    /// merged with (text), the rows it changed (`bigint`), its file (text),
+    /// when it finished (`timestamptz`), and from its `sync_runs` record (NULL
+    /// without one, a library call) when it started (`timestamp`, UTC) and its
+    /// trigger (text).
+    fn revertible(&self, condition: &str, limit: &str) -> String {
         format!(
             "SELECT r.load_id, r.journaled,
        (SELECT count(*) FROM {JOURNAL} j WHERE j.load_id = r.load_id AND j.mirror = r.mirror)::bigint,
-       r.fingerprint
-  FROM {RUNS} r
- WHERE r.mirror = $1 AND r.reverted_at IS NULL AND r.inserted + r.updated + r.deleted > 0
- ORDER BY r.commit_seq DESC LIMIT 1
+       r.fingerprint, (r.inserted + r.updated + r.deleted)::bigint, r.file, r.finished_at,
+       s.started_at, s.trigger
+  FROM {RUNS} r LEFT JOIN etl_info_schema.sync_runs s ON s.load_id = r.load_id
+ WHERE r.mirror = $1 AND r.reverted_at IS NULL AND {condition}
+ ORDER BY r.commit_seq DESC{limit}
    FOR UPDATE OF r"
+        )
+    }
+
+    /// The newest run of mirror `$1` (in commit order) that changed the table
+    /// and is not reverted (`revert --last`), as `revertible_since` gives it.
+    pub fn newest_revertible(&self) -> String {
+        self.revertible("r.inserted + r.updated + r.deleted > 0", " LIMIT 1")
+    }
+
+    /// Every run of mirror `$1` not reverted yet from the newest back to and
+    /// including the one whose `commit_seq` is `$2` (`revert LOAD_ID`), newest
+    /// first in commit order: `load_id`, `journaled`, the journal rows kept,
+    /// the fingerprint, the rows changed, the file, `finished_at`, and the
+    /// `sync_runs` record's `started_at` and `trigger`.
+    pub fn revertible_since(&self) -> String {
+        self.revertible("r.commit_seq >= $2", "")
+    }
+
+    /// The run `$2` of mirror `$1`: its `commit_seq` (`bigint`) and when it was
+    /// reverted (`timestamptz`, NULL: not reverted). No row: no run of the
+    /// mirror merged with that load.
+    pub fn run_of(&self) -> String {
+        format!("SELECT commit_seq, reverted_at FROM {RUNS} WHERE mirror = $1 AND load_id = $2")
+    }
+
+    /// What a revert of mirror `$1` holds back (the content of its last sync,
+    /// `last_hash`, which stays): one row, the hash and the file of the run
+    /// `mirror_status` names (text each, NULL when unknown).
+    pub fn held_back(&self) -> String {
+        format!(
+            "SELECT s.last_hash, r.file FROM {STATUS} s
+   LEFT JOIN {RUNS} r ON r.load_id = s.last_load_id
+  WHERE s.mirror = $1"
         )
     }
 
@@ -231,19 +268,20 @@ CREATE TRIGGER {COUNTER_TRIGGER}
     pub const RUN_OUTCOME: &'static str =
         "SELECT outcome FROM etl_info_schema.sync_runs WHERE load_id = $1 FOR UPDATE";
 
-    /// Marks the run `$1` reverted.
+    /// Marks the runs `$1` (`uuid[]`) reverted.
     pub fn mark_reverted(&self) -> String {
-        format!("UPDATE {RUNS} SET reverted_at = now() WHERE load_id = $1")
+        format!("UPDATE {RUNS} SET reverted_at = now() WHERE load_id = ANY($1::uuid[])")
     }
 
     /// The mirror `$1`'s status after a revert of the run `$2` (`$3` the table
     /// quoted): on a reverted
     /// state (the last hash stays, so the content in place is held back until
     /// the file changes or a forced sync), with the table's oid and the counter
-    /// now. A revert while already on a reverted state keeps that hash too.
+    /// now. A revert while already on a reverted state keeps that hash too,
+    /// and the run it names.
     pub fn record_revert(&self) -> String {
         format!(
-            "UPDATE {STATUS} SET reverted_load_id = $2, synced_at = now(),
+            "UPDATE {STATUS} SET reverted_load_id = coalesce(reverted_load_id, $2), synced_at = now(),
     table_oid = to_regclass($3)::oid, foreign_writes = {counter}
   WHERE mirror = $1",
             counter = self.counter_value()
