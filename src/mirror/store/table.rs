@@ -431,9 +431,17 @@ impl MirrorSql<'_> {
 
     pub fn lock_writers(&self, ms: i32) -> String {
         format!(
-            "SET LOCAL lock_timeout = '{ms}ms'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            "{}; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            self.lock_timeout(ms),
             self.table()
         )
+    }
+
+    /// Bounds every lock wait of the transaction by `ms` milliseconds
+    /// (`LOCK_WAIT_TIMEOUT`): before an absent table is created in the merge's
+    /// transaction (its schema may be another first run's, not committed yet).
+    pub fn lock_timeout(&self, ms: i32) -> String {
+        format!("SET LOCAL lock_timeout = '{ms}ms'")
     }
 
     /// The guard's counts: inserts, updates, deletes (`bigint` each) and the
