@@ -424,8 +424,8 @@ struct Locked<'a> {
     settled: &'a [crate::mirror::run::Settled],
 }
 
-/// Under the run lock: recovery of this mirror's interrupted runs, the run
-/// record, the mirror's own steps (bounded by `DB_TIMEOUT`), the record's end
+/// Under the run lock: recovery of the interrupted runs of the mirror's table
+/// (docs/mirrors.md#runs), the run record, the mirror's own steps (bounded by `DB_TIMEOUT`), the record's end
 /// and the rejects.
 async fn locked(
     ctx: &SyncContext,
@@ -452,9 +452,14 @@ async fn locked(
             ),
         )
     };
+    // One transaction: the recovery of the table's interrupted runs (whatever
+    // their mirror was called) and this run's record, with its table.
+    let table = spec.table.to_string();
     let begun = async {
-        runs::recover_mirror(db, mirror).await?;
-        runs::start_of(db, mirror, load_id, request.trigger, file, None).await
+        let txn = db.begin().await?;
+        runs::recover_mirror(&txn, mirror, &table).await?;
+        runs::start_mirror_run(&txn, mirror, &table, load_id, request.trigger, file).await?;
+        txn.commit().await
     }
     .await;
     if let Err(e) = begun {
