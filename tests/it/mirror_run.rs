@@ -691,6 +691,73 @@ async fn two_mirrors_sync_at_once_and_one_mirror_runs_once_at_a_time() {
     assert!(followers_lock);
 }
 
+/// Two first runs into one new schema at once: the first creates the schema
+/// in its merge's transaction and is slow to commit (the application's event
+/// trigger sleeps in its CREATE TABLE); the other's merge waits for that commit
+/// (at most `LOCK_WAIT_TIMEOUT`), then finds the schema and creates its own
+/// table. Waiting longer than `LOCK_WAIT_TIMEOUT` fails it naming the wait,
+/// its table not created.
+#[tokio::test]
+async fn first_runs_of_two_mirrors_into_one_new_schema_wait_for_each_other() {
+    let env = env().await;
+    let (subscribers, accounts) = (
+        spec(&subscribers_toml(r#""crm.subscribers""#)),
+        spec(ACCOUNTS),
+    );
+    write(&env, &file_a());
+    env.env.write_file("accounts.csv", accounts_csv(10, ""));
+    env.env
+        .exec(
+            r#"CREATE FUNCTION slow_accounts() RETURNS event_trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                 IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+                             WHERE object_identity = 'crm."Accounts"') THEN
+                   PERFORM pg_sleep(2);
+                 END IF;
+               END $$;
+               CREATE EVENT TRIGGER slow_accounts ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+                 EXECUTE FUNCTION slow_accounts();"#,
+        )
+        .await;
+    let sleeping = || async {
+        crate::helpers::eventually(30, "the accounts' merge creating its table", || async {
+            let n = env
+                .env
+                .scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+                .await;
+            (n > 0).then_some(())
+        })
+        .await;
+    };
+    let options = MirrorRunOptions::default();
+    let (a, b) = tokio::join!(env.sync(&accounts, options), async {
+        sleeping().await;
+        env.sync(&subscribers, options).await
+    });
+    assert_eq!(a.unwrap().inserted, 10);
+    assert_eq!(b.unwrap().inserted, 6);
+    assert_eq!(table_rows(&env, &subscribers).await, expected(&file_a()));
+
+    env.env.exec("DROP SCHEMA crm CASCADE").await;
+    let short = MirrorRunOptions {
+        lock_wait: Duration::from_millis(300),
+        force: true,
+        ..MirrorRunOptions::default()
+    };
+    let (a, b) = tokio::join!(env.sync(&accounts, short), async {
+        sleeping().await;
+        env.sync(&subscribers, short).await
+    });
+    assert_eq!(a.unwrap().inserted, 10);
+    let e = b.unwrap_err();
+    assert!(
+        matches!(e, MirrorRunError::WritersBusy { .. })
+            && e.to_string().contains("creating the schema \"crm\""),
+        "{e}"
+    );
+    assert!(!exists(&env, "crm.subscribers").await);
+}
+
 /// Every reject is counted, beyond the 10,000 kept with their details.
 #[tokio::test]
 async fn more_rejects_than_are_kept_are_all_counted() {

@@ -71,12 +71,12 @@ async fn create_in(
 ) -> Result<(), MirrorRunError> {
     let spec = sql.spec();
     let at = |source| db_error(spec, "table", source);
-    let busy = |e: DbErr| {
+    let busy = |e: DbErr, blockers: String| {
         if is_lock_timeout(&e) {
             MirrorRunError::WritersBusy {
                 mirror: spec.name.to_string(),
                 waited: lock_wait,
-                blockers: String::new(),
+                blockers,
             }
         } else {
             at(e)
@@ -99,12 +99,16 @@ async fn create_in(
         }
         Err(e) => {
             let _ = schema.rollback().await;
-            return Err(busy(e));
+            let creating = format!(
+                "a session creating the schema {} in a transaction not committed yet (another mirror's first run, whose table is in it too?)",
+                crate::mirror::quote_identifier(spec.table.schema())
+            );
+            return Err(busy(e, creating));
         }
     }
     txn.execute_unprepared(&sql.create_table())
         .await
-        .map_err(busy)?;
+        .map_err(|e| busy(e, String::new()))?;
     check_table(txn, sql).await?;
     let counter = txn.begin().await.map_err(at)?;
     let installed = async {
@@ -511,7 +515,11 @@ pub(super) async fn name_blockers(
     e: MirrorRunError,
 ) -> MirrorRunError {
     match e {
-        MirrorRunError::WritersBusy { mirror, waited, .. } => MirrorRunError::WritersBusy {
+        MirrorRunError::WritersBusy {
+            mirror,
+            waited,
+            blockers,
+        } if blockers.is_empty() => MirrorRunError::WritersBusy {
             mirror,
             waited,
             blockers: crate::pipeline::merge::blockers_by(db, &sql.blockers()).await,
