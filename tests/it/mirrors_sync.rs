@@ -817,6 +817,18 @@ async fn a_killed_first_run_leaves_no_table_and_the_renamed_mirror_recovers_its_
     .await
     .unwrap();
     assert_eq!(outcome, "running");
+    // `status` before any run created the table (nor its schema): no rows yet.
+    let status = with_config(
+        &env,
+        &path,
+        &["status", "--json", "--mirror", "subscribers"],
+        &[],
+    );
+    let json = status.json();
+    let shown = &json["mirrors"][0];
+    assert_eq!(shown["mirror"], "subscribers", "{status:?}");
+    assert!(shown["rows"].is_null(), "{status:?}");
+    assert_eq!(shown["last_run"]["outcome"], "running", "{status:?}");
 
     std::fs::write(
         &path,
