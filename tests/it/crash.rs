@@ -1,7 +1,9 @@
 //! Crash harness: `sync` and `serve` are SIGKILLed at random moments of a run
 //! that changes 200,000 followers; `followers` must then hold exactly the old or
 //! the new file, and the next run must recover (no staging rows, no run left
-//! `running`, `followers` equal to the new file).
+//! `running`, `followers` equal to the new file). A configured mirror's first
+//! run, killed likewise, leaves neither its table nor its schema, or the full
+//! table (docs/guarantees.md#a-configured-mirrors-first-run-killed-leaves-no-table-or-the-full-one).
 //!
 //! `CRASH_TRIALS` (default 3) sets the trials per test, `CRASH_SEED` replays a
 //! failed run (the seed is printed at the start; the output of a failed test is
