@@ -58,12 +58,10 @@ pub(super) async fn prepare_table(
 }
 
 /// Creates the absent table in the merge's transaction `txn`, before its
-/// writer lock: its schema when absent (under a savepoint: another mirror's
-/// first run creating the same schema at once makes this one wait for its
-/// commit, at most `LOCK_WAIT_TIMEOUT`, then find it), the table, checked again
-/// (someone may have made it since the run found it absent), and its write
-/// counter (under a savepoint: a role that cannot install it is warned, as
-/// `ensure_counter` does). A rollback, or a crash, undoes all of it.
+/// writer lock: its schema when absent (`create_schema`), the table, checked
+/// again (someone may have made it since the run found it absent), and its
+/// write counter (under a savepoint: a role that cannot install it is warned,
+/// as `ensure_counter` does). A rollback, or a crash, undoes all of it.
 async fn create_in(
     txn: &DatabaseTransaction,
     sql: &MirrorSql<'_>,
@@ -71,44 +69,24 @@ async fn create_in(
 ) -> Result<(), MirrorRunError> {
     let spec = sql.spec();
     let at = |source| db_error(spec, "table", source);
-    let busy = |e: DbErr, blockers: String| {
-        if is_lock_timeout(&e) {
-            MirrorRunError::WritersBusy {
-                mirror: spec.name.to_string(),
-                waited: lock_wait,
-                blockers,
-            }
-        } else {
-            at(e)
-        }
-    };
     txn.execute_unprepared(&sql.lock_timeout(crate::convert::millis_int4(lock_wait)))
         .await
         .map_err(at)?;
-    let schema = txn.begin().await.map_err(at)?;
-    match schema.execute_unprepared(&sql.create_schema()).await {
-        Ok(_) => schema.commit().await.map_err(at)?,
-        // `CREATE SCHEMA IF NOT EXISTS` is not atomic: the other run committed it.
-        Err(e)
-            if matches!(
-                crate::pipeline::merge::sqlstate(&e).as_deref(),
-                Some("23505" | "42P06")
-            ) =>
-        {
-            schema.rollback().await.map_err(at)?;
-        }
-        Err(e) => {
-            let _ = schema.rollback().await;
-            let creating = format!(
-                "a session creating the schema {} in a transaction not committed yet (another mirror's first run, whose table is in it too?)",
-                crate::mirror::quote_identifier(spec.table.schema())
-            );
-            return Err(busy(e, creating));
-        }
+    let exists: bool = txn
+        .query_one(stmt(
+            MirrorSql::SCHEMA_EXISTS,
+            vec![Value::from(spec.table.schema().to_owned())],
+        ))
+        .await
+        .map_err(at)?
+        .map_or(Ok(false), |r| r.try_get_by_index(0))
+        .map_err(at)?;
+    if !exists {
+        create_schema(txn, sql, lock_wait).await?;
     }
     txn.execute_unprepared(&sql.create_table())
         .await
-        .map_err(|e| busy(e, String::new()))?;
+        .map_err(|e| lock_waited(spec, lock_wait, e, String::new()))?;
     check_table(txn, sql).await?;
     let counter = txn.begin().await.map_err(at)?;
     let installed = async {
@@ -135,6 +113,59 @@ async fn create_in(
         }
     }
     Ok(())
+}
+
+/// Creates the table's absent schema in `txn`, under a savepoint: another
+/// mirror's first run creating the same schema at once (in its merge's
+/// transaction, not committed yet) makes this one wait for its commit, at most
+/// `LOCK_WAIT_TIMEOUT` (then `WritersBusy`, naming the wait), and then find it.
+async fn create_schema(
+    txn: &DatabaseTransaction,
+    sql: &MirrorSql<'_>,
+    lock_wait: std::time::Duration,
+) -> Result<(), MirrorRunError> {
+    let spec = sql.spec();
+    let at = |source| db_error(spec, "table", source);
+    let schema = txn.begin().await.map_err(at)?;
+    match schema.execute_unprepared(&sql.create_schema()).await {
+        Ok(_) => schema.commit().await.map_err(at),
+        // `CREATE SCHEMA IF NOT EXISTS` is not atomic: the other run committed it.
+        Err(e)
+            if matches!(
+                crate::pipeline::merge::sqlstate(&e).as_deref(),
+                Some("23505" | "42P06")
+            ) =>
+        {
+            schema.rollback().await.map_err(at)
+        }
+        Err(e) => {
+            let _ = schema.rollback().await;
+            let creating = format!(
+                "a session creating the schema {} in a transaction not committed yet (another mirror's first run, whose table is in it too?)",
+                crate::mirror::quote_identifier(spec.table.schema())
+            );
+            Err(lock_waited(spec, lock_wait, e, creating))
+        }
+    }
+}
+
+/// A lock wait past `LOCK_WAIT_TIMEOUT` as `WritersBusy` (`blockers` empty:
+/// named after the rollback, `name_blockers`); any other error as it is.
+fn lock_waited(
+    spec: &MirrorSpec,
+    lock_wait: std::time::Duration,
+    e: DbErr,
+    blockers: String,
+) -> MirrorRunError {
+    if is_lock_timeout(&e) {
+        MirrorRunError::WritersBusy {
+            mirror: spec.name.to_string(),
+            waited: lock_wait,
+            blockers,
+        }
+    } else {
+        db_error(spec, "table", e)
+    }
 }
 
 /// Checks the mirror's existing table against its definition, from the

@@ -83,6 +83,12 @@ impl MirrorSql<'_> {
         )
     }
 
+    /// Whether the schema `$1` (its name, unquoted) exists (`boolean`): an
+    /// existing one is not created again (`CREATE SCHEMA IF NOT EXISTS` needs
+    /// the database's CREATE privilege even then).
+    pub const SCHEMA_EXISTS: &'static str =
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)";
+
     /// Whether the table exists (`boolean`): `$1` the table quoted
     /// (`TableName::sql`). A revert of a mirror whose table is absent (never
     /// synced, or dropped) has nothing to write back to.
