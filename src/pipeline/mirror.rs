@@ -425,8 +425,8 @@ struct Locked<'a> {
 }
 
 /// Under the run lock: recovery of the interrupted runs of the mirror's table
-/// (docs/mirrors.md#runs), the run record, the mirror's own steps (bounded by `DB_TIMEOUT`), the record's end
-/// and the rejects.
+/// (docs/mirrors.md#runs), the run record, the mirror's own steps (bounded by
+/// `DB_TIMEOUT`), the record's end and the rejects.
 async fn locked(
     ctx: &SyncContext,
     spec: &MirrorSpec,
