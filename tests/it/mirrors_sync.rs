@@ -830,6 +830,13 @@ async fn a_killed_first_run_leaves_no_table_and_the_renamed_mirror_recovers_its_
     assert_eq!(shown["mirror"], "subscribers", "{status:?}");
     assert!(shown["rows"].is_null(), "{status:?}");
     assert_eq!(shown["last_run"]["outcome"], "running", "{status:?}");
+    let status = with_config(&env, &path, &["status", "--mirror", "subscribers"], &[]);
+    assert!(
+        status
+            .stdout
+            .contains("rows:          none (the table is created by the first sync that merges)"),
+        "{status:?}"
+    );
 
     std::fs::write(
         &path,
