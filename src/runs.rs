@@ -56,27 +56,58 @@ pub(crate) async fn recover(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     Ok(())
 }
 
-/// Marks the interrupted runs of a configured mirror failed (a run of it
-/// recorded `running` whose agent stopped). Only call it while holding the
-/// mirror's run lock; its staging table is dropped and made anew by each run.
-pub(crate) async fn recover_mirror(db: &impl ConnectionTrait, mirror: &str) -> Result<(), DbErr> {
-    let interrupted = sync_runs::Entity::update_many()
-        .col_expr(sync_runs::Column::Outcome, Outcome::Failed.as_str().into())
-        .col_expr(sync_runs::Column::FinishedAt, now().into())
-        .col_expr(
-            sync_runs::Column::Error,
-            "interrupted: the agent stopped during this run; nothing of it was merged".into(),
-        )
-        .filter(sync_runs::Column::Outcome.eq("running"))
-        .filter(sync_runs::Column::Mirror.eq(mirror))
-        .exec(db)
+/// Marks the interrupted runs of a configured mirror's table failed (a run
+/// recorded `running` whose agent stopped), whatever the mirror was called
+/// then: the run lock is the table's (docs/mirrors.md#runs), so a mirror
+/// renamed in the configuration recovers its old name's runs. A run recorded
+/// before runs kept their table (`table_name` NULL) is recovered by its
+/// mirror's name. Only call it while holding the table's run lock; its staging
+/// table, named by the table too, is dropped and made anew by each run.
+pub(crate) async fn recover_mirror(
+    db: &impl ConnectionTrait,
+    mirror: &str,
+    table: &str,
+) -> Result<(), DbErr> {
+    let interrupted = db
+        .execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sync_runs_sql::RECOVER_TABLE,
+            [
+                Outcome::Failed.as_str().into(),
+                now().into(),
+                BUILTIN_MIRROR.into(),
+                table.into(),
+                mirror.into(),
+            ],
+        ))
         .await?;
-    if interrupted.rows_affected > 0 {
+    if interrupted.rows_affected() > 0 {
         tracing::warn!(
-            interrupted_runs = interrupted.rows_affected,
+            interrupted_runs = interrupted.rows_affected(),
+            table,
             "recovered from an interrupted run"
         );
     }
+    Ok(())
+}
+
+/// Records a configured mirror's run as `running`, with its table (what
+/// `recover_mirror` finds it by).
+pub(crate) async fn start_mirror_run(
+    db: &impl ConnectionTrait,
+    mirror: &str,
+    table: &str,
+    load_id: LoadId,
+    trigger: Trigger,
+    file: &str,
+) -> Result<(), DbErr> {
+    start_of(db, mirror, load_id, trigger, file, None).await?;
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sync_runs_sql::SET_TABLE,
+        [load_id.uuid().into(), table.into()],
+    ))
+    .await?;
     Ok(())
 }
 

@@ -336,7 +336,7 @@ impl MirrorStatus {
             Some(n) => writeln!(out, "rows:          {n}")?,
             None => writeln!(
                 out,
-                "rows:          none (the table is created by the first run)"
+                "rows:          none (the table is created by the first sync that merges)"
             )?,
         }
         write_last_success(out, self.last_success.as_ref())?;

@@ -424,9 +424,9 @@ struct Locked<'a> {
     settled: &'a [crate::mirror::run::Settled],
 }
 
-/// Under the run lock: recovery of this mirror's interrupted runs, the run
-/// record, the mirror's own steps (bounded by `DB_TIMEOUT`), the record's end
-/// and the rejects.
+/// Under the run lock: recovery of the interrupted runs of the mirror's table
+/// (docs/mirrors.md#runs), the run record, the mirror's own steps (bounded by
+/// `DB_TIMEOUT`), the record's end and the rejects.
 async fn locked(
     ctx: &SyncContext,
     spec: &MirrorSpec,
@@ -452,9 +452,14 @@ async fn locked(
             ),
         )
     };
+    // One transaction: the recovery of the table's interrupted runs (whatever
+    // their mirror was called) and this run's record, with its table.
+    let table = spec.table.to_string();
     let begun = async {
-        runs::recover_mirror(db, mirror).await?;
-        runs::start_of(db, mirror, load_id, request.trigger, file, None).await
+        let txn = db.begin().await?;
+        runs::recover_mirror(&txn, mirror, &table).await?;
+        runs::start_mirror_run(&txn, mirror, &table, load_id, request.trigger, file).await?;
+        txn.commit().await
     }
     .await;
     if let Err(e) = begun {
@@ -464,13 +469,15 @@ async fn locked(
     let options = run_options(&ctx.settings, spec, request);
     let tables_dir = ctx.settings.csv.tables_dir.clone();
     // A database that stops answering fails the run within DB_TIMEOUT (docs/guarantees.md#database-faults).
+    // What the run read, once known: a run that fails after it reports it.
+    let mut read = Counts::default();
     let outcome = tokio::select! {
-        outcome = locked_sync(db, spec, &tables_dir, &options, Held { lock: &lock, load_id, settled: Some(settled) }, stages) => outcome,
+        outcome = locked_sync(db, spec, &tables_dir, &options, Held { lock: &lock, load_id, settled: Some(settled) }, stages, &mut read) => outcome,
         e = lock.stalled(ctx.settings.database.timeout) => Err(MirrorRunError::Lock { mirror: mirror.to_owned(), source: e }),
     };
     // The record is finished under the lock: no other run's recovery can
     // take it for an interrupted one meanwhile.
-    let ended = end_record(db, spec, load_id, outcome).await;
+    let ended = end_record(db, spec, load_id, outcome.map_err(|e| (e, read))).await;
     lock.release().await;
     if ended.is_ok() {
         runs::prune_of_or_warn(db, mirror, ctx.settings.retention.runs).await;
@@ -484,7 +491,7 @@ async fn end_record(
     db: &DatabaseConnection,
     spec: &MirrorSpec,
     load_id: LoadId,
-    outcome: Result<MirrorSummary, MirrorRunError>,
+    outcome: Result<MirrorSummary, (MirrorRunError, Counts)>,
 ) -> Result<Ran, Failure> {
     let mirror = spec.name.as_str();
     let bookkeeping = |e: sea_orm::DbErr| {
@@ -524,7 +531,7 @@ async fn end_record(
             }
             (Ok(Ran::Synced(Box::new(summary))), rejects)
         }
-        Err(e) => {
+        Err((e, read)) => {
             let outcome = outcome_of(&e);
             let reason = error_chain(&e);
             let rejects = match &e {
@@ -535,12 +542,18 @@ async fn end_record(
                 }
                 _ => Vec::new(),
             };
+            // What a refusal would have done, else what the run read before it stopped.
             let counts = match &e {
-                MirrorRunError::TooManyRejects { rejected, .. } => Counts {
+                MirrorRunError::TooManyRejects {
+                    rows_read,
+                    rejected,
+                    ..
+                } => Counts {
+                    rows_read: *rows_read,
                     rejected: *rejected,
                     ..Counts::default()
                 },
-                e => e.would_have().unwrap_or_default(),
+                e => e.would_have().unwrap_or(read),
             };
             if let Err(e) = runs::finish(db, load_id, outcome, &counts, Some(&reason), None).await {
                 tracing::warn!(error = %error_chain(&e), "could not finish the run's record");

@@ -130,3 +130,17 @@ pub(crate) const SET_JOURNALED: &str =
 /// The outcome of mirror `$2`'s run `$1` and the revert that undid it.
 pub(crate) const OUTCOME_OF: &str = "SELECT outcome, reverted_by FROM etl_info_schema.sync_runs
   WHERE load_id = $1 AND mirror = $2";
+
+/// Marks failed (`$1`, at `$2`) every run still `running` of a configured
+/// mirror (not `$3`, the built-in one) into the table `$4`, whatever the
+/// mirror was called then, or of the mirror `$5` when recorded before runs
+/// kept their table.
+pub(crate) const RECOVER_TABLE: &str = "UPDATE etl_info_schema.sync_runs
+    SET outcome = $1, finished_at = $2,
+        error = 'interrupted: the agent stopped during this run; nothing of it was merged'
+  WHERE outcome = 'running' AND mirror <> $3
+    AND (table_name = $4 OR (table_name IS NULL AND mirror = $5))";
+
+/// Records the table (`$2`) of a configured mirror's run `$1`.
+pub(crate) const SET_TABLE: &str =
+    "UPDATE etl_info_schema.sync_runs SET table_name = $2 WHERE load_id = $1";

@@ -1,7 +1,9 @@
 //! Crash harness: `sync` and `serve` are SIGKILLed at random moments of a run
 //! that changes 200,000 followers; `followers` must then hold exactly the old or
 //! the new file, and the next run must recover (no staging rows, no run left
-//! `running`, `followers` equal to the new file).
+//! `running`, `followers` equal to the new file). A configured mirror's first
+//! run, killed likewise, leaves neither its table nor its schema, or the full
+//! table (docs/guarantees.md#a-configured-mirrors-first-run-killed-leaves-no-table-or-the-full-one).
 //!
 //! `CRASH_TRIALS` (default 3) sets the trials per test, `CRASH_SEED` replays a
 //! failed run (the seed is printed at the start; the output of a failed test is
@@ -536,5 +538,101 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
             .await,
         0,
         "no staging rows left"
+    );
+}
+
+/// A configured mirror's first run creates its table and schema in its merge's
+/// transaction (docs/mirrors.md#runs): SIGKILLed at any moment, it leaves no
+/// table and no schema, or the full table; the next run recovers the killed
+/// run's record and fills the table.
+#[tokio::test]
+#[ignore = "slow group: crash (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_first_run_killed_at_a_random_moment_leaves_no_table_or_the_full_one()
+{
+    const N: i64 = 100_000;
+    let mut rng = Rng::from_env();
+    let env = TestEnv::migrated().await;
+    let rows: String = std::iter::once("id,name\n".to_owned())
+        .chain((0..N).map(|i| format!("{i},Sub {i}\n")))
+        .collect();
+    env.write_file("subscribers.csv", rows);
+    let config = env.dir.path().join("mirrors.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[mirror]]
+name = "subscribers"
+file = "subscribers.csv"
+table = "crm.subscribers"
+key = ["id"]
+columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
+"#,
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let args = [
+        "--config",
+        config.as_str(),
+        "sync",
+        "--mirror",
+        "subscribers",
+    ];
+    let exact = "SELECT count(*) FROM crm.subscribers WHERE name = 'Sub ' || id";
+    let started = Instant::now();
+    let first = env.run(&args, &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let window = started.elapsed().mul_f64(1.2);
+    assert_eq!(env.scalar(exact).await, N);
+    let (mut absent, mut full) = (0, 0);
+    for trial in 1..=trials() {
+        env.exec("DROP SCHEMA crm CASCADE").await;
+        let mut child = env
+            .command()
+            .args(args)
+            .env("PGAPPNAME", "killed-first-run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sync");
+        let at = rng.moment(window);
+        tokio::time::sleep(at).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let context = format!("first run trial {trial}, kill after {at:?}");
+        // Its sessions end (and their transactions roll back) once they find it gone.
+        eventually(60, &format!("{context}: its sessions ended"), || async {
+            let n = env
+                .scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'killed-first-run'")
+                .await;
+            (n == 0).then_some(())
+        })
+        .await;
+        let table = env
+            .scalar("SELECT count(*) FROM pg_class WHERE oid = to_regclass('crm.subscribers')")
+            .await;
+        let schema = env
+            .scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'crm'")
+            .await;
+        match (schema, table) {
+            (0, 0) => absent += 1,
+            (1, 1) => {
+                assert_eq!(env.scalar(exact).await, N, "{context}: a partial table");
+                full += 1;
+            }
+            other => panic!("{context}: schema and table {other:?}, neither none nor both"),
+        }
+        let next = env.run(&args, &[]);
+        assert_eq!(next.code, 0, "{context}: the next run: {next:?}");
+        assert_eq!(env.scalar(exact).await, N, "{context}");
+        assert_eq!(
+            env.scalar("SELECT count(*) FROM etl_info_schema.sync_runs WHERE outcome = 'running'")
+                .await,
+            0,
+            "{context}: a run left running"
+        );
+    }
+    println!(
+        "configured first run SIGKILL: {} trials in 0..{window:?}: no table {absent} times, the full table {full} times (never anything else); every next run filled it",
+        absent + full
     );
 }

@@ -415,7 +415,121 @@ async fn a_missing_column_is_refused_by_name() {
         "{e}"
     );
     assert!(matches!(e, MirrorRunError::MissingColumn { .. }));
-    assert!(table_rows(&env, &spec).await.is_empty());
+    assert!(!exists(&env, "crm.subscribers").await, "no table created");
+}
+
+/// Whether the relation `name` exists (`to_regclass`).
+async fn exists(env: &Env, name: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+        .bind(name)
+        .fetch_one(&env.env.pool)
+        .await
+        .unwrap()
+}
+
+async fn schema_exists(env: &Env, name: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(name)
+        .fetch_one(&env.env.pool)
+        .await
+        .unwrap()
+}
+
+/// A first run creates its table (and schema) in the merge's transaction
+/// (docs/mirrors.md#runs): refused by its rejects, or failed in the merge after
+/// the table was made (the application's event trigger adds a CHECK the file
+/// breaks), it leaves neither; a dry run creates nothing; the next run does.
+#[tokio::test]
+async fn a_first_run_refused_or_failed_leaves_neither_its_table_nor_its_schema() {
+    let env = env().await;
+    let accounts = spec(ACCOUNTS);
+    let table = r#"crm."Accounts""#;
+    env.env
+        .write_file("accounts.csv", "id,name\n1,Ann\nx,Bob\n-3,Cy\n");
+    let e = env
+        .sync(&accounts, MirrorRunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MirrorRunError::TooManyRejects {
+                rows_read: 3,
+                rejected: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!exists(&env, table).await, "no table after a refusal");
+    assert!(
+        !schema_exists(&env, "crm").await,
+        "no schema after a refusal"
+    );
+    assert!(!staging_exists(&env).await);
+
+    env.env
+        .exec(
+            "CREATE FUNCTION positive_ids() RETURNS event_trigger LANGUAGE plpgsql AS $$
+             DECLARE r record;
+             BEGIN
+               FOR r IN SELECT object_identity FROM pg_event_trigger_ddl_commands()
+                         WHERE schema_name = 'crm' AND object_type = 'table' LOOP
+                 EXECUTE format('ALTER TABLE %s ADD CONSTRAINT positive CHECK (id > 0)', r.object_identity);
+               END LOOP;
+             END $$;
+             CREATE EVENT TRIGGER positive_ids ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+               EXECUTE FUNCTION positive_ids();",
+        )
+        .await;
+    env.env
+        .write_file("accounts.csv", "id,name\n1,Ann\n2,Bob\n-3,Cy\n");
+    let e = env
+        .sync(&accounts, MirrorRunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, MirrorRunError::Db { step: "insert", .. }),
+        "{e}"
+    );
+    assert!(!exists(&env, table).await, "no table after a failed merge");
+    assert!(
+        !schema_exists(&env, "crm").await,
+        "no schema after a failed merge"
+    );
+    assert!(!staging_exists(&env).await);
+
+    let plan = env
+        .sync(
+            &accounts,
+            MirrorRunOptions {
+                dry_run: true,
+                ..MirrorRunOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((plan.dry_run, plan.inserted), (true, 3), "{plan:?}");
+    assert!(!exists(&env, table).await, "a dry run creates nothing");
+
+    env.env
+        .write_file("accounts.csv", "id,name\n1,Ann\n2,Bob\n3,Cy\n");
+    let done = env
+        .sync(&accounts, MirrorRunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(done.inserted, 3, "{done:?}");
+    assert_eq!(account_rows(&env).await, 3);
+    assert_eq!(
+        counter_state(&env).await,
+        "A",
+        "its write counter installed"
+    );
+    let skipped = env
+        .sync(&accounts, MirrorRunOptions::default())
+        .await
+        .unwrap();
+    assert!(skipped.skipped(), "{skipped:?}");
 }
 
 #[tokio::test]
@@ -576,6 +690,73 @@ async fn two_mirrors_sync_at_once_and_one_mirror_runs_once_at_a_time() {
         .await
         .unwrap();
     assert!(followers_lock);
+}
+
+/// Two first runs into one new schema at once: the first creates the schema
+/// in its merge's transaction and is slow to commit (the application's event
+/// trigger sleeps in its CREATE TABLE); the other's merge waits for that commit
+/// (at most `LOCK_WAIT_TIMEOUT`), then finds the schema and creates its own
+/// table. Waiting longer than `LOCK_WAIT_TIMEOUT` fails it naming the wait,
+/// its table not created.
+#[tokio::test]
+async fn first_runs_of_two_mirrors_into_one_new_schema_wait_for_each_other() {
+    let env = env().await;
+    let (subscribers, accounts) = (
+        spec(&subscribers_toml(r#""crm.subscribers""#)),
+        spec(ACCOUNTS),
+    );
+    write(&env, &file_a());
+    env.env.write_file("accounts.csv", accounts_csv(10, ""));
+    env.env
+        .exec(
+            r#"CREATE FUNCTION slow_accounts() RETURNS event_trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                 IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+                             WHERE object_identity = 'crm."Accounts"') THEN
+                   PERFORM pg_sleep(2);
+                 END IF;
+               END $$;
+               CREATE EVENT TRIGGER slow_accounts ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+                 EXECUTE FUNCTION slow_accounts();"#,
+        )
+        .await;
+    let sleeping = || async {
+        crate::helpers::eventually(30, "the accounts' merge creating its table", || async {
+            let n = env
+                .env
+                .scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+                .await;
+            (n > 0).then_some(())
+        })
+        .await;
+    };
+    let options = MirrorRunOptions::default();
+    let (a, b) = tokio::join!(env.sync(&accounts, options), async {
+        sleeping().await;
+        env.sync(&subscribers, options).await
+    });
+    assert_eq!(a.unwrap().inserted, 10);
+    assert_eq!(b.unwrap().inserted, 6);
+    assert_eq!(table_rows(&env, &subscribers).await, expected(&file_a()));
+
+    env.env.exec("DROP SCHEMA crm CASCADE").await;
+    let short = MirrorRunOptions {
+        lock_wait: Duration::from_millis(300),
+        force: true,
+        ..MirrorRunOptions::default()
+    };
+    let (a, b) = tokio::join!(env.sync(&accounts, short), async {
+        sleeping().await;
+        env.sync(&subscribers, short).await
+    });
+    assert_eq!(a.unwrap().inserted, 10);
+    let e = b.unwrap_err();
+    assert!(
+        matches!(e, MirrorRunError::WritersBusy { .. })
+            && e.to_string().contains("creating the schema \"crm\""),
+        "{e}"
+    );
+    assert!(!exists(&env, "crm.subscribers").await);
 }
 
 /// Every reject is counted, beyond the 10,000 kept with their details.

@@ -37,38 +37,141 @@ fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Checks the mirror's table against its definition; creates it (and its
-/// schema) when absent; installs its write counter when missing.
+/// Checks the mirror's table against its definition and returns whether it
+/// is absent. An existing table gets its write counter when it is missing
+/// (not in a dry run); an absent one is left absent: the merge creates it, its
+/// schema too, in its own transaction (`create_in`), so a first run refused,
+/// failed or killed leaves no table (docs/mirrors.md#runs).
 #[tracing::instrument(skip_all, fields(mirror = %sql.spec().name))]
 pub(super) async fn prepare_table(
     db: &DatabaseConnection,
+    sql: &MirrorSql<'_>,
+    options: &MirrorRunOptions,
+) -> Result<bool, MirrorRunError> {
+    if check_table(db, sql).await? == TableState::Absent {
+        return Ok(true);
+    }
+    if !options.dry_run {
+        ensure_counter(db, sql, options.lock_wait).await?;
+    }
+    Ok(false)
+}
+
+/// Creates the absent table in the merge's transaction `txn`, before its
+/// writer lock: its schema when absent (`create_schema`), the table, checked
+/// again (someone may have made it since the run found it absent), and its
+/// write counter (under a savepoint: a role that cannot install it is warned,
+/// as `ensure_counter` does). A rollback, or a crash, undoes all of it.
+async fn create_in(
+    txn: &DatabaseTransaction,
     sql: &MirrorSql<'_>,
     lock_wait: std::time::Duration,
 ) -> Result<(), MirrorRunError> {
     let spec = sql.spec();
     let at = |source| db_error(spec, "table", source);
-    if check_table(db, sql).await? == TableState::Absent {
-        // `CREATE SCHEMA IF NOT EXISTS` is not atomic: two first runs creating one
-        // schema at once, the loser fails with a duplicate, and the schema exists.
-        if let Err(e) = db.execute_unprepared(&sql.create_schema()).await {
-            if !matches!(
+    txn.execute_unprepared(&sql.lock_timeout(crate::convert::millis_int4(lock_wait)))
+        .await
+        .map_err(at)?;
+    let exists: bool = txn
+        .query_one(stmt(
+            MirrorSql::SCHEMA_EXISTS,
+            vec![Value::from(spec.table.schema().to_owned())],
+        ))
+        .await
+        .map_err(at)?
+        .map_or(Ok(false), |r| r.try_get_by_index(0))
+        .map_err(at)?;
+    if !exists {
+        create_schema(txn, sql, lock_wait).await?;
+    }
+    txn.execute_unprepared(&sql.create_table())
+        .await
+        .map_err(|e| lock_waited(spec, lock_wait, e, String::new()))?;
+    check_table(txn, sql).await?;
+    let counter = txn.begin().await.map_err(at)?;
+    let installed = async {
+        counter.execute_unprepared(&sql.install_counter()).await?;
+        counter
+            .execute(stmt(
+                &sql.forget_counter(),
+                vec![Value::from(spec.name.to_string())],
+            ))
+            .await?;
+        Ok::<_, DbErr>(())
+    }
+    .await;
+    match installed {
+        Ok(()) => counter.commit().await.map_err(at)?,
+        Err(e) => {
+            counter.rollback().await.map_err(at)?;
+            tracing::warn!(
+                mirror = %spec.name,
+                error = %error_chain(&e),
+                "cannot install the write counter on {} (it needs the table's ownership): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY (docs/mirrors.md#skip)",
+                spec.table
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates the table's absent schema in `txn`, under a savepoint: another
+/// mirror's first run creating the same schema at once (in its merge's
+/// transaction, not committed yet) makes this one wait for its commit, at most
+/// `LOCK_WAIT_TIMEOUT` (then `WritersBusy`, naming the wait), and then find it.
+async fn create_schema(
+    txn: &DatabaseTransaction,
+    sql: &MirrorSql<'_>,
+    lock_wait: std::time::Duration,
+) -> Result<(), MirrorRunError> {
+    let spec = sql.spec();
+    let at = |source| db_error(spec, "table", source);
+    let schema = txn.begin().await.map_err(at)?;
+    match schema.execute_unprepared(&sql.create_schema()).await {
+        Ok(_) => schema.commit().await.map_err(at),
+        // `CREATE SCHEMA IF NOT EXISTS` is not atomic: the other run committed it.
+        Err(e)
+            if matches!(
                 crate::pipeline::merge::sqlstate(&e).as_deref(),
                 Some("23505" | "42P06")
-            ) {
-                return Err(at(e));
-            }
+            ) =>
+        {
+            schema.rollback().await.map_err(at)
         }
-        db.execute_unprepared(&sql.create_table())
-            .await
-            .map_err(at)?;
+        Err(e) => {
+            let _ = schema.rollback().await;
+            let creating = format!(
+                "a session creating the schema {} in a transaction not committed yet (another mirror's first run, whose table is in it too?)",
+                crate::mirror::quote_identifier(spec.table.schema())
+            );
+            Err(lock_waited(spec, lock_wait, e, creating))
+        }
     }
-    ensure_counter(db, sql, lock_wait).await
+}
+
+/// A lock wait past `LOCK_WAIT_TIMEOUT` as `WritersBusy` (`blockers` empty:
+/// named after the rollback, `name_blockers`); any other error as it is.
+fn lock_waited(
+    spec: &MirrorSpec,
+    lock_wait: std::time::Duration,
+    e: DbErr,
+    blockers: String,
+) -> MirrorRunError {
+    if is_lock_timeout(&e) {
+        MirrorRunError::WritersBusy {
+            mirror: spec.name.to_string(),
+            waited: lock_wait,
+            blockers,
+        }
+    } else {
+        db_error(spec, "table", e)
+    }
 }
 
 /// Checks the mirror's existing table against its definition, from the
 /// catalog (docs/mirrors.md#an-existing-table); `Absent` when there is none.
 pub(crate) async fn check_table(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     sql: &MirrorSql<'_>,
 ) -> Result<TableState, MirrorRunError> {
     let spec = sql.spec();
@@ -259,8 +362,10 @@ pub(super) struct Load<'a> {
     /// Backend pid of the session holding the mirror's run lock.
     pub lock_pid: i32,
     pub path: &'a Path,
-    /// The table does not exist yet (a dry run, which creates nothing, plans
-    /// every staged row as an insert).
+    /// The guards the merge applies.
+    pub guard: Guard,
+    /// The table does not exist yet: the merge creates it in its transaction
+    /// (a dry run, which creates nothing, plans every staged row as an insert).
     pub absent: bool,
 }
 
@@ -287,17 +392,20 @@ pub(super) async fn holds_lock(
     Ok(())
 }
 
-/// Resolves repeated keys (the last line wins), then merges.
+/// Resolves repeated keys (the last line wins), then merges. `counts` holds
+/// what the run read (rows, rejects, duplicates) as soon as it is known, so a
+/// run that fails after reading reports it (docs/operations.md#the-sync-summary).
 #[tracing::instrument(skip_all, fields(mirror = %sql.spec().name, load_id = %run.load_id.uuid()))]
 pub(super) async fn dedupe_and_merge(
     db: &DatabaseConnection,
     sql: &MirrorSql<'_>,
     options: &MirrorRunOptions,
-    guard: Guard,
     run: &Load<'_>,
     read: ReadOutcome,
     stages: &mut crate::pipeline::timings::StageTimes,
+    counts: &mut crate::domain::Counts,
 ) -> Result<MirrorSummary, MirrorRunError> {
+    let guard = run.guard;
     let spec = sql.spec();
     let load_id = run.load_id;
     let at = |source| db_error(spec, "dedupe", source);
@@ -360,6 +468,12 @@ pub(super) async fn dedupe_and_merge(
         unchanged: count(staged),
         ..MirrorSummary::default()
     };
+    *counts = crate::domain::Counts {
+        rows_read: summary.rows_read,
+        rejected: summary.rejected,
+        duplicates: summary.duplicates,
+        ..crate::domain::Counts::default()
+    };
     let protected: Vec<serde_json::Value> = read.protected.into_iter().map(|(k, _)| k).collect();
     if options.dry_run && run.absent {
         // No table yet: its first run would insert every row staged.
@@ -387,6 +501,9 @@ pub(super) async fn dedupe_and_merge(
         txn.execute_unprepared(OWN_WRITE)
             .await
             .map_err(|e| db_error(spec, "begin", e))?;
+        if run.absent {
+            create_in(&txn, sql, options.lock_wait).await?;
+        }
         lock_table(&txn, sql, options.lock_wait).await?;
         merge_in(&txn, sql, options, guard, &protected, &mut summary).await?;
         if options.dry_run {
@@ -434,7 +551,11 @@ pub(super) async fn name_blockers(
     e: MirrorRunError,
 ) -> MirrorRunError {
     match e {
-        MirrorRunError::WritersBusy { mirror, waited, .. } => MirrorRunError::WritersBusy {
+        MirrorRunError::WritersBusy {
+            mirror,
+            waited,
+            blockers,
+        } if blockers.is_empty() => MirrorRunError::WritersBusy {
             mirror,
             waited,
             blockers: crate::pipeline::merge::blockers_by(db, &sql.blockers()).await,

@@ -5,17 +5,19 @@
 //! |--------|------------------------------------------------------------------------|----------|
 //! | lock   | the run lock of the mirror's table (busy: `MirrorRunError::Busy`)      | here     |
 //! | source | the file, or the files its glob matches, each confined to `TABLES_DIR` | `source` |
-//! | table  | the table checked, or created when absent; its write counter           | `merge`  |
+//! | table  | the table checked, its write counter; an absent one is left to `merge` | `merge`  |
 //! | hash   | the source's hash; skipped only when it, the definition's fingerprint  | `merge`  |
 //! |        | and the table (identity, write counter) are as last left (`trust`)     |          |
 //! | read   | every field validated for its column (rejects, `MAX_REJECTS`)          | `read`   |
 //! | stage  | COPY into the table's staging table, streaming as the file reads       | `read`   |
 //! | check  | the bytes read hash as the bytes hashed did, else `FileChanged`        | here     |
 //! | dedupe | a repeated key: the last line wins, reported                           | `merge`  |
-//! | merge  | one transaction: writer lock, diff, guard, journaled writes, record    | `merge`  |
+//! | merge  | one transaction: an absent table created, writer lock, diff, guard,    | `merge`  |
+//! |        | journaled writes, record                                               |          |
 //! | retain | after the commit: the journal's and the run records' retention         | `merge`  |
 //!
-//! Any failure rolls the merge back (the table as it was); the staging table is
+//! Any failure rolls the merge back (the table as it was, or still absent: a
+//! first run creates it in the merge's transaction); the staging table is
 //! dropped on the run lock's own session, so only while the lock is held.
 
 mod history;
@@ -51,7 +53,7 @@ use crate::domain::{LoadId, Stage};
 use crate::pipeline::merge::{Emptiness, Guard};
 use crate::pipeline::read::ReadError;
 use crate::pipeline::timings::StageTimes;
-use crate::storage::mirror::{IncompatibleTable, MirrorSql, TableState};
+use crate::storage::mirror::{IncompatibleTable, MirrorSql};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -332,6 +334,8 @@ pub enum MirrorRunError {
     TooManyRejects {
         mirror: String,
         max: u64,
+        /// The lines read, the rejected ones included.
+        rows_read: u64,
         /// Every reject of the file, counted.
         rejected: u64,
         first: Box<MirrorReject>,
@@ -532,13 +536,16 @@ pub async fn sync_mirror(
             settled: None,
         },
         &mut stages,
+        &mut crate::domain::Counts::default(),
     )
     .await;
     lock.release().await;
     result
 }
 
-/// The steps after the lock (the table above), timed in `stages`.
+/// The steps after the lock (the table above), timed in `stages`; `counts`
+/// holds what the run read once it is known (rows, rejects, duplicates), for
+/// the summary and record of a run that fails after its read.
 pub(crate) async fn locked_sync(
     db: &DatabaseConnection,
     spec: &MirrorSpec,
@@ -546,6 +553,7 @@ pub(crate) async fn locked_sync(
     options: &MirrorRunOptions,
     held: Held<'_>,
     stages: &mut StageTimes,
+    counts: &mut crate::domain::Counts,
 ) -> Result<MirrorSummary, MirrorRunError> {
     let Held {
         lock,
@@ -558,13 +566,9 @@ pub(crate) async fn locked_sync(
         unmoved(spec, &files, settled)?;
     }
     let sql = MirrorSql::new(spec);
-    // A dry run creates nothing: an absent table is planned as all inserts.
-    let absent = if options.dry_run {
-        merge::check_table(db, &sql).await? == TableState::Absent
-    } else {
-        merge::prepare_table(db, &sql, options.lock_wait).await?;
-        false
-    };
+    // An absent table is created by the merge, in its transaction; a dry run
+    // creates nothing and plans every row as an insert.
+    let absent = merge::prepare_table(db, &sql, options).await?;
     stages.begin(Stage::Hash);
     let format = csv_format(spec, options);
     let hash = {
@@ -596,6 +600,11 @@ pub(crate) async fn locked_sync(
     };
     let result = async {
         let read = read::read_and_stage(db, spec, &files, format, options, load_id).await?;
+        *counts = crate::domain::Counts {
+            rows_read: read.rows_read,
+            rejected: read.rejected,
+            ..crate::domain::Counts::default()
+        };
         // The bytes read are the bytes hashed (docs/mirrors.md#runs).
         let changed = files
             .iter()
@@ -621,11 +630,12 @@ pub(crate) async fn locked_sync(
             load_id,
             lock_pid: lock.pid(),
             path: &recorded,
+            guard,
             absent,
         };
         stages.begin(Stage::Dedupe);
         let starts = read.starts.clone();
-        let mut summary = merge::dedupe_and_merge(db, &sql, options, guard, &load, read, stages)
+        let mut summary = merge::dedupe_and_merge(db, &sql, options, &load, read, stages, counts)
             .await
             .map_err(|e| empty_source(spec, &files, e))?;
         summary.duplicate_lines = summary

@@ -377,6 +377,7 @@ fn read_files(
         return Err(MirrorRunError::TooManyRejects {
             mirror: spec.name.to_string(),
             max: max_rejects,
+            rows_read,
             rejected,
             first: Box::new(rejects.remove(0)),
             rejects,

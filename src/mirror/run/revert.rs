@@ -23,10 +23,10 @@ use crate::config::DatabaseUrl;
 use crate::db::DbError;
 use crate::domain::{Counts, LoadId, Outcome, Trigger};
 use crate::errors::error_chain;
-use crate::storage::mirror::{definition_fingerprint, MirrorSql};
 use crate::mirror::MirrorSpec;
-use crate::storage::session::OWN_WRITE;
 use crate::pipeline::merge::Guard;
+use crate::storage::mirror::{definition_fingerprint, MirrorSql};
+use crate::storage::session::OWN_WRITE;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, QueryResult, TransactionTrait, Value,
 };
@@ -143,8 +143,17 @@ pub async fn revert_mirror(
     let pid = lock.pid();
     let work = async {
         let begun = async {
-            crate::runs::recover_mirror(db, spec.name.as_str()).await?;
-            crate::runs::start_of(db, spec.name.as_str(), load_id, Trigger::Revert, "", None).await
+            let table = spec.table.to_string();
+            crate::runs::recover_mirror(db, spec.name.as_str(), &table).await?;
+            crate::runs::start_mirror_run(
+                db,
+                spec.name.as_str(),
+                &table,
+                load_id,
+                Trigger::Revert,
+                "",
+            )
+            .await
         }
         .await;
         begun.map_err(|e| db_error(spec, "record", e))?;

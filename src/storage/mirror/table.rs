@@ -83,6 +83,12 @@ impl MirrorSql<'_> {
         )
     }
 
+    /// Whether the schema `$1` (its name, unquoted) exists (`boolean`): an
+    /// existing one is not created again (`CREATE SCHEMA IF NOT EXISTS` needs
+    /// the database's CREATE privilege even then).
+    pub const SCHEMA_EXISTS: &'static str =
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)";
+
     /// Whether the table exists (`boolean`): `$1` the table quoted
     /// (`TableName::sql`). A revert of a mirror whose table is absent (never
     /// synced, or dropped) has nothing to write back to.
@@ -431,9 +437,17 @@ impl MirrorSql<'_> {
 
     pub fn lock_writers(&self, ms: i32) -> String {
         format!(
-            "SET LOCAL lock_timeout = '{ms}ms'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            "{}; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            self.lock_timeout(ms),
             self.table()
         )
+    }
+
+    /// Bounds every lock wait of the transaction by `ms` milliseconds
+    /// (`LOCK_WAIT_TIMEOUT`): before an absent table is created in the merge's
+    /// transaction (its schema may be another first run's, not committed yet).
+    pub fn lock_timeout(&self, ms: i32) -> String {
+        format!("SET LOCAL lock_timeout = '{ms}ms'")
     }
 
     /// The guard's counts: inserts, updates, deletes (`bigint` each) and the
