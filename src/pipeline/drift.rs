@@ -12,9 +12,16 @@
 //! different → written outside the agent → the file is synced back (the delete
 //! guard applies, and a refusal names the drift).
 //!
-//! Where the trigger cannot be installed (a role without TRIGGER on the table)
-//! or is disabled, an unchanged file is synced again (a full comparison) once
-//! the last one is older than `VERIFY_EVERY`; start-up says so.
+//! The trigger is enabled ALWAYS (`tgenabled = 'A'`): one enabled ORIGIN
+//! (`O`, as `CREATE TRIGGER` makes it and earlier versions left it) does not
+//! fire under `session_replication_role = replica` (a logical-replication
+//! apply worker, a CDC applier, a restore tool that sets it), so it would miss
+//! those writes and counts as no counter.
+//!
+//! Where the trigger cannot be installed or enabled ALWAYS (a role that does
+//! not own the table), or is disabled, an unchanged file is synced again (a
+//! full comparison) once the last one is older than `VERIFY_EVERY`; start-up
+//! says so.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use std::time::Duration;
@@ -27,20 +34,31 @@ pub(crate) const OWN_WRITE: &str = "SET LOCAL followers_etl.own_write = 'on'";
 pub(crate) const RECORD: &str = "UPDATE etl_info_schema.table_status
     SET foreign_writes = etl_info_schema.foreign_writes() WHERE table_name = 'followers'";
 
-/// Installs the trigger when it is missing (first start after the migration, or
-/// a replaced table); a table whose counter was missing is then unverified.
-const ENSURE: &str = "DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                  WHERE tgrelid = 'public.followers'::regclass
-                    AND tgname = 'followers_etl_foreign_writes') THEN
+/// Installs the trigger, enabled ALWAYS, when it is missing (first start after
+/// the migration, or a replaced table), and enables ALWAYS one enabled ORIGIN
+/// (an earlier version's, or a dump of one restored; migration
+/// `m20261202_000080` converts the one it finds); a table whose counter was
+/// missing or blind to replica-role writes is then unverified. A trigger
+/// someone disabled (`D`) or set to replica only (`R`) is left so (it counts
+/// as none). Enabling ALWAYS needs the table's ownership.
+const ENSURE: &str = "DO $$
+DECLARE
+  state \"char\" := (SELECT tgenabled FROM pg_catalog.pg_trigger
+                      WHERE tgrelid = 'public.followers'::regclass
+                        AND tgname = 'followers_etl_foreign_writes');
+BEGIN
+  IF state IS NULL THEN
     CREATE TRIGGER followers_etl_foreign_writes
       AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.followers
       FOR EACH STATEMENT EXECUTE FUNCTION etl_info_schema.count_foreign_write();
+  END IF;
+  IF state IS NULL OR state = 'O' THEN
+    ALTER TABLE public.followers ENABLE ALWAYS TRIGGER followers_etl_foreign_writes;
     UPDATE etl_info_schema.table_status SET foreign_writes = NULL WHERE table_name = 'followers';
   END IF;
 END $$";
 
-/// Whether the trigger counts (enabled in origin or always mode, on a table
+/// Whether the trigger counts (enabled ALWAYS, on a table
 /// with no partitions or inheritance children and that is no partition or
 /// child itself: a statement-level trigger fires only for statements on its
 /// own table), the counter now, what the last sync or revert saw, and whether
@@ -48,7 +66,7 @@ END $$";
 const CHECK: &str = "SELECT
     EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
              WHERE tgrelid = to_regclass('public.followers')
-               AND tgname = 'followers_etl_foreign_writes' AND tgenabled IN ('O', 'A'))
+               AND tgname = 'followers_etl_foreign_writes' AND tgenabled = 'A')
       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits
                        WHERE inhparent = to_regclass('public.followers')
                           OR inhrelid = to_regclass('public.followers')),
@@ -140,13 +158,13 @@ pub(crate) async fn ensure_counter(db: &DatabaseConnection, verify_every: Durati
     if let Err(e) = db.execute_unprepared(ENSURE).await {
         tracing::warn!(
             error = %crate::errors::error_chain(&e),
-            "cannot install the write counter on followers (it needs TRIGGER on the table, see docs/sync.md#database-roles): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
+            "cannot install the write counter on followers or enable it ALWAYS (that needs the table's ownership, see docs/sync.md#database-roles): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
         );
         return;
     }
     match check(db, verify_every).await {
         Ok(Drift::Unknown | Drift::VerifyDue) => tracing::warn!(
-            "the write counter on followers is disabled: edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
+            "the write counter on followers is disabled or not enabled ALWAYS (or the table has partitions or inheritance children): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
         ),
         Ok(_) => {}
         Err(e) => {
