@@ -346,17 +346,9 @@ async fn run(
     }
     stages.begin(Stage::Settle);
     let rules = settle::Rules::from_debounce(ctx.settings.triggers.watch_debounce);
-    // Every file at once: a glob's parts settle together, not one after another.
-    let settling = files.iter().map(|path| {
-        let writes = if files.len() == 1 {
-            ctx.writes.clone()
-        } else {
-            settle::WriteTracker::default()
-        };
-        async move { (path, settle::wait(path, rules, &writes, cancel).await) }
-    });
+    // Every file at once, each on its own evidence in the watch's tracker.
     let mut found = Vec::with_capacity(files.len());
-    for (path, settled) in futures::future::join_all(settling).await {
+    for (path, settled) in settle::wait_all(&files, rules, &ctx.writes, cancel).await {
         match &settled {
             Ok(settle::Settled::File(state)) => found.push((path.clone(), Some(state.clone()))),
             Ok(settle::Settled::Missing) => found.push((path.clone(), None)),
