@@ -188,8 +188,23 @@ pub async fn run_mirror_sync(
         Ok(Ran::Skipped(reason)) => (Outcome::Skipped, Counts::default(), Some(reason)),
         Err((outcome, counts, reason)) => (outcome, counts, Some(reason)),
     };
-    if let Err(e) = runs::record_stages(&ctx.db, load_id, &stages.to_json()).await {
-        tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+    // Bounded by DB_TIMEOUT: after a stall the database may still not answer
+    // (docs/guarantees.md#database-faults).
+    let recorded = tokio::time::timeout(
+        ctx.settings.database.timeout,
+        runs::record_stages(&ctx.db, load_id, &stages.to_json()),
+    )
+    .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+        }
+        Err(_) => {
+            tracing::warn!(
+                "could not record the run's stage durations: the database did not answer"
+            );
+        }
     }
     let summary = Summary {
         mirror: Some(mirror.to_owned()),
@@ -515,6 +530,21 @@ async fn end_record(
                 }
             }
             (Ok(Ran::Synced(Box::new(summary))), rejects)
+        }
+        Err(e)
+            if matches!(
+                &e,
+                MirrorRunError::Lock {
+                    source: crate::db::DbError::Stalled(_),
+                    ..
+                }
+            ) =>
+        {
+            // As the built-in mirror's: nothing more is asked of a database
+            // that stopped answering (docs/guarantees.md#database-faults).
+            tracing::error!("the database does not answer: the staging table and the run record are left to the next run's recovery");
+            let reason = error_chain(&e);
+            return Err((outcome_of(&e), Counts::default(), reason));
         }
         Err(e) => {
             let outcome = outcome_of(&e);
