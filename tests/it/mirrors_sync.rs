@@ -766,7 +766,7 @@ async fn a_staging_statement_waiting_on_the_lock_session_is_not_a_stalled_databa
     assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
     env.write_file(
         "subscribers.csv",
-        &format!("{SUBSCRIBERS}pro,Cy,cy@example.com,3,x\n"),
+        format!("{SUBSCRIBERS}pro,Cy,cy@example.com,3,x\n"),
     );
     let spec = followers_etl::mirror::from_toml_str(CONFIG)
         .unwrap()
