@@ -165,6 +165,10 @@ pub struct AdvisoryLock {
     pid: i32,
     /// A ping went unanswered (`stalled`): the session is not used again.
     stalled: std::sync::atomic::AtomicBool,
+    /// Where `stalled` opens its probe: a second session, opened only while a
+    /// statement of the run occupies the lock's session, that asks the server
+    /// about that session (`None`: no probe, as for the migration lock).
+    probe_url: Option<DatabaseUrl>,
 }
 
 impl AdvisoryLock {
@@ -202,6 +206,7 @@ impl AdvisoryLock {
             key: LockKey::Single(RUN_LOCK),
             pid,
             stalled: std::sync::atomic::AtomicBool::new(false),
+            probe_url: Some(url.clone()),
         }))
     }
 
@@ -226,6 +231,7 @@ impl AdvisoryLock {
             key: LockKey::Pair(key.0, key.1),
             pid,
             stalled: std::sync::atomic::AtomicBool::new(false),
+            probe_url: Some(url.clone()),
         }))
     }
 
@@ -252,6 +258,7 @@ impl AdvisoryLock {
             key: LockKey::Single(MIGRATE_LOCK),
             pid: 0,
             stalled: std::sync::atomic::AtomicBool::new(false),
+            probe_url: None,
         })
     }
 
@@ -263,25 +270,76 @@ impl AdvisoryLock {
     /// goes unanswered that long (a server or network that hangs without
     /// refusing: docs/guarantees.md#database-faults). A session that fails outright is left to the
     /// run's own statements to report: this then never returns.
+    ///
+    /// The ping measures the session, not the run's statements on it
+    /// (`execute_holding`): while one occupies the session (a staging DDL
+    /// waiting for another session's lock, say), the ping cannot go through
+    /// it, so a probe session asks the server instead. The server answering
+    /// that the lock's session is running a statement is an answer (waits for
+    /// locks are not the ping's to bound, as the merge's); the server not
+    /// answering within `timeout` is a stall; the session idle or gone while
+    /// its statement's answer has not arrived for `timeout` is one too (the
+    /// answer is lost on the way).
     pub async fn stalled(&self, timeout: Duration) -> DbError {
         let every = (timeout / 3).max(Duration::from_millis(50));
+        let mut probe: Option<PgConnection> = None;
+        // Since when the server has had the session idle while a statement of
+        // ours still waits for its answer.
+        let mut unanswered: Option<tokio::time::Instant> = None;
+        let stall = |this: &Self| {
+            this.stalled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            DbError::Stalled(timeout)
+        };
         loop {
             tokio::time::sleep(every).await;
-            let ping = async {
-                let mut conn = self.conn.lock().await;
-                sqlx::query(session::PING)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|_| ())
-            };
-            match tokio::time::timeout(timeout, ping).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => std::future::pending::<()>().await,
-                Err(_) => {
-                    self.stalled
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    return DbError::Stalled(timeout);
+            let Ok(mut conn) = self.conn.try_lock() else {
+                let Some(url) = &self.probe_url else {
+                    continue;
+                };
+                let asked = tokio::time::timeout(timeout, async {
+                    if probe.is_none() {
+                        probe = Some(Self::dedicated_connection(url).await.map_err(|_| ())?);
+                    }
+                    let Some(conn) = probe.as_mut() else {
+                        return Err(());
+                    };
+                    sqlx::query_scalar::<_, bool>(session::SESSION_ACTIVE)
+                        .bind(self.pid)
+                        .fetch_one(conn)
+                        .await
+                        .map_err(|_| ())
+                })
+                .await;
+                match asked {
+                    Err(_) => return stall(self),
+                    Ok(Ok(true)) => unanswered = None,
+                    // Idle or gone (or the probe failed: no word either way):
+                    // a stall once that lasts `timeout`.
+                    Ok(answer) => {
+                        if answer.is_err() {
+                            probe = None;
+                        }
+                        let since = *unanswered.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= timeout {
+                            return stall(self);
+                        }
+                    }
                 }
+                continue;
+            };
+            unanswered = None;
+            if let Some(p) = probe.take() {
+                let _ = tokio::time::timeout(every, p.close()).await;
+            }
+            let ping = sqlx::query(session::PING).execute(&mut *conn);
+            match tokio::time::timeout(timeout, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => {
+                    drop(conn);
+                    std::future::pending::<()>().await;
+                }
+                Err(_) => return stall(self),
             }
         }
     }

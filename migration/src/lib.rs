@@ -25,6 +25,7 @@ mod m20261202_000060_mirror_status;
 mod m20261202_000065_sync_runs_mirror;
 mod m20261202_000070_exact_mirror_runs;
 mod m20261202_000080_sync_runs_mirror_table;
+mod m20261202_000085_followers_counter_always;
 
 pub struct Migrator;
 
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000065_sync_runs_mirror::Migration),
             Box::new(m20261202_000070_exact_mirror_runs::Migration),
             Box::new(m20261202_000080_sync_runs_mirror_table::Migration),
+            Box::new(m20261202_000085_followers_counter_always::Migration),
         ]
     }
 }

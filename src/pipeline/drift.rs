@@ -12,9 +12,16 @@
 //! different → written outside the agent → the file is synced back (the delete
 //! guard applies, and a refusal names the drift).
 //!
-//! Where the trigger cannot be installed (a role without TRIGGER on the table)
-//! or is disabled, an unchanged file is synced again (a full comparison) once
-//! the last one is older than `VERIFY_EVERY`; start-up says so.
+//! The trigger is enabled ALWAYS (`tgenabled = 'A'`): one enabled ORIGIN
+//! (`O`, as `CREATE TRIGGER` makes it and earlier versions left it) does not
+//! fire under `session_replication_role = replica` (a logical-replication
+//! apply worker, a CDC applier, a restore tool that sets it), so it would miss
+//! those writes and counts as no counter.
+//!
+//! Where the trigger cannot be installed or enabled ALWAYS (a role that does
+//! not own the table), or is disabled, an unchanged file is synced again (a
+//! full comparison) once the last one is older than `VERIFY_EVERY`; start-up
+//! says so.
 
 use crate::storage::followers;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
@@ -102,13 +109,13 @@ pub(crate) async fn ensure_counter(db: &DatabaseConnection, verify_every: Durati
     if let Err(e) = db.execute_unprepared(followers::ENSURE).await {
         tracing::warn!(
             error = %crate::errors::error_chain(&e),
-            "cannot install the write counter on followers (it needs TRIGGER on the table, see docs/sync.md#database-roles): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
+            "cannot install the write counter on followers or enable it ALWAYS (that needs the table's ownership, see docs/sync.md#database-roles): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
         );
         return;
     }
     match check(db, verify_every).await {
         Ok(Drift::Unknown | Drift::VerifyDue) => tracing::warn!(
-            "the write counter on followers is disabled: edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
+            "the write counter on followers is disabled or not enabled ALWAYS (or the table has partitions or inheritance children): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
         ),
         Ok(_) => {}
         Err(e) => {

@@ -188,8 +188,23 @@ pub async fn run_mirror_sync(
         Ok(Ran::Skipped(reason)) => (Outcome::Skipped, Counts::default(), Some(reason)),
         Err((outcome, counts, reason)) => (outcome, counts, Some(reason)),
     };
-    if let Err(e) = runs::record_stages(&ctx.db, load_id, &stages.to_json()).await {
-        tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+    // Bounded by DB_TIMEOUT: after a stall the database may still not answer
+    // (docs/guarantees.md#database-faults).
+    let recorded = tokio::time::timeout(
+        ctx.settings.database.timeout,
+        runs::record_stages(&ctx.db, load_id, &stages.to_json()),
+    )
+    .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+        }
+        Err(_) => {
+            tracing::warn!(
+                "could not record the run's stage durations: the database did not answer"
+            );
+        }
     }
     let summary = Summary {
         mirror: Some(mirror.to_owned()),
@@ -346,17 +361,9 @@ async fn run(
     }
     stages.begin(Stage::Settle);
     let rules = settle::Rules::from_debounce(ctx.settings.triggers.watch_debounce);
-    // Every file at once: a glob's parts settle together, not one after another.
-    let settling = files.iter().map(|path| {
-        let writes = if files.len() == 1 {
-            ctx.writes.clone()
-        } else {
-            settle::WriteTracker::default()
-        };
-        async move { (path, settle::wait(path, rules, &writes, cancel).await) }
-    });
+    // Every file at once, each on its own evidence in the watch's tracker.
     let mut found = Vec::with_capacity(files.len());
-    for (path, settled) in futures::future::join_all(settling).await {
+    for (path, settled) in settle::wait_all(&files, rules, &ctx.writes, cancel).await {
         match &settled {
             Ok(settle::Settled::File(state)) => found.push((path.clone(), Some(state.clone()))),
             Ok(settle::Settled::Missing) => found.push((path.clone(), None)),
@@ -530,6 +537,21 @@ async fn end_record(
                 }
             }
             (Ok(Ran::Synced(Box::new(summary))), rejects)
+        }
+        Err((e, read))
+            if matches!(
+                &e,
+                MirrorRunError::Lock {
+                    source: crate::db::DbError::Stalled(_),
+                    ..
+                }
+            ) =>
+        {
+            // As the built-in mirror's: nothing more is asked of a database
+            // that stopped answering (docs/guarantees.md#database-faults).
+            tracing::error!("the database does not answer: the staging table and the run record are left to the next run's recovery");
+            let reason = error_chain(&e);
+            return Err((outcome_of(&e), e.would_have().unwrap_or(read), reason));
         }
         Err((e, read)) => {
             let outcome = outcome_of(&e);

@@ -20,7 +20,9 @@
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind};
-use std::path::Path;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -99,61 +101,91 @@ fn ends_with_line_break(path: &Path, len: u64) -> bool {
         .unwrap_or(false)
 }
 
-/// What inotify tells about writers: the file got `IN_MODIFY` and has not had
-/// `IN_CLOSE_WRITE` since. Shared by the watcher (which feeds it) and the runs
-/// of `serve` (which wait on it). Cheap to clone.
+/// What inotify tells about writers: which files got `IN_MODIFY` and have not
+/// had `IN_CLOSE_WRITE` since, and what state this process first saw each file
+/// in, and when. Shared by the watcher (which feeds it) and the runs of `serve`
+/// (which wait on it). Cheap to clone.
+///
+/// Each file is tracked on its own, by name (a watch follows one directory,
+/// docs/mirrors.md#serve): a glob's parts share one tracker, and one part's
+/// close neither ends another's open write nor does one part's state replace
+/// another's remembered quiet period.
 #[derive(Clone, Debug, Default)]
-pub struct WriteTracker(Arc<Mutex<Option<Instant>>>, Arc<Mutex<Option<Observed>>>);
+pub struct WriteTracker(
+    Arc<Mutex<HashMap<OsString, Instant>>>,
+    Arc<Mutex<HashMap<PathBuf, Observed>>>,
+);
 
 /// A file state and when this process first saw it (monotonic clock).
 #[derive(Clone, Debug)]
 struct Observed {
-    path: std::path::PathBuf,
     state: FileState,
     since: Instant,
 }
 
 impl WriteTracker {
-    /// Feeds one event naming the file (or a queue overflow).
+    /// Feeds one event naming files of the watch (or a queue overflow).
     pub fn observe(&self, event: &Event) {
         let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let names = event.paths.iter().filter_map(|p| p.file_name());
         match event.kind {
             _ if event.need_rescan() => {
-                // Events were lost, maybe the close among them: forget what we
+                // Events were lost, maybe closes among them: forget what we
                 // knew (the stat rules and /proc still apply).
-                *open = None;
+                open.clear();
             }
             EventKind::Modify(ModifyKind::Data(_)) => {
-                open.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                for name in names {
+                    open.entry(name.to_owned()).or_insert(now);
+                }
             }
             // Closed after writing, a new file renamed into place, or removed.
             EventKind::Access(AccessKind::Close(AccessMode::Write))
             | EventKind::Modify(ModifyKind::Name(_))
-            | EventKind::Remove(_) => *open = None,
+            | EventKind::Remove(_) => {
+                for name in names {
+                    open.remove(name);
+                }
+            }
             _ => {}
         }
     }
 
-    /// Since when the file has been open for writing, if it is.
-    pub fn writing_since(&self) -> Option<Instant> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Since when `path` has been open for writing, if it is.
+    pub fn writing_since(&self, path: &Path) -> Option<Instant> {
+        let open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        path.file_name().and_then(|name| open.get(name).copied())
+    }
+
+    /// The file open for writing the longest, and since when, if any is.
+    pub fn writing(&self) -> Option<(OsString, Instant)> {
+        let open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        open.iter()
+            .min_by_key(|(_, since)| **since)
+            .map(|(name, since)| (name.clone(), *since))
     }
 
     /// When this process first saw `path` in `state`, if it remembers.
     fn seen_since(&self, path: &Path, state: &FileState) -> Option<Instant> {
         let seen = self.1.lock().unwrap_or_else(|e| e.into_inner());
-        seen.as_ref()
-            .filter(|o| o.path == path && o.state == *state)
+        seen.get(path)
+            .filter(|o| o.state == *state)
             .map(|o| o.since)
     }
 
-    /// Remembers that `path` has been in `state` since `since`.
+    /// Remembers that `path` has been in `state` since `since`; forgets the
+    /// files that are gone (a glob's parts come and go).
     fn remember(&self, path: &Path, state: &FileState, since: Instant) {
-        *self.1.lock().unwrap_or_else(|e| e.into_inner()) = Some(Observed {
-            path: path.to_owned(),
-            state: state.clone(),
-            since,
-        });
+        let mut seen = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|p, _| p == path || file_state(p).is_some());
+        seen.insert(
+            path.to_owned(),
+            Observed {
+                state: state.clone(),
+                since,
+            },
+        );
     }
 }
 
@@ -245,7 +277,7 @@ pub(crate) async fn wait(
         let why = rules
             .unsettled(quiet_for, ends_with_line_break(path, state.len))
             .or_else(|| {
-                writes.writing_since().map(|t| {
+                writes.writing_since(path).map(|t| {
                     format!(
                         "it has been open for writing for {:.1}s (inotify: written, not closed yet)",
                         t.elapsed().as_secs_f64()
@@ -276,6 +308,22 @@ pub(crate) async fn wait(
             _ = tokio::time::sleep(sample) => {}
         }
     }
+}
+
+/// Waits until each of `paths` has settled, all at once (a glob's parts
+/// settle together, not one after another), each on its own evidence in the
+/// shared `writes` (docs/mirrors.md#serve): each path with its outcome, in
+/// order.
+pub(crate) async fn wait_all<'a>(
+    paths: &'a [PathBuf],
+    rules: Rules,
+    writes: &WriteTracker,
+    cancel: &CancellationToken,
+) -> Vec<(&'a PathBuf, Result<Settled, Option<Unsettled>>)> {
+    let settling = paths
+        .iter()
+        .map(|path| async move { (path, wait(path, rules, writes, cancel).await) });
+    futures::future::join_all(settling).await
 }
 
 /// A process (visible in our `/proc`) holding the file open for writing.
@@ -352,7 +400,8 @@ mod tests {
         t.observe(&event(EventKind::Modify(ModifyKind::Metadata(
             MetadataKind::Any,
         ))));
-        assert!(t.writing_since().is_none(), "a touch is no write");
+        let file = Path::new("/t/followers.csv");
+        assert!(t.writing_since(file).is_none(), "a touch is no write");
         for end in [
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
             EventKind::Modify(ModifyKind::Name(RenameMode::To)),
@@ -360,19 +409,19 @@ mod tests {
             EventKind::Other,
         ] {
             t.observe(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
-            let since = t.writing_since().expect("writing");
+            let since = t.writing_since(file).expect("writing");
             t.observe(&event(EventKind::Access(AccessKind::Read)));
             t.observe(&event(EventKind::Access(AccessKind::Close(
                 AccessMode::Read,
             ))));
             t.observe(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any))));
-            assert_eq!(t.writing_since(), Some(since), "reads change nothing");
+            assert_eq!(t.writing_since(file), Some(since), "reads change nothing");
             let mut ending = event(end);
             if end == EventKind::Other {
                 ending = Event::new(EventKind::Other).set_flag(Flag::Rescan);
             }
             t.observe(&ending);
-            assert!(t.writing_since().is_none(), "{end:?} ends the write");
+            assert!(t.writing_since(file).is_none(), "{end:?} ends the write");
         }
     }
 
@@ -488,6 +537,71 @@ mod tests {
         let fresh = Instant::now();
         let _ = wait(&path, rules, &WriteTracker::default(), &cancel).await;
         assert!(fresh.elapsed() >= rules.quiet);
+    }
+
+    /// A glob's parts share the watch's tracker: one part's close must not end
+    /// another's open write, and each part settles on its own evidence.
+    #[tokio::test]
+    async fn a_glob_part_open_for_writing_stays_so_when_another_part_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("part-1.csv"), dir.path().join("part-2.csv"));
+        std::fs::write(&a, "id\n1\n").unwrap();
+        std::fs::write(&b, "id\n2\n").unwrap();
+        let at = |path: &Path, kind| Event::new(kind).add_path(path.to_owned());
+        let rules = Rules::from_debounce(Duration::from_millis(20));
+        let (writes, cancel) = (WriteTracker::default(), CancellationToken::new());
+        writes.observe(&at(
+            &a,
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+        ));
+        writes.observe(&at(
+            &b,
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+        ));
+        writes.observe(&at(
+            &b,
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ));
+        let refused = wait(&a, rules, &writes, &cancel).await.err().flatten();
+        let refused = refused.expect("part-1 is still open for writing");
+        assert!(refused.why.contains("inotify"), "{}", refused.why);
+        assert!(
+            matches!(
+                wait(&b, rules, &writes, &cancel).await,
+                Ok(Settled::File(_))
+            ),
+            "part-2 was closed: part-1's open write must not hold it"
+        );
+        // A run's settle of all the parts: the same evidence, part by part.
+        let parts = [a.clone(), b.clone()];
+        let all = wait_all(&parts, rules, &writes, &cancel).await;
+        assert!(
+            matches!(&all[0], (p, Err(Some(u))) if **p == a && u.why.contains("inotify")),
+            "{:?}",
+            all[0].1.as_ref().err()
+        );
+        assert!(matches!(all[1], (_, Ok(Settled::File(_)))));
+        // Closed: it settles.
+        writes.observe(&at(
+            &a,
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ));
+        let all = wait_all(&parts, rules, &writes, &cancel).await;
+        assert!(all.iter().all(|(_, r)| matches!(r, Ok(Settled::File(_)))));
+        // Each part's quiet period is remembered for the next run, not only the last one's.
+        for part in [&a, &b] {
+            let state = file_state(part).unwrap();
+            assert!(
+                writes.seen_since(part, &state).is_some(),
+                "{}",
+                part.display()
+            );
+        }
+        // A part that is gone is forgotten.
+        std::fs::remove_file(&b).unwrap();
+        let _ = wait(&a, rules, &writes, &cancel).await;
+        writes.remember(&a, &file_state(&a).unwrap(), Instant::now());
+        assert_eq!(writes.1.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -171,20 +171,31 @@ pub(crate) const LEFT: &str = "SELECT count(*)::bigint,
 /// Whether follower `$1` is present (a row, or none).
 pub(crate) const PRESENT: &str = "SELECT 1 FROM public.followers WHERE email = $1";
 
-/// Installs the trigger when it is missing (first start after the migration, or
-/// a replaced table); a table whose counter was missing is then unverified.
-pub(crate) const ENSURE: &str = "DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-                  WHERE tgrelid = 'public.followers'::regclass
-                    AND tgname = 'followers_etl_foreign_writes') THEN
+/// Installs the trigger, enabled ALWAYS, when it is missing (first start after
+/// the migration, or a replaced table), and enables ALWAYS one enabled ORIGIN
+/// (an earlier version's, or a dump of one restored; migration
+/// `m20261202_000085` converts the one it finds); a table whose counter was
+/// missing or blind to replica-role writes is then unverified. A trigger
+/// someone disabled (`D`) or set to replica only (`R`) is left so (it counts
+/// as none). Enabling ALWAYS needs the table's ownership.
+pub(crate) const ENSURE: &str = "DO $$
+DECLARE
+  state \"char\" := (SELECT tgenabled FROM pg_catalog.pg_trigger
+                      WHERE tgrelid = 'public.followers'::regclass
+                        AND tgname = 'followers_etl_foreign_writes');
+BEGIN
+  IF state IS NULL THEN
     CREATE TRIGGER followers_etl_foreign_writes
       AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.followers
       FOR EACH STATEMENT EXECUTE FUNCTION etl_info_schema.count_foreign_write();
+  END IF;
+  IF state IS NULL OR state = 'O' THEN
+    ALTER TABLE public.followers ENABLE ALWAYS TRIGGER followers_etl_foreign_writes;
     UPDATE etl_info_schema.table_status SET foreign_writes = NULL WHERE table_name = 'followers';
   END IF;
 END $$";
 
-/// Whether the trigger counts (enabled in origin or always mode, on a table
+/// Whether the trigger counts (enabled ALWAYS, on a table
 /// with no partitions or inheritance children and that is no partition or
 /// child itself: a statement-level trigger fires only for statements on its
 /// own table), the counter now, what the last sync or revert saw, and whether
@@ -192,7 +203,7 @@ END $$";
 pub(crate) const CHECK: &str = "SELECT
     EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
              WHERE tgrelid = to_regclass('public.followers')
-               AND tgname = 'followers_etl_foreign_writes' AND tgenabled IN ('O', 'A'))
+               AND tgname = 'followers_etl_foreign_writes' AND tgenabled = 'A')
       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits
                        WHERE inhparent = to_regclass('public.followers')
                           OR inhrelid = to_regclass('public.followers')),

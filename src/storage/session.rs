@@ -42,3 +42,9 @@ pub(crate) const UNLOCK_PAIR: &str = "SELECT pg_advisory_unlock($1, $2)";
 
 /// A ping of the lock's session.
 pub(crate) const PING: &str = "SELECT 1";
+
+/// What the server says of the lock's session (`$1`, its backend pid) while a
+/// run's statement occupies it: whether it is running one (`active`, also
+/// while it waits for a lock).
+pub(crate) const SESSION_ACTIVE: &str =
+    "SELECT coalesce((SELECT state = 'active' FROM pg_catalog.pg_stat_activity WHERE pid = $1), false)";

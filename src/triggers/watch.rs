@@ -4,7 +4,8 @@
 //! CSV file count, so temporary files (`.x.tmp`, `*.swp`, `*~`) are ignored until
 //! they are renamed into place. A glob mirror's watch (docs/mirrors.md#serve)
 //! follows every file its glob matches in the glob's directory, their state
-//! taken together. A deleted file is logged and ignored: it never
+//! taken together; open writes are tracked per file, and any part open for
+//! writing holds the run. A deleted file is logged and ignored: it never
 //! starts a run, so it never purges anything. With `READY_MARKER`, events naming
 //! the marker count too, so its arrival starts the run the file was waiting for.
 //!
@@ -318,7 +319,8 @@ impl FileWatch {
                     Some(Ok(_)) => {}
                 },
                 _ = settle => {
-                    let writing = self.writes.writing_since();
+                    // Any of the glob's parts open for writing holds the run: it reads them all.
+                    let writing = self.writes.writing();
                     let file = self.watched.describe();
                     match debounce.expired(Instant::now(), self.watched.state(), writing.is_some()) {
                         Verdict::Removed => {
@@ -326,8 +328,10 @@ impl FileWatch {
                         }
                         Verdict::Writing => {
                             // Its IN_CLOSE_WRITE re-arms the debounce.
-                            let open_s = writing.map(|since| since.elapsed().as_secs_f64());
-                            tracing::info!(file, open_s, "the CSV file is still open for writing; waiting for it to be closed");
+                            let (open, open_s) = writing.map_or((None, None), |(name, since)| {
+                                (Some(name.to_string_lossy().into_owned()), Some(since.elapsed().as_secs_f64()))
+                            });
+                            tracing::info!(file, open, open_s, "the CSV file is still open for writing; waiting for it to be closed");
                         }
                         Verdict::Changing => {}
                         Verdict::Settled => {
@@ -429,6 +433,37 @@ mod tests {
         (watch, tx)
     }
 
+    /// A glob mirror's watcher (`files = "part-*.csv"` in `dir`), fed by the test.
+    fn glob_fed(dir: &Path) -> (FileWatch, mpsc::UnboundedSender<notify::Result<Event>>) {
+        let spec = crate::mirror::from_toml_str(
+            r#"[[mirror]]
+name = "parts"
+files = "part-*.csv"
+table = "public.parts"
+key = ["id"]
+columns = [{ name = "id", type = "bigint" }]"#,
+        )
+        .unwrap()
+        .remove(0);
+        let (tx, events) = mpsc::unbounded_channel();
+        let watch = FileWatch {
+            _source: Source::Poll(tokio::spawn(std::future::pending())),
+            events,
+            watched: Watched::Glob {
+                spec: Box::new(spec),
+                tables_dir: dir.to_path_buf(),
+                dir: dir.to_path_buf(),
+            },
+            names: Names::Glob {
+                pattern: glob::Pattern::new("part-*.csv").unwrap(),
+                marker: None,
+            },
+            debounce: Duration::from_millis(50),
+            writes: WriteTracker::default(),
+        };
+        (watch, tx)
+    }
+
     const PERIOD: Duration = Duration::from_secs(2);
 
     /// Events push the deadline; the quiet period after the last one decides.
@@ -512,6 +547,38 @@ mod tests {
             AccessMode::Write,
         ))))
         .unwrap();
+        let run = tokio::time::timeout(Duration::from_secs(10), runs.recv()).await;
+        assert_eq!(run.ok().flatten(), Some(Trigger::Watch));
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// One part closed while another is still open for writing: no run until
+    /// that one is closed too (each part's open write is its own).
+    #[tokio::test]
+    async fn a_glob_part_open_for_writing_holds_the_run_when_another_part_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("part-1.csv"), dir.path().join("part-2.csv"));
+        std::fs::write(&a, "1\n").unwrap();
+        std::fs::write(&b, "2\n").unwrap();
+        let (watch, tx) = glob_fed(dir.path());
+        let (requests, mut runs) = RunRequests::channel();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch.run(requests, stop.clone()));
+        let at = |path: &Path, kind| Ok(Event::new(kind).add_path(path.to_owned()));
+        let (modify, close) = (
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        );
+        tx.send(at(&a, modify)).unwrap();
+        tx.send(at(&b, modify)).unwrap();
+        tx.send(at(&b, close)).unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            runs.try_recv().is_err(),
+            "a run while part-1 is open for writing"
+        );
+        tx.send(at(&a, close)).unwrap();
         let run = tokio::time::timeout(Duration::from_secs(10), runs.recv()).await;
         assert_eq!(run.ok().flatten(), Some(Trigger::Watch));
         stop.cancel();

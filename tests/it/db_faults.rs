@@ -367,3 +367,70 @@ async fn a_network_that_hangs_mid_revert_fails_it_within_db_timeout_and_changes_
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(env.followers().await, pairs(&abc));
 }
+
+/// A configured mirror's run waiting in its staging DDL on the run lock's
+/// session (another session's lock on the staging table) when the network
+/// hangs: the ping cannot go through the busy session, and its probe session
+/// gets no answer either, so the run fails within DB_TIMEOUT, changing nothing.
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_network_that_hangs_while_a_mirror_waits_in_its_staging_ddl_fails_within_db_timeout() {
+    const CONFIG: &str = r#"
+[[mirror]]
+name = "accounts"
+file = "accounts.csv"
+table = "public.accounts"
+key = ["id"]
+columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
+"#;
+    let env = TestEnv::new().await;
+    let config = env.dir.path().join("mirrors.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    env.write_file("accounts.csv", "id,name\n1,Ann\n");
+    let first = env.run(&["--config", &config, "sync", "--mirror", "accounts"], &[]);
+    assert_eq!(first.code, 0, "{first:?}");
+    env.write_file("accounts.csv", "id,name\n1,Ann\n2,Bob\n");
+    let spec = followers_etl::mirror::from_toml_str(CONFIG)
+        .unwrap()
+        .remove(0);
+    let hold = StagingHold::take(&env, &spec).await;
+    let proxy = Staller::start().await;
+    let mut cmd = env.command();
+    cmd.args([
+        "--config", &config, "sync", "--json", "--mirror", "accounts",
+    ])
+    .env("DATABASE_URL", proxy.url(&env))
+    .env("DB_TIMEOUT", "2s")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let stopped = std::cell::Cell::new(None);
+    hold.release(|| {
+        proxy.stop();
+        stopped.set(Some(Instant::now()));
+        std::thread::sleep(Duration::from_secs(1));
+    })
+    .await;
+    let run: Run = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap().into())
+        .await
+        .unwrap();
+    let took = stopped.get().unwrap().elapsed();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("DB_TIMEOUT=2s"), "{run:?}");
+    assert!(took < Duration::from_secs(8), "took {took:?}: {run:?}");
+    let names: i64 = env.scalar("SELECT count(*) FROM public.accounts").await;
+    assert_eq!(names, 1, "nothing merged");
+    // The proxy's connections close; the next run recovers the record and syncs.
+    proxy.close();
+    eventually(30, "the hung sessions to end", || async {
+        (env.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let next = env.run(&["--config", &config, "sync", "--mirror", "accounts"], &[]);
+    assert_eq!(next.code, 0, "{next:?}");
+    assert_eq!(env.scalar("SELECT count(*) FROM public.accounts").await, 2);
+}

@@ -222,3 +222,113 @@ async fn a_write_into_a_partition_of_followers_is_found_by_the_verify_every_comp
     );
     assert_eq!(env.followers().await, pairs(FOUR));
 }
+
+async fn trigger_state(env: &TestEnv) -> String {
+    sqlx::query_scalar(
+        "SELECT tgenabled::text FROM pg_catalog.pg_trigger
+          WHERE tgrelid = 'public.followers'::regclass AND tgname = 'followers_etl_foreign_writes'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// A write as a logical-replication apply worker, a CDC applier or a restore
+/// tool makes it (`session_replication_role = replica`): the counter's
+/// trigger is enabled ALWAYS, so it is counted and the unchanged file synced
+/// back. One enabled ORIGIN only (as earlier versions installed it) is made
+/// ALWAYS at start-up, and the table compared once.
+#[tokio::test]
+async fn a_write_under_replica_role_is_counted_and_an_origin_counter_is_made_always() {
+    let env = TestEnv::migrated().await;
+    env.write_csv(csv(FOUR));
+    env.synced(&[]);
+    assert_eq!(trigger_state(&env).await, "A", "installed ALWAYS");
+    let replica = "BEGIN; SET LOCAL session_replication_role = replica;
+        DELETE FROM followers WHERE email = 'bob@x.io'; COMMIT";
+    env.exec(replica).await;
+    let run = env.sync_with(&[], &[]);
+    run.assert_ended(0, "synced");
+    assert!(run.stderr.contains("changed outside the agent"), "{run:?}");
+    assert_eq!(env.followers().await, pairs(FOUR));
+    env.sync().expect(0, "skipped");
+
+    // An ORIGIN trigger (an earlier version's, or a dump of one restored).
+    env.exec("ALTER TABLE followers ENABLE TRIGGER followers_etl_foreign_writes")
+        .await;
+    env.exec(replica).await;
+    let run = env.sync_with(&[], &[]);
+    run.assert_ended(0, "synced");
+    assert_eq!(trigger_state(&env).await, "A");
+    assert_eq!(env.followers().await, pairs(FOUR));
+    env.sync().expect(0, "skipped");
+    env.exec(replica).await;
+    env.sync_with(&[], &[]).assert_ended(0, "synced");
+    assert_eq!(env.followers().await, pairs(FOUR));
+}
+
+/// An ORIGIN trigger the agent's role cannot enable ALWAYS (it does not own
+/// `followers`) counts as no counter: start-up says so, and an unchanged file
+/// is compared once VERIFY_EVERY has passed, which finds a replica-role write.
+#[tokio::test]
+async fn an_origin_counter_the_role_cannot_enable_always_falls_back_to_verify_every() {
+    let env = TestEnv::new().await;
+    let role = TestRole::new(&env).await;
+    assert_eq!(env.run(&["migrate"], &[]).code, 0);
+    role.grant_documented_privileges(&env).await;
+    env.exec(&format!(
+        "ALTER TABLE followers ENABLE TRIGGER followers_etl_foreign_writes;
+         GRANT TRIGGER ON followers TO {}",
+        role.name
+    ))
+    .await;
+    env.write_csv(csv(FOUR));
+    let sync = |verify: &str| {
+        env.sync_with(
+            &[],
+            &[
+                ("DATABASE_URL", role.url.as_str()),
+                ("VERIFY_EVERY", verify),
+            ],
+        )
+    };
+    let first = sync("1h");
+    first.assert_ended(0, "synced");
+    assert!(
+        first.stderr.contains("enable it ALWAYS") && first.stderr.contains("VERIFY_EVERY=1h"),
+        "{first:?}"
+    );
+    assert_eq!(trigger_state(&env).await, "O");
+    env.exec(
+        "BEGIN; SET LOCAL session_replication_role = replica;
+         DELETE FROM followers WHERE email = 'bob@x.io'; COMMIT",
+    )
+    .await;
+    sync("1h").expect(0, "skipped");
+    let status = env.run(&["status", "--json"], &[]);
+    assert_eq!(status.json()["drift"]["state"], "unknown", "{status:?}");
+    sync("0s").assert_ended(0, "synced");
+    assert_eq!(env.followers().await, pairs(FOUR));
+}
+
+/// The upgrade: migration `m20261202_000085` enables ALWAYS the ORIGIN trigger
+/// an earlier version installed, and forgets the count the last sync saw (the
+/// writes it missed are unknown), so the next unchanged file is compared.
+#[tokio::test]
+async fn the_migration_enables_an_earlier_versions_origin_counter_always() {
+    use migration::MigratorTrait;
+    let env = TestEnv::migrated().await;
+    env.write_csv(csv(FOUR));
+    env.synced(&[]);
+    env.exec(
+        "ALTER TABLE followers ENABLE TRIGGER followers_etl_foreign_writes;
+         DELETE FROM seaql_migrations WHERE version = 'm20261202_000085_followers_counter_always'",
+    )
+    .await;
+    let db = sea_orm::Database::connect(env.url.as_str()).await.unwrap();
+    migration::Migrator::up(&db, None).await.unwrap();
+    assert_eq!(trigger_state(&env).await, "A");
+    assert_eq!(counter(&env).await.1, None, "the last count is forgotten");
+    env.sync_with(&[], &[]).assert_ended(0, "synced");
+    env.sync().expect(0, "skipped");
+}

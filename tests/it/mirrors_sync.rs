@@ -969,3 +969,47 @@ async fn a_failed_merge_reports_the_rows_it_read() {
     assert_eq!((outcome.as_str(), rows_read), ("failed", 4));
     assert_eq!(subscribers(&env).await.len(), 3, "nothing applied");
 }
+
+/// The run lock's session also runs the staging DDL (docs/mirrors.md#runs): a
+/// statement there that waits (here for another session's lock on the staging
+/// table, three times DB_TIMEOUT) is a slow statement, not a database that
+/// stopped answering. The ping measures the session (the server answers, the
+/// session is running the statement), so the run goes on once the lock is
+/// released, and syncs.
+#[tokio::test]
+async fn a_staging_statement_waiting_on_the_lock_session_is_not_a_stalled_database() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
+    env.write_file(
+        "subscribers.csv",
+        format!("{SUBSCRIBERS}pro,Cy,cy@example.com,3,x\n"),
+    );
+    let spec = followers_etl::mirror::from_toml_str(CONFIG)
+        .unwrap()
+        .remove(0);
+    let hold = StagingHold::take(&env, &spec).await;
+    let mut cmd = env.command();
+    cmd.args([
+        "--config",
+        &path,
+        "sync",
+        "--json",
+        "--mirror",
+        "subscribers",
+    ])
+    .env("DB_TIMEOUT", "1s")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    hold.release(|| std::thread::sleep(std::time::Duration::from_secs(3)))
+        .await;
+    let run: Run = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap().into())
+        .await
+        .unwrap();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lines(&run.stdout)[0]["outcome"], "synced", "{run:?}");
+    assert_eq!(subscribers(&env).await.len(), 4);
+}
