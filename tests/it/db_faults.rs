@@ -367,3 +367,255 @@ async fn a_network_that_hangs_mid_revert_fails_it_within_db_timeout_and_changes_
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(env.followers().await, pairs(&abc));
 }
+
+// A configured mirror's run (docs/mirrors.md#runs) under the same faults: its
+// merge's connection lost mid-COPY, during the merge and at COMMIT, a statement
+// timeout, and a restart of the server. After each, the table is exactly as
+// before (or, for the restart, as before or the file), the run is recorded
+// failed (none left `running`), its run lock is released, its staging table is
+// gone, and the next run syncs the file.
+
+use crate::shapes::{Case, Target};
+use followers_etl::mirror::store::MirrorSql;
+
+/// The configured mirror of `crate::shapes` on `env`, migrated, its table
+/// holding the four followers of `fixtures::A`.
+async fn configured_with_a(env: TestEnv) -> Case {
+    let case = Case::on(Target::Configured, env);
+    case.migrate().await;
+    case.write(&pairs(crate::helpers::fixtures::A));
+    case.synced();
+    case
+}
+
+/// The pid of the first other session of the test's database for which
+/// `filter` (SQL over `pg_stat_activity`) holds, waiting up to 60 s for one.
+async fn session_where(env: &TestEnv, what: &str, filter: &str) -> i32 {
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({filter})
+          LIMIT 1"
+    );
+    eventually(60, what, || async {
+        sqlx::query_scalar::<_, i32>(&sql)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+async fn terminate(env: &TestEnv, pid: i32) {
+    let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(done, "terminated {pid}");
+}
+
+/// Starts `sync --json` of the configured mirror in the background.
+fn spawn_sync(case: &Case, vars: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = case.sync_command();
+    cmd.env("MAX_DELETE_RATIO", "1.0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+async fn finished(child: std::process::Child) -> Run {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap().into())
+        .await
+        .unwrap()
+}
+
+/// What must hold after a run the fault failed: exit 1, `failed`, the table
+/// exactly `before`, the run recorded failed and none `running`, the run lock
+/// released, the staging table gone.
+async fn failed_and_unchanged(case: &Case, run: &Run, before: &[Vec<Option<String>>]) {
+    run.assert_ended(1, "failed");
+    assert_eq!(case.versions().await, before, "the table changed: {run:?}");
+    case.wait_for_locks_released().await;
+    assert_eq!(case.records("failed").await, 1, "{run:?}");
+    assert_eq!(case.running_records().await, 0, "{run:?}");
+    case.assert_staging_gone("after the failed run").await;
+}
+
+/// The next run syncs `rows`, and leaves nothing staged.
+async fn next_run_syncs(case: &Case, rows: &[Follower]) {
+    let run = case.sync(&[("MAX_DELETE_RATIO", "1.0")]);
+    run.assert_ended(0, "synced");
+    assert_eq!(case.rows().await, case.expected(rows));
+    case.assert_staging_gone("after the next run").await;
+    assert_eq!(case.running_records().await, 0);
+}
+
+/// A trigger sleeping for a minute once the merge inserts: `AFTER INSERT …
+/// FOR EACH STATEMENT` (the merge's insert waits in it), or a deferred
+/// constraint trigger (`COMMIT` waits in it).
+async fn sleep_on_insert(case: &Case, at_commit: bool) {
+    let trigger = if at_commit {
+        "CREATE CONSTRAINT TRIGGER slow_write AFTER INSERT ON {table}
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_write()"
+    } else {
+        "CREATE TRIGGER slow_write AFTER INSERT ON {table}
+           FOR EACH STATEMENT EXECUTE FUNCTION slow_write()"
+    };
+    case.env
+        .exec(&case.target.fill(&format!(
+            "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$;
+             {trigger}"
+        )))
+        .await;
+}
+
+async fn drop_sleep(case: &Case) {
+    case.env
+        .exec(
+            &case
+                .target
+                .fill("DROP TRIGGER slow_write ON {table}; DROP FUNCTION slow_write()"),
+        )
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_connection_lost_mid_copy_fails_the_run_and_changes_nothing() {
+    let case = configured_with_a(TestEnv::new().await).await;
+    let before = case.versions().await;
+    let mut rows = pairs(crate::helpers::fixtures::A);
+    rows.extend(many(200_000));
+    case.write(&rows);
+    let child = spawn_sync(&case, &[]);
+    let pid = session_where(
+        &case.env,
+        "the run's COPY",
+        "state = 'active' AND query ILIKE 'COPY %'",
+    )
+    .await;
+    // Some rows on their way, the COPY still open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    terminate(&case.env, pid).await;
+    let run = finished(child).await;
+    assert!(run.stderr.contains("staging failed"), "{run:?}");
+    failed_and_unchanged(&case, &run, &before).await;
+    next_run_syncs(&case, &rows).await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_connection_lost_during_the_merge_fails_the_run_and_changes_nothing()
+{
+    merge_connection_lost(false).await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_connection_lost_at_commit_fails_the_run_and_changes_nothing() {
+    merge_connection_lost(true).await;
+}
+
+/// The merge's session ends while its insert (or its `COMMIT`) waits in a
+/// trigger of the application.
+async fn merge_connection_lost(at_commit: bool) {
+    use crate::helpers::fixtures::B;
+    let case = configured_with_a(TestEnv::new().await).await;
+    sleep_on_insert(&case, at_commit).await;
+    let before = case.versions().await;
+    case.write(&pairs(B));
+    let child = spawn_sync(&case, &[]);
+    let filter = if at_commit {
+        "wait_event = 'PgSleep' AND query = 'COMMIT'"
+    } else {
+        "wait_event = 'PgSleep' AND query ILIKE '%INSERT INTO%'"
+    };
+    let pid = session_where(&case.env, "the merge in the trigger", filter).await;
+    terminate(&case.env, pid).await;
+    let run = finished(child).await;
+    failed_and_unchanged(&case, &run, &before).await;
+    drop_sleep(&case).await;
+    next_run_syncs(&case, &pairs(B)).await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_merge_cancelled_by_statement_timeout_fails_the_run_and_changes_nothing(
+) {
+    use crate::helpers::fixtures::B;
+    let case = configured_with_a(TestEnv::new().await).await;
+    sleep_on_insert(&case, false).await;
+    let before = case.versions().await;
+    case.env
+        .exec(&format!(
+            "ALTER DATABASE {} SET statement_timeout = '1s'",
+            case.env.name
+        ))
+        .await;
+    case.write(&pairs(B));
+    let run = case.sync(&[]);
+    assert!(
+        run.stderr.contains("statement timeout") && run.stderr.contains("rolled back"),
+        "{run:?}"
+    );
+    failed_and_unchanged(&case, &run, &before).await;
+    drop_sleep(&case).await;
+    next_run_syncs(&case, &pairs(B)).await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_database_restart_during_a_configured_mirror_s_run_leaves_it_whole_and_the_next_run_syncs(
+) {
+    configured_server_stopped_mid_run("fast").await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_database_crash_during_a_configured_mirror_s_run_leaves_it_whole_and_the_next_run_syncs()
+{
+    configured_server_stopped_mid_run("immediate").await;
+}
+
+/// Stops the database (`pg_ctl stop -m mode`) while a configured mirror's run
+/// stages 200,000 rows, then starts it again.
+async fn configured_server_stopped_mid_run(mode: &str) {
+    let pg = PrivatePg::start_new();
+    let case = configured_with_a(TestEnv::on_existing(&pg.url())).await;
+    let old = case.rows().await;
+    let mut rows = pairs(crate::helpers::fixtures::A);
+    rows.extend(many(200_000));
+    case.write(&rows);
+    let child = spawn_sync(&case, &[]);
+    session_where(
+        &case.env,
+        "the run's COPY",
+        "state = 'active' AND query ILIKE 'COPY %'",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.stop(mode);
+    let run = finished(child).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    pg.start();
+    let now = case.rows().await;
+    assert!(now == old, "the table changed by the interrupted run");
+    // The interrupted run's record: failed by the run, else marked
+    // interrupted by the next one.
+    next_run_syncs(&case, &rows).await;
+    assert_eq!(case.records("failed").await, 1, "{run:?}");
+    case.wait_for_locks_released().await;
+    let staging = MirrorSql::new(&crate::shapes::subscribers_spec()).staging_table();
+    let left: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&staging)
+        .fetch_one(&case.env.pool)
+        .await
+        .unwrap();
+    assert!(!left, "staging left");
+    drop(case);
+    drop(pg);
+}

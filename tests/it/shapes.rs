@@ -167,7 +167,7 @@ impl Target {
 
     /// `sql` with `{table}`, `{key}`, `{key_ddl}`, `{pkey}`, `{columns}` and
     /// `{dee}` filled in.
-    fn fill(self, sql: &str) -> String {
+    pub(crate) fn fill(self, sql: &str) -> String {
         sql.replace("{table}", self.table())
             .replace("{key_ddl}", self.key_ddl())
             .replace("{key}", self.key())
@@ -311,7 +311,7 @@ impl Case {
     }
 
     /// `rows` with each row's `modified_at`.
-    async fn versions(&self) -> Vec<Vec<Option<String>>> {
+    pub(crate) async fn versions(&self) -> Vec<Vec<Option<String>>> {
         let mut list = self.cells();
         list.push("modified_at::text".into());
         self.select(&list).await
