@@ -188,8 +188,20 @@ pub async fn run_mirror_sync(
         Ok(Ran::Skipped(reason)) => (Outcome::Skipped, Counts::default(), Some(reason)),
         Err((outcome, counts, reason)) => (outcome, counts, Some(reason)),
     };
-    if let Err(e) = runs::record_stages(&ctx.db, load_id, &stages.to_json()).await {
-        tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+    // Bounded as the built-in mirror's: an unreachable database must not hold the run.
+    let recorded = tokio::time::timeout(
+        super::COMPENSATION_REACH_TIMEOUT,
+        runs::record_stages(&ctx.db, load_id, &stages.to_json()),
+    )
+    .await;
+    match recorded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations")
+        }
+        Err(_) => tracing::warn!(
+            "could not record the run's stage durations: the database did not answer"
+        ),
     }
     let summary = Summary {
         mirror: Some(mirror.to_owned()),
@@ -542,6 +554,17 @@ async fn end_record(
                 },
                 e => e.would_have().unwrap_or_default(),
             };
+            // A database that went away (a restart, a lost network) would hold
+            // the run for the pool's acquire timeout: the record is then left
+            // to the next run's recovery, which marks it failed.
+            let reachable =
+                tokio::time::timeout(super::COMPENSATION_REACH_TIMEOUT, db.ping()).await;
+            if !matches!(reachable, Ok(Ok(()))) {
+                tracing::error!(
+                    "database unreachable: the run's record and rejects are left to the next run's recovery"
+                );
+                return Err((outcome, counts, reason));
+            }
             if let Err(e) = runs::finish(db, load_id, outcome, &counts, Some(&reason), None).await {
                 tracing::warn!(error = %error_chain(&e), "could not finish the run's record");
             }

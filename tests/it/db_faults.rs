@@ -599,7 +599,12 @@ async fn configured_server_stopped_mid_run(mode: &str) {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     pg.stop(mode);
+    let stopped = Instant::now();
     let run = finished(child).await;
+    // Its record is left to the next run's recovery, not waited for over the
+    // pool's acquire timeout (60 s, twice: it took 120 s).
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(20), "took {took:?}: {run:?}");
     assert_eq!(run.code, 1, "{run:?}");
     pg.start();
     let now = case.rows().await;
