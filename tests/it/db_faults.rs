@@ -457,6 +457,10 @@ async fn next_run_syncs(case: &Case, rows: &[Follower]) {
 /// FOR EACH STATEMENT` (the merge's insert waits in it), or a deferred
 /// constraint trigger (`COMMIT` waits in it).
 async fn sleep_on_insert(case: &Case, at_commit: bool) {
+    sleep_on_insert_for(case, at_commit, 60).await;
+}
+
+async fn sleep_on_insert_for(case: &Case, at_commit: bool, seconds: u32) {
     let trigger = if at_commit {
         "CREATE CONSTRAINT TRIGGER slow_write AFTER INSERT ON {table}
            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_write()"
@@ -467,7 +471,7 @@ async fn sleep_on_insert(case: &Case, at_commit: bool) {
     case.env
         .exec(&case.target.fill(&format!(
             "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$
-               BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$;
+               BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
              {trigger}"
         )))
         .await;
@@ -538,6 +542,43 @@ async fn merge_connection_lost(at_commit: bool) {
     terminate(&case.env, pid).await;
     let run = finished(child).await;
     failed_and_unchanged(&case, &run, &before).await;
+    drop_sleep(&case).await;
+    next_run_syncs(&case, &pairs(B)).await;
+}
+
+/// The run lock's own session ends while the merge waits in a trigger: the
+/// merge finds its lock gone before the commit and rolls back; the staging
+/// table, made on the lost session, is left to the next holder of the lock
+/// (docs/mirrors.md#runs, step 8), which drops it.
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_lock_session_lost_during_the_merge_never_commits() {
+    use crate::helpers::fixtures::B;
+    let case = configured_with_a(TestEnv::new().await).await;
+    sleep_on_insert_for(&case, false, 3).await;
+    let before = case.versions().await;
+    case.write(&pairs(B));
+    let child = spawn_sync(&case, &[]);
+    session_where(
+        &case.env,
+        "the merge in the trigger",
+        "wait_event = 'PgSleep' AND query ILIKE '%INSERT INTO%'",
+    )
+    .await;
+    let lock = session_where(
+        &case.env,
+        "the run lock's session",
+        "pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)",
+    )
+    .await;
+    terminate(&case.env, lock).await;
+    let run = finished(child).await;
+    run.assert_ended(1, "failed");
+    assert!(run.stderr.contains("lost its lock"), "{run:?}");
+    assert_eq!(case.versions().await, before, "the table changed: {run:?}");
+    case.wait_for_locks_released().await;
+    assert_eq!(case.records("failed").await, 1, "{run:?}");
+    assert_eq!(case.running_records().await, 0, "{run:?}");
     drop_sleep(&case).await;
     next_run_syncs(&case, &pairs(B)).await;
 }
