@@ -665,3 +665,56 @@ async fn configured_server_stopped_mid_run(mode: &str) {
     drop(case);
     drop(pg);
 }
+
+/// The network stops forwarding while the configured mirror's `COMMIT` runs
+/// (a deferred trigger of the application holds it 2 s): the server commits,
+/// the run never hears it and fails within `DB_TIMEOUT`. The one case a run
+/// cannot tell (docs/guarantees.md#database-faults): the table is the file,
+/// and its record, committed with it, says `synced`; the next run skips the
+/// unchanged file.
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_commit_whose_answer_is_lost_is_told_by_its_record() {
+    use crate::helpers::fixtures::B;
+    let case = configured_with_a(TestEnv::new().await).await;
+    sleep_on_insert_for(&case, true, 2).await;
+    case.write(&pairs(B));
+    let proxy = Staller::start().await;
+    let child = spawn_sync(
+        &case,
+        &[
+            ("DATABASE_URL", proxy.url(&case.env).as_str()),
+            ("DB_TIMEOUT", "2s"),
+        ],
+    );
+    session_where(
+        &case.env,
+        "the COMMIT in the trigger",
+        "wait_event = 'PgSleep' AND query = 'COMMIT'",
+    )
+    .await;
+    proxy.stop();
+    let stopped = Instant::now();
+    let run = finished(child).await;
+    let took = stopped.elapsed();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("DB_TIMEOUT=2s"), "{run:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}: {run:?}");
+    proxy.close();
+    case.wait_for_locks_released().await;
+    assert_eq!(case.rows().await, case.expected(&pairs(B)));
+    let outcome: String = sqlx::query_scalar(
+        "SELECT outcome FROM etl_info_schema.sync_runs WHERE mirror = 'subscribers'
+          ORDER BY started_at DESC LIMIT 1",
+    )
+    .fetch_one(&case.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcome, "synced", "{run:?}");
+    assert_eq!(case.running_records().await, 0);
+    drop_sleep(&case).await;
+    let next = case.sync(&[]);
+    next.assert_ended(0, "skipped");
+    assert_eq!(case.rows().await, case.expected(&pairs(B)));
+    case.assert_staging_gone("after the next run").await;
+}
