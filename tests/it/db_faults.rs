@@ -718,3 +718,39 @@ async fn a_configured_mirror_s_commit_whose_answer_is_lost_is_told_by_its_record
     assert_eq!(case.rows().await, case.expected(&pairs(B)));
     case.assert_staging_gone("after the next run").await;
 }
+
+/// The configured mirror's table (and its key) on a 2 MB tablespace; a file
+/// adding 60,000 subscribers fills it during the merge.
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_disk_full_during_a_configured_mirror_s_merge_fails_changes_nothing_and_the_next_run_syncs(
+) {
+    let disk = SmallDisk::mount("2m");
+    let pg = PrivatePg::start_new();
+    let case = configured_with_a(TestEnv::on_existing(&pg.url())).await;
+    case.env
+        .exec(&format!(
+            "CREATE TABLESPACE small LOCATION '{}'",
+            disk.dir.path().display()
+        ))
+        .await;
+    case.env
+        .exec(&case.target.fill(
+            "ALTER TABLE {table} SET TABLESPACE small; ALTER INDEX crm.{pkey} SET TABLESPACE small",
+        ))
+        .await;
+    let before = case.versions().await;
+    let mut rows = pairs(crate::helpers::fixtures::A);
+    rows.extend(many(60_000));
+    case.write(&rows);
+    let run = case.sync(&[]);
+    assert!(
+        run.stderr.contains("No space left on device") || run.stderr.contains("could not extend"),
+        "{run:?}"
+    );
+    failed_and_unchanged(&case, &run, &before).await;
+    disk.resize("64m");
+    next_run_syncs(&case, &rows).await;
+    drop(case);
+    drop(pg);
+}
