@@ -6,8 +6,9 @@
 //! (built-in only), a published table with `REPLICA IDENTITY USING INDEX`, a
 //! view that depends on the key, a hash-partitioned table, a table that is
 //! itself a partition, an inheritance child, an extra index and a user trigger,
-//! an application's own nullable column, a generated column, and a foreign key
-//! from another table. After each step the table equals the file, rows the step
+//! an application's own nullable column, a generated column, a foreign key
+//! from another table, and (configured only) an existing table of the
+//! application's own, of wider types and another column order. After each step the table equals the file, rows the step
 //! did not change are untouched (their row version, `xmin`, is the same), and
 //! the shape's own invariant holds; a revert gives back every row exactly,
 //! `modified_at` included. Plus the built-in first sync's fast path: taken only
@@ -658,6 +659,22 @@ shapes! {
         after_migrate: "ALTER TABLE {table} ADD COLUMN name_length integer GENERATED ALWAYS AS (length(full_name)) STORED;",
         after_first_sync: "",
         invariant: "SELECT count(*) > 0 AND bool_and(name_length = length(full_name)) FROM {table}",
+    };
+    // A table the agent did not create (docs/mirrors.md#an-existing-table): the
+    // columns in another order and of wider types, the key a unique index in
+    // another order, the primary key an identity of the application's, and a
+    // column of its own with a default.
+    shape_an_existing_table_of_its_own: [configured] => Shape {
+        before_migrate: "",
+        after_migrate: "DROP TABLE {table};
+            CREATE TABLE {table} (
+              id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, token uuid NOT NULL,
+              note text NOT NULL DEFAULT 'new', seats bigint NOT NULL, full_name varchar(1000),
+              email varchar(320) NOT NULL, account_id bigint NOT NULL, plan text,
+              signed_up date NOT NULL, opted_in boolean, balance numeric, last_seen timestamp,
+              confirmed timestamptz, modified_at timestamptz, UNIQUE (email, account_id));",
+        after_first_sync: "",
+        invariant: "SELECT count(*) = count(DISTINCT id) AND bool_and(note = 'new') FROM {table}",
     };
     shape_a_foreign_key_from_another_table: [built_in, configured] => Shape {
         before_migrate: "",
