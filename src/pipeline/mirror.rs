@@ -188,23 +188,20 @@ pub async fn run_mirror_sync(
         Ok(Ran::Skipped(reason)) => (Outcome::Skipped, Counts::default(), Some(reason)),
         Err((outcome, counts, reason)) => (outcome, counts, Some(reason)),
     };
-    // Bounded by DB_TIMEOUT: after a stall the database may still not answer
-    // (docs/guarantees.md#database-faults).
+    // Bounded as the built-in mirror's: an unreachable database must not hold the run.
     let recorded = tokio::time::timeout(
-        ctx.settings.database.timeout,
+        super::COMPENSATION_REACH_TIMEOUT,
         runs::record_stages(&ctx.db, load_id, &stages.to_json()),
     )
     .await;
     match recorded {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations");
+            tracing::warn!(error = %error_chain(&e), "could not record the run's stage durations")
         }
-        Err(_) => {
-            tracing::warn!(
-                "could not record the run's stage durations: the database did not answer"
-            );
-        }
+        Err(_) => tracing::warn!(
+            "could not record the run's stage durations: the database did not answer"
+        ),
     }
     let summary = Summary {
         mirror: Some(mirror.to_owned()),
@@ -577,6 +574,17 @@ async fn end_record(
                 },
                 e => e.would_have().unwrap_or(read),
             };
+            // A database that went away (a restart, a lost network) would hold
+            // the run for the pool's acquire timeout: the record is then left
+            // to the next run's recovery, which marks it failed.
+            let reachable =
+                tokio::time::timeout(super::COMPENSATION_REACH_TIMEOUT, db.ping()).await;
+            if !matches!(reachable, Ok(Ok(()))) {
+                tracing::error!(
+                    "database unreachable: the run's record and rejects are left to the next run's recovery"
+                );
+                return Err((outcome, counts, reason));
+            }
             if let Err(e) = runs::finish(db, load_id, outcome, &counts, Some(&reason), None).await {
                 tracing::warn!(error = %error_chain(&e), "could not finish the run's record");
             }

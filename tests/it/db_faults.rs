@@ -434,3 +434,390 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
     assert_eq!(next.code, 0, "{next:?}");
     assert_eq!(env.scalar("SELECT count(*) FROM public.accounts").await, 2);
 }
+
+// A configured mirror's run (docs/mirrors.md#runs) under the same faults: its
+// merge's connection lost mid-COPY, during the merge and at COMMIT, a statement
+// timeout, and a restart of the server. After each, the table is exactly as
+// before (or, for the restart, as before or the file), the run is recorded
+// failed (none left `running`), its run lock is released, its staging table is
+// gone, and the next run syncs the file.
+
+use crate::shapes::{Case, Target};
+use followers_etl::storage::mirror::MirrorSql;
+
+/// The configured mirror of `crate::shapes` on `env`, migrated, its table
+/// holding the four followers of `fixtures::A`.
+async fn configured_with_a(env: TestEnv) -> Case {
+    let case = Case::on(Target::Configured, env);
+    case.migrate().await;
+    case.write(&pairs(crate::helpers::fixtures::A));
+    case.synced();
+    case
+}
+
+/// The pid of the first other session of the test's database for which
+/// `filter` (SQL over `pg_stat_activity`) holds, waiting up to 60 s for one.
+async fn session_where(env: &TestEnv, what: &str, filter: &str) -> i32 {
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({filter})
+          LIMIT 1"
+    );
+    eventually(60, what, || async {
+        sqlx::query_scalar::<_, i32>(&sql)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+async fn terminate(env: &TestEnv, pid: i32) {
+    let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(done, "terminated {pid}");
+}
+
+/// Starts `sync --json` of the configured mirror in the background.
+fn spawn_sync(case: &Case, vars: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = case.sync_command();
+    cmd.env("MAX_DELETE_RATIO", "1.0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+async fn finished(child: std::process::Child) -> Run {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap().into())
+        .await
+        .unwrap()
+}
+
+/// What must hold after a run the fault failed: exit 1, `failed`, the table
+/// exactly `before`, the run recorded failed and none `running`, the run lock
+/// released, the staging table gone.
+async fn failed_and_unchanged(case: &Case, run: &Run, before: &[Vec<Option<String>>]) {
+    run.assert_ended(1, "failed");
+    assert_eq!(case.versions().await, before, "the table changed: {run:?}");
+    case.wait_for_locks_released().await;
+    assert_eq!(case.records("failed").await, 1, "{run:?}");
+    assert_eq!(case.running_records().await, 0, "{run:?}");
+    case.assert_staging_gone("after the failed run").await;
+}
+
+/// The next run syncs `rows`, and leaves nothing staged.
+async fn next_run_syncs(case: &Case, rows: &[Follower]) {
+    let run = case.sync(&[("MAX_DELETE_RATIO", "1.0")]);
+    run.assert_ended(0, "synced");
+    assert_eq!(case.rows().await, case.expected(rows));
+    case.assert_staging_gone("after the next run").await;
+    assert_eq!(case.running_records().await, 0);
+}
+
+/// A trigger sleeping for a minute once the merge inserts: `AFTER INSERT …
+/// FOR EACH STATEMENT` (the merge's insert waits in it), or a deferred
+/// constraint trigger (`COMMIT` waits in it).
+async fn sleep_on_insert(case: &Case, at_commit: bool) {
+    sleep_on_insert_for(case, at_commit, 60).await;
+}
+
+async fn sleep_on_insert_for(case: &Case, at_commit: bool, seconds: u32) {
+    let trigger = if at_commit {
+        "CREATE CONSTRAINT TRIGGER slow_write AFTER INSERT ON {table}
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_write()"
+    } else {
+        "CREATE TRIGGER slow_write AFTER INSERT ON {table}
+           FOR EACH STATEMENT EXECUTE FUNCTION slow_write()"
+    };
+    case.env
+        .exec(&case.target.fill(&format!(
+            "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
+             {trigger}"
+        )))
+        .await;
+}
+
+async fn drop_sleep(case: &Case) {
+    case.env
+        .exec(
+            &case
+                .target
+                .fill("DROP TRIGGER slow_write ON {table}; DROP FUNCTION slow_write()"),
+        )
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_connection_lost_mid_copy_fails_the_run_and_changes_nothing() {
+    let case = configured_with_a(TestEnv::new().await).await;
+    let before = case.versions().await;
+    let mut rows = pairs(crate::helpers::fixtures::A);
+    rows.extend(many(200_000));
+    case.write(&rows);
+    let child = spawn_sync(&case, &[]);
+    let pid = session_where(
+        &case.env,
+        "the run's COPY",
+        "state = 'active' AND query ILIKE 'COPY %'",
+    )
+    .await;
+    // Some rows on their way, the COPY still open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    terminate(&case.env, pid).await;
+    let run = finished(child).await;
+    assert!(run.stderr.contains("staging failed"), "{run:?}");
+    failed_and_unchanged(&case, &run, &before).await;
+    next_run_syncs(&case, &rows).await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_connection_lost_during_the_merge_fails_the_run_and_changes_nothing()
+{
+    merge_connection_lost(false).await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_connection_lost_at_commit_fails_the_run_and_changes_nothing() {
+    merge_connection_lost(true).await;
+}
+
+/// The merge's session ends while its insert (or its `COMMIT`) waits in a
+/// trigger of the application.
+async fn merge_connection_lost(at_commit: bool) {
+    use crate::helpers::fixtures::B;
+    let case = configured_with_a(TestEnv::new().await).await;
+    sleep_on_insert(&case, at_commit).await;
+    let before = case.versions().await;
+    case.write(&pairs(B));
+    let child = spawn_sync(&case, &[]);
+    let filter = if at_commit {
+        "wait_event = 'PgSleep' AND query = 'COMMIT'"
+    } else {
+        "wait_event = 'PgSleep' AND query ILIKE '%INSERT INTO%'"
+    };
+    let pid = session_where(&case.env, "the merge in the trigger", filter).await;
+    terminate(&case.env, pid).await;
+    let run = finished(child).await;
+    failed_and_unchanged(&case, &run, &before).await;
+    drop_sleep(&case).await;
+    next_run_syncs(&case, &pairs(B)).await;
+}
+
+/// The run lock's own session ends while the merge waits in a trigger: the
+/// merge finds its lock gone before the commit and rolls back; the staging
+/// table, made on the lost session, is left to the next holder of the lock
+/// (docs/mirrors.md#runs, step 8), which drops it.
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_lock_session_lost_during_the_merge_never_commits() {
+    use crate::helpers::fixtures::B;
+    let case = configured_with_a(TestEnv::new().await).await;
+    sleep_on_insert_for(&case, false, 3).await;
+    let before = case.versions().await;
+    case.write(&pairs(B));
+    let child = spawn_sync(&case, &[]);
+    session_where(
+        &case.env,
+        "the merge in the trigger",
+        "wait_event = 'PgSleep' AND query ILIKE '%INSERT INTO%'",
+    )
+    .await;
+    let lock = session_where(
+        &case.env,
+        "the run lock's session",
+        "pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)",
+    )
+    .await;
+    terminate(&case.env, lock).await;
+    let run = finished(child).await;
+    run.assert_ended(1, "failed");
+    assert!(run.stderr.contains("lost its lock"), "{run:?}");
+    assert_eq!(case.versions().await, before, "the table changed: {run:?}");
+    case.wait_for_locks_released().await;
+    assert_eq!(case.records("failed").await, 1, "{run:?}");
+    assert_eq!(case.running_records().await, 0, "{run:?}");
+    drop_sleep(&case).await;
+    next_run_syncs(&case, &pairs(B)).await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_merge_cancelled_by_statement_timeout_fails_the_run_and_changes_nothing(
+) {
+    use crate::helpers::fixtures::B;
+    let case = configured_with_a(TestEnv::new().await).await;
+    sleep_on_insert(&case, false).await;
+    let before = case.versions().await;
+    case.env
+        .exec(&format!(
+            "ALTER DATABASE {} SET statement_timeout = '1s'",
+            case.env.name
+        ))
+        .await;
+    case.write(&pairs(B));
+    let run = case.sync(&[]);
+    assert!(
+        run.stderr.contains("statement timeout") && run.stderr.contains("rolled back"),
+        "{run:?}"
+    );
+    failed_and_unchanged(&case, &run, &before).await;
+    drop_sleep(&case).await;
+    next_run_syncs(&case, &pairs(B)).await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_database_restart_during_a_configured_mirror_s_run_leaves_it_whole_and_the_next_run_syncs(
+) {
+    configured_server_stopped_mid_run("fast").await;
+}
+
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_database_crash_during_a_configured_mirror_s_run_leaves_it_whole_and_the_next_run_syncs()
+{
+    configured_server_stopped_mid_run("immediate").await;
+}
+
+/// Stops the database (`pg_ctl stop -m mode`) while a configured mirror's run
+/// stages 200,000 rows, then starts it again.
+async fn configured_server_stopped_mid_run(mode: &str) {
+    let pg = PrivatePg::start_new();
+    let case = configured_with_a(TestEnv::on_existing(&pg.url())).await;
+    let old = case.rows().await;
+    let mut rows = pairs(crate::helpers::fixtures::A);
+    rows.extend(many(200_000));
+    case.write(&rows);
+    let child = spawn_sync(&case, &[]);
+    session_where(
+        &case.env,
+        "the run's COPY",
+        "state = 'active' AND query ILIKE 'COPY %'",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.stop(mode);
+    let stopped = Instant::now();
+    let run = finished(child).await;
+    // Its record is left to the next run's recovery, not waited for over the
+    // pool's acquire timeout (60 s, twice: it took 120 s).
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(20), "took {took:?}: {run:?}");
+    assert_eq!(run.code, 1, "{run:?}");
+    pg.start();
+    let now = case.rows().await;
+    assert!(now == old, "the table changed by the interrupted run");
+    // The interrupted run's record: failed by the run, else marked
+    // interrupted by the next one.
+    next_run_syncs(&case, &rows).await;
+    assert_eq!(case.records("failed").await, 1, "{run:?}");
+    case.wait_for_locks_released().await;
+    let staging = MirrorSql::new(&crate::shapes::subscribers_spec()).staging_table();
+    let left: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&staging)
+        .fetch_one(&case.env.pool)
+        .await
+        .unwrap();
+    assert!(!left, "staging left");
+    drop(case);
+    drop(pg);
+}
+
+/// The network stops forwarding while the configured mirror's `COMMIT` runs
+/// (a deferred trigger of the application holds it 2 s): the server commits,
+/// the run never hears it and fails within `DB_TIMEOUT`. The one case a run
+/// cannot tell (docs/guarantees.md#database-faults): the table is the file,
+/// and its record, committed with it, says `synced`; the next run skips the
+/// unchanged file.
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_configured_mirror_s_commit_whose_answer_is_lost_is_told_by_its_record() {
+    use crate::helpers::fixtures::B;
+    let case = configured_with_a(TestEnv::new().await).await;
+    sleep_on_insert_for(&case, true, 2).await;
+    case.write(&pairs(B));
+    let proxy = Staller::start().await;
+    let child = spawn_sync(
+        &case,
+        &[
+            ("DATABASE_URL", proxy.url(&case.env).as_str()),
+            ("DB_TIMEOUT", "2s"),
+        ],
+    );
+    session_where(
+        &case.env,
+        "the COMMIT in the trigger",
+        "wait_event = 'PgSleep' AND query = 'COMMIT'",
+    )
+    .await;
+    proxy.stop();
+    let stopped = Instant::now();
+    let run = finished(child).await;
+    let took = stopped.elapsed();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("DB_TIMEOUT=2s"), "{run:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}: {run:?}");
+    proxy.close();
+    case.wait_for_locks_released().await;
+    assert_eq!(case.rows().await, case.expected(&pairs(B)));
+    let outcome: String = sqlx::query_scalar(
+        "SELECT outcome FROM etl_info_schema.sync_runs WHERE mirror = 'subscribers'
+          ORDER BY started_at DESC LIMIT 1",
+    )
+    .fetch_one(&case.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcome, "synced", "{run:?}");
+    assert_eq!(case.running_records().await, 0);
+    drop_sleep(&case).await;
+    let next = case.sync(&[]);
+    next.assert_ended(0, "skipped");
+    assert_eq!(case.rows().await, case.expected(&pairs(B)));
+    case.assert_staging_gone("after the next run").await;
+}
+
+/// The configured mirror's table (and its key) on a 2 MB tablespace; a file
+/// adding 60,000 subscribers fills it during the merge.
+#[tokio::test]
+#[ignore = "slow group: faults (docs/development.md#slow-test-groups)"]
+async fn a_disk_full_during_a_configured_mirror_s_merge_fails_changes_nothing_and_the_next_run_syncs(
+) {
+    let disk = SmallDisk::mount("2m");
+    let pg = PrivatePg::start_new();
+    let case = configured_with_a(TestEnv::on_existing(&pg.url())).await;
+    case.env
+        .exec(&format!(
+            "CREATE TABLESPACE small LOCATION '{}'",
+            disk.dir.path().display()
+        ))
+        .await;
+    case.env
+        .exec(&case.target.fill(
+            "ALTER TABLE {table} SET TABLESPACE small; ALTER INDEX crm.{pkey} SET TABLESPACE small",
+        ))
+        .await;
+    let before = case.versions().await;
+    let mut rows = pairs(crate::helpers::fixtures::A);
+    rows.extend(many(60_000));
+    case.write(&rows);
+    let run = case.sync(&[]);
+    assert!(
+        run.stderr.contains("No space left on device") || run.stderr.contains("could not extend"),
+        "{run:?}"
+    );
+    failed_and_unchanged(&case, &run, &before).await;
+    disk.resize("64m");
+    next_run_syncs(&case, &rows).await;
+    drop(case);
+    drop(pg);
+}

@@ -579,7 +579,13 @@ pub(crate) async fn locked_sync(
     };
     let refusal = refusal_key(spec, options, &hash.combined);
     let sync_reason = match decide(db, &sql, options, &hash.combined, &refusal).await? {
-        Decision::Skip(summary) => return Ok(*summary),
+        Decision::Skip(summary) => {
+            // A staging table left by a run that lost its lock (step 8 of
+            // docs/mirrors.md#runs) goes now: an unchanged file would
+            // otherwise keep its rows there for as long as every run skips.
+            let _ = lock.execute_holding(&sql.drop_staging()).await;
+            return Ok(*summary);
+        }
         Decision::Read(reason) => reason,
     };
     stages.begin(Stage::ReadAndStage);
