@@ -28,7 +28,8 @@ mod mirrors;
 
 use mirrors::Chosen;
 
-/// Keeps the PostgreSQL table `followers` an exact, safe mirror of a CSV file.
+/// Keeps PostgreSQL tables exact, safe mirrors of CSV files: `followers` from CSV_FILE, and
+/// the config file's `[[mirror]]` tables (docs/mirrors.md).
 ///
 /// Settings come from (lowest first) built-in defaults, a TOML file (--config or
 /// CONFIG_FILE), `.env`, the environment, and these flags. See README.md.

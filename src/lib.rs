@@ -1,4 +1,5 @@
-//! followers-etl: keeps `public.followers` an exact, safe mirror of a CSV file.
+//! followers-etl: keeps `public.followers` (and each configured mirror's table) an exact, safe
+//! mirror of a CSV file.
 //!
 //! trigger (`triggers`, `agent`) → read → validate → stage → merge/purge saga →
 //! record (`pipeline`, `runs`). `main.rs` only parses the command line, loads the
