@@ -137,7 +137,7 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
         &stop,
         "waiting for the pending migrations to be applied",
         DbError::is_migration_privilege,
-        || db::migrate(&db, &settings.database.url),
+        || db::migrate_for(&db, &settings.database.url, settings.runs_builtin()),
     )
     .await;
     match migrated {
@@ -148,7 +148,9 @@ pub(crate) async fn serve(settings: Arc<Settings>) -> ExitCode {
         Some(Err(e)) => return fatal("applying migrations failed", &e),
         Some(Ok(())) => {}
     }
-    crate::pipeline::drift::ensure_counter(&db, settings.triggers.verify_every).await;
+    if settings.runs_builtin() {
+        crate::pipeline::drift::ensure_counter(&db, settings.triggers.verify_every).await;
+    }
     match AdvisoryLock::try_run_lock(&settings.database.url).await {
         Ok(Some(lock)) => {
             if let Err(e) = runs::recover(&db).await {

@@ -386,10 +386,12 @@ async fn connect_and_migrate(settings: &Settings) -> Result<sea_orm::DatabaseCon
     let db = crate::db::connect(settings)
         .await
         .map_err(|e| failure("database", &e))?;
-    crate::db::migrate(&db, &settings.database.url)
+    crate::db::migrate_for(&db, &settings.database.url, settings.runs_builtin())
         .await
         .map_err(|e| failure("migrations", &e))?;
-    pipeline::drift::ensure_counter(&db, settings.triggers.verify_every).await;
+    if settings.runs_builtin() {
+        pipeline::drift::ensure_counter(&db, settings.triggers.verify_every).await;
+    }
     Ok(db)
 }
 

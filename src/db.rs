@@ -377,8 +377,21 @@ impl AdvisoryLock {
 /// start together apply them once. When nothing is pending it only reads
 /// `seaql_migrations` (no DDL, no lock), so a runtime role without CREATE
 /// privileges starts (docs/sync.md#database-roles).
-#[tracing::instrument(skip_all)]
 pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), DbError> {
+    migrate_for(db, url, true).await
+}
+
+/// `migrate` for an agent whose built-in mirror runs (`builtin`: `CSV_FILE`
+/// set) or not: without it, an incompatible `public.followers` (an
+/// application's own) is left alone and not checked
+/// (docs/mirrors.md#an-applications-own-publicfollowers).
+#[tracing::instrument(skip_all, fields(builtin))]
+pub async fn migrate_for(
+    db: &DatabaseConnection,
+    url: &DatabaseUrl,
+    builtin: bool,
+) -> Result<(), DbError> {
+    migration::followers_shape::set_builtin_mirror(builtin);
     // The takeover migration canonicalises stored emails with the file rows' rule.
     migration::email_rule::install(|raw| {
         crate::domain::Email::parse(raw)
@@ -398,6 +411,9 @@ pub async fn migrate(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), D
         let result = apply_pending(db).await;
         lock.release().await;
         result?;
+    }
+    if !builtin {
+        return Ok(());
     }
     check_followers_shape(db).await?;
     let clock = modified_at_clock(db).await?;

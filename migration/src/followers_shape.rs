@@ -121,6 +121,37 @@ pub fn message(problems: &[String]) -> String {
 }
 
 /// `Err(message)` when `public.followers` is not compatible.
+/// Whether the built-in mirror runs in this process (the agent sets it before
+/// it applies migrations, `followers_etl::db::migrate`; default: it runs).
+static BUILTIN_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tells the takeover migrations whether the built-in mirror runs (`CSV_FILE`
+/// set): when it does not, they leave an incompatible `public.followers`
+/// alone (docs/mirrors.md#an-applications-own-publicfollowers).
+pub fn set_builtin_mirror(runs: bool) {
+    BUILTIN_OFF.store(!runs, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a takeover migration leaves `public.followers` alone: the built-in
+/// mirror does not run and the table is not one the agent could mirror (it is
+/// another program's, of another shape). Such a table is then, for the agent,
+/// one created after the migrations: the built-in mirror, once `CSV_FILE` is
+/// set, checks its shape at every start (exit 2 until it fits) and
+/// canonicalises nothing in it.
+pub async fn leave_alone(db: &impl ConnectionTrait) -> Result<bool, DbErr> {
+    if !BUILTIN_OFF.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let problems = problems(db).await?;
+    if !problems.is_empty() {
+        tracing::info!(
+            "public.followers is not the agent's ({}), and the built-in mirror does not run (no CSV_FILE): the takeover leaves it alone",
+            problems.join("; ")
+        );
+    }
+    Ok(!problems.is_empty())
+}
+
 pub async fn check(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     let problems = problems(db).await?;
     if problems.is_empty() {

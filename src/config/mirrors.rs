@@ -55,6 +55,13 @@ impl Settings {
             .any(|m| m.name.as_str() != crate::mirror::MirrorName::FOLLOWERS)
     }
 
+    /// Whether the built-in mirror `followers` runs (`CSV_FILE` is set).
+    pub fn runs_builtin(&self) -> bool {
+        self.mirrors
+            .iter()
+            .any(|m| m.name.as_str() == crate::mirror::MirrorName::FOLLOWERS)
+    }
+
     /// The built-in mirror's name in its metrics' `mirror` label and its log
     /// events, once mirrors are configured; `None` without them.
     pub fn builtin_label(&self) -> Option<&'static str> {

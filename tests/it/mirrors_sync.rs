@@ -1013,3 +1013,55 @@ async fn a_staging_statement_waiting_on_the_lock_session_is_not_a_stalled_databa
     assert_eq!(lines(&run.stdout)[0]["outcome"], "synced", "{run:?}");
     assert_eq!(subscribers(&env).await.len(), 4);
 }
+
+/// docs/mirrors.md#an-applications-own-publicfollowers: with only configured
+/// mirrors (`CSV_FILE` unset), an application's own `public.followers` of
+/// another shape neither blocks the migrations nor is touched by them (no
+/// email canonicalised, no trigger installed), and the mirrors sync; once
+/// `CSV_FILE` is set, the built-in mirror refuses the table by name, still
+/// changing nothing in it.
+#[tokio::test]
+async fn an_application_s_own_followers_table_is_left_alone_without_the_built_in_mirror() {
+    let env = TestEnv::new().await;
+    env.exec(
+        "CREATE TABLE public.followers (id serial PRIMARY KEY, email text, followed_id int NOT NULL);
+         INSERT INTO public.followers (email, followed_id) VALUES ('  Ann@Example.COM', 7)",
+    )
+    .await;
+    let table = || async {
+        sqlx::query_as::<_, (i32, String, i32)>(
+            "SELECT id, email, followed_id FROM public.followers ORDER BY id",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+    };
+    let before = table().await;
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    let run = with_config(&env, &path, &["sync"], &[("CSV_FILE", "")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.starts_with("synced mirror=subscribers "),
+        "{run:?}"
+    );
+    assert_eq!(subscribers(&env).await.len(), 3);
+    assert_eq!(table().await, before, "the application's table was changed");
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.followers'::regclass AND NOT tgisinternal"
+        )
+        .await,
+        0,
+        "a trigger was installed on the application's table"
+    );
+    // The built-in mirror, once asked for, names the table and what differs.
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    let builtin = with_config(&env, &path, &["sync"], &[]);
+    assert_ne!(builtin.code, 0, "{builtin:?}");
+    assert!(
+        builtin.stderr.contains("column full_name is missing"),
+        "{builtin:?}"
+    );
+    assert_eq!(table().await, before, "the application's table was changed");
+}

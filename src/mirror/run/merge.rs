@@ -392,22 +392,14 @@ pub(super) async fn holds_lock(
     Ok(())
 }
 
-/// Resolves repeated keys (the last line wins), then merges. `counts` holds
-/// what the run read (rows, rejects, duplicates) as soon as it is known, so a
-/// run that fails after reading reports it (docs/operations.md#the-sync-summary).
-#[tracing::instrument(skip_all, fields(mirror = %sql.spec().name, load_id = %run.load_id.uuid()))]
-pub(super) async fn dedupe_and_merge(
+/// Resolves the load's repeated keys (the last line wins): how many copies
+/// were dropped, and up to 10 keys with their lines.
+async fn drop_duplicates(
     db: &DatabaseConnection,
     sql: &MirrorSql<'_>,
-    options: &MirrorRunOptions,
-    run: &Load<'_>,
-    read: ReadOutcome,
-    stages: &mut crate::pipeline::timings::StageTimes,
-    counts: &mut crate::domain::Counts,
-) -> Result<MirrorSummary, MirrorRunError> {
-    let guard = run.guard;
+    load_id: LoadId,
+) -> Result<(i64, Vec<(String, Vec<i64>)>), MirrorRunError> {
     let spec = sql.spec();
-    let load_id = run.load_id;
     let at = |source| db_error(spec, "dedupe", source);
     let load = || vec![Value::from(load_id.uuid())];
     let extra: i64 = db
@@ -435,6 +427,28 @@ pub(super) async fn dedupe_and_merge(
             .await
             .map_err(at)?;
     }
+    Ok((extra, duplicate_examples))
+}
+
+/// Resolves repeated keys (the last line wins), then merges. `counts` holds
+/// what the run read (rows, rejects, duplicates) as soon as it is known, so a
+/// run that fails after reading reports it (docs/operations.md#the-sync-summary).
+#[tracing::instrument(skip_all, fields(mirror = %sql.spec().name, load_id = %run.load_id.uuid()))]
+pub(super) async fn dedupe_and_merge(
+    db: &DatabaseConnection,
+    sql: &MirrorSql<'_>,
+    options: &MirrorRunOptions,
+    run: &Load<'_>,
+    read: ReadOutcome,
+    stages: &mut crate::pipeline::timings::StageTimes,
+    counts: &mut crate::domain::Counts,
+) -> Result<MirrorSummary, MirrorRunError> {
+    let guard = run.guard;
+    let spec = sql.spec();
+    let load_id = run.load_id;
+    let at = |source| db_error(spec, "dedupe", source);
+    let load = || vec![Value::from(load_id.uuid())];
+    let (extra, duplicate_examples) = drop_duplicates(db, sql, load_id).await?;
     if !read.protected.is_empty() {
         let rejected: Vec<serde_json::Value> = read
             .protected
