@@ -104,12 +104,7 @@ async fn create_in(
         Ok(()) => counter.commit().await.map_err(at)?,
         Err(e) => {
             counter.rollback().await.map_err(at)?;
-            tracing::warn!(
-                mirror = %spec.name,
-                error = %error_chain(&e),
-                "cannot install the write counter on {} (it needs the table's ownership): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY (docs/mirrors.md#skip)",
-                spec.table
-            );
+            warn_no_counter(spec, "install the write counter on", &e);
         }
     }
     Ok(())
@@ -252,14 +247,20 @@ async fn ensure_counter(
         txn.commit().await
     };
     if let Err(e) = install.await {
-        tracing::warn!(
-            mirror = %spec.name,
-            error = %error_chain(&e),
-            "cannot {what} {} (it needs the table's ownership): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY (docs/mirrors.md#skip)",
-            spec.table
-        );
+        warn_no_counter(spec, what, &e);
     }
     Ok(())
+}
+
+/// The warning of a run that could not `what` (install, enable ALWAYS) the
+/// table's write counter.
+fn warn_no_counter(spec: &MirrorSpec, what: &str, e: &DbErr) {
+    tracing::warn!(
+        mirror = %spec.name,
+        error = %error_chain(e),
+        "cannot {what} {} (it needs the table's ownership): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY (docs/mirrors.md#skip)",
+        spec.table
+    );
 }
 
 /// Whether an unchanged file may be skipped (docs/mirrors.md#skip).
