@@ -25,7 +25,14 @@ impl MigrationTrait for Migration {
         manager
             .get_connection()
             .execute_unprepared(
-                "DO $$ BEGIN
+                // The ALTER's lock waits for every open write on followers,
+                // and every later write would queue behind it: at most 5 s
+                // (the block's subtransaction undoes the setting on error).
+                "DO $$
+                 DECLARE
+                   before text := current_setting('lock_timeout');
+                 BEGIN
+                   PERFORM set_config('lock_timeout', '5s', true);
                    IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
                                WHERE tgrelid = to_regclass('public.followers')
                                  AND tgname = 'followers_etl_foreign_writes' AND tgenabled = 'O') THEN
@@ -33,8 +40,9 @@ impl MigrationTrait for Migration {
                      UPDATE etl_info_schema.table_status SET foreign_writes = NULL
                       WHERE table_name = 'followers';
                    END IF;
-                 EXCEPTION WHEN insufficient_privilege THEN
-                   RAISE NOTICE 'the write counter on followers stays enabled ORIGIN: %', SQLERRM;
+                   PERFORM set_config('lock_timeout', before, true);
+                 EXCEPTION WHEN insufficient_privilege OR lock_not_available THEN
+                   RAISE NOTICE 'the write counter on followers stays enabled ORIGIN (start-up tries again): %', SQLERRM;
                  END $$",
             )
             .await?;

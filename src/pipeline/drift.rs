@@ -109,7 +109,7 @@ pub(crate) async fn ensure_counter(db: &DatabaseConnection, verify_every: Durati
     if let Err(e) = db.execute_unprepared(followers::ENSURE).await {
         tracing::warn!(
             error = %crate::errors::error_chain(&e),
-            "cannot install the write counter on followers or enable it ALWAYS (that needs the table's ownership, see docs/sync.md#database-roles): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
+            "cannot install the write counter on followers or enable it ALWAYS (that needs the table's ownership, see docs/sync.md#database-roles, and the table's writers to let it lock the table within 5 s; the next start tries again): edits outside the agent are found by a full comparison of an unchanged file every VERIFY_EVERY={verify}"
         );
         return;
     }

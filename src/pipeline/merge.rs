@@ -812,8 +812,10 @@ async fn committed(
 /// check, the diff and its counts) in a transaction that is always rolled
 /// back, so the plan's counts are the merge's by construction
 /// (docs/sync.md#dry-run). Unlike the merge it takes no writer lock on
-/// `followers` (nor any lock a writer would wait for): it reads a snapshot,
-/// and only its own staging rows are locked.
+/// `followers` (nor any lock a writer of `followers` would wait for): it
+/// reads a snapshot. Its verify locks `staging_followers` as the merge's does
+/// (a run's staging is used under the run lock only), its waits bounded by
+/// `LOCK_WAIT_TIMEOUT` as the merge's are.
 #[tracing::instrument(skip_all, fields(load_id = %load.load_id), err(level = "debug"))]
 pub(crate) async fn plan(
     db: &DatabaseConnection,
@@ -824,7 +826,10 @@ pub(crate) async fn plan(
     let planned = plan_in(&txn, load).await;
     // Whatever happened: the diff table and the lock on staging go with it.
     let rolled_back = txn.rollback().await.map_err(at(Step::Commit));
-    let (counts, current) = planned?;
+    let (counts, current) = match planned {
+        Ok(planned) => planned,
+        Err(e) => return Err(explain_lock_timeout(db, e, load.lock_wait).await),
+    };
     rolled_back?;
     Ok((counts, guard.check(counts, current).err()))
 }
@@ -842,6 +847,9 @@ async fn is_empty(txn: &impl ConnectionTrait) -> Result<bool, MergeError> {
 async fn plan_in(txn: &DatabaseTransaction, load: &Load<'_>) -> Result<(Counts, u64), MergeError> {
     let id: Value = load.load_id.uuid().into();
     let protected: Value = load.protected.clone().into();
+    bound_lock_waits(txn, load.lock_wait)
+        .await
+        .map_err(at(Step::Begin))?;
     verify(txn, load).await?;
     if is_empty(txn).await? {
         // The merge's fill inserts the whole load (verify counted it).

@@ -177,13 +177,17 @@ pub(crate) const PRESENT: &str = "SELECT 1 FROM public.followers WHERE email = $
 /// `m20261202_000085` converts the one it finds); a table whose counter was
 /// missing or blind to replica-role writes is then unverified. A trigger
 /// someone disabled (`D`) or set to replica only (`R`) is left so (it counts
-/// as none). Enabling ALWAYS needs the table's ownership.
+/// as none). Enabling ALWAYS needs the table's ownership, and at most 5 s of
+/// waiting for the table's writers (else it is tried again at the next start).
 pub(crate) const ENSURE: &str = "DO $$
 DECLARE
   state \"char\" := (SELECT tgenabled FROM pg_catalog.pg_trigger
                       WHERE tgrelid = 'public.followers'::regclass
                         AND tgname = 'followers_etl_foreign_writes');
 BEGIN
+  -- Its lock waits for every open write on followers, and later writes queue
+  -- behind it: at most 5 s, for this statement only.
+  PERFORM set_config('lock_timeout', '5s', true);
   IF state IS NULL THEN
     CREATE TRIGGER followers_etl_foreign_writes
       AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.followers

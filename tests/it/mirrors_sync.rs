@@ -1065,3 +1065,41 @@ async fn an_application_s_own_followers_table_is_left_alone_without_the_built_in
     );
     assert_eq!(table().await, before, "the application's table was changed");
 }
+
+/// docs/sync.md#dry-run: a configured mirror's dry run takes no writer lock
+/// on its table. An application's write transaction left open on the table
+/// (an uncommitted UPDATE) neither makes the dry run wait past
+/// `LOCK_WAIT_TIMEOUT` nor is made to wait by it; the real sync does wait
+/// (and is refused as busy).
+#[tokio::test]
+async fn a_mirror_s_dry_run_makes_no_writer_wait_and_waits_for_none() {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
+    env.write_file(
+        "subscribers.csv",
+        format!("{SUBSCRIBERS}pro,Cy,cy@example.com,3,x\n"),
+    );
+    let mut app = env.pool.begin().await.unwrap();
+    sqlx::query("UPDATE crm.subscribers SET plan = plan WHERE account_id = 2")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    let vars = [("LOCK_WAIT_TIMEOUT", "1s")];
+    let plan = with_config(
+        &env,
+        &path,
+        &["sync", "--dry-run", "--json", "--mirror", "subscribers"],
+        &vars,
+    );
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let plan = &lines(&plan.stdout)[0];
+    assert_eq!(plan["outcome"], "dry_run", "{plan}");
+    assert_eq!(plan["inserted"], 1, "{plan}");
+    let real = with_config(&env, &path, &["sync", "--mirror", "subscribers"], &vars);
+    assert_eq!(real.code, 1, "the real sync waits for the writer: {real:?}");
+    app.rollback().await.unwrap();
+    assert_eq!(subscribers(&env).await.len(), 3);
+}

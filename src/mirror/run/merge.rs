@@ -519,7 +519,11 @@ pub(super) async fn dedupe_and_merge(
         if run.absent {
             create_in(&txn, sql, options.lock_wait).await?;
         }
-        lock_table(&txn, sql, options.lock_wait).await?;
+        if !options.dry_run {
+            // A dry run reads a snapshot and makes no writer wait
+            // (docs/sync.md#dry-run).
+            lock_table(&txn, sql, options.lock_wait).await?;
+        }
         merge_in(&txn, sql, options, guard, &protected, &mut summary).await?;
         if options.dry_run {
             // The real diff and guard, nothing written: rolled back below.

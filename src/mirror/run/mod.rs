@@ -583,7 +583,9 @@ pub(crate) async fn locked_sync(
             // A staging table left by a run that lost its lock (step 8 of
             // docs/mirrors.md#runs) goes now: an unchanged file would
             // otherwise keep its rows there for as long as every run skips.
-            let _ = lock.execute_holding(&sql.drop_staging()).await;
+            // Not waited for long: a lost run still holding it is left to the
+            // next run.
+            let _ = lock.execute_holding(&sql.drop_staging_within(1000)).await;
             return Ok(*summary);
         }
         Decision::Read(reason) => reason,

@@ -142,18 +142,22 @@ pub async fn revert_mirror(
     };
     let pid = lock.pid();
     let work = async {
+        // One transaction, as a sync's: the recovery of the table's
+        // interrupted runs and this revert's record, with its table.
         let begun = async {
             let table = spec.table.to_string();
-            crate::runs::recover_mirror(db, spec.name.as_str(), &table).await?;
+            let txn = db.begin().await?;
+            crate::runs::recover_mirror(&txn, spec.name.as_str(), &table).await?;
             crate::runs::start_mirror_run(
-                db,
+                &txn,
                 spec.name.as_str(),
                 &table,
                 load_id,
                 Trigger::Revert,
                 "",
             )
-            .await
+            .await?;
+            txn.commit().await
         }
         .await;
         begun.map_err(|e| db_error(spec, "record", e))?;

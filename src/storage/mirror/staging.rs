@@ -40,6 +40,13 @@ impl MirrorSql<'_> {
         format!("DROP TABLE IF EXISTS {}", self.staging_table())
     }
 
+    /// `drop_staging` waiting at most `ms` milliseconds for a lock on it (one
+    /// simple query: its implicit transaction bounds the setting), for a drop
+    /// that may be left to a later run.
+    pub fn drop_staging_within(&self, ms: i32) -> String {
+        format!("SET LOCAL lock_timeout = '{ms}ms'; {}", self.drop_staging())
+    }
+
     /// The staging table, if absent.
     pub fn create_staging(&self) -> String {
         let mut lines = vec![
