@@ -202,6 +202,17 @@ fn config_failure(e: &ConfigError) -> ExitCode {
     exit::usage()
 }
 
+/// `status` cannot read the runs: a role without the privilege is told so
+/// (docs/sync.md#database-roles), else the tables may not exist yet.
+fn unreadable_runs(e: &sea_orm::DbErr) -> ExitCode {
+    let hint = if crate::pipeline::merge::sqlstate(e).as_deref() == Some("42501") {
+        "cannot read the runs (this role may not read etl_info_schema: docs/sync.md#database-roles)"
+    } else {
+        "cannot read the runs (run `followers-etl migrate`?)"
+    };
+    failure(hint, e)
+}
+
 fn failure(context: &str, e: &dyn std::error::Error) -> ExitCode {
     report(Level::ERROR, &format!("{context}: {}", error_chain(e)));
     exit::failure()
@@ -1069,7 +1080,7 @@ async fn status(settings: &Settings, json: bool, limit: u64, mirror: Option<&str
     }
     let report = match crate::status::report(&db, settings, limit).await {
         Ok(report) => report,
-        Err(e) => return failure("cannot read the runs (run `followers-etl migrate`?)", &e),
+        Err(e) => return unreadable_runs(&e),
     };
     let mut out = Out::new();
     if json {
@@ -1108,18 +1119,14 @@ async fn status_of_mirrors(
                         object,
                     )
                 }
-                Err(e) => {
-                    return failure("cannot read the runs (run `followers-etl migrate`?)", &e)
-                }
+                Err(e) => return unreadable_runs(&e),
             },
             Some(spec) => match crate::status::mirror_report(db, settings, spec, limit).await {
                 Ok(report) => (
                     report.to_text(),
                     serde_json::to_value(&report).expect("a status report always serialises"),
                 ),
-                Err(e) => {
-                    return failure("cannot read the runs (run `followers-etl migrate`?)", &e)
-                }
+                Err(e) => return unreadable_runs(&e),
             },
         };
         texts.push(text.trim_end().to_owned());
