@@ -50,6 +50,25 @@ fn with_config(env: &TestEnv, path: &str, args: &[&str], vars: &[(&str, &str)]) 
     env.run(&all, vars)
 }
 
+/// A fresh database with the built-in mirror's file (ann) and the
+/// `subscribers` mirror's (`SUBSCRIBERS`, `CONFIG`): the environment and the
+/// config file's path.
+async fn pair() -> (TestEnv, String) {
+    let env = TestEnv::new().await;
+    env.write_csv(csv(&[("ann@example.com", "Ann")]));
+    env.write_file("subscribers.csv", SUBSCRIBERS);
+    let path = config(&env);
+    (env, path)
+}
+
+/// `pair`, both mirrors synced once.
+async fn synced_pair() -> (TestEnv, String) {
+    let (env, path) = pair().await;
+    let run = with_config(&env, &path, &["sync"], &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    (env, path)
+}
+
 fn lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout
         .lines()
@@ -139,11 +158,7 @@ async fn sync_runs_every_mirror_and_prints_one_summary_naming_each() {
 
 #[tokio::test]
 async fn a_refused_mirror_fails_the_command_while_the_others_sync() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = config(&env);
-    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
+    let (env, path) = synced_pair().await;
 
     // Subscribers loses 2 of 3 rows (over its own max_delete_ratio = 0.5);
     // followers gains one.
@@ -267,10 +282,7 @@ async fn rejects_of_a_mirror_are_recorded_with_the_column_named() {
 
 #[tokio::test]
 async fn serve_starts_only_the_mirror_whose_file_changed() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = config(&env);
+    let (env, path) = pair().await;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let agent = env.spawn_agent(&[("CONFIG_FILE", path.as_str()), ("HTTP_ADDR", addr.as_str())]);
@@ -389,11 +401,7 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
 
 #[tokio::test]
 async fn an_approved_sync_waits_for_a_busy_mirror_then_is_refused_and_a_plain_one_skips() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = config(&env);
-    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
+    let (env, path) = synced_pair().await;
     // Another agent's run of the mirror: its run lock, held by a session here.
     let spec = followers_etl::mirror::from_toml_str(CONFIG)
         .unwrap()
@@ -516,10 +524,7 @@ columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
 
 #[tokio::test]
 async fn a_dry_run_of_a_mirror_plans_with_the_real_diff_and_changes_nothing() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = config(&env);
+    let (env, path) = pair().await;
     assert_eq!(env.run(&["migrate"], &[]).code, 0);
     let table = "SELECT to_regclass('crm.subscribers') IS NOT NULL";
     // No table yet: every row would be inserted, and the table is not created.
@@ -758,10 +763,7 @@ columns = [{{ name = "id", type = "bigint" }}, {{ name = "name", type = "text" }
 /// them.
 #[tokio::test]
 async fn a_mirror_s_synced_run_records_its_journal_rows_as_the_built_in_one_does() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = config(&env);
+    let (env, path) = pair().await;
     let run = with_config(&env, &path, &["sync", "--json"], &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let synced = &lines(&run.stdout)[1];
@@ -935,10 +937,7 @@ async fn a_killed_first_run_leaves_no_table_and_the_renamed_mirror_recovers_its_
 /// insert) reports the rows it read in its summary and record, nothing applied.
 #[tokio::test]
 async fn a_failed_merge_reports_the_rows_it_read() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = config(&env);
+    let (env, path) = pair().await;
     let run = with_config(&env, &path, &["sync", "--mirror", "subscribers"], &[]);
     assert_eq!(run.code, 0, "{run:?}");
     env.exec("CREATE UNIQUE INDEX subscribers_name ON crm.subscribers (full_name)")
@@ -978,11 +977,7 @@ async fn a_failed_merge_reports_the_rows_it_read() {
 /// released, and syncs.
 #[tokio::test]
 async fn a_staging_statement_waiting_on_the_lock_session_is_not_a_stalled_database() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = config(&env);
-    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
+    let (env, path) = synced_pair().await;
     env.write_file(
         "subscribers.csv",
         format!("{SUBSCRIBERS}pro,Cy,cy@example.com,3,x\n"),
@@ -1073,11 +1068,7 @@ async fn an_application_s_own_followers_table_is_left_alone_without_the_built_in
 /// (and is refused as busy).
 #[tokio::test]
 async fn a_mirror_s_dry_run_makes_no_writer_wait_and_waits_for_none() {
-    let env = TestEnv::new().await;
-    env.write_csv(csv(&[("ann@example.com", "Ann")]));
-    env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = config(&env);
-    assert_eq!(with_config(&env, &path, &["sync"], &[]).code, 0);
+    let (env, path) = synced_pair().await;
     env.write_file(
         "subscribers.csv",
         format!("{SUBSCRIBERS}pro,Cy,cy@example.com,3,x\n"),
