@@ -416,9 +416,8 @@ async fn two_agents_share_three_mirrors_and_one_killed_mid_run_loses_nothing() {
             .collect();
         env.write_file(&format!("parts/part-{part}.csv"), rows);
     }
-    let config = env.dir.path().join("mirrors.toml");
-    std::fs::write(
-        &config,
+    let config = env.write_config(
+        "mirrors.toml",
         r#"
 [[mirror]]
 name = "subscribers"
@@ -434,9 +433,7 @@ table = "crm.parts"
 key = ["id"]
 columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
 "#,
-    )
-    .unwrap();
-    let config = config.to_str().unwrap().to_owned();
+    );
     let settings = [
         ("CONFIG_FILE", config.as_str()),
         ("CRON_SCHEDULE", "@every 2s"),
@@ -556,9 +553,8 @@ async fn a_configured_mirror_s_first_run_killed_at_a_random_moment_leaves_no_tab
         .chain((0..N).map(|i| format!("{i},Sub {i}\n")))
         .collect();
     env.write_file("subscribers.csv", rows);
-    let config = env.dir.path().join("mirrors.toml");
-    std::fs::write(
-        &config,
+    let config = env.write_config(
+        "mirrors.toml",
         r#"
 [[mirror]]
 name = "subscribers"
@@ -567,9 +563,7 @@ table = "crm.subscribers"
 key = ["id"]
 columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
 "#,
-    )
-    .unwrap();
-    let config = config.to_str().unwrap().to_owned();
+    );
     let args = [
         "--config",
         config.as_str(),

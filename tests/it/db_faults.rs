@@ -384,9 +384,7 @@ key = ["id"]
 columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
 "#;
     let env = TestEnv::new().await;
-    let config = env.dir.path().join("mirrors.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let config = config.to_str().unwrap().to_owned();
+    let config = env.write_config("mirrors.toml", CONFIG);
     env.write_file("accounts.csv", "id,name\n1,Ann\n");
     let first = env.run(&["--config", &config, "sync", "--mirror", "accounts"], &[]);
     assert_eq!(first.code, 0, "{first:?}");

@@ -210,6 +210,14 @@ impl TestEnv {
         path
     }
 
+    /// Writes a config file (`--config`, e.g. `[[mirror]]` tables) named `name`
+    /// beside the tables directory; its path, for `--config` or `CONFIG_FILE`.
+    pub(crate) fn write_config(&self, name: &str, toml: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, toml).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
     /// The environment of this env's syncs: this test's database and tables
     /// directory, then `BASE_ENV`.
     fn base_env(&self) -> Vec<(&'static str, String)> {

@@ -347,9 +347,8 @@ async fn serve_watches_a_glob_mirror_s_directory() {
     std::fs::create_dir(env.tables().join("parts")).unwrap();
     env.write_file("parts/part-1.csv", "id,name\n1,One\n");
     env.write_file("parts/part-2.csv", "id,name\n2,Two\n");
-    let path = env.dir.path().join("parts.toml");
-    std::fs::write(
-        &path,
+    let path = env.write_config(
+        "parts.toml",
         r#"
 [[mirror]]
 name = "parts"
@@ -359,9 +358,7 @@ key = ["id"]
 max_delete_ratio = 1.0
 columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
 "#,
-    )
-    .unwrap();
-    let path = path.to_str().unwrap().to_owned();
+    );
     let agent = env.spawn_agent(&[("CONFIG_FILE", path.as_str())]);
     let rows = |n: i64| {
         let pool = env.pool.clone();
@@ -483,9 +480,8 @@ async fn a_glob_mirror_s_rejects_name_their_part_and_repeated_keys_are_logged() 
     std::fs::create_dir(env.tables().join("parts")).unwrap();
     env.write_file("parts/part-1.csv", "id,name\n1,One\n2,Two\n");
     env.write_file("parts/part-2.csv", "id,name\n2,Two again\nx,Bad\n");
-    let path = env.dir.path().join("parts.toml");
-    std::fs::write(
-        &path,
+    let path = env.write_config(
+        "parts.toml",
         r#"
 max_rejects = 1
 [[mirror]]
@@ -495,9 +491,7 @@ table = "crm.parts"
 key = ["id"]
 columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
 "#,
-    )
-    .unwrap();
-    let path = path.to_str().unwrap().to_owned();
+    );
     let run = with_config(&env, &path, &["sync", "--json"], &[("CSV_FILE", "")]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
@@ -651,9 +645,8 @@ async fn a_part_added_while_the_others_settle_is_not_read() {
         );
         env.write_file(&format!("parts/part-{p}.csv.ready"), "");
     }
-    let path = env.dir.path().join("parts.toml");
-    std::fs::write(
-        &path,
+    let path = env.write_config(
+        "parts.toml",
         r#"
 [[mirror]]
 name = "parts"
@@ -662,9 +655,7 @@ table = "crm.parts"
 key = ["id"]
 columns = [{ name = "id", type = "bigint" }, { name = "name", type = "text" }]
 "#,
-    )
-    .unwrap();
-    let path = path.to_str().unwrap().to_owned();
+    );
     // The run has listed its two parts once it waits for them to settle.
     let log = env.dir.path().join("settling.log");
     let mut cmd = env.command();
@@ -720,9 +711,8 @@ async fn serve_goes_on_when_a_glob_s_directory_is_missing() {
     let env = TestEnv::new().await;
     env.write_csv(csv(&[("ann@example.com", "Ann")]));
     env.write_file("subscribers.csv", SUBSCRIBERS);
-    let path = env.dir.path().join("both.toml");
-    std::fs::write(
-        &path,
+    let path = env.write_config(
+        "both.toml",
         format!(
             r#"{CONFIG}
 [[mirror]]
@@ -732,10 +722,9 @@ table = "crm.parts"
 key = ["id"]
 columns = [{{ name = "id", type = "bigint" }}, {{ name = "name", type = "text" }}]
 "#
-        ),
-    )
-    .unwrap();
-    let path = path.to_str().unwrap().to_owned();
+        )
+        .as_str(),
+    );
     let mut agent = env.spawn_agent(&[("CONFIG_FILE", path.as_str())]);
     eventually_logged(&agent, 30, "the other mirrors' start-up syncs", || async {
         let synced: Option<i64> = sqlx::query_scalar(
